@@ -1,0 +1,124 @@
+"""Checkpoints without pickle.
+
+- A model bundle (``model/``): ``model.safetensors`` with the method's tensors (never the frozen
+  CLIP), ``config.json`` with everything needed to rebuild it, and a model-card ``README.md``.
+- A resume checkpoint (``checkpoint/``): the method's tensors, the optimizer state flattened into
+  safetensors, RNG states and counters in JSON.
+Every file is written to a temp name and renamed; a folder is swapped in whole.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from specpl.io import atomic_write, atomic_write_text
+
+BUNDLE_FORMAT = "specpl-bundle/1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def versions() -> dict[str, str]:
+    import open_clip
+
+    from specpl import __version__
+
+    return {"specpl": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version()}
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+        raise ValueError(f"{path} is not a valid safetensors file: {exc}") from exc
+
+
+def write_bundle(directory: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any], card: str) -> Path:
+    """Write a complete bundle into `directory`, replacing any previous one atomically."""
+    staging = directory.with_name(f".{directory.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_tensors(staging / WEIGHTS_FILE, tensors, {"format": BUNDLE_FORMAT})
+    atomic_write_text(staging / CONFIG_FILE, json.dumps({"format": BUNDLE_FORMAT, **config}, indent=2) + "\n")
+    atomic_write_text(staging / "README.md", card)
+    _swap_in(staging, directory)
+    return directory
+
+
+def read_bundle(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and validate a bundle; errors name the file and the reason."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing: not a SpecPL model bundle")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{config_path} has format {config.get('format') if isinstance(config, dict) else None!r}, expected {BUNDLE_FORMAT!r}")
+    for key in ("backbone", "method", "classnames"):
+        if key not in config:
+            raise ValueError(f"{config_path} lacks the {key!r} entry")
+    return load_tensors(directory / WEIGHTS_FILE), config
+
+
+def save_resume_state(directory: Path, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, counters: dict[str, Any]) -> None:
+    """Everything needed to continue a run exactly where it stopped."""
+    tensors = {f"model.{k}": v for k, v in model_state.items()}
+    optim_state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entry in optim_state["state"].items():
+        for name, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{index}.{name}"] = value
+            else:
+                scalars.setdefault(str(index), {})[name] = value
+    tensors["rng.torch"] = torch.get_rng_state()
+    state = {"counters": counters, "param_groups": optim_state["param_groups"], "optim_scalars": scalars}
+    staging = directory.with_name(f".{directory.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_tensors(staging / "state.safetensors", tensors)
+    atomic_write_text(staging / "trainer_state.json", json.dumps(state, indent=2) + "\n")
+    _swap_in(staging, directory)
+
+
+def load_resume_state(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore the optimizer and RNG in place; return (model tensors, counters)."""
+    tensors = load_tensors(directory / "state.safetensors")
+    state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
+    optim_state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            optim_state.setdefault(int(index), {})[name] = value
+    for index, entry in state["optim_scalars"].items():
+        optim_state.setdefault(int(index), {}).update(entry)
+    optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    return model_state, state["counters"]
+
+
+def _swap_in(staging: Path, directory: Path) -> None:
+    """Replace `directory` by `staging` so that a reader sees the old or the new folder, whole."""
+    retired = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(retired, ignore_errors=True)
+    if directory.exists():
+        directory.rename(retired)
+    staging.rename(directory)
+    shutil.rmtree(retired, ignore_errors=True)

@@ -1,0 +1,130 @@
+"""Run configuration as plain dataclasses, serialised to JSON beside every checkpoint.
+
+Method-specific options live in one dataclass per host or booster (see `specpl.methods`); the
+run config keeps them as plain dicts keyed by component name so that the JSON stays flat and a
+new method needs no change here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+@dataclass
+class BackboneConfig:
+    """Which open_clip model to load and from where.
+
+    `pretrained` is an open_clip tag (``openai``), a local checkpoint file, or ``hf-hub:org/repo``;
+    ``None`` means random init (only sensible for the tiny test configs). `quick_gelu` ``None``
+    infers the activation from the weights' origin (OpenAI weights need QuickGELU).
+    """
+
+    name: str = "ViT-B-16"
+    pretrained: str | None = "openai"
+    quick_gelu: bool | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class DecomposerConfig:
+    """The frozen band decomposer: ``fft`` (weight-free), ``taef2``, ``taesd`` or ``sd-vae``.
+
+    `source` is a hub id or local folder for the VAE weights; `image_size` is the square
+    resolution the decomposer sees (latent size is 1/8 of it for the VAEs).
+    """
+
+    name: str = "fft"
+    source: str | None = None
+    lowpass_kernel: int = 7
+    image_size: int = 224
+
+
+@dataclass
+class MethodConfig:
+    """A host plus any number of boosters; `options` maps a component name to its overrides."""
+
+    host: str = "coop"
+    boosters: list[str] = field(default_factory=list)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """A few-shot image folder: ``root/<class>/*`` or ``root/{train,test}/<class>/*``."""
+
+    root: str = ""
+    shots: int | None = 16
+    split_ratio: float = 0.5
+    subsample: str = "all"  # "all", "base" or "new" (standard base-to-novel protocol)
+    seed: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``None`` takes the host's published default."""
+
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_epochs: int = 1
+    warmup_lr: float = 1e-5
+    grad_accum_steps: int = 1
+    seed: int = 1
+    precision: str = "auto"  # "auto" = bf16 on GPU, fp32 on CPU; or "fp32", "bf16"
+    cache_features: bool = True
+    max_cached_views: int = 4
+    checkpoint_every_epochs: int = 1
+    num_workers: int = 0
+
+
+@dataclass
+class RunConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decomposer: DecomposerConfig = field(default_factory=DecomposerConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    template: str = DEFAULT_TEMPLATE
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "RunConfig":
+        return from_dict(cls, raw)
+
+
+def from_dict(cls: type[C], raw: dict[str, Any]) -> C:
+    """Build dataclass `cls` from a dict, recursing into nested dataclasses.
+
+    Unknown keys are an error rather than silently ignored, so a typo in a config file is caught.
+    """
+    if not isinstance(raw, dict):
+        raise TypeError(f"{cls.__name__} expects a JSON object, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in raw.items():
+        nested = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
+        if nested is not None and dataclasses.is_dataclass(nested) and isinstance(value, dict):
+            value = from_dict(nested, value)  # type: ignore[arg-type]
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    from specpl.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")

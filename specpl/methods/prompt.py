@@ -1,0 +1,105 @@
+"""The shared prompt learner: learned context vectors in front of each class name.
+
+Prompts are ``[SOS] v_1 .. v_M <class name>. [EOS]``. Only the v's are learned. The token sequence is
+cut right after the longest prompt's end-of-text token (exact under the causal mask), and when the
+context is shared by all classes the ``[SOS] v_1 .. v_M`` prefix is encoded once for all classes
+(see `specpl.text`).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from specpl.text import PromptTextEncoder
+
+PLACEHOLDER = "X"
+
+
+class PromptLearner(nn.Module):
+    """Learned context vectors plus the frozen token embeddings of each class's prompt suffix.
+
+    The class-dependent embeddings are non-persistent buffers: they are rebuilt from the class
+    names (`set_classnames`) and never saved, so a checkpoint can be applied to new classes.
+    """
+
+    def __init__(
+        self,
+        text_encoder: PromptTextEncoder,
+        tokenizer: Callable[..., torch.Tensor],
+        n_ctx: int,
+        ctx_init: str = "",
+        class_specific: bool = False,
+        init_std: float = 0.02,
+        shared_prefix: bool = True,
+    ) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.class_specific = class_specific
+        self.shared_prefix = shared_prefix and not class_specific
+        width = text_encoder.width
+        if ctx_init:
+            init_tokens = tokenizer([ctx_init])[0]
+            n_ctx = int(init_tokens.argmax()) - 1
+            with torch.no_grad():
+                init = text_encoder.embed_tokens(init_tokens[1 : 1 + n_ctx]).clone()
+        else:
+            init = torch.randn(n_ctx, width) * init_std
+        self.n_ctx = n_ctx
+        self.ctx_init = ctx_init
+        self.ctx = nn.Parameter(init.float())  # (M, W); expanded per class when class-specific
+        self.classnames: list[str] = []
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        """Tokenise ``X X .. X <name>.`` per class and keep the frozen embeddings around the X's."""
+        if self.class_specific and self.ctx.dim() == 2:
+            self.ctx = nn.Parameter(self.ctx.detach().unsqueeze(0).repeat(len(classnames), 1, 1))
+        if self.class_specific and self.ctx.shape[0] != len(classnames):
+            raise ValueError(
+                f"class-specific context was learned for {self.ctx.shape[0]} classes and cannot be applied to {len(classnames)}"
+            )
+        prompts = [" ".join([PLACEHOLDER] * self.n_ctx) + f" {name}." for name in classnames]
+        tokens = self.tokenizer(prompts)
+        eot = tokens.argmax(dim=-1)
+        length = int(eot.max()) + 1
+        device = self.ctx.device
+        with torch.no_grad():
+            embedded = self.text_encoder.embed_tokens(tokens[:, :length].to(device)).float()
+        self.register_buffer("sos_embedding", embedded[:1, :1].clone(), persistent=False)
+        self.register_buffer("suffix_embedding", embedded[:, 1 + self.n_ctx :].clone(), persistent=False)
+        self.register_buffer("eot_index", eot.to(device), persistent=False)
+        self.classnames = list(classnames)
+
+    @property
+    def sequence_length(self) -> int:
+        return 1 + self.n_ctx + self.suffix_embedding.shape[1]
+
+    def forward(self, ctx_shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw text features (C, D), or (G, C, D) when `ctx_shift` (G, W) conditions the context
+        per group (CoCoOp's image-conditioned shift)."""
+        ctx = self.ctx.to(self.suffix_embedding.dtype)
+        n_cls = self.suffix_embedding.shape[0]
+        if self.class_specific:
+            return self._full(ctx)
+        if ctx_shift is None:
+            prefix = torch.cat([self.sos_embedding, ctx.unsqueeze(0)], dim=1)  # (1, 1+M, W)
+        else:
+            shifted = ctx.unsqueeze(0) + ctx_shift.unsqueeze(1)  # (G, M, W)
+            prefix = torch.cat([self.sos_embedding.expand(shifted.shape[0], -1, -1), shifted], dim=1)
+        if self.shared_prefix:
+            out = self.text_encoder.forward_shared_prefix(prefix, self.suffix_embedding, self.eot_index - prefix.shape[1])
+        else:
+            groups = prefix.shape[0]
+            full = torch.cat(
+                [prefix.unsqueeze(1).expand(-1, n_cls, -1, -1), self.suffix_embedding.unsqueeze(0).expand(groups, -1, -1, -1)],
+                dim=2,
+            )
+            out = self.text_encoder(full.flatten(0, 1), self.eot_index.repeat(groups)).unflatten(0, (groups, n_cls))
+        return out[0] if ctx_shift is None else out
+
+    def _full(self, ctx: torch.Tensor) -> torch.Tensor:
+        n_cls = self.suffix_embedding.shape[0]
+        prompts = torch.cat([self.sos_embedding.expand(n_cls, -1, -1), ctx, self.suffix_embedding], dim=1)
+        return self.text_encoder(prompts, self.eot_index)

@@ -1,0 +1,50 @@
+"""Zero-shot CLIP as a host with nothing to learn: class text is the hand-crafted template.
+
+It gives the zero-shot baseline through the same evaluation path as every trained method, and
+lets the app classify with class names typed in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from specpl.backbone import Backbone
+from specpl.config import DEFAULT_TEMPLATE
+from specpl.methods.base import Host
+from specpl.methods.registry import HOSTS
+
+
+@dataclass
+class ZeroShotConfig:
+    template: str = DEFAULT_TEMPLATE
+
+
+def template_text_features(backbone: Backbone, template: str, classnames: list[str]) -> torch.Tensor:
+    """Frozen CLIP text features (C, D) of ``template.format(name)`` for each class."""
+    if "{}" not in template:
+        raise ValueError(f"template {template!r} needs a '{{}}' where the class name goes")
+    device = backbone.model.token_embedding.weight.device
+    with torch.no_grad():
+        return backbone.model.encode_text(backbone.tokenizer([template.format(c) for c in classnames]).to(device)).float()
+
+
+@HOSTS.register("zeroshot")
+class ZeroShot(Host):
+    name = "zeroshot"
+    config_class: ClassVar[type] = ZeroShotConfig
+    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 0, "batch_size": 32, "lr": 0.0, "optimizer": "sgd"}
+
+    def __init__(self, backbone: Backbone, config: ZeroShotConfig) -> None:
+        super().__init__(backbone)
+        self.backbone = backbone
+        self.config = config
+        self.classnames: list[str] = []
+
+    def set_classnames(self, classnames: list[str]) -> None:
+        self.register_buffer("text", template_text_features(self.backbone, self.config.template, classnames), persistent=False)
+        self.classnames = list(classnames)
+
+    def encode_text(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
+        return self.text
