@@ -78,8 +78,8 @@ def resolve_quick_gelu(config: BackboneConfig) -> bool:
     tag_cfg = open_clip.get_pretrained_cfg(config.name, pretrained) if pretrained else {}
     if tag_cfg:
         return bool(tag_cfg.get("quick_gelu", False))
-    if pretrained and Path(pretrained).is_file():
-        return "openai" in Path(pretrained).name.lower()
+    if pretrained and Path(pretrained).is_file() and "openai" in Path(pretrained).name.lower():
+        return True
     model_cfg = open_clip.get_model_config(config.name) or {}
     return bool(model_cfg.get("quick_gelu", False))
 

@@ -17,8 +17,6 @@ class EventLog:
     def __init__(self, path: Path | None, callback: EventCallback | None = None) -> None:
         self.path = path
         self.callback = callback
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": kind, "time": time.time(), **fields}

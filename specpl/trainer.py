@@ -37,6 +37,7 @@ class TrainResult:
     status: str  # "finished" or "cancelled"
     run_dir: Path
     metrics: dict[str, Any]
+    model: PromptModel
 
 
 def resolved_training(config: RunConfig) -> dict[str, Any]:
@@ -74,10 +75,12 @@ class Trainer:
         return self._should_stop() or (self.run_dir / STOP_FILE).exists()
 
     def fit(self, resume: bool = False) -> TrainResult:
+        self._started = False
         try:
             return self._fit(resume)
         except BaseException as exc:
-            self.events.emit("status", status="failed", error=f"{type(exc).__name__}: {exc}")
+            if self._started:  # bad input fails before the run dir is touched
+                self.events.emit("status", status="failed", error=f"{type(exc).__name__}: {exc}")
             raise
 
     def _fit(self, resume: bool) -> TrainResult:
@@ -91,14 +94,11 @@ class Trainer:
         )
         set_seed(cfg.train.seed)
         main = accelerator.is_main_process
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / STOP_FILE).unlink(missing_ok=True)
-        self.events.emit("status", status="running", resume=resume)
-
-        data = read_fewshot_folder(cfg.data.root, cfg.data.shots, cfg.data.seed, cfg.data.split_ratio, cfg.data.subsample)
-        self.events.emit("data", **data.summary())
-        backbone = self._backbone or load_backbone(cfg.backbone, device=accelerator.device)
+        if not main:
+            self.events.path = None  # one writer: the main process
         method_options = resolve_method_options(cfg.method)
+        data = read_fewshot_folder(cfg.data.root, cfg.data.shots, cfg.data.seed, cfg.data.split_ratio, cfg.data.subsample)
+        backbone = self._backbone or load_backbone(cfg.backbone, device=accelerator.device)
         needs_bands = any(name != cfg.method.host and _booster_needs_bands(name) for name in method_options)
         band_featurizer = None
         if needs_bands:
@@ -108,7 +108,12 @@ class Trainer:
             band_featurizer = BandFeaturizer(decomposer, backbone.normalization, cfg.decomposer.image_size).to(accelerator.device)
         model = build_method(cfg.method, backbone, data.classnames, band_stat_dim=band_featurizer.decomposer.stat_dim if band_featurizer else None)
         model.to(accelerator.device)
+        self._started = True
         if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / STOP_FILE).unlink(missing_ok=True)
+            self.events.emit("status", status="running", resume=resume)
+            self.events.emit("data", **data.summary())
             write_json_atomic(self.run_dir / "config.json", {**cfg.to_dict(), "backbone": dataclasses.asdict(backbone.config), "resolved_method_options": method_options, "resolved_train": train})
 
         views = AugmentedViews(backbone.preprocess_train, backbone.preprocess_eval, cfg.train.seed)
@@ -180,7 +185,7 @@ class Trainer:
                     self._checkpoint(accelerator, model, optimizer, counters, epoch, counters["step_in_epoch"])
                     bar.close()
                     self.events.emit("status", status="cancelled", step=counters["global_step"])
-                    return TrainResult("cancelled", self.run_dir, {})
+                    return TrainResult("cancelled", self.run_dir, {}, model)
             counters["step_in_epoch"] = 0
             self.events.emit("epoch", epoch=epoch + 1, epochs=epochs, step=counters["global_step"])
             if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 and epoch + 1 < epochs:
@@ -194,7 +199,7 @@ class Trainer:
             write_json_atomic(self.run_dir / "metrics.json", metrics)
             self.events.emit("eval", **{k: v for k, v in metrics.items() if k != "per_class"})
             self.events.emit("status", status="finished", metrics={k: v for k, v in metrics.items() if k != "per_class"})
-        return TrainResult("finished", self.run_dir, metrics)
+        return TrainResult("finished", self.run_dir, metrics, model)
 
     def _loader(self, data: FewShotData, cache: FeatureCache, views: AugmentedViews, epoch: int, batch_size: int, max_views: int, model: PromptModel) -> DataLoader:
         """This epoch's batches: view ``epoch % max_views`` of every image, in a seeded order."""

@@ -1,0 +1,5 @@
+import sys
+
+from specpl.cli import main
+
+sys.exit(main())

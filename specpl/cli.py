@@ -1,0 +1,196 @@
+"""Command line: ``specpl train | eval | predict | bands`` (also ``python -m specpl``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig, from_dict
+
+
+def _parse_option(text: str) -> tuple[str, str, Any]:
+    """``coop.n_ctx=4`` -> ("coop", "n_ctx", 4); values are parsed as JSON when they can be."""
+    try:
+        target, value = text.split("=", 1)
+        component, key = target.split(".", 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--option expects COMPONENT.KEY=VALUE (e.g. coop.n_ctx=4), got {text!r}") from None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return component, key, parsed
+
+
+def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backbone")
+    group.add_argument("--backbone", default=None, help="open_clip model name or hf-hub:org/repo (default ViT-B-16)")
+    group.add_argument("--pretrained", default=None, help="pretrained tag (openai), a local checkpoint file, or 'none' for random init")
+    group.add_argument("--quick-gelu", choices=["auto", "yes", "no"], default="auto", help="activation override; auto infers it from the weights' origin")
+
+
+def _backbone_config(args: argparse.Namespace, base: BackboneConfig) -> BackboneConfig:
+    if args.backbone:
+        base.name = args.backbone
+    if args.pretrained:
+        base.pretrained = None if args.pretrained.lower() == "none" else args.pretrained
+    if args.quick_gelu != "auto":
+        base.quick_gelu = args.quick_gelu == "yes"
+    return base
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specpl", description="Prompt learning for frozen CLIP models (CoOp + SpecPL and friends).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="learn prompts on a few-shot image folder", description="Train a host (+ boosters) on DATA and export a model bundle to OUT/model.")
+    train.add_argument("--data", required=False, help="folder with <class>/ sub-folders, or train/ and test/ each holding them")
+    train.add_argument("--out", required=True, help="run folder (events.jsonl, checkpoint/, model/, metrics.json)")
+    train.add_argument("--config", help="a run config JSON (e.g. a previous run's config.json); flags override it")
+    _add_backbone_args(train)
+    train.add_argument("--host", help="host method (default coop)")
+    train.add_argument("--booster", action="append", default=None, help="booster to add, repeatable (e.g. --booster specpl)")
+    train.add_argument("--option", action="append", type=_parse_option, default=[], help="method option COMPONENT.KEY=VALUE, repeatable (e.g. coop.n_ctx=4)")
+    train.add_argument("--decomposer", help="band decomposer: fft, taef2, taesd, sd-vae (default fft)")
+    train.add_argument("--decomposer-source", help="hub id or local folder with the decomposer's weights")
+    train.add_argument("--shots", type=int, help="training images per class (default 16; 0 keeps all)")
+    train.add_argument("--subsample", choices=["all", "base", "new"], help="train on all classes, or the base half (reports base/new/HM)")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--grad-accum", type=int)
+    train.add_argument("--no-cache", action="store_true", help="recompute frozen image features every epoch")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+
+    evaluate = sub.add_parser("eval", help="accuracy of a model bundle on a folder's test split")
+    evaluate.add_argument("--model", required=True, help="a model bundle folder (RUN/model)")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--subsample", choices=["all", "base", "new"], default="all")
+    evaluate.add_argument("--json", action="store_true", help="print the full result as JSON")
+
+    predict = sub.add_parser("predict", help="top-k labels for images")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--model", help="a model bundle folder; omit for zero-shot with --classes")
+    predict.add_argument("--classes", help="comma-separated class names for zero-shot CLIP")
+    predict.add_argument("--template", default="a photo of a {}.")
+    predict.add_argument("--top-k", type=int, default=5)
+    _add_backbone_args(predict)
+
+    bands = sub.add_parser("bands", help="write the low/high band maps of an image as PNGs")
+    bands.add_argument("image")
+    bands.add_argument("--out", required=True, help="folder for <name>_low.png, <name>_high.png, <name>_latents.png")
+    bands.add_argument("--decomposer", default="fft")
+    bands.add_argument("--decomposer-source")
+    bands.add_argument("--size", type=int, default=256, help="square resolution fed to the decomposer")
+    return parser
+
+
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    config = RunConfig()
+    if args.config:
+        raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
+        known = {k: raw[k] for k in ("backbone", "decomposer", "method", "data", "train", "template") if k in raw}
+        config = from_dict(RunConfig, known)
+    config.backbone = _backbone_config(args, config.backbone)
+    if args.host:
+        config.method.host = args.host
+    if args.booster is not None:
+        config.method.boosters = args.booster
+    for component, key, value in args.option:
+        config.method.options.setdefault(component, {})[key] = value
+    if args.decomposer:
+        config.decomposer.name = args.decomposer
+    if args.decomposer_source:
+        config.decomposer.source = args.decomposer_source
+    if args.data:
+        config.data.root = args.data
+    if not config.data.root:
+        raise SystemExit("specpl train: --data is required (or a --config that names a data root)")
+    if args.shots is not None:
+        config.data.shots = args.shots or None
+    if args.subsample:
+        config.data.subsample = args.subsample
+    for flag, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"), ("grad_accum", "grad_accum_steps")):
+        if getattr(args, flag) is not None:
+            setattr(config.train, field, getattr(args, flag))
+    if args.no_cache:
+        config.train.cache_features = False
+    return config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from specpl.trainer import Trainer
+
+    result = Trainer(run_config_from_args(args), args.out).fit(resume=args.resume)
+    summary = {k: v for k, v in result.metrics.items() if k != "per_class"}
+    print(json.dumps({"status": result.status, "run_dir": str(result.run_dir), **summary}, indent=2))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from specpl.data import read_fewshot_folder
+    from specpl.inference import Predictor
+
+    predictor = Predictor.from_bundle(args.model)
+    data = read_fewshot_folder(args.data, shots=None, subsample=args.subsample)
+    predictor.set_classnames(data.classnames)
+    result = predictor.evaluate(data.test or data.train)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(f"accuracy {result.accuracy:.2f}% on {result.count} images")
+        for name, value in result.per_class.items():
+            print(f"  {name:30s} {value:6.2f}%")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from specpl.inference import Predictor
+
+    if args.model:
+        predictor = Predictor.from_bundle(args.model)
+    elif args.classes:
+        from specpl.backbone import load_backbone
+
+        backbone = load_backbone(_backbone_config(args, BackboneConfig()))
+        predictor = Predictor.zero_shot(backbone, [c.strip() for c in args.classes.split(",") if c.strip()], args.template)
+    else:
+        raise SystemExit("specpl predict: give --model BUNDLE, or --classes a,b,c for zero-shot")
+    for path, ranked in zip(args.images, predictor.predict(args.images, top_k=args.top_k)):
+        print(path)
+        for label, prob in ranked:
+            print(f"  {prob:7.2%}  {label}")
+    return 0
+
+
+def cmd_bands(args: argparse.Namespace) -> int:
+    from specpl.bands import build_decomposer, save_band_pngs
+
+    decomposer = build_decomposer(DecomposerConfig(name=args.decomposer, source=args.decomposer_source, image_size=args.size))
+    for path in save_band_pngs(decomposer, Path(args.image), Path(args.out), args.size):
+        print(path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bands": cmd_bands}
+    from specpl.backbone import BackboneUnavailable
+    from specpl.data import DataError
+    from specpl.registry import UnknownNameError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            return handlers[args.command](args)
+    except (BackboneUnavailable, DataError, UnknownNameError, FileNotFoundError, ValueError) as exc:
+        print(f"specpl {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

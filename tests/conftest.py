@@ -1,0 +1,45 @@
+"""Shared fixtures. Tests are CPU-only, offline and deterministic."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CIFAR = SHARED / "data" / "cifar10-fewshot"
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def cifar_root() -> Path:
+    if not CIFAR.is_dir():
+        pytest.skip(f"shared CIFAR-10 few-shot data not found at {CIFAR}")
+    return CIFAR
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from specpl.backbone import TINY_TEST_MODEL, load_backbone
+    from specpl.config import BackboneConfig
+
+    return load_backbone(BackboneConfig(name=TINY_TEST_MODEL, pretrained=None))
+
+
+def make_image_folder(root: Path, classes: dict[str, int], size: int = 32, seed: int = 0) -> Path:
+    """Write `classes[name]` random-coloured PNGs per class folder under `root`."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(seed)
+    for index, (name, count) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            pixels = (torch.rand(size, size, 3, generator=generator) * 80 + index * 40).clamp(0, 255).byte().numpy()
+            Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root

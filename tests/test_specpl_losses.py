@@ -1,0 +1,115 @@
+"""SpecPL's loss terms against values worked out by hand on small fixed tensors."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from specpl.config import MethodConfig
+from specpl.methods import Batch, build_method
+from specpl.methods.bank import VisualSemanticBank
+from specpl.methods.losses import granule_logits, semantic_anchor_loss
+from specpl.methods.specpl import GranuleModulator
+
+
+def test_semantic_anchor_loss_by_hand():
+    logits = torch.tensor([[0.0, math.log(3.0)]])  # p = (1/4, 3/4)
+    raw_text = torch.tensor([[2.0, 0.0], [0.0, 5.0]])  # unit directions e1, e2
+    low = torch.tensor([[1.0, 0.0]])
+    # e = normalise(1/4 e1 + 3/4 e2); cos(e, e1) = (1/4) / sqrt(1/16 + 9/16) = 1/sqrt(10)
+    expected = 1 - 1 / math.sqrt(10)
+    assert semantic_anchor_loss(logits, raw_text, low).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_semantic_anchor_loss_gradient_reaches_text_not_logits():
+    logits = torch.tensor([[0.3, -0.2]], requires_grad=True)
+    raw_text = torch.tensor([[1.0, 0.5], [0.2, 1.0]], requires_grad=True)
+    semantic_anchor_loss(logits, raw_text, torch.tensor([[1.0, 0.0]])).backward()
+    assert logits.grad is None  # p is detached (spec §3.2)
+    assert raw_text.grad is not None and raw_text.grad.abs().sum() > 0
+
+
+def test_film_modulation_and_granule_ce_by_hand():
+    modulator = GranuleModulator(dim=2, std=1e-3)
+    last = modulator.mlp[2]
+    torch.nn.init.zeros_(last.weight)
+    with torch.no_grad():  # gamma = (atanh 0.5, 0), beta = (0, 1.5)
+        last.bias.copy_(torch.tensor([math.atanh(0.5), 0.0, 0.0, 1.5]))
+    image = torch.tensor([[1.0, 0.0]])
+    modulated = modulator(image, torch.tensor([[0.3, -0.7]]))
+    # (1 + tanh gamma) * v + beta = (1.5, 0) + (0, 1.5) -> normalised (1/sqrt2, 1/sqrt2)
+    torch.testing.assert_close(modulated, torch.tensor([[1 / math.sqrt(2)] * 2]))
+    logits = granule_logits(modulated, torch.tensor([[2.0, 0.0], [0.0, 3.0]]), scale=10.0)
+    torch.testing.assert_close(logits, torch.tensor([[10 / math.sqrt(2)] * 2]))
+    assert F.cross_entropy(logits, torch.tensor([0])).item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_bank_refinement_by_hand():
+    bank = VisualSemanticBank(dim=2, size=2, tau=1.0)
+    with torch.no_grad():
+        bank.bank.copy_(torch.eye(2))
+        first, second = bank.mlp[0], bank.mlp[2]
+        first.weight.copy_(torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]))  # pick r
+        first.bias.zero_()
+        second.weight.copy_(torch.eye(2))
+        second.bias.zero_()
+    q = torch.tensor([[3.0, 0.0]])  # normalised to e1
+    w1 = math.e / (math.e + 1)  # softmax((1, 0) / tau)
+    r = [w1, 1 - w1]
+    gelu = [x * 0.5 * (1 + math.erf(x / math.sqrt(2))) for x in r]
+    pre = torch.tensor([[1.0 + gelu[0], gelu[1]]])
+    mean, var = pre.mean(), pre.var(unbiased=False)
+    expected = F.normalize((pre - mean) / torch.sqrt(var + 1e-5), dim=-1)
+    torch.testing.assert_close(bank(q), expected)
+
+
+def test_bank_initialisation_fills_then_pulls_nearest_row():
+    bank = VisualSemanticBank(dim=2, size=2, momentum=0.05)
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    bank.initialise(features)
+    # the third feature is nearest to row 1 (cos 0.8 > 0.6): b1 <- normalise(0.95 b1 + 0.05 f)
+    expected_row1 = F.normalize(torch.tensor([0.05 * 0.6, 0.95 + 0.05 * 0.8]), dim=0)
+    torch.testing.assert_close(bank.bank[0], torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(bank.bank[1], expected_row1)
+
+
+def _specpl_model(backbone, stat_dim=6):
+    torch.manual_seed(0)
+    return build_method(MethodConfig(host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}}), backbone, ["cat", "dog", "ship", "frog"], band_stat_dim=stat_dim)
+
+
+def test_counterfactual_uses_permuted_high_bands_and_labels(tiny_backbone):
+    model = _specpl_model(tiny_backbone)
+    specpl = model.boosters["specpl"]
+    labels = torch.tensor([0, 1, 2, 3])
+    features = torch.randn(4, tiny_backbone.embed_dim)
+    low, high = torch.rand(4, 6), torch.rand(4, 6)
+    torch.manual_seed(3)
+    perm = torch.randperm(4)
+    assert not torch.equal(labels[perm], labels)  # this seed's permutation moves labels
+    torch.manual_seed(3)
+    losses = model(Batch(labels=labels, image_features=features, band_stats=(low, high)))
+    raw, refined = model.text_features()
+    _, high_embedding = specpl.band_embeddings(low, high)
+    logits = specpl.modulated_logits(features, raw[labels], high_embedding[perm], refined, model.logit_scale)
+    expected = specpl.config.lambda_gcf * F.cross_entropy(logits, labels[perm])
+    torch.testing.assert_close(losses["counterfactual"], expected)
+    factual_targets = specpl.config.lambda_gcf * F.cross_entropy(logits, labels)
+    assert not torch.allclose(expected, factual_targets)  # the permuted targets change the loss
+
+
+def test_specpl_total_loss_weights(tiny_backbone):
+    model = _specpl_model(tiny_backbone)
+    losses = model(Batch(labels=torch.tensor([0, 1]), image_features=torch.randn(2, tiny_backbone.embed_dim), band_stats=(torch.rand(2, 6), torch.rand(2, 6))))
+    assert set(losses) == {"cls", "sem", "granule", "counterfactual"}
+    config = model.boosters["specpl"].config
+    assert (config.lambda_sem, config.lambda_gf, config.lambda_gcf) == (0.1, 0.1, 0.1)
+
+
+def test_band_projections_are_frozen_and_refiner_trains(tiny_backbone):
+    model = _specpl_model(tiny_backbone)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert not any("band_low" in n or "band_high" in n for n in trainable)
+    assert "boosters.specpl.bank.mlp.0.weight" in trainable
+    assert "host.prompt_learner.ctx" in trainable
+    assert not any(n.startswith("frozen_clip") for n in trainable)

@@ -1,0 +1,124 @@
+"""The trainer end to end on the tiny backbone and real CIFAR-10 photos."""
+import json
+
+import pytest
+import torch
+
+from specpl.checkpoint import read_bundle
+from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
+from specpl.events import read_events
+from specpl.inference import Predictor
+from specpl.registry import UnknownNameError
+from specpl.trainer import Trainer
+
+
+def tiny_config(root, boosters=("specpl",), epochs=2, **train) -> RunConfig:
+    return RunConfig(
+        backbone=BackboneConfig(name="specpl-tiny", pretrained=None),
+        decomposer=DecomposerConfig(name="fft", image_size=32),
+        method=MethodConfig(host="coop", boosters=list(boosters), options={"coop": {"n_ctx": 4}}),
+        data=DataConfig(root=str(root), shots=2),
+        train=TrainConfig(epochs=epochs, batch_size=8, **train),
+    )
+
+
+def learned(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.learned_state_dict().items()}
+
+
+def test_train_save_reload_gives_identical_logits(tmp_path, cifar_root, tiny_backbone):
+    result = Trainer(tiny_config(cifar_root), tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit()
+    assert result.status == "finished"
+    bundle = tmp_path / "run" / "model"
+    tensors, config = read_bundle(bundle)
+    assert not any(k.startswith("frozen_clip") for k in tensors)
+    assert config["classnames"][0] == "airplane" and config["backbone"]["quick_gelu"] is True
+    assert config["method"]["options"]["specpl"]["lambda_gcf"] == 0.1
+    assert {"torch", "open_clip", "specpl"} <= set(config["versions"])
+    assert (bundle / "README.md").read_text().startswith("# SpecPL Studio model: coop + specpl")
+
+    images = sorted((cifar_root / "test" / "cat").iterdir())[:4]
+    live = Predictor(result.model)
+    reloaded = Predictor.from_bundle(bundle)  # rebuilds the (seeded) tiny backbone from config.json
+    batch = live.preprocess(images)
+    torch.testing.assert_close(reloaded.logits(batch), live.logits(batch), rtol=0, atol=0)
+    assert reloaded.predict(images, top_k=3)[0][0][0] in config["classnames"]
+
+
+def test_events_log_progress(tmp_path, cifar_root, tiny_backbone):
+    seen = []
+    Trainer(tiny_config(cifar_root, epochs=1), tmp_path / "run", callback=seen.append, backbone=tiny_backbone, progress_bar=False).fit()
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    assert [e["type"] for e in events] == [e["type"] for e in seen]
+    steps = [e for e in events if e["type"] == "step"]
+    assert len(steps) == 3  # 20 images / batch 8
+    assert set(steps[0]["losses"]) == {"cls", "sem", "granule", "counterfactual"}
+    assert {"lr", "images_per_s", "eta_s", "epoch", "total_steps"} <= set(steps[0])
+    assert events[-1] == {**events[-1], "type": "status", "status": "finished"}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test_images"] == 200
+
+
+def test_cached_and_uncached_training_agree(tmp_path, cifar_root, tiny_backbone):
+    runs = []
+    for cache in (True, False):
+        result = Trainer(tiny_config(cifar_root, cache_features=cache), tmp_path / f"run{cache}", backbone=tiny_backbone, progress_bar=False).fit()
+        runs.append(learned(result.model))
+    for key in runs[0]:
+        torch.testing.assert_close(runs[0][key], runs[1][key], rtol=0, atol=1e-6)
+
+
+def test_cancel_saves_checkpoint_and_resume_matches_uninterrupted(tmp_path, cifar_root, tiny_backbone):
+    straight = Trainer(tiny_config(cifar_root, epochs=2), tmp_path / "straight", backbone=tiny_backbone, progress_bar=False).fit()
+
+    steps = []
+    cancelled = Trainer(
+        tiny_config(cifar_root, epochs=2), tmp_path / "run", callback=steps.append, backbone=tiny_backbone, progress_bar=False,
+        should_stop=lambda: sum(e["type"] == "step" for e in steps) >= 4,
+    ).fit()
+    assert cancelled.status == "cancelled"
+    assert (tmp_path / "run" / "checkpoint" / "state.safetensors").exists()
+    assert not (tmp_path / "run" / "model").exists()
+
+    resumed = Trainer(tiny_config(cifar_root, epochs=2), tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit(resume=True)
+    assert resumed.status == "finished"
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4, 5, 6]
+    expected, got = learned(straight.model), learned(resumed.model)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6)
+
+
+def test_stop_file_cancels_from_another_process(tmp_path, cifar_root, tiny_backbone):
+    run = tmp_path / "run"
+
+    def stop_after_first_step(event):
+        if event["type"] == "step":
+            (run / "STOP").touch()
+
+    result = Trainer(tiny_config(cifar_root), run, callback=stop_after_first_step, backbone=tiny_backbone, progress_bar=False).fit()
+    assert result.status == "cancelled"
+
+
+def test_base_to_new_protocol_reports_hm(tmp_path, cifar_root, tiny_backbone):
+    config = tiny_config(cifar_root, boosters=(), epochs=1)
+    config.data.subsample = "base"
+    metrics = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit().metrics
+    assert metrics["hm"] == pytest.approx(2 * metrics["base"] * metrics["new"] / (metrics["base"] + metrics["new"]))
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (lambda c: setattr(c.method, "host", "coopp"), UnknownNameError, "unknown host method 'coopp'; available: coop"),
+        (lambda c: setattr(c.method, "boosters", ["specpl", "magic"]), UnknownNameError, "unknown booster 'magic'"),
+        (lambda c: setattr(c.data, "root", "/nonexistent/data"), ValueError, "/nonexistent/data does not exist"),
+        (lambda c: setattr(c.backbone, "name", "ViT-Q-99"), UnknownNameError, "unknown backbone 'ViT-Q-99'"),
+        (lambda c: c.method.options.update(coop={"n_ctxx": 3}), ValueError, "unknown CoOpConfig option"),
+    ],
+)
+def test_bad_config_fails_before_writing_anything(tmp_path, cifar_root, change, error, message):
+    config = tiny_config(cifar_root)
+    change(config)
+    with pytest.raises(error, match=message):
+        Trainer(config, tmp_path / "run", progress_bar=False).fit()
+    assert not (tmp_path / "run").exists()
