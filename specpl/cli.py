@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--decomposer", help="band decomposer: fft, taef2, taesd, sd-vae (default fft)")
     train.add_argument("--decomposer-source", help="hub id or local folder with the decomposer's weights")
     train.add_argument("--shots", type=int, help="training images per class (default 16; 0 keeps all)")
+    train.add_argument("--split-ratio", type=float, help="train share per class for a folder without train/ and test/ (default 0.5)")
     train.add_argument("--subsample", choices=["all", "base", "new"], help="train on all classes, or the base half (reports base/new/HM)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
@@ -114,6 +115,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         config.data.shots = args.shots or None
     if args.subsample:
         config.data.subsample = args.subsample
+    if args.split_ratio is not None:
+        config.data.split_ratio = args.split_ratio
     for flag, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"), ("grad_accum", "grad_accum_steps")):
         if getattr(args, flag) is not None:
             setattr(config.train, field, getattr(args, flag))
