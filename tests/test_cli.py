@@ -1,0 +1,60 @@
+"""CLI smoke runs on the real CIFAR-10 few-shot photos with the tiny backbone."""
+import json
+
+from specpl.cli import main
+
+TINY = ["--backbone", "specpl-tiny", "--pretrained", "none"]
+
+
+def test_train_eval_predict(tmp_path, cifar_root, capsys):
+    run = tmp_path / "run"
+    code = main(["train", "--data", str(cifar_root), "--out", str(run), *TINY, "--booster", "specpl", "--option", "coop.n_ctx=4",
+                 "--shots", "1", "--epochs", "1", "--batch-size", "5"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["status"] == "finished" and 0 <= summary["accuracy"] <= 100
+    assert main(["eval", "--model", str(run / "model"), "--data", str(cifar_root), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == 200 and set(result["per_class"]) == {p.name for p in (cifar_root / "test").iterdir()}
+    image = sorted((cifar_root / "test" / "ship").iterdir())[0]
+    assert main(["predict", "--model", str(run / "model"), str(image), "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(image) and len(lines) == 3 and lines[1].strip().endswith(tuple(summary_classes(run)))
+
+
+def summary_classes(run):
+    return json.loads((run / "model" / "config.json").read_text())["classnames"]
+
+
+def test_zero_shot_predict(cifar_root, capsys):
+    image = sorted((cifar_root / "test" / "cat").iterdir())[0]
+    assert main(["predict", *TINY, "--classes", "cat, dog", str(image)]) == 0
+    out = capsys.readouterr().out
+    assert "cat" in out and "dog" in out and "%" in out
+
+
+def test_errors_are_one_line_without_traceback(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("specpl train: error:") and "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *TINY, "--host", "nope"]) == 2
+    assert "unknown host method 'nope'" in capsys.readouterr().err
+
+
+def test_two_process_distributed_run(tmp_path, cifar_root):
+    """The same command under torchrun (what `accelerate launch` uses on several GPUs), with gloo on CPU:
+    batches are sharded over the two processes and only the main process writes."""
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "specpl", "train",
+               "--data", str(cifar_root), "--out", str(run), *TINY, "--shots", "2", "--epochs", "2", "--batch-size", "4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    from specpl.events import read_events
+
+    steps = [e for e in read_events(run / "events.jsonl") if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]  # 20 images, batch 4 per process, 2 processes
+    assert (run / "model" / "model.safetensors").exists()
