@@ -208,7 +208,9 @@ class Trainer:
         items = [data.train[i] for i in order]
         frozen = cache.get(items, view)
         dataset = _EpochDataset(items, frozen, views if model.needs_image_grad else None, view)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.config.train.num_workers)
+        # its own generator: creating the iterator must not draw from the global RNG, or a resumed
+        # run would see different counterfactual permutations than an uninterrupted one
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.config.train.num_workers, generator=torch.Generator().manual_seed(epoch))
 
     def _checkpoint(self, accelerator: Accelerator, model: PromptModel, optimizer: Any, counters: dict[str, int], epoch: int, step_in_epoch: int) -> None:
         """Save where to continue: (epoch, step inside it). The optimizer is unwrapped from accelerate."""

@@ -43,3 +43,19 @@ def make_image_folder(root: Path, classes: dict[str, int], size: int = 32, seed:
             pixels = (torch.rand(size, size, 3, generator=generator) * 80 + index * 40).clamp(0, 255).byte().numpy()
             Image.fromarray(pixels).save(folder / f"{i:03d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, cifar_root, tiny_backbone):
+    """One short CoOp + SpecPL run on real CIFAR-10 photos, shared by the tests that only read it."""
+    from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
+    from specpl.trainer import Trainer
+
+    config = RunConfig(
+        backbone=BackboneConfig(name="specpl-tiny", pretrained=None),
+        decomposer=DecomposerConfig(name="fft", image_size=32),
+        method=MethodConfig(host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}}),
+        data=DataConfig(root=str(cifar_root), shots=2),
+        train=TrainConfig(epochs=2, batch_size=8),
+    )
+    return Trainer(config, tmp_path_factory.mktemp("trained") / "run", backbone=tiny_backbone, progress_bar=False).fit()

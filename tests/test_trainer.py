@@ -26,10 +26,10 @@ def learned(model) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.learned_state_dict().items()}
 
 
-def test_train_save_reload_gives_identical_logits(tmp_path, cifar_root, tiny_backbone):
-    result = Trainer(tiny_config(cifar_root), tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit()
+def test_train_save_reload_gives_identical_logits(trained_run, cifar_root):
+    result = trained_run
     assert result.status == "finished"
-    bundle = tmp_path / "run" / "model"
+    bundle = result.run_dir / "model"
     tensors, config = read_bundle(bundle)
     assert not any(k.startswith("frozen_clip") for k in tensors)
     assert config["classnames"][0] == "airplane" and config["backbone"]["quick_gelu"] is True
