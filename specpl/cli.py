@@ -183,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bands": cmd_bands}
     from specpl.backbone import BackboneUnavailable
+    from specpl.bands import DecomposerUnavailable
     from specpl.data import DataError
     from specpl.registry import UnknownNameError
 
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return handlers[args.command](args)
-    except (BackboneUnavailable, DataError, UnknownNameError, FileNotFoundError, ValueError) as exc:
+    except (BackboneUnavailable, DecomposerUnavailable, DataError, UnknownNameError, FileNotFoundError, ValueError) as exc:
         print(f"specpl {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

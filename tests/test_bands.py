@@ -67,8 +67,7 @@ def tiny_taesd() -> BandDecomposer:
 
 
 def test_taef2_reconstructs_a_real_photo(taef2: BandDecomposer) -> None:
-    from skimage import data
-
+    data = pytest.importorskip("skimage.data", reason="scikit-image provides the test photo")
     image = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255
     image = F.interpolate(image, size=(256, 256), mode="bilinear", antialias=True, align_corners=False)
     mean, std = taef2.encode(image)

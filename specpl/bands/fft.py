@@ -1,0 +1,74 @@
+"""``fft``: a weight-free decomposer for CPU runs and tests.
+
+The "latent" is the image itself mapped to [-1, 1] (3 channels, full resolution), so decoding
+is exact and nothing has to be downloaded. Unlike the VAE decomposers, the low band comes from a
+frequency-domain low-pass rather than SpecPL's k x k box average: at full pixel resolution a
+7-pixel box would be a much finer split than 7 latent pixels (56 image pixels) of a VAE, and a
+radial cutoff states the split directly as a frequency.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from specpl.bands.base import DECOMPOSERS, BandDecomposer
+from specpl.config import DecomposerConfig
+
+DEFAULT_CUTOFF = 1 / 8  # fraction of Nyquist: 1/16 cycles per pixel, i.e. detail finer than ~16 px is "high"
+
+
+class FFTLowPass(nn.Module):
+    """Smooth radial low-pass: gain exp(-ln2 * (f / f_c)^2), which is 1 at DC, 1/2 at the cutoff
+    f_c = `cutoff` x Nyquist and has no ringing (a Gaussian in both domains).
+
+    The input is mirrored to twice its size before the FFT, so the implied periodic signal is
+    continuous at the borders; without this, the wrap-around jump of e.g. a left-to-right
+    gradient would leak into the high band along the edges.
+    """
+
+    def __init__(self, cutoff: float = DEFAULT_CUTOFF) -> None:
+        super().__init__()
+        if not 0 < cutoff <= 1:
+            raise ValueError(f"fft cutoff is a fraction of Nyquist in (0, 1], got {cutoff}")
+        self.cutoff = cutoff
+
+    def forward(self, latent: Tensor) -> Tensor:
+        h, w = latent.shape[-2:]
+        mirrored = torch.cat([latent, latent.flip(-1)], dim=-1)
+        mirrored = torch.cat([mirrored, mirrored.flip(-2)], dim=-2).float()
+        fy = torch.fft.fftfreq(2 * h, device=latent.device).view(-1, 1)
+        fx = torch.fft.rfftfreq(2 * w, device=latent.device).view(1, -1)
+        radius = torch.sqrt(fy**2 + fx**2) / 0.5  # in units of Nyquist (0.5 cycles per pixel)
+        gain = torch.exp(-math.log(2) * (radius / self.cutoff) ** 2)
+        spectrum = torch.fft.rfft2(mirrored) * gain
+        low = torch.fft.irfft2(spectrum, s=(2 * h, 2 * w))[..., :h, :w]
+        return low.to(latent.dtype)
+
+    def extra_repr(self) -> str:
+        return f"cutoff={self.cutoff}"
+
+
+class PixelCodec(nn.Module):
+    """Identity codec: latent = 2 * image - 1 at full resolution."""
+
+    latent_channels = 3
+    downsample = 1
+    has_std = False
+
+    def encode(self, images: Tensor) -> tuple[Tensor, None]:
+        return images * 2 - 1, None
+
+    def decode(self, latent: Tensor) -> Tensor:
+        return (latent + 1) / 2
+
+
+def fft_decomposer(cutoff: float = DEFAULT_CUTOFF) -> BandDecomposer:
+    return BandDecomposer("fft", PixelCodec(), FFTLowPass(cutoff))
+
+
+@DECOMPOSERS.register("fft")
+def _build_fft(config: DecomposerConfig) -> BandDecomposer:
+    """`config.lowpass_kernel` does not apply here (see the module docstring)."""
+    return fft_decomposer()
