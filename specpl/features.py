@@ -93,6 +93,7 @@ class FeatureCache:
         device: torch.device,
         batch_size: int = 32,
         enabled: bool = True,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.views = views
         self.encode_image = encode_image
@@ -100,6 +101,7 @@ class FeatureCache:
         self.device = device
         self.batch_size = batch_size
         self.enabled = enabled
+        self.on_progress = on_progress  # (done, total) while new features are being computed
         self._store: dict[str, dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -124,10 +126,12 @@ class FeatureCache:
             return self._uncached(items, view)
         keys = [self.views.key(item.path, view) for item in items]
         missing = [i for i, key in enumerate(keys) if key not in self._store]
-        for chunk in _chunks(missing, self.batch_size):
+        for done, chunk in enumerate(_chunks(missing, self.batch_size)):
             computed = self.compute(torch.stack([self.views.load(items[i].path, view) for i in chunk]))
             for row, i in enumerate(chunk):
                 self._store[keys[i]] = {name: value[row].cpu() for name, value in computed.items()}
+            if self.on_progress is not None:
+                self.on_progress(min((done + 1) * self.batch_size, len(missing)), len(missing))
         return {name: torch.stack([self._store[k][name] for k in keys]) for name in self._store[keys[0]]} if keys else {}
 
     def _uncached(self, items: list[ImageItem], view: int | None) -> dict[str, torch.Tensor]:

@@ -123,9 +123,10 @@ class Trainer:
             band_featurizer=band_featurizer,
             device=accelerator.device,
             enabled=cfg.train.cache_features,
+            on_progress=lambda done, total: self.events.emit("phase", phase="frozen features", done=done, total=total) if main else None,
         )
         params = [p for p in model.parameters() if p.requires_grad]
-        epochs = int(train["epochs"])
+        epochs = int(train["epochs"]) if params else 0  # nothing to learn (zero-shot): evaluate and export only
         steps_per_epoch = math.ceil(math.ceil(len(data.train) / train["batch_size"]) / accelerator.num_processes / cfg.train.grad_accum_steps)
         total_steps = max(1, epochs * steps_per_epoch)
         optimizer = _build_optimizer(params, train) if params else None
@@ -136,7 +137,8 @@ class Trainer:
             model.load_learned_state_dict(model_state)
             self.events.emit("resumed", **counters)
         elif needs_bands:
-            first = cache.get(data.train[: train["batch_size"] * 10], view=0)
+            first_epoch = [data.train[i] for i in self._epoch_order(len(data.train), 0)]
+            first = cache.get(first_epoch[: train["batch_size"] * 10], view=0)
             batches = list(zip(first["low"].split(train["batch_size"]), first["high"].split(train["batch_size"])))
             for booster in model.boosters.values():
                 booster.prepare([(lo.to(accelerator.device), hi.to(accelerator.device)) for lo, hi in batches])
@@ -204,13 +206,16 @@ class Trainer:
     def _loader(self, data: FewShotData, cache: FeatureCache, views: AugmentedViews, epoch: int, batch_size: int, max_views: int, model: PromptModel) -> DataLoader:
         """This epoch's batches: view ``epoch % max_views`` of every image, in a seeded order."""
         view = epoch % max(1, max_views)
-        order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(self.config.train.seed * 100_003 + epoch)).tolist()
-        items = [data.train[i] for i in order]
+        items = [data.train[i] for i in self._epoch_order(len(data.train), epoch)]
         frozen = cache.get(items, view)
         dataset = _EpochDataset(items, frozen, views if model.needs_image_grad else None, view)
         # its own generator: creating the iterator must not draw from the global RNG, or a resumed
         # run would see different counterfactual permutations than an uninterrupted one
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.config.train.num_workers, generator=torch.Generator().manual_seed(epoch))
+
+    def _epoch_order(self, count: int, epoch: int) -> list[int]:
+        """The seeded sample order of an epoch (the same in every process and after a resume)."""
+        return torch.randperm(count, generator=torch.Generator().manual_seed(self.config.train.seed * 100_003 + epoch)).tolist()
 
     def _checkpoint(self, accelerator: Accelerator, model: PromptModel, optimizer: Any, counters: dict[str, int], epoch: int, step_in_epoch: int) -> None:
         """Save where to continue: (epoch, step inside it). The optimizer is unwrapped from accelerate."""

@@ -58,3 +58,19 @@ def test_two_process_distributed_run(tmp_path, cifar_root):
     steps = [e for e in read_events(run / "events.jsonl") if e["type"] == "step"]
     assert [e["step"] for e in steps] == [1, 2, 3, 4, 5, 6]  # 20 images, batch 4 per process, 2 processes
     assert (run / "model" / "model.safetensors").exists()
+
+
+def test_bands_writes_pngs(tmp_path, cifar_root, capsys):
+    image = cifar_root / "test" / "frog" / "0000.jpg"
+    assert main(["bands", str(image), "--out", str(tmp_path), "--decomposer", "fft", "--size", "64"]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["0000_high.png", "0000_latents.png", "0000_low.png"]
+
+
+def test_bands_offline_hub_decomposer_is_a_clear_error(tmp_path, cifar_root, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    image = cifar_root / "test" / "frog" / "0000.jpg"
+    assert main(["bands", str(image), "--out", str(tmp_path / "out"), "--decomposer", "taesd"]) == 2
+    err = capsys.readouterr().err
+    assert "taesd" in err and "--decomposer-source" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
