@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="learn prompts on a few-shot image folder", description="Train a host (+ boosters) on DATA and export a model bundle to OUT/model.")
-    train.add_argument("--data", required=False, help="folder with <class>/ sub-folders, or train/ and test/ each holding them")
+    train.add_argument("--data", required=False, help="folder with <class>/ sub-folders, or train/ and test/ each holding them (default: the embedded SpectralWorld demo set)")
     train.add_argument("--out", required=True, help="run folder (events.jsonl, checkpoint/, model/, metrics.json)")
     train.add_argument("--config", help="a run config JSON (e.g. a previous run's config.json); flags override it")
     _add_backbone_args(train)
@@ -109,8 +109,6 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         config.decomposer.source = args.decomposer_source
     if args.data:
         config.data.root = args.data
-    if not config.data.root:
-        raise SystemExit("specpl train: --data is required (or a --config that names a data root)")
     if args.shots is not None:
         config.data.shots = args.shots or None
     if args.subsample:
@@ -125,10 +123,34 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     return config
 
 
+def _explicit_backbone(args: argparse.Namespace) -> bool:
+    return bool(args.backbone or args.pretrained or getattr(args, "config", None))
+
+
+def _default_backbone(config: BackboneConfig, explicit: bool):
+    """The backbone the user asked for; when they asked for none and the default can't be loaded,
+    the embedded SpectralWorld CLIP, with a plain note on stderr."""
+    from specpl.backbone import load_backbone
+    from specpl.defaults import load_backbone_or_world
+
+    if explicit:
+        return load_backbone(config)
+    backbone, note = load_backbone_or_world(config)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return backbone
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from specpl.defaults import demo_data_dir
     from specpl.trainer import Trainer
 
-    result = Trainer(run_config_from_args(args), args.out).fit(resume=args.resume)
+    config = run_config_from_args(args)
+    if not config.data.root:
+        config.data.root = str(demo_data_dir())
+        print(f"note: no --data given; training on the embedded SpectralWorld demo set ({config.data.root})", file=sys.stderr)
+    backbone = _default_backbone(config.backbone, _explicit_backbone(args))
+    result = Trainer(config, args.out, backbone=backbone).fit(resume=args.resume)
     summary = {k: v for k, v in result.metrics.items() if k != "per_class"}
     print(json.dumps({"status": result.status, "run_dir": str(result.run_dir), **summary}, indent=2))
     return 0
@@ -157,9 +179,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.model:
         predictor = Predictor.from_bundle(args.model)
     elif args.classes:
-        from specpl.backbone import load_backbone
-
-        backbone = load_backbone(_backbone_config(args, BackboneConfig()))
+        backbone = _default_backbone(_backbone_config(args, BackboneConfig()), _explicit_backbone(args))
         predictor = Predictor.zero_shot(backbone, [c.strip() for c in args.classes.split(",") if c.strip()], args.template)
     else:
         raise SystemExit("specpl predict: give --model BUNDLE, or --classes a,b,c for zero-shot")

@@ -113,12 +113,13 @@ def test_constant_latent_keeps_its_value_in_the_interior() -> None:
     torch.testing.assert_close(low[..., 3:-3, 3:-3], torch.full((1, 2, 6, 6), 2.5))
     assert low[0, 0, 0, 0].item() == pytest.approx(2.5 * 16 / 49)  # corner sees 4x4 of the 7x7 window
     flat = fft_decomposer().decompose(torch.full((1, 3, 20, 20), 0.75))
-    torch.testing.assert_close(flat.low, torch.full_like(flat.low, 0.5), rtol=0, atol=1e-5)
+    torch.testing.assert_close(flat.low[:, :3], torch.full_like(flat.low[:, :3], 0.75), rtol=0, atol=1e-5)
+    torch.testing.assert_close(flat.low[:, 3:], torch.zeros_like(flat.low[:, 3:]), rtol=0, atol=1e-5)  # no edges
 
 
 def test_band_statistics_without_std() -> None:
     decomposer = fft_decomposer()
-    assert decomposer.stat_dim == 3
+    assert decomposer.stat_dim == 3 + 4 * 4  # colours + 4 orientations x 4 offsets
     low = torch.zeros(2, 3, 2, 2)
     low[0, 0] = torch.tensor([[1.0, -1.0], [3.0, -3.0]])
     bands = Bands(low=low, high=-2 * low)
@@ -158,8 +159,9 @@ def test_taesd_wrapper_has_no_std(tiny_taesd: BandDecomposer) -> None:
 
 
 def _energy_split(images: torch.Tensor) -> tuple[float, float]:
+    """Shares of the colour channels' spatial variance (the DC level is not detail) in each band."""
     bands = fft_decomposer().decompose(images)
-    low, high = bands.low.pow(2).sum().item(), bands.high.pow(2).sum().item()
+    low, high = (band[:, :3].flatten(2).var(dim=2).sum().item() for band in (bands.low, bands.high))
     return low / (low + high), high / (low + high)
 
 
@@ -183,8 +185,8 @@ def test_render_shapes_and_ranges(which: str, request: pytest.FixtureRequest) ->
     for tensor in (maps.original, maps.low_image, maps.high_magnitude, maps.latent_grid):
         assert tensor.min().item() >= 0 and tensor.max().item() <= 1
     assert torch.allclose(maps.high_magnitude.flatten(1).amax(dim=1), torch.ones(2), atol=1e-3)
-    if which == "fft":  # 3 channels tile into 2x2 cells of 16x24 with 1-pixel gaps
-        assert maps.latent_grid.shape[2:] == (33, 49)
+    if which == "fft":  # 19 channels tile into 4 rows x 5 columns of 16x24 with 1-pixel gaps
+        assert maps.latent_grid.shape[2:] == (4 * 17 - 1, 5 * 25 - 1)
 
 
 @pytest.mark.parametrize("which", ["fft", "tiny_kl"])
@@ -200,9 +202,10 @@ def test_fft_swap_mixes_low_of_a_with_high_of_b() -> None:
     smooth = torch.linspace(0.2, 0.8, 32).expand(1, 3, 32, 32)
     stripes = 0.5 + 0.2 * (torch.arange(32) % 2 * 2 - 1).float().expand(1, 3, 32, 32)
     mixed = decomposer.swap(smooth, stripes)
-    low, high = decomposer.split(decomposer.encode(mixed)[0])
-    low_a, _ = decomposer.split(decomposer.encode(smooth)[0])
-    _, high_b = decomposer.split(decomposer.encode(stripes)[0])
+    colours = slice(0, 3)  # what decoding keeps; the difference channels are derived from them
+    low, high = (band[:, colours] for band in decomposer.split(decomposer.encode(mixed)[0]))
+    low_a = decomposer.split(decomposer.encode(smooth)[0])[0][:, colours]
+    high_b = decomposer.split(decomposer.encode(stripes)[0])[1][:, colours]
     # re-splitting is only approximately idempotent (a Gaussian is not an ideal filter)
     assert ((low - low_a).norm() / low_a.norm()).item() < 0.1
     assert ((high - high_b).norm() / high_b.norm()).item() < 0.1
@@ -246,3 +249,16 @@ def test_save_band_pngs(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["photo_low.png", "photo_high.png", "photo_latents.png"]
     assert all(p.is_file() for p in paths)
     assert Image.open(paths[0]).size == (32, 32)
+
+
+def test_fft_high_band_statistics_see_orientation() -> None:
+    """Over colour channels alone, stripes and bars have identical |.| statistics; the oriented
+    difference channels tell them apart (offset 1: right-difference vs down-difference)."""
+    decomposer = fft_decomposer()
+    rows = (torch.arange(32) % 2).float().view(1, 1, 32, 1).expand(1, 3, 32, 32) * 0.5 + 0.25
+    stripes, bars = rows, rows.transpose(-1, -2)
+    (_, high_stripes), (_, high_bars) = (decomposer.band_statistics(decomposer.decompose(x)) for x in (stripes, bars))
+    torch.testing.assert_close(high_stripes[:, :3], high_bars[:, :3], rtol=1e-4, atol=1e-5)
+    right, down = 3, 4  # offset-1 channels
+    assert high_bars[0, right] > 5 * high_bars[0, down]
+    assert high_stripes[0, down] > 5 * high_stripes[0, right]

@@ -1,22 +1,30 @@
 """``fft``: a weight-free decomposer for CPU runs and tests.
 
-The "latent" is the image itself mapped to [-1, 1] (3 channels, full resolution), so decoding
-is exact and nothing has to be downloaded. Unlike the VAE decomposers, the low band comes from a
-frequency-domain low-pass rather than SpecPL's k x k box average: at full pixel resolution a
-7-pixel box would be a much finer split than 7 latent pixels (56 image pixels) of a VAE, and a
-radial cutoff states the split directly as a frequency.
+The "latent" is the image itself (3 colour channels in [0, 1], full resolution) followed by oriented
+luminance differences (0, 45, 90 and 135 degrees at offsets of 1, 2, 4 and 8 pixels), so decoding
+is exact (the colour channels) and nothing has to be downloaded. The difference channels matter for
+SpecPL: its band statistic is a per-channel mean of |.|, and over three colour channels alone that
+pools away which way and how finely an image is patterned; with oriented channels the high band's
+statistics tell stripes from bars from grain (see bench/WORLD.md for the linear probes).
+
+Unlike the VAE decomposers, the low band comes from a frequency-domain low-pass rather than
+SpecPL's k x k box average: at full pixel resolution a 7-pixel box would be a much finer split
+than 7 latent pixels (56 image pixels) of a VAE, and a radial cutoff states the split directly as
+a frequency.
 """
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specpl.bands.base import DECOMPOSERS, BandDecomposer
 from specpl.config import DecomposerConfig
 
 DEFAULT_CUTOFF = 1 / 8  # fraction of Nyquist: 1/16 cycles per pixel, i.e. detail finer than ~16 px is "high"
+DIFFERENCE_OFFSETS = (1, 2, 4, 8)
 
 
 class FFTLowPass(nn.Module):
@@ -51,17 +59,29 @@ class FFTLowPass(nn.Module):
 
 
 class PixelCodec(nn.Module):
-    """Identity codec: latent = 2 * image - 1 at full resolution."""
+    """Latent = [image colours; oriented luminance differences]; decoding keeps the colours."""
 
-    latent_channels = 3
-    downsample = 1
     has_std = False
+    downsample = 1
+
+    def __init__(self, offsets: tuple[int, ...] = DIFFERENCE_OFFSETS) -> None:
+        super().__init__()
+        self.offsets = offsets
+        self.latent_channels = 3 + 4 * len(offsets)
 
     def encode(self, images: Tensor) -> tuple[Tensor, None]:
-        return images * 2 - 1, None
+        luminance = images.mean(dim=1, keepdim=True)
+        channels = [images]
+        for s in self.offsets:
+            padded = F.pad(luminance, (s, s, s, s), mode="replicate")
+            centre = padded[..., s:-s, s:-s]
+            right, down = padded[..., s:-s, 2 * s :], padded[..., 2 * s :, s:-s]
+            down_right, down_left = padded[..., 2 * s :, 2 * s :], padded[..., 2 * s :, : -2 * s]
+            channels += [right - centre, down - centre, down_right - centre, down_left - centre]
+        return torch.cat(channels, dim=1), None
 
     def decode(self, latent: Tensor) -> Tensor:
-        return (latent + 1) / 2
+        return latent[:, :3]
 
 
 def fft_decomposer(cutoff: float = DEFAULT_CUTOFF) -> BandDecomposer:

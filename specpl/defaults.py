@@ -1,0 +1,56 @@
+"""The embedded offline default: the SpectralWorld CLIP and its few-shot demo set, both in assets/.
+
+Used by the CLI and the app when the configured backbone cannot be loaded (no network, no cached
+weights) or no data folder is given, so that every feature works on a fresh offline machine. The
+library itself never falls back silently: `load_backbone` raises, and callers decide.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from specpl.backbone import Backbone, BackboneUnavailable, load_backbone
+from specpl.config import BackboneConfig
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+WORLD_WEIGHTS = ASSETS / "world-clip" / "open_clip_model.safetensors"
+DEMO_ZIP = ASSETS / "world-demo.zip"
+WORLD_MODEL = "world-clip"
+
+
+def world_backbone_config() -> BackboneConfig:
+    return BackboneConfig(name=WORLD_MODEL, pretrained=str(WORLD_WEIGHTS), quick_gelu=False)
+
+
+def load_backbone_or_world(config: BackboneConfig, device: str | torch.device = "cpu") -> tuple[Backbone, str | None]:
+    """The configured backbone, or the world CLIP with a plain sentence saying why."""
+    try:
+        return load_backbone(config, device=device), None
+    except BackboneUnavailable as exc:
+        reason = str(exc).split(": looked in")[0]
+        note = f"{reason}; using the embedded SpectralWorld CLIP ({WORLD_MODEL}) instead, which knows only SpectralWorld images."
+        return load_backbone(world_backbone_config(), device=device), note
+
+
+def demo_data_dir(target: Path | None = None) -> Path:
+    """The demo few-shot set (train/ and test/ class folders), unpacked once into `target`
+    (default: the user cache, ``$XDG_CACHE_HOME/specpl/world-demo``)."""
+    target = Path(target) if target else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "specpl" / "world-demo"
+    if not (target / "train").is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            with zipfile.ZipFile(DEMO_ZIP) as archive:
+                if any(name.startswith("/") or ".." in Path(name).parts for name in archive.namelist()):
+                    raise ValueError(f"{DEMO_ZIP} holds an unsafe path")
+                archive.extractall(staging)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)  # whole or not at all
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
