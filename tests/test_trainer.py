@@ -122,3 +122,16 @@ def test_bad_config_fails_before_writing_anything(tmp_path, cifar_root, change, 
     with pytest.raises(error, match=message):
         Trainer(config, tmp_path / "run", progress_bar=False).fit()
     assert not (tmp_path / "run").exists()
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, cifar_root, tiny_backbone):
+    """Two accumulated micro-batches of 5 make the same SGD update as one batch of 10 (CoOp's loss
+    is a per-sample mean, so the averaged gradients are equal)."""
+    whole = tiny_config(cifar_root, boosters=(), epochs=2)
+    whole.train.batch_size = 10
+    split = tiny_config(cifar_root, boosters=(), epochs=2, grad_accum_steps=2)
+    split.train.batch_size = 5
+    results = [Trainer(c, tmp_path / name, backbone=tiny_backbone, progress_bar=False).fit() for name, c in (("whole", whole), ("split", split))]
+    steps = [[e["step"] for e in read_events(tmp_path / name / "events.jsonl") if e["type"] == "step"] for name in ("whole", "split")]
+    assert steps[0] == steps[1] == [1, 2, 3, 4]
+    torch.testing.assert_close(learned(results[1].model)["host.prompt_learner.ctx"], learned(results[0].model)["host.prompt_learner.ctx"], rtol=0, atol=1e-6)
