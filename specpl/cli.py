@@ -81,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=5)
     _add_backbone_args(predict)
 
+    bench = sub.add_parser("bench", help="benchmarks (offline)")
+    bench_sub = bench.add_subparsers(dest="benchmark", required=True)
+    world = bench_sub.add_parser("world", help="SpectralWorld: base/new/HM per method and the granularity probe", description="Train every host (and host + specpl) on SpectralWorld base classes over several seeds and write a markdown table.")
+    world.add_argument("--shots", type=int, default=4)
+    world.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    world.add_argument("--epochs", type=int, default=20)
+    world.add_argument("--test-per-class", type=int, default=10)
+    world.add_argument("--hosts", nargs="+", help="hosts to run (default: every registered host)")
+    world.add_argument("--decomposer", default="fft")
+    world.add_argument("--decomposer-source")
+    world.add_argument("--probe-pairs", type=int, default=200)
+    world.add_argument("--out", default="bench/WORLD.md", help="markdown report (written atomically)")
+
     bands = sub.add_parser("bands", help="write the low/high band maps of an image as PNGs")
     bands.add_argument("image")
     bands.add_argument("--out", required=True, help="folder for <name>_low.png, <name>_high.png, <name>_latents.png")
@@ -199,9 +212,38 @@ def cmd_bands(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
+    from specpl.backbone import load_backbone
+    from specpl.bands import build_decomposer
+    from specpl.defaults import world_backbone_config
+    from specpl.io import atomic_write_text
+    from specpl.methods import HOSTS
+    from specpl.world.benchmark import WorldBenchConfig, band_linear_probe, markdown_report, run_world_bench, temporary_workdir
+
+    hosts = tuple(args.hosts or [name for name in HOSTS.names() if name != "zeroshot"])
+    decomposer_config = DecomposerConfig(name=args.decomposer, source=args.decomposer_source, image_size=64)
+    config = WorldBenchConfig(
+        shots=args.shots, seeds=tuple(args.seeds), test_per_class=args.test_per_class, epochs=args.epochs, hosts=hosts,
+        decomposer=decomposer_config, probe_pairs=args.probe_pairs,
+    )
+    started = time.time()
+    backbone = load_backbone(world_backbone_config())
+    decomposer = build_decomposer(decomposer_config)
+    with temporary_workdir() as workdir:
+        results = run_world_bench(config, backbone, decomposer, Path(workdir))
+    probe = band_linear_probe(decomposer, embed_dim=backbone.embed_dim)
+    report = markdown_report(results, config, "specpl " + " ".join(args.argv), backbone, time.time() - started, probe)
+    atomic_write_text(Path(args.out), report)
+    print(report)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bands": cmd_bands}
+    args.argv = list(argv if argv is not None else sys.argv[1:])  # recorded in reports
+    handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bands": cmd_bands, "bench": cmd_bench}
     from specpl.backbone import BackboneUnavailable
     from specpl.bands import DecomposerUnavailable
     from specpl.data import DataError

@@ -1,0 +1,213 @@
+"""``specpl bench world``: base-to-new results and a granularity-sensitivity probe on SpectralWorld.
+
+Classes are "<texture> <shape>"; base/new follows the standard protocol (sorted labels, the first
+half is base). For each seed a fresh few-shot folder is generated, each method trains on the base
+classes and is scored on base and new test images, and the summary is the HM of the mean base and
+mean new accuracies.
+
+The probe swaps the high band between two test images that differ in both texture and shape
+(image space, through the decomposer) and asks which factor the prediction follows: the texture of
+the image that gave the high band, or the shape of the image that gave the low band.
+"""
+from __future__ import annotations
+
+import datetime
+import platform
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from specpl.backbone import Backbone
+from specpl.bands import BandDecomposer
+from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
+from specpl.data import read_fewshot_folder
+from specpl.evaluate import aggregate_base_new
+from specpl.inference import Predictor
+from specpl.trainer import Trainer
+from specpl.visualize import to_pil, to_unit_tensor
+from specpl.world.generator import render, sample_class, split_classname, world_classnames, write_fewshot_folder
+from specpl.world.zeroshot import WORLD_TEMPLATE
+
+ZERO_SHOT = "zero-shot"
+
+
+@dataclass
+class WorldBenchConfig:
+    shots: int = 4
+    seeds: tuple[int, ...] = (1, 2, 3)
+    test_per_class: int = 10
+    epochs: int = 20
+    batch_size: int = 16
+    hosts: tuple[str, ...] = ("coop",)
+    n_ctx: int = 4
+    decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))
+    probe_pairs: int = 200
+
+
+@dataclass
+class MethodResult:
+    name: str
+    per_seed: list[tuple[float, float]] = field(default_factory=list)
+    probes: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        row = aggregate_base_new(self.per_seed)
+        for key in ("texture", "shape"):
+            row[key] = float(np.mean([p[key] for p in self.probes]))
+        return row
+
+
+def probe_pairs(count: int, seed: int) -> list[tuple[str, str]]:
+    """`count` (low-band class, high-band class) pairs that differ in texture and in shape."""
+    rng = np.random.default_rng([seed, 11])
+    classes = world_classnames()
+    pairs: list[tuple[str, str]] = []
+    while len(pairs) < count:
+        a, b = (classes[i] for i in rng.choice(len(classes), size=2, replace=False))
+        (texture_a, shape_a), (texture_b, shape_b) = split_classname(a), split_classname(b)
+        if texture_a != texture_b and shape_a != shape_b:
+            pairs.append((a, b))
+    return pairs
+
+
+def granularity_probe(predictor: Predictor, decomposer: BandDecomposer, pairs: int, seed: int) -> dict[str, float]:
+    """Fractions in [0, 1] of band-swapped images whose predicted texture is the high band's and
+    whose predicted shape is the low band's, over the full class set."""
+    rng = np.random.default_rng([seed, 13])
+    predictor.set_classnames(world_classnames())
+    size = 64 - 64 % decomposer.downsample
+    swapped = []
+    chosen = probe_pairs(pairs, seed)
+    for low_class, high_class in chosen:
+        low_image, high_image = (render(sample_class(rng, name, 1)[0]) for name in (low_class, high_class))
+        swapped.append(to_pil(decomposer.swap(to_unit_tensor(low_image, size), to_unit_tensor(high_image, size))[0]))
+    predictions = [ranked[0][0] for ranked in predictor.predict(swapped, top_k=1)]
+    texture = shape = 0
+    for (low_class, high_class), predicted in zip(chosen, predictions):
+        texture += split_classname(predicted)[0] == split_classname(high_class)[0]
+        shape += split_classname(predicted)[1] == split_classname(low_class)[1]
+    return {"texture": texture / len(chosen), "shape": shape / len(chosen)}
+
+
+def run_world_bench(
+    config: WorldBenchConfig,
+    backbone: Backbone,
+    decomposer: BandDecomposer,
+    workdir: Path,
+    log: Callable[[str], None] = print,
+) -> list[MethodResult]:
+    """Every method over every seed; `workdir` receives the generated data and run folders."""
+    methods: list[tuple[str, MethodConfig | None]] = [(ZERO_SHOT, None)]
+    for host in config.hosts:
+        options = {host: {"n_ctx": config.n_ctx}} if host == "coop" else {}
+        methods += [(host, MethodConfig(host=host, options=options)), (f"{host} + specpl", MethodConfig(host=host, boosters=["specpl"], options=options))]
+    results = {name: MethodResult(name) for name, _ in methods}
+    for seed in config.seeds:
+        root = write_fewshot_folder(workdir / f"data-seed{seed}", config.shots, config.test_per_class, seed)
+        base = read_fewshot_folder(root, shots=config.shots, seed=seed, subsample="base")
+        new = read_fewshot_folder(root, shots=config.shots, seed=seed, subsample="new")
+        for name, method in methods:
+            if method is None:
+                predictor = Predictor.zero_shot(backbone, base.classnames, WORLD_TEMPLATE)
+            else:
+                run = RunConfig(
+                    backbone=backbone.config, decomposer=config.decomposer, method=method, template=WORLD_TEMPLATE,
+                    data=DataConfig(root=str(root), shots=config.shots, subsample="base", seed=seed),
+                    train=TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=seed),
+                )
+                trained = Trainer(run, workdir / f"{name.replace(' + ', '+')}-seed{seed}", backbone=backbone, decomposer=decomposer, progress_bar=False).fit()
+                predictor = Predictor(trained.model)
+            predictor.set_classnames(base.classnames)
+            base_acc = predictor.evaluate(base.test).accuracy
+            predictor.set_classnames(new.classnames)
+            new_acc = predictor.evaluate(new.test).accuracy
+            probe = granularity_probe(predictor, decomposer, config.probe_pairs, seed)
+            results[name].per_seed.append((base_acc, new_acc))
+            results[name].probes.append(probe)
+            log(f"seed {seed} {name:16s} base {base_acc:6.2f} new {new_acc:6.2f} probe texture {probe['texture']:.2f} shape {probe['shape']:.2f}")
+    return list(results.values())
+
+
+def markdown_report(
+    results: list[MethodResult], config: WorldBenchConfig, command: str, backbone: Backbone, seconds: float, band_probe: dict[str, dict[str, float]]
+) -> str:
+    lines = [
+        "# SpectralWorld benchmark",
+        "",
+        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
+        f"- Command: `{command}`",
+        f"- Backbone: {backbone.describe()}; decomposer: {config.decomposer.name}; {config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
+        f"{config.epochs} epochs, {config.test_per_class} test images per class; wall time {seconds / 60:.1f} min",
+        "",
+        "Base/new: 36 \"<texture> <shape>\" classes, the first 18 (sorted) are base. HM is the HM of the mean base and mean new accuracy.",
+        "Probe: images with one image's low band and another's high band (different texture and shape);",
+        "`texture` = share predicted with the high band's texture, `shape` = share predicted with the low band's shape.",
+        "",
+        "| Method | Base | New | HM | Probe: texture follows high | Probe: shape follows low |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        row = result.summary()
+        lines.append(f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} | {row['texture']:.2f} | {row['shape']:.2f} |")
+    lines += ["", "Per seed (base / new):", ""]
+    for result in results:
+        lines.append(f"- {result.name}: " + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed)))
+    lines += [
+        "",
+        "## Band check",
+        "",
+        f"Linear probes (ridge, held-out accuracy) over SpecPL's band embeddings ({config.decomposer.name} statistics through the frozen band MLP) of random world images; chance is 1/6 for each factor.",
+        "",
+        "| Band | Texture | Shape | Colour |",
+        "|---|---|---|---|",
+    ]
+    for band, accuracy in band_probe.items():
+        lines.append(f"| {band} | {accuracy['texture']:.2f} | {accuracy['shape']:.2f} | {accuracy['colour']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def temporary_workdir() -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix="specpl-world-bench-")
+
+
+FACTORS = ("texture", "shape", "colour")
+
+
+def _ridge_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, classes: int, ridge: float = 1e-2) -> float:
+    """A closed-form ridge-regression linear probe on one-hot targets; accuracy in [0, 1]."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    design = torch.cat([(train_x - mean) / std, torch.ones(len(train_x), 1)], dim=1).double()
+    targets = torch.nn.functional.one_hot(train_y, classes).double()
+    weights = torch.linalg.solve(design.T @ design + ridge * len(train_x) * torch.eye(design.shape[1], dtype=torch.float64), design.T @ targets)
+    test = torch.cat([(test_x - mean) / std, torch.ones(len(test_x), 1)], dim=1).double()
+    return float(((test @ weights).argmax(1) == test_y).double().mean())
+
+
+def band_linear_probe(decomposer: BandDecomposer, embed_dim: int = 64, train: int = 1200, test: int = 600, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Linear-probe accuracy of each world factor from each band's SpecPL embedding (frozen random
+    band MLP over the band statistics, exactly as the booster computes it)."""
+    from specpl.methods.specpl import BandEmbedding
+    from specpl.world.generator import COLOURS, SHAPES, TEXTURES, sample_world
+
+    samples = sample_world(np.random.default_rng([seed, 17]), train + test)
+    size = 64 - 64 % decomposer.downsample
+    images = torch.cat([to_unit_tensor(render(s), size) for s in samples])
+    stats = [decomposer.band_statistics(decomposer.decompose(chunk)) for chunk in images.split(128)]
+    low, high = torch.cat([s[0] for s in stats]).float(), torch.cat([s[1] for s in stats]).float()
+    torch.manual_seed(seed)
+    embed = {"low": BandEmbedding(low.shape[1], embed_dim, 1e-3), "high": BandEmbedding(high.shape[1], embed_dim, 1e-3)}
+    with torch.no_grad():
+        features = {"low": embed["low"](low), "high": embed["high"](high)}
+    vocab = {"texture": TEXTURES, "shape": SHAPES, "colour": tuple(COLOURS)}
+    out: dict[str, dict[str, float]] = {}
+    for band, x in features.items():
+        out[band] = {}
+        for factor in FACTORS:
+            y = torch.tensor([vocab[factor].index(getattr(s, factor)) for s in samples])
+            out[band][factor] = _ridge_accuracy(x[:train], y[:train], x[train:], y[train:], len(vocab[factor]))
+    return out
