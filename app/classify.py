@@ -1,0 +1,46 @@
+"""Classify tab: top-k labels for one or many images, as a table, a captioned gallery and a CSV."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from app.archives import UploadError
+from app.settings import Limits
+from app.uploads import image_problem
+from specpl.inference import Predictor
+from specpl.io import atomic_write_text
+
+COLUMNS = ["image", "rank", "label", "probability"]
+
+
+@dataclass
+class Classification:
+    table: pd.DataFrame
+    gallery: list[tuple[str, str]]  # (image path, "label (prob)")
+    csv_path: Path
+    first: dict[str, float]  # the first image's ranking, for the probability bars
+    skipped: list[str] = field(default_factory=list)
+
+
+def classify_files(predictor: Predictor, paths: list[Path], top_k: int, limits: Limits, out_dir: Path) -> Classification:
+    """Rank every usable image in `paths`; unusable ones are listed in `skipped`."""
+    if not paths:
+        raise UploadError("add one or more images to classify")
+    if len(paths) > limits.max_classify_images:
+        raise UploadError(f"{len(paths)} images is over the limit of {limits.max_classify_images} per request")
+    usable, skipped = [], []
+    for path in paths:
+        problem = image_problem(path, limits)
+        (skipped.append(f"{path.name}: {problem}") if problem else usable.append(path))
+    if not usable:
+        raise UploadError("no usable image: " + "; ".join(skipped))
+    ranked = predictor.predict(usable, top_k=top_k)
+    rows = [(path.name, rank, label, round(prob, 6)) for path, result in zip(usable, ranked) for rank, (label, prob) in enumerate(result, 1)]
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    csv_path = out_dir / f"predictions-{secrets.token_hex(4)}.csv"
+    atomic_write_text(csv_path, table.to_csv(index=False))
+    gallery = [(str(path), f"{result[0][0]} ({result[0][1]:.0%})") for path, result in zip(usable, ranked)]
+    return Classification(table, gallery, csv_path, dict(ranked[0]), skipped)

@@ -1,0 +1,63 @@
+"""Where the app may write and how much a user may send, read once from the environment.
+
+Every file the app writes lives under `data_dir` (``SPECPL_DATA_DIR``, default ``./.specpl-data``):
+runs, per-session uploads, exports and Gradio's own upload cache.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on user input; each one is reported by name when it is hit."""
+
+    max_upload_bytes: int = 200 * MB
+    max_extracted_bytes: int = 1024 * MB  # zip-bomb guard on the declared uncompressed size
+    max_archive_entries: int = 20_000
+    max_images: int = 5_000
+    max_image_pixels: int = 40_000_000
+    max_classify_images: int = 100
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    data_dir: Path
+    limits: Limits = field(default_factory=Limits)
+    training_slots: int = 1  # trainings at once; one per GPU
+    stop_grace_s: float = 20.0  # after a cooperative stop request, terminate the worker after this
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "AppSettings":
+        limits = Limits(
+            max_upload_bytes=int(float(environ.get("SPECPL_MAX_UPLOAD_MB", Limits.max_upload_bytes / MB)) * MB),
+            max_images=int(environ.get("SPECPL_MAX_IMAGES", Limits.max_images)),
+            max_image_pixels=int(environ.get("SPECPL_MAX_IMAGE_PIXELS", Limits.max_image_pixels)),
+        )
+        return cls(
+            data_dir=Path(environ.get("SPECPL_DATA_DIR", ".specpl-data")).resolve(),
+            limits=limits,
+            training_slots=max(1, int(environ.get("SPECPL_TRAINING_SLOTS", 1))),
+            stop_grace_s=float(environ.get("SPECPL_STOP_GRACE_S", 20.0)),
+        )
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.data_dir / "sessions"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def gradio_cache_dir(self) -> Path:
+        return self.data_dir / "gradio-cache"

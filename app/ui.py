@@ -1,0 +1,211 @@
+"""The Blocks layout: five tabs wired to `Studio`'s handlers. No logic lives here."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gradio as gr
+
+from app import backbones
+from app.analysis import CPU_DECOMPOSER, PAIRS, decomposer_names
+from app.settings import AppSettings
+from app.studio import Studio
+from specpl.methods import BOOSTERS, HOSTS
+
+POLL_SECONDS = 1.0
+INTRO = (
+    "# SpecPL Studio\n"
+    "Teach a frozen CLIP model your own classes from a few images: upload a dataset, train in the "
+    "background, look at the band maps and counterfactuals, classify, and export the model."
+)
+
+
+def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
+    """The whole app. Gradio's upload cache is moved under the data directory first, so that
+    nothing the app receives is written elsewhere."""
+    settings = settings or AppSettings.from_env()
+    settings.gradio_cache_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(settings.gradio_cache_dir)
+    studio = Studio(settings)
+    decomposers = decomposer_names()
+    hosts = HOSTS.names()
+
+    with gr.Blocks(title="SpecPL Studio", delete_cache=(3600, 24 * 3600)) as demo:  # Gradio's cache: files older than a day
+        demo.studio = studio  # type: ignore[attr-defined]  # for tests and app.py shutdown
+        gr.Markdown(INTRO)
+        dataset_root = gr.State(None)
+        remembered_run = gr.BrowserState("", storage_key="specpl-studio-run")
+
+        with gr.Tabs():
+            with gr.Tab("Data & Train", id="train"):
+                with gr.Row():
+                    with gr.Column():
+                        gr.Markdown("### 1. Data\nA `.zip` with one folder per class (`cat/1.jpg`, …), or `train/` and `test/` each holding class folders.")
+                        dataset_zip = gr.File(label="Dataset .zip", file_types=[".zip"], elem_id="dataset-zip")
+                        split_ratio = gr.Slider(0.1, 0.9, value=0.5, step=0.05, label="Train share per class (when there is no test/ folder)")
+                        with gr.Accordion("…or build one here, class by class", open=False):
+                            class_name = gr.Textbox(label="Class name", placeholder="golden retriever")
+                            class_files = gr.File(label="Images of this class", file_count="multiple", file_types=["image"])
+                            with gr.Row():
+                                add_class = gr.Button("Add class")
+                                use_built = gr.Button("Use these classes")
+                            builder_state = gr.Markdown("No classes yet.")
+                        data_message = gr.Markdown(elem_id="data-message")
+                        summary = gr.Markdown(elem_id="dataset-summary")
+                        thumbnails = gr.Gallery(label="Sample images", columns=6, height=220, elem_id="thumbnails")
+                    with gr.Column():
+                        gr.Markdown("### 2. Train")
+                        backbone = gr.Dropdown(backbones.dropdown_choices(), value=backbones.default_backbone_key(), label="Backbone", elem_id="backbone")
+                        backbone_note = gr.Markdown(studio.backbone_note(backbones.default_backbone_key()))
+                        with gr.Row():
+                            host = gr.Dropdown(hosts, value="coop" if "coop" in hosts else hosts[0], label="Host method")
+                            boosters = gr.CheckboxGroup(BOOSTERS.names(), value=[n for n in BOOSTERS.names() if n == "specpl"], label="Boosters")
+                        decomposer = gr.Dropdown(decomposers, value=CPU_DECOMPOSER, label="Band decomposer")
+                        with gr.Row():
+                            shots = gr.Number(16, precision=0, minimum=0, label="Shots per class (0 = all)", elem_id="shots")
+                            epochs = gr.Number(5, precision=0, minimum=1, label="Epochs", elem_id="epochs")
+                            lr = gr.Number(0, minimum=0, label="Learning rate (0 = method default)")
+                        run_name = gr.Textbox(label="Run name (optional)")
+                        with gr.Row():
+                            start = gr.Button("Start training", variant="primary", elem_id="start")
+                            stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                        train_message = gr.Markdown(elem_id="train-message")
+                        run_id = gr.Textbox(label="Watching run", interactive=False, elem_id="run-id")
+                        status = gr.HTML(elem_id="run-status")
+                        curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="loss-curve")
+                        with gr.Accordion("Run details", open=False):
+                            details = gr.JSON(label="Status")
+                timer = gr.Timer(POLL_SECONDS)
+
+            with gr.Tab("Bands", id="bands"):
+                gr.Markdown("The low band carries the semantics, the high band the fine grain. Pick an image and a decomposer (`fft` is weight-free and fast on CPU).")
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        band_input = gr.Image(type="filepath", label="Image", elem_id="band-image")
+                        band_pick = gr.Dropdown([], label="…or pick from your dataset")
+                        band_decomposer = gr.Dropdown(decomposers, value=CPU_DECOMPOSER, label="Decomposer")
+                        band_size = gr.Slider(64, 512, value=224, step=32, label="Resolution (px)")
+                        band_go = gr.Button("Compute bands", variant="primary")
+                        band_time = gr.Markdown()
+                    with gr.Column(scale=3):
+                        with gr.Row():
+                            band_images = [gr.Image(type="pil", label=label, interactive=False) for label in ("Original", "Low band (decoded)", "High band magnitude", "Latent channels")]
+
+            with gr.Tab("Counterfactual", id="counterfactual") as counterfactual_tab:
+                gr.Markdown("Swap bands between two images and watch the prediction: does the model follow the semantics (low band) or the grain (high band)?")
+                cf_run = gr.Dropdown([], label="Trained run", allow_custom_value=True)
+                with gr.Row():
+                    with gr.Column():
+                        cf_a = gr.Image(type="filepath", label="Image A")
+                        cf_pick_a = gr.Dropdown([], label="…or pick A from the run's data")
+                    with gr.Column():
+                        cf_b = gr.Image(type="filepath", label="Image B")
+                        cf_pick_b = gr.Dropdown([], label="…or pick B from the run's data")
+                cf_top_k = gr.Slider(1, 10, value=3, step=1, label="Top-k")
+                cf_go = gr.Button("Run counterfactual", variant="primary")
+                cf_summary = gr.Markdown()
+                cf_labels = []
+                for title in ("In the model's embedding path", "As a decoded image-space swap"):
+                    gr.Markdown(f"#### {title}")
+                    with gr.Row():
+                        cf_labels += [gr.Label(label=pair) for pair in PAIRS]
+                with gr.Row():
+                    cf_swaps = [gr.Image(type="pil", label=f"Decoded: {pair}", interactive=False) for pair in PAIRS[2:]]
+
+            with gr.Tab("Classify", id="classify") as classify_tab:
+                with gr.Row():
+                    with gr.Column():
+                        source = gr.Radio([("A trained run", "run"), ("Zero-shot CLIP", "zero-shot")], value="run", label="Model")
+                        classify_run = gr.Dropdown([], label="Trained run", allow_custom_value=True)
+                        zs_classes = gr.Textbox(label="Class names for zero-shot (comma-separated)", placeholder="cat, dog, horse")
+                        zs_backbone = gr.Dropdown(backbones.dropdown_choices(), value=backbones.default_backbone_key(), label="Zero-shot backbone")
+                        zs_template = gr.Textbox("a photo of a {}.", label="Prompt template")
+                        classify_files = gr.File(label="Images", file_count="multiple", file_types=["image"])
+                        top_k = gr.Slider(1, 10, value=3, step=1, label="Top-k")
+                        classify_go = gr.Button("Classify", variant="primary")
+                        classify_message = gr.Markdown()
+                    with gr.Column():
+                        top_label = gr.Label(label="First image")
+                        classify_gallery = gr.Gallery(label="Results", columns=4, height=260)
+                        classify_table = gr.Dataframe(label="Top-k per image", interactive=False)
+                        classify_csv = gr.File(label="CSV", interactive=False)
+
+            with gr.Tab("Runs", id="runs") as runs_tab:
+                refresh = gr.Button("Refresh")
+                runs_table = gr.Dataframe(label="Runs", interactive=False)
+                runs_pick = gr.Dropdown([], label="Run", allow_custom_value=True)
+                runs_status = gr.Markdown()
+                with gr.Row():
+                    download = gr.Button("Download bundle")
+                    resume = gr.Button("Resume")
+                    delete = gr.Button("Delete…", variant="stop")
+                with gr.Row(visible=False) as confirm_row:
+                    confirm_text = gr.Markdown()
+                    confirm = gr.Button("Yes, delete it", variant="stop")
+                    cancel = gr.Button("Keep it")
+                runs_message = gr.Markdown()
+                bundle_file = gr.File(label="Bundle (.zip)", interactive=False)
+                with gr.Row():
+                    runs_config = gr.JSON(label="Config")
+                    runs_metrics = gr.JSON(label="Metrics")
+                runs_curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260)
+                gr.Markdown("#### Import a bundle\nA `.zip` of `model.safetensors`, `config.json` and `README.md` (as downloaded above). Pickled weights are refused.")
+                import_file = gr.File(label="Bundle .zip", file_types=[".zip"])
+                import_go = gr.Button("Import")
+
+        run_lists = [runs_table, runs_pick, classify_run, cf_run]
+
+        # Data & Train
+        dataset_outputs = [dataset_root, summary, thumbnails, data_message]
+        dataset_zip.upload(studio.upload_zip, [dataset_zip, split_ratio], dataset_outputs, api_name="upload_dataset")
+        add_class.click(studio.add_class, [class_name, class_files], [builder_state, data_message], api_name="add_class")
+        use_built.click(studio.use_builder, [split_ratio], dataset_outputs, api_name="use_builder")
+        dataset_root.change(studio.dataset_images, dataset_root, band_pick, api_visibility="private")
+        backbone.change(studio.backbone_note, backbone, backbone_note, api_visibility="private")
+        start.click(
+            studio.start_training, [dataset_root, backbone, host, boosters, decomposer, shots, epochs, lr, run_name],
+            [run_id, remembered_run, train_message], api_name="start_training",
+        ).then(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
+        stop.click(studio.stop_training, run_id, train_message, api_name="stop_training")
+        status_outputs = [status, curve, details]
+        timer.tick(studio.run_status, run_id, status_outputs, api_name="run_status", show_progress="hidden", concurrency_limit=None)
+        run_id.change(studio.run_status, run_id, status_outputs, show_progress="hidden", api_visibility="private")
+
+        # Bands
+        band_pick.change(studio.picked_image, band_pick, band_input, api_visibility="private")
+        band_go.click(studio.bands, [band_input, band_decomposer, band_size], [*band_images, band_time], api_name="bands")
+
+        # Counterfactual
+        cf_run.change(studio.run_images, cf_run, [cf_pick_a, cf_pick_b], api_visibility="private")
+        cf_pick_a.change(studio.picked_image, cf_pick_a, cf_a, api_visibility="private")
+        cf_pick_b.change(studio.picked_image, cf_pick_b, cf_b, api_visibility="private")
+        cf_go.click(studio.counterfactual, [cf_run, cf_a, cf_b, cf_top_k], [*cf_labels, *cf_swaps, cf_summary], api_name="counterfactual")
+
+        # Classify
+        classify_go.click(
+            studio.classify, [source, classify_run, zs_classes, zs_backbone, zs_template, classify_files, top_k],
+            [classify_gallery, classify_table, classify_csv, top_label, classify_message], api_name="classify",
+        )
+
+        # Runs
+        for trigger in (refresh.click, demo.load, runs_tab.select, classify_tab.select, counterfactual_tab.select):
+            trigger(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
+        runs_pick.change(studio.run_details, runs_pick, [runs_config, runs_metrics, runs_curve, runs_status], api_visibility="private")
+        download.click(studio.export_bundle, runs_pick, [bundle_file, runs_message], api_name="export_bundle")
+        resume.click(studio.resume_run, runs_pick, runs_message, api_name="resume_run").then(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
+        delete.click(studio.ask_delete, runs_pick, [confirm_row, confirm_text], api_visibility="private")
+        cancel.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
+        confirm.click(studio.confirm_delete, runs_pick, [confirm_row, runs_message], api_name="delete_run").then(
+            studio.refresh_runs, None, run_lists, api_visibility="private"
+        )
+        import_go.click(studio.import_bundle, import_file, runs_message, api_name="import_bundle").then(
+            studio.refresh_runs, runs_pick, run_lists, api_visibility="private"
+        )
+        demo.load(studio.reattach, remembered_run, [run_id, remembered_run], api_visibility="private")
+        demo.unload(studio.forget_session)
+    return demo
+
+
+def launch_options(settings: AppSettings) -> dict[str, Any]:
+    """`launch()` keywords: files under the data directory may be served, uploads are capped."""
+    return {"allowed_paths": [str(settings.data_dir)], "max_file_size": settings.limits.max_upload_bytes}

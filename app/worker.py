@@ -1,0 +1,77 @@
+"""The training worker: ``python -m app.worker RUN_DIR`` trains one run in a fresh process.
+
+The job manager (`app.jobs`) starts it and is the only writer of the run's ``job.json``. The
+worker reports how it ended in ``outcome.json``, written atomically, so the manager can tell a
+clean end (finished, cancelled, or an error it could name) from a crash or a kill.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from app.gpu import gpu_task
+from app.jobs import OUTCOME_FILE, REQUEST_FILE
+from app.messages import first_sentence
+
+GPU_SECONDS = int(os.environ.get("SPECPL_GPU_SECONDS", 600))  # ZeroGPU's budget for one training call
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for the UI: what went wrong, with out-of-memory named as such."""
+    import torch
+
+    from specpl.backbone import BackboneUnavailable
+
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        return f"out of GPU memory: {str(exc).strip().splitlines()[0][:300]}"  # keep the sizes it names
+    message = first_sentence(str(exc)) or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return f"out of memory: {message if str(exc) else 'the machine ran out of RAM'}"
+    if isinstance(exc, BackboneUnavailable):
+        return f"backbone unavailable: {message}"
+    if isinstance(exc, (ValueError, KeyError)):  # DataError, UnknownNameError and bad options
+        return message
+    return f"{type(exc).__name__}: {message}"
+
+
+def write_outcome(run_dir: Path, status: str, cause: str | None = None) -> None:
+    from specpl.io import atomic_write_text
+
+    atomic_write_text(run_dir / OUTCOME_FILE, json.dumps({"status": status, "cause": cause}) + "\n")
+
+
+@gpu_task(duration=GPU_SECONDS)
+def train_run(run_dir: str) -> str:
+    """Train the run described by ``RUN_DIR/request.json``; returns its final status.
+
+    The entry is safe under ZeroGPU's ``@spaces.GPU``: CUDA is first touched inside this call.
+    """
+    from specpl.config import RunConfig
+    from specpl.trainer import Trainer
+
+    directory = Path(run_dir)
+    try:
+        request = json.loads((directory / REQUEST_FILE).read_text(encoding="utf-8"))
+        config = RunConfig.from_dict(request["config"])
+        result = Trainer(config, directory, progress_bar=False).fit(resume=bool(request.get("resume")))
+    except BaseException as exc:  # noqa: BLE001 - every failure is reported, then the process ends
+        traceback.print_exc()
+        write_outcome(directory, "failed", describe_failure(exc))
+        return "failed"
+    write_outcome(directory, result.status)
+    return result.status
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m app.worker RUN_DIR", file=sys.stderr)
+        return 2
+    return 1 if train_run(args[0]) == "failed" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

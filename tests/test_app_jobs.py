@@ -1,0 +1,148 @@
+"""The job manager: worker processes, the on-disk queue, stop, resume, and crash causes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import pytest
+
+from app.jobs import JOB_FILE, JobError, JobManager, RunRecord
+from specpl.config import BackboneConfig, DataConfig, MethodConfig, RunConfig, TrainConfig
+from specpl.events import read_events
+
+TERMINAL = {"finished", "failed", "cancelled"}
+
+
+def tiny_config(epochs: int, backbone: BackboneConfig | None = None) -> RunConfig:
+    """CoOp on the tiny backbone, 2 shots: one step per epoch, a checkpoint after each."""
+    return RunConfig(
+        backbone=backbone or BackboneConfig(name="specpl-tiny", pretrained=None),
+        method=MethodConfig(host="coop", options={"coop": {"n_ctx": 4}}),
+        data=DataConfig(shots=2),
+        train=TrainConfig(epochs=epochs, batch_size=32),
+    )
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float = 120, what: str = "condition") -> object:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_status(manager: JobManager, run_id: str, statuses: set[str]) -> RunRecord:
+    return wait_for(lambda: (r := manager.get(run_id)).status in statuses and r, what=f"{run_id} to be {statuses}")
+
+
+def events_of(manager: JobManager, run_id: str, kind: str) -> list[dict]:
+    return [e for e in read_events(manager.run_dir(run_id) / "events.jsonl") if e["type"] == kind]
+
+
+@pytest.fixture
+def manager(tmp_path):
+    jobs = JobManager(tmp_path / "runs", slots=1, stop_grace_s=30, poll_s=0.05)
+    yield jobs
+    jobs.close(terminate_workers=True)
+
+
+def test_kill_9_is_failed_with_its_cause_and_resume_continues_from_the_checkpoint(manager, cifar_root):
+    run = manager.submit(tiny_config(epochs=100_000), cifar_root, "long").run_id
+    wait_for(lambda: len(events_of(manager, run, "checkpoint")) >= 3, what="three checkpoints")
+    os.kill(manager.get(run).pid, signal.SIGKILL)
+
+    failed = wait_status(manager, run, TERMINAL)
+    assert failed.status == "failed"
+    assert failed.cause.startswith("killed by signal 9 (SIGKILL)")
+    saved = json.loads((manager.run_dir(run) / "checkpoint" / "trainer_state.json").read_text())["counters"]
+
+    manager.resume(run)
+    wait_for(lambda: events_of(manager, run, "resumed") and events_of(manager, run, "step")[-1]["step"] > saved["global_step"], what="a step after resuming")
+    resumed = events_of(manager, run, "resumed")[0]
+    assert resumed["global_step"] == saved["global_step"] >= 3
+    events = read_events(manager.run_dir(run) / "events.jsonl")
+    after = events[events.index(resumed) + 1 :]
+    assert next(e for e in after if e["type"] == "step")["step"] == saved["global_step"] + 1
+
+    manager.stop(run)
+    stopped = wait_status(manager, run, TERMINAL)
+    assert (stopped.status, stopped.cause) == ("cancelled", "stopped by request (a checkpoint was saved; resume continues from it)")
+
+
+def test_a_second_run_waits_in_the_queue_until_the_first_ends(manager, cifar_root):
+    first = manager.submit(tiny_config(epochs=100_000), cifar_root, "first").run_id
+    second = manager.submit(tiny_config(epochs=1), cifar_root, "second").run_id
+    wait_for(lambda: events_of(manager, first, "step"), what="the first run to train")
+    assert manager.get(second).status == "queued" and manager.queue_position(second) == 1
+    assert manager.active_run_id() == first
+
+    manager.stop(first)
+    assert wait_status(manager, first, TERMINAL).status == "cancelled"
+    done = wait_status(manager, second, TERMINAL)
+    assert done.status == "finished" and done.started >= manager.get(first).ended
+    assert (manager.run_dir(second) / "model" / "model.safetensors").is_file()
+    with pytest.raises(JobError, match="only a cancelled or failed training can be resumed"):
+        manager.resume(second)
+
+
+def test_an_error_inside_the_worker_is_failed_with_one_line(manager, cifar_root):
+    offline = BackboneConfig(name="ViT-B-32", pretrained="openai", cache_dir=str(manager.runs_dir / "empty-cache"))
+    run = manager.submit(tiny_config(epochs=1, backbone=offline), cifar_root, "offline").run_id
+    failed = wait_status(manager, run, TERMINAL)
+    assert failed.status == "failed"
+    assert failed.cause.startswith("backbone unavailable: could not load ViT-B-32 weights 'openai'")
+    assert "\n" not in failed.cause and "Traceback" in (manager.run_dir(run) / "worker.log").read_text()
+
+
+def test_a_crash_without_a_report_names_out_of_memory_from_the_log(tmp_path, cifar_root):
+    crash = "import sys; print('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 9.00 GiB'); sys.exit(1)"
+    jobs = JobManager(tmp_path / "runs", poll_s=0.05, worker_command=[sys.executable, "-c", crash])
+    try:
+        run = jobs.submit(tiny_config(epochs=1), cifar_root, "oom").run_id
+        failed = wait_status(jobs, run, TERMINAL)
+    finally:
+        jobs.close()
+    assert failed.status == "failed"
+    assert failed.cause == "out of GPU memory: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 9.00 GiB"
+
+
+def test_a_run_left_running_by_a_dead_app_is_failed_on_restart(tmp_path, cifar_root):
+    jobs = JobManager(tmp_path / "runs", poll_s=0.05, worker_command=[sys.executable, "-c", "pass"])
+    run = jobs.submit(tiny_config(epochs=1), cifar_root, "orphan").run_id
+    exited = wait_status(jobs, run, TERMINAL)
+    jobs.close()
+    assert exited.cause == "the training process exited with code 0 without reporting a result"
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    job_file = tmp_path / "runs" / run / JOB_FILE
+    job_file.write_text(json.dumps({**json.loads(job_file.read_text()), "status": "running", "pid": gone.pid, "cause": None}))
+    restarted = JobManager(tmp_path / "runs", poll_s=0.05)
+    try:
+        record = restarted.get(run)
+    finally:
+        restarted.close()
+    assert record.status == "failed"
+    assert record.cause == f"the training process (pid {gone.pid}) ended while the app was not watching it, without reporting a result"
+
+
+def test_queued_runs_cancel_at_once_and_only_finished_runs_can_be_deleted(tmp_path, cifar_root):
+    jobs = JobManager(tmp_path / "runs", slots=1, poll_s=3600)  # the watcher never ticks: runs stay queued
+    try:
+        run = jobs.submit(tiny_config(epochs=1), cifar_root, "waiting").run_id
+        with pytest.raises(JobError, match="stop it before deleting it"):
+            jobs.delete(run)
+        assert jobs.stop(run).cause == "cancelled before it started"
+        jobs.delete(run)
+        assert jobs.list() == [] and not any(p for p in (tmp_path / "runs").iterdir())
+        with pytest.raises(JobError, match="there is no run '../etc'"):
+            jobs.get("../etc")
+    finally:
+        jobs.close()

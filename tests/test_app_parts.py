@@ -1,0 +1,94 @@
+"""Smaller parts of the app: ZeroGPU safety, backbone availability messages, progress, failure causes."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from app import backbones
+from app.gpu import gpu_task
+from app.jobs import RunRecord
+from app.progress import MAX_CURVE_POINTS, loss_frame, read_progress, status_line
+from app.settings import AppSettings
+from app.worker import describe_failure
+from specpl.backbone import BackboneUnavailable
+from specpl.data import DataError
+
+
+def test_building_the_app_touches_no_cuda_and_gpu_task_is_a_no_op_without_spaces(tmp_path, monkeypatch):
+    from app.ui import build_demo
+
+    def no_cuda(*args, **kwargs):
+        raise AssertionError("CUDA touched while building the app")
+
+    for name in ("_lazy_init", "is_available", "device_count", "init"):
+        monkeypatch.setattr(torch.cuda, name, no_cuda)
+    demo = build_demo(AppSettings(data_dir=tmp_path / "data"))
+    demo.studio.jobs.close()
+    assert {p.name for p in (tmp_path / "data").iterdir()} == {"runs", "gradio-cache"}
+
+    def train(run_dir: str) -> str:
+        return run_dir
+
+    assert gpu_task(duration=60)(train) is train  # `spaces` is not installed here
+
+
+def test_an_offline_backbone_is_explained_in_one_sentence_with_what_is_available(monkeypatch):
+    monkeypatch.setattr(backbones, "_hub_cached", lambda config: False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = backbones.unavailable_message("ViT-B-32/openai")
+    assert message == (
+        "ViT-B-32 (openai) can't be loaded because its weights are not in the Hugging Face cache and the app is offline "
+        "(HF_HUB_OFFLINE); available now: specpl-tiny (random init), tiny test model, untrained."
+    )
+    assert backbones.default_backbone_key() == "specpl-tiny/none"
+    assert backbones.unavailable_message("specpl-tiny/none") is None
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert backbones.availability("ViT-B-32/openai").status == "downloadable"
+    assert backbones.default_backbone_key() == "ViT-B-32/openai"
+    assert backbones.resolve_backbone("ViT-B-16/openai").name == "ViT-B-16"
+    with pytest.raises(ValueError, match="unknown backbone choice 'ViT-Z'"):
+        backbones.resolve_backbone("ViT-Z")
+
+
+@pytest.mark.parametrize(
+    "error, cause",
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of GPU memory: CUDA out of memory. Tried to allocate 2.00 GiB"),
+        (MemoryError(), "out of memory: the machine ran out of RAM"),
+        (BackboneUnavailable("could not load X. Reason: offline."), "backbone unavailable: could not load X."),
+        (DataError("data folder /x has one class (cat); classification needs at least 2"), "data folder /x has one class (cat); classification needs at least 2"),
+        (RuntimeError("boom\nsecond line"), "RuntimeError: boom second line"),
+    ],
+)
+def test_worker_failures_become_one_line_causes(error, cause):
+    assert describe_failure(error) == cause
+
+
+def write_events(path, events, torn_tail: bool = False):
+    text = "".join(json.dumps(e) + "\n" for e in events) + ('{"type": "st' if torn_tail else "")
+    path.write_text(text)
+
+
+def step(n: int, total: int = 10) -> dict:
+    return {"type": "step", "step": n, "total_steps": total, "epoch": 1, "epochs": 1, "loss": 2.0 / n, "losses": {"cls": 1.0 / n, "sem": 1.0 / n}, "eta_s": 75.0, "images_per_s": 40.0}
+
+
+def test_progress_follows_the_event_log(tmp_path):
+    write_events(tmp_path / "events.jsonl", [{"type": "status", "status": "running"}, step(1), step(2)], torn_tail=True)
+    progress = read_progress(tmp_path)
+    assert (progress.step, progress.total_steps, progress.fraction) == (2, 10, 0.2)
+    assert set(loss_frame(progress)["term"]) == {"total", "cls", "sem"} and len(loss_frame(progress)) == 6
+    running = RunRecord("r", "demo", "running", created=0)
+    assert status_line(running, progress, None) == "Running: step 2/10, epoch 1/1, ETA 1:15, 40 images/s."
+    assert status_line(RunRecord("r", "demo", "queued", created=0), progress, 2).startswith("Queued: position 2 in line")
+    failed = RunRecord("r", "demo", "failed", created=0, cause="killed by signal 9 (SIGKILL)")
+    assert status_line(failed, progress, None) == "Failed: killed by signal 9 (SIGKILL)"
+
+    write_events(tmp_path / "events.jsonl", [step(n, 5000) for n in range(1, 5001)] + [{"type": "eval", "accuracy": 55.0, "test_images": 80}])
+    long_run = read_progress(tmp_path)
+    assert long_run.metrics == {"accuracy": 55.0, "test_images": 80}
+    steps = loss_frame(long_run)["step"].unique()
+    assert len(steps) <= MAX_CURVE_POINTS + 1 and steps[-1] == 5000
