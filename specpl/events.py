@@ -30,12 +30,22 @@ class EventLog:
 
 def read_events(path: Path) -> list[dict[str, Any]]:
     """All complete events in `path` (a half-written last line is skipped)."""
+    return read_new_events(path, 0)[0]
+
+
+def read_new_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Events written since byte `offset`, and the offset to pass next time. Only whole lines are
+    consumed, so a poller never sees (or skips) a line that is still being written."""
     if not path.exists():
-        return []
+        return [], offset
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read()
+    complete = data[: data.rfind(b"\n") + 1]
     events = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in complete.decode("utf-8", errors="replace").splitlines():
         try:
             events.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-    return events
+    return events, offset + len(complete)

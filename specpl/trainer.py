@@ -29,7 +29,7 @@ from specpl.features import AugmentedViews, BandFeaturizer, FeatureCache
 from specpl.inference import Predictor
 from specpl.methods import HOSTS, Batch, PromptModel, build_method, resolve_method_options
 
-STOP_FILE = "STOP"  # another process asks a run to stop by creating this file in its run dir
+STOP_FILE = "STOP"  # another process asks a run to stop by creating this file in its run dir; the run removes it
 
 
 @dataclass
@@ -111,7 +111,6 @@ class Trainer:
         self._started = True
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / STOP_FILE).unlink(missing_ok=True)
             self.events.emit("status", status="running", resume=resume)
             self.events.emit("data", **data.summary())
             write_json_atomic(self.run_dir / "config.json", {**cfg.to_dict(), "backbone": dataclasses.asdict(backbone.config), "resolved_method_options": method_options, "resolved_train": train})
@@ -156,6 +155,12 @@ class Trainer:
                 loader = accelerator.skip_first_batches(loader, counters["step_in_epoch"] * cfg.train.grad_accum_steps)
             wrapped.train()
             for raw in loader:
+                if self.should_stop():  # checked before each step, so a stop sent during setup is honoured
+                    self._checkpoint(accelerator, model, optimizer, counters, epoch, counters["step_in_epoch"])
+                    bar.close()
+                    (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # the request is consumed by the run it stopped
+                    self.events.emit("status", status="cancelled", step=counters["global_step"])
+                    return TrainResult("cancelled", self.run_dir, {}, model)
                 batch = _to_batch(raw)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(counters["global_step"])
@@ -183,11 +188,6 @@ class Trainer:
                         "step", step=done, total_steps=total_steps, epoch=epoch + 1, epochs=epochs, losses=terms,
                         loss=float(total.detach()), lr=optimizer.param_groups[0]["lr"], images_per_s=rate, eta_s=eta,
                     )
-                if self.should_stop():
-                    self._checkpoint(accelerator, model, optimizer, counters, epoch, counters["step_in_epoch"])
-                    bar.close()
-                    self.events.emit("status", status="cancelled", step=counters["global_step"])
-                    return TrainResult("cancelled", self.run_dir, {}, model)
             counters["step_in_epoch"] = 0
             self.events.emit("epoch", epoch=epoch + 1, epochs=epochs, step=counters["global_step"])
             if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 and epoch + 1 < epochs:

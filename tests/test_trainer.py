@@ -135,3 +135,34 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, cifar_root, ti
     steps = [[e["step"] for e in read_events(tmp_path / name / "events.jsonl") if e["type"] == "step"] for name in ("whole", "split")]
     assert steps[0] == steps[1] == [1, 2, 3, 4]
     torch.testing.assert_close(learned(results[1].model)["host.prompt_learner.ctx"], learned(results[0].model)["host.prompt_learner.ctx"], rtol=0, atol=1e-6)
+
+
+def test_stop_requested_before_the_first_step_is_honoured(tmp_path, cifar_root, tiny_backbone):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "STOP").touch()  # e.g. Stop pressed while the worker was still loading
+    result = Trainer(tiny_config(cifar_root), run, backbone=tiny_backbone, progress_bar=False).fit()
+    assert result.status == "cancelled"
+    assert not (run / "STOP").exists()  # consumed, so a later resume is not stopped by it
+    assert not [e for e in read_events(run / "events.jsonl") if e["type"] == "step"]
+    resumed = Trainer(tiny_config(cifar_root), run, backbone=tiny_backbone, progress_bar=False).fit(resume=True)
+    assert resumed.status == "finished"
+
+
+def test_incremental_event_reading(tmp_path):
+    from specpl.events import EventLog, read_new_events
+
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    log.emit("a")
+    events, offset = read_new_events(path, 0)
+    assert [e["type"] for e in events] == ["a"]
+    with open(path, "a") as handle:
+        handle.write('{"type": "torn"')  # a line still being written
+    log_events, offset_after = read_new_events(path, offset)
+    assert log_events == [] and offset_after == offset
+    with open(path, "a") as handle:
+        handle.write("}\n")
+    log.emit("b")
+    events, _ = read_new_events(path, offset)
+    assert [e["type"] for e in events] == ["torn", "b"]
