@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--naive-dtype", choices=["fp16", "fp32"], default="fp16", help="the reference casts to fp16; fp32 gives a fairer CPU baseline")
     parser.add_argument("--booster", action="append", default=[], help="also time ours with these boosters (e.g. specpl)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     classnames = CLASSNAMES[: args.classes]

@@ -24,10 +24,12 @@ from specpl.backbone import Backbone, load_backbone
 from specpl.checkpoint import load_resume_state, save_resume_state, versions, write_bundle
 from specpl.config import RunConfig, write_json_atomic
 from specpl.data import FewShotData, ImageItem, read_fewshot_folder
+from specpl.evaluate import harmonic_mean
 from specpl.events import EventCallback, EventLog
 from specpl.features import AugmentedViews, BandFeaturizer, FeatureCache
 from specpl.inference import Predictor
 from specpl.methods import HOSTS, Batch, PromptModel, build_method, resolve_method_options
+from specpl.model_card import render_model_card
 
 STOP_FILE = "STOP"  # another process asks a run to stop by creating this file in its run dir; the run removes it
 
@@ -230,8 +232,6 @@ class Trainer:
         result = predictor.evaluate(data.test)
         metrics: dict[str, Any] = {"accuracy": result.accuracy, "per_class": result.per_class, "test_images": result.count}
         if cfg.data.subsample == "base":
-            from specpl.evaluate import harmonic_mean
-
             new = read_fewshot_folder(cfg.data.root, cfg.data.shots, cfg.data.seed, cfg.data.split_ratio, "new")
             predictor.set_classnames(new.classnames)
             new_result = predictor.evaluate(new.test)
@@ -240,8 +240,6 @@ class Trainer:
         return metrics
 
     def _export(self, model: PromptModel, cfg: RunConfig, backbone: Backbone, band_featurizer: BandFeaturizer | None, method_options: dict, train: dict, metrics: dict, data: FewShotData) -> None:
-        from specpl.model_card import render_model_card
-
         preprocessing = dict(getattr(backbone.model.visual, "preprocess_cfg", {}) or {})
         preprocessing.update(image_size=backbone.image_size, mean=list(backbone.normalization[0]), std=list(backbone.normalization[1]))
         bundle_config = {
