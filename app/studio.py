@@ -30,6 +30,7 @@ from app.models import ModelCache
 from app.progress import RunProgress, loss_frame, progress_html, read_progress, status_line
 from app.settings import AppSettings
 from app.uploads import DatasetSummary, add_builder_class, extract_dataset_zip, session_dir, summarize_dataset
+from specpl import defaults
 from specpl.backbone import BackboneUnavailable
 from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
 from specpl.data import IMAGE_SUFFIXES
@@ -85,8 +86,20 @@ class Studio:
         if not zip_path:
             raise UploadError("choose a .zip of class folders first")
         path = Path(zip_path)
-        summary = extract_dataset_zip(path, self.session_dir(request) / "datasets", self.settings.limits, label=path.name, split_ratio=split_ratio)
-        return self._dataset_outputs(summary, f"Dataset ready: {path.name}.")
+        return self._dataset_outputs(self._unpack_zip(path, path.name, split_ratio, request), f"Dataset ready: {path.name}.")
+
+    @user_messages(outputs=4)
+    def use_demo_set(self, split_ratio: float, request: gr.Request) -> tuple:
+        """The embedded SpectralWorld demo set, unpacked and checked exactly as an uploaded zip, so
+        that a fresh offline install has data one click away."""
+        path = Path(defaults.DEMO_ZIP)  # read at call time: tests substitute a stand-in
+        if not path.is_file():
+            raise UploadError(f"the demo set {path} is missing from this installation")
+        summary = self._unpack_zip(path, "the demo set", split_ratio, request)
+        return self._dataset_outputs(summary, f"Demo set ready: {len(summary.classnames)} SpectralWorld classes, which the embedded SpectralWorld CLIP knows.")
+
+    def _unpack_zip(self, path: Path, label: str, split_ratio: float, request: gr.Request) -> DatasetSummary:
+        return extract_dataset_zip(path, self.session_dir(request) / "datasets", self.settings.limits, label=label, split_ratio=split_ratio)
 
     @user_messages(outputs=2)
     def add_class(self, class_name: str, files: list[str] | None, request: gr.Request) -> tuple:

@@ -11,6 +11,7 @@ from app.analysis import CPU_DECOMPOSER, PAIRS, decomposer_names
 from app.settings import AppSettings
 from app.studio import Studio
 from specpl.methods import BOOSTERS, HOSTS
+from specpl.world.demo_zip import DEMO_CLASSES
 
 POLL_SECONDS = 1.0
 INTRO = (
@@ -18,6 +19,7 @@ INTRO = (
     "Teach a frozen CLIP model your own classes from a few images: upload a dataset, train in the "
     "background, look at the band maps and counterfactuals, classify, and export the model."
 )
+WORLD_EXAMPLES = ", ".join(DEMO_CLASSES[:3])
 
 
 def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
@@ -29,6 +31,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
     studio = Studio(settings)
     decomposers = decomposer_names()
     hosts = HOSTS.names()
+    backbone_choices, default_backbone = backbones.dropdown_choices(), backbones.default_backbone_key()
+    fallback = backbones.fallback_note()  # set when offline: the world CLIP is the default
 
     with gr.Blocks(title="SpecPL Studio", delete_cache=(3600, 24 * 3600)) as demo:  # Gradio's cache: files older than a day
         demo.studio = studio  # type: ignore[attr-defined]  # for tests and app.py shutdown
@@ -38,10 +42,12 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
 
         with gr.Tabs():
             with gr.Tab("Data & Train", id="train"):
+                gr.Markdown(fallback or "", visible=bool(fallback), elem_id="fallback-note")
                 with gr.Row():
                     with gr.Column():
                         gr.Markdown("### 1. Data\nA `.zip` with one folder per class (`cat/1.jpg`, …), or `train/` and `test/` each holding class folders.")
                         dataset_zip = gr.File(label="Dataset .zip", file_types=[".zip"], elem_id="dataset-zip")
+                        use_demo = gr.Button("Use the demo set (SpectralWorld images)", variant="primary" if fallback else "secondary", elem_id="use-demo")
                         split_ratio = gr.Slider(0.1, 0.9, value=0.5, step=0.05, label="Train share per class (when there is no test/ folder)")
                         with gr.Accordion("…or build one here, class by class", open=False):
                             class_name = gr.Textbox(label="Class name", placeholder="golden retriever")
@@ -55,8 +61,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                         thumbnails = gr.Gallery(label="Sample images", columns=6, height=220, elem_id="thumbnails")
                     with gr.Column():
                         gr.Markdown("### 2. Train")
-                        backbone = gr.Dropdown(backbones.dropdown_choices(), value=backbones.default_backbone_key(), label="Backbone", elem_id="backbone")
-                        backbone_note = gr.Markdown(studio.backbone_note(backbones.default_backbone_key()))
+                        backbone = gr.Dropdown(backbone_choices, value=default_backbone, label="Backbone", elem_id="backbone")
+                        backbone_note = gr.Markdown(studio.backbone_note(default_backbone))
                         with gr.Row():
                             host = gr.Dropdown(hosts, value="coop" if "coop" in hosts else hosts[0], label="Host method")
                             boosters = gr.CheckboxGroup(BOOSTERS.names(), value=[n for n in BOOSTERS.names() if n == "specpl"], label="Boosters")
@@ -117,8 +123,12 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     with gr.Column():
                         source = gr.Radio([("A trained run", "run"), ("Zero-shot CLIP", "zero-shot")], value="run", label="Model")
                         classify_run = gr.Dropdown([], label="Trained run", allow_custom_value=True)
-                        zs_classes = gr.Textbox(label="Class names for zero-shot (comma-separated)", placeholder="cat, dog, horse")
-                        zs_backbone = gr.Dropdown(backbones.dropdown_choices(), value=backbones.default_backbone_key(), label="Zero-shot backbone")
+                        zs_classes = gr.Textbox(label="Class names for zero-shot (comma-separated)", placeholder=WORLD_EXAMPLES if fallback else "cat, dog, horse")
+                        zs_backbone = gr.Dropdown(backbone_choices, value=default_backbone, label="Zero-shot backbone", elem_id="zs-backbone")
+                        zs_note = gr.Markdown(
+                            backbones.fallback_note(hint=f"type SpectralWorld class names, e.g. {WORLD_EXAMPLES}") if fallback else studio.backbone_note(default_backbone),
+                            elem_id="zs-note",
+                        )
                         zs_template = gr.Textbox("a photo of a {}.", label="Prompt template")
                         classify_files = gr.File(label="Images", file_count="multiple", file_types=["image"])
                         top_k = gr.Slider(1, 10, value=3, step=1, label="Top-k")
@@ -160,6 +170,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         dataset_zip.upload(studio.upload_zip, [dataset_zip, split_ratio], dataset_outputs, api_name="upload_dataset")
         add_class.click(studio.add_class, [class_name, class_files], [builder_state, data_message], api_name="add_class")
         use_built.click(studio.use_builder, [split_ratio], dataset_outputs, api_name="use_builder")
+        use_demo.click(studio.use_demo_set, [split_ratio], dataset_outputs, api_name="use_demo_set")
         dataset_root.change(studio.dataset_images, dataset_root, band_pick, api_visibility="private")
         backbone.change(studio.backbone_note, backbone, backbone_note, api_visibility="private")
         start.click(
@@ -182,6 +193,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         cf_go.click(studio.counterfactual, [cf_run, cf_a, cf_b, cf_top_k], [*cf_labels, *cf_swaps, cf_summary], api_name="counterfactual")
 
         # Classify
+        zs_backbone.change(studio.backbone_note, zs_backbone, zs_note, api_visibility="private")
         classify_go.click(
             studio.classify, [source, classify_run, zs_classes, zs_backbone, zs_template, classify_files, top_k],
             [classify_gallery, classify_table, classify_csv, top_label, classify_message], api_name="classify",

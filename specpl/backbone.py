@@ -22,6 +22,7 @@ MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 TINY_TEST_MODEL = "specpl-tiny"
+EMBEDDED_TAG = "embedded"  # weights shipped in this repository's assets/ (see specpl.defaults)
 RANDOM_INIT_SEED = 0
 
 
@@ -96,6 +97,8 @@ def load_backbone(config: BackboneConfig, device: str | torch.device = "cpu") ->
     resolved = dataclasses.replace(config, quick_gelu=quick_gelu)
     kwargs: dict[str, Any] = {"cache_dir": config.cache_dir, "device": device, "force_quick_gelu": quick_gelu}
     pretrained = config.pretrained
+    if pretrained == EMBEDDED_TAG:
+        pretrained = str(embedded_weights(config.name))
     if config.name.startswith("hf-hub:"):
         pretrained = None
     elif pretrained and not open_clip.get_pretrained_cfg(config.name, pretrained):
@@ -117,6 +120,19 @@ def load_backbone(config: BackboneConfig, device: str | torch.device = "cpu") ->
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(config.name, cache_dir=config.cache_dir)
     return Backbone(model, tokenizer, preprocess_train, preprocess_eval, resolved)
+
+
+def embedded_weights(name: str) -> Path:
+    """The shipped weights file of an embedded model. A bundle records the tag, not this path, so
+    it loads on any checkout."""
+    from specpl import defaults  # defaults builds on this module; imported late to avoid a cycle
+
+    files = {defaults.WORLD_MODEL: defaults.WORLD_WEIGHTS}
+    if name not in files:
+        raise BackboneUnavailable(f"{name} has no embedded weights; embedded models: {', '.join(files)}")
+    if not files[name].is_file():
+        raise BackboneUnavailable(f"the embedded weights of {name} are missing: {files[name]} (restore the repository's assets/ folder)")
+    return files[name]
 
 
 def _unavailable_message(config: BackboneConfig, exc: Exception) -> str:

@@ -37,13 +37,14 @@ class DecomposerConfig:
     """The frozen band decomposer: ``fft`` (weight-free), ``taef2``, ``taesd`` or ``sd-vae``.
 
     `source` is a hub id or local folder for the VAE weights; `image_size` is the square
-    resolution the decomposer sees (latent size is 1/8 of it for the VAEs).
+    resolution the decomposer sees (latent size is 1/8 of it for the VAEs); ``None`` uses the
+    backbone's input size, and the resolved value is what a bundle records.
     """
 
     name: str = "fft"
     source: str | None = None
     lowpass_kernel: int = 7
-    image_size: int = 224
+    image_size: int | None = None
 
 
 @dataclass

@@ -63,8 +63,12 @@ def _sentence(results: dict[str, Ranked]) -> str:
     return f"With B's high band, A changes from '{before}' ({p_before:.0%}) to '{after}' ({p_after:.0%}): the label follows the granular detail."
 
 
-def counterfactual(predictor: Predictor, image_a: Image.Image, image_b: Image.Image, decomposer: BandDecomposer, top_k: int = 5, size: int = 224) -> CounterfactualResult:
-    """Predictions for A, B and both band swaps, in the embedding path and the image path."""
+def counterfactual(
+    predictor: Predictor, image_a: Image.Image, image_b: Image.Image, decomposer: BandDecomposer, top_k: int = 5, size: int | None = None
+) -> CounterfactualResult:
+    """Predictions for A, B and both band swaps, in the embedding path and the image path.
+    `size` is the decomposer's resolution (default: the backbone's input size)."""
+    size = size or predictor.backbone.image_size
     size -= size % decomposer.downsample
     unit_a, unit_b = to_unit_tensor(image_a, size), to_unit_tensor(image_b, size)
     swapped = {A_WITH_B: to_pil(decomposer.swap(unit_a, unit_b)[0]), B_WITH_A: to_pil(decomposer.swap(unit_b, unit_a)[0])}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from specpl.backbone import Backbone, BackboneUnavailable, load_backbone
+from specpl.backbone import EMBEDDED_TAG, Backbone, BackboneUnavailable, load_backbone
 from specpl.config import BackboneConfig
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -24,7 +24,7 @@ WORLD_MODEL = "world-clip"
 
 
 def world_backbone_config() -> BackboneConfig:
-    return BackboneConfig(name=WORLD_MODEL, pretrained=str(WORLD_WEIGHTS), quick_gelu=False)
+    return BackboneConfig(name=WORLD_MODEL, pretrained=EMBEDDED_TAG, quick_gelu=False)
 
 
 def load_backbone_or_world(config: BackboneConfig, device: str | torch.device = "cpu") -> tuple[Backbone, str | None]:

@@ -106,6 +106,7 @@ class Trainer:
         if needs_bands:
             from specpl.bands import build_decomposer
 
+            cfg.decomposer = dataclasses.replace(cfg.decomposer, image_size=cfg.decomposer.image_size or backbone.image_size)
             decomposer = self._decomposer or build_decomposer(cfg.decomposer, device=accelerator.device)
             band_featurizer = BandFeaturizer(decomposer, backbone.normalization, cfg.decomposer.image_size).to(accelerator.device)
         model = build_method(cfg.method, backbone, data.classnames, band_stat_dim=band_featurizer.decomposer.stat_dim if band_featurizer else None)

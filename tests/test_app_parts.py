@@ -1,7 +1,8 @@
-"""Smaller parts of the app: ZeroGPU safety, backbone availability messages, progress, failure causes."""
+"""Smaller parts of the app: ZeroGPU safety, backbone availability and the offline default, progress, failure causes."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from app.jobs import RunRecord
 from app.progress import MAX_CURVE_POINTS, loss_frame, read_progress, status_line
 from app.settings import AppSettings
 from app.worker import describe_failure
+from specpl import defaults
 from specpl.backbone import BackboneUnavailable
+from specpl.config import BackboneConfig
 from specpl.data import DataError
 
 
@@ -34,23 +37,67 @@ def test_building_the_app_touches_no_cuda_and_gpu_task_is_a_no_op_without_spaces
     assert gpu_task(duration=60)(train) is train  # `spaces` is not installed here
 
 
-def test_an_offline_backbone_is_explained_in_one_sentence_with_what_is_available(monkeypatch):
+def test_an_offline_backbone_is_explained_in_one_sentence_with_what_is_available(monkeypatch, tmp_path):
     monkeypatch.setattr(backbones, "_hub_cached", lambda config: False)
+    monkeypatch.setattr(defaults, "WORLD_WEIGHTS", tmp_path / "open_clip_model.safetensors")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    message = backbones.unavailable_message("ViT-B-32/openai")
-    assert message == (
+    defaults.WORLD_WEIGHTS.write_bytes(b"")  # availability only looks for the file; loading is tested with the app
+    assert backbones.unavailable_message("ViT-B-32/openai") == (
         "ViT-B-32 (openai) can't be loaded because its weights are not in the Hugging Face cache and the app is offline "
-        "(HF_HUB_OFFLINE); available now: specpl-tiny (random init), tiny test model, untrained."
+        "(HF_HUB_OFFLINE); available now: world-clip (embedded), SpectralWorld images only; "
+        "specpl-tiny (random init), tiny test model, untrained."
     )
-    assert backbones.default_backbone_key() == "specpl-tiny/none"
-    assert backbones.unavailable_message("specpl-tiny/none") is None
+    assert backbones.default_backbone_key() == backbones.WORLD_KEY and backbones.unavailable_message(backbones.WORLD_KEY) is None
+    assert backbones.fallback_note().startswith("No pretrained CLIP can be loaded here (offline), so the embedded SpectralWorld CLIP is selected")
+    assert backbones.resolve_backbone(backbones.WORLD_KEY) == BackboneConfig("world-clip", "embedded", quick_gelu=False)
+
+    defaults.WORLD_WEIGHTS.unlink()  # a broken install: still never the untrained model by default, and no fallback claim
+    assert backbones.default_backbone_key() == backbones.WORLD_KEY and backbones.fallback_note() is None
+    assert backbones.unavailable_message(backbones.WORLD_KEY) == (
+        f"world-clip (embedded), SpectralWorld images only can't be loaded because its weights file "
+        f"{defaults.WORLD_WEIGHTS} is missing from this installation; available now: specpl-tiny (random init), tiny test model, untrained."
+    )
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda: False)
+    assert backbones.availability("ViT-B-32/openai") == backbones.Availability(
+        "offline", "its weights are not in the Hugging Face cache and the Hugging Face hub can't be reached"
+    )
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda: True)
     assert backbones.availability("ViT-B-32/openai").status == "downloadable"
-    assert backbones.default_backbone_key() == "ViT-B-32/openai"
+    assert backbones.default_backbone_key() == "ViT-B-32/openai" and backbones.fallback_note() is None
     assert backbones.resolve_backbone("ViT-B-16/openai").name == "ViT-B-16"
     with pytest.raises(ValueError, match="unknown backbone choice 'ViT-Z'"):
         backbones.resolve_backbone("ViT-Z")
+
+
+def test_a_missing_demo_set_is_one_plain_sentence(monkeypatch, tmp_path):
+    from app.studio import Studio
+
+    monkeypatch.setattr(defaults, "DEMO_ZIP", tmp_path / "world-demo.zip")
+    studio = Studio(AppSettings(data_dir=tmp_path / "data"))
+    try:
+        *_, message = studio.use_demo_set(0.5, None)
+    finally:
+        studio.jobs.close()
+    assert message == f"⚠️ the demo set {tmp_path / 'world-demo.zip'} is missing from this installation"
+
+
+def test_the_hub_probe_tells_a_closed_port_from_a_listening_one(monkeypatch):
+    from huggingface_hub import constants
+
+    for name in backbones.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(backbones, "_hub_probes", {})
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        assert backbones._hub_reachable()
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        assert not backbones._hub_reachable()
 
 
 @pytest.mark.parametrize(

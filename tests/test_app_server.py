@@ -1,26 +1,60 @@
 """The app launched on localhost, driven through its API (gradio_client) and through a real
-browser (Playwright driving Debian's chromium). Tiny backbone, real CIFAR-10 photos."""
+browser (Playwright driving Debian's chromium). Tiny backbone on real CIFAR-10 photos, and the
+offline default: the SpectralWorld CLIP on the demo set (both stand-ins: random init, 4 classes)."""
 from __future__ import annotations
 
 import csv
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
+import open_clip
 import pytest
+import torch
 from gradio_client import Client, handle_file
+from safetensors.torch import save_file
 
+from app import backbones
 from app.settings import AppSettings
 from app.ui import build_demo, launch_options
+from specpl import defaults
+from specpl.world.generator import world_classnames, write_fewshot_folder
+from specpl.world.zeroshot import WORLD_TEMPLATE
 
 TINY = "specpl-tiny/none"
+WORLD_CLASSES = world_classnames()[:4]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 TABS = ("Data & Train", "Bands", "Counterfactual", "Classify", "Runs")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def offline_world(tmp_path_factory) -> Path:
+    """Offline with an empty Hugging Face cache, the world CLIP's weights replaced by a random-init
+    stand-in and the demo zip by 4 classes x (2 train + 2 test) images; returns the demo folder."""
+    from huggingface_hub import constants
+
+    root = tmp_path_factory.mktemp("world")
+    weights = root / "world-clip" / "open_clip_model.safetensors"
+    weights.parent.mkdir()
+    torch.manual_seed(0)
+    save_file(open_clip.create_model(defaults.WORLD_MODEL).state_dict(), str(weights))
+    demo_dir = write_fewshot_folder(root / "world-demo", shots=2, test_per_class=2, seed=0, classnames=WORLD_CLASSES)
+    demo_zip = Path(shutil.make_archive(str(root / "world-demo"), "zip", demo_dir))
+    hub_cache = root / "hf-home" / "hub"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("HF_HOME", str(hub_cache.parent))
+        patch.setenv("HF_HUB_CACHE", str(hub_cache))
+        patch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))  # huggingface_hub reads the variable at import
+        patch.setattr(defaults, "WORLD_WEIGHTS", weights)
+        patch.setattr(defaults, "DEMO_ZIP", demo_zip)
+        yield demo_dir
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, offline_world):
     settings = AppSettings(data_dir=tmp_path_factory.mktemp("specpl-data").resolve(), stop_grace_s=15)
     demo = build_demo(settings)
     demo.queue().launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
@@ -106,6 +140,62 @@ def test_api_reports_bad_input_in_one_line(server, tmp_path):
     assert message == "⚠️ photos.zip is not a zip archive"
     _, _, message = client.predict(TINY, "coop", [], "fft", 2, 1, 0, "", api_name="/start_training")
     assert message == "⚠️ upload a dataset (.zip) or build one before starting"
+
+
+def component(demo, elem_id: str):
+    return next(block for block in demo.blocks.values() if getattr(block, "elem_id", None) == elem_id)
+
+
+def test_offline_the_world_clip_is_the_default_and_both_tabs_say_so(server):
+    demo, _ = server
+    assert backbones.default_backbone_key() == component(demo, "backbone").value == component(demo, "zs-backbone").value == backbones.WORLD_KEY
+    note = component(demo, "fallback-note")
+    assert note.visible and note.value == (
+        "No pretrained CLIP can be loaded here (offline), so the embedded SpectralWorld CLIP is selected; "
+        "it knows only SpectralWorld images — try the demo set."
+    )
+    assert component(demo, "zs-note").value.endswith("only SpectralWorld images — type SpectralWorld class names, e.g. solid circle, striped circle, barred square.")
+    assert component(demo, "use-demo").variant == "primary"
+    assert "(HF_HUB_OFFLINE)" in backbones.unavailable_message("ViT-B-32/openai")  # and the UI refuses it up front
+
+
+def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, offline_world, tmp_path):
+    demo, _ = server
+    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
+
+    summary, gallery, message = client.predict(0.5, api_name="/use_demo_set")
+    assert "**4 classes**, 8 training and 8 test images" in summary and all(f"| {name} | 2 | 2 |" in summary for name in WORLD_CLASSES)
+    assert message == "Demo set ready: 4 SpectralWorld classes, which the embedded SpectralWorld CLIP knows."
+    assert sorted(item["caption"] for item in gallery) == sorted(WORLD_CLASSES * 2)
+
+    run_id, _, message = client.predict(backbones.WORLD_KEY, "coop", ["specpl"], "fft", 2, 1, 0, "world run", api_name="/start_training")
+    assert message.startswith(f"Started run {run_id}")
+    details = poll_until(client, run_id, {"finished", "failed", "cancelled"})
+    assert details["status"] == "finished", details
+    assert details["step"] == details["total_steps"] > 0 and 0 <= details["metrics"]["accuracy"] <= 100
+
+    (tmp_path / "images").mkdir()
+    images = [Path(shutil.copy(offline_world / "test" / name / "0000.png", tmp_path / "images" / f"{name}.png")) for name in WORLD_CLASSES]
+    for source, run in (("zero-shot", None), ("run", run_id)):
+        _, _, csv_file, top, message = client.predict(
+            source, run, ", ".join(WORLD_CLASSES), backbones.WORLD_KEY, WORLD_TEMPLATE, [handle_file(p) for p in images], 3, api_name="/classify"
+        )
+        with open(csv_file, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert message == "Classified 4 image(s)." and len(rows) == 12, (source, message)
+        assert {r["image"] for r in rows} == {p.name for p in images}
+        assert {r["label"] for r in rows} <= set(WORLD_CLASSES) and top["label"] in WORLD_CLASSES
+        for image in images:
+            probabilities = [float(r["probability"]) for r in rows if r["image"] == image.name]
+            assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+
+    *band_maps, timing = client.predict(handle_file(images[0]), "fft", 64, api_name="/bands")
+    assert all(Path(path).stat().st_size > 0 for path in band_maps) and timing.startswith("fft at 64 px:")
+
+    *outputs, summary = client.predict(run_id, handle_file(images[0]), handle_file(images[1]), 3, api_name="/counterfactual")
+    predicted = [[c["label"] for c in label["confidences"]] for label in outputs[:8]]  # embedding path and image-space swap
+    assert all(len(names) == 3 and set(names) <= set(WORLD_CLASSES) for names in predicted)
+    assert all(Path(path).stat().st_size > 0 for path in outputs[8:]) and summary.startswith("With B's high band, A ")
 
 
 def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cifar_zip, tmp_path):

@@ -74,3 +74,21 @@ def test_preprocessing_comes_from_the_model(tiny_backbone):
     from PIL import Image
 
     assert tiny_backbone.preprocess_eval(Image.new("RGB", (100, 60))).shape == (3, 32, 32)
+
+
+def test_embedded_tag_resolves_to_the_shipped_file(monkeypatch, tmp_path):
+    import open_clip
+
+    from specpl import defaults
+
+    weights = tmp_path / "world.safetensors"
+    save_file({k: v.contiguous() for k, v in open_clip.create_model("world-clip").state_dict().items()}, str(weights))
+    monkeypatch.setattr(defaults, "WORLD_WEIGHTS", weights)
+    backbone = load_backbone(defaults.world_backbone_config())
+    assert backbone.config.pretrained == "embedded"  # what bundles record: portable across checkouts
+    assert backbone.image_size == 64
+    weights.unlink()
+    with pytest.raises(BackboneUnavailable, match="embedded weights of world-clip are missing"):
+        load_backbone(defaults.world_backbone_config())
+    with pytest.raises(BackboneUnavailable, match="has no embedded weights"):
+        load_backbone(BackboneConfig("ViT-B-16", "embedded"))
