@@ -9,7 +9,7 @@ import pandas as pd
 
 from app.archives import UploadError
 from app.settings import Limits
-from app.uploads import image_problem
+from app.uploads import split_usable
 from specpl.inference import Predictor
 from specpl.io import atomic_write_text
 
@@ -31,10 +31,7 @@ def classify_files(predictor: Predictor, paths: list[Path], top_k: int, limits: 
         raise UploadError("add one or more images to classify")
     if len(paths) > limits.max_classify_images:
         raise UploadError(f"{len(paths)} images is over the limit of {limits.max_classify_images} per request")
-    usable, skipped = [], []
-    for path in paths:
-        problem = image_problem(path, limits)
-        (skipped.append(f"{path.name}: {problem}") if problem else usable.append(path))
+    usable, skipped = split_usable(paths, limits)
     if not usable:
         raise UploadError("no usable image: " + "; ".join(skipped))
     ranked = predictor.predict(usable, top_k=top_k)

@@ -75,6 +75,15 @@ def image_problem(path: Path, limits: Limits) -> str | None:
     return None
 
 
+def split_usable(paths: list[Path], limits: Limits) -> tuple[list[Path], list[str]]:
+    """(usable images, "name: reason" for each one that is not)."""
+    usable, skipped = [], []
+    for path in paths:
+        problem = image_problem(path, limits)
+        (skipped.append(f"{path.name}: {problem}") if problem else usable.append(path))
+    return usable, skipped
+
+
 def summarize_dataset(root: Path, split_ratio: float = 0.5, label: str | None = None, extra_warnings: list[str] | None = None) -> DatasetSummary:
     """Read `root` with the library and describe it; `DataError` becomes `UploadError`."""
     label = label or root.name
@@ -148,10 +157,7 @@ def add_builder_class(builder_root: Path, class_name: str, image_paths: list[Pat
     existing = sum(1 for p in builder_root.rglob("*") if p.is_file()) if builder_root.is_dir() else 0
     if existing + len(image_paths) > limits.max_images:
         raise UploadError(f"the builder would hold {existing + len(image_paths)} images, over the limit of {limits.max_images}")
-    skipped, usable = [], []
-    for path in image_paths:
-        problem = image_problem(path, limits)
-        (skipped.append(f"{path.name}: {problem}") if problem else usable.append(path))
+    usable, skipped = split_usable(image_paths, limits)
     if not usable:
         raise UploadError(f"no usable image for class {class_name.strip()!r}" + (f" ({'; '.join(skipped)})" if skipped else ""))
     target = builder_root / folder_name
