@@ -18,7 +18,8 @@ from specpl.backbone import EMBEDDED_TAG, Backbone, BackboneUnavailable, load_ba
 from specpl.config import BackboneConfig
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-WORLD_WEIGHTS = ASSETS / "world-clip" / "open_clip_model.safetensors"
+# SPECPL_WORLD_WEIGHTS points the embedded model at another file (worker processes inherit it)
+WORLD_WEIGHTS = Path(os.environ.get("SPECPL_WORLD_WEIGHTS") or ASSETS / "world-clip" / "open_clip_model.safetensors")
 DEMO_ZIP = ASSETS / "world-demo.zip"
 WORLD_MODEL = "world-clip"
 

@@ -49,6 +49,7 @@ def offline_world(tmp_path_factory) -> Path:
         patch.setenv("HF_HUB_CACHE", str(hub_cache))
         patch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))  # huggingface_hub reads the variable at import
         patch.setattr(defaults, "WORLD_WEIGHTS", weights)
+        patch.setenv("SPECPL_WORLD_WEIGHTS", str(weights))  # the training worker is another process
         patch.setattr(defaults, "DEMO_ZIP", demo_zip)
         yield demo_dir
 
