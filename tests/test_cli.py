@@ -1,5 +1,6 @@
 """CLI smoke runs on the real CIFAR-10 few-shot photos with the tiny backbone."""
 import json
+from pathlib import Path
 
 from specpl.cli import main
 
@@ -74,3 +75,31 @@ def test_bands_offline_hub_decomposer_is_a_clear_error(tmp_path, cifar_root, cap
     err = capsys.readouterr().err
     assert "taesd" in err and "--decomposer-source" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_offline_default_falls_back_to_the_world_model_and_demo_data(tmp_path, monkeypatch, capsys):
+    """No --backbone and no --data on an offline machine: the embedded world CLIP and the demo set,
+    each announced in one plain line."""
+    import shutil
+
+    import open_clip
+    from safetensors.torch import save_file
+
+    from specpl import defaults
+    from specpl.world.generator import world_classnames, write_fewshot_folder
+
+    weights = tmp_path / "world.safetensors"
+    save_file(open_clip.create_model("world-clip").state_dict(), str(weights))
+    demo = write_fewshot_folder(tmp_path / "demo", shots=1, test_per_class=1, seed=0, classnames=world_classnames()[:3])
+    monkeypatch.setattr(defaults, "WORLD_WEIGHTS", weights)
+    monkeypatch.setattr(defaults, "DEMO_ZIP", Path(shutil.make_archive(str(tmp_path / "demo"), "zip", demo)))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--epochs", "1", "--batch-size", "4", "--option", "coop.n_ctx=2"]) == 0
+    err = capsys.readouterr().err
+    assert "no --data given; training on the embedded SpectralWorld demo set" in err
+    assert "using the embedded SpectralWorld CLIP (world-clip) instead" in err
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["backbone"]["name"] == "world-clip" and config["backbone"]["pretrained"] == "embedded"
+    assert config["classnames"] == world_classnames()[:3]
