@@ -117,7 +117,8 @@ def run_world_bench(
                 run = RunConfig(
                     backbone=backbone.config, decomposer=config.decomposer, method=method, template=WORLD_TEMPLATE,
                     data=DataConfig(root=str(root), shots=config.shots, subsample="base", seed=seed),
-                    train=TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=seed),
+                    # no random resized crop: resampling 64 px images blurs the 2-4 px textures away
+                    train=TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=seed, augment=False, max_cached_views=1),
                 )
                 trained = Trainer(run, workdir / f"{name.replace(' + ', '+')}-seed{seed}", backbone=backbone, decomposer=decomposer, progress_bar=False).fit()
                 predictor = Predictor(trained.model)

@@ -1,0 +1,1 @@
+"""SpectralWorld: procedural images with known frequency content, and the tiny CLIP trained on them."""
