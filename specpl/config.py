@@ -82,6 +82,7 @@ class TrainConfig:
     grad_accum_steps: int = 1
     seed: int = 1
     precision: str = "auto"  # "auto" = bf16 on GPU, fp32 on CPU; or "fp32", "bf16"
+    augment: bool = True  # False trains on the eval transform: no resampling crop to blur fine texture
     cache_features: bool = True
     max_cached_views: int = 4
     checkpoint_every_epochs: int = 1

@@ -118,7 +118,7 @@ class Trainer:
             self.events.emit("data", **data.summary())
             write_json_atomic(self.run_dir / "config.json", {**cfg.to_dict(), "backbone": dataclasses.asdict(backbone.config), "resolved_method_options": method_options, "resolved_train": train})
 
-        views = AugmentedViews(backbone.preprocess_train, backbone.preprocess_eval, cfg.train.seed)
+        views = AugmentedViews(backbone.preprocess_train if cfg.train.augment else backbone.preprocess_eval, backbone.preprocess_eval, cfg.train.seed)
         cache = FeatureCache(
             views,
             encode_image=None if model.needs_image_grad else model.host.encode_image,
