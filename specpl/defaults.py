@@ -16,12 +16,13 @@ import torch
 
 from specpl.backbone import EMBEDDED_TAG, Backbone, BackboneUnavailable, load_backbone
 from specpl.config import BackboneConfig
+from specpl.world.model import MODEL_NAME as WORLD_MODEL
+from specpl.world.model import WEIGHTS_PATH
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = WEIGHTS_PATH.parents[1]
 # SPECPL_WORLD_WEIGHTS points the embedded model at another file (worker processes inherit it)
-WORLD_WEIGHTS = Path(os.environ.get("SPECPL_WORLD_WEIGHTS") or ASSETS / "world-clip" / "open_clip_model.safetensors")
+WORLD_WEIGHTS = Path(os.environ.get("SPECPL_WORLD_WEIGHTS") or WEIGHTS_PATH)
 DEMO_ZIP = ASSETS / "world-demo.zip"
-WORLD_MODEL = "world-clip"
 
 
 def world_backbone_config() -> BackboneConfig:

@@ -8,21 +8,12 @@ import torch
 from PIL import Image
 
 from specpl.bands import BandDecomposer
+from specpl.bands.display import to_pil, to_unit_tensor
+
+__all__ = ["band_images", "heatmap", "to_pil", "to_unit_tensor"]
 
 # A perceptually ordered dark-to-bright ramp (black, indigo, magenta, orange, pale yellow).
 _HEAT_STOPS = np.array([[0, 0, 4], [60, 15, 110], [180, 55, 120], [250, 140, 50], [252, 250, 190]], dtype=np.float32)
-
-
-def to_unit_tensor(image: Image.Image, size: int) -> torch.Tensor:
-    """(1, 3, size, size) in [0, 1], squashed to a square like the band teacher sees it."""
-    rgb = np.asarray(image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255
-    return torch.from_numpy(rgb).permute(2, 0, 1).unsqueeze(0)
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """(3, H, W) or (1, H, W) in [0, 1] -> PIL image."""
-    pixels = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
 
 
 def heatmap(magnitude: torch.Tensor) -> Image.Image:
