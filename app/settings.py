@@ -31,6 +31,7 @@ class AppSettings:
     limits: Limits = field(default_factory=Limits)
     training_slots: int = 1  # trainings at once; one per GPU
     stop_grace_s: float = 20.0  # after a cooperative stop request, terminate the worker after this
+    cpu_int8: bool = True  # classify with an int8 image tower on the CPU
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "AppSettings":
@@ -44,6 +45,7 @@ class AppSettings:
             limits=limits,
             training_slots=max(1, int(environ.get("SPECPL_TRAINING_SLOTS", 1))),
             stop_grace_s=float(environ.get("SPECPL_STOP_GRACE_S", 20.0)),
+            cpu_int8=environ.get("SPECPL_CPU_INT8", "1") != "0",
         )
 
     @property

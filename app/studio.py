@@ -69,7 +69,7 @@ class Studio:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.jobs = JobManager(settings.runs_dir, settings.training_slots, settings.stop_grace_s)
-        self.models = ModelCache()
+        self.models = ModelCache(int8=self.settings.cpu_int8)
 
     def session_dir(self, request: gr.Request | None) -> Path:
         return session_dir(self.settings.sessions_dir, getattr(request, "session_hash", None))
@@ -249,7 +249,7 @@ class Studio:
         out_dir = self.session_dir(request) / "classify"
         result = classify_files(predictor, [Path(f) for f in files or []], int(top_k), self.settings.limits, out_dir)
         note = f" Skipped: {'; '.join(result.skipped)}." if result.skipped else ""
-        return result.gallery, result.table, str(result.csv_path), result.first, f"Classified {len(result.gallery)} image(s).{note}"
+        return result.gallery, result.table, str(result.csv_path), result.first, f"Classified {len(result.gallery)} image(s) with the {predictor.precision} image tower.{note}"
 
     # ----- Runs ----------------------------------------------------------------------------------
 

@@ -5,8 +5,10 @@ import os
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from app import backbones
+from app.assets import BuildAssetCache
 from app.analysis import CPU_DECOMPOSER, PAIRS, decomposer_names
 from app.settings import AppSettings
 from app.studio import Studio
@@ -219,5 +221,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
 
 
 def launch_options(settings: AppSettings) -> dict[str, Any]:
-    """`launch()` keywords: files under the data directory may be served, uploads are capped."""
-    return {"allowed_paths": [str(settings.data_dir)], "max_file_size": settings.limits.max_upload_bytes}
+    """`launch()` keywords: files under the data directory may be served, uploads are capped, and
+    Gradio's hashed front-end files are served from memory (see `app.assets`)."""
+    return {
+        "allowed_paths": [str(settings.data_dir)],
+        "max_file_size": settings.limits.max_upload_bytes,
+        "app_kwargs": {"middleware": [Middleware(BuildAssetCache)]},
+    }

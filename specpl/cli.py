@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig, from_dict
+from specpl.config import BackboneConfig, DecomposerConfig, RunConfig, from_dict
 
 
 def _parse_option(text: str) -> tuple[str, str, Any]:

@@ -42,7 +42,7 @@ def embedding_path(predictor: Predictor, images: torch.Tensor, decomposer: BandD
         return None
     model = predictor.model
     images = images.to(predictor.device)
-    features = model.host.encode_image(images)
+    features = predictor.encode_image(images)
     featurizer = BandFeaturizer(decomposer, model.backbone.normalization, size).to(predictor.device)
     _, high = booster.band_embeddings(*featurizer(images))
     raw, refined = model.text_features(features if model.host.conditions_text_on_image else None)

@@ -14,6 +14,7 @@ from specpl.config import BackboneConfig, MethodConfig, from_dict
 from specpl.data import ImageItem, load_image
 from specpl.evaluate import EvalResult, evaluate_logits
 from specpl.methods import PromptModel, build_method, cosine_logits
+from specpl.quantize import int8_image_tower
 
 ImageInput = Image.Image | str | Path
 
@@ -27,6 +28,28 @@ class Predictor:
         self.config = config or {}
         self.device = torch.device(device)
         self._text: torch.Tensor | None = None
+        self._int8_tower: torch.nn.Module | None = None
+
+    def use_int8_image_tower(self) -> "Predictor":
+        """Encode images with an int8 copy of the image tower (CPU only; about 2x faster on a
+        small CPU, top-1 nearly always unchanged, see `specpl.quantize`). Hosts that put prompts
+        into the image tower keep fp32, since their tower is not CLIP's own."""
+        if self.device.type != "cpu":
+            raise ValueError(f"the int8 image tower runs on the CPU, this predictor is on {self.device}")
+        if self.model.needs_image_grad:
+            raise ValueError(f"host {self.model.host.name!r} prompts the image tower; int8 applies only to CLIP's own tower")
+        self._int8_tower = int8_image_tower(self.backbone.model.visual)
+        return self
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self._int8_tower is not None else str(next(self.backbone.model.parameters()).dtype).removeprefix("torch.")
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw image features for preprocessed images (B, 3, H, W)."""
+        images = images.to(self.device)
+        return self._int8_tower(images) if self._int8_tower is not None else self.model.host.encode_image(images)
 
     @classmethod
     def from_bundle(cls, directory: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "Predictor":
@@ -76,7 +99,7 @@ class Predictor:
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for preprocessed images (B, 3, H, W)."""
-        return self.model.logits(images.to(self.device), self.text_features())
+        return self.logits_from_features(self.encode_image(images))
 
     @torch.no_grad()
     def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:

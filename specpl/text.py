@@ -77,7 +77,6 @@ def _shared_prefix_block(
     attn: nn.MultiheadAttention = block.attn
     heads = attn.num_heads
     groups, n_cls, s_len, width = x_s.shape
-    p_len = x_p.shape[1]
     head_dim = width // heads
 
     def split_heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, W) -> (..., H, T, d)

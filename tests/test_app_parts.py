@@ -139,3 +139,10 @@ def test_progress_follows_the_event_log(tmp_path):
     assert long_run.metrics == {"accuracy": 55.0, "test_images": 80}
     steps = loss_frame(long_run)["step"].unique()
     assert len(steps) <= MAX_CURVE_POINTS + 1 and steps[-1] == 5000
+
+
+def test_settings_read_the_environment_and_int8_can_be_turned_off(tmp_path):
+    settings = AppSettings.from_env({"SPECPL_DATA_DIR": str(tmp_path), "SPECPL_MAX_UPLOAD_MB": "1.5", "SPECPL_CPU_INT8": "0"})
+    assert settings.data_dir == tmp_path.resolve() and settings.limits.max_upload_bytes == int(1.5 * 1024 * 1024)
+    assert settings.cpu_int8 is False and AppSettings.from_env({}).cpu_int8 is True
+    assert settings.runs_dir.parent == settings.gradio_cache_dir.parent == tmp_path.resolve()

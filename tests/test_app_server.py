@@ -107,7 +107,7 @@ def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(se
     )
     with open(csv_file, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert message == "Classified 3 image(s)." and len(rows) == 9
+    assert message == "Classified 3 image(s) with the int8 image tower." and len(rows) == 9
     assert {r["image"] for r in rows} == {p.name for p in test_images}
     classes = {p.name for p in (cifar_root / "train").iterdir()}
     assert {r["label"] for r in rows} <= classes and top["label"] in classes
@@ -183,7 +183,7 @@ def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, off
         )
         with open(csv_file, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        assert message == "Classified 4 image(s)." and len(rows) == 12, (source, message)
+        assert message == "Classified 4 image(s) with the int8 image tower." and len(rows) == 12, (source, message)
         assert {r["image"] for r in rows} == {p.name for p in images}
         assert {r["label"] for r in rows} <= set(WORLD_CLASSES) and top["label"] in WORLD_CLASSES
         for image in images:

@@ -1,6 +1,5 @@
 """Few-shot folders: layouts, K-shot sampling, base/new split, EXIF, and every kind of bad input."""
 import math
-from pathlib import Path
 
 import pytest
 from PIL import Image

@@ -1,5 +1,4 @@
 """SpectralWorld benchmark pieces: the granularity probe and the band linear probe."""
-from pathlib import Path
 
 import pytest
 

@@ -146,15 +146,6 @@ class PromptModel(nn.Module):
             losses.update(booster.losses(state))
         return losses
 
-    @torch.no_grad()
-    def logits(self, images: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
-        """Inference logits. Pass `text` (refined, from `text_features`) to reuse it across batches;
-        image-conditioned hosts always recompute it per image."""
-        image_features = self.host.encode_image(images)
-        if text is None or text.dim() == 3:
-            text = self.text_features(image_features)[1]
-        return cosine_logits(image_features, text, self.logit_scale)
-
     def learned_state_dict(self) -> dict[str, torch.Tensor]:
         """The method's own tensors (prompts, bank, refiner, fusion, ...), never the frozen CLIP."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("frozen_clip.")}

@@ -1,0 +1,61 @@
+"""int8 image towers: the attention rewrite is exact, and int8 keeps the pretrained world CLIP's
+predictions."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from specpl.backbone import load_backbone
+from specpl.defaults import world_backbone_config
+from specpl.inference import Predictor
+from specpl.quantize import SelfAttention, int8_image_tower, with_linear_attention
+from specpl.world.generator import fewshot_images, world_classnames
+from specpl.world.zeroshot import WORLD_TEMPLATE
+
+
+def test_linear_attention_rewrite_matches_multihead_attention(tiny_backbone):
+    tower = tiny_backbone.model.visual
+    rewritten = with_linear_attention(tower)
+    assert any(isinstance(m, SelfAttention) for m in rewritten.modules())
+    assert not any(isinstance(m, SelfAttention) for m in tower.modules())  # the original is untouched
+    images = torch.randn(3, 3, tiny_backbone.image_size, tiny_backbone.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(images), tower(images), rtol=1e-5, atol=1e-5)
+
+
+def test_self_attention_refuses_cross_attention(tiny_backbone):
+    attention = SelfAttention(tiny_backbone.model.visual.transformer.resblocks[0].attn)
+    x = torch.randn(1, 4, attention.qkv.in_features)
+    with pytest.raises(ValueError, match="self-attention"):
+        attention(x, x.clone(), x)
+
+
+@pytest.fixture(scope="module")
+def world_predictor():
+    classnames = world_classnames()
+    return Predictor.zero_shot(load_backbone(world_backbone_config()), classnames, WORLD_TEMPLATE)
+
+
+def test_int8_tower_keeps_world_clip_predictions(world_predictor):
+    classnames = world_classnames()
+    images = [image for _, _, _, image in fewshot_images(classnames, shots=0, test_per_class=3, seed=321)]
+    batch = world_predictor.preprocess(images)
+    fp32_features = world_predictor.encode_image(batch)
+    fp32_top1 = world_predictor.logits(batch).argmax(-1)
+    int8 = Predictor(world_predictor.model, world_predictor.config).use_int8_image_tower()
+    assert int8.precision == "int8" and world_predictor.precision == "float32"
+    int8_features = int8.encode_image(batch)
+    assert not torch.equal(int8_features, fp32_features)  # it really is another computation
+    assert F.cosine_similarity(int8_features, fp32_features).min() > 0.98
+    agreement = (int8.logits(batch).argmax(-1) == fp32_top1).float().mean()
+    assert agreement >= 0.95, f"int8 changed {1 - agreement:.0%} of {len(images)} top-1 predictions"
+
+
+def test_int8_refused_for_image_prompted_hosts_and_other_devices(world_predictor, monkeypatch):
+    monkeypatch.setattr(type(world_predictor.model.host), "needs_image_grad", True)
+    with pytest.raises(ValueError, match="prompts the image tower"):
+        Predictor(world_predictor.model).use_int8_image_tower()
+    tower = torch.nn.Linear(2, 2, device="meta")
+    with pytest.raises(ValueError, match="on the CPU"):
+        int8_image_tower(tower)
