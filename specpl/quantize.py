@@ -5,7 +5,10 @@ without bf16 arithmetic fp32 GEMMs at 50 tokens run far below peak, and int8 GEM
 activation scales, per-tensor int8 weights) roughly halve the time. PyTorch's dynamic quantisation
 only converts `nn.Linear`, while `nn.MultiheadAttention` keeps its packed input projection as a
 bare parameter, so the attention blocks are first rewritten into `SelfAttention` (two linears,
-numerically the same in fp32) and then every linear of the tower is quantised.
+numerically the same in fp32) and then every linear of the tower is quantised. Two more exact
+rewrites move work into int8 or drop it: the patch embedding (a convolution whose stride equals its
+kernel) becomes a linear over the flattened patches, and when the tower pools the class token, the
+last block is computed for that token only (its other 49 outputs are never read).
 
 The int8 tower is an inference-only copy: the fp32 model is left untouched for training and for
 the band/counterfactual paths that need exact features. `torch.ao`'s eager dynamic quantisation is
@@ -52,19 +55,65 @@ class SelfAttention(nn.Module):
     ) -> tuple[Tensor, None]:
         if key is not query or value is not query or need_weights:
             raise ValueError("SelfAttention computes self-attention without weights only")
-        batch, tokens, dim = query.shape
-        qkv = self.qkv(query).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
-        return self.out(attended.transpose(1, 2).reshape(batch, tokens, dim)), None
+        return self.attend(query, query.shape[1], attn_mask), None
+
+    def attend(self, states: Tensor, queries: int, attn_mask: Tensor | None = None) -> Tensor:
+        """Attention output for the first `queries` tokens of `states` over all of them."""
+        batch, tokens, dim = states.shape
+        q, k, v = self.qkv(states).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q[:, :, :queries], k, v, attn_mask=attn_mask)
+        return self.out(attended.transpose(1, 2).reshape(batch, queries, dim))
 
 
-def with_linear_attention(tower: nn.Module) -> nn.Module:
-    """A deep copy of `tower` whose `nn.MultiheadAttention` modules are `SelfAttention`s."""
-    tower = copy.deepcopy(tower)
+class PatchLinear(nn.Module):
+    """A patch-embedding convolution (stride = kernel, no padding) as a linear over flat patches."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.patch = conv.kernel_size
+        self.linear = nn.Linear(conv.weight[0].numel(), conv.out_channels, bias=conv.bias is not None)
+        with torch.no_grad():
+            self.linear.weight.copy_(conv.weight.flatten(1))
+            if conv.bias is not None:
+                self.linear.bias.copy_(conv.bias)
+
+    @staticmethod
+    def applies_to(conv: nn.Module) -> bool:
+        return isinstance(conv, nn.Conv2d) and conv.stride == conv.kernel_size and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1) and conv.groups == 1
+
+    def forward(self, images: Tensor) -> Tensor:
+        batch, channels, height, width = images.shape
+        (ph, pw), (gh, gw) = self.patch, (height // self.patch[0], width // self.patch[1])
+        patches = images[:, :, : gh * ph, : gw * pw].reshape(batch, channels, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5)
+        return self.linear(patches.reshape(batch, gh * gw, -1)).transpose(1, 2).reshape(batch, -1, gh, gw)
+
+
+class ClassTokenBlock(nn.Module):
+    """An open_clip residual block whose output is computed for the class token (token 0) only."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, q_x: Tensor, k_x: Tensor | None = None, v_x: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        block = self.block
+        token = q_x[:, :1] + block.ls_1(block.attn.attend(block.ln_1(q_x), 1, attn_mask))
+        return token + block.ls_2(block.mlp(block.ln_2(token)))
+
+
+def inference_tower(tower: nn.Module) -> nn.Module:
+    """A copy of an open_clip image tower with the exact rewrites above applied where they hold."""
+    tower = copy.deepcopy(tower).eval()
     for module in list(tower.modules()):
         for name, child in module.named_children():
             if isinstance(child, nn.MultiheadAttention):
                 setattr(module, name, SelfAttention(child))
+    if PatchLinear.applies_to(getattr(tower, "conv1", None)):
+        tower.conv1 = PatchLinear(tower.conv1)
+    pools_class_token = getattr(tower, "pool_type", None) == "tok" and getattr(tower, "attn_pool", None) is None and not getattr(tower, "output_tokens", True)
+    blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
+    if pools_class_token and blocks is not None and isinstance(blocks[-1].attn, SelfAttention) and not hasattr(blocks[-1], "ln_1_kv"):
+        blocks[-1] = ClassTokenBlock(blocks[-1])
     return tower
 
 
@@ -82,4 +131,4 @@ def int8_image_tower(tower: nn.Module) -> nn.Module:
         # Deprecation notices for torch.ao (see the module docstring); the API still works.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(with_linear_attention(tower).eval().float(), {nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(inference_tower(tower).float(), {nn.Linear}, dtype=torch.qint8)

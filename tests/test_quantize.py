@@ -2,6 +2,8 @@
 predictions."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,17 +11,28 @@ import torch.nn.functional as F
 from specpl.backbone import load_backbone
 from specpl.defaults import world_backbone_config
 from specpl.inference import Predictor
-from specpl.quantize import SelfAttention, int8_image_tower, with_linear_attention
+from specpl.quantize import ClassTokenBlock, PatchLinear, SelfAttention, inference_tower, int8_image_tower
 from specpl.world.generator import fewshot_images, world_classnames
 from specpl.world.zeroshot import WORLD_TEMPLATE
 
 
-def test_linear_attention_rewrite_matches_multihead_attention(tiny_backbone):
+def test_inference_rewrites_match_the_open_clip_tower(tiny_backbone):
     tower = tiny_backbone.model.visual
-    rewritten = with_linear_attention(tower)
-    assert any(isinstance(m, SelfAttention) for m in rewritten.modules())
-    assert not any(isinstance(m, SelfAttention) for m in tower.modules())  # the original is untouched
+    rewritten = inference_tower(tower)
+    kinds = {type(m) for m in rewritten.modules()}
+    assert {SelfAttention, PatchLinear, ClassTokenBlock} <= kinds
+    assert not {SelfAttention, PatchLinear, ClassTokenBlock} & {type(m) for m in tower.modules()}  # the original is untouched
     images = torch.randn(3, 3, tiny_backbone.image_size, tiny_backbone.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(rewritten(images), tower(images), rtol=1e-5, atol=1e-5)
+
+
+def test_class_token_shortcut_only_when_the_tower_pools_that_token(tiny_backbone):
+    tower = copy.deepcopy(tiny_backbone.model.visual)
+    tower.pool_type = "avg"  # mean of the patch tokens: every output of the last block is read
+    rewritten = inference_tower(tower)
+    assert not any(isinstance(m, ClassTokenBlock) for m in rewritten.modules())
+    images = torch.randn(2, 3, tiny_backbone.image_size, tiny_backbone.image_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(rewritten(images), tower(images), rtol=1e-5, atol=1e-5)
 
