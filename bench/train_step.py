@@ -7,6 +7,7 @@ prompt, and the shared ``[SOS] + context`` prefix encoded once for all classes.
 
     python bench/train_step.py --model ViT-B-32 --device cpu
     python bench/train_step.py --model ViT-B-16 --device cuda
+    python bench/train_step.py --model ViT-B-16 --device cuda --compile   # ours under torch.compile; CUDA graphs on a GPU
 
 Weights are random (the cost is the same), so it runs offline. Prints both medians and the ratio.
 """
@@ -25,6 +26,7 @@ from torch import nn
 from specpl.backbone import load_backbone
 from specpl.config import BackboneConfig, MethodConfig
 from specpl.methods import Batch, build_method
+from specpl.trainer import compiled_step
 
 CLASSNAMES = [f"class {i}" for i in range(1000)]  # "class N" tokenises to 2 tokens, like most names
 
@@ -80,15 +82,15 @@ def main() -> None:
     parser.add_argument("--naive-dtype", choices=["fp16", "fp32"], default="fp16", help="the reference casts to fp16; fp32 gives a fairer CPU baseline")
     parser.add_argument("--booster", action="append", default=[], help="also time ours with these boosters (e.g. specpl)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
+    parser.add_argument("--compile", action="store_true", help="time ours as the trainer runs it with train.compile='on' (give --warmup 3 or more: the first calls compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     classnames = CLASSNAMES[: args.classes]
-    images = torch.randn(args.batch, 3, 224, 224, device=device)
-    labels = torch.randint(0, args.classes, (args.batch,), device=device)
-
     backbone = load_backbone(BackboneConfig(name=args.model, pretrained=None), device=device)
+    images = torch.randn(args.batch, 3, backbone.image_size, backbone.image_size, device=device)
+    labels = torch.randint(0, args.classes, (args.batch,), device=device)
     model = build_method(MethodConfig(host="coop", boosters=args.booster, options={"coop": {"n_ctx": args.n_ctx}}), backbone, classnames, band_stat_dim=32).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.002, momentum=0.9)
@@ -97,9 +99,11 @@ def main() -> None:
     bands = (torch.rand(args.batch, 32, device=device), torch.rand(args.batch, 32, device=device))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
+    step_model = compiled_step(model, "on" if args.compile else "off", device)
+
     def ours() -> None:
         with autocast:
-            loss = sum(model(Batch(labels=labels, image_features=cached, band_stats=bands)).values())
+            loss = sum(step_model(Batch(labels=labels, image_features=cached, band_stats=bands)).values())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -120,7 +124,7 @@ def main() -> None:
     print(f"model={args.model} device={device.type} ({where}) batch={args.batch} classes={args.classes} n_ctx={args.n_ctx} boosters={args.booster or 'none'}")
     print(f"text length: naive 77 tokens x {args.classes} classes; ours {model.host.prompt_learner.sequence_length} tokens, prefix shared")
     print(f"naive ({args.naive_dtype}, re-encode images, 77 tokens): {naive_ms:9.1f} ms/step")
-    print(f"ours  (cached features, truncated, shared prefix):   {ours_ms:9.1f} ms/step")
+    print(f"ours  (cached features, truncated, shared prefix{', compiled' if args.compile else ''}): {ours_ms:9.1f} ms/step")
     print(f"speed-up: {naive_ms / ours_ms:.1f}x")
 
 

@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--grad-accum", type=int)
     train.add_argument("--no-cache", action="store_true", help="recompute frozen image features every epoch")
+    train.add_argument("--compile", action="store_true", help="torch.compile the training step (CUDA graphs on a GPU); the first steps compile")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
 
     evaluate = sub.add_parser("eval", help="accuracy of a model bundle on a folder's test split")
@@ -133,6 +134,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             setattr(config.train, field, getattr(args, flag))
     if args.no_cache:
         config.train.cache_features = False
+    if args.compile:
+        config.train.compile = "on"
     return config
 
 

@@ -87,6 +87,14 @@ class TrainConfig:
     max_cached_views: int = 4
     checkpoint_every_epochs: int = 1
     num_workers: int = 0
+    # "on" compiles the training forward and backward with torch.compile (inductor); on a GPU it
+    # also captures them in CUDA graphs ("reduce-overhead"), which removes the kernel-launch cost
+    # that bounds a prompt-learning step there. The first steps pay the compile time.
+    compile: str = "off"
+
+    def __post_init__(self) -> None:
+        if self.compile not in ("off", "on"):
+            raise ValueError(f"train.compile must be 'off' or 'on', got {self.compile!r}")
 
 
 @dataclass

@@ -42,6 +42,16 @@ class TrainResult:
     model: PromptModel
 
 
+def compiled_step(module: torch.nn.Module, compile: str, device: torch.device) -> torch.nn.Module:
+    """The training forward (and, through AOTAutograd, its backward) under torch.compile when asked:
+    CUDA graphs on a GPU ("reduce-overhead"), plain inductor on a CPU. Compiled here rather than
+    through accelerate's dynamo plugin, whose setting is process-global and would leak between
+    runs that share a process (the app's tests, the world benchmark)."""
+    if compile == "off":
+        return module
+    return torch.compile(module, mode="reduce-overhead" if device.type == "cuda" else "default")
+
+
 def resolved_training(config: RunConfig) -> dict[str, Any]:
     """The run's optimisation settings: explicit values, else the host's published defaults."""
     defaults = HOSTS.get(config.method.host).training_defaults
@@ -92,7 +102,8 @@ class Trainer:
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() else "fp32"
         accelerator = Accelerator(
-            mixed_precision={"fp32": "no", "bf16": "bf16"}[precision], gradient_accumulation_steps=cfg.train.grad_accum_steps, cpu=not torch.cuda.is_available()
+            mixed_precision={"fp32": "no", "bf16": "bf16"}[precision], gradient_accumulation_steps=cfg.train.grad_accum_steps,
+            cpu=not torch.cuda.is_available(),
         )
         set_seed(cfg.train.seed)
         main = accelerator.is_main_process
@@ -147,6 +158,7 @@ class Trainer:
 
         lr_at = _lr_schedule(train, steps_per_epoch, total_steps)
         wrapped, optimizer = accelerator.prepare(model, optimizer) if optimizer else (model, None)
+        wrapped = compiled_step(wrapped, cfg.train.compile, accelerator.device) if optimizer else wrapped
 
         started = time.time()
         images_seen = 0

@@ -103,3 +103,12 @@ def test_offline_default_falls_back_to_the_world_model_and_demo_data(tmp_path, m
     config = json.loads((run / "model" / "config.json").read_text())
     assert config["backbone"]["name"] == "world-clip" and config["backbone"]["pretrained"] == "embedded"
     assert config["classnames"] == world_classnames()[:3]
+
+
+def test_train_flags_map_onto_the_run_config(tmp_path):
+    from specpl.cli import build_parser, run_config_from_args
+
+    args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *TINY, "--epochs", "3", "--grad-accum", "2", "--no-cache", "--compile"])
+    config = run_config_from_args(args)
+    assert (config.train.epochs, config.train.grad_accum_steps, config.train.cache_features, config.train.compile) == (3, 2, False, "on")
+    assert run_config_from_args(build_parser().parse_args(["train", "--out", "x", *TINY])).train.compile == "off"

@@ -67,6 +67,25 @@ def test_cached_and_uncached_training_agree(tmp_path, cifar_root, tiny_backbone)
         torch.testing.assert_close(runs[0][key], runs[1][key], rtol=0, atol=1e-6)
 
 
+def test_compiled_training_matches_eager(tmp_path, cifar_root, tiny_backbone):
+    """train.compile='on' (inductor here; CUDA graphs on a GPU) learns the same prompts. 20 images
+    in batches of 10 keep one shape, so it compiles once (about a minute on 2 cores)."""
+    from torch._dynamo.utils import counters
+
+    runs = []
+    counters.clear()
+    for mode in ("off", "on"):
+        config = tiny_config(cifar_root, boosters=(), epochs=1, compile=mode)
+        config.train.batch_size = 10
+        result = Trainer(config, tmp_path / mode, backbone=tiny_backbone, progress_bar=False).fit()
+        runs.append(learned(result.model))
+        assert (counters["stats"]["unique_graphs"] > 0) == (mode == "on")  # it really was compiled, and only when asked
+    for key in runs[0]:
+        torch.testing.assert_close(runs[1][key], runs[0][key], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="train.compile must be 'off' or 'on', got 'max'"):
+        TrainConfig(compile="max")
+
+
 def test_cancel_saves_checkpoint_and_resume_matches_uninterrupted(tmp_path, cifar_root, tiny_backbone):
     straight = Trainer(tiny_config(cifar_root, epochs=2), tmp_path / "straight", backbone=tiny_backbone, progress_bar=False).fit()
 
