@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from specpl.config import BackboneConfig, DecomposerConfig, RunConfig, from_dict
+from specpl.world.generator import CAMERAS
 
 
 def _parse_option(text: str) -> tuple[str, str, Any]:
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--decomposer", default="fft")
     world.add_argument("--decomposer-source")
     world.add_argument("--probe-pairs", type=int, default=200)
+    world.add_argument("--camera", default="default", choices=list(CAMERAS), help="downstream domain: default (as in pretraining) or sepia (unseen warm, low-contrast cast)")
     world.add_argument("--out", default="bench/WORLD.md", help="markdown report (written atomically)")
 
     bands = sub.add_parser("bands", help="write the low/high band maps of an image as PNGs")
@@ -223,13 +225,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from specpl.defaults import world_backbone_config
     from specpl.io import atomic_write_text
     from specpl.methods import HOSTS
-    from specpl.world.benchmark import WorldBenchConfig, band_linear_probe, markdown_report, run_world_bench, temporary_workdir
+    from specpl.world.benchmark import WorldBenchConfig, band_linear_probe, feature_ceiling, markdown_report, run_world_bench, temporary_workdir
 
     hosts = tuple(args.hosts or [name for name in HOSTS.names() if name != "zeroshot"])
     decomposer_config = DecomposerConfig(name=args.decomposer, source=args.decomposer_source, image_size=64)
     config = WorldBenchConfig(
         shots=args.shots, seeds=tuple(args.seeds), test_per_class=args.test_per_class, epochs=args.epochs, hosts=hosts,
-        decomposer=decomposer_config, probe_pairs=args.probe_pairs,
+        decomposer=decomposer_config, probe_pairs=args.probe_pairs, camera=args.camera,
     )
     started = time.time()
     backbone = load_backbone(world_backbone_config())
@@ -237,7 +239,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with temporary_workdir() as workdir:
         results = run_world_bench(config, backbone, decomposer, Path(workdir))
     probe = band_linear_probe(decomposer, embed_dim=backbone.embed_dim)
-    report = markdown_report(results, config, "specpl " + " ".join(args.argv), backbone, time.time() - started, probe)
+    ceiling = feature_ceiling(backbone, config)
+    report = markdown_report(results, config, "specpl " + " ".join(args.argv), backbone, time.time() - started, probe, ceiling)
     atomic_write_text(Path(args.out), report)
     print(report)
     return 0

@@ -177,3 +177,14 @@ def test_committed_demo_zip_is_reproducible():
     names = zipfile.ZipFile(io.BytesIO(committed)).namelist()
     assert {n.split("/")[1] for n in names} == set(DEMO_CLASSES)
     assert {n.split("/")[0] for n in names} == {"train", "test"}
+
+
+def test_cameras_blend_towards_their_tint_and_default_is_the_identity():
+    sample = gen.sample_world(5, 1)[0]
+    plain = np.asarray(gen.render(sample), dtype=np.float64)
+    assert np.array_equal(np.asarray(gen.render(sample, "default")), plain.astype(np.uint8))
+    strength, tint = gen.CAMERAS["sepia"]
+    sepia = np.asarray(gen.render(sample, "sepia"), dtype=np.float64)
+    assert np.abs(sepia - ((1 - strength) * plain + strength * np.asarray(tint))).max() <= 0.5  # one rounding
+    with pytest.raises(ValueError, match="unknown camera 'night'; available: default, sepia"):
+        gen.render(sample, "night")

@@ -12,6 +12,7 @@ the image that gave the high band, or the shape of the image that gave the low b
 from __future__ import annotations
 
 import datetime
+import math
 import platform
 import tempfile
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class WorldBenchConfig:
     n_ctx: int = 4
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))
     probe_pairs: int = 200
+    camera: str = "default"  # the downstream domain (see generator.CAMERAS); pretraining saw "default"
 
 
 @dataclass
@@ -74,7 +76,7 @@ def probe_pairs(count: int, seed: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def granularity_probe(predictor: Predictor, decomposer: BandDecomposer, pairs: int, seed: int) -> dict[str, float]:
+def granularity_probe(predictor: Predictor, decomposer: BandDecomposer, pairs: int, seed: int, camera: str = "default") -> dict[str, float]:
     """Fractions in [0, 1] of band-swapped images whose predicted texture is the high band's and
     whose predicted shape is the low band's, over the full class set."""
     rng = np.random.default_rng([seed, 13])
@@ -83,7 +85,7 @@ def granularity_probe(predictor: Predictor, decomposer: BandDecomposer, pairs: i
     swapped = []
     chosen = probe_pairs(pairs, seed)
     for low_class, high_class in chosen:
-        low_image, high_image = (render(sample_class(rng, name, 1)[0]) for name in (low_class, high_class))
+        low_image, high_image = (render(sample_class(rng, name, 1)[0], camera) for name in (low_class, high_class))
         swapped.append(to_pil(decomposer.swap(to_unit_tensor(low_image, size), to_unit_tensor(high_image, size))[0]))
     predictions = [ranked[0][0] for ranked in predictor.predict(swapped, top_k=1)]
     texture = shape = 0
@@ -107,7 +109,7 @@ def run_world_bench(
         methods += [(host, MethodConfig(host=host, options=options)), (f"{host} + specpl", MethodConfig(host=host, boosters=["specpl"], options=options))]
     results = {name: MethodResult(name) for name, _ in methods}
     for seed in config.seeds:
-        root = write_fewshot_folder(workdir / f"data-seed{seed}", config.shots, config.test_per_class, seed)
+        root = write_fewshot_folder(workdir / f"data-seed{seed}", config.shots, config.test_per_class, seed, camera=config.camera)
         base = read_fewshot_folder(root, shots=config.shots, seed=seed, subsample="base")
         new = read_fewshot_folder(root, shots=config.shots, seed=seed, subsample="new")
         for name, method in methods:
@@ -126,7 +128,7 @@ def run_world_bench(
             base_acc = predictor.evaluate(base.test).accuracy
             predictor.set_classnames(new.classnames)
             new_acc = predictor.evaluate(new.test).accuracy
-            probe = granularity_probe(predictor, decomposer, config.probe_pairs, seed)
+            probe = granularity_probe(predictor, decomposer, config.probe_pairs, seed, config.camera)
             results[name].per_seed.append((base_acc, new_acc))
             results[name].probes.append(probe)
             log(f"seed {seed} {name:16s} base {base_acc:6.2f} new {new_acc:6.2f} probe texture {probe['texture']:.2f} shape {probe['shape']:.2f}")
@@ -134,7 +136,8 @@ def run_world_bench(
 
 
 def markdown_report(
-    results: list[MethodResult], config: WorldBenchConfig, command: str, backbone: Backbone, seconds: float, band_probe: dict[str, dict[str, float]]
+    results: list[MethodResult], config: WorldBenchConfig, command: str, backbone: Backbone, seconds: float, band_probe: dict[str, dict[str, float]],
+    ceiling: dict[str, float],
 ) -> str:
     lines = [
         "# SpectralWorld benchmark",
@@ -143,7 +146,7 @@ def markdown_report(
         f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
         f"- Command: `{command}`",
         f"- Backbone: {backbone.describe()}; decomposer: {config.decomposer.name}; {config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
-        f"{config.epochs} epochs, {config.test_per_class} test images per class; wall time {seconds / 60:.1f} min",
+        f"{config.epochs} epochs, {config.test_per_class} test images per class; camera: {config.camera}; wall time {seconds / 60:.1f} min",
         "",
         "Base/new: 36 \"<texture> <shape>\" classes, the first 18 (sorted) are base. HM is the HM of the mean base and mean new accuracy.",
         "Probe: images with one image's low band and another's high band (different texture and shape);",
@@ -159,6 +162,12 @@ def markdown_report(
     for result in results:
         lines.append(f"- {result.name}: " + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed)))
     lines += [
+        "",
+        "## Room above zero-shot",
+        "",
+        f"A ridge linear probe on the frozen, L2-normalised image features of the base classes with {ceiling['shots']:.0f} images per class "
+        f"(camera: {config.camera}, same test images): {ceiling['linear_probe']:.2f}%, against zero-shot {ceiling['zero_shot']:.2f}%. "
+        "Where the probe is not above zero-shot, the image features, not the prompt, limit what a prompt method can add.",
         "",
         "## Band check",
         "",
@@ -187,6 +196,28 @@ def _ridge_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.
     weights = torch.linalg.solve(design.T @ design + ridge * len(train_x) * torch.eye(design.shape[1], dtype=torch.float64), design.T @ targets)
     test = torch.cat([(test_x - mean) / std, torch.ones(len(test_x), 1)], dim=1).double()
     return float(((test @ weights).argmax(1) == test_y).double().mean())
+
+
+def feature_ceiling(backbone: Backbone, config: WorldBenchConfig, shots: int = 200, seed: int = 0) -> dict[str, float]:
+    """How much room the frozen image features leave a prompt method on the base classes: a ridge
+    linear probe on L2-normalised image features with `shots` images per class, against zero-shot,
+    on the same test images (percent)."""
+    from specpl.world.generator import fewshot_images
+
+    classnames = world_classnames()[: math.ceil(len(world_classnames()) / 2)]
+    predictor = Predictor.zero_shot(backbone, classnames, WORLD_TEMPLATE)
+    splits: dict[str, tuple[list, list[int]]] = {"train": ([], []), "test": ([], [])}
+    for split, classname, _, image in fewshot_images(classnames, shots, config.test_per_class, seed, config.camera):
+        splits[split][0].append(image)
+        splits[split][1].append(classnames.index(classname))
+    features, labels = {}, {}
+    for split, (images, targets) in splits.items():
+        batches = [predictor.preprocess(images[i : i + 256]) for i in range(0, len(images), 256)]
+        features[split] = torch.nn.functional.normalize(torch.cat([predictor.encode_image(b) for b in batches]), dim=-1)
+        labels[split] = torch.tensor(targets)
+    zero_shot = (predictor.logits_from_features(features["test"]).argmax(-1) == labels["test"]).double().mean()
+    probe = _ridge_accuracy(features["train"], labels["train"], features["test"], labels["test"], len(classnames), ridge=0.1)
+    return {"shots": shots, "linear_probe": 100 * probe, "zero_shot": 100 * float(zero_shot)}
 
 
 def band_linear_probe(decomposer: BandDecomposer, embed_dim: int = 64, train: int = 1200, test: int = 600, seed: int = 0) -> dict[str, dict[str, float]]:

@@ -80,6 +80,17 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 )
 
 
+# Cameras: a per-pixel colour mapping applied after rendering, `out = (1 - s) * image + s * tint`.
+# Pretraining sees only "default" (the identity). "sepia" is a downstream domain the world CLIP has
+# never seen: a warm cast at reduced contrast, like an old print. It keeps every factor visible
+# (texture contrast scales by 1 - s, nothing clips), so few-shot adaptation can recover what the
+# shift costs zero-shot, the classic case for prompt learning.
+CAMERAS: dict[str, tuple[float, tuple[int, int, int]]] = {
+    "default": (0.0, (0, 0, 0)),
+    "sepia": (0.45, (200, 120, 40)),
+}
+
+
 @dataclass(frozen=True)
 class WorldSample:
     """Everything needed to render one image; rendering is a pure function of these fields."""
@@ -248,8 +259,10 @@ def pattern_mean(texture: str, period: int) -> float:
     return 0.5  # checkered and grainy
 
 
-def render(sample: WorldSample) -> Image.Image:
-    """Draw the sample as a 64x64 RGB image."""
+def render(sample: WorldSample, camera: str = "default") -> Image.Image:
+    """Draw the sample as a 64x64 RGB image, as seen by `camera` (see `CAMERAS`)."""
+    if camera not in CAMERAS:
+        raise ValueError(f"unknown camera {camera!r}; available: {', '.join(CAMERAS)}")
     grid = (np.arange(IMAGE_SIZE) + 0.5) / IMAGE_SIZE - 0.5
     ramp = math.cos(sample.light_angle) * grid[None, :] + math.sin(sample.light_angle) * grid[:, None]
     light = 1.0 + LIGHT_STRENGTH * ramp
@@ -261,6 +274,9 @@ def render(sample: WorldSample) -> Image.Image:
     surface = modulation[..., None] * colour
     mask = shape_mask(sample)
     image[mask] = surface[mask]
+    strength, tint = CAMERAS[camera]
+    if strength:
+        image = (1 - strength) * np.clip(np.rint(image), 0, 255) + strength * np.asarray(tint, dtype=np.float64)
     return Image.fromarray(np.clip(np.rint(image), 0, 255).astype(np.uint8))
 
 
@@ -304,7 +320,7 @@ def caption(sample: WorldSample, rng: np.random.Generator | int) -> str:
 
 
 def fewshot_images(
-    classnames: Sequence[str], shots: int, test_per_class: int, seed: int
+    classnames: Sequence[str], shots: int, test_per_class: int, seed: int, camera: str = "default"
 ) -> Iterator[tuple[str, str, int, Image.Image]]:
     """Yield (split, classname, index, image) for a few-shot train/test set.
 
@@ -317,7 +333,7 @@ def fewshot_images(
         for classname in classnames:
             rng = np.random.default_rng([seed, split_id, all_classes.index(classname)])
             for index, sample in enumerate(sample_class(rng, classname, count)):
-                yield split, classname, index, render(sample)
+                yield split, classname, index, render(sample, camera)
 
 
 def write_fewshot_folder(
@@ -326,10 +342,11 @@ def write_fewshot_folder(
     test_per_class: int,
     seed: int,
     classnames: Sequence[str] | None = None,
+    camera: str = "default",
 ) -> Path:
     """Write `root/{train,test}/<class name>/NNNN.png`; class folders are the exact class names."""
     root = Path(root)
-    for split, classname, index, image in fewshot_images(classnames or world_classnames(), shots, test_per_class, seed):
+    for split, classname, index, image in fewshot_images(classnames or world_classnames(), shots, test_per_class, seed, camera):
         folder = root / split / classname
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{index:04d}.png")
