@@ -55,12 +55,14 @@ class BuildAssetCache:
     def __init__(self, app: ASGIApp, build_dir: Path = BUILD_DIR) -> None:
         self.app = app
         self.build_dir = build_dir
-        self._assets: dict[str, _Asset | None] = {}
+        self._assets: dict[str, _Asset] = {}  # only real build files, so the cache is bounded by the build
 
     def _asset(self, name: str) -> _Asset | None:
         if name not in self._assets:  # races only build the same value twice
             path = self.build_dir / name
-            self._assets[name] = _Asset(path) if PLAIN_NAME.fullmatch(name) and path.is_file() else None
+            if not (PLAIN_NAME.fullmatch(name) and path.is_file()):
+                return None
+            self._assets[name] = _Asset(path)
         return self._assets[name]
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:

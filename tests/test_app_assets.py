@@ -65,3 +65,4 @@ def test_anything_but_a_plain_build_file_goes_to_gradio(tmp_path):
         assert (status, passed) == (404, [path]), path
     status, _, _, passed = call(cache, "/assets/sub", method="POST")
     assert passed == ["/assets/sub"]
+    assert cache._assets == {}  # misses are not remembered: random names cannot grow the cache
