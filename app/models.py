@@ -1,6 +1,6 @@
 """Models loaded in the app process, kept warm so that Classify, Bands and Counterfactual answer
 quickly while trainings run in their own processes. Inference here runs on the CPU, with an int8
-image tower unless turned off (``SPECPL_CPU_INT8=0``): about 1.7x faster for ViT-B-32 on 2 cores
+image tower unless turned off (``SPECPL_CPU_INT8=0``): about 1.9x faster for ViT-B-32 on 2 cores
 at the cost of a rare top-1 change (bench/RESULTS.md)."""
 from __future__ import annotations
 

