@@ -8,8 +8,8 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from app import backbones
-from app.assets import BuildAssetCache
 from app.analysis import CPU_DECOMPOSER, PAIRS, decomposer_names
+from app.assets import BuildAssetCache
 from app.settings import AppSettings
 from app.studio import Studio
 from specpl.methods import BOOSTERS, HOSTS

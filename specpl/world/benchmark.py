@@ -12,7 +12,6 @@ the image that gave the high band, or the shape of the image that gave the low b
 from __future__ import annotations
 
 import datetime
-import math
 import platform
 import tempfile
 from dataclasses import dataclass, field
@@ -25,12 +24,12 @@ import torch
 from specpl.backbone import Backbone
 from specpl.bands import BandDecomposer
 from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
-from specpl.data import read_fewshot_folder
+from specpl.data import base_new_split, read_fewshot_folder
 from specpl.evaluate import aggregate_base_new
 from specpl.inference import Predictor
 from specpl.trainer import Trainer
 from specpl.visualize import to_pil, to_unit_tensor
-from specpl.world.generator import render, sample_class, split_classname, world_classnames, write_fewshot_folder
+from specpl.world.generator import fewshot_images, render, sample_class, split_classname, world_classnames, write_fewshot_folder
 from specpl.world.zeroshot import WORLD_TEMPLATE
 
 ZERO_SHOT = "zero-shot"
@@ -202,9 +201,8 @@ def feature_ceiling(backbone: Backbone, config: WorldBenchConfig, shots: int = 2
     """How much room the frozen image features leave a prompt method on the base classes: a ridge
     linear probe on L2-normalised image features with `shots` images per class, against zero-shot,
     on the same test images (percent)."""
-    from specpl.world.generator import fewshot_images
-
-    classnames = world_classnames()[: math.ceil(len(world_classnames()) / 2)]
+    base, _ = base_new_split(len(world_classnames()))
+    classnames = [world_classnames()[i] for i in base]
     predictor = Predictor.zero_shot(backbone, classnames, WORLD_TEMPLATE)
     splits: dict[str, tuple[list, list[int]]] = {"train": ([], []), "test": ([], [])}
     for split, classname, _, image in fewshot_images(classnames, shots, config.test_per_class, seed, config.camera):
