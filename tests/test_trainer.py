@@ -86,6 +86,21 @@ def test_compiled_training_matches_eager(tmp_path, cifar_root, tiny_backbone):
         TrainConfig(compile="max")
 
 
+def test_specpl_training_step_traces_as_one_graph(tmp_path, cifar_root, tiny_backbone, monkeypatch):
+    """CUDA-graph capture ("reduce-overhead") needs the whole step in one graph: the SpecPL booster's
+    in-batch permutation and refined bank included. Traced with dynamo's eager backend and
+    fullgraph=True, so any graph break raises instead of silently splitting the step."""
+    from torch._dynamo.utils import counters
+
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, mode: compile_(module, backend="eager", fullgraph=True))
+    counters.clear()
+    config = tiny_config(cifar_root, epochs=1, compile="on")
+    config.train.batch_size = 10
+    assert Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit().status == "finished"
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
 def test_cancel_saves_checkpoint_and_resume_matches_uninterrupted(tmp_path, cifar_root, tiny_backbone):
     straight = Trainer(tiny_config(cifar_root, epochs=2), tmp_path / "straight", backbone=tiny_backbone, progress_bar=False).fit()
 
