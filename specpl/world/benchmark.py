@@ -170,7 +170,7 @@ def markdown_report(
         "",
         "## Band check",
         "",
-        f"Linear probes (ridge, held-out accuracy) of each factor from each band of random world images ({config.decomposer.name} decomposer); "
+        f"Linear probes (ridge, held-out accuracy) of each factor from each band of random world images (default camera, {config.decomposer.name} decomposer); "
         "chance is 1/6 for each factor. *Band image*: the band rendered as an image (the decoded low band; the rest of the image "
         "around mid-grey) and embedded by the frozen CLIP image tower, i.e. what the band holds. *SpecPL statistic*: the spec's "
         "per-channel mean |.| through the frozen band MLP, i.e. what the booster sees of the band; it pools away where things are, "
