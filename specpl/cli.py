@@ -238,7 +238,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     decomposer = build_decomposer(decomposer_config)
     with temporary_workdir() as workdir:
         results = run_world_bench(config, backbone, decomposer, Path(workdir))
-    probe = band_linear_probe(decomposer, backbone)
+    probe = band_linear_probe(decomposer, backbone, image_size=decomposer_config.image_size)
     ceiling = feature_ceiling(backbone, config)
     report = markdown_report(results, config, "specpl " + " ".join(args.argv), backbone, time.time() - started, probe, ceiling)
     atomic_write_text(Path(args.out), report)

@@ -225,7 +225,8 @@ def feature_ceiling(backbone: Backbone, config: WorldBenchConfig, shots: int = 2
 
 
 def band_linear_probe(
-    decomposer: BandDecomposer, backbone: Backbone, embed_dim: int | None = None, train: int = 1200, test: int = 600, seed: int = 0
+    decomposer: BandDecomposer, backbone: Backbone, embed_dim: int | None = None, train: int = 1200, test: int = 600, seed: int = 0,
+    image_size: int = 64,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Held-out linear-probe accuracy of each world factor from each band, in two readings:
 
@@ -236,13 +237,14 @@ def band_linear_probe(
       things are, so a factor that lives in layout (shape) cannot show up in it, whichever band
       carries it.
 
-    Returns ``{reading: {band: {factor: accuracy}}}``.
+    World images are rendered at 64 px and resized to `image_size` (rounded down to the
+    decomposer's stride) before the split. Returns ``{reading: {band: {factor: accuracy}}}``.
     """
     from specpl.methods.specpl import BandEmbedding
     from specpl.world.generator import COLOURS, SHAPES, TEXTURES, sample_world
 
     samples = sample_world(np.random.default_rng([seed, 17]), train + test)
-    size = 64 - 64 % decomposer.downsample
+    size = image_size - image_size % decomposer.downsample
     images = torch.cat([to_unit_tensor(render(s), size) for s in samples])
     chunks = images.split(128)
     band_images = [decomposer.band_images(chunk) for chunk in chunks]
