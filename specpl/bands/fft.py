@@ -11,6 +11,12 @@ Unlike the VAE decomposers, the low band comes from a frequency-domain low-pass 
 SpecPL's k x k box average: at full pixel resolution a 7-pixel box would be a much finer split
 than 7 latent pixels (56 image pixels) of a VAE, and a radial cutoff states the split directly as
 a frequency.
+
+It is also the right split for the world benchmark. A VAE latent has a stride of 8 px, so a 1-4 px
+texture is coded in the latent's channel values rather than in its spatial variation, and a latent
+box low-pass leaves much of it in the low band. Measured with `band_linear_probe` on TAEF2 at
+128 px (600/300 images, band-image reading, low vs high): kernel 3 gave texture 0.52 vs 0.64;
+the spec's kernel 7 (56 px) also blurred shape out of the low band, 0.36 vs 0.81.
 """
 from __future__ import annotations
 
