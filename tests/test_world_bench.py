@@ -1,6 +1,7 @@
 """SpectralWorld benchmark pieces: the granularity probe and the band linear probe."""
 
 import pytest
+import torch
 
 from specpl.bands import build_decomposer
 from specpl.config import DecomposerConfig
@@ -68,14 +69,13 @@ def test_specpl_statistic_keeps_texture_in_the_high_band_and_colour_in_the_low(b
 
 
 def test_band_images_are_the_decoded_low_band_and_the_rest_around_mid_grey(fft):
-    import torch
-
     images = 0.5 + 0.2 * (torch.rand(2, 3, 32, 32) - 0.5)  # residuals stay inside [-0.5, 0.5]: nothing is clamped
     low, high = fft.band_images(images)
     assert low.shape == high.shape == images.shape
     assert torch.allclose(low + high - 0.5, images, atol=1e-5)
     flat = torch.full((1, 3, 32, 32), 0.3)
     assert torch.allclose(fft.band_images(flat)[1], torch.full_like(flat, 0.5), atol=1e-5)  # a flat image has no high band
+    assert all(torch.equal(a, b) for a, b in zip(fft.band_images(images, fft.decompose(images)), (low, high)))
 
 
 def test_short_coop_run_on_base_classes_beats_zero_shot_under_an_unseen_camera(tmp_path):

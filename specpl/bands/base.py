@@ -196,12 +196,13 @@ class BandDecomposer(nn.Module):
         return low, high
 
     @torch.no_grad()
-    def band_images(self, images: Tensor) -> tuple[Tensor, Tensor]:
+    def band_images(self, images: Tensor, bands: Bands | None = None) -> tuple[Tensor, Tensor]:
         """(low, high), each band as an image in [0, 1] of the input's size: the decoded low band,
         and the rest of the image (input - low image) around mid-grey. This is what a frozen image
-        encoder is shown to ask what each band holds (`specpl.world.benchmark.band_linear_probe`)."""
+        encoder is shown to ask what each band holds (`specpl.world.benchmark.band_linear_probe`).
+        Pass `bands` when `images` were already decomposed."""
         images = self._prepare(images)
-        low = self.decode(self.decompose(images).low)
+        low = self.decode((bands if bands is not None else self.decompose(images)).low)
         return low, (images - low + 0.5).clamp(0, 1)
 
     @torch.no_grad()

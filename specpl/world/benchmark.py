@@ -247,8 +247,9 @@ def band_linear_probe(
     size = image_size - image_size % decomposer.downsample
     images = torch.cat([to_unit_tensor(render(s), size) for s in samples])
     chunks = images.split(128)
-    band_images = [decomposer.band_images(chunk) for chunk in chunks]
-    stats = [decomposer.band_statistics(decomposer.decompose(chunk)) for chunk in chunks]
+    bands = [decomposer.decompose(chunk) for chunk in chunks]
+    band_images = [decomposer.band_images(chunk, chunk_bands) for chunk, chunk_bands in zip(chunks, bands)]
+    stats = [decomposer.band_statistics(chunk_bands) for chunk_bands in bands]
     low, high = torch.cat([s[0] for s in stats]).float(), torch.cat([s[1] for s in stats]).float()
     torch.manual_seed(seed)
     embed_dim = embed_dim or backbone.embed_dim
