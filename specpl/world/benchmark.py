@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from specpl.backbone import Backbone
 from specpl.bands import BandDecomposer
@@ -214,11 +215,8 @@ def feature_ceiling(backbone: Backbone, config: WorldBenchConfig, shots: int = 2
     for split, classname, _, image in fewshot_images(classnames, shots, config.test_per_class, seed, config.camera):
         splits[split][0].append(image)
         splits[split][1].append(classnames.index(classname))
-    features, labels = {}, {}
-    for split, (images, targets) in splits.items():
-        batches = [predictor.preprocess(images[i : i + 256]) for i in range(0, len(images), 256)]
-        features[split] = torch.nn.functional.normalize(torch.cat([predictor.encode_image(b) for b in batches]), dim=-1)
-        labels[split] = torch.tensor(targets)
+    features = {split: _image_features(backbone, images) for split, (images, _) in splits.items()}
+    labels = {split: torch.tensor(targets) for split, (_, targets) in splits.items()}
     zero_shot = (predictor.logits_from_features(features["test"]).argmax(-1) == labels["test"]).double().mean()
     probe = _ridge_accuracy(features["train"], labels["train"], features["test"], labels["test"], len(classnames), ridge=0.1)
     return {"shots": shots, "linear_probe": 100 * probe, "zero_shot": 100 * float(zero_shot)}
@@ -256,7 +254,7 @@ def band_linear_probe(
     embed = {"low": BandEmbedding(low.shape[1], embed_dim, 1e-3), "high": BandEmbedding(high.shape[1], embed_dim, 1e-3)}
     with torch.no_grad():
         features = {
-            "image": {band: _image_features(backbone, torch.cat([pair[i] for pair in band_images])) for i, band in enumerate(("low", "high"))},
+            "image": {band: _image_features(backbone, [to_pil(image) for pair in band_images for image in pair[i]]) for i, band in enumerate(("low", "high"))},
             "statistic": {"low": embed["low"](low), "high": embed["high"](high)},
         }
     vocab = {"texture": TEXTURES, "shape": SHAPES, "colour": tuple(COLOURS)}
@@ -271,12 +269,11 @@ def band_linear_probe(
 
 
 @torch.no_grad()
-def _image_features(backbone: Backbone, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    """L2-normalised CLIP image features of images in [0, 1], through the backbone's own eval
-    preprocessing."""
+def _image_features(backbone: Backbone, images: list[Image.Image], batch: int = 256) -> torch.Tensor:
+    """L2-normalised CLIP image features, through the backbone's own eval preprocessing."""
     parameter = next(backbone.model.parameters())
     features = []
-    for chunk in images.split(batch):
-        pixels = torch.stack([backbone.preprocess_eval(to_pil(image)) for image in chunk]).to(parameter.device, parameter.dtype)
+    for start in range(0, len(images), batch):
+        pixels = torch.stack([backbone.preprocess_eval(image) for image in images[start : start + batch]]).to(parameter.device, parameter.dtype)
         features.append(torch.nn.functional.normalize(backbone.model.encode_image(pixels).float(), dim=-1))
     return torch.cat(features)
