@@ -60,7 +60,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                             builder_state = gr.Markdown("No classes yet.")
                         data_message = gr.Markdown(elem_id="data-message")
                         summary = gr.Markdown(elem_id="dataset-summary")
-                        thumbnails = gr.Gallery(label="Sample images", columns=6, height=220, elem_id="thumbnails")
+                        thumbnails = gr.Gallery(label="Sample images", columns=6, height=220, elem_id="thumbnails", visible=False)
                     with gr.Column():
                         gr.Markdown("### 2. Train")
                         backbone = gr.Dropdown(backbone_choices, value=default_backbone, label="Backbone", elem_id="backbone")
@@ -79,13 +79,13 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                             stop = gr.Button("Stop", variant="stop", elem_id="stop")
                         train_message = gr.Markdown(elem_id="train-message")
                         run_id = gr.Textbox(label="Watching run", interactive=False, elem_id="run-id")
-                        status = gr.HTML(elem_id="run-status")
-                        curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="loss-curve")
-                        with gr.Accordion("Run details", open=False):
-                            details = gr.JSON(label="Status")
+                        status = gr.HTML(elem_id="run-status", visible=False)
+                        curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="loss-curve", visible=False)
+                        with gr.Accordion("Run details", open=False, visible=False) as details_box:
+                            details = gr.JSON(label="Status", visible=False)
                 timer = gr.Timer(POLL_SECONDS)
 
-            with gr.Tab("Bands", id="bands"):
+            with gr.Tab("Bands", id="bands") as bands_tab:
                 gr.Markdown("The low band carries the semantics, the high band the fine grain. Pick an image and a decomposer (`fft` is weight-free and fast on CPU).")
                 with gr.Row():
                     with gr.Column(scale=1):
@@ -144,7 +144,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
 
             with gr.Tab("Runs", id="runs") as runs_tab:
                 refresh = gr.Button("Refresh")
-                runs_table = gr.Dataframe(label="Runs", interactive=False)
+                runs_table = gr.Dataframe(label="Runs", interactive=False, elem_id="runs-table")
                 runs_pick = gr.Dropdown([], label="Run", allow_custom_value=True)
                 runs_status = gr.Markdown()
                 with gr.Row():
@@ -165,6 +165,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 import_file = gr.File(label="Bundle .zip", file_types=[".zip"])
                 import_go = gr.Button("Import")
 
+        for tab in (bands_tab, counterfactual_tab, classify_tab, runs_tab):
+            load_when_opened(tab)
         run_lists = [runs_table, runs_pick, classify_run, cf_run]
 
         # Data & Train
@@ -174,6 +176,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         use_built.click(studio.use_builder, [split_ratio], dataset_outputs, api_name="use_builder")
         use_demo.click(studio.use_demo_set, [split_ratio], dataset_outputs, api_name="use_demo_set")
         dataset_root.change(studio.dataset_images, dataset_root, band_pick, api_visibility="private")
+        show_when_set(dataset_root, [thumbnails])
         backbone.change(studio.backbone_note, backbone, backbone_note, api_visibility="private")
         start.click(
             studio.start_training, [dataset_root, backbone, host, boosters, decomposer, shots, epochs, lr, run_name],
@@ -183,6 +186,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         status_outputs = [status, curve, details]
         timer.tick(studio.run_status, run_id, status_outputs, api_name="run_status", show_progress="hidden", concurrency_limit=None)
         run_id.change(studio.run_status, run_id, status_outputs, show_progress="hidden", api_visibility="private")
+        show_when_set(run_id, [status, curve, details_box, details])
 
         # Bands
         band_pick.change(studio.picked_image, band_pick, band_input, api_visibility="private")
@@ -218,6 +222,40 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         demo.load(studio.reattach, remembered_run, [run_id, remembered_run], api_visibility="private")
         demo.unload(studio.forget_session)
     return demo
+
+
+def show_when_set(source: gr.components.Component, outputs: list[gr.components.Component]) -> None:
+    """Show `outputs` once `source` holds a value (a dataset, a watched run), hide them when it is
+    cleared. Hidden components cost nothing on the first page load (see `load_when_opened`)."""
+    source.change(lambda value: _visibility(len(outputs), bool(value)), source, outputs, show_progress="hidden", api_visibility="private")
+
+
+def _visibility(count: int, visible: bool) -> Any:
+    updates = [gr.update(visible=visible)] * count
+    return updates[0] if count == 1 else updates  # Gradio takes one output's value unwrapped
+
+
+def _components(block: gr.blocks.BlockContext) -> list[gr.components.Component]:
+    found: list[gr.components.Component] = []
+    for child in block.children:
+        if isinstance(child, gr.blocks.BlockContext):
+            found += _components(child)
+        elif isinstance(child, gr.components.Component):
+            found.append(child)
+    return found
+
+
+def load_when_opened(tab: gr.Tab) -> None:
+    """Keep a tab's components out of the first page load until the tab is first opened.
+
+    Gradio's front end fetches and evaluates the code of every *visible* component in the page
+    config while it builds the page, inactive tabs included; a component's own ``visible=False``
+    (not its parent's) skips that. So the tab's visible components start hidden and are shown when
+    the tab is selected. Measured in `bench/RESULTS.md`."""
+    hidden = [component for component in _components(tab) if component.visible is True]
+    for component in hidden:
+        component.visible = False
+    tab.select(lambda: _visibility(len(hidden), True), None, hidden, show_progress="hidden", api_visibility="private")
 
 
 def launch_options(settings: AppSettings) -> dict[str, Any]:

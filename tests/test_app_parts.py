@@ -37,6 +37,35 @@ def test_building_the_app_touches_no_cuda_and_gpu_task_is_a_no_op_without_spaces
     assert gpu_task(duration=60)(train) is train  # `spaces` is not installed here
 
 
+def test_the_first_page_load_asks_only_for_the_data_and_train_form(tmp_path):
+    """Gradio fetches the front-end code of every visible component on the first visit, so the
+    inactive tabs and the empty outputs (gallery, status, curve) start hidden."""
+    import gradio as gr
+
+    from app.ui import build_demo
+
+    demo = build_demo(AppSettings(data_dir=tmp_path / "data"))
+    demo.studio.jobs.close()
+    config = demo.get_config_file()
+    visible = {c["type"] for c in config["components"] if c["props"].get("visible", True) is not False}
+    assert visible == {
+        "accordion", "browserstate", "button", "checkboxgroup", "column", "dropdown", "file", "form",
+        "markdown", "number", "row", "slider", "state", "tabitem", "tabs", "textbox", "timer",
+    }
+    later_tabs = [block for block in demo.blocks.values() if isinstance(block, gr.Tab) and block.label != "Data & Train"]
+    assert [tab.label for tab in later_tabs] == ["Bands", "Counterfactual", "Classify", "Runs"]
+
+    def leaves(block):
+        for child in getattr(block, "children", []):
+            yield from leaves(child) if hasattr(child, "children") else [child]
+
+    for tab in later_tabs:
+        components = list(leaves(tab))
+        assert components and not any(c.visible for c in components), tab.label
+        reveal = [d for d in config["dependencies"] if [tab._id, "select"] in [list(t) for t in d["targets"]] and d["outputs"]]
+        assert any(set(d["outputs"]) >= {c._id for c in components} for d in reveal), tab.label
+
+
 def test_an_offline_backbone_is_explained_in_one_sentence_with_what_is_available(monkeypatch, tmp_path):
     monkeypatch.setattr(backbones, "_hub_cached", lambda config: False)
     monkeypatch.setattr(defaults, "WORLD_WEIGHTS", tmp_path / "open_clip_model.safetensors")

@@ -26,7 +26,7 @@ TINY = "specpl-tiny/none"
 WORLD_CLASSES = world_classnames()[:4]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
-TABS = ("Data & Train", "Bands", "Counterfactual", "Classify", "Runs")
+TABS = {"Data & Train": "Start training", "Bands": "Compute bands", "Counterfactual": "Run counterfactual", "Classify": "Classify", "Runs": "Refresh"}  # tab: a button on it
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +229,11 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
 
         page.locator("#stop").click()
         expect(page.locator("#run-status")).to_contain_text("Cancelled: stopped by request", timeout=60_000)
-        for tab in TABS:
+        for tab, button in TABS.items():
             page.get_by_role("tab", name=tab).click()
+            expect(page.get_by_role("button", name=button, exact=True)).to_be_visible()  # later tabs load when first opened
+            if tab == "Runs":  # the list filled while the tab's components were still hidden
+                expect(page.locator("#runs-table")).to_contain_text(run_id)
             shot = tmp_path / f"tab-{tab.split()[0].lower()}.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
