@@ -173,6 +173,11 @@ class Studio:
         }
         return progress_html(record, progress, position), loss_frame(progress), details
 
+    def poll_run(self, run_id: str | None) -> tuple[str, pd.DataFrame, dict[str, Any], gr.Timer]:
+        """One tick of the status timer: `run_status`, and the timer itself, which stops once the
+        watched run is over, so an idle page polls nothing."""
+        return (*self.run_status(run_id), gr.Timer(active=bool(run_id) and self._exists(run_id) and self.jobs.get(run_id).active))
+
     def reattach(self, remembered: str | None) -> tuple[str, str]:
         """On page load: the run this browser started while it is active, else the one training
         now, else the remembered run's result."""

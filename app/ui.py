@@ -83,7 +83,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                         curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="loss-curve", visible=False)
                         with gr.Accordion("Run details", open=False, visible=False) as details_box:
                             details = gr.JSON(label="Status", visible=False)
-                timer = gr.Timer(POLL_SECONDS)
+                timer = gr.Timer(POLL_SECONDS, active=False)  # started by watching a run, stopped when it is over
 
             with gr.Tab("Bands", id="bands") as bands_tab:
                 gr.Markdown("The low band carries the semantics, the high band the fine grain. Pick an image and a decomposer (`fft` is weight-free and fast on CPU).")
@@ -184,9 +184,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         ).then(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
         stop.click(studio.stop_training, run_id, train_message, api_name="stop_training")
         status_outputs = [status, curve, details]
-        timer.tick(studio.run_status, run_id, status_outputs, api_name="run_status", show_progress="hidden", concurrency_limit=None)
-        run_id.change(studio.run_status, run_id, status_outputs, show_progress="hidden", api_visibility="private")
-        show_when_set(run_id, [status, curve, details_box, details])
+        timer.tick(studio.poll_run, run_id, [*status_outputs, timer], show_progress="hidden", concurrency_limit=None, api_visibility="private")
+        run_id.change(studio.run_status, run_id, status_outputs, api_name="run_status", show_progress="hidden")
+        show_when_set(run_id, [status, curve, details_box, details, timer])
 
         # Bands
         band_pick.change(studio.picked_image, band_pick, band_input, api_visibility="private")
@@ -210,7 +210,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             trigger(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
         runs_pick.change(studio.run_details, runs_pick, [runs_config, runs_metrics, runs_curve, runs_status], api_visibility="private")
         download.click(studio.export_bundle, runs_pick, [bundle_file, runs_message], api_name="export_bundle")
-        resume.click(studio.resume_run, runs_pick, runs_message, api_name="resume_run").then(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
+        resume.click(studio.resume_run, runs_pick, runs_message, api_name="resume_run").then(studio.refresh_runs, runs_pick, run_lists, api_visibility="private").then(
+            lambda: gr.Timer(active=True), None, timer, api_visibility="private"  # in case the watched run is the one resumed
+        )
         delete.click(studio.ask_delete, runs_pick, [confirm_row, confirm_text], api_visibility="private")
         cancel.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
         confirm.click(studio.confirm_delete, runs_pick, [confirm_row, runs_message], api_name="delete_run").then(
@@ -225,14 +227,15 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
 
 
 def show_when_set(source: gr.components.Component, outputs: list[gr.components.Component]) -> None:
-    """Show `outputs` once `source` holds a value (a dataset, a watched run), hide them when it is
-    cleared. Hidden components cost nothing on the first page load (see `load_when_opened`)."""
-    source.change(lambda value: _visibility(len(outputs), bool(value)), source, outputs, show_progress="hidden", api_visibility="private")
+    """Show `outputs` (and start the timers among them) once `source` holds a value (a dataset, a
+    watched run); hide and stop them when it is cleared. Hidden components cost nothing on the first
+    page load (see `load_when_opened`)."""
+    source.change(lambda value: _visibility(outputs, bool(value)), source, outputs, show_progress="hidden", api_visibility="private")
 
 
-def _visibility(count: int, visible: bool) -> Any:
-    updates = [gr.update(visible=visible)] * count
-    return updates[0] if count == 1 else updates  # Gradio takes one output's value unwrapped
+def _visibility(outputs: list[gr.components.Component], visible: bool) -> Any:
+    updates = [gr.Timer(active=visible) if isinstance(output, gr.Timer) else gr.update(visible=visible) for output in outputs]
+    return updates[0] if len(updates) == 1 else updates  # Gradio takes one output's value unwrapped
 
 
 def _components(block: gr.blocks.BlockContext) -> list[gr.components.Component]:
@@ -255,7 +258,7 @@ def load_when_opened(tab: gr.Tab) -> None:
     hidden = [component for component in _components(tab) if component.visible is True]
     for component in hidden:
         component.visible = False
-    tab.select(lambda: _visibility(len(hidden), True), None, hidden, show_progress="hidden", api_visibility="private")
+    tab.select(lambda: _visibility(hidden, True), None, hidden, show_progress="hidden", api_visibility="private")
 
 
 def launch_options(settings: AppSettings) -> dict[str, Any]:
