@@ -24,7 +24,7 @@ from app.analysis import BAND_VIEWS, PAIRS, FeatureUnavailable, band_view, count
 from app.archives import UploadError
 from app.bundles import export_bundle_zip, import_bundle_zip
 from app.classify import classify_files
-from app.jobs import REQUEST_FILE, JobError, JobManager
+from app.jobs import ACTIVE, REQUEST_FILE, JobError, JobManager
 from app.messages import first_sentence
 from app.models import ModelCache
 from app.progress import RunProgress, loss_frame, progress_html, read_progress, status_line
@@ -176,7 +176,8 @@ class Studio:
     def poll_run(self, run_id: str | None) -> tuple[str, pd.DataFrame, dict[str, Any], gr.Timer]:
         """One tick of the status timer: `run_status`, and the timer itself, which stops once the
         watched run is over, so an idle page polls nothing."""
-        return (*self.run_status(run_id), gr.Timer(active=bool(run_id) and self._exists(run_id) and self.jobs.get(run_id).active))
+        status, curve, details = self.run_status(run_id)
+        return status, curve, details, gr.Timer(active=details.get("status") in ACTIVE)
 
     def reattach(self, remembered: str | None) -> tuple[str, str]:
         """On page load: the run this browser started while it is active, else the one training
