@@ -262,9 +262,9 @@ def band_linear_probe(
     return {
         reading: {
             band: {factor: _ridge_accuracy(x[:train], y[:train], x[train:], y[train:], len(vocab[factor]), ridge=0.1) for factor, y in labels.items()}
-            for band, x in bands.items()
+            for band, x in by_band.items()
         }
-        for reading, bands in features.items()
+        for reading, by_band in features.items()
     }
 
 
