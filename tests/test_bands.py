@@ -36,7 +36,8 @@ def taef2() -> BandDecomposer:
 
 @pytest.fixture(scope="module")
 def tiny_kl() -> BandDecomposer:
-    """A random two-level AutoencoderKL (downsample 2, 4 latent channels) with a non-unit scale."""
+    """A random two-level AutoencoderKL (downsample 2, 4 latent channels) with a non-unit scale
+    and a non-zero shift, as FLUX's VAE has."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
@@ -48,6 +49,7 @@ def tiny_kl() -> BandDecomposer:
         norm_num_groups=4,
         mid_block_add_attention=False,
         scaling_factor=0.5,
+        shift_factor=0.25,
     )
     return from_diffusers_model(model, lowpass_kernel=3)
 
@@ -140,14 +142,33 @@ def test_band_statistics_of_a_kl_vae_append_the_std(tiny_kl: BandDecomposer) -> 
     torch.testing.assert_close(high_stats[:, :4], bands.high.abs().mean(dim=(2, 3)))
 
 
-def test_diffusers_scaling_factor_round_trips(tiny_kl: BandDecomposer) -> None:
+def test_kl_vae_latents_are_the_raw_posterior_and_decode_back(tiny_kl: BandDecomposer) -> None:
+    """Spec §1 takes the statistics on the posterior's own mu and sigma; shift and scale only serve
+    a diffusion model, and decoding the raw latent is what the VAE itself does."""
     images = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     mean, std = tiny_kl.encode(images)
     posterior = tiny_kl.codec.model.encode(images * 2 - 1).latent_dist
-    torch.testing.assert_close(mean, posterior.mean * 0.5)
-    torch.testing.assert_close(std, posterior.std * 0.5)
+    torch.testing.assert_close(mean, posterior.mean)
+    torch.testing.assert_close(std, posterior.std)
     expected = ((tiny_kl.codec.model.decode(posterior.mean).sample + 1) / 2).clamp(0, 1)
     torch.testing.assert_close(tiny_kl.decode(mean), expected)
+
+
+def test_kl_vae_statistics_ignore_the_shift_factor(tiny_kl: BandDecomposer) -> None:
+    """With shift 0.25 the diffusion-space latent (mu - shift) * scale gives statistics that are
+    not a rescaling of the spec's; ours are the spec's, checked by hand (3x3 zero-padded box)."""
+    images = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    posterior = tiny_kl.codec.model.encode(images * 2 - 1).latent_dist
+    expected = []
+    for moment in (posterior.mean, posterior.std):
+        low = F.avg_pool2d(F.pad(moment, (1, 1, 1, 1)), 3, stride=1)
+        expected.append((low.abs().mean(dim=(2, 3)), (moment - low).abs().mean(dim=(2, 3))))
+    low_stats, high_stats = tiny_kl.band_statistics(tiny_kl.decompose(images))
+    torch.testing.assert_close(low_stats, torch.cat([expected[0][0], expected[1][0]], dim=1))
+    torch.testing.assert_close(high_stats, torch.cat([expected[0][1], expected[1][1]], dim=1))
+    shifted_low = lowpass((posterior.mean - 0.25) * 0.5, 3).abs().mean(dim=(2, 3))
+    ratio = shifted_low / low_stats[:, :4]
+    assert (ratio.max() - ratio.min()).item() > 0.05  # not a constant factor a LayerNorm would remove
 
 
 def test_taesd_wrapper_has_no_std(tiny_taesd: BandDecomposer) -> None:
@@ -236,7 +257,7 @@ def test_missing_local_folder_is_a_clear_error(tmp_path: Path) -> None:
 def test_unknown_decomposer_lists_the_available_ones() -> None:
     with pytest.raises(UnknownNameError) as info:
         build_decomposer(DecomposerConfig(name="wavelet"))
-    for name in ("fft", "taef2", "taesd", "sd-vae"):
+    for name in ("fft", "taef2", "taesd", "sd-vae", "qwen-vae"):
         assert name in str(info.value)
 
 

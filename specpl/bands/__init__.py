@@ -1,7 +1,9 @@
 """Frozen band decomposers: image -> latent -> (low band, high band), SpecPL's spectral teacher.
 
-``build_decomposer(config)`` looks the name up in `DECOMPOSERS`: ``fft`` (weight-free, the CPU
-default), ``taef2`` (local TAEF2 weights), ``taesd`` and ``sd-vae`` (diffusers, hub or folder).
+``build_decomposer(config)`` looks the name up in `DECOMPOSERS`: ``fft`` (weight-free),
+``taef2`` (local TAEF2 weights), ``taesd``, ``sd-vae`` and ``qwen-vae`` (diffusers, hub or
+folder; ``qwen-vae`` is the reference teacher). ``auto`` is first resolved by
+`resolve_decomposer` to ``qwen-vae`` when its weights can be had, else ``fft``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from specpl.bands.base import (
     LatentCodec,
     lowpass,
 )
+from specpl.bands.auto import AUTO, resolve_decomposer
 # importing each backend module registers its decomposer(s) in DECOMPOSERS
 from specpl.bands.diffusers_vae import DiffusersVAECodec, from_diffusers_model
 from specpl.bands.display import save_band_pngs
@@ -26,11 +29,21 @@ from specpl.config import DecomposerConfig
 
 
 def build_decomposer(config: DecomposerConfig, device: str | torch.device = "cpu") -> BandDecomposer:
-    """The decomposer named by `config`, frozen and moved to `device`."""
-    return DECOMPOSERS.get(config.name)(config).to(device)
+    """The decomposer named by `config` (``auto`` resolved first), frozen and moved to `device`."""
+    concrete, reason = resolve_decomposer(config)
+    try:
+        decomposer = DECOMPOSERS.get(concrete.name)(concrete)
+    except DecomposerUnavailable as err:
+        if config.name != AUTO:
+            raise
+        raise DecomposerUnavailable(
+            f"{err} ('auto' chose {reason} With HF_HUB_OFFLINE=1 it falls back to fft; or name a decomposer.)"
+        ) from err
+    return decomposer.to(device)
 
 
 __all__ = [
+    "AUTO",
     "DECOMPOSERS",
     "BandDecomposer",
     "BandMaps",
@@ -46,5 +59,6 @@ __all__ = [
     "fft_decomposer",
     "from_diffusers_model",
     "lowpass",
+    "resolve_decomposer",
     "save_band_pngs",
 ]

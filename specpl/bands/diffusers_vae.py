@@ -1,13 +1,23 @@
-"""``taesd`` and ``sd-vae``: diffusers autoencoders behind one codec.
+"""``taesd``, ``sd-vae`` and ``qwen-vae``: diffusers autoencoders behind one codec.
 
-Both take images in [-1, 1] and decode to [-1, 1]; the codec converts from and to [0, 1].
-Latents are reported in the diffusion model's scale, ``(z - shift_factor) * scaling_factor``
-(0.18215 for sd-vae-ft-mse, 1 for TAESD), so channel magnitudes are about 1 whichever VAE is
-used; the posterior std is multiplied by the same factor, and `decode` undoes the map.
+All three take images in [-1, 1] and decode to [-1, 1]; the codec converts from and to [0, 1].
+``qwen-vae`` is the reference teacher of SpecPL (`REPA-E/e2e-qwenimage-vae`, diffusers
+``AutoencoderKLQwenImage``, 16 channels, 8x downsampling). It is a video VAE, so the codec adds a
+time axis of length 1 on the way in and squeezes it out again on the way out.
 
-Weights come from the hub id or a local folder in `DecomposerConfig.source`. Any failure to get
-them becomes one `DecomposerUnavailable` saying where we looked and how to supply a folder, and
-with ``HF_HUB_OFFLINE`` set nothing but the local cache is tried, so an offline run fails fast.
+Latents are the VAE's *raw* posterior moments: no ``shift_factor``, ``scaling_factor`` or
+``latents_mean``/``latents_std`` is applied. That is what SpecPL's statistic is defined on
+(spec §1: mean |.| of the low/high band of mu and of sigma, straight from the posterior), and the
+map matters: subtracting a non-zero shift changes mean |.| by more than a constant factor, and
+it moves what the zero-padded box low-pass darkens the borders toward. Those factors only put
+latents in the scale a diffusion model was trained on, which nothing here uses; every consumer
+of the statistics layer-normalises them first, and the display maps normalise per channel or
+per image. `decode` takes the same raw latents, so decoded bands and swaps stay correct.
+
+Weights come from the hub id or a local folder in `DecomposerConfig.source` (safetensors only).
+Any failure to get them becomes one `DecomposerUnavailable` saying where we looked and how to
+supply a folder, and with ``HF_HUB_OFFLINE`` set nothing but the local cache is tried, so an
+offline run fails fast.
 """
 from __future__ import annotations
 
@@ -22,34 +32,45 @@ from specpl.config import DecomposerConfig
 
 TAESD_ID = "madebyollin/taesd"
 SD_VAE_ID = "stabilityai/sd-vae-ft-mse"
+QWEN_VAE_ID = "REPA-E/e2e-qwenimage-vae"
 
 
 class DiffusersVAECodec(nn.Module):
-    """Wraps a built diffusers ``AutoencoderKL``-family model (posterior mean and std) or an
+    """Wraps a built diffusers autoencoder: an ``AutoencoderKL``-family model (posterior mean and
+    std), an ``AutoencoderKLQwenImage`` (the same through a time axis of length 1) or an
     ``AutoencoderTiny`` (deterministic latent, no std)."""
 
     def __init__(self, model: nn.Module) -> None:
-        from diffusers import AutoencoderTiny
+        from diffusers import AutoencoderKLQwenImage, AutoencoderTiny
 
         super().__init__()
         self.model = model
         config = model.config
-        blocks = config.get("encoder_block_out_channels") or config.get("block_out_channels")
-        self.latent_channels: int = config.latent_channels
-        self.downsample: int = 2 ** (len(blocks) - 1)
+        self.time_axis: bool = isinstance(model, AutoencoderKLQwenImage)
+        if self.time_axis:  # its config has z_dim and dim_mult, not AutoencoderKL's keys
+            self.latent_channels: int = config.z_dim
+            self.downsample: int = 2 ** (len(config.dim_mult) - 1)  # one 2x spatial step between stages
+        else:
+            blocks = config.get("encoder_block_out_channels") or config.get("block_out_channels")
+            self.latent_channels = config.latent_channels
+            self.downsample = 2 ** (len(blocks) - 1)
         self.has_std: bool = not isinstance(model, AutoencoderTiny)
-        self.scale = float(config.get("scaling_factor") or 1.0)
-        self.shift = float(config.get("shift_factor") or 0.0)
+
+    def _add_time(self, x: Tensor) -> Tensor:
+        return x.unsqueeze(2) if self.time_axis else x
+
+    def _drop_time(self, x: Tensor) -> Tensor:
+        return x.squeeze(2) if self.time_axis else x
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        output = self.model.encode(images * 2 - 1)
+        output = self.model.encode(self._add_time(images * 2 - 1))
         if not self.has_std:
-            return (output.latents - self.shift) * self.scale, None
+            return output.latents, None
         posterior = output.latent_dist
-        return (posterior.mean - self.shift) * self.scale, posterior.std * self.scale
+        return self._drop_time(posterior.mean), self._drop_time(posterior.std)
 
     def decode(self, latent: Tensor) -> Tensor:
-        return (self.model.decode(latent / self.scale + self.shift).sample + 1) / 2
+        return (self._drop_time(self.model.decode(self._add_time(latent)).sample) + 1) / 2
 
 
 def from_diffusers_model(model: nn.Module, lowpass_kernel: int = 7, name: str | None = None) -> BandDecomposer:
@@ -57,34 +78,35 @@ def from_diffusers_model(model: nn.Module, lowpass_kernel: int = 7, name: str | 
     return BandDecomposer(name or type(model).__name__, DiffusersVAECodec(model), BoxLowPass(lowpass_kernel))
 
 
-def _hub_offline() -> bool:
-    # Read at call time: huggingface_hub reads the variable only once, at import.
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` is set, read at call time: huggingface_hub reads it only once, at import."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _looks_local(target: str) -> bool:
+def looks_local(target: str) -> bool:
     """A hub id is ``org/name``; anything existing, absolute, relative-marked or deeper is a path."""
     return Path(target).expanduser().exists() or target.startswith(("/", ".", "~")) or target.count("/") > 1
 
 
 def load_pretrained(name: str, model_cls: Any, source: str | None, default_id: str) -> nn.Module:
-    """`model_cls.from_pretrained` on a local folder or hub id, failing with `DecomposerUnavailable`."""
+    """`model_cls.from_pretrained` (safetensors only) on a local folder or hub id, failing with
+    `DecomposerUnavailable`."""
     target = source or default_id
-    local = Path(target).expanduser().absolute() if _looks_local(target) else None
+    local = Path(target).expanduser().absolute() if looks_local(target) else None
     try:
         if local is not None:
             if not local.is_dir():
                 raise FileNotFoundError(f"no such folder: {local}")
-            return model_cls.from_pretrained(local)
+            return model_cls.from_pretrained(local, use_safetensors=True)
         try:  # the cache first: no network round trip when the weights are already here
-            return model_cls.from_pretrained(target, local_files_only=True)
+            return model_cls.from_pretrained(target, local_files_only=True, use_safetensors=True)
         except Exception:
-            if _hub_offline():
+            if hub_offline():
                 raise
-            return model_cls.from_pretrained(target)
+            return model_cls.from_pretrained(target, use_safetensors=True)
     except Exception as err:
         where = f"local folder {local}" if local is not None else f"hub id {target!r}"
-        if local is None and _hub_offline():
+        if local is None and hub_offline():
             where += " (HF_HUB_OFFLINE is set, so only the local cache was tried)"
         raise DecomposerUnavailable(
             f"the {name!r} decomposer could not load {model_cls.__name__} weights from {where}: "
@@ -94,17 +116,17 @@ def load_pretrained(name: str, model_cls: Any, source: str | None, default_id: s
         ) from err
 
 
-@DECOMPOSERS.register("taesd")
-def _build_taesd(config: DecomposerConfig) -> BandDecomposer:
-    from diffusers import AutoencoderTiny
+def _register(name: str, class_name: str, default_id: str) -> None:
+    """Register a decomposer that loads diffusers' `class_name` from `default_id` or `config.source`."""
 
-    model = load_pretrained("taesd", AutoencoderTiny, config.source, TAESD_ID)
-    return from_diffusers_model(model, config.lowpass_kernel, name="taesd")
+    @DECOMPOSERS.register(name)
+    def build(config: DecomposerConfig) -> BandDecomposer:
+        import diffusers
+
+        model = load_pretrained(name, getattr(diffusers, class_name), config.source, default_id)
+        return from_diffusers_model(model, config.lowpass_kernel, name=name)
 
 
-@DECOMPOSERS.register("sd-vae")
-def _build_sd_vae(config: DecomposerConfig) -> BandDecomposer:
-    from diffusers import AutoencoderKL
-
-    model = load_pretrained("sd-vae", AutoencoderKL, config.source, SD_VAE_ID)
-    return from_diffusers_model(model, config.lowpass_kernel, name="sd-vae")
+_register("taesd", "AutoencoderTiny", TAESD_ID)
+_register("sd-vae", "AutoencoderKL", SD_VAE_ID)
+_register("qwen-vae", "AutoencoderKLQwenImage", QWEN_VAE_ID)
