@@ -35,12 +35,19 @@ class SkippedFile:
 
 @dataclass
 class FewShotData:
-    """Train and test items over one ordered class list, plus every file that was skipped."""
+    """Train and test items over one ordered class list, plus every file that was skipped.
+
+    `val` is the protocol's few-shot validation split (registered datasets only; the published
+    numbers are taken at the last epoch, so nothing selects on it yet). `template` is the dataset's
+    hand-crafted prompt template, for the methods that use one (KgCoOp, MMRL, CasPL).
+    """
 
     classnames: list[str]
     train: list[ImageItem]
     test: list[ImageItem]
     skipped: list[SkippedFile] = field(default_factory=list)
+    val: list[ImageItem] = field(default_factory=list)
+    template: str | None = None
 
     def summary(self) -> dict[str, object]:
         counts = {name: [0, 0] for name in self.classnames}
@@ -50,6 +57,7 @@ class FewShotData:
         return {
             "classes": len(self.classnames),
             "train_images": len(self.train),
+            "val_images": len(self.val),
             "test_images": len(self.test),
             "per_class": {name: {"train": tr, "test": te} for name, (tr, te) in counts.items()},
             "skipped": [f"{s.path}: {s.reason}" for s in self.skipped],

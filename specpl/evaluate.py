@@ -6,7 +6,7 @@ accuracies, not the mean of per-dataset HMs (the convention of the published tab
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -38,9 +38,19 @@ def harmonic_mean(base: float, new: float) -> float:
 def aggregate_base_new(pairs: Iterable[tuple[float, float]]) -> dict[str, float]:
     """Mean base, mean new, and the HM of those two means."""
     pairs = list(pairs)
+    if not pairs:
+        raise ValueError("aggregate_base_new needs at least one (base, new) pair")
     base = sum(b for b, _ in pairs) / len(pairs)
     new = sum(n for _, n in pairs) / len(pairs)
     return {"base": base, "new": new, "hm": harmonic_mean(base, new)}
+
+
+def base_new_table(seed_results: Mapping[str, Iterable[tuple[float, float]]]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """The published table's two levels: per dataset, base and new averaged over seeds and the HM
+    of those means; then the average row over datasets, again the HM of the mean base and mean new
+    (never a mean of HMs)."""
+    rows = {name: aggregate_base_new(pairs) for name, pairs in seed_results.items()}
+    return rows, aggregate_base_new((row["base"], row["new"]) for row in rows.values())
 
 
 @torch.no_grad()
