@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from specpl.io import atomic_write, atomic_write_text
 
-BUNDLE_FORMAT = "specpl-bundle/1"
+BUNDLE_FORMAT = "specpl-bundle/2"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -68,12 +68,36 @@ def read_bundle(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{config_path} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict) or config.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"{config_path} has format {config.get('format') if isinstance(config, dict) else None!r}, expected {BUNDLE_FORMAT!r}")
+    found = config.get("format") if isinstance(config, dict) else None
+    if found not in UPGRADES and found != BUNDLE_FORMAT:
+        newer = isinstance(found, str) and found.startswith("specpl-bundle/")
+        advice = "it was written by a newer SpecPL: upgrade with `pip install -U specpl`" if newer else "it is not a SpecPL model bundle"
+        raise ValueError(f"{config_path} has format {found!r}, this SpecPL reads {', '.join([*UPGRADES, BUNDLE_FORMAT])}; {advice}")
+    while config["format"] in UPGRADES:
+        config = UPGRADES[config["format"]](config)
     for key in ("backbone", "method", "classnames"):
         if key not in config:
             raise ValueError(f"{config_path} lacks the {key!r} entry")
     return load_tensors(directory / WEIGHTS_FILE), config
+
+
+def _upgrade_v1(config: dict[str, Any]) -> dict[str, Any]:
+    """specpl-bundle/1 (before the method seams) kept SpecPL's band statistic size at the top
+    level and the zero-shot template only in the run; both now live in the method options."""
+    config = dict(config)
+    method = dict(config["method"])
+    options = {name: dict(values) for name, values in (method.get("options") or {}).items()}
+    stat_dim = config.pop("band_stat_dim", None)
+    if "specpl" in options and stat_dim is not None:
+        options["specpl"].setdefault("band_stat_dim", stat_dim)
+    method["options"] = options
+    method.setdefault("preset", "default")
+    config["method"] = method
+    config["format"] = BUNDLE_FORMAT
+    return config
+
+
+UPGRADES = {"specpl-bundle/1": _upgrade_v1}  # format -> step to the next format
 
 
 def save_resume_state(directory: Path, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, counters: dict[str, Any]) -> None:

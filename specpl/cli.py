@@ -52,10 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder (events.jsonl, checkpoint/, model/, metrics.json)")
     train.add_argument("--config", help="a run config JSON (e.g. a previous run's config.json); flags override it")
     _add_backbone_args(train)
-    train.add_argument("--host", help="host method (default coop)")
+    train.add_argument("--host", help="host method (default coop; `specpl methods` lists them)")
+    train.add_argument("--preset", help="the host's option set: default (ours) or reference (the released code's settings)")
+    train.add_argument("--dataset", help="a registered dataset layout for --data (default: folder; e.g. oxford_pets, imagenet)")
+    train.add_argument("--template", help="hand-crafted prompt template with {} for the class (default: the dataset's, else 'a photo of a {}.')")
     train.add_argument("--booster", action="append", default=None, help="booster to add, repeatable (e.g. --booster specpl)")
     train.add_argument("--option", action="append", type=_parse_option, default=[], help="method option COMPONENT.KEY=VALUE, repeatable (e.g. coop.n_ctx=4)")
-    train.add_argument("--decomposer", help="band decomposer: fft, taef2, taesd, sd-vae (default fft)")
+    train.add_argument("--decomposer", help="band decomposer: auto, qwen-vae, fft, taef2, taesd, sd-vae (default auto: the reference VAE when its weights can be had, else fft)")
+    train.add_argument("--augment", choices=["reference", "clip", "none"], help="augmentation preset (default: the host preset's, reference)")
+    train.add_argument("--schedule", choices=["epoch", "step"], help="cosine stepped per epoch (reference) or per step")
+    train.add_argument("--eval-every", type=int, help="accuracy on the validation (else test) split every N epochs")
     train.add_argument("--decomposer-source", help="hub id or local folder with the decomposer's weights")
     train.add_argument("--shots", type=int, help="training images per class (default 16; 0 keeps all)")
     train.add_argument("--split-ratio", type=float, help="train share per class for a folder without train/ and test/ (default 0.5)")
@@ -72,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("eval", help="accuracy of a model bundle on a folder's test split")
     evaluate.add_argument("--model", required=True, help="a model bundle folder (RUN/model)")
     evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--dataset", default="folder", help="a registered dataset layout for --data (default: folder)")
     evaluate.add_argument("--subsample", choices=["all", "base", "new"], default="all")
     evaluate.add_argument("--json", action="store_true", help="print the full result as JSON")
 
@@ -82,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--template", default="a photo of a {}.")
     predict.add_argument("--top-k", type=int, default=5)
     _add_backbone_args(predict)
+
+    methods = sub.add_parser("methods", help="every host and booster, with a line each and its defaults")
+    methods.add_argument("--json", action="store_true", help="print the registry as JSON")
+
+    sweep = sub.add_parser("sweep", help="the benchmark table: datasets x methods x seeds, resumable")
+    from specpl.sweep import add_sweep_arguments
+
+    add_sweep_arguments(sweep)
 
     bench = sub.add_parser("bench", help="benchmarks (offline)")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
@@ -95,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--decomposer-source")
     world.add_argument("--probe-pairs", type=int, default=200)
     world.add_argument("--camera", default="default", choices=list(CAMERAS), help="downstream domain: default (as in pretraining) or sepia (unseen warm, low-contrast cast)")
+    world.add_argument("--preset", nargs="+", default=["default"], choices=["default", "reference"], help="host presets to run (both: a row for each where they differ)")
     world.add_argument("--out", default="bench/WORLD.md", help="markdown report (written atomically)")
 
     bands = sub.add_parser("bands", help="write the low/high band maps of an image as PNGs")
@@ -115,6 +131,18 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     config.backbone = _backbone_config(args, config.backbone)
     if args.host:
         config.method.host = args.host
+    if args.preset:
+        config.method.preset = args.preset
+    if args.dataset:
+        config.data.dataset = args.dataset
+    if args.template:
+        config.template = args.template
+    if args.augment:
+        config.train.augment = args.augment
+    if args.schedule:
+        config.train.schedule = args.schedule
+    if args.eval_every is not None:
+        config.train.eval_every_epochs = args.eval_every
     if args.booster is not None:
         config.method.boosters = args.booster
     for component, key, value in args.option:
@@ -169,18 +197,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"note: no --data given; training on the embedded SpectralWorld demo set ({config.data.root})", file=sys.stderr)
     backbone = _default_backbone(config.backbone, _explicit_backbone(args))
     result = Trainer(config, args.out, backbone=backbone).fit(resume=args.resume)
-    summary = {k: v for k, v in result.metrics.items() if k != "per_class"}
+    summary = {k: v for k, v in result.metrics.items() if k not in ("per_class", "confusion", "misclassified")}
     print(json.dumps({"status": result.status, "run_dir": str(result.run_dir), **summary}, indent=2))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from specpl.data import read_fewshot_folder
+    from specpl.config import DataConfig
+    from specpl.datasets import read_dataset
     from specpl.inference import Predictor
 
     predictor = Predictor.from_bundle(args.model)
-    data = read_fewshot_folder(args.data, shots=None, subsample=args.subsample)
-    predictor.set_classnames(data.classnames)
+    data = read_dataset(DataConfig(root=args.data, dataset=args.dataset, shots=None, subsample=args.subsample))
+    predictor.set_classnames(data.classnames, novel=args.subsample == "new")
     result = predictor.evaluate(data.test or data.train)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -217,6 +246,33 @@ def cmd_bands(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from specpl.methods import describe_methods
+
+    rows = describe_methods()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for kind in ("host", "booster"):
+        print(f"{kind}s:")
+        for row in (r for r in rows if r["kind"] == kind):
+            print(f"  {row['name']:10s} {row['description']}")
+            if kind == "host":
+                training = ", ".join(f"{k} {v}" for k, v in row["training"].items())
+                print(f"  {'':10s} training: {training}; presets: {', '.join(row['presets'])}")
+            else:
+                print(f"  {'':10s} hosts: {', '.join(row['hosts'])}")
+            options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
+            print(f"  {'':10s} options: {options or 'none'}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from specpl.sweep import run_sweep
+
+    return run_sweep(args)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import time
 
@@ -231,7 +287,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     decomposer_config = DecomposerConfig(name=args.decomposer, source=args.decomposer_source, image_size=64)
     config = WorldBenchConfig(
         shots=args.shots, seeds=tuple(args.seeds), test_per_class=args.test_per_class, epochs=args.epochs, hosts=hosts,
-        decomposer=decomposer_config, probe_pairs=args.probe_pairs, camera=args.camera,
+        decomposer=decomposer_config, probe_pairs=args.probe_pairs, camera=args.camera, presets=tuple(args.preset),
     )
     started = time.time()
     backbone = load_backbone(world_backbone_config())
@@ -249,7 +305,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])  # recorded in reports
-    handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bands": cmd_bands, "bench": cmd_bench}
+    handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bands": cmd_bands, "bench": cmd_bench, "methods": cmd_methods, "sweep": cmd_sweep}
     from specpl.backbone import BackboneUnavailable
     from specpl.bands import DecomposerUnavailable
     from specpl.data import DataError

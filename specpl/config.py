@@ -34,14 +34,17 @@ class BackboneConfig:
 
 @dataclass
 class DecomposerConfig:
-    """The frozen band decomposer: ``fft`` (weight-free), ``taef2``, ``taesd`` or ``sd-vae``.
+    """The frozen band decomposer: ``auto``, ``qwen-vae`` (the reference teacher), ``fft``
+    (weight-free), ``taef2``, ``taesd`` or ``sd-vae``.
 
+    ``auto`` takes the reference VAE when its weights are in `source`, in the Hugging Face cache
+    or downloadable, and ``fft`` otherwise; the run records which was used and why.
     `source` is a hub id or local folder for the VAE weights; `image_size` is the square
     resolution the decomposer sees (latent size is 1/8 of it for the VAEs); ``None`` uses the
     backbone's input size, and the resolved value is what a bundle records.
     """
 
-    name: str = "fft"
+    name: str = "auto"
     source: str | None = None
     lowpass_kernel: int = 7
     image_size: int | None = None
@@ -54,6 +57,7 @@ class MethodConfig:
     host: str = "coop"
     boosters: list[str] = field(default_factory=list)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    preset: str = "default"  # the host's named option set: "default" (ours) or "reference" (the released code)
 
 
 @dataclass
@@ -61,6 +65,7 @@ class DataConfig:
     """A few-shot image folder: ``root/<class>/*`` or ``root/{train,test}/<class>/*``."""
 
     root: str = ""
+    dataset: str = "folder"  # a registered dataset layout (specpl.datasets); "folder" = class sub-folders
     shots: int | None = 16
     split_ratio: float = 0.5
     subsample: str = "all"  # "all", "base" or "new" (standard base-to-novel protocol)
@@ -69,7 +74,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``None`` takes the host's published default."""
+    """Optimisation settings. ``None`` takes the host's preset, then its published default."""
 
     epochs: int | None = None
     batch_size: int | None = None
@@ -82,9 +87,15 @@ class TrainConfig:
     grad_accum_steps: int = 1
     seed: int = 1
     precision: str = "auto"  # "auto" = bf16 on GPU, fp32 on CPU; or "fp32", "bf16"
-    augment: bool = True  # False trains on the eval transform: no resampling crop to blur fine texture
+    # "reference" (Dassl crop + flip, fresh each epoch), "clip" (open_clip's crop) or "none" (the
+    # eval transform: no resampling crop to blur fine texture); see specpl.features
+    augment: str | None = None
+    crop_scale: float | None = None  # the smallest crop of "reference" (0.08 Dassl hosts, 0.5 MMRL)
+    schedule: str | None = None  # "epoch": cosine stepped per epoch after warm-up (reference); "step": per step
+    drop_last: bool | None = None  # drop the last partial batch (reference; fixed shapes for CUDA graphs)
     cache_features: bool = True
-    max_cached_views: int = 4
+    max_cached_views: int | None = None  # distinct views kept per image; None = a fresh view every epoch
+    eval_every_epochs: int = 0  # >0: accuracy on the validation (else test) split every N epochs
     checkpoint_every_epochs: int = 1
     num_workers: int = 0
     # "on" compiles the training forward and backward with torch.compile (inductor); on a GPU it
@@ -93,6 +104,12 @@ class TrainConfig:
     compile: str = "off"
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):  # configs written before the presets: True/False
+            self.augment = "clip" if self.augment else "none"
+        if self.augment not in (None, "reference", "clip", "none"):
+            raise ValueError(f"train.augment must be 'reference', 'clip' or 'none', got {self.augment!r}")
+        if self.schedule not in (None, "epoch", "step"):
+            raise ValueError(f"train.schedule must be 'epoch' or 'step', got {self.schedule!r}")
         if self.compile not in ("off", "on"):
             raise ValueError(f"train.compile must be 'off' or 'on', got {self.compile!r}")
 

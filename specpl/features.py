@@ -1,21 +1,35 @@
-"""Frozen per-image work, done once: augmented views, CLIP image features and band statistics.
+"""Frozen per-image work, done once: augmented views and the named frozen inputs of a method.
 
 Augmentation draws are deterministic: view ``v`` of an image is seeded by (run seed, the file's
-content hash, v), so a cached feature and a freshly computed one are the same tensor. When no
-gradient needs to reach the image tower (CoOp + SpecPL), features are computed once per
-(image, view) and reused across epochs; ``max_views`` caps how many views per image are kept.
+content hash, v), so a cached input and a freshly computed one are the same tensor, and a cached
+and an uncached run see identical batches. Every frozen input (`specpl.frozen`) is computed once
+per (image, view) and reused; ``max_views`` caps how many views per image are kept.
+
+Augmentation presets (`TrainConfig.augment`):
+- ``reference``: the data path of every host's released code (Dassl): a random resized crop of
+  scale (s, 1) with s from the host (0.08 for the Dassl hosts, 0.5 for MMRL), bicubic, and a
+  horizontal flip, drawn afresh every epoch; the frozen inputs (band statistics included) are
+  computed on that same view.
+- ``clip``: open_clip's own train transform (a crop of scale 0.9-1, no flip).
+- ``none``: the eval transform (no resampling crop to blur fine texture).
+Test images always get the eval transform: resize the shorter side (bicubic), centre crop.
+
+Memory: a cached view costs its frozen inputs, e.g. 2 KiB for a 512-d image feature plus 256 B
+for SpecPL's 2x32 band statistics (fp32); 16 shots x 100 classes x 100 views is about 36 MB.
 """
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from torchvision import transforms
 
 from specpl.data import ImageItem, load_image
+from specpl.frozen import FrozenInput, flatten
+
+AUGMENT_PRESETS = ("reference", "clip", "none")
 
 
 def content_hash(path: Path) -> str:
@@ -24,6 +38,30 @@ def content_hash(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def reference_train_transform(image_size: int, mean: Sequence[float], std: Sequence[float], min_scale: float) -> Callable:
+    """Dassl's ``random_resized_crop`` (bicubic) + ``random_flip`` + CLIP normalisation."""
+    return transforms.Compose(
+        [
+            transforms.RandomResizedCrop(image_size, scale=(min_scale, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+
+def train_transform(preset: str, backbone, min_scale: float) -> Callable:
+    """The training transform of an augmentation preset for `backbone`."""
+    if preset == "reference":
+        mean, std = backbone.normalization
+        return reference_train_transform(backbone.image_size, mean, std, min_scale)
+    if preset == "clip":
+        return backbone.preprocess_train
+    if preset == "none":
+        return backbone.preprocess_eval
+    raise ValueError(f"unknown augmentation preset {preset!r}; use one of {', '.join(AUGMENT_PRESETS)}")
 
 
 class AugmentedViews:
@@ -56,75 +94,47 @@ class AugmentedViews:
             return self.preprocess_train(image)
 
 
-class BandFeaturizer(nn.Module):
-    """Band statistics of CLIP-normalised images through a frozen decomposer."""
-
-    def __init__(self, decomposer: nn.Module, normalization: tuple[tuple[float, ...], tuple[float, ...]], image_size: int) -> None:
-        super().__init__()
-        self.decomposer = decomposer
-        mean, std = normalization
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-        self.image_size = image_size
-
-    def to_unit_range(self, images: torch.Tensor) -> torch.Tensor:
-        """Undo CLIP's normalisation and resize to the decomposer's resolution (spec §1)."""
-        images = (images.float() * self.std + self.mean).clamp(0, 1)
-        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
-        return images
-
-    @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bands = self.decomposer.decompose(self.to_unit_range(images))
-        low, high = self.decomposer.band_statistics(bands)
-        return low.float(), high.float()
-
-
 class FeatureCache:
-    """Per-(image, view) cache of frozen image features and band statistics, keyed by content hash
-    and preprocessing signature."""
+    """Per-(image, view) cache of a method's frozen inputs, keyed by content hash, preprocessing
+    signature and each input's own signature."""
 
     def __init__(
         self,
         views: AugmentedViews,
-        encode_image: Callable[[torch.Tensor], torch.Tensor] | None,
-        band_featurizer: BandFeaturizer | None,
+        inputs: Sequence[FrozenInput],
         device: torch.device,
         batch_size: int = 32,
         enabled: bool = True,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.views = views
-        self.encode_image = encode_image
-        self.band_featurizer = band_featurizer
+        self.inputs = list(inputs)
         self.device = device
         self.batch_size = batch_size
         self.enabled = enabled
-        self.on_progress = on_progress  # (done, total) while new features are being computed
+        self.on_progress = on_progress  # (done, total) while new inputs are being computed
+        self._signature = hashlib.sha256("|".join(f"{i.name}={i.signature}" for i in self.inputs).encode()).hexdigest()[:12]
         self._store: dict[str, dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self._store)
 
     def compute(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Frozen features of a batch of preprocessed images (no caching)."""
+        """Frozen inputs of a batch of preprocessed images (no caching)."""
         images = images.to(self.device)
         out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            if self.encode_image is not None:
-                out["image_features"] = self.encode_image(images).float()
-            if self.band_featurizer is not None:
-                out["low"], out["high"] = self.band_featurizer(images)
+            for frozen_input in self.inputs:
+                out.update(flatten(frozen_input.name, frozen_input(images)))
         return out
 
     def get(self, items: list[ImageItem], view: int | None) -> dict[str, torch.Tensor]:
-        """Stacked features for `items` (in order); computes only what is missing."""
-        if self.encode_image is None and self.band_featurizer is None:
+        """Stacked inputs for `items` (in order); computes only what is missing."""
+        if not self.inputs or not items:
             return {}
         if not self.enabled:
             return self._uncached(items, view)
-        keys = [self.views.key(item.path, view) for item in items]
+        keys = [f"{self.views.key(item.path, view)}:{self._signature}" for item in items]
         missing = [i for i, key in enumerate(keys) if key not in self._store]
         for done, chunk in enumerate(_chunks(missing, self.batch_size)):
             computed = self.compute(torch.stack([self.views.load(items[i].path, view) for i in chunk]))
@@ -132,7 +142,7 @@ class FeatureCache:
                 self._store[keys[i]] = {name: value[row].cpu() for name, value in computed.items()}
             if self.on_progress is not None:
                 self.on_progress(min((done + 1) * self.batch_size, len(missing)), len(missing))
-        return {name: torch.stack([self._store[k][name] for k in keys]) for name in self._store[keys[0]]} if keys else {}
+        return {name: torch.stack([self._store[k][name] for k in keys]) for name in self._store[keys[0]]}
 
     def _uncached(self, items: list[ImageItem], view: int | None) -> dict[str, torch.Tensor]:
         parts = [self.compute(torch.stack([self.views.load(items[i].path, view) for i in chunk])) for chunk in _chunks(list(range(len(items))), self.batch_size)]

@@ -8,12 +8,13 @@ from typing import Any, Iterator, Sequence
 import torch
 from PIL import Image
 
-from specpl.backbone import Backbone, load_backbone
-from specpl.checkpoint import read_bundle
-from specpl.config import BackboneConfig, MethodConfig, from_dict
+from specpl.backbone import Backbone
+from specpl.bundle import load_bundle
+from specpl.config import MethodConfig
 from specpl.data import ImageItem, load_image
 from specpl.evaluate import EvalResult, evaluate_logits
-from specpl.methods import PromptModel, build_method, cosine_logits
+from specpl.methods import PromptModel, build_method
+from specpl.methods.base import FEATURES
 from specpl.quantize import int8_image_tower
 
 ImageInput = Image.Image | str | Path
@@ -21,13 +22,14 @@ ImageInput = Image.Image | str | Path
 
 class Predictor:
     """A frozen CLIP + learned prompts, ready to classify. Text features are computed once per
-    class set (and per image only for image-conditioned hosts)."""
+    class set (and per image only for image-conditioned hosts). Images go through the model's one
+    image path (`PromptModel.encode_image`), with every host and booster prompt applied."""
 
     def __init__(self, model: PromptModel, config: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
         self.model = model.eval().to(device)
         self.config = config or {}
         self.device = torch.device(device)
-        self._text: torch.Tensor | None = None
+        self._text: tuple[torch.Tensor, torch.Tensor] | None = None
         self._int8_tower: torch.nn.Module | None = None
 
     def use_int8_image_tower(self) -> "Predictor":
@@ -36,8 +38,8 @@ class Predictor:
         into the image tower keep fp32, since their tower is not CLIP's own."""
         if self.device.type != "cpu":
             raise ValueError(f"the int8 image tower runs on the CPU, this predictor is on {self.device}")
-        if self.model.needs_image_grad:
-            raise ValueError(f"host {self.model.host.name!r} prompts the image tower; int8 applies only to CLIP's own tower")
+        if self.model.image_encoder is not None:
+            raise ValueError(f"{self.model.name} prompts the image tower; int8 applies only to CLIP's own tower")
         self._int8_tower = int8_image_tower(self.backbone.model.visual, self.backbone.image_size)
         return self
 
@@ -46,31 +48,25 @@ class Predictor:
         return "int8" if self._int8_tower is not None else str(next(self.backbone.model.parameters()).dtype).removeprefix("torch.")
 
     @torch.no_grad()
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw image features for preprocessed images (B, 3, H, W)."""
+    def encode_image(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Image outputs for preprocessed images (B, 3, H, W); ``[FEATURES]`` is the (B, D) feature."""
         images = images.to(self.device)
-        return self._int8_tower(images) if self._int8_tower is not None else self.model.host.encode_image(images)
+        if self._int8_tower is not None:
+            return {FEATURES: self._int8_tower(images)}
+        return self.model.encode_image(images)
 
     @classmethod
     def from_bundle(cls, directory: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "Predictor":
         """Load ``model/`` written by the trainer. The backbone is rebuilt from config.json (pass
         one to reuse an already loaded model of the same name)."""
-        tensors, config = read_bundle(Path(directory))
-        backbone_config = from_dict(BackboneConfig, config["backbone"])
-        if backbone is None:
-            backbone = load_backbone(backbone_config, device=device)
-        elif (backbone.config.name, backbone.config.pretrained) != (backbone_config.name, backbone_config.pretrained):
-            raise ValueError(f"bundle needs backbone {backbone_config.name} ({backbone_config.pretrained}), got {backbone.describe()}")
-        method = from_dict(MethodConfig, config["method"])
-        model = build_method(method, backbone, list(config["classnames"]), band_stat_dim=config.get("band_stat_dim"))
-        model.load_learned_state_dict(tensors)
+        model, config = load_bundle(directory, device, backbone)
         return cls(model, config, device)
 
     @classmethod
     def zero_shot(cls, backbone: Backbone, classnames: Sequence[str], template: str, device: str | torch.device = "cpu") -> "Predictor":
         method = MethodConfig(host="zeroshot", options={"zeroshot": {"template": template}})
-        config = {"backbone": dataclasses.asdict(backbone.config), "method": dataclasses.asdict(method), "classnames": list(classnames)}
-        return cls(build_method(method, backbone, list(classnames)), config, device)
+        config = {"backbone": dataclasses.asdict(backbone.config), "method": dataclasses.asdict(method), "classnames": list(classnames), "template": template}
+        return cls(build_method(method, backbone, list(classnames), template), config, device)
 
     @property
     def classnames(self) -> list[str]:
@@ -80,16 +76,17 @@ class Predictor:
     def backbone(self) -> Backbone:
         return self.model.backbone
 
-    def set_classnames(self, classnames: Sequence[str]) -> None:
-        self.model.set_classnames(list(classnames))
+    def set_classnames(self, classnames: Sequence[str], novel: bool = False) -> None:
+        """Classify among `classnames`; `novel` marks classes the model was not trained on."""
+        self.model.set_classnames(list(classnames), novel=novel)
         self.model.to(self.device)
         self._text = None
 
     @torch.no_grad()
-    def text_features(self) -> torch.Tensor | None:
-        """Refined class text features, cached; ``None`` for image-conditioned hosts."""
+    def text_features(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(raw, refined) class text features, cached; ``None`` for image-conditioned hosts."""
         if self._text is None and not self.model.host.conditions_text_on_image:
-            self._text = self.model.text_features()[1]
+            self._text = self.model.text_features()
         return self._text
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -102,11 +99,11 @@ class Predictor:
         return self.logits_from_features(self.encode_image(images))
 
     @torch.no_grad()
-    def logits_from_features(self, image_features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, image: dict[str, torch.Tensor]) -> torch.Tensor:
+        image = {k: v.to(self.device) for k, v in image.items()}
         text = self.text_features()
-        if text is None:
-            text = self.model.text_features(image_features.to(self.device))[1]
-        return cosine_logits(image_features.to(self.device), text, self.model.logit_scale)
+        raw, refined = text if text is not None else self.model.text_features(image[FEATURES])
+        return self.model.logits(image, raw, refined)
 
     def predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) per image."""

@@ -1,16 +1,27 @@
-"""CLIP's text transformer driven from prompt embeddings, with two exact shortcuts.
+"""CLIP's text transformer driven from prompt embeddings, with per-layer prompt slots and two exact
+shortcuts.
 
 1. Truncation: under the causal mask, a token never attends to later positions, so cutting the
    sequence right after the longest prompt's end-of-text token changes no feature.
 2. Shared prefix: when every class prompt starts with the same tokens ([SOS] + learned context),
    those positions have the same hidden states in every class. We run them once and let the
    class-specific suffix attend to their keys/values, instead of recomputing them per class.
+
+Every prompt is encoded as ``prefix + suffix``: a prefix (G, P, W) shared by the N class suffixes
+of its group, and the suffixes (N, S, W) or (G, N, S, W). Deep prompt slots (`specpl.slots`) live
+in the prefix, right after [SOS]; both shortcuts stay exact with them, because a slot changes a
+prefix position in the same way for every class. A prompt with nothing shared is a prefix of
+[SOS] alone.
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from specpl.slots import START, LayerHook, PromptGroup, SlotState
 
 
 class PromptTextEncoder(nn.Module):
@@ -33,34 +44,69 @@ class PromptTextEncoder(nn.Module):
     def width(self) -> int:
         return int(self.model.token_embedding.weight.shape[1])
 
+    @property
+    def depth(self) -> int:
+        return len(self.model.transformer.resblocks)
+
     def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.token_embedding(tokens)
 
-    def forward(self, embeddings: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-        """Text features for token embeddings (N, L, W), pooled at `eot_index` (N,)."""
-        length = embeddings.shape[1]
-        x = embeddings + self.model.positional_embedding[:length]
-        x = self.model.transformer(x, attn_mask=self.model.attn_mask[:length, :length])
-        return self._project(self.model.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot_index])
+    def forward(
+        self, embeddings: torch.Tensor, eot_index: torch.Tensor, groups: Sequence[PromptGroup] = (), hook: LayerHook | None = None
+    ) -> torch.Tensor:
+        """Text features for whole token embeddings (N, L, W), pooled at `eot_index` (N,): each
+        prompt is its own group, its prefix [SOS] plus any pre-placed prompt positions."""
+        p_len = 1 + sum(g.length for g in groups if not g.insert)
+        prefix, suffix = embeddings[:, :p_len], embeddings[:, p_len:].unsqueeze(1)
+        return self.forward_shared_prefix(prefix, suffix, (eot_index - p_len).unsqueeze(1), groups, hook)[:, 0]
 
-    def forward_shared_prefix(self, prefix: torch.Tensor, suffix: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
+    def encode_tokens(self, tokens: torch.Tensor, groups: Sequence[PromptGroup] = (), hook: LayerHook | None = None) -> torch.Tensor:
+        """Features of tokenised text (N, 77), truncated after the longest end-of-text; with no
+        groups this equals ``model.encode_text`` (exact under the causal mask)."""
+        eot = tokens.argmax(dim=-1)
+        length = int(eot.max()) + 1
+        embedded = self.embed_tokens(tokens[:, :length].to(self.model.token_embedding.weight.device))
+        prefix = embedded[:1, :1]  # [SOS] is the same token in every prompt
+        return self.forward_shared_prefix(prefix, embedded[:, 1:], eot.to(embedded.device) - 1, groups, hook)[0]
+
+    def forward_shared_prefix(
+        self,
+        prefix: torch.Tensor,
+        suffix: torch.Tensor,
+        eot_index: torch.Tensor,
+        groups: Sequence[PromptGroup] = (),
+        hook: LayerHook | None = None,
+    ) -> torch.Tensor:
         """Features of the prompts ``cat(prefix[g], suffix[n])`` for every group g and class n.
 
         prefix: (G, P, W), shared by all N prompts of a group; suffix: (N, S, W) or (G, N, S, W);
-        eot_index: (N,) positions of end-of-text inside the suffix. Returns (G, N, D).
+        eot_index: (N,) or (G, N) positions of end-of-text inside the suffix; groups: deep prompt slots, all
+        start-anchored (they live in the prefix). Returns (G, N, D).
         """
-        groups, p_len, _ = prefix.shape
+        groups = list(groups)
+        if any(g.at != START for g in groups):
+            raise ValueError("text prompt groups must be anchored at the start (right after [SOS])")
+        slots = SlotState(groups, self.depth)
+        placed = 1 + sum(g.length for g in groups if not g.insert)
+        if prefix.shape[1] < placed:
+            raise ValueError(f"the prefix has {prefix.shape[1]} tokens but its pre-placed prompt groups need {placed}")
+        groups_n, p_len, _ = prefix.shape
         if suffix.dim() == 3:
-            suffix = suffix.unsqueeze(0).expand(groups, -1, -1, -1)
+            suffix = suffix.unsqueeze(0).expand(groups_n, -1, -1, -1)
         n_cls, s_len = suffix.shape[1], suffix.shape[2]
         pos = self.model.positional_embedding
         x_p = prefix + pos[:p_len]
         x_s = suffix + pos[p_len : p_len + s_len]
-        causal = torch.ones(s_len, p_len + s_len, dtype=torch.bool, device=prefix.device).tril(diagonal=p_len)
-        for block in self.model.transformer.resblocks:
-            x_p, x_s = _shared_prefix_block(block, x_p, x_s, causal)
+        for layer, block in enumerate(self.model.transformer.resblocks):
+            if not slots.empty:
+                x_p = slots.apply(x_p, layer)
+            if hook is not None:
+                x_p = hook(layer, x_p)
+            x_p, x_s = _shared_prefix_block(block, x_p, x_s)
         x_s = self.model.ln_final(x_s)
-        pooled = x_s[:, torch.arange(n_cls, device=x_s.device), eot_index]  # (G, N, W)
+        eot_index = eot_index.expand(groups_n, -1) if eot_index.dim() == 2 else eot_index.unsqueeze(0).expand(groups_n, -1)
+        rows = torch.arange(groups_n, device=x_s.device).unsqueeze(1)
+        pooled = x_s[rows, torch.arange(n_cls, device=x_s.device).unsqueeze(0), eot_index]  # (G, N, W)
         return self._project(pooled)
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -70,13 +116,15 @@ class PromptTextEncoder(nn.Module):
         return pooled @ projection
 
 
-def _shared_prefix_block(
-    block: nn.Module, x_p: torch.Tensor, x_s: torch.Tensor, suffix_mask: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One open_clip ``ResidualAttentionBlock`` over a prefix (G,P,W) and suffixes (G,N,S,W)."""
+def _shared_prefix_block(block: nn.Module, x_p: torch.Tensor, x_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One open_clip ``ResidualAttentionBlock`` over a prefix (G,P,W) and suffixes (G,N,S,W).
+
+    The prefix attends causally to itself; each suffix attends to the whole prefix and causally to
+    itself (a lower-right causal mask over prefix + suffix keys)."""
     attn: nn.MultiheadAttention = block.attn
     heads = attn.num_heads
     groups, n_cls, s_len, width = x_s.shape
+    p_len = x_p.shape[1]
     head_dim = width // heads
 
     def split_heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, W) -> (..., H, T, d)
@@ -87,6 +135,7 @@ def _shared_prefix_block(
     out_p = F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True)
     k_all = torch.cat([k_p.unsqueeze(1).expand(-1, n_cls, -1, -1, -1), k_s], dim=-2)
     v_all = torch.cat([v_p.unsqueeze(1).expand(-1, n_cls, -1, -1, -1), v_s], dim=-2)
+    suffix_mask = torch.ones(s_len, p_len + s_len, dtype=torch.bool, device=x_s.device).tril(diagonal=p_len)
     out_s = F.scaled_dot_product_attention(q_s, k_all, v_all, attn_mask=suffix_mask)
 
     def merge_heads(t: torch.Tensor) -> torch.Tensor:

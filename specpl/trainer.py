@@ -1,6 +1,8 @@
 """One trainer for every method, on Hugging Face accelerate.
 
-It only talks to `PromptModel` (host + boosters), so adding a method never touches this file.
+It only talks to `PromptModel` (host + boosters): the frozen inputs it caches, the batches it
+prepares with and the lifecycle hooks it calls are the model's, so adding a method never touches
+this file.
 bf16 autocast on GPU, fp32 on CPU; gradient accumulation; progress events to a callback and to
 ``events.jsonl``; cooperative cancel checked every step (a checkpoint is saved first); exact
 resume from the last checkpoint; runs under ``accelerate launch`` on several GPUs.
@@ -21,15 +23,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from specpl.backbone import Backbone, load_backbone
-from specpl.checkpoint import load_resume_state, save_resume_state, versions, write_bundle
-from specpl.config import RunConfig, write_json_atomic
-from specpl.data import FewShotData, ImageItem, read_fewshot_folder
-from specpl.evaluate import harmonic_mean
+from specpl.checkpoint import load_resume_state, save_resume_state
+from specpl.config import DEFAULT_TEMPLATE, RunConfig, write_json_atomic
+from specpl.data import FewShotData, ImageItem
+from specpl.datasets import read_dataset
+from specpl.evaluate import accuracy_from_predictions, harmonic_mean
 from specpl.events import EventCallback, EventLog
-from specpl.features import AugmentedViews, BandFeaturizer, FeatureCache
+from specpl.features import AugmentedViews, FeatureCache, train_transform
 from specpl.inference import Predictor
-from specpl.methods import HOSTS, Batch, PromptModel, build_method, resolve_method_options
-from specpl.model_card import render_model_card
+from specpl.methods import HOSTS, Batch, PromptModel, build_method, preset_values, resolve_method_options
 
 STOP_FILE = "STOP"  # another process asks a run to stop by creating this file in its run dir; the run removes it
 
@@ -52,13 +54,17 @@ def compiled_step(module: torch.nn.Module, compile: str, device: torch.device) -
     return torch.compile(module, mode="reduce-overhead" if device.type == "cuda" else "default")
 
 
+TRAINING_FALLBACKS = {"augment": "reference", "crop_scale": 0.08, "schedule": "epoch", "drop_last": True}
+
+
 def resolved_training(config: RunConfig) -> dict[str, Any]:
-    """The run's optimisation settings: explicit values, else the host's published defaults."""
-    defaults = HOSTS.get(config.method.host).training_defaults
+    """The run's optimisation settings: explicit values, else the host's preset, else its
+    published defaults, else the reference data path (`TRAINING_FALLBACKS`)."""
+    layers = [preset_values(config.method).get("train", {}), HOSTS.get(config.method.host).training_defaults, TRAINING_FALLBACKS]
     train = dataclasses.asdict(config.train)
-    for key in ("epochs", "batch_size", "lr", "optimizer"):
-        if train[key] is None:
-            train[key] = defaults[key]
+    for key, value in train.items():
+        if value is None:
+            train[key] = next((layer[key] for layer in layers if key in layer), None)
     return train
 
 
@@ -110,37 +116,49 @@ class Trainer:
         if not main:
             self.events.path = None  # one writer: the main process
         method_options = resolve_method_options(cfg.method)
-        data = read_fewshot_folder(cfg.data.root, cfg.data.shots, cfg.data.seed, cfg.data.split_ratio, cfg.data.subsample)
+        data = read_dataset(cfg.data)
+        template = data.template if data.template and cfg.template == DEFAULT_TEMPLATE else cfg.template  # a chosen template wins
         backbone = self._backbone or load_backbone(cfg.backbone, device=accelerator.device)
-        needs_bands = any(name != cfg.method.host and _booster_needs_bands(name) for name in method_options)
-        band_featurizer = None
-        if needs_bands:
-            from specpl.bands import build_decomposer
-
-            cfg.decomposer = dataclasses.replace(cfg.decomposer, image_size=cfg.decomposer.image_size or backbone.image_size)
-            decomposer = self._decomposer or build_decomposer(cfg.decomposer, device=accelerator.device)
-            band_featurizer = BandFeaturizer(decomposer, backbone.normalization, cfg.decomposer.image_size).to(accelerator.device)
-        model = build_method(cfg.method, backbone, data.classnames, band_stat_dim=band_featurizer.decomposer.stat_dim if band_featurizer else None)
+        decomposer_config, decomposer_reason = _resolve_decomposer(cfg, backbone)
+        model = build_method(cfg.method, backbone, data.classnames, template, decomposer_config, self._decomposer, cfg.data.dataset)
+        frozen_inputs = model.frozen_inputs()  # builds the decomposer only if a component needs one
+        uses_decomposer = bool(model.context.built_decomposer)
         model.to(accelerator.device)
         self._started = True
+        record = {
+            **cfg.to_dict(),
+            "template": template,
+            "decomposer": dataclasses.asdict(decomposer_config) if uses_decomposer else None,
+            "decomposer_reason": decomposer_reason if uses_decomposer else None,
+            "backbone": dataclasses.asdict(backbone.config),
+            "resolved_method_options": model.resolved_options(),
+            "resolved_train": train,
+        }
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.events.emit("status", status="running", resume=resume)
             self.events.emit("data", **data.summary())
-            write_json_atomic(self.run_dir / "config.json", {**cfg.to_dict(), "backbone": dataclasses.asdict(backbone.config), "resolved_method_options": method_options, "resolved_train": train})
+            if uses_decomposer:
+                self.events.emit("decomposer", name=decomposer_config.name, reason=decomposer_reason)
+            write_json_atomic(self.run_dir / "config.json", record)
 
-        views = AugmentedViews(backbone.preprocess_train if cfg.train.augment else backbone.preprocess_eval, backbone.preprocess_eval, cfg.train.seed)
+        min_scale = float(train["crop_scale"])
+        views = AugmentedViews(train_transform(train["augment"], backbone, min_scale), backbone.preprocess_eval, cfg.train.seed)
         cache = FeatureCache(
             views,
-            encode_image=None if model.needs_image_grad else model.host.encode_image,
-            band_featurizer=band_featurizer,
+            frozen_inputs,
             device=accelerator.device,
             enabled=cfg.train.cache_features,
             on_progress=lambda done, total: self.events.emit("phase", phase="frozen features", done=done, total=total) if main else None,
         )
         params = [p for p in model.parameters() if p.requires_grad]
         epochs = int(train["epochs"]) if params else 0  # nothing to learn (zero-shot): evaluate and export only
-        steps_per_epoch = math.ceil(math.ceil(len(data.train) / train["batch_size"]) / accelerator.num_processes / cfg.train.grad_accum_steps)
+        batch_size = int(train["batch_size"])
+        drop_last = bool(train["drop_last"]) and len(data.train) >= batch_size * accelerator.num_processes
+        per_epoch = len(data.train) // batch_size if drop_last else math.ceil(len(data.train) / batch_size)
+        # accelerate shards whole batches over processes; with drop_last an uneven last round is dropped
+        per_process = per_epoch // accelerator.num_processes if drop_last else math.ceil(per_epoch / accelerator.num_processes)
+        steps_per_epoch = math.ceil(per_process / cfg.train.grad_accum_steps)
         total_steps = max(1, epochs * steps_per_epoch)
         optimizer = _build_optimizer(params, train) if params else None
         counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
@@ -149,14 +167,13 @@ class Trainer:
             model_state, counters = load_resume_state(checkpoint_dir, optimizer)
             model.load_learned_state_dict(model_state)
             self.events.emit("resumed", **counters)
-        elif needs_bands:
-            first_epoch = [data.train[i] for i in self._epoch_order(len(data.train), 0)]
-            first = cache.get(first_epoch[: train["batch_size"] * 10], view=0)
-            batches = list(zip(first["low"].split(train["batch_size"]), first["high"].split(train["batch_size"])))
-            for booster in model.boosters.values():
-                booster.prepare([(lo.to(accelerator.device), hi.to(accelerator.device)) for lo, hi in batches])
+        elif epochs:
+            wanted = max((getattr(c.config, "bank_init_batches", 0) for c in model.components), default=0)
+            model.prepare(self._first_batches(data, cache, views, wanted, batch_size, train, accelerator.device))
+        self._views, self._train = views, train
 
         lr_at = _lr_schedule(train, steps_per_epoch, total_steps)
+        multi_process = accelerator.num_processes > 1
         wrapped, optimizer = accelerator.prepare(model, optimizer) if optimizer else (model, None)
         wrapped = compiled_step(wrapped, cfg.train.compile, accelerator.device) if optimizer else wrapped
 
@@ -165,20 +182,26 @@ class Trainer:
         start_step = counters["global_step"]
         bar = tqdm(total=total_steps, initial=counters["global_step"], disable=not (main and self.progress_bar), desc="train", unit="step")
         for epoch in range(counters["epoch"], epochs):
-            loader = accelerator.prepare_data_loader(self._loader(data, cache, views, epoch, train["batch_size"], cfg.train.max_cached_views, model))
+            model.epoch, model.epochs = epoch, epochs
+            loader = accelerator.prepare_data_loader(self._loader(data, cache, views, epoch, batch_size, train, model, drop_last))
             if counters["step_in_epoch"]:
                 loader = accelerator.skip_first_batches(loader, counters["step_in_epoch"] * cfg.train.grad_accum_steps)
             wrapped.train()
             for raw in loader:
-                if self.should_stop():  # checked before each step, so a stop sent during setup is honoured
+                stop = self.should_stop()  # checked before each step, so a stop sent during setup is honoured
+                if multi_process:  # every process must agree, or one waits forever in the next collective
+                    if stop:
+                        accelerator.set_trigger()
+                    stop = accelerator.check_trigger()
+                if stop:
                     self._checkpoint(accelerator, model, optimizer, counters, epoch, counters["step_in_epoch"])
                     bar.close()
                     (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # the request is consumed by the run it stopped
                     self.events.emit("status", status="cancelled", step=counters["global_step"])
                     return TrainResult("cancelled", self.run_dir, {}, model)
-                batch = _to_batch(raw)
+                batch = _to_batch(raw, accelerator.device)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(counters["global_step"])
+                    group["lr"] = lr_at(counters["global_step"], epoch)
                 with accelerator.accumulate(wrapped):
                     with accelerator.autocast():
                         losses = wrapped(batch)
@@ -204,29 +227,63 @@ class Trainer:
                         loss=float(total.detach()), lr=optimizer.param_groups[0]["lr"], images_per_s=rate, eta_s=eta,
                     )
             counters["step_in_epoch"] = 0
+            model.on_epoch_end(epoch + 1, epochs)
             self.events.emit("epoch", epoch=epoch + 1, epochs=epochs, step=counters["global_step"])
+            if main and cfg.train.eval_every_epochs and (epoch + 1) % cfg.train.eval_every_epochs == 0:
+                split = data.val or data.test
+                accuracy = Predictor(model, device=accelerator.device).evaluate(split).accuracy
+                model.train()
+                self.events.emit("val", epoch=epoch + 1, epochs=epochs, step=counters["global_step"], accuracy=accuracy, split="val" if data.val else "test")
             if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 and epoch + 1 < epochs:
                 self._checkpoint(accelerator, model, optimizer, counters, epoch + 1, 0)
         bar.close()
+        if epochs:
+            model.finalise()
         accelerator.wait_for_everyone()
         metrics: dict[str, Any] = {}
         if main:
             metrics = self._evaluate(model, data, cfg, accelerator.device)
-            self._export(model, cfg, backbone, band_featurizer, method_options, train, metrics, data)
+            run = {"train": train, "data": dataclasses.asdict(cfg.data), "metrics": _summary(metrics), "decomposer_reason": record["decomposer_reason"]}
+            model.save_bundle(self.run_dir / "model", run)
             write_json_atomic(self.run_dir / "metrics.json", metrics)
-            self.events.emit("eval", **{k: v for k, v in metrics.items() if k != "per_class"})
-            self.events.emit("status", status="finished", metrics={k: v for k, v in metrics.items() if k != "per_class"})
+            self.events.emit("eval", **_summary(metrics))
+            self.events.emit("status", status="finished", metrics=_summary(metrics))
         return TrainResult("finished", self.run_dir, metrics, model)
 
-    def _loader(self, data: FewShotData, cache: FeatureCache, views: AugmentedViews, epoch: int, batch_size: int, max_views: int, model: PromptModel) -> DataLoader:
-        """This epoch's batches: view ``epoch % max_views`` of every image, in a seeded order."""
-        view = epoch % max(1, max_views)
+    def _view(self, epoch: int, train: dict[str, Any]) -> int:
+        """The augmentation view of an epoch: a fresh one each epoch, or cycling over the cap."""
+        cap = train["max_cached_views"]
+        return epoch % cap if cap else epoch
+
+    def _loader(self, data: FewShotData, cache: FeatureCache, views: AugmentedViews, epoch: int, batch_size: int, train: dict[str, Any], model: PromptModel, drop_last: bool) -> DataLoader:
+        """This epoch's batches: its view of every image, in a seeded order."""
+        view = self._view(epoch, train)
         items = [data.train[i] for i in self._epoch_order(len(data.train), epoch)]
         frozen = cache.get(items, view)
         dataset = _EpochDataset(items, frozen, views if model.needs_image_grad else None, view)
         # its own generator: creating the iterator must not draw from the global RNG, or a resumed
         # run would see different counterfactual permutations than an uninterrupted one
-        return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=self.config.train.num_workers, generator=torch.Generator().manual_seed(epoch))
+        return DataLoader(
+            dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, num_workers=self.config.train.num_workers,
+            generator=torch.Generator().manual_seed(epoch), pin_memory=torch.cuda.is_available(),
+        )
+
+    def _first_batches(self, data: FewShotData, cache: FeatureCache, views: AugmentedViews, wanted: int, batch_size: int, train: dict[str, Any], device: torch.device) -> list[Batch]:
+        """The first `wanted` training batches' frozen inputs, in training order (continuing into
+        later epochs' views when one epoch has fewer), for `PromptModel.prepare`."""
+        batches: list[Batch] = []
+        epoch = 0
+        while len(batches) < wanted and data.train and epoch < wanted:
+            items = [data.train[i] for i in self._epoch_order(len(data.train), epoch)]
+            frozen = cache.get(items, self._view(epoch, train))
+            labels = torch.tensor([item.label for item in items])
+            for start in range(0, len(items), batch_size):
+                if len(batches) == wanted:
+                    break
+                rows = slice(start, start + batch_size)
+                batches.append(Batch(labels[rows].to(device), frozen={k: v[rows].to(device) for k, v in frozen.items()}))
+            epoch += 1
+        return batches
 
     def _epoch_order(self, count: int, epoch: int) -> list[int]:
         """The seeded sample order of an epoch (the same in every process and after a resume)."""
@@ -242,33 +299,59 @@ class Trainer:
 
     def _evaluate(self, model: PromptModel, data: FewShotData, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
         predictor = Predictor(model, device=device)
-        result = predictor.evaluate(data.test)
-        metrics: dict[str, Any] = {"accuracy": result.accuracy, "per_class": result.per_class, "test_images": result.count}
+        metrics = _scored(predictor, data.test)
         if cfg.data.subsample == "base":
-            new = read_fewshot_folder(cfg.data.root, cfg.data.shots, cfg.data.seed, cfg.data.split_ratio, "new")
-            predictor.set_classnames(new.classnames)
-            new_result = predictor.evaluate(new.test)
+            new = read_dataset(dataclasses.replace(cfg.data, subsample="new"))
+            predictor.set_classnames(new.classnames, novel=True)
+            new_metrics = _scored(predictor, new.test)
             predictor.set_classnames(data.classnames)
-            metrics.update(base=result.accuracy, new=new_result.accuracy, hm=harmonic_mean(result.accuracy, new_result.accuracy))
+            metrics.update(base=metrics["accuracy"], new=new_metrics["accuracy"], hm=harmonic_mean(metrics["accuracy"], new_metrics["accuracy"]))
         return metrics
 
-    def _export(self, model: PromptModel, cfg: RunConfig, backbone: Backbone, band_featurizer: BandFeaturizer | None, method_options: dict, train: dict, metrics: dict, data: FewShotData) -> None:
-        preprocessing = dict(getattr(backbone.model.visual, "preprocess_cfg", {}) or {})
-        preprocessing.update(image_size=backbone.image_size, mean=list(backbone.normalization[0]), std=list(backbone.normalization[1]))
-        bundle_config = {
-            "backbone": dataclasses.asdict(backbone.config),
-            "method": {**dataclasses.asdict(cfg.method), "options": method_options},
-            "decomposer": dataclasses.asdict(cfg.decomposer) if band_featurizer else None,
-            "band_stat_dim": band_featurizer.decomposer.stat_dim if band_featurizer else None,
-            "classnames": data.classnames,
-            "template": cfg.template,
-            "preprocessing": preprocessing,
-            "train": train,
-            "data": dataclasses.asdict(cfg.data),
-            "metrics": {k: v for k, v in metrics.items() if k != "per_class"},
-            "versions": versions(),
-        }
-        write_bundle(self.run_dir / "model", model.learned_state_dict(), bundle_config, render_model_card(bundle_config))
+
+MAX_MISCLASSIFIED = 64
+
+
+@torch.no_grad()
+def _scored(predictor: Predictor, items: list[ImageItem], batch_size: int = 32) -> dict[str, Any]:
+    """Accuracy, per-class accuracy, the confusion matrix (rows: true class) and the first
+    misclassified images with what they were taken for."""
+    names = predictor.classnames
+    predictions, probabilities = [], []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        probs = predictor.logits(predictor.preprocess([item.path for item in chunk])).float().softmax(-1).cpu()
+        top = probs.max(dim=-1)
+        predictions.append(top.indices)
+        probabilities.append(top.values)
+    labels = torch.tensor([item.label for item in items], dtype=torch.long)
+    predicted = torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
+    probability = torch.cat(probabilities) if probabilities else torch.zeros(0)
+    result = accuracy_from_predictions(predicted, labels, names)
+    confusion = torch.zeros(len(names), len(names), dtype=torch.long)
+    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    wrong = (predicted != labels).nonzero().flatten().tolist()[:MAX_MISCLASSIFIED]
+    misclassified = [
+        {"path": str(items[i].path), "label": names[int(labels[i])], "predicted": names[int(predicted[i])], "probability": float(probability[i])}
+        for i in wrong
+    ]
+    return {"accuracy": result.accuracy, "per_class": result.per_class, "test_images": result.count, "confusion": confusion.tolist(), "misclassified": misclassified}
+
+
+DETAIL_KEYS = ("per_class", "confusion", "misclassified")
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline metrics (events and the bundle); the details stay in metrics.json."""
+    return {k: v for k, v in metrics.items() if k not in DETAIL_KEYS}
+
+
+def _resolve_decomposer(config: RunConfig, backbone: Backbone) -> tuple[Any, str]:
+    """The concrete decomposer config for this run (``auto`` resolved) and why it was chosen."""
+    from specpl.bands import resolve_decomposer
+
+    decomposer = dataclasses.replace(config.decomposer, image_size=config.decomposer.image_size or backbone.image_size)
+    return resolve_decomposer(decomposer)
 
 
 class _EpochDataset(Dataset):
@@ -289,31 +372,38 @@ class _EpochDataset(Dataset):
         return sample
 
 
-def _to_batch(sample: dict[str, torch.Tensor]) -> Batch:
-    bands = (sample["low"], sample["high"]) if "low" in sample else None
-    return Batch(labels=sample["labels"], images=sample.get("images"), image_features=sample.get("image_features"), band_stats=bands)
-
-
-def _booster_needs_bands(name: str) -> bool:
-    from specpl.methods import BOOSTERS
-
-    return bool(BOOSTERS.get(name).needs_bands)
+def _to_batch(sample: dict[str, torch.Tensor], device: torch.device) -> Batch:
+    images = sample.get("images")
+    frozen = {k: v.to(device, non_blocking=True) for k, v in sample.items() if k not in ("labels", "images")}
+    return Batch(labels=sample["labels"].to(device, non_blocking=True), images=None if images is None else images.to(device, non_blocking=True), frozen=frozen)
 
 
 def _build_optimizer(params: list[torch.nn.Parameter], train: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD or AdamW over the learned tensors, with the multi-tensor (foreach) update: one kernel
+    per operation for all parameters instead of one per parameter."""
     if train["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"])
+        return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"], foreach=True)
     if train["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"])
+        return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"], foreach=True)
     raise ValueError(f"unknown optimizer {train['optimizer']!r}; use 'sgd' or 'adamw'")
 
 
-def _lr_schedule(train: dict[str, Any], steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
-    """Dassl's schedule as a pure function of the step (so resume is exact): a constant warm-up
-    lr for `warmup_epochs`, then cosine decay from the base lr to zero."""
-    warmup = steps_per_epoch * train["warmup_epochs"] if train["epochs"] > train["warmup_epochs"] else 0
+def _lr_schedule(train: dict[str, Any], steps_per_epoch: int, total_steps: int) -> Callable[[int, int], float]:
+    """The learning rate as a pure function of the step (so resume is exact): a constant warm-up
+    lr for `warmup_epochs`, then cosine decay.
 
-    def lr_at(step: int) -> float:
+    ``epoch`` (the reference, Dassl's ConstantWarmupScheduler over CosineAnnealingLR(T_max=epochs)
+    stepped after each epoch): epoch e >= w trains at lr * (1 + cos(pi (e - w) / E)) / 2.
+    ``step``: the same curve stepped every step, from the base lr down to zero at the last step."""
+    warmup_epochs = train["warmup_epochs"] if train["epochs"] > train["warmup_epochs"] else 0
+    warmup = steps_per_epoch * warmup_epochs
+    per_epoch = train["schedule"] == "epoch"
+
+    def lr_at(step: int, epoch: int) -> float:
+        if per_epoch:
+            if epoch < warmup_epochs:
+                return train["warmup_lr"]
+            return train["lr"] * 0.5 * (1 + math.cos(math.pi * (epoch - warmup_epochs) / max(1, train["epochs"])))
         if step < warmup:
             return train["warmup_lr"]
         return train["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))

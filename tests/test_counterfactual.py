@@ -23,27 +23,36 @@ def pair(cifar_root):
 
 def test_counterfactual_views(trained_run, decomposer, pair):
     result = counterfactual(Predictor(trained_run.model), *pair, decomposer, top_k=3, size=32)
-    for view in (result.image_path, result.embedding_path):
+    for view in (result.image_path, result.granule_path.rows):
         assert set(view) == {A, B, A_WITH_B, B_WITH_A}
         for ranked in view.values():
             probs = [p for _, p in ranked]
             assert len(ranked) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     assert set(result.swapped_images) == {A_WITH_B, B_WITH_A} and result.swapped_images[A_WITH_B].size == (32, 32)
-    assert result.embedding_path[A][0][0] in result.summary
+    granule = result.granule_path
+    assert granule.booster == "specpl" and set(granule.modulation_cosine) == {A, B, A_WITH_B, B_WITH_A}
+    assert all(-1 <= c <= 1 for c in granule.modulation_cosine.values())
+    # the verdict is built from the rows it summarises: A's and the swap's top label, and the target
+    assert granule.rows[A][0][0] in result.summary and granule.rows[A_WITH_B][0][0] in result.summary
+    assert f"B's '{granule.targets[A_WITH_B]}'" in result.summary
+    missed = granule.rows[A_WITH_B][0][0] != granule.targets[A_WITH_B]
+    assert ("does not reach" in result.summary) == missed and ("and reaches" in result.summary) == (not missed)
+    # the target of the swap is the model's prediction for B, the granularity donor
+    assert granule.targets[A_WITH_B] == result.image_path[B][0][0]
 
 
 def test_swapping_an_image_with_itself_changes_nothing(trained_run, decomposer, pair):
     image = pair[0]
     result = counterfactual(Predictor(trained_run.model), image, image, decomposer, size=32)
-    assert result.embedding_path[A_WITH_B] == result.embedding_path[A]
+    assert result.granule_path.rows[A_WITH_B] == result.granule_path.rows[A]
     assert result.image_path[A_WITH_B][0][0] == result.image_path[A][0][0]
-    assert "still" in result.summary
+    assert "stays" in result.summary and "still" in result.summary
 
 
 def test_embedding_path_needs_specpl(tiny_backbone, decomposer, pair):
     model = build_method(MethodConfig(host="coop", options={"coop": {"n_ctx": 2}}), tiny_backbone, ["cat", "ship"])
     result = counterfactual(Predictor(model), *pair, decomposer, size=32)
-    assert result.embedding_path is None and result.image_path[A][0][0] in ("cat", "ship")
+    assert result.granule_path is None and result.image_path[A][0][0] in ("cat", "ship")
 
 
 def test_band_images(decomposer, pair):

@@ -66,11 +66,11 @@ def test_int8_tower_keeps_world_clip_predictions(world_predictor):
     classnames = world_classnames()
     images = [image for _, _, _, image in fewshot_images(classnames, shots=0, test_per_class=3, seed=321)]
     batch = world_predictor.preprocess(images)
-    fp32_features = world_predictor.encode_image(batch)
+    fp32_features = world_predictor.encode_image(batch)["features"]
     fp32_top1 = world_predictor.logits(batch).argmax(-1)
     int8 = Predictor(world_predictor.model, world_predictor.config).use_int8_image_tower()
     assert int8.precision == "int8" and world_predictor.precision == "float32"
-    int8_features = int8.encode_image(batch)
+    int8_features = int8.encode_image(batch)["features"]
     assert not torch.equal(int8_features, fp32_features)  # it really is another computation
     assert F.cosine_similarity(int8_features, fp32_features).min() > 0.98
     agreement = (int8.logits(batch).argmax(-1) == fp32_top1).float().mean()
@@ -78,7 +78,7 @@ def test_int8_tower_keeps_world_clip_predictions(world_predictor):
 
 
 def test_int8_refused_for_image_prompted_hosts_and_other_devices(world_predictor, monkeypatch):
-    monkeypatch.setattr(type(world_predictor.model.host), "needs_image_grad", True)
+    monkeypatch.setattr(world_predictor.model, "image_encoder", torch.nn.Identity())  # as when a method prompts the tower
     with pytest.raises(ValueError, match="prompts the image tower"):
         Predictor(world_predictor.model).use_int8_image_tower()
     tower = torch.nn.Linear(2, 2, device="meta")

@@ -75,7 +75,12 @@ def test_bank_initialisation_fills_then_pulls_nearest_row():
 
 def _specpl_model(backbone, stat_dim=6):
     torch.manual_seed(0)
-    return build_method(MethodConfig(host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}}), backbone, ["cat", "dog", "ship", "frog"], band_stat_dim=stat_dim)
+    options = {"coop": {"n_ctx": 4}, "specpl": {"band_stat_dim": stat_dim}}
+    return build_method(MethodConfig(host="coop", boosters=["specpl"], options=options), backbone, ["cat", "dog", "ship", "frog"])
+
+
+def _batch(labels, features, low, high) -> Batch:
+    return Batch(labels=labels, frozen={"image.features": features, "bands": torch.stack([low, high], dim=1)})
 
 
 def test_counterfactual_uses_permuted_high_bands_and_labels(tiny_backbone):
@@ -88,9 +93,9 @@ def test_counterfactual_uses_permuted_high_bands_and_labels(tiny_backbone):
     perm = torch.randperm(4)
     assert not torch.equal(labels[perm], labels)  # this seed's permutation moves labels
     torch.manual_seed(3)
-    losses = model(Batch(labels=labels, image_features=features, band_stats=(low, high)))
+    losses = model(_batch(labels, features, low, high))
     raw, refined = model.text_features()
-    _, high_embedding = specpl.band_embeddings(low, high)
+    _, high_embedding = specpl.band_embeddings(torch.stack([low, high], dim=1))
     logits = specpl.modulated_logits(features, raw[labels], high_embedding[perm], refined, model.logit_scale)
     expected = specpl.config.lambda_gcf * F.cross_entropy(logits, labels[perm])
     torch.testing.assert_close(losses["counterfactual"], expected)
@@ -100,7 +105,7 @@ def test_counterfactual_uses_permuted_high_bands_and_labels(tiny_backbone):
 
 def test_specpl_total_loss_weights(tiny_backbone):
     model = _specpl_model(tiny_backbone)
-    losses = model(Batch(labels=torch.tensor([0, 1]), image_features=torch.randn(2, tiny_backbone.embed_dim), band_stats=(torch.rand(2, 6), torch.rand(2, 6))))
+    losses = model(_batch(torch.tensor([0, 1]), torch.randn(2, tiny_backbone.embed_dim), torch.rand(2, 6), torch.rand(2, 6)))
     assert set(losses) == {"cls", "sem", "granule", "counterfactual"}
     config = model.boosters["specpl"].config
     assert (config.lambda_sem, config.lambda_gf, config.lambda_gcf) == (0.1, 0.1, 0.1)

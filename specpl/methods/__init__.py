@@ -1,42 +1,147 @@
-"""Methods: hosts and boosters registered by name, and `build_method` to compose them."""
+"""Methods: hosts and boosters registered by name, and `build_method` to compose them.
+
+Options resolve in three layers, later ones winning: each component's dataclass defaults, the
+host's named preset (``default`` or ``reference``, see each host's docstring), and the options the
+user gave.
+"""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any
 
+from torch import nn
+
 from specpl.backbone import Backbone
-from specpl.config import MethodConfig, from_dict
-from specpl.methods import coop, specpl, zeroshot  # noqa: F401  (registration side effects)
-from specpl.methods.base import Batch, Booster, BoosterContext, Host, PromptModel, cosine_logits
+from specpl.config import DEFAULT_TEMPLATE, DecomposerConfig, MethodConfig, from_dict
+from specpl.methods import cocoop, coop, deep, kgcoop, mmrl, specpl, zeroshot  # noqa: F401  (registration side effects)
+from specpl.methods.base import Batch, Booster, BuildContext, ForwardState, Host, PromptModel, cosine_logits
 from specpl.methods.registry import BOOSTERS, HOSTS
 
-__all__ = ["BOOSTERS", "HOSTS", "Batch", "Booster", "Host", "PromptModel", "build_method", "resolve_method_options", "cosine_logits"]
+__all__ = [
+    "BOOSTERS",
+    "HOSTS",
+    "Batch",
+    "Booster",
+    "BuildContext",
+    "ForwardState",
+    "Host",
+    "PromptModel",
+    "build_method",
+    "check_combination",
+    "cosine_logits",
+    "describe_methods",
+    "preset_values",
+    "resolve_method_options",
+]
+
+
+def preset_values(config: MethodConfig) -> dict[str, dict[str, Any]]:
+    """The host's preset named in `config` ({component or "train": values})."""
+    host = HOSTS.get(config.host)
+    presets = host.presets or {"default": {}}
+    if config.preset not in presets and config.preset != "default":
+        raise ValueError(f"host {config.host!r} has no preset {config.preset!r}; its presets: {', '.join(presets)}")
+    return presets.get(config.preset, {})
+
+
+def check_combination(host_name: str, booster_names: list[str]) -> None:
+    """Refuse a host + boosters combination that cannot work, listing the valid ones."""
+    host = HOSTS.get(host_name)
+    if len(set(booster_names)) != len(booster_names):
+        raise ValueError(f"a booster is listed twice: {booster_names}")
+    for name in booster_names:
+        booster = BOOSTERS.get(name)
+        problems = []
+        if booster.supported_hosts is not None and host_name not in booster.supported_hosts:
+            problems.append(f"it supports the hosts {', '.join(booster.supported_hosts)}")
+        missing = booster.requires - host.capabilities
+        if missing:
+            problems.append(f"it needs a host that {' and '.join(sorted(missing))}")
+        if problems:
+            valid = [h for h in HOSTS.names() if _booster_fits(booster, h)]
+            raise ValueError(
+                f"booster {name!r} cannot run on host {host_name!r}: {'; '.join(problems)}. "
+                f"Hosts it can boost: {', '.join(valid) or 'none'}"
+            )
+
+
+def _booster_fits(booster: type, host_name: str) -> bool:
+    host = HOSTS.get(host_name)
+    return (booster.supported_hosts is None or host_name in booster.supported_hosts) and booster.requires <= host.capabilities
 
 
 def resolve_method_options(config: MethodConfig) -> dict[str, dict[str, Any]]:
-    """Every component's full option set (defaults filled in), as written to config.json."""
+    """Every component's full option set (defaults, then the preset, then the user's), as written
+    to config.json."""
     names = [config.host, *config.boosters]
+    check_combination(config.host, config.boosters)
     unknown = set(config.options) - set(names)
     if unknown:
         raise ValueError(f"options given for {sorted(unknown)}, which are not in this method ({names})")
-    if len(set(config.boosters)) != len(config.boosters):
-        raise ValueError(f"a booster is listed twice: {config.boosters}")
+    preset = preset_values(config)
     resolved = {}
     for name in names:
         component = HOSTS.get(name) if name == config.host else BOOSTERS.get(name)
-        resolved[name] = dataclasses.asdict(from_dict(component.config_class, config.options.get(name, {})))
+        given = {**preset.get(name, {}), **config.options.get(name, {})}
+        known = {f.name for f in dataclasses.fields(component.config_class)}
+        bad = sorted(set(given) - known)
+        if bad:
+            raise ValueError(f"unknown option(s) for {name}: {', '.join(bad)}; {name}'s options are: {', '.join(sorted(known))}")
+        resolved[name] = dataclasses.asdict(from_dict(component.config_class, given))
     return resolved
 
 
 def build_method(
-    config: MethodConfig, backbone: Backbone, classnames: list[str], band_stat_dim: int | None = None
+    config: MethodConfig,
+    backbone: Backbone,
+    classnames: list[str],
+    template: str = DEFAULT_TEMPLATE,
+    decomposer: DecomposerConfig | None = None,
+    decomposer_module: nn.Module | None = None,
+    dataset: str | None = None,
 ) -> PromptModel:
-    """Compose the host and boosters named in `config` over `backbone` for `classnames`."""
+    """Compose the host and boosters named in `config` over `backbone` for `classnames`.
+    `decomposer` is the run's band decomposer config, built only if a component needs it;
+    `decomposer_module` an already built one to use instead; `dataset` the registered dataset name
+    (per-dataset defaults such as MMRL's lambda). Every tensor is put on the backbone's device."""
     options = resolve_method_options(config)
     host_cls = HOSTS.get(config.host)
-    host = host_cls(backbone, host_cls.config_class(**options[config.host]))
-    context = BoosterContext(embed_dim=backbone.embed_dim, host_name=config.host, band_stat_dim=band_stat_dim)
+    context = BuildContext(
+        backbone=backbone,
+        classnames=list(classnames),
+        template=template,
+        host_name=config.host,
+        booster_names=list(config.boosters),
+        decomposer=decomposer,
+        capabilities=host_cls.capabilities,
+        dataset=dataset,
+    )
+    if decomposer_module is not None:
+        context._decomposer_module.append(decomposer_module)
+    host = host_cls(host_cls.config_class(**options[config.host]), context)
     boosters = [BOOSTERS.get(n)(BOOSTERS.get(n).config_class(**options[n]), context) for n in config.boosters]
-    model = PromptModel(backbone, host, boosters)
-    model.set_classnames(classnames)
+    model = PromptModel(context, host, boosters, options)
+    model.to(backbone.model.token_embedding.weight.device)
+    model.set_classnames(list(classnames))
     return model
+
+
+def describe_methods() -> list[dict[str, Any]]:
+    """Every registered host and booster: kind, name, one line, default options and presets."""
+    rows = []
+    for kind, registry in (("host", HOSTS), ("booster", BOOSTERS)):
+        for name in registry.names():
+            component = registry.get(name)
+            row = {
+                "kind": kind,
+                "name": name,
+                "description": component.description,
+                "options": dataclasses.asdict(component.config_class()),
+            }
+            if kind == "host":
+                row["training"] = dict(component.training_defaults)
+                row["presets"] = sorted(component.presets or {"default": {}})
+            else:
+                row["hosts"] = [h for h in HOSTS.names() if h != "zeroshot" and _booster_fits(component, h)]
+            rows.append(row)
+    return rows

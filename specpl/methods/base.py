@@ -1,96 +1,227 @@
-"""The pieces every method composes: a host (how prompts produce text and image features) and any
-number of boosters (plug-ins that refine text and add losses). `PromptModel` wires them together;
-the trainer only ever talks to `PromptModel`, so a new host or booster never touches it.
+"""The pieces every method composes: a host (how prompts produce text and image features, and its
+own loss) and any number of boosters (plug-ins that add tower prompts, refine text, reweight or add
+losses). `PromptModel` wires them together over one frozen CLIP; the trainer, the feature cache,
+the predictor and the counterfactual only ever talk to `PromptModel`, so a new host or booster is
+one module that never touches them.
+
+The seams, all optional for a component:
+- tower prompts: `text_prompts()` / `image_prompts()` return `specpl.slots.PromptGroup`s, and
+  `image_hook()` a per-layer hook;
+- frozen inputs: `frozen_inputs()` names per-image outputs to compute once per (image, view)
+  (`specpl.frozen`); the batch carries them by name in `Batch.frozen`;
+- lifecycle: `prepare(first_batches)` before training, `on_epoch_end(epoch, epochs)`, `finalise()`;
+- losses: boosters first set per-sample weights (`sample_weights`), then the host computes its
+  own loss with them, then every booster adds its terms on top (unweighted). So a booster that
+  reweights the host's loss (ISP) and one that adds terms (SpecPL) compose in a fixed order.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from specpl.backbone import Backbone
+from specpl.slots import LayerHook, PromptGroup
+from specpl.text import PromptTextEncoder
+from specpl.vision import PromptImageEncoder, VisionOutput
+
+if TYPE_CHECKING:
+    from specpl.config import DecomposerConfig
+    from specpl.frozen import FrozenInput
+
+IMAGE_FEATURES = "image"  # the frozen-input name of a cached image path's outputs
+FEATURES = "features"  # the primary (class-token) image feature in an image-output dict
+
+# Capabilities a host may declare, which boosters may require (see `Booster.requires`).
+PROMPTS_IMAGE_TOWER = "prompts the image tower"
+DEEP_TEXT_PROMPTS = "deep text prompts"
+CONTEXT_TOKENS = "learned text context"
 
 
 @dataclass
 class Batch:
-    """One training batch. Either `images` (CLIP-normalised) or cached `image_features` is set.
-
-    `band_stats` holds the frozen (low, high) band statistics when a booster needs them.
-    """
+    """One training batch: labels, the images when gradients must reach the image tower, and the
+    frozen per-image inputs by name (`specpl.frozen`)."""
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
-    image_features: torch.Tensor | None = None
-    band_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    frozen: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def require(self, name: str, who: str) -> torch.Tensor:
+        if name not in self.frozen:
+            raise ValueError(f"{who} needs the frozen input {name!r}, which this batch lacks (has: {sorted(self.frozen) or 'none'})")
+        return self.frozen[name]
 
 
 @dataclass
 class ForwardState:
-    """What a booster's losses may look at; filled in by `PromptModel.forward`."""
+    """What host and booster losses may look at; filled in by `PromptModel.forward`."""
 
     batch: Batch
-    image_features: torch.Tensor  # (B, D) raw
+    image: dict[str, torch.Tensor]  # image outputs; image[FEATURES] is the (B, D) class-token feature
     raw_text: torch.Tensor  # (C, D) or (B, C, D) raw prompted text features
     refined_text: torch.Tensor  # same shape, after every booster's refinement
-    logits: torch.Tensor  # (B, C) host logits on refined text
-    logit_scale: float
+    logits: torch.Tensor  # (B, C) the host's logits
+    logit_scale: torch.Tensor | float
+    epoch: int = 0
+    epochs: int = 1
+    sample_weights: torch.Tensor | None = None  # (B,) set by reweighting boosters, read by the host's loss
+    anchor: torch.Tensor | None = None  # the host's label-free logits for boosters, if not `logits`
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_features(self) -> torch.Tensor:
+        return self.image[FEATURES]
+
+    @property
+    def anchor_logits(self) -> torch.Tensor:
+        """The logits a booster's label-free terms read (SpecPL's L_sem): the host's logits, or
+        the branch it names (MMRL: the class branch on raw text)."""
+        return self.logits if self.anchor is None else self.anchor
 
 
 @dataclass
-class BoosterContext:
-    """What a booster may need to know about the run it is built into."""
+class BuildContext:
+    """What a host or booster may know about the run it is built into."""
 
-    embed_dim: int
+    backbone: Backbone
+    classnames: list[str]
+    template: str
     host_name: str
-    band_stat_dim: int | None = None
+    booster_names: list[str]
+    decomposer: "DecomposerConfig | None" = None
+    capabilities: frozenset[str] = frozenset()
+    dataset: str | None = None  # the registered dataset name, for per-dataset defaults
+    _decomposer_module: list[nn.Module] = field(default_factory=list, repr=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.backbone.embed_dim
+
+    @property
+    def built_decomposer(self) -> nn.Module | None:
+        """The decomposer if a component has asked for it, else None."""
+        return self._decomposer_module[0] if self._decomposer_module else None
+
+    def build_decomposer(self) -> nn.Module:
+        """The run's band decomposer, built once and shared by every component that needs it."""
+        if not self._decomposer_module:
+            if self.decomposer is None:
+                raise ValueError(f"{self.host_name}+{'+'.join(self.booster_names)} needs a band decomposer, and none is configured")
+            from specpl.bands import build_decomposer
+
+            device = self.backbone.model.logit_scale.device
+            if device.type == "meta":
+                device = torch.device("cpu")
+            self._decomposer_module.append(build_decomposer(self.decomposer, device=device))
+        return self._decomposer_module[0]
 
 
-class Host(nn.Module):
-    """A prompt-learning host. Subclasses set `name`, `config_class`, `training_defaults`."""
+class Component(nn.Module):
+    """What hosts and boosters share: a name, an options dataclass, a one-line description, and
+    every seam with a do-nothing default."""
 
     name: ClassVar[str]
-    needs_image_grad: ClassVar[bool] = False  # True when prompts enter the image tower
-    conditions_text_on_image: ClassVar[bool] = False  # True when text depends on each image (CoCoOp)
-    training_defaults: ClassVar[dict[str, Any]] = {}
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type]
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, config: Any, context: BuildContext) -> None:
         super().__init__()
-        self.clip = [backbone.model]  # frozen; kept out of the state dict
+        self.config = config
 
-    def set_classnames(self, classnames: list[str]) -> None:
+    def resolved_options(self) -> dict[str, Any]:
+        """The options as built (values derived at build time filled in); written to bundles."""
+        return dataclasses.asdict(self.config)
+
+    def text_prompts(self) -> list[PromptGroup]:
+        return []
+
+    def image_prompts(self) -> list[PromptGroup]:
+        return []
+
+    def image_hook(self) -> LayerHook | None:
+        return None
+
+    def frozen_inputs(self) -> list["FrozenInput"]:
+        return []
+
+    def prepare(self, batches: list[Batch]) -> None:
+        """Called once before training with the first frozen batches."""
+
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        """Called after each training epoch (1-based `epoch`)."""
+
+    def finalise(self) -> None:
+        """Called once after the last epoch, before evaluation and export."""
+
+
+class Host(Component):
+    """A prompt-learning host. Subclasses set `name`, `config_class`, `training_defaults` and
+    implement `set_classnames` and `encode_text`."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    conditions_text_on_image: ClassVar[bool] = False  # True when text depends on each image (CoCoOp)
+    fixed_logit_scale: ClassVar[float | None] = None  # None: the backbone's exp(logit_scale)
+    training_defaults: ClassVar[dict[str, Any]] = {}
+    # Presets: named option sets for this host and its boosters, {"host": {...}, "<booster>": {...}, "train": {...}}.
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+
+    def __init__(self, config: Any, context: BuildContext) -> None:
+        super().__init__(config, context)
+        self.clip = [context.backbone.model]  # frozen; kept out of the state dict
+        self.text_encoder = PromptTextEncoder(context.backbone.model)
+        self.classnames: list[str] = []
+        self.novel = False  # True while evaluating classes the method was not trained on
+
+    def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
         raise NotImplementedError
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw image features (B, D) with any image-side prompts applied."""
-        return self.clip[0].encode_image(images)
-
-    def encode_text(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw prompted text features: (C, D), or (B, C, D) for image-conditioned hosts."""
+    def encode_text(self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = ()) -> torch.Tensor:
+        """Raw prompted text features: (C, D), or (B, C, D) for image-conditioned hosts. `groups`
+        are boosters' text prompt slots, placed after the host's own."""
         raise NotImplementedError
+
+    def image_outputs(self, output: VisionOutput) -> dict[str, torch.Tensor]:
+        """What the image tower gives this host: by default the pooled feature alone."""
+        return {FEATURES: output.pooled}
+
+    def logits(self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, refined_text: torch.Tensor, scale: float) -> torch.Tensor:
+        """The host's class logits; by default s*cos(image, refined text)."""
+        return cosine_logits(image[FEATURES], refined_text, scale)
+
+    def anchor_logits(self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, scale: float) -> torch.Tensor | None:
+        """Logits for boosters' label-free terms when they differ from `logits` (else None)."""
+        return None
 
     def host_losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
         """The host's own loss terms (already weighted). Default: cross-entropy."""
-        return {"cls": F.cross_entropy(state.logits, state.batch.labels)}
+        return {"cls": weighted_cross_entropy(state.logits, state.batch.labels, state.sample_weights)}
 
 
-class Booster(nn.Module):
-    """A plug-in that may refine text features and add loss terms to any host."""
+class Booster(Component):
+    """A plug-in that may add tower prompts, refine text, reweight the host's loss or add terms."""
 
-    name: ClassVar[str]
-    needs_bands: ClassVar[bool] = False
+    requires: ClassVar[frozenset[str]] = frozenset()  # host capabilities this booster needs
+    supported_hosts: ClassVar[tuple[str, ...] | None] = None  # None: any host with `requires`
 
     def refine_text(self, text: torch.Tensor) -> torch.Tensor:
         return text
 
+    def sample_weights(self, state: ForwardState) -> torch.Tensor | None:
+        """Per-sample weights (B,) for the host's loss, or None."""
+        return None
+
     def losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
         return {}
 
-    def prepare(self, band_stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Called once before training with the first batches' band statistics."""
+    def counterfactual_rows(self, model: "PromptModel", images: torch.Tensor, decomposer: nn.Module) -> dict[str, Any] | None:
+        """This booster's own view of a band swap between two images (see `specpl.counterfactual`)."""
+        return None
 
 
 def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor, scale: float) -> torch.Tensor:
@@ -102,50 +233,173 @@ def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor, sca
     return scale * image @ text.t()
 
 
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """Mean cross-entropy, or its per-sample weighted mean (weights normalised to sum to B)."""
+    if weights is None:
+        return F.cross_entropy(logits, labels)
+    per_sample = F.cross_entropy(logits, labels, reduction="none")
+    return (per_sample * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def _compose_hooks(hooks: list[LayerHook]) -> LayerHook | None:
+    if not hooks:
+        return None
+    if len(hooks) == 1:
+        return hooks[0]
+
+    def hook(layer: int, x: torch.Tensor) -> torch.Tensor:
+        for h in hooks:
+            x = h(layer, x)
+        return x
+
+    return hook
+
+
 class PromptModel(nn.Module):
     """Host + boosters over one frozen CLIP. ``forward(batch)`` returns the weighted loss terms."""
 
-    def __init__(self, backbone: Backbone, host: Host, boosters: list[Booster]) -> None:
+    def __init__(self, context: BuildContext, host: Host, boosters: list[Booster], options: dict[str, dict[str, Any]]) -> None:
         super().__init__()
-        self.backbone = backbone
-        self.frozen_clip = backbone.model  # registered so .to(device) moves it; excluded from checkpoints
+        self.context = context
+        self.backbone = context.backbone
+        self.frozen_clip = context.backbone.model  # registered so .to(device) moves it; excluded from checkpoints
         self.host = host
         self.boosters = nn.ModuleDict({b.name: b for b in boosters})
-        self.logit_scale = backbone.logit_scale
+        clip_scale = context.backbone.model.logit_scale.detach().exp()
+        # a 0-d buffer, not a Python float: no host sync to read it, and it moves with the model
+        self.register_buffer("logit_scale", clip_scale.new_tensor(host.fixed_logit_scale) if host.fixed_logit_scale else clip_scale.clone(), persistent=False)
+        self.image_encoder = PromptImageEncoder(context.backbone.model) if self._prompts_image_tower() else None
+        self.method_options = options  # as requested; `resolved_options` adds build-time values
+        self.epoch, self.epochs = 0, 1
+
+    # --- structure -------------------------------------------------------------------------
+    @property
+    def components(self) -> list[Component]:
+        return [self.host, *self.boosters.values()]
+
+    @property
+    def name(self) -> str:
+        return "+".join(c.name for c in self.components)
+
+    def resolved_options(self) -> dict[str, dict[str, Any]]:
+        return {c.name: c.resolved_options() for c in self.components}
+
+    def _prompts_image_tower(self) -> bool:
+        return any(c.image_prompts() or c.image_hook() is not None for c in self.components)
+
+    def image_prompt_groups(self) -> list[PromptGroup]:
+        return [g for c in self.components for g in c.image_prompts()]
 
     @property
     def needs_image_grad(self) -> bool:
-        return self.host.needs_image_grad
-
-    @property
-    def needs_bands(self) -> bool:
-        return any(b.needs_bands for b in self.boosters.values())
+        """Whether any trainable tensor sits in the image path (then images are encoded every step
+        with gradients; otherwise image outputs are a frozen input, cached per view)."""
+        with torch.enable_grad():
+            if any(t.requires_grad for g in self.image_prompt_groups() for t in g.tokens):
+                return True
+        return any(getattr(c, "trains_image_path", False) for c in self.components)
 
     @property
     def classnames(self) -> list[str]:
         return self.host.classnames
 
-    def set_classnames(self, classnames: list[str]) -> None:
-        self.host.set_classnames(classnames)
+    def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
+        """Build the class prompts; `novel` marks classes the model was not trained on (MMRL sends
+        them through its class branch only)."""
+        self.host.set_classnames(list(classnames), novel=novel)
+        for booster in self.boosters.values():
+            if hasattr(booster, "set_classnames"):
+                booster.set_classnames(list(classnames), novel=novel)
+
+    def frozen_inputs(self) -> list["FrozenInput"]:
+        """Every frozen per-image input the components need, once each by name; plus the image
+        outputs themselves when no trainable tensor sits in the image path."""
+        from specpl.frozen import ImageOutputs
+
+        found: dict[str, "FrozenInput"] = {}
+        for component in self.components:
+            for item in component.frozen_inputs():
+                if item.name in found and found[item.name].signature != item.signature:
+                    raise ValueError(f"two components need the frozen input {item.name!r} computed differently")
+                found.setdefault(item.name, item)
+        if not self.needs_image_grad:
+            found[IMAGE_FEATURES] = ImageOutputs(self)
+        return list(found.values())
+
+    # --- encoding ---------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Image outputs with every component's image prompts and hooks applied."""
+        if self.image_encoder is None:
+            return {FEATURES: self.frozen_clip.encode_image(images)}
+        hook = _compose_hooks([h for c in self.components if (h := c.image_hook()) is not None])
+        return self.host.image_outputs(self.image_encoder(images, self.image_prompt_groups(), hook))
 
     def text_features(self, image_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw, refined) text features; refinement applies every booster in order."""
-        raw = self.host.encode_text(image_features)
+        groups = [g for b in self.boosters.values() for g in b.text_prompts()]
+        raw = self.host.encode_text(image_features, groups)
         refined = raw
         for booster in self.boosters.values():
             refined = booster.refine_text(refined)
         return raw, refined
 
+    def logits(self, image: dict[str, torch.Tensor], raw: torch.Tensor | None = None, refined: torch.Tensor | None = None) -> torch.Tensor:
+        if raw is None or refined is None:
+            raw, refined = self.text_features(image[FEATURES] if self.host.conditions_text_on_image else None)
+        return self.host.logits(image, raw, refined, self.logit_scale)
+
+    def image_from_batch(self, batch: Batch) -> dict[str, torch.Tensor]:
+        cached = {k[len(IMAGE_FEATURES) + 1 :]: v for k, v in batch.frozen.items() if k.startswith(IMAGE_FEATURES + ".")}
+        if cached:
+            return cached
+        if batch.images is None:
+            raise ValueError("the batch has neither images nor cached image outputs")
+        return self.encode_image(batch.images)
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        image_features = batch.image_features if batch.image_features is not None else self.host.encode_image(batch.images)
-        raw, refined = self.text_features(image_features)
-        logits = cosine_logits(image_features, refined, self.logit_scale)
-        state = ForwardState(batch, image_features, raw, refined, logits, self.logit_scale)
+        image = self.image_from_batch(batch)
+        raw, refined = self.text_features(image[FEATURES] if self.host.conditions_text_on_image else None)
+        logits = self.host.logits(image, raw, refined, self.logit_scale)
+        state = ForwardState(batch, image, raw, refined, logits, self.logit_scale, self.epoch, self.epochs)
+        state.anchor = self.host.anchor_logits(image, raw, self.logit_scale)
+        for booster in self.boosters.values():
+            weights = booster.sample_weights(state)
+            if weights is not None:
+                state.sample_weights = weights if state.sample_weights is None else state.sample_weights * weights
         losses = self.host.host_losses(state)
         for booster in self.boosters.values():
-            losses.update(booster.losses(state))
+            losses.update({f"{booster.name}.{k}" if k in losses else k: v for k, v in booster.losses(state).items()})
         return losses
 
+    # --- lifecycle --------------------------------------------------------------------------
+    def prepare(self, batches: list[Batch]) -> None:
+        with torch.no_grad():
+            for component in self.components:
+                component.prepare(batches)
+
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        self.epoch, self.epochs = epoch, epochs
+        for component in self.components:
+            component.on_epoch_end(epoch, epochs)
+
+    def finalise(self) -> None:
+        for component in self.components:
+            component.finalise()
+
+    # --- bundle -----------------------------------------------------------------------------
+    def save_bundle(self, directory: "str | Path", run: dict[str, Any] | None = None) -> "Path":
+        """Write the exported model (tensors, config.json, model card); see `specpl.bundle`."""
+        from specpl.bundle import save_bundle
+
+        return save_bundle(self, Path(directory), run)
+
+    @classmethod
+    def from_bundle(cls, directory: "str | Path", device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "PromptModel":
+        from specpl.bundle import load_bundle
+
+        return load_bundle(directory, device, backbone)[0]
+
+    # --- state ------------------------------------------------------------------------------
     def learned_state_dict(self) -> dict[str, torch.Tensor]:
         """The method's own tensors (prompts, bank, refiner, fusion, ...), never the frozen CLIP."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("frozen_clip.")}
@@ -156,3 +410,4 @@ class PromptModel(nn.Module):
         missing = [k for k in missing if not k.startswith("frozen_clip.")]
         if missing or unexpected:
             raise ValueError(f"checkpoint does not match the method: missing {missing[:5]}, unexpected {unexpected[:5]}")
+

@@ -7,11 +7,12 @@ context is shared by all classes the ``[SOS] v_1 .. v_M`` prefix is encoded once
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from specpl.slots import PromptGroup
 from specpl.text import PromptTextEncoder
 
 PLACEHOLDER = "X"
@@ -40,17 +41,23 @@ class PromptLearner(nn.Module):
         self.class_specific = class_specific
         self.shared_prefix = shared_prefix and not class_specific
         width = text_encoder.width
+        device = self.device
         if ctx_init:
             init_tokens = tokenizer([ctx_init])[0]
             n_ctx = int(init_tokens.argmax()) - 1
             with torch.no_grad():
-                init = text_encoder.embed_tokens(init_tokens[1 : 1 + n_ctx]).clone()
+                init = text_encoder.embed_tokens(init_tokens[1 : 1 + n_ctx].to(device)).clone()
         else:
-            init = torch.randn(n_ctx, width) * init_std
+            init = torch.randn(n_ctx, width, device=device) * init_std
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init
         self.ctx = nn.Parameter(init.float())  # (M, W); expanded per class when class-specific
         self.classnames: list[str] = []
+
+    @property
+    def device(self) -> torch.device:
+        """Where the frozen token embeddings live; every tensor built here is put there too."""
+        return self.text_encoder.model.token_embedding.weight.device
 
     def set_classnames(self, classnames: list[str]) -> None:
         """Tokenise ``X X .. X <name>.`` per class and keep the frozen embeddings around the X's."""
@@ -64,7 +71,7 @@ class PromptLearner(nn.Module):
         tokens = self.tokenizer(prompts)
         eot = tokens.argmax(dim=-1)
         length = int(eot.max()) + 1
-        device = self.ctx.device
+        device = self.device
         with torch.no_grad():
             embedded = self.text_encoder.embed_tokens(tokens[:, :length].to(device)).float()
         self.register_buffer("sos_embedding", embedded[:1, :1].clone(), persistent=False)
@@ -76,30 +83,37 @@ class PromptLearner(nn.Module):
     def sequence_length(self) -> int:
         return 1 + self.n_ctx + self.suffix_embedding.shape[1]
 
-    def forward(self, ctx_shift: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, ctx_shift: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), classes: slice | None = None) -> torch.Tensor:
         """Raw text features (C, D), or (G, C, D) when `ctx_shift` (G, W) conditions the context
-        per group (CoCoOp's image-conditioned shift)."""
+        per group (CoCoOp's image-conditioned shift). `groups` are deep prompt slots; groups with
+        ``insert=False`` overwrite the context positions from their first layer on. `classes`
+        restricts the output to a slice of the classes (chunked evaluation)."""
         ctx = self.ctx.to(self.suffix_embedding.dtype)
-        n_cls = self.suffix_embedding.shape[0]
+        suffix, eot = self.suffix_embedding, self.eot_index
+        if classes is not None:
+            if self.class_specific:
+                raise ValueError("class-specific context cannot be evaluated in class chunks")
+            suffix, eot = suffix[classes], eot[classes]
+        n_cls = suffix.shape[0]
         if self.class_specific:
-            return self._full(ctx)
+            return self._full(ctx, groups)
         if ctx_shift is None:
             prefix = torch.cat([self.sos_embedding, ctx.unsqueeze(0)], dim=1)  # (1, 1+M, W)
         else:
             shifted = ctx.unsqueeze(0) + ctx_shift.unsqueeze(1)  # (G, M, W)
             prefix = torch.cat([self.sos_embedding.expand(shifted.shape[0], -1, -1), shifted], dim=1)
         if self.shared_prefix:
-            out = self.text_encoder.forward_shared_prefix(prefix, self.suffix_embedding, self.eot_index - prefix.shape[1])
+            out = self.text_encoder.forward_shared_prefix(prefix, suffix, eot - prefix.shape[1], groups)
         else:
-            groups = prefix.shape[0]
+            n_groups = prefix.shape[0]
             full = torch.cat(
-                [prefix.unsqueeze(1).expand(-1, n_cls, -1, -1), self.suffix_embedding.unsqueeze(0).expand(groups, -1, -1, -1)],
+                [prefix.unsqueeze(1).expand(-1, n_cls, -1, -1), suffix.unsqueeze(0).expand(n_groups, -1, -1, -1)],
                 dim=2,
             )
-            out = self.text_encoder(full.flatten(0, 1), self.eot_index.repeat(groups)).unflatten(0, (groups, n_cls))
+            out = self.text_encoder(full.flatten(0, 1), eot.repeat(n_groups), groups).unflatten(0, (n_groups, n_cls))
         return out[0] if ctx_shift is None else out
 
-    def _full(self, ctx: torch.Tensor) -> torch.Tensor:
+    def _full(self, ctx: torch.Tensor, groups: Sequence[PromptGroup]) -> torch.Tensor:
         n_cls = self.suffix_embedding.shape[0]
         prompts = torch.cat([self.sos_embedding.expand(n_cls, -1, -1), ctx, self.suffix_embedding], dim=1)
-        return self.text_encoder(prompts, self.eot_index)
+        return self.text_encoder(prompts, self.eot_index, groups)

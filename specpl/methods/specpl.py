@@ -1,12 +1,17 @@
 """SpecPL booster (Disentangling Spectral Granularity for Prompt Learning, ICML 2026).
 
 Follows ``shared/methods/SPECPL.md``. Where the spec lists an ambiguity we take its recommendation:
-- the bank is initialised from the low bands of the first ``bank_init_batches`` training batches
-  (10) for every host; ``bank_init_batches=0`` reproduces the reference code's random bank;
+- the bank is initialised from the low bands of the first ``bank_init_batches`` training batches;
+  each host's ``reference`` preset sets what the released code does (0 on CoOp/MaPLe, 10 on MMRL),
+  and our ``default`` preset uses 10 on every host (spec §9);
 - the band projection MLPs stay frozen random projections (``train_band_mlps`` makes them trainable);
 - the refiner keeps PyTorch's default init (no zero-init last layer);
 - with batch size 1 the counterfactual loss reduces to the factual one, as in the reference code.
-The VAE teacher is pluggable (`specpl.bands`); the decomposer used is recorded in config.json.
+Per host (spec §2, §4; MMRL.md §5): tau 0.02 and, at test, text = normalise(0.5 raw + 0.5 refined)
+on CoCoOp; on MMRL the host routes refined text to its representation branch only, L_sem reads the
+class branch's logits, and FiLM acts on the class-token feature (what `ForwardState` carries).
+The band teacher is the run's decomposer (`specpl.bands`), a named frozen input computed once per
+view; its statistic size is recorded in the options so a bundle loads without the decomposer.
 """
 from __future__ import annotations
 
@@ -18,11 +23,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from specpl.methods.bank import VisualSemanticBank
-from specpl.methods.base import Booster, BoosterContext, ForwardState
+from specpl.frozen import BANDS, BandStatistics
+from specpl.methods.base import FEATURES, Batch, Booster, BuildContext, ForwardState
 from specpl.methods.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 from specpl.methods.registry import BOOSTERS
 
 HOST_TAU = {"cocoop": 0.02}  # spec §2: 0.07 for every other host
+HOST_TEST_BLEND = {"cocoop": 0.5}  # spec §4: share of the refined text at test on CoCoOp
 
 
 @dataclass
@@ -36,6 +43,8 @@ class SpecPLConfig:
     lambda_gcf: float = 0.1
     train_band_mlps: bool = False
     small_init_std: float = 1e-3
+    test_blend: float | None = None  # None: 0.5 on CoCoOp, else 1 (refined text only)
+    band_stat_dim: int | None = None  # None: the run's decomposer says (recorded once built)
 
 
 def _small_init(module: nn.Module, std: float) -> nn.Module:
@@ -90,48 +99,61 @@ class GranuleModulator(nn.Module):
 @BOOSTERS.register("specpl")
 class SpecPL(Booster):
     name = "specpl"
+    description = "SpecPL: VAE band teacher, Visual Semantic Bank text refiner, counterfactual granule losses (ICML 2026)"
     config_class: ClassVar[type] = SpecPLConfig
-    needs_bands = True
 
-    def __init__(self, config: SpecPLConfig, context: BoosterContext) -> None:
-        super().__init__()
-        if context.band_stat_dim is None:
-            raise ValueError("SpecPL needs a band decomposer (its statistic size sets the band embedding)")
+    def __init__(self, config: SpecPLConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        self.context = [context]  # a list keeps it out of the module tree
+        if config.band_stat_dim is None:
+            config.band_stat_dim = int(context.build_decomposer().stat_dim)
         dim, std = context.embed_dim, config.small_init_std
-        self.config = config
-        self.bank = VisualSemanticBank(dim, config.bank_size, config.tau or HOST_TAU.get(context.host_name, 0.07), config.bank_momentum)
-        self.band_low = BandEmbedding(context.band_stat_dim, dim, std)
-        self.band_high = BandEmbedding(context.band_stat_dim, dim, std)
+        self.tau = config.tau or HOST_TAU.get(context.host_name, 0.07)
+        self.test_blend = config.test_blend if config.test_blend is not None else HOST_TEST_BLEND.get(context.host_name, 1.0)
+        self.bank = VisualSemanticBank(dim, config.bank_size, self.tau, config.bank_momentum)
+        self.band_low = BandEmbedding(config.band_stat_dim, dim, std)
+        self.band_high = BandEmbedding(config.band_stat_dim, dim, std)
         self.band_low.requires_grad_(config.train_band_mlps)
         self.band_high.requires_grad_(config.train_band_mlps)
         self.fusion = SharedIndividualFusion(dim, std)
         self.modulator = GranuleModulator(dim, std)
 
+    def frozen_inputs(self) -> list:
+        context = self.context[0]
+        decomposer = context.build_decomposer()
+        size = context.decomposer.image_size or context.backbone.image_size
+        return [BandStatistics(decomposer, context.backbone.normalization, size)]
+
     def refine_text(self, text: torch.Tensor) -> torch.Tensor:
-        return self.bank(text)
+        refined = self.bank(text)
+        if self.training or self.test_blend >= 1.0:
+            return refined
+        return F.normalize((1 - self.test_blend) * text + self.test_blend * refined, dim=-1)
 
     @torch.no_grad()
-    def prepare(self, band_stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        batches = band_stats[: self.config.bank_init_batches]
-        if batches:
-            self.bank.initialise(torch.cat([self.band_low(low) for low, _ in batches]))
+    def prepare(self, batches: list[Batch]) -> None:
+        lows = [batch.require(BANDS, "SpecPL")[:, 0] for batch in batches[: self.config.bank_init_batches]]
+        if lows:
+            self.bank.initialise(torch.cat([self.band_low(low) for low in lows]))
 
-    def band_embeddings(self, low_stats: torch.Tensor, high_stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def band_embeddings(self, bands: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t_low, t_high) of stacked band statistics (B, 2, S)."""
         with torch.set_grad_enabled(self.config.train_band_mlps and torch.is_grad_enabled()):
-            return self.band_low(low_stats), self.band_high(high_stats)
+            return self.band_low(bands[:, 0]), self.band_high(bands[:, 1])
+
+    def modulate(self, image_features: torch.Tensor, shared_text: torch.Tensor, granule: torch.Tensor) -> torch.Tensor:
+        """v' = FiLM(v | fusion(shared semantic factor, granule)), unit norm."""
+        cond = self.fusion(F.normalize(shared_text, dim=-1), granule)
+        return self.modulator(F.normalize(image_features, dim=-1), cond)
 
     def modulated_logits(
         self, image_features: torch.Tensor, shared_text: torch.Tensor, granule: torch.Tensor, refined_text: torch.Tensor, scale: float
     ) -> torch.Tensor:
         """Granule-path logits: the image FiLM-modulated by (shared semantic factor, granule)."""
-        cond = self.fusion(F.normalize(shared_text, dim=-1), granule)
-        modulated = self.modulator(F.normalize(image_features, dim=-1), cond)
-        return granule_logits(modulated, refined_text, scale)
+        return granule_logits(self.modulate(image_features, shared_text, granule), refined_text, scale)
 
     def losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
-        if state.batch.band_stats is None:
-            raise ValueError("SpecPL needs band statistics in the batch")
-        low, high = self.band_embeddings(*state.batch.band_stats)
+        low, high = self.band_embeddings(state.batch.require(BANDS, "SpecPL"))
         labels = state.batch.labels
         rows = torch.arange(labels.shape[0], device=labels.device)
         shared = state.raw_text[rows, labels] if state.raw_text.dim() == 3 else state.raw_text[labels]
@@ -141,7 +163,31 @@ class SpecPL(Booster):
         state.extras["counterfactual_permutation"] = perm
         c = self.config
         return {
-            "sem": c.lambda_sem * semantic_anchor_loss(state.logits, state.raw_text, low),
+            "sem": c.lambda_sem * semantic_anchor_loss(state.anchor_logits, state.raw_text, low),
             "granule": c.lambda_gf * F.cross_entropy(factual, labels),
             "counterfactual": c.lambda_gcf * F.cross_entropy(counterfactual, labels[perm]),
         }
+
+    @torch.no_grad()
+    def counterfactual_rows(self, model, images: torch.Tensor, decomposer: nn.Module) -> dict[str, tuple[torch.Tensor, float]]:
+        """The granule path for a pair (A, B) of preprocessed images, as SpecPL trains it: image X's
+        feature FiLM-modulated by X's semantic factor (its predicted class text) and image Y's
+        high-band embedding, for every (X, Y). Returns {(X, Y): (logits (C,), cos(v, v'))}; with
+        Y != X the training target is Y's class."""
+        image = model.encode_image(images)
+        features = image[FEATURES]
+        size = self.context[0].decomposer.image_size if self.context[0].decomposer else None
+        stats = BandStatistics(decomposer, model.backbone.normalization, size or model.backbone.image_size).to(images.device)(images)
+        _, high = self.band_embeddings(stats)
+        raw, refined = model.text_features(features if model.host.conditions_text_on_image else None)
+        predicted = model.logits(image, raw, refined).argmax(dim=-1)
+        rows = torch.arange(images.shape[0], device=images.device)
+        shared = raw[rows, predicted] if raw.dim() == 3 else raw[predicted]
+        out = {}
+        for semantic in range(images.shape[0]):
+            for granule in range(images.shape[0]):
+                text = refined[semantic] if refined.dim() == 3 else refined
+                modulated = self.modulate(features[[semantic]], shared[[semantic]], high[[granule]])
+                cosine = float(F.cosine_similarity(modulated, F.normalize(features[[semantic]], dim=-1)).item())
+                out[(semantic, granule)] = (granule_logits(modulated, text, model.logit_scale)[0], cosine)
+        return out

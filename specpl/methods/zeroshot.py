@@ -6,19 +6,19 @@ lets the app classify with class names typed in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 
 from specpl.backbone import Backbone
-from specpl.config import DEFAULT_TEMPLATE
-from specpl.methods.base import Host
+from specpl.methods.base import BuildContext, Host
 from specpl.methods.registry import HOSTS
+from specpl.slots import PromptGroup
 
 
 @dataclass
 class ZeroShotConfig:
-    template: str = DEFAULT_TEMPLATE
+    template: str | None = None  # None: the run's template
 
 
 def template_text_features(backbone: Backbone, template: str, classnames: list[str]) -> torch.Tensor:
@@ -33,18 +33,20 @@ def template_text_features(backbone: Backbone, template: str, classnames: list[s
 @HOSTS.register("zeroshot")
 class ZeroShot(Host):
     name = "zeroshot"
+    description = "Zero-shot CLIP: the hand-crafted template, nothing learned (the baseline)"
     config_class: ClassVar[type] = ZeroShotConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 0, "batch_size": 32, "lr": 0.0, "optimizer": "sgd"}
 
-    def __init__(self, backbone: Backbone, config: ZeroShotConfig) -> None:
-        super().__init__(backbone)
-        self.backbone = backbone
-        self.config = config
-        self.classnames: list[str] = []
+    def __init__(self, config: ZeroShotConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        self.backbone = context.backbone
+        self.template = config.template or context.template
 
-    def set_classnames(self, classnames: list[str]) -> None:
-        self.register_buffer("text", template_text_features(self.backbone, self.config.template, classnames), persistent=False)
-        self.classnames = list(classnames)
+    def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
+        self.register_buffer("text", template_text_features(self.backbone, self.template, classnames), persistent=False)
+        self.classnames, self.novel = list(classnames), novel
 
-    def encode_text(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_text(self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = ()) -> torch.Tensor:
+        if groups:
+            return self.text_encoder.encode_tokens(self.backbone.tokenizer([self.template.format(c) for c in self.classnames]), groups)
         return self.text

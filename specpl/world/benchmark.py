@@ -28,6 +28,7 @@ from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig,
 from specpl.data import base_new_split, read_fewshot_folder
 from specpl.evaluate import aggregate_base_new
 from specpl.inference import Predictor
+from specpl.methods import preset_values, resolve_method_options
 from specpl.trainer import Trainer
 from specpl.visualize import to_pil, to_unit_tensor
 from specpl.world.generator import fewshot_images, render, sample_class, split_classname, world_classnames, write_fewshot_folder
@@ -48,6 +49,7 @@ class WorldBenchConfig:
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))
     probe_pairs: int = 200
     camera: str = "default"  # the downstream domain (see generator.CAMERAS); pretraining saw "default"
+    presets: tuple[str, ...] = ("default",)  # each host's named presets to run ("default", "reference")
 
 
 @dataclass
@@ -95,6 +97,25 @@ def granularity_probe(predictor: Predictor, decomposer: BandDecomposer, pairs: i
     return {"texture": texture / len(chosen), "shape": shape / len(chosen)}
 
 
+def bench_methods(config: WorldBenchConfig) -> list[tuple[str, MethodConfig | None]]:
+    """Zero-shot, then every host alone and with SpecPL under each preset; a preset whose resolved
+    options equal an earlier row's (a host alone under both presets) is run once."""
+    methods: list[tuple[str, MethodConfig | None]] = [(ZERO_SHOT, None)]
+    seen: list[dict] = []
+    for host in config.hosts:
+        options = {host: {"n_ctx": config.n_ctx}} if host == "coop" else {}
+        for preset in config.presets:
+            for boosters in ([], ["specpl"]):
+                method = MethodConfig(host=host, boosters=boosters, options=options, preset=preset)
+                resolved = {"method": resolve_method_options(method), "preset_train": preset_values(method).get("train", {})}
+                if resolved in seen:
+                    continue
+                seen.append(resolved)
+                name = " + ".join([host, *boosters]) + (f" [{preset}]" if len(config.presets) > 1 else "")
+                methods.append((name, method))
+    return methods
+
+
 def run_world_bench(
     config: WorldBenchConfig,
     backbone: Backbone,
@@ -103,10 +124,7 @@ def run_world_bench(
     log: Callable[[str], None] = print,
 ) -> list[MethodResult]:
     """Every method over every seed; `workdir` receives the generated data and run folders."""
-    methods: list[tuple[str, MethodConfig | None]] = [(ZERO_SHOT, None)]
-    for host in config.hosts:
-        options = {host: {"n_ctx": config.n_ctx}} if host == "coop" else {}
-        methods += [(host, MethodConfig(host=host, options=options)), (f"{host} + specpl", MethodConfig(host=host, boosters=["specpl"], options=options))]
+    methods = bench_methods(config)
     results = {name: MethodResult(name) for name, _ in methods}
     for seed in config.seeds:
         root = write_fewshot_folder(workdir / f"data-seed{seed}", config.shots, config.test_per_class, seed, camera=config.camera)
@@ -126,7 +144,7 @@ def run_world_bench(
                 predictor = Predictor(trained.model)
             predictor.set_classnames(base.classnames)
             base_acc = predictor.evaluate(base.test).accuracy
-            predictor.set_classnames(new.classnames)
+            predictor.set_classnames(new.classnames, novel=True)
             new_acc = predictor.evaluate(new.test).accuracy
             probe = granularity_probe(predictor, decomposer, config.probe_pairs, seed, config.camera)
             results[name].per_seed.append((base_acc, new_acc))
@@ -217,7 +235,7 @@ def feature_ceiling(backbone: Backbone, config: WorldBenchConfig, shots: int = 2
         splits[split][1].append(classnames.index(classname))
     features = {split: _image_features(backbone, images) for split, (images, _) in splits.items()}
     labels = {split: torch.tensor(targets) for split, (_, targets) in splits.items()}
-    zero_shot = (predictor.logits_from_features(features["test"]).argmax(-1) == labels["test"]).double().mean()
+    zero_shot = (predictor.logits_from_features({"features": features["test"]}).argmax(-1) == labels["test"]).double().mean()
     probe = _ridge_accuracy(features["train"], labels["train"], features["test"], labels["test"], len(classnames), ridge=0.1)
     return {"shots": shots, "linear_probe": 100 * probe, "zero_shot": 100 * float(zero_shot)}
 

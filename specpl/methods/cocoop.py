@@ -1,0 +1,70 @@
+"""CoCoOp (Zhou et al., CVPR 2022): CoOp's context plus an image-conditioned shift.
+
+A meta-net h (Linear(D -> D/16) -> ReLU -> Linear(D/16 -> W)) maps the normalised image feature
+to one bias added to every context token, so the text is recomputed per image for every class
+(HOSTS.md). The shared-prefix encoder makes that one [SOS] + context pass per image plus the class
+suffixes; evaluation runs in chunks of images x classes so a 1,000-class list fits in memory.
+Defaults: 4 context tokens from "a photo of a", batch 1, SGD 0.002, 10 epochs. With SpecPL the
+bank's tau is 0.02 and test text blends raw and refined 0.5/0.5 (SPECPL.md §2, §4); the reference
+code never initialises CoCoOp's bank (0 batches).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specpl.methods.base import BuildContext
+from specpl.methods.coop import ContextHost, standard_presets
+from specpl.methods.registry import HOSTS
+from specpl.slots import PromptGroup
+
+
+@dataclass
+class CoCoOpConfig:
+    n_ctx: int = 4
+    ctx_init: str = "a photo of a"
+    init_std: float = 0.02
+    meta_reduction: int = 16  # meta-net hidden width = feature dim / this
+    eval_pairs_per_chunk: int = 4096  # images x classes encoded at once at evaluation
+
+
+@HOSTS.register("cocoop")
+class CoCoOp(ContextHost):
+    name = "cocoop"
+    description = "CoCoOp: CoOp's context shifted per image by a small meta-net (CVPR 2022)"
+    config_class: ClassVar[type] = CoCoOpConfig
+    conditions_text_on_image = True
+    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 1, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+
+    def __init__(self, config: CoCoOpConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        dim, width = context.embed_dim, self.text_encoder.width
+        hidden = max(1, dim // config.meta_reduction)
+        self.meta_net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
+
+    def encode_text(self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = ()) -> torch.Tensor:
+        """(B, C, D): the prompts of every class conditioned on each image."""
+        if image_features is None:
+            raise ValueError("CoCoOp's text depends on the image: pass the image features")
+        shift = self.meta_net(F.normalize(image_features, dim=-1).to(self.meta_net[0].weight.dtype))
+        groups = [*self.deep_text_prompts(), *groups]
+        if self.training:
+            return self.prompt_learner(shift, groups)
+        return self._chunked(shift, groups)
+
+    def _chunked(self, shift: torch.Tensor, groups: list[PromptGroup]) -> torch.Tensor:
+        """The same features as one call, computed in memory-bounded blocks of images x classes."""
+        n_cls = len(self.classnames)
+        per_chunk = max(1, self.config.eval_pairs_per_chunk)
+        classes = max(1, min(n_cls, per_chunk))
+        images = max(1, per_chunk // classes)
+        rows = []
+        for start in range(0, shift.shape[0], images):
+            block = shift[start : start + images]
+            rows.append(torch.cat([self.prompt_learner(block, groups, slice(c, c + classes)) for c in range(0, n_cls, classes)], dim=1))
+        return torch.cat(rows, dim=0)

@@ -1,0 +1,213 @@
+"""Deep prompting hosts: IVLP, MaPLe and PromptSRC (HOSTS.md), on the towers' prompt slots.
+
+All three learn text context after [SOS] (layer 0, initialised from a phrase) and, for layers
+1..J-1, text prompts that overwrite those positions; and vision prompts appended after the patch
+tokens at layer 0 (before ``ln_pre``), overwritten at layers 1..J-1. J (`depth`) is cut to the
+towers' depth for small backbones.
+- IVLP: independent text and vision prompts, N(0, 0.02) except the phrase-initialised context.
+- MaPLe: vision prompts are linear maps of the text prompts, one 512 -> 768 map per layer.
+- PromptSRC: IVLP plus self-regularisation: L1 of the normalised prompted text to the frozen
+  CLIP's template-averaged text, L1 of the normalised image feature to the frozen image feature,
+  and a KL from the zero-shot logits; then Gaussian prompt aggregation (GPA) over epochs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from torch import nn
+
+from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
+from specpl.methods.base import CONTEXT_TOKENS, DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, BuildContext, ForwardState
+from specpl.methods.coop import ContextHost, standard_presets
+from specpl.methods.registry import HOSTS
+from specpl.slots import END, PromptGroup
+from specpl.vision import PromptImageEncoder
+
+
+@dataclass
+class DeepPromptConfig:
+    n_ctx: int = 4  # text tokens per layer (set by ctx_init when given)
+    n_ctx_vision: int = 4
+    depth: int = 9  # J: prompted layers in each tower
+    ctx_init: str = "a photo of a"
+    init_std: float = 0.02
+
+
+def _normal(rows: int, width: int, std: float, device: torch.device) -> nn.Parameter:
+    return nn.Parameter(torch.randn(rows, width, device=device) * std)
+
+
+class DeepPromptHost(ContextHost):
+    """Phrase-initialised text context plus deep text prompts for layers 1..J-1; subclasses say
+    what goes into the image tower."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({CONTEXT_TOKENS, DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER})
+
+    def __init__(self, config: Any, context: BuildContext) -> None:
+        super().__init__(config, context)
+        vision = PromptImageEncoder(context.backbone.model)  # validates the tower; holds no state
+        self.vision_width = vision.width
+        self.depth = max(1, min(config.depth, self.text_encoder.depth, vision.depth))
+        device = self.prompt_learner.device
+        n_text, width = self.prompt_learner.n_ctx, self.text_encoder.width
+        self.deep_text = nn.ParameterList([_normal(n_text, width, config.init_std, device) for _ in range(self.depth - 1)])
+
+    def deep_text_prompts(self) -> list[PromptGroup]:
+        if not len(self.deep_text):
+            return []
+        return [PromptGroup(list(self.deep_text), first_layer=1, insert=False, name=f"{self.name}.text")]
+
+    def vision_tokens(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def image_prompts(self) -> list[PromptGroup]:
+        return [PromptGroup(self.vision_tokens(), first_layer=0, at=END, name=f"{self.name}.vision")]
+
+
+class IndependentPromptHost(DeepPromptHost):
+    """Text and vision prompts learned independently (IVLP's layout; PromptSRC's backbone)."""
+
+    def __init__(self, config: DeepPromptConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        device = self.prompt_learner.device
+        self.vision = nn.ParameterList([_normal(config.n_ctx_vision, self.vision_width, config.init_std, device) for _ in range(self.depth)])
+
+    def vision_tokens(self) -> list[torch.Tensor]:
+        return list(self.vision)
+
+
+@HOSTS.register("ivlp")
+class IVLP(IndependentPromptHost):
+    """IVLP with the PromptSRC/SpecPL repos' config: 4 + 4 tokens, J = 9, SGD 0.0025, batch 4, 20 epochs."""
+
+    name = "ivlp"
+    description = "IVLP: independent deep prompts in both towers (the MaPLe paper's baseline)"
+    config_class: ClassVar[type] = DeepPromptConfig
+    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+
+
+@dataclass
+class MaPLeConfig:
+    n_ctx: int = 2  # set by ctx_init: "a photo" (the first 2 tokens of "a photo of a")
+    depth: int = 9
+    ctx_init: str = "a photo"
+    init_std: float = 0.02
+
+
+@HOSTS.register("maple")
+class MaPLe(DeepPromptHost):
+    """MaPLe: vision prompt of layer l = F_l(text prompt of layer l), F_l: text width -> vision
+    width (layer 0 maps the context itself). Defaults: 2 tokens from "a photo", J = 9, SGD
+    0.0035, batch 4, 5 epochs."""
+
+    name = "maple"
+    description = "MaPLe: coupled deep prompts, vision prompts mapped from text prompts per layer (CVPR 2023)"
+    config_class: ClassVar[type] = MaPLeConfig
+    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "optimizer": "sgd", "crop_scale": 0.08}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+
+    def __init__(self, config: MaPLeConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        device = self.prompt_learner.device
+        self.couplings = nn.ModuleList([nn.Linear(self.text_encoder.width, self.vision_width, device=device) for _ in range(self.depth)])
+
+    def vision_tokens(self) -> list[torch.Tensor]:
+        text = [self.prompt_learner.ctx, *self.deep_text]
+        return [coupling(prompt) for coupling, prompt in zip(self.couplings, text)]
+
+
+@dataclass
+class PromptSRCConfig(DeepPromptConfig):
+    text_l1_weight: float = 25.0  # lambda_t
+    image_l1_weight: float = 10.0  # lambda_v
+    kl_weight: float = 1.0
+    frozen_templates: str = "openai-imagenet"  # "openai-imagenet" (averaged) or "run" (the run's template)
+    gpa_mean: float | None = None  # None: 0.75 of the epochs (15 of 20, the paper's)
+    gpa_std: float = 1.0
+
+
+def gpa_weights(epochs: int, mean: float, std: float) -> list[float]:
+    """Gaussian prompt aggregation weights w_e ∝ N(e; mean, std) for epochs 1..E, summing to 1."""
+    raw = [math.exp(-0.5 * ((e - mean) / std) ** 2) for e in range(1, epochs + 1)]
+    total = sum(raw)
+    return [w / total for w in raw] if total > 0 else [1.0 / epochs] * epochs
+
+
+def self_regulating_losses(
+    text: torch.Tensor, frozen_text: torch.Tensor, image: torch.Tensor, frozen_image: torch.Tensor, logits: torch.Tensor, scale: float
+) -> dict[str, torch.Tensor]:
+    """PromptSRC's three terms, unweighted: L1(norm text, g0), L1(norm image, norm f0), and
+    KL(zero-shot || prompted) summed over the logits and divided by their number (T = 1)."""
+    text, image = F.normalize(text, dim=-1), F.normalize(image, dim=-1)
+    frozen_image = F.normalize(frozen_image.to(image.dtype), dim=-1)
+    frozen_text = frozen_text.to(text.dtype)
+    zero_shot = scale * frozen_image @ frozen_text.t()
+    kl = F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(zero_shot, dim=-1), reduction="sum", log_target=True) / logits.numel()
+    return {"text_l1": F.l1_loss(text, frozen_text), "image_l1": F.l1_loss(image, frozen_image), "kl": kl}
+
+
+@HOSTS.register("promptsrc")
+class PromptSRC(IndependentPromptHost):
+    """PromptSRC (ICCV 2023) on IVLP 4 + 4, J = 9; SGD 0.0025, batch 4, 20 epochs.
+
+    Choices: the frozen text g0 averages open_clip's 80 OpenAI ImageNet templates (the released
+    code's list has 60; `frozen_templates="run"` uses the run's template alone); GPA aggregates
+    the host's own prompts only (a booster's tensors keep their last values), and for a run of E
+    epochs its mean defaults to 0.75 E, the paper's 15 of 20."""
+
+    name = "promptsrc"
+    description = "PromptSRC: IVLP with L1/KL self-regularisation to frozen CLIP and Gaussian prompt aggregation (ICCV 2023)"
+    config_class: ClassVar[type] = PromptSRCConfig
+    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+
+    def __init__(self, config: PromptSRCConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        self.backbone = [context.backbone]
+        self.templates = list(OPENAI_IMAGENET_TEMPLATES) if config.frozen_templates == "openai-imagenet" else [context.template.format]
+        if config.frozen_templates not in ("openai-imagenet", "run"):
+            raise ValueError(f"promptsrc.frozen_templates must be 'openai-imagenet' or 'run', got {config.frozen_templates!r}")
+        self._aggregated = [name for name, p in self.named_parameters() if p.requires_grad]
+        for name in self._aggregated:
+            self.register_buffer(_gpa_name(name), torch.zeros_like(self.get_parameter(name)))
+
+    def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
+        super().set_classnames(classnames, novel)
+        model, tokenizer = self.backbone[0].model, self.backbone[0].tokenizer
+        device = model.token_embedding.weight.device
+        with torch.no_grad():
+            per_template = [F.normalize(model.encode_text(tokenizer([t(c) for c in classnames]).to(device)).float(), dim=-1) for t in self.templates]
+        self.register_buffer("frozen_text", F.normalize(torch.stack(per_template).mean(0), dim=-1), persistent=False)
+
+    def frozen_inputs(self) -> list:
+        return [ClipImageFeatures(self.backbone[0])]
+
+    def host_losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
+        losses = super().host_losses(state)
+        terms = self_regulating_losses(state.raw_text, self.frozen_text, state.image_features, state.batch.require(CLIP_IMAGE, "PromptSRC"), state.logits, state.logit_scale)
+        c = self.config
+        losses.update(text_l1=c.text_l1_weight * terms["text_l1"], image_l1=c.image_l1_weight * terms["image_l1"], kl=c.kl_weight * terms["kl"])
+        return losses
+
+    @torch.no_grad()
+    def on_epoch_end(self, epoch: int, epochs: int) -> None:
+        mean = self.config.gpa_mean if self.config.gpa_mean is not None else 0.75 * epochs
+        weight = gpa_weights(epochs, mean, self.config.gpa_std)[epoch - 1]
+        for name in self._aggregated:
+            self.get_buffer(_gpa_name(name)).add_(self.get_parameter(name).detach(), alpha=weight)
+
+    @torch.no_grad()
+    def finalise(self) -> None:
+        """The final prompts are the Gaussian-weighted aggregate of every epoch's."""
+        for name in self._aggregated:
+            self.get_parameter(name).copy_(self.get_buffer(_gpa_name(name)))
+
+
+def _gpa_name(parameter: str) -> str:
+    return "gpa_" + parameter.replace(".", "__")

@@ -1,0 +1,148 @@
+"""MMRL (Guo et al., CVPR 2025): a shared representation space projected into both towers.
+
+Follows ``shared/methods/MMRL.md`` (the released code): R (K x d_r, N(0, 0.02^2)) is mapped per
+layer by aligners Linear(d_r -> vision width) and Linear(d_r -> text width), all copies of one
+initial Linear; the K tokens are inserted right after [CLS] / [SOS] before the first representation
+layer and overwritten before each later one (blocks 6-12 of ViT-B/16: the last `rep_layers`
+blocks, cut to the tower's depth), with no positional embedding. The text is the fixed template.
+- Two image outputs: f_c = ln_post([CLS]) @ proj (the class branch) and f_r = mean of
+  ln_post(rep tokens) @ proj_rep (the representation branch; proj_rep random, std 768^-0.5).
+- Logits at a fixed scale 100: alpha * cos(f_c, g) + (1 - alpha) * cos(f_r, g) for trained
+  classes; classes marked novel go through the class branch alone.
+- Loss: alpha CE(class) + (1 - alpha) CE(rep) + lambda (1 - mean cos(f_c, f0)) + lambda (1 - mean
+  cos(g, g0)), f0 the frozen image feature of the same view, g0 the frozen template text; lambda
+  per dataset (`REG_WEIGHTS`), d_r 2048 on EuroSAT.
+With SpecPL (MMRL.md §5): refined text feeds the representation branch only, the regulariser and
+the class branch keep raw text, L_sem reads the class branch's logits, FiLM acts on f_c, and the
+bank starts from 10 batches in both presets (the released code's ATTR_INIT_BATCHES for MMRL).
+Choice (MMRL.md §7): the frozen f0 and g0 come from a pass through the same frozen towers with no
+representation tokens, which replaces the reference's second model copy exactly.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
+from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER, BuildContext, ForwardState, Host, cosine_logits
+from specpl.methods.coop import REFERENCE_SCHEDULE
+from specpl.methods.registry import HOSTS
+from specpl.methods.zeroshot import template_text_features
+from specpl.slots import PromptGroup
+from specpl.vision import PromptImageEncoder, VisionOutput
+
+REP = "rep"
+SCALE = 100.0
+# lambda per dataset (MMRL.md §3; CoOp's dataset names, see specpl.datasets); others use `reg_weight`
+REG_WEIGHTS = {
+    "stanford_cars": 7.0, "fgvc_aircraft": 6.0, "sun397": 6.0, "dtd": 6.0, "food101": 5.0, "oxford_flowers": 4.0,
+    "ucf101": 3.0, "imagenet": 0.5, "caltech101": 0.5, "oxford_pets": 0.2, "eurosat": 0.01,
+}
+WIDE_REP_DATASETS = {"eurosat": 2048}
+
+
+@dataclass
+class MMRLConfig:
+    n_rep_tokens: int = 5  # K
+    rep_dim: int | None = None  # d_r; None: 512, or 2048 on EuroSAT
+    rep_layers: int = 7  # the last blocks that carry the tokens (6-12 of 12)
+    alpha: float = 0.7
+    reg_weight: float | None = None  # lambda; None: the dataset's (REG_WEIGHTS), else 0.5
+    init_std: float = 0.02
+    template: str | None = None  # None: the run's (the dataset's) hand-crafted template
+
+
+def mmrl_logits(class_features: torch.Tensor, rep_features: torch.Tensor, raw_text: torch.Tensor, refined_text: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * 100 cos(f_c, g) + (1 - alpha) * 100 cos(f_r, g~) (g~ = g without a booster)."""
+    return alpha * cosine_logits(class_features, raw_text, SCALE) + (1 - alpha) * cosine_logits(rep_features, refined_text, SCALE)
+
+
+def mmrl_regulariser(class_features: torch.Tensor, frozen_image: torch.Tensor, text: torch.Tensor, frozen_text: torch.Tensor) -> torch.Tensor:
+    """(1 - mean_b cos(f_c, f0)) + (1 - mean_c cos(g_c, g0_c)), before the shared weight lambda."""
+    image_term = 1 - F.cosine_similarity(class_features, frozen_image.to(class_features.dtype), dim=-1).mean()
+    text_term = 1 - F.cosine_similarity(text, frozen_text.to(text.dtype), dim=-1).mean()
+    return image_term + text_term
+
+
+@HOSTS.register("mmrl")
+class MMRL(Host):
+    name = "mmrl"
+    description = "MMRL: a shared representation space in both towers, class and representation branches (CVPR 2025)"
+    config_class: ClassVar[type] = MMRLConfig
+    capabilities: ClassVar[frozenset[str]] = frozenset({PROMPTS_IMAGE_TOWER})
+    fixed_logit_scale: ClassVar[float | None] = SCALE
+    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 4, "lr": 1e-3, "optimizer": "adamw", "crop_scale": 0.5}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "default": {"specpl": {"bank_init_batches": 10}, "train": REFERENCE_SCHEDULE},
+        "reference": {"specpl": {"bank_init_batches": 10}, "train": REFERENCE_SCHEDULE},
+    }
+
+    def __init__(self, config: MMRLConfig, context: BuildContext) -> None:
+        if config.rep_dim is None:
+            config.rep_dim = WIDE_REP_DATASETS.get(context.dataset or "", 512)
+        if config.reg_weight is None:
+            config.reg_weight = REG_WEIGHTS.get(context.dataset or "", 0.5)
+        super().__init__(config, context)
+        self.backbone = [context.backbone]
+        self.template = config.template or context.template
+        vision = PromptImageEncoder(context.backbone.model)
+        layers = max(1, min(config.rep_layers, vision.depth, self.text_encoder.depth))
+        self.first_vision_layer, self.first_text_layer = vision.depth - layers, self.text_encoder.depth - layers
+        device = context.backbone.model.token_embedding.weight.device
+        self.representation = nn.Parameter(torch.randn(config.n_rep_tokens, config.rep_dim, device=device) * config.init_std)
+        vision_aligner = nn.Linear(config.rep_dim, vision.width, device=device)
+        text_aligner = nn.Linear(config.rep_dim, self.text_encoder.width, device=device)
+        self.vision_aligners = nn.ModuleList([copy.deepcopy(vision_aligner) for _ in range(layers)])  # identical at init, as released
+        self.text_aligners = nn.ModuleList([copy.deepcopy(text_aligner) for _ in range(layers)])
+        self.proj_rep = nn.Parameter(torch.randn(vision.width, context.embed_dim, device=device) * vision.width**-0.5)
+        self.image_encoder = [vision]
+
+    def image_prompts(self) -> list[PromptGroup]:
+        tokens = [aligner(self.representation) for aligner in self.vision_aligners]
+        return [PromptGroup(tokens, first_layer=self.first_vision_layer, name=REP)]
+
+    def text_prompts_of_host(self) -> list[PromptGroup]:
+        tokens = [aligner(self.representation) for aligner in self.text_aligners]
+        return [PromptGroup(tokens, first_layer=self.first_text_layer, name=REP)]
+
+    def image_outputs(self, output: VisionOutput) -> dict[str, torch.Tensor]:
+        rep = self.image_encoder[0].project_tokens(output.group_tokens(REP), self.proj_rep).mean(dim=1)
+        return {FEATURES: output.pooled, REP: rep}
+
+    def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
+        tokenizer = self.backbone[0].tokenizer
+        self.register_buffer("tokens", tokenizer([self.template.format(c) for c in classnames]).to(self.representation.device), persistent=False)
+        self.register_buffer("frozen_text", template_text_features(self.backbone[0], self.template, classnames), persistent=False)
+        self.classnames, self.novel = list(classnames), novel
+
+    def encode_text(self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = ()) -> torch.Tensor:
+        return self.text_encoder.encode_tokens(self.tokens, [*self.text_prompts_of_host(), *groups])
+
+    def logits(self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, refined_text: torch.Tensor, scale: float) -> torch.Tensor:
+        if self.novel:
+            return cosine_logits(image[FEATURES], raw_text, SCALE)
+        return mmrl_logits(image[FEATURES], image[REP], raw_text, refined_text, self.config.alpha)
+
+    def anchor_logits(self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, scale: float) -> torch.Tensor:
+        return cosine_logits(image[FEATURES], raw_text, SCALE)
+
+    def frozen_inputs(self) -> list:
+        return [ClipImageFeatures(self.backbone[0])]
+
+    def host_losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
+        from specpl.methods.base import weighted_cross_entropy
+
+        labels, weights, alpha = state.batch.labels, state.sample_weights, self.config.alpha
+        class_logits = cosine_logits(state.image[FEATURES], state.raw_text, SCALE)
+        rep_logits = cosine_logits(state.image[REP], state.refined_text, SCALE)
+        regulariser = mmrl_regulariser(state.image[FEATURES], state.batch.require(CLIP_IMAGE, "MMRL"), state.raw_text, self.frozen_text)
+        return {
+            "cls": alpha * weighted_cross_entropy(class_logits, labels, weights),
+            "rep": (1 - alpha) * weighted_cross_entropy(rep_logits, labels, weights),
+            "reg": self.config.reg_weight * regulariser,
+        }

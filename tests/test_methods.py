@@ -1,0 +1,143 @@
+"""Every registered host, alone and with every booster, on the tiny backbone (in the style of timm's
+test over all registered models): a method added later is covered by being registered."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from specpl.backbone import Backbone
+from specpl.config import DecomposerConfig, MethodConfig
+from specpl.frozen import flatten
+from specpl.methods import BOOSTERS, HOSTS, Batch, PromptModel, build_method, check_combination
+from specpl.methods.base import FEATURES
+
+CLASSES = ["cat", "dog", "ship", "frog"]
+HOST_NAMES = [h for h in HOSTS.names() if h != "zeroshot"]  # the zero-shot baseline learns nothing
+STACKS = [()] + [(b,) for b in BOOSTERS.names()]
+METHODS = [(host, stack) for host in HOST_NAMES for stack in STACKS]
+SMALL = {"coop": {"n_ctx": 4}}  # a short context keeps the tiny runs fast
+
+
+def build(backbone: Backbone, host: str, boosters: tuple[str, ...], seed: int = 0) -> PromptModel:
+    torch.manual_seed(seed)
+    config = MethodConfig(host=host, boosters=list(boosters), options={k: v for k, v in SMALL.items() if k == host})
+    return build_method(config, backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32))
+
+
+def batch_for(model: PromptModel, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+    frozen: dict[str, torch.Tensor] = {}
+    for frozen_input in model.frozen_inputs():
+        frozen.update(flatten(frozen_input.name, frozen_input(images)))
+    return Batch(labels, images if model.needs_image_grad else None, frozen)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(4, 3, 32, 32, generator=generator), torch.tensor([0, 1, 2, 3])
+
+
+def method_id(value) -> str:
+    host, stack = value
+    return "+".join([host, *stack])
+
+
+@pytest.mark.parametrize("method", METHODS, ids=method_id)
+def test_every_method(method, tiny_backbone, inputs, tmp_path):
+    host, boosters = method
+    backbone = copy.deepcopy(tiny_backbone)  # a step must not touch the shared fixture
+    clip_before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
+    model = build(backbone, host, boosters)
+    images, labels = inputs
+
+    # forward shapes
+    model.eval()
+    logits = model.logits(model.encode_image(images))
+    assert logits.shape == (4, len(CLASSES)) and torch.isfinite(logits).all()
+
+    # no CLIP tensor in the learned state, and none shares storage with the frozen model
+    learned = model.learned_state_dict()
+    clip_pointers = {t.data_ptr() for t in backbone.model.state_dict().values()}
+    assert learned and not any(k.startswith("frozen_clip") for k in learned)
+    assert not clip_pointers & {t.data_ptr() for t in learned.values()}
+
+    # the image-gradient flag says whether any trainable tensor sits in the image path
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    image_out = model.encode_image(images)[FEATURES].sum()
+    if image_out.requires_grad:
+        image_out.backward()
+    reached_from_image = any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    assert model.needs_image_grad == reached_from_image
+
+    # gradients reach exactly the parameters meant to learn; a few steps lower the loss
+    batch = batch_for(model, images, labels)
+    model.prepare([batch])
+    optimizer = torch.optim.Adam(trainable, lr=1e-2)
+    totals = []
+    for step in range(6):
+        torch.manual_seed(step)  # the same counterfactual permutation draws in every run
+        optimizer.zero_grad()
+        total = sum(model(batch).values())
+        total.backward()
+        if step == 0:
+            missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+            assert not missing, f"no gradient reaches {missing}"
+            assert all(p.grad is None for p in backbone.model.parameters())
+        optimizer.step()
+        totals.append(float(total))
+    assert totals[-1] < totals[0], f"loss did not fall: {totals}"
+    model.on_epoch_end(1, 1)
+    model.finalise()
+
+    # the frozen CLIP is bit-identical
+    for key, value in backbone.model.state_dict().items():
+        assert torch.equal(value, clip_before[key]), key
+
+    # save -> load gives identical logits
+    model.eval()
+    expected = model.logits(model.encode_image(images))
+    model.save_bundle(tmp_path / "model")
+    reloaded = PromptModel.from_bundle(tmp_path / "model", backbone=backbone).eval()
+    torch.testing.assert_close(reloaded.logits(reloaded.encode_image(images)), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("host", HOST_NAMES)
+def test_building_on_another_device_puts_every_tensor_there(tiny_backbone, host):
+    backbone = copy.deepcopy(tiny_backbone)
+    backbone.model.to("meta")
+    model = build(backbone, host, ("specpl",))
+    misplaced = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device.type != "meta"]
+    assert not misplaced, misplaced
+
+
+def test_a_combination_that_cannot_work_lists_the_valid_ones(monkeypatch):
+    booster = BOOSTERS.get("specpl")
+    monkeypatch.setattr(booster, "requires", frozenset({"prompts the image tower"}))
+    with pytest.raises(ValueError, match=r"booster 'specpl' cannot run on host 'coop'.*Hosts it can boost: .*ivlp.*maple"):
+        check_combination("coop", ["specpl"])
+
+
+def test_an_unknown_option_names_the_component_and_its_keys(tiny_backbone):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) for maple: n_ctxx; maple's options are: ctx_init, depth"):
+        build_method(MethodConfig(host="maple", options={"maple": {"n_ctxx": 3}}), tiny_backbone, CLASSES)
+
+
+def test_an_unknown_preset_lists_the_presets():
+    from specpl.methods import preset_values
+
+    with pytest.raises(ValueError, match="host 'maple' has no preset 'paper'; its presets: default, reference"):
+        preset_values(MethodConfig(host="maple", preset="paper"))
+
+
+def test_reference_and_default_presets_differ_only_where_documented():
+    from specpl.methods import resolve_method_options
+
+    for host, reference_bank in (("coop", 0), ("maple", 0), ("mmrl", 10)):
+        options = {p: resolve_method_options(MethodConfig(host=host, boosters=["specpl"], preset=p)) for p in ("default", "reference")}
+        assert options["reference"]["specpl"]["bank_init_batches"] == reference_bank
+        assert options["default"]["specpl"]["bank_init_batches"] == 10
+        assert options["default"][host] == options["reference"][host]
