@@ -53,7 +53,8 @@ def band_view(cache: ModelCache, image_path: Path, decomposer: str, size: int) -
 
 @dataclass
 class CounterfactualView:
-    embedding: dict[str, dict[str, float]] | None  # pair -> {label: probability}; None without SpecPL
+    embedding: dict[str, dict[str, float]] | None  # granule path: pair -> {label: probability}; None without SpecPL
+    modulation_cosine: dict[str, float] | None  # pair -> cos(feature before, after FiLM)
     image_space: dict[str, dict[str, float]]
     swaps: dict[str, Image.Image]  # decoded image-space swaps, by pair name
     summary: str
@@ -66,5 +67,7 @@ def counterfactual_view(cache: ModelCache, model_dir: Path, image_a: Path, image
     config = from_dict(DecomposerConfig, predictor.config.get("decomposer") or {"name": CPU_DECOMPOSER})
     decomposer = _decomposer(cache, config)
     result = counterfactual(predictor, load_image(image_a), load_image(image_b), decomposer, top_k=top_k, size=config.image_size)
-    embedding = {pair: dict(result.embedding_path[pair]) for pair in PAIRS} if result.embedding_path is not None else None
-    return CounterfactualView(embedding, {pair: dict(result.image_path[pair]) for pair in PAIRS}, result.swapped_images, result.summary)
+    granule = result.granule_path
+    embedding = {pair: dict(granule.rows[pair]) for pair in PAIRS} if granule is not None else None
+    cosines = dict(granule.modulation_cosine) if granule is not None else None
+    return CounterfactualView(embedding, cosines, {pair: dict(result.image_path[pair]) for pair in PAIRS}, result.swapped_images, result.summary)
