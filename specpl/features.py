@@ -84,19 +84,42 @@ class AugmentedViews:
             self._hashes[path] = content_hash(path)
         return f"{self._hashes[path]}:{self.signature}:{'eval' if view is None else view}"
 
+    def draw_seed(self, path: Path, view: int) -> int:
+        """The seed of view `view` of `path`: a paired input (a mask) replayed under it with the
+        same geometric transform gets the same crop and flip as the image."""
+        return int(hashlib.sha256(self.key(path, view).encode()).hexdigest()[:15], 16)
+
     def load(self, path: Path, view: int | None) -> torch.Tensor:
         image = load_image(path)
         if view is None:
             return self.preprocess_eval(image)
-        draw_seed = int(hashlib.sha256(self.key(path, view).encode()).hexdigest()[:15], 16)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(draw_seed)
+            torch.manual_seed(self.draw_seed(path, view))
             return self.preprocess_train(image)
+
+
+class _ViewDataset(torch.utils.data.Dataset):
+    """Decodes and augments views in DataLoader workers while the device computes."""
+
+    def __init__(self, views: AugmentedViews, paths: list[Path], view: int | None) -> None:
+        self.views, self.paths, self.view = views, paths, view
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.views.load(self.paths[index], self.view)
 
 
 class FeatureCache:
     """Per-(image, view) cache of a method's frozen inputs, keyed by content hash, preprocessing
-    signature and each input's own signature."""
+    signature and each input's own signature.
+
+    An input whose signature changes (say, once per epoch for one computed by the model being
+    trained) is recomputed. An input with ``needs_items = True`` is also given the items and the
+    view (``input(images, items=..., view=..., views=...)``) to read files of its own, such as a
+    mask paired with each image. With `workers` > 0, views are decoded in DataLoader worker
+    processes into pinned memory, so the device never waits on JPEG decoding."""
 
     def __init__(
         self,
@@ -106,6 +129,7 @@ class FeatureCache:
         batch_size: int = 32,
         enabled: bool = True,
         on_progress: Callable[[int, int], None] | None = None,
+        workers: int = 0,
     ) -> None:
         self.views = views
         self.inputs = list(inputs)
@@ -113,39 +137,67 @@ class FeatureCache:
         self.batch_size = batch_size
         self.enabled = enabled
         self.on_progress = on_progress  # (done, total) while new inputs are being computed
-        self._signature = hashlib.sha256("|".join(f"{i.name}={i.signature}" for i in self.inputs).encode()).hexdigest()[:12]
-        self._store: dict[str, dict[str, torch.Tensor]] = {}
+        self.workers = workers
+        self._store: dict[str, dict[str, torch.Tensor]] = {}  # "<view key>:<input>=<signature>" -> its tensors
 
     def __len__(self) -> int:
         return len(self._store)
 
-    def compute(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Frozen inputs of a batch of preprocessed images (no caching)."""
-        images = images.to(self.device)
+    def compute(
+        self, images: torch.Tensor, items: list[ImageItem] | None = None, view: int | None = None, inputs: Sequence[FrozenInput] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Frozen inputs (all, or `inputs`) of a batch of preprocessed images (no caching)."""
+        images = images.to(self.device, non_blocking=True)
         out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            for frozen_input in self.inputs:
-                out.update(flatten(frozen_input.name, frozen_input(images)))
+            for frozen_input in self.inputs if inputs is None else inputs:
+                if getattr(frozen_input, "needs_items", False):
+                    value = frozen_input(images, items=items, view=view, views=self.views)
+                else:
+                    value = frozen_input(images)
+                out.update(flatten(frozen_input.name, value))
         return out
 
+    def _view_batches(self, items: list[ImageItem], indices: list[int], view: int | None) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """(chunk of indices, their stacked views), decoded in workers when asked."""
+        chunks = list(_chunks(indices, self.batch_size))
+        if self.workers <= 0:
+            for chunk in chunks:
+                yield chunk, torch.stack([self.views.load(items[i].path, view) for i in chunk])
+            return
+        dataset = _ViewDataset(self.views, [items[i].path for i in indices], view)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, num_workers=self.workers, pin_memory=self.device.type == "cuda", persistent_workers=False
+        )
+        yield from zip(chunks, loader)
+
     def get(self, items: list[ImageItem], view: int | None) -> dict[str, torch.Tensor]:
-        """Stacked inputs for `items` (in order); computes only what is missing."""
+        """Stacked inputs for `items` (in order); computes only the (image, input) pairs missing,
+        so an input whose signature changed is recomputed alone."""
         if not self.inputs or not items:
             return {}
         if not self.enabled:
             return self._uncached(items, view)
-        keys = [f"{self.views.key(item.path, view)}:{self._signature}" for item in items]
-        missing = [i for i, key in enumerate(keys) if key not in self._store]
-        for done, chunk in enumerate(_chunks(missing, self.batch_size)):
-            computed = self.compute(torch.stack([self.views.load(items[i].path, view) for i in chunk]))
-            for row, i in enumerate(chunk):
-                self._store[keys[i]] = {name: value[row].cpu() for name, value in computed.items()}
+        views = [self.views.key(item.path, view) for item in items]
+        keys = {i.name: [f"{v}:{i.name}={i.signature}" for v in views] for i in self.inputs}
+        missing = [row for row in range(len(items)) if any(keys[i.name][row] not in self._store for i in self.inputs)]
+        for done, (chunk, images) in enumerate(self._view_batches(items, missing, view)):  # each view decoded once
+            for frozen_input in self.inputs:
+                if all(keys[frozen_input.name][i] in self._store for i in chunk):
+                    continue
+                computed = self.compute(images, [items[i] for i in chunk], view, [frozen_input])
+                for position, i in enumerate(chunk):
+                    self._store[keys[frozen_input.name][i]] = {name: value[position].cpu() for name, value in computed.items()}
             if self.on_progress is not None:
                 self.on_progress(min((done + 1) * self.batch_size, len(missing)), len(missing))
-        return {name: torch.stack([self._store[k][name] for k in keys]) for name in self._store[keys[0]]}
+        out: dict[str, torch.Tensor] = {}
+        for frozen_input in self.inputs:
+            stored = [self._store[key] for key in keys[frozen_input.name]]
+            out.update({name: torch.stack([entry[name] for entry in stored]) for name in stored[0]})
+        return out
 
     def _uncached(self, items: list[ImageItem], view: int | None) -> dict[str, torch.Tensor]:
-        parts = [self.compute(torch.stack([self.views.load(items[i].path, view) for i in chunk])) for chunk in _chunks(list(range(len(items))), self.batch_size)]
+        parts = [self.compute(images, [items[i] for i in chunk], view) for chunk, images in self._view_batches(items, list(range(len(items))), view)]
         return {name: torch.cat([p[name].cpu() for p in parts]) for name in parts[0]}
 
 

@@ -149,6 +149,7 @@ class Trainer:
             frozen_inputs,
             device=accelerator.device,
             enabled=cfg.train.cache_features,
+            workers=cfg.train.num_workers,
             on_progress=lambda done, total: self.events.emit("phase", phase="frozen features", done=done, total=total) if main else None,
         )
         params = [p for p in model.parameters() if p.requires_grad]

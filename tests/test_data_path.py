@@ -100,3 +100,35 @@ def test_a_method_without_bands_records_no_decomposer(tmp_path, cifar_root, tiny
     config.method = MethodConfig(host="coop", options={"coop": {"n_ctx": 4}})
     Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit()
     assert json.loads((tmp_path / "run" / "config.json").read_text())["decomposer"] is None
+
+
+class Counting:
+    """A frozen input that counts the images it computes; its signature can be changed."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.signature, self.calls = name, "v1", 0
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += images.shape[0]
+        return images.mean(dim=(1, 2, 3))
+
+
+def test_an_input_whose_signature_changes_is_recomputed_alone(cifar_root, tiny_backbone):
+    """What a per-epoch input (masks from the current model) relies on; the others stay cached."""
+    items = read_fewshot_folder(cifar_root, shots=1).train[:3]
+    steady, refreshed = Counting("steady"), Counting("refreshed")
+    views = AugmentedViews(train_transform("reference", tiny_backbone, 0.08), tiny_backbone.preprocess_eval, seed=1)
+    cache = FeatureCache(views, [steady, refreshed], torch.device("cpu"))
+    first = cache.get(items, 0)
+    refreshed.signature = "v2"
+    second = cache.get(items, 0)
+    assert (steady.calls, refreshed.calls) == (3, 6)
+    torch.testing.assert_close(first["steady"], second["steady"])
+
+
+def test_worker_decoding_gives_the_same_inputs(cifar_root, tiny_backbone):
+    items = read_fewshot_folder(cifar_root, shots=2).train[:6]
+    views = AugmentedViews(train_transform("reference", tiny_backbone, 0.08), tiny_backbone.preprocess_eval, seed=1)
+    serial = FeatureCache(views, [Pixels()], torch.device("cpu"), batch_size=4).get(items, 2)
+    parallel = FeatureCache(views, [Pixels()], torch.device("cpu"), batch_size=4, workers=2).get(items, 2)
+    torch.testing.assert_close(parallel["pixels"], serial["pixels"], rtol=0, atol=0)
