@@ -1,0 +1,157 @@
+"""Each host's own terms against hand computations, MMRL's branch routing, the empty prompt slots
+against the stock towers, and bundles written before the method seams."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from specpl.config import DecomposerConfig, MethodConfig
+from specpl.methods import PromptModel, build_method
+from specpl.methods.base import FEATURES
+from specpl.methods.deep import gpa_weights, self_regulating_losses
+from specpl.methods.kgcoop import knowledge_guidance_loss
+from specpl.methods.mmrl import REP, mmrl_logits, mmrl_regulariser
+from specpl.slots import END, PromptGroup, SlotState
+from specpl.text import PromptTextEncoder
+from specpl.vision import PromptImageEncoder
+
+CLASSES = ["cat", "dog", "ship", "frog"]
+
+
+def test_empty_slots_reproduce_the_stock_towers(tiny_backbone):
+    model = tiny_backbone.model
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(PromptImageEncoder(model)(images).pooled, model.encode_image(images), rtol=0, atol=0)
+    tokens = tiny_backbone.tokenizer([f"a photo of a {c}." for c in CLASSES])
+    torch.testing.assert_close(PromptTextEncoder(model).encode_tokens(tokens), model.encode_text(tokens), rtol=0, atol=1e-5)
+
+
+def test_slots_insert_then_overwrite_and_shift_later_groups():
+    x = torch.zeros(1, 4, 1)  # [CLS] + 3 tokens
+    end = PromptGroup([torch.full((2, 1), 1.0), torch.full((2, 1), 2.0)], first_layer=0, at=END, name="end")
+    start = PromptGroup([torch.full((1, 1), 7.0), torch.full((1, 1), 8.0)], first_layer=1, name="start")
+    slots = SlotState([end, start], depth=3)
+    x = slots.apply(x, 0)
+    assert x.flatten().tolist() == [0, 0, 0, 0, 1, 1]
+    x = slots.apply(x, 1)  # end overwritten with its layer-1 tokens; start inserted after [CLS]
+    assert x.flatten().tolist() == [0, 7, 0, 0, 0, 2, 2]
+    x = slots.apply(x, 2)  # start overwritten; end is past its last layer and propagates
+    assert x.flatten().tolist() == [0, 8, 0, 0, 0, 2, 2]
+    assert slots.position("end") == slice(5, 7) and slots.position("start") == slice(1, 2)
+
+
+def test_knowledge_guidance_term_by_hand():
+    text = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    frozen = torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # cos 1 and 1/sqrt2
+    expected = 1 - (1 + 1 / math.sqrt(2)) / 2
+    assert float(knowledge_guidance_loss(text, frozen)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_promptsrc_terms_by_hand():
+    text = torch.tensor([[3.0, 4.0], [1.0, 0.0]])  # normalised (0.6, 0.8), (1, 0)
+    frozen_text = torch.eye(2)
+    image, frozen_image = torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, 5.0]])
+    logits = torch.zeros(1, 2)  # prompted p = (1/2, 1/2); zero-shot q = softmax(ln3 * (0, 1)) = (1/4, 3/4)
+    terms = self_regulating_losses(text, frozen_text, image, frozen_image, logits, scale=math.log(3))
+    assert float(terms["text_l1"]) == pytest.approx((0.4 + 0.8 + 1 + 1) / 4, abs=1e-6)
+    assert float(terms["image_l1"]) == pytest.approx(0.0, abs=1e-7)
+    kl = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)  # KL(q || p), summed, / 2 logits
+    assert float(terms["kl"]) == pytest.approx(kl / 2, abs=1e-6)
+
+
+def test_gpa_weights_and_aggregate(tiny_backbone):
+    weights = gpa_weights(20, mean=15, std=1)
+    assert sum(weights) == pytest.approx(1.0) and max(range(20), key=weights.__getitem__) == 14
+    assert weights[13] / weights[14] == pytest.approx(math.exp(-0.5)) and weights[13] == pytest.approx(weights[15])
+    model = build_method(MethodConfig(host="promptsrc", options={"promptsrc": {"gpa_mean": 2.0}}), tiny_backbone, CLASSES)
+    host = model.host
+    ctx = host.prompt_learner.ctx
+    for epoch, value in enumerate((1.0, 2.0, 4.0), start=1):
+        with torch.no_grad():
+            ctx.fill_(value)
+        model.on_epoch_end(epoch, 3)
+    model.finalise()
+    w = gpa_weights(3, mean=2.0, std=1.0)
+    torch.testing.assert_close(ctx.detach(), torch.full_like(ctx, w[0] * 1 + w[1] * 2 + w[2] * 4))
+
+
+def test_mmrl_fusion_and_regulariser_by_hand():
+    f_c, f_r = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    refined = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    # class branch: 100 * (1, 0); representation branch on the refined text: 100 * (1, 0)
+    torch.testing.assert_close(mmrl_logits(f_c, f_r, text, refined, alpha=0.7), torch.tensor([[100.0, 0.0]]))
+    torch.testing.assert_close(mmrl_logits(f_c, f_r, text, text, alpha=0.7), torch.tensor([[70.0, 30.0]]))
+    frozen_image = torch.tensor([[1.0, 1.0]])  # cos 1/sqrt2
+    frozen_text = torch.tensor([[1.0, 0.0], [0.0, -1.0]])  # cos 1 and -1
+    expected = (1 - 1 / math.sqrt(2)) + (1 - 0.0)
+    assert float(mmrl_regulariser(f_c, frozen_image, text, frozen_text)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_mmrl_routes_base_and_novel_classes(tiny_backbone):
+    torch.manual_seed(0)
+    model = build_method(MethodConfig(host="mmrl", boosters=["specpl"]), tiny_backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32)).eval()
+    images = torch.randn(2, 3, 32, 32)
+    image = model.encode_image(images)
+    assert set(image) == {FEATURES, REP}
+    raw, refined = model.text_features()
+    assert not torch.allclose(raw, refined)  # SpecPL refines the text of the representation branch
+    alpha = model.host.config.alpha
+    expected_base = alpha * 100 * _cos(image[FEATURES], raw) + (1 - alpha) * 100 * _cos(image[REP], refined)
+    torch.testing.assert_close(model.logits(image), expected_base)
+    model.set_classnames(CLASSES, novel=True)  # new classes: the class branch alone, raw text, no bank
+    image = model.encode_image(images)
+    torch.testing.assert_close(model.logits(image), 100 * _cos(image[FEATURES], model.text_features()[0]))
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).t()
+
+
+def _saved(tiny_backbone, tmp_path):
+    torch.manual_seed(0)
+    options = {"coop": {"n_ctx": 4}}
+    model = build_method(MethodConfig(host="coop", boosters=["specpl"], options=options), tiny_backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32)).eval()
+    model.save_bundle(tmp_path / "model")
+    return model, tmp_path / "model" / "config.json"
+
+
+def test_a_bundle_of_format_1_still_loads_with_identical_logits(tiny_backbone, tmp_path):
+    """Format 1 (before the seams) kept SpecPL's statistic size at the top level and had no preset
+    or the options added since; the upgrade step moves and fills them."""
+    model, config_path = _saved(tiny_backbone, tmp_path)
+    config = json.loads(config_path.read_text())
+    specpl = config["method"]["options"]["specpl"]
+    config["band_stat_dim"] = specpl.pop("band_stat_dim")
+    specpl.pop("test_blend")
+    config["method"].pop("preset")
+    config["format"] = "specpl-bundle/1"
+    config_path.write_text(json.dumps(config))
+    reloaded = PromptModel.from_bundle(tmp_path / "model", backbone=tiny_backbone).eval()
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)), rtol=0, atol=0)
+
+
+def test_a_bundle_from_a_newer_version_says_what_to_do(tiny_backbone, tmp_path):
+    _, config_path = _saved(tiny_backbone, tmp_path)
+    config = json.loads(config_path.read_text())
+    config["format"] = "specpl-bundle/9"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"format 'specpl-bundle/9'.*written by a newer SpecPL: upgrade with `pip install -U specpl`"):
+        PromptModel.from_bundle(tmp_path / "model", backbone=tiny_backbone)
+
+
+def test_cocoop_chunked_evaluation_matches_one_pass(tiny_backbone):
+    torch.manual_seed(0)
+    classes = [f"class {i}" for i in range(7)]
+    model = build_method(MethodConfig(host="cocoop", options={"cocoop": {"eval_pairs_per_chunk": 3}}), tiny_backbone, classes)
+    features = torch.randn(5, tiny_backbone.embed_dim)
+    model.train()
+    whole = model.host.encode_text(features)
+    model.eval()
+    chunked = model.host.encode_text(features)  # blocks of 3 classes x 1 image
+    assert chunked.shape == (5, 7, tiny_backbone.embed_dim)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
