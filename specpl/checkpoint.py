@@ -112,6 +112,9 @@ def save_resume_state(directory: Path, model_state: dict[str, torch.Tensor], opt
             else:
                 scalars.setdefault(str(index), {})[name] = value
     tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # the counterfactual permutation is drawn on the device
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = state
     state = {"counters": counters, "param_groups": optim_state["param_groups"], "optim_scalars": scalars}
     staging = directory.with_name(f".{directory.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -134,6 +137,9 @@ def load_resume_state(directory: Path, optimizer: torch.optim.Optimizer) -> tupl
         optim_state.setdefault(int(index), {}).update(entry)
     optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     return model_state, state["counters"]
 

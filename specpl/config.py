@@ -100,8 +100,9 @@ class TrainConfig:
     num_workers: int = 0
     # "on" compiles the training forward and backward with torch.compile (inductor); on a GPU it
     # also captures them in CUDA graphs ("reduce-overhead"), which removes the kernel-launch cost
-    # that bounds a prompt-learning step there. The first steps pay the compile time.
-    compile: str = "off"
+    # that bounds a prompt-learning step there. The first steps pay the compile time. "auto" compiles
+    # on a GPU when the run has enough steps to earn that time back (specpl.trainer.resolve_compile).
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, bool):  # configs written before the presets: True/False
@@ -110,8 +111,8 @@ class TrainConfig:
             raise ValueError(f"train.augment must be 'reference', 'clip' or 'none', got {self.augment!r}")
         if self.schedule not in (None, "epoch", "step"):
             raise ValueError(f"train.schedule must be 'epoch' or 'step', got {self.schedule!r}")
-        if self.compile not in ("off", "on"):
-            raise ValueError(f"train.compile must be 'off' or 'on', got {self.compile!r}")
+        if self.compile not in ("auto", "off", "on"):
+            raise ValueError(f"train.compile must be 'auto', 'off' or 'on', got {self.compile!r}")
 
 
 @dataclass

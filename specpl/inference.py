@@ -53,7 +53,8 @@ class Predictor:
         images = images.to(self.device)
         if self._int8_tower is not None:
             return {FEATURES: self._int8_tower(images)}
-        return self.model.encode_image(images)
+        with self.autocast():
+            return self.model.encode_image(images)
 
     @classmethod
     def from_bundle(cls, directory: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "Predictor":
@@ -93,10 +94,17 @@ class Predictor:
         loaded = [image.convert("RGB") if isinstance(image, Image.Image) else load_image(Path(image)) for image in images]
         return torch.stack([self.backbone.preprocess_eval(image) for image in loaded])
 
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast when the frozen CLIP is held in bf16 (as training on a GPU holds it), since
+        the learned tensors stay fp32; a no-op otherwise."""
+        bf16 = next(self.backbone.model.parameters()).dtype == torch.bfloat16
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
+
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for preprocessed images (B, 3, H, W)."""
-        return self.logits_from_features(self.encode_image(images))
+        with self.autocast():
+            return self.logits_from_features(self.encode_image(images)).float()
 
     @torch.no_grad()
     def logits_from_features(self, image: dict[str, torch.Tensor]) -> torch.Tensor:

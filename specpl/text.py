@@ -60,14 +60,21 @@ class PromptTextEncoder(nn.Module):
         prefix, suffix = embeddings[:, :p_len], embeddings[:, p_len:].unsqueeze(1)
         return self.forward_shared_prefix(prefix, suffix, (eot_index - p_len).unsqueeze(1), groups, hook)[:, 0]
 
+    def split_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prefix, suffix, eot) embeddings of tokenised text (N, 77) for `forward_shared_prefix`:
+        the shared [SOS], the rest cut after the longest end-of-text, and end-of-text positions in
+        the suffix. Computed once per class set, it keeps data-dependent shapes out of the step."""
+        eot = tokens.argmax(dim=-1)
+        length = int(eot.max()) + 1
+        device = self.model.token_embedding.weight.device
+        with torch.no_grad():
+            embedded = self.embed_tokens(tokens[:, :length].to(device))
+        return embedded[:1, :1], embedded[:, 1:], eot.to(device) - 1
+
     def encode_tokens(self, tokens: torch.Tensor, groups: Sequence[PromptGroup] = (), hook: LayerHook | None = None) -> torch.Tensor:
         """Features of tokenised text (N, 77), truncated after the longest end-of-text; with no
         groups this equals ``model.encode_text`` (exact under the causal mask)."""
-        eot = tokens.argmax(dim=-1)
-        length = int(eot.max()) + 1
-        embedded = self.embed_tokens(tokens[:, :length].to(self.model.token_embedding.weight.device))
-        prefix = embedded[:1, :1]  # [SOS] is the same token in every prompt
-        return self.forward_shared_prefix(prefix, embedded[:, 1:], eot.to(embedded.device) - 1, groups, hook)[0]
+        return self.forward_shared_prefix(*self.split_tokens(tokens), groups, hook)[0]
 
     def forward_shared_prefix(
         self,

@@ -9,6 +9,7 @@ resume from the last checkpoint; runs under ``accelerate launch`` on several GPU
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -44,12 +45,31 @@ class TrainResult:
     model: PromptModel
 
 
+# Estimates until bench/gpu.sh measures them on the GPU at hand (H100/H200, ViT-B/16): the first
+# compiled steps cost about a minute, and each later step saves about 50 ms against eager (55 -> 3 ms).
+COMPILE_SECONDS_ESTIMATE = 60.0
+COMPILE_SAVING_PER_STEP_ESTIMATE = 0.05
+
+
+def resolve_compile(setting: str, device: torch.device, total_steps: int) -> tuple[bool, str]:
+    """Whether to compile the step, and why. ``auto`` compiles on a GPU when the run's steps earn
+    back the compile time; never on a CPU, where inductor saves little per step (bench/RESULTS.md)."""
+    if setting in ("on", "off"):
+        return setting == "on", f"train.compile={setting!r}"
+    if device.type != "cuda":
+        return False, "auto: not on a CPU (compiling costs more than it saves there)"
+    pays_after = math.ceil(COMPILE_SECONDS_ESTIMATE / COMPILE_SAVING_PER_STEP_ESTIMATE)
+    if total_steps >= pays_after:
+        return True, f"auto: {total_steps} steps earn back the compile time (about {pays_after} steps)"
+    return False, f"auto: {total_steps} steps are fewer than the {pays_after} that would earn back the compile time"
+
+
 def compiled_step(module: torch.nn.Module, compile: str, device: torch.device) -> torch.nn.Module:
     """The training forward (and, through AOTAutograd, its backward) under torch.compile when asked:
     CUDA graphs on a GPU ("reduce-overhead"), plain inductor on a CPU. Compiled here rather than
     through accelerate's dynamo plugin, whose setting is process-global and would leak between
     runs that share a process (the app's tests, the world benchmark)."""
-    if compile == "off":
+    if compile != "on":
         return module
     return torch.compile(module, mode="reduce-overhead" if device.type == "cuda" else "default")
 
@@ -78,7 +98,7 @@ class Trainer:
         backbone: Backbone | None = None,
         decomposer: torch.nn.Module | None = None,
         progress_bar: bool = True,
-        log_every_steps: int = 1,
+        log_every_steps: int | None = None,
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
@@ -87,7 +107,7 @@ class Trainer:
         self._backbone = backbone
         self._decomposer = decomposer
         self.progress_bar = progress_bar
-        self.log_every_steps = max(1, log_every_steps)
+        self.log_every_steps = max(1, log_every_steps) if log_every_steps else None  # None: every step on a CPU, every 10th on a GPU
 
     def should_stop(self) -> bool:
         return self._should_stop() or (self.run_dir / STOP_FILE).exists()
@@ -112,6 +132,7 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
         )
         set_seed(cfg.train.seed)
+        self._autocast = accelerator.autocast  # frozen inputs are computed under it too (a bf16-held CLIP)
         main = accelerator.is_main_process
         if not main:
             self.events.path = None  # one writer: the main process
@@ -119,6 +140,8 @@ class Trainer:
         data = read_dataset(cfg.data)
         template = data.template if data.template and cfg.template == DEFAULT_TEMPLATE else cfg.template  # a chosen template wins
         backbone = self._backbone or load_backbone(cfg.backbone, device=accelerator.device)
+        if precision == "bf16":
+            backbone = frozen_in_bf16(backbone)
         decomposer_config, decomposer_reason = _resolve_decomposer(cfg, backbone)
         model = build_method(cfg.method, backbone, data.classnames, template, decomposer_config, self._decomposer, cfg.data.dataset)
         frozen_inputs = model.frozen_inputs()  # builds the decomposer only if a component needs one
@@ -176,7 +199,11 @@ class Trainer:
         lr_at = _lr_schedule(train, steps_per_epoch, total_steps)
         multi_process = accelerator.num_processes > 1
         wrapped, optimizer = accelerator.prepare(model, optimizer) if optimizer else (model, None)
-        wrapped = compiled_step(wrapped, cfg.train.compile, accelerator.device) if optimizer else wrapped
+        compiled, compile_reason = resolve_compile(cfg.train.compile, accelerator.device, total_steps - counters["global_step"])
+        if optimizer:
+            self.events.emit("compile", compiled=compiled, reason=compile_reason)
+            wrapped = compiled_step(wrapped, "on" if compiled else "off", accelerator.device)
+        log_every = self.log_every_steps or (1 if accelerator.device.type == "cpu" else 10)  # a logged step reads the loss: a host sync
 
         started = time.time()
         images_seen = 0
@@ -216,7 +243,7 @@ class Trainer:
                 counters["step_in_epoch"] += 1
                 images_seen += len(batch.labels) * accelerator.num_processes * cfg.train.grad_accum_steps
                 bar.update(1)
-                if main and (counters["global_step"] % self.log_every_steps == 0 or counters["global_step"] == total_steps):
+                if main and (counters["global_step"] % log_every == 0 or counters["global_step"] == total_steps):
                     elapsed = time.time() - started
                     rate = images_seen / max(elapsed, 1e-9)
                     done = counters["global_step"]
@@ -232,7 +259,8 @@ class Trainer:
             self.events.emit("epoch", epoch=epoch + 1, epochs=epochs, step=counters["global_step"])
             if main and cfg.train.eval_every_epochs and (epoch + 1) % cfg.train.eval_every_epochs == 0:
                 split = data.val or data.test
-                accuracy = Predictor(model, device=accelerator.device).evaluate(split).accuracy
+                with accelerator.autocast():
+                    accuracy = Predictor(model, device=accelerator.device).evaluate(split).accuracy
                 model.train()
                 self.events.emit("val", epoch=epoch + 1, epochs=epochs, step=counters["global_step"], accuracy=accuracy, split="val" if data.val else "test")
             if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 and epoch + 1 < epochs:
@@ -243,7 +271,8 @@ class Trainer:
         accelerator.wait_for_everyone()
         metrics: dict[str, Any] = {}
         if main:
-            metrics = self._evaluate(model, data, cfg, accelerator.device)
+            with accelerator.autocast():
+                metrics = self._evaluate(model, data, cfg, accelerator.device)
             run = {"train": train, "data": dataclasses.asdict(cfg.data), "metrics": _summary(metrics), "decomposer_reason": record["decomposer_reason"]}
             model.save_bundle(self.run_dir / "model", run)
             write_json_atomic(self.run_dir / "metrics.json", metrics)
@@ -260,7 +289,8 @@ class Trainer:
         """This epoch's batches: its view of every image, in a seeded order."""
         view = self._view(epoch, train)
         items = [data.train[i] for i in self._epoch_order(len(data.train), epoch)]
-        frozen = cache.get(items, view)
+        with self._autocast():
+            frozen = cache.get(items, view)
         dataset = _EpochDataset(items, frozen, views if model.needs_image_grad else None, view)
         # its own generator: creating the iterator must not draw from the global RNG, or a resumed
         # run would see different counterfactual permutations than an uninterrupted one
@@ -276,7 +306,8 @@ class Trainer:
         epoch = 0
         while len(batches) < wanted and data.train and epoch < wanted:
             items = [data.train[i] for i in self._epoch_order(len(data.train), epoch)]
-            frozen = cache.get(items, self._view(epoch, train))
+            with self._autocast():
+                frozen = cache.get(items, self._view(epoch, train))
             labels = torch.tensor([item.label for item in items])
             for start in range(0, len(items), batch_size):
                 if len(batches) == wanted:
@@ -379,13 +410,28 @@ def _to_batch(sample: dict[str, torch.Tensor], device: torch.device) -> Batch:
     return Batch(labels=sample["labels"].to(device, non_blocking=True), images=None if images is None else images.to(device, non_blocking=True), frozen=frozen)
 
 
+def frozen_in_bf16(backbone: Backbone) -> Backbone:
+    """The run's frozen CLIP held once in bf16 (a copy: the caller's stays as it was), so autocast
+    has no frozen matrix to re-cast each step; the learned tensors stay fp32, and so do the layer
+    norms, which autocast runs in fp32 anyway (and which the CPU kernels need in the input's dtype)."""
+    if next(backbone.model.parameters()).dtype == torch.bfloat16:
+        return backbone
+    model = copy.deepcopy(backbone.model).to(torch.bfloat16)
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.float()
+    return dataclasses.replace(backbone, model=model)
+
+
 def _build_optimizer(params: list[torch.nn.Parameter], train: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD or AdamW over the learned tensors, with the multi-tensor (foreach) update: one kernel
-    per operation for all parameters instead of one per parameter."""
+    """SGD or AdamW over the learned tensors with a multi-tensor update: fused kernels on a GPU,
+    foreach (one kernel per operation for all parameters) elsewhere."""
+    fused = all(p.device.type == "cuda" for p in params)
+    kernels = {"fused": True} if fused else {"foreach": True}
     if train["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"], foreach=True)
+        return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"], **kernels)
     if train["optimizer"] == "adamw":
-        return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"], foreach=True)
+        return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"], **kernels)
     raise ValueError(f"unknown optimizer {train['optimizer']!r}; use 'sgd' or 'adamw'")
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from specpl.config import MethodConfig
 from specpl.methods import Batch, build_method
 from specpl.methods.bank import VisualSemanticBank
-from specpl.methods.losses import granule_logits, semantic_anchor_loss
+from specpl.methods.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 from specpl.methods.specpl import GranuleModulator
 
 
@@ -90,7 +90,7 @@ def test_counterfactual_uses_permuted_high_bands_and_labels(tiny_backbone):
     features = torch.randn(4, tiny_backbone.embed_dim)
     low, high = torch.rand(4, 6), torch.rand(4, 6)
     torch.manual_seed(3)
-    perm = torch.randperm(4)
+    perm = counterfactual_permutation(4)
     assert not torch.equal(labels[perm], labels)  # this seed's permutation moves labels
     torch.manual_seed(3)
     losses = model(_batch(labels, features, low, high))

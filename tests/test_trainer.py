@@ -82,7 +82,7 @@ def test_compiled_training_matches_eager(tmp_path, cifar_root, tiny_backbone):
         assert (counters["stats"]["unique_graphs"] > 0) == (mode == "on")  # it really was compiled, and only when asked
     for key in runs[0]:
         torch.testing.assert_close(runs[1][key], runs[0][key], rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match="train.compile must be 'off' or 'on', got 'max'"):
+    with pytest.raises(ValueError, match="train.compile must be 'auto', 'off' or 'on', got 'max'"):
         TrainConfig(compile="max")
 
 

@@ -331,7 +331,8 @@ class PromptModel(nn.Module):
         """Image outputs with every component's image prompts and hooks applied."""
         if self.image_encoder is None:
             return {FEATURES: self.frozen_clip.encode_image(images)}
-        hook = _compose_hooks([h for c in self.components if (h := c.image_hook()) is not None])
+        hooks = [c.image_hook() for c in self.components]
+        hook = _compose_hooks([h for h in hooks if h is not None])
         return self.host.image_outputs(self.image_encoder(images, self.image_prompt_groups(), hook))
 
     def text_features(self, image_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

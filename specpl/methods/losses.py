@@ -22,6 +22,8 @@ def granule_logits(modulated_image: torch.Tensor, refined_text: torch.Tensor, sc
     return scale * modulated_image @ text.t()
 
 
-def counterfactual_permutation(batch_size: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
-    """pi = randperm(B) (spec §3.7; fixed points are allowed and give the factual case)."""
-    return torch.randperm(batch_size, generator=generator).to(device)
+def counterfactual_permutation(batch_size: int, device: torch.device | None = None) -> torch.Tensor:
+    """pi, a uniform random permutation of the batch (spec §3.7; fixed points are allowed and give
+    the factual case). Drawn on the batch's device as the argsort of uniform noise: no host round
+    trip, and an op that compiles into a CUDA graph."""
+    return torch.rand(batch_size, device=device).argsort()

@@ -115,13 +115,17 @@ class MMRL(Host):
         return {FEATURES: output.pooled, REP: rep}
 
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
-        tokenizer = self.backbone[0].tokenizer
-        self.register_buffer("tokens", tokenizer([self.template.format(c) for c in classnames]).to(self.representation.device), persistent=False)
+        tokens = self.backbone[0].tokenizer([self.template.format(c) for c in classnames])
+        prefix, suffix, eot = self.text_encoder.split_tokens(tokens)
+        self.register_buffer("text_prefix", prefix.float(), persistent=False)
+        self.register_buffer("text_suffix", suffix.float(), persistent=False)
+        self.register_buffer("text_eot", eot, persistent=False)
         self.register_buffer("frozen_text", template_text_features(self.backbone[0], self.template, classnames), persistent=False)
         self.classnames, self.novel = list(classnames), novel
 
     def encode_text(self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = ()) -> torch.Tensor:
-        return self.text_encoder.encode_tokens(self.tokens, [*self.text_prompts_of_host(), *groups])
+        groups = [*self.text_prompts_of_host(), *groups]
+        return self.text_encoder.forward_shared_prefix(self.text_prefix, self.text_suffix, self.text_eot, groups)[0]
 
     def logits(self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, refined_text: torch.Tensor, scale: float) -> torch.Tensor:
         if self.novel:

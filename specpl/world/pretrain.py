@@ -6,6 +6,12 @@ safetensors format together with a model card, and the final zero-shot accuracy 
 file as written, loaded back through stock open_clip.
 
     python -m specpl.world.pretrain --out assets/world-clip --seed 0
+
+Options for a larger model (CasPL's offline teacher, ``assets/world-clip-large``): ``--model``
+names another open_clip config of the same width, ``--init-from`` warm-starts it from a
+shallower model's weights (its blocks interleaved with new identity blocks, so step 0 computes
+exactly what the shallower model computes), and ``--cast-prob`` shows a share of the images
+through a random colour cast (a wider training distribution, as a larger CLIP has seen more).
 """
 from __future__ import annotations
 
@@ -21,7 +27,8 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from PIL import Image
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from specpl.world.generator import BACKGROUNDS, COLOURS, SHAPES, TEXTURES, describe, render, sample_world, world_classnames
@@ -50,6 +57,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-per-class", type=int, default=50, help="test images per class for the final score")
     parser.add_argument("--eval-seed", type=int, default=1, help="seed of the few-shot world whose test split is scored")
+    parser.add_argument("--model", default=MODEL_NAME, help="open_clip config in specpl/model_configs to train")
+    parser.add_argument(
+        "--init-from", type=Path, default=None,
+        help="safetensors of a shallower model of the same width to start from (blocks interleaved with identity blocks)",
+    )
+    parser.add_argument(
+        "--cast-prob", type=float, default=0.0,
+        help="share of training images seen through a random colour cast (strength 0-0.5, random tint)",
+    )
     args = parser.parse_args(argv)
     if args.aux_steps is None:
         args.aux_steps = args.steps // 2
@@ -63,6 +79,9 @@ def command_line(args: argparse.Namespace) -> str:
         f"--batch-size {args.batch_size} --lr {args.lr} --warmup {args.warmup} "
         f"--weight-decay {args.weight_decay} --aux-steps {args.aux_steps} --threads {args.threads} --eval-every {args.eval_every} "
         f"--eval-per-class {args.eval_per_class} --eval-seed {args.eval_seed}"
+        + (f" --model {args.model}" if args.model != MODEL_NAME else "")
+        + (f" --init-from {args.init_from}" if args.init_from else "")
+        + (f" --cast-prob {args.cast_prob}" if args.cast_prob else "")
     )
 
 
@@ -139,17 +158,70 @@ class FactorHeads(torch.nn.Module):
         return torch.stack(losses).mean()
 
 
+MAX_CAST_STRENGTH = 0.5
+
+
+def random_cast(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """`image` through a random camera cast, ``(1 - s) * image + s * tint``: the family the
+    generator's fixed cameras (`CAMERAS`) belong to, with s ~ U(0, 0.5) and a uniform RGB tint."""
+    strength = rng.uniform(0.0, MAX_CAST_STRENGTH)
+    tint = rng.uniform(0.0, 255.0, size=3)
+    pixels = (1 - strength) * np.asarray(image, dtype=np.float64) + strength * tint
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
 def world_batch(
-    rng: np.random.Generator, size: int, preprocess, tokenizer
+    rng: np.random.Generator, size: int, preprocess, tokenizer, cast_prob: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """Images, caption tokens, the (image, caption) truth matrix and factor labels of a fresh batch."""
+    """Images, caption tokens, the (image, caption) truth matrix and factor labels of a fresh batch
+    (a `cast_prob` share of the images seen through a random colour cast)."""
     samples = sample_world(rng, size)
     captions = [describe(sample, rng) for sample in samples]
     truth = torch.tensor([[c.holds_for(described, image) for c, described in zip(captions, samples)] for image in samples])
-    images = torch.stack([preprocess(render(sample)) for sample in samples])
+    rendered = [render(sample) for sample in samples]
+    if cast_prob > 0:  # no draws at all when off, so the default run's random stream is unchanged
+        rendered = [random_cast(image, rng) if rng.uniform() < cast_prob else image for image in rendered]
+    images = torch.stack([preprocess(image) for image in rendered])
     tables = {"texture": TEXTURES, "shape": SHAPES, "colour": tuple(COLOURS), "background": tuple(BACKGROUNDS)}
     factors = {f: torch.tensor([table.index(getattr(s, f)) for s in samples]) for f, table in tables.items()}
     return images, tokenizer([c.text for c in captions]), truth, factors
+
+
+def deepen_from(model: torch.nn.Module, shallow: dict[str, torch.Tensor]) -> None:
+    """Load a shallower model's state into `model` (same widths, k times the blocks per tower):
+    block i of the shallow tower becomes block k*i, and every other block is an identity block
+    (its attention and MLP output projections zeroed), so `model` starts as the shallow model."""
+    own = model.state_dict()
+    for tower in ("visual.transformer", "transformer"):
+        deep = len(_blocks(model, tower))
+        depth = 1 + max(int(k[len(tower) + 11 :].split(".")[0]) for k in shallow if k.startswith(f"{tower}.resblocks."))
+        if deep % depth:
+            raise ValueError(f"--init-from: {tower} has {depth} blocks, which do not divide the new model's {deep}")
+        step = deep // depth
+        for index, block in enumerate(_blocks(model, tower)):
+            if index % step:
+                torch.nn.init.zeros_(block.attn.out_proj.weight)
+                torch.nn.init.zeros_(block.attn.out_proj.bias)
+                torch.nn.init.zeros_(block.mlp.c_proj.weight)
+                torch.nn.init.zeros_(block.mlp.c_proj.bias)
+        renamed = {}
+        for key, value in shallow.items():
+            prefix = f"{tower}.resblocks."
+            if key.startswith(prefix):
+                index, rest = key[len(prefix) :].split(".", 1)
+                renamed[f"{prefix}{int(index) * step}.{rest}"] = value
+        shallow = {**{k: v for k, v in shallow.items() if not k.startswith(f"{tower}.resblocks.")}, **renamed}
+    unknown = sorted(set(shallow) - set(own))
+    bad = sorted(k for k in set(shallow) & set(own) if shallow[k].shape != own[k].shape)
+    if unknown or bad:
+        raise ValueError(f"--init-from does not fit the model: unknown {unknown[:3]}, shape mismatch {bad[:3]}")
+    with torch.no_grad():
+        for key, value in shallow.items():
+            own[key].copy_(value)
+
+
+def _blocks(model: torch.nn.Module, tower: str) -> torch.nn.ModuleList:
+    return model.get_submodule(f"{tower}.resblocks")
 
 
 def save_weights(model: torch.nn.Module, path: Path) -> None:
@@ -169,16 +241,26 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+AUX_NOTE = """For the first {aux_steps} steps an auxiliary loss, with a weight falling linearly from 1 to 0,
+also asks linear heads to read the factors (texture, shape, colour, background from the image
+embedding; texture and shape from the text embedding). The heads are thrown away; they only
+give both towers a dense signal early, which a from-scratch CLIP on one CPU core otherwise
+lacks for most of its budget. The rest of the run is the pure contrastive loss."""
+
+DEFAULT_INTRO = """A tiny CLIP trained from scratch by this project on SpectralWorld, the procedural image-caption
+world in `specpl/world/generator.py`. It is the default embedded backbone: small enough to ship,
+and trained on images whose low- and high-frequency content is known by construction."""
+
+
 def model_card(args: argparse.Namespace, history: list[tuple[int, float, float]], stats: dict) -> str:
     rows = "\n".join(f"| {step} | {loss:.3f} | {acc:.1%} |" for step, loss, acc in history)
-    return f"""# world-clip
+    intro = stats.get("intro", DEFAULT_INTRO)
+    return f"""# {args.model}
 
-A tiny CLIP trained from scratch by this project on SpectralWorld, the procedural image-caption
-world in `specpl/world/generator.py`. It is the default embedded backbone: small enough to ship,
-and trained on images whose low- and high-frequency content is known by construction.
+{intro}
 
 ## Architecture
-open_clip `CLIP`, config `specpl/model_configs/{MODEL_NAME}.json`: {stats['arch']}.
+open_clip `CLIP`, config `specpl/model_configs/{args.model}.json`: {stats['arch']}.
 {stats['params'] / 1e6:.2f} M parameters; the file stores the open_clip state dict in float32
 safetensors ({stats['size_mb']:.1f} MB).
 
@@ -186,8 +268,8 @@ safetensors ({stats['size_mb']:.1f} MB).
 import open_clip
 open_clip.add_model_config("specpl/model_configs")
 model, _, preprocess = open_clip.create_model_and_transforms(
-    "{MODEL_NAME}", pretrained="assets/world-clip/{WEIGHTS_NAME}")
-tokenizer = open_clip.get_tokenizer("{MODEL_NAME}")
+    "{args.model}", pretrained="{args.out}/{WEIGHTS_NAME}")
+tokenizer = open_clip.get_tokenizer("{args.model}")
 ```
 
 ## Data
@@ -195,19 +277,15 @@ Fresh (image, caption) pairs every step, {args.steps} steps x {args.batch_size} 
 ({args.steps * args.batch_size:,} pairs, none repeated). Images are 64x64 RGB: a shape (6) in a
 colour (6) on a muted background (4) with position, scale, brightness and lighting jitter, and a
 surface texture (6) with a period of 1-4 pixels. Captions come from several templates mixing the
-factors; every caption names the texture and the shape.
+factors; every caption names the texture and the shape.{stats.get('data_extra', '')}
 
 ## Training
 Symmetric contrastive loss in which every true (image, caption) pair of the batch is a positive
 (a caption is true of an image when the image agrees on every factor the caption names).
-For the first {args.aux_steps} steps an auxiliary loss, with a weight falling linearly from 1 to 0,
-also asks linear heads to read the factors (texture, shape, colour, background from the image
-embedding; texture and shape from the text embedding). The heads are thrown away; they only
-give both towers a dense signal early, which a from-scratch CLIP on one CPU core otherwise
-lacks for most of its budget. The rest of the run is the pure contrastive loss.
-The patch embedding starts as a luminance 8x8 DCT filter bank (plus damped random weights).
+{AUX_NOTE.format(aux_steps=args.aux_steps) if args.aux_steps > 0 else "No auxiliary loss."}
+{stats.get('init', 'The patch embedding starts as a luminance 8x8 DCT filter bank (plus damped random weights).')}
 AdamW (betas 0.9/0.98, weight decay {args.weight_decay} on matrices), peak lr {args.lr},
-{args.warmup} warm-up steps then cosine decay, learnable temperature, no augmentation.
+{args.warmup} warm-up steps then cosine decay, learnable temperature, {'random colour casts as above' if args.cast_prob else 'no augmentation'}.
 
 Exact command (seed {args.seed}):
 
@@ -244,9 +322,11 @@ def main(argv: list[str] | None = None) -> float:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     register_config()
-    model, _, preprocess = open_clip.create_model_and_transforms(MODEL_NAME)
-    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
+    model, _, preprocess = open_clip.create_model_and_transforms(args.model)
+    tokenizer = open_clip.get_tokenizer(args.model)
     init_patch_embedding_dct(model.visual.conv1)
+    if args.init_from is not None:
+        deepen_from(model, load_file(str(args.init_from)))
     heads = FactorHeads(model.text_projection.shape[1])
     optimizer = torch.optim.AdamW(
         param_groups(model, args.weight_decay) + param_groups(heads, args.weight_decay),
@@ -257,18 +337,18 @@ def main(argv: list[str] | None = None) -> float:
 
     history: list[tuple[int, float, float]] = []
     running = None
-    progress = tqdm(range(args.steps), desc="world-clip", mininterval=5.0)
+    progress = tqdm(range(args.steps), desc=args.model, mininterval=5.0)
     # One worker renders the next batch while the model trains on this one; a single worker
     # consumes the random stream in order, so the run stays deterministic.
     prefetch = ThreadPoolExecutor(max_workers=1)
-    pending = prefetch.submit(world_batch, rng, args.batch_size, preprocess, tokenizer)
+    pending = prefetch.submit(world_batch, rng, args.batch_size, preprocess, tokenizer, args.cast_prob)
     for step in progress:
         model.train()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, args)
         images, tokens, truth, factors = pending.result()
         if step + 1 < args.steps:
-            pending = prefetch.submit(world_batch, rng, args.batch_size, preprocess, tokenizer)
+            pending = prefetch.submit(world_batch, rng, args.batch_size, preprocess, tokenizer, args.cast_prob)
         image_features = model.encode_image(images, normalize=True)
         text_features = model.encode_text(tokens, normalize=True)
         loss = contrastive_loss(image_features, text_features, model.logit_scale, truth)
@@ -291,11 +371,16 @@ def main(argv: list[str] | None = None) -> float:
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / WEIGHTS_NAME
     save_weights(model, weights)
-    loaded, loaded_preprocess, loaded_tokenizer = load_world_clip(weights)
+    if args.model == MODEL_NAME:
+        loaded, loaded_preprocess, loaded_tokenizer = load_world_clip(weights)
+    else:
+        loaded, _, loaded_preprocess = open_clip.create_model_and_transforms(args.model, pretrained=str(weights))
+        loaded_tokenizer = open_clip.get_tokenizer(args.model)
+        loaded.eval()
     images, labels = world_test_set(args.eval_per_class, args.eval_seed, loaded_preprocess)
     accuracy = zero_shot_accuracy(loaded, loaded_tokenizer, images, labels, world_classnames())
     wall_min = (time.perf_counter() - started) / 60
-    cfg = open_clip.get_model_config(MODEL_NAME)
+    cfg = open_clip.get_model_config(args.model)
     vision, text = cfg["vision_cfg"], cfg["text_cfg"]
     stats = {
         "arch": (
@@ -311,6 +396,23 @@ def main(argv: list[str] | None = None) -> float:
         "machine": f"{cpu_name()} ({os.cpu_count()} cores, {platform.system()})",
         "accuracy": accuracy,
     }
+    if args.model != MODEL_NAME:
+        stats["intro"] = (
+            f"A larger SpectralWorld CLIP ({vision['layers']} + {text['layers']} blocks against world-clip's 4 + 4), trained by "
+            "this project as CasPL's offline teacher (`specpl.methods.caspl`): the world's stand-in for CLIP ViT-L/14 "
+            "teaching ViT-B/16."
+        )
+    if args.init_from is not None:
+        stats["init"] = (
+            f"Warm start from `{args.init_from}`: its blocks interleaved with new identity blocks (attention and MLP "
+            "output projections zeroed), so step 0 computes exactly what that model computes."
+        )
+    if args.cast_prob:
+        stats["data_extra"] = (
+            f" A share of {args.cast_prob:.0%} of the images is seen through a random colour cast "
+            f"(out = (1 - s) image + s tint, s ~ U(0, {MAX_CAST_STRENGTH}), tint uniform in RGB): the family the "
+            "generator's cameras belong to, so this model has seen shifted domains that world-clip has not."
+        )
     card = args.out / "README.md"
     tmp = card.with_name(".README.md.tmp")
     tmp.write_text(model_card(args, history, stats))

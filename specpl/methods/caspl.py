@@ -1,0 +1,281 @@
+"""CasPL: Cascade Prompt Learning (ECCV 2024), in two phases (``shared/methods/CASPL.md``; §8, the
+released code, overrides the paper where they differ).
+
+Phase 1, the host ``caspl-boost``: deep boosting prompts in IVLP's layout (8 text + 8 vision
+tokens per layer, depth 12 cut to the towers, N(0, 0.02) init; SGD 0.0025, batch 4, 20 epochs)
+learned by distilling a larger frozen teacher CLIP's zero-shot logits on unlabeled images:
+L = T^2 * KL(softmax(f_T / T) || softmax(f_S / T)), summed over classes and averaged over the
+batch (``batchmean``), T = 1. Labels are never read.
+- Teacher: any open_clip model, vanilla, with one hand-crafted template (the run's template:
+  the dataset's own for a registered benchmark, as in the spec). By default OpenAI's ViT-L-14;
+  for the embedded world CLIP student, the embedded larger world CLIP
+  (``assets/world-clip-large``), so the method runs offline. The teacher is loaded only to train
+  (never at inference or when a bundle is loaded), and its logits are a named frozen input
+  (``caspl_teacher``), so the feature cache computes them once per image view.
+- Unlabeled images: the run's training images, labels unused. The paper (and the released code)
+  uses every training image of *all* classes with all class names: that is transductive toward the
+  new classes of a base-to-new split (their images and names are seen in phase 1). For a
+  base-classes-only phase 1, use the data config's ``subsample="base"``. The full training set,
+  as the paper uses, is ``shots=None``.
+- One phase-1 bundle serves every host: it is the ``boost_bundle`` input of phase 2.
+
+Phase 2, the booster ``caspl``: the frozen boosting prompts of a phase-1 bundle (buffers, never
+trained; they are saved in the phase-2 bundle, which is therefore self-contained) cascaded with
+the host's learnable prompts, on CoOp, CoCoOp, MaPLe and PromptSRC. In both towers the boosting
+group is inserted at layer 0 and overwritten with its own frozen tokens at every later layer it
+has. The hosts keep their own losses; PromptSRC's frozen reference stays vanilla CLIP (the
+released code's ``zero_shot_model``), since its regularisers read the bare backbone.
+
+Choices and deviations (written down as the spec asks):
+- Text order: on the deep hosts (MaPLe, PromptSRC) the text is ``[SOS][adapt][boost][class]`` as
+  in the paper. On CoOp and CoCoOp, whose context is part of the host's prompt embedding and not a
+  slot, the tower's slot rule places an inserted group right after [SOS]: ``[SOS][boost][adapt]``.
+  A seam that lets a booster's group follow the host's context would give the paper's order.
+- Vision order: the boosting tokens follow the host's (``[..., adapt, boost]``, not the paper's
+  ``[..., boost, adapt]``). Prompt tokens carry no positional embedding and attention is
+  permutation-equivariant, so the order changes no feature (beyond float summation order).
+- The layer-0 boosting text tokens carry the positional embeddings of positions 1..L, the ones
+  they had in phase 1 (inserted slot tokens otherwise get none); the class name keeps the
+  positions the host gives it.
+- The teacher sees the student's augmented view, resampled to its own resolution and
+  normalisation when they differ.
+- A user's folder of unlabeled images is not yet an input: the trainer reads only the run's data.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from specpl.backbone import EMBEDDED_TAG, Backbone, load_backbone
+from specpl.config import BackboneConfig
+from specpl.methods.base import Booster, BuildContext, ForwardState, cosine_logits
+from specpl.methods.coop import standard_presets
+from specpl.methods.deep import IndependentPromptHost
+from specpl.methods.registry import BOOSTERS, HOSTS
+from specpl.methods.zeroshot import template_text_features
+from specpl.slots import END, START, PromptGroup
+from specpl.vision import PromptImageEncoder
+
+TEACHER_LOGITS = "caspl_teacher"
+DEFAULT_TEACHER = ("ViT-L-14", "openai")
+PHASE_ONE = "caspl-boost"
+RANDOM_INIT = ""  # teacher_pretrained value for a randomly initialised teacher (tests only)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), summed over classes and averaged over the
+    batch (``batchmean``), or its per-sample weighted mean (weights normalised to sum to B)."""
+    log_student = F.log_softmax(student / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher.to(student.dtype) / temperature, dim=-1)
+    per_sample = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=-1)
+    if weights is None:
+        return per_sample.mean() * temperature**2
+    return (per_sample * weights).sum() / weights.sum().clamp_min(1e-12) * temperature**2
+
+
+def resolve_teacher(student: BackboneConfig, teacher: str | None, pretrained: str | None) -> tuple[str, str]:
+    """(model, pretrained) of the teacher: the options given, else ViT-L-14 ``openai``, or the
+    embedded larger world CLIP when the student is the embedded world CLIP."""
+    from specpl import defaults
+
+    if teacher is None:
+        teacher, default_pretrained = (defaults.WORLD_TEACHER_MODEL, EMBEDDED_TAG) if student.name == defaults.WORLD_MODEL else DEFAULT_TEACHER
+        return teacher, default_pretrained if pretrained is None else pretrained
+    if pretrained is None:
+        pretrained = EMBEDDED_TAG if teacher == defaults.WORLD_TEACHER_MODEL else "openai"
+    return teacher, pretrained
+
+
+def load_teacher(name: str, pretrained: str, device: torch.device) -> Backbone:
+    """The frozen teacher CLIP; `pretrained` is an open_clip tag, a local file, ``embedded`` (the
+    world teacher shipped in assets/) or ``""`` (random init). Unavailable weights raise
+    `specpl.backbone.BackboneUnavailable` saying where we looked and how to pass a local file."""
+    from specpl import defaults
+
+    if pretrained == EMBEDDED_TAG:
+        if name != defaults.WORLD_TEACHER_MODEL:
+            raise ValueError(f"caspl-boost: only {defaults.WORLD_TEACHER_MODEL} has embedded teacher weights, not {name}")
+        config = defaults.world_teacher_config()
+    else:
+        config = BackboneConfig(name=name, pretrained=pretrained or None)
+    return load_backbone(config, device=device)
+
+
+class TeacherLogits:
+    """The frozen teacher's zero-shot logits (B, C) of each view: its own logit scale times the
+    cosine of its image feature with its template text of every class."""
+
+    name = TEACHER_LOGITS
+
+    def __init__(self, teacher: Backbone, student: Backbone, classnames: list[str], template: str, label: str) -> None:
+        self.teacher, self.student = teacher, student
+        self.text = F.normalize(template_text_features(teacher, template, classnames), dim=-1)
+        digest = hashlib.sha256(json.dumps([template, classnames]).encode()).hexdigest()[:16]
+        self.signature = f"{label}|{digest}"
+
+    def to_teacher_input(self, images: torch.Tensor) -> torch.Tensor:
+        """The student's preprocessed view as the teacher's preprocessing would give it."""
+        same_norm = self.teacher.normalization == self.student.normalization
+        if same_norm and self.teacher.image_size == images.shape[-1] == images.shape[-2]:
+            return images
+        mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in self.student.normalization)
+        pixels = (images.float() * std + mean).clamp(0, 1)
+        size = self.teacher.image_size
+        if pixels.shape[-2:] != (size, size):
+            pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in self.teacher.normalization)
+        return ((pixels - mean) / std).to(images.dtype)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        model = self.teacher.model
+        features = model.encode_image(self.to_teacher_input(images).to(model.logit_scale.device))
+        logits = model.logit_scale.exp().float() * F.normalize(features.float(), dim=-1) @ self.text.to(features.device).t()
+        return logits.to(images.device)
+
+
+@dataclass
+class CasPLBoostConfig:
+    n_ctx: int = 8  # L text tokens per layer
+    n_ctx_vision: int = 8
+    depth: int = 12  # cut to the towers' depth
+    ctx_init: str = ""  # "": N(0, init_std), as the released code
+    init_std: float = 0.02
+    teacher: str | None = None  # None: ViT-L-14 (openai), or world-clip-large for the world CLIP student
+    teacher_pretrained: str | None = None  # a tag, a local file, "embedded"; None: the teacher's default
+    teacher_template: str | None = None  # None: the run's (the dataset's) template
+    temperature: float = 1.0
+
+
+@HOSTS.register(PHASE_ONE)
+class CasPLBoost(IndependentPromptHost):
+    """CasPL phase 1: IVLP-layout boosting prompts distilled from a frozen teacher (see the module
+    docstring). Its bundle is phase 2's ``boost_bundle``; used alone it is a zero-shot model."""
+
+    name = PHASE_ONE
+    description = "CasPL phase 1: deep boosting prompts distilled from a larger frozen CLIP on unlabeled images (ECCV 2024)"
+    config_class: ClassVar[type] = CasPLBoostConfig
+    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+
+    def __init__(self, config: CasPLBoostConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        self.context = [context]  # a list keeps it out of the module tree
+        self.teacher_name, self.teacher_pretrained = resolve_teacher(context.backbone.config, config.teacher, config.teacher_pretrained)
+        self.teacher_template = config.teacher_template or context.template
+        self._teacher: list[Backbone] = []  # loaded on first use: inference never needs it
+
+    def resolved_options(self) -> dict[str, Any]:
+        options = super().resolved_options()
+        options.update(teacher=self.teacher_name, teacher_pretrained=self.teacher_pretrained)
+        return options
+
+    def teacher(self) -> Backbone:
+        if not self._teacher:
+            device = self.context[0].backbone.model.token_embedding.weight.device
+            self._teacher.append(load_teacher(self.teacher_name, self.teacher_pretrained, torch.device("cpu") if device.type == "meta" else device))
+        return self._teacher[0]
+
+    def frozen_inputs(self) -> list:
+        label = f"{self.teacher_name}:{self.teacher_pretrained}"
+        return [TeacherLogits(self.teacher(), self.context[0].backbone, self.classnames, self.teacher_template, label)]
+
+    def host_losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
+        teacher = state.batch.require(TEACHER_LOGITS, "caspl-boost")
+        return {"kd": distillation_loss(state.logits, teacher, self.config.temperature, state.sample_weights)}
+
+
+@dataclass
+class CasPLConfig:
+    boost_bundle: str | None = None  # folder of a caspl-boost (phase 1) bundle
+    # recorded at build time, so a phase-2 bundle (which holds the boosting prompts) loads without
+    # the phase-1 folder: [layers, tokens, width] of each tower's boosting prompts
+    boost_text_shape: list[int] | None = None
+    boost_vision_shape: list[int] | None = None
+
+
+def read_boosting_prompts(folder: str | Path, backbone: Backbone) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(text, vision) boosting prompts per layer from a caspl-boost bundle, checked against the
+    run's backbone."""
+    from specpl.checkpoint import read_bundle
+
+    tensors, config = read_bundle(Path(folder))
+    where = Path(folder) / "config.json"
+    if config["method"].get("host") != PHASE_ONE:
+        raise ValueError(f"{where}: caspl.boost_bundle must be a {PHASE_ONE} (phase 1) bundle, this one is {config['method'].get('host')!r}")
+    trained_on = (config["backbone"].get("name"), config["backbone"].get("pretrained"))
+    if trained_on != (backbone.config.name, backbone.config.pretrained):
+        raise ValueError(f"{where}: the boosting prompts were learned on {trained_on[0]} ({trained_on[1]}), this run's backbone is {backbone.describe()}")
+    prefix = "host."
+    text = [tensors[f"{prefix}prompt_learner.ctx"]]
+    text += [tensors[f"{prefix}deep_text.{i}"] for i in range(len(tensors)) if f"{prefix}deep_text.{i}" in tensors]
+    vision = [tensors[f"{prefix}vision.{i}"] for i in range(len(tensors)) if f"{prefix}vision.{i}" in tensors]
+    return text, vision
+
+
+@BOOSTERS.register("caspl")
+class CasPL(Booster):
+    """CasPL phase 2: a phase-1 bundle's boosting prompts, frozen, cascaded with the host's
+    learnable prompts (see the module docstring for the layout)."""
+
+    name = "caspl"
+    description = "CasPL phase 2: frozen boosting prompts from a caspl-boost bundle cascaded with the host's prompts (ECCV 2024)"
+    config_class: ClassVar[type] = CasPLConfig
+    supported_hosts: ClassVar[tuple[str, ...] | None] = ("coop", "cocoop", "maple", "promptsrc")
+
+    def __init__(self, config: CasPLConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        text_width = int(context.backbone.model.token_embedding.weight.shape[1])
+        vision = PromptImageEncoder(context.backbone.model)
+        device = context.backbone.model.token_embedding.weight.device
+        found = config.boost_bundle is not None and (Path(config.boost_bundle) / "config.json").is_file()
+        if found:
+            text, vision_tokens = read_boosting_prompts(config.boost_bundle, context.backbone)
+        elif config.boost_text_shape and config.boost_vision_shape:  # rebuilt from a phase-2 bundle
+            text = [torch.zeros(config.boost_text_shape[1:]) for _ in range(config.boost_text_shape[0])]
+            vision_tokens = [torch.zeros(config.boost_vision_shape[1:]) for _ in range(config.boost_vision_shape[0])]
+        elif config.boost_bundle is None:
+            raise ValueError("caspl needs boost_bundle: the folder of a caspl-boost (phase 1) bundle; train one with host 'caspl-boost'")
+        else:
+            raise FileNotFoundError(f"caspl.boost_bundle {config.boost_bundle}: no bundle there ({Path(config.boost_bundle) / 'config.json'} is missing)")
+        self._check(text, text_width, len(context.backbone.model.transformer.resblocks), "text")
+        self._check(vision_tokens, vision.width, vision.depth, "vision")
+        self.awaiting_state = not found  # placeholders until a phase-2 bundle's tensors are loaded
+        for i, tokens in enumerate(text):
+            self.register_buffer(f"boost_text_{i}", tokens.float().to(device).clone())
+        for i, tokens in enumerate(vision_tokens):
+            self.register_buffer(f"boost_vision_{i}", tokens.float().to(device).clone())
+        self.text_layers, self.vision_layers = len(text), len(vision_tokens)
+        config.boost_text_shape = [len(text), *text[0].shape]
+        config.boost_vision_shape = [len(vision_tokens), *vision_tokens[0].shape]
+        positions = context.backbone.model.positional_embedding[1 : 1 + text[0].shape[0]].detach()
+        self.register_buffer("text_positions", positions.float().clone(), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "awaiting_state", False))
+
+    @staticmethod
+    def _check(layers: list[torch.Tensor], width: int, depth: int, tower: str) -> None:
+        if not layers or layers[0].shape[-1] != width or len(layers) > depth:
+            shape = [len(layers), *layers[0].shape] if layers else []
+            raise ValueError(f"caspl: the {tower} boosting prompts {shape} do not fit this backbone ({tower} width {width}, depth {depth})")
+
+    def _layers(self, kind: str, count: int) -> list[torch.Tensor]:
+        return [self.get_buffer(f"boost_{kind}_{i}") for i in range(count)]
+
+    def text_prompts(self) -> list[PromptGroup]:
+        if self.awaiting_state:  # every logit goes through the text: checked once here
+            raise RuntimeError(
+                f"caspl's boosting prompts were neither read from boost_bundle ({self.config.boost_bundle}) nor loaded from a phase-2 bundle"
+            )
+        layers = self._layers("text", self.text_layers)
+        layers[0] = layers[0] + self.text_positions.to(layers[0].dtype)
+        return [PromptGroup(layers, first_layer=0, at=START, name="caspl.text")]
+
+    def image_prompts(self) -> list[PromptGroup]:
+        return [PromptGroup(self._layers("vision", self.vision_layers), first_layer=0, at=END, name="caspl.vision")]

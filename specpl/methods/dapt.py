@@ -1,0 +1,407 @@
+"""DAPT booster (Decouple before Align: Visual Disentanglement Enhances Prompt Tuning, TPAMI 2025).
+
+Follows ``shared/methods/DAPT.md``. Each training image is split by a foreground mask m into
+x_f = x * m and x_b = x * (1 - m) (in CLIP-normalised pixel space); the three views go through the
+same prompted image path and are L2-normalised (z_I, z_f, z_b). Two phases, switching at the
+epoch index `switch_epoch` (0-based):
+- triplet phase (e < switch): 0.8 * triplet(z_I, sg z_f, sg z_b; p = 2, margin 1.5);
+- alignment phase (e >= switch): 0.1 * CE(s sg(z_f) T_fg, y) + 0.5 * CE(s z_b T_bg, argmax z_b T_bg),
+  T_fg the run's class text, T_bg 32 background prompts ("a clean origami {}.").
+The host's own loss is untouched; DAPT adds nothing at test time (no prompts, no refinement).
+
+Masks (a frozen input, named ``dapt``, cached per (image, view) by the feature cache):
+- ``gradcam`` (DAPT-G): GradCAM of the *current* prompted model on the same augmented view, on the
+  last image block's ``ln_1`` output; target = the label's logit; channel weights = gradients
+  averaged over the patch tokens; ReLU(sum) -> patch grid -> bilinear to the image size ->
+  divided by the maximum -> thresholded. Its signature carries the model's epoch, so the cache
+  recomputes it once per epoch (before training and after every epoch), and the forward pass
+  really uses it.
+- ``folder`` (DAPT-S or any segmenter): one mask file per training image under `mask_dir`, found by
+  the longest matching tail of the image's path (``<class>/<stem>``, then ``<stem>``); binarised as
+  the reference does (first channel, `mask_ignore_value` -> 0, any other value >= 1 -> 1). It gets
+  the image's own crop and flip: the geometric part of the train transform is replayed under the
+  view's seed (`AugmentedViews.draw_seed`) on the same-size mask, with nearest interpolation.
+When no trainable tensor sits in the image path (CoOp, CoCoOp, KgCoOp), z_f and z_b are frozen too
+and are computed in the same frozen input, once per view.
+
+Deviations and choices (spec §9), all behind options:
+- Classification covers the C classes only: DAPT never adds columns to the host's logits, in
+  training or at test (the reference appends 7 background prompts in training and on the base
+  test split, and all 32 on the novel split). No legacy-slice flag: a booster cannot widen the
+  host's logits. T_bg is the clean set of all 32 background prompts.
+- The switch defaults to floor(0.7 E) instead of the reference's fixed 7 (``e > 6``), so short
+  runs (5-epoch base-to-novel) reach the alignment phase; `switch_epoch=7` reproduces the reference.
+- GradCAM masks are normalised per image (`gradcam_normalise="batch"` is the reference's maximum
+  over the whole batch); unlike the reference, they are what the forward pass uses.
+- The background prompts keep the template's fixed token embeddings at layer 0 and get the host's
+  deep text slots (and every booster's text slots) from layer 1, as MaPLe does in the reference; a
+  host with more pre-placed context positions than the template has words before the background
+  word gets placeholder "X" tokens in front, so the word itself is never overwritten. On a host
+  without deep text slots (CoOp) the background text is CLIP's frozen text.
+- T_fg is the text the host classifies with (after any booster's refinement).
+- Without item labels (a frozen input called on images alone) GradCAM targets the predicted class.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip.transform import MaybeConvertMode, MaybeToTensor, _convert_to_rgb
+from PIL import Image
+from torchvision import transforms
+
+from specpl.data import IMAGE_SUFFIXES, DataError, ImageItem, load_image
+from specpl.methods.base import FEATURES, Booster, BuildContext, ForwardState, PromptModel
+from specpl.methods.prompt import PLACEHOLDER
+from specpl.methods.registry import BOOSTERS
+from specpl.slots import START, PromptGroup
+from specpl.vision import PromptImageEncoder
+
+if TYPE_CHECKING:
+    from specpl.features import AugmentedViews
+
+DAPT_INPUT = "dapt"  # the frozen input's name; the batch carries dapt.mask (and dapt.fg, dapt.bg)
+MASK, FOREGROUND, BACKGROUND = "mask", "fg", "bg"
+MASK_SOURCES = ("gradcam", "folder")
+GENERAL_BACKGROUNDS = (
+    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway", "railroad",
+    "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street", "valley", "bridge", "sign",
+)
+FOOD_BACKGROUNDS = ("table", "forks", "tablecloth", "hands", "spoon", "glasses", "dishes")
+
+
+@dataclass
+class DAPTConfig:
+    masks: str = "gradcam"  # "gradcam" (DAPT-G, from the current model) or "folder" (mask files in mask_dir)
+    mask_dir: str = ""  # the mask folder for masks="folder"
+    mask_ignore_value: int | None = 255  # a mask value read as background (SEEM's ignore label)
+    gradcam_threshold: float = 0.5
+    gradcam_normalise: str = "image"  # "image" (per-image maximum) or "batch" (the reference's batch maximum)
+    switch_epoch: int | None = None  # first epoch index (0-based) of the alignment phase; None: floor(0.7 E)
+    triplet_weight: float = 0.8
+    triplet_margin: float = 1.5
+    foreground_weight: float = 0.1
+    background_weight: float = 0.5
+    background_template: str = "a clean origami {}."
+    background_words: list[str] = field(default_factory=lambda: [*GENERAL_BACKGROUNDS, *FOOD_BACKGROUNDS])
+
+
+def switch_epoch(config: DAPTConfig, epochs: int) -> int:
+    """The first epoch index of the alignment phase."""
+    return config.switch_epoch if config.switch_epoch is not None else math.floor(0.7 * epochs)
+
+
+def triplet_pull_push(full: torch.Tensor, foreground: torch.Tensor, background: torch.Tensor, margin: float) -> torch.Tensor:
+    """mean max(|z_I - sg z_f| - |z_I - sg z_b| + margin, 0) on unit vectors (PyTorch's triplet loss, p = 2)."""
+    full = F.normalize(full, dim=-1)
+    positive, negative = F.normalize(foreground.detach(), dim=-1), F.normalize(background.detach(), dim=-1)
+    return F.triplet_margin_loss(full, positive.to(full.dtype), negative.to(full.dtype), margin=margin, p=2)
+
+
+def foreground_alignment(foreground: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """CE(s sg(z_f) T_fg, y): the image is detached, so only the text and prompt side learns.
+    `class_text` is (C, D), or (B, C, D) for image-conditioned hosts."""
+    image = F.normalize(foreground.detach(), dim=-1).to(class_text.dtype)
+    text = F.normalize(class_text, dim=-1)
+    logits = torch.einsum("bd,bcd->bc", image, text) if text.dim() == 3 else image @ text.t()
+    return F.cross_entropy(scale * logits, labels)
+
+
+def background_alignment(background: torch.Tensor, background_text: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """CE(s z_b T_bg, argmax z_b T_bg): both the image and the text branch learn."""
+    similarity = F.normalize(background, dim=-1).to(background_text.dtype) @ F.normalize(background_text, dim=-1).t()
+    return F.cross_entropy(scale * similarity, similarity.argmax(dim=-1).detach())
+
+
+# --- GradCAM (DAPT-G) --------------------------------------------------------------------------
+def _patch_positions(groups: Sequence[PromptGroup], starts: Sequence[int | None], tokens: int) -> torch.Tensor:
+    """Indices of the patch tokens among `tokens` final positions: all but [CLS] and the prompt slots."""
+    taken = torch.zeros(tokens, dtype=torch.bool)
+    taken[0] = True
+    for group, start in zip(groups, starts):
+        if start is not None:
+            taken[start : start + group.length] = True
+    return (~taken).nonzero().flatten()
+
+
+def gradcam_masks(
+    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, threshold: float = 0.5, normalise: str = "image"
+) -> torch.Tensor:
+    """Binary GradCAM masks (B, 1, H, W) of the prompted `model` for `labels` (None: the predicted
+    class), on the last image block's ``ln_1`` output. No parameter gets a gradient."""
+    if normalise not in ("image", "batch"):
+        raise ValueError(f"dapt.gradcam_normalise must be 'image' or 'batch', got {normalise!r}")
+    clip = model.frozen_clip
+    encoder = model.image_encoder or PromptImageEncoder(clip)
+    groups = model.image_prompt_groups()
+    hooks = [hook for component in model.components if (hook := component.image_hook()) is not None]
+    captured: list[torch.Tensor] = []
+    handle = clip.visual.transformer.resblocks[-1].ln_1.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        with torch.enable_grad():
+            images = images.detach().requires_grad_(True)  # so the activations need a gradient on a frozen image path
+            output = encoder(images, groups, _chain(hooks))
+            image = model.host.image_outputs(output)
+            logits = model.logits(image)
+            targets = logits.detach().argmax(dim=-1) if labels is None else labels.to(logits.device)
+            objective = logits.gather(1, targets.view(-1, 1)).sum()  # each image's own target logit
+            activations = captured[-1]
+            (gradients,) = torch.autograd.grad(objective, activations)
+    finally:
+        handle.remove()
+    patches = _patch_positions(output.slots.groups, output.slots.starts, activations.shape[1]).to(activations.device)
+    activations, gradients = activations.detach()[:, patches].float(), gradients[:, patches].float()
+    weights = gradients.mean(dim=1, keepdim=True)  # (B, 1, W): one weight per channel
+    cam = F.relu((activations * weights).sum(dim=-1))  # (B, N)
+    side = math.isqrt(cam.shape[1])
+    if side * side != cam.shape[1]:
+        raise ValueError(f"GradCAM needs a square patch grid; the image tower has {cam.shape[1]} patch tokens")
+    cam = F.interpolate(cam.view(-1, 1, side, side), size=images.shape[-2:], mode="bilinear", align_corners=False)
+    peak = cam.amax(dim=(1, 2, 3), keepdim=True) if normalise == "image" else cam.amax()
+    return (cam / peak.clamp_min(1e-12)) >= threshold
+
+
+def _chain(hooks: list[Callable[[int, torch.Tensor], torch.Tensor]]) -> Callable[[int, torch.Tensor], torch.Tensor] | None:
+    if not hooks:
+        return None
+
+    def hook(layer: int, x: torch.Tensor) -> torch.Tensor:
+        for each in hooks:
+            x = each(layer, x)
+        return x
+
+    return hook
+
+
+# --- mask folders (DAPT-S) ---------------------------------------------------------------------
+GEOMETRIC = (transforms.RandomResizedCrop, transforms.Resize, transforms.CenterCrop, transforms.RandomCrop, transforms.RandomHorizontalFlip, transforms.RandomVerticalFlip)
+RESAMPLING = (transforms.RandomResizedCrop, transforms.Resize)
+# deterministic format steps: they draw no random numbers and move no pixel
+NOT_GEOMETRIC = (transforms.ToTensor, transforms.Normalize, transforms.PILToTensor, transforms.ConvertImageDtype, MaybeConvertMode, MaybeToTensor)
+
+
+def geometric_part(transform: Callable) -> transforms.Compose:
+    """The crops, resizes and flips of an image transform, in order, resampling with nearest
+    neighbours; run under the image's seed on a same-size mask they draw the same random numbers,
+    so the mask gets the same crop and flip. A random transform of another kind would shift the
+    random stream, so it is refused."""
+    steps = transform.transforms if isinstance(transform, transforms.Compose) else [transform]
+    kept = []
+    for step in steps:
+        if isinstance(step, RESAMPLING):
+            copy = type(step).__new__(type(step))
+            copy.__dict__.update(step.__dict__)
+            copy.interpolation = transforms.InterpolationMode.NEAREST
+            if hasattr(copy, "antialias"):
+                copy.antialias = False
+            kept.append(copy)
+        elif isinstance(step, GEOMETRIC):
+            kept.append(step)
+        elif not isinstance(step, NOT_GEOMETRIC) and step is not _convert_to_rgb:
+            raise ValueError(f"DAPT cannot pair masks with the image transform step {step!r}: only crops, resizes, flips and tensor conversion are supported")
+    return transforms.Compose(kept)
+
+
+class MaskFolder:
+    """Mask files paired to images by the longest matching tail of their path, without suffix."""
+
+    def __init__(self, root: str | Path, ignore_value: int | None = 255) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"dapt mask folder {self.root} does not exist or is not a folder")
+        self.ignore_value = ignore_value
+        self.index = {
+            path.relative_to(self.root).with_suffix("").as_posix(): path
+            for path in sorted(self.root.rglob("*"))
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+        }
+        if not self.index:
+            raise DataError(f"dapt mask folder {self.root} holds no image files")
+
+    def find(self, image: Path) -> Path:
+        parts = image.with_suffix("").parts
+        tried = ["/".join(parts[-k:]) for k in range(len(parts), 0, -1)]
+        for key in tried:
+            if key in self.index:
+                return self.index[key]
+        raise DataError(f"no mask for {image} in {self.root}: looked for {tried[-2] if len(tried) > 1 else tried[-1]}.* and {tried[-1]}.* (any image suffix)")
+
+    def read(self, image: Path) -> Image.Image:
+        """The binary mask (mode L, values 0/255) of `image`, checked to have the image's size."""
+        path = self.find(image)
+        try:
+            with Image.open(path) as raw:
+                values = np.asarray(raw)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: unreadable mask ({type(exc).__name__}: {exc})") from exc
+        values = values[..., 0] if values.ndim == 3 else values
+        binary = values >= 1
+        if self.ignore_value is not None:
+            binary &= values != self.ignore_value
+        size = load_image(image).size  # as the image is decoded: EXIF orientation applied
+        if (binary.shape[1], binary.shape[0]) != size:
+            raise DataError(f"{path}: mask is {binary.shape[1]}x{binary.shape[0]} but its image {image} is {size[0]}x{size[1]}")
+        return Image.fromarray((binary * 255).astype(np.uint8))
+
+    def paired(self, items: Sequence[ImageItem], view: int | None, views: "AugmentedViews") -> torch.Tensor:
+        """(B, 1, H, W) bool masks with each image's crop and flip of view `view`."""
+        geometry = geometric_part(views.preprocess_train if view is not None else views.preprocess_eval)
+        masks = []
+        for item in items:
+            mask = self.read(item.path)
+            if view is None:
+                placed = geometry(mask)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(views.draw_seed(item.path, view))
+                    placed = geometry(mask)
+            masks.append(torch.from_numpy(np.asarray(placed) >= 128).unsqueeze(0))
+        return torch.stack(masks)
+
+
+class DecoupledViews:
+    """The frozen input ``dapt``: the foreground mask of each view, plus the frozen z_f and z_b
+    when no trainable tensor sits in the image path."""
+
+    name = DAPT_INPUT
+    needs_items = True
+
+    def __init__(self, booster: "DAPT") -> None:
+        self.booster = booster
+        config = booster.config
+        self.folder = MaskFolder(config.mask_dir, config.mask_ignore_value) if config.masks == "folder" else None
+
+    @property
+    def signature(self) -> str:
+        config, model = self.booster.config, self.booster.model
+        views = "" if model.needs_image_grad else f"+views of {model.name}@epoch{model.epoch}"
+        if self.folder is not None:
+            return f"folder:{self.folder.root.resolve()}:ignore{config.mask_ignore_value}{views}"
+        return f"gradcam:{model.name}@epoch{model.epoch}:t{config.gradcam_threshold}:{config.gradcam_normalise}{views}"
+
+    def masks(self, images: torch.Tensor, items: Sequence[ImageItem] | None, view: int | None, views: "AugmentedViews | None") -> torch.Tensor:
+        if self.folder is not None:
+            if items is None or views is None:
+                raise ValueError("dapt masks from a folder need the images' items and views (the feature cache passes them)")
+            return self.folder.paired(items, view, views).to(images.device)
+        config = self.booster.config
+        labels = None if items is None else torch.tensor([item.label for item in items], device=images.device)
+        return gradcam_masks(self.booster.model, images, labels, config.gradcam_threshold, config.gradcam_normalise)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, items: Sequence[ImageItem] | None = None, view: int | None = None, views: "AugmentedViews | None" = None) -> dict[str, torch.Tensor]:
+        mask = self.masks(images, items, view, views)
+        out = {MASK: mask}
+        model = self.booster.model
+        if not model.needs_image_grad:
+            foreground, background = self.booster.encode_split(images, mask)
+            out.update({FOREGROUND: foreground.float(), BACKGROUND: background.float()})
+        return out
+
+
+# --- the booster -------------------------------------------------------------------------------
+@BOOSTERS.register("dapt")
+class DAPT(Booster):
+    name = "dapt"
+    description = "DAPT: foreground/background views from masks (GradCAM or files), pull-push then alignment losses (TPAMI 2025)"
+    config_class: ClassVar[type] = DAPTConfig
+
+    def __init__(self, config: DAPTConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        if config.masks not in MASK_SOURCES:
+            raise ValueError(f"dapt.masks must be one of {', '.join(MASK_SOURCES)}, got {config.masks!r}")
+        if config.masks == "folder" and not config.mask_dir:
+            raise ValueError("dapt.masks='folder' needs dapt.mask_dir, the folder of mask files (one per training image)")
+        if "{}" not in config.background_template or not config.background_words:
+            raise ValueError("dapt.background_template must contain '{}' and dapt.background_words must not be empty")
+        self.tokenizer = context.backbone.tokenizer
+        self._model: list[PromptModel] = []
+        self._background_prompts: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    # The composing model: needed to encode the extra views through the same prompted image path and
+    # to run GradCAM. No seam hands it to a booster, so it is picked up when the model forwards its
+    # class names (PromptModel.set_classnames, called by build_method) or given with `attach`.
+    def attach(self, model: PromptModel) -> None:
+        self._model[:] = [model]
+
+    @property
+    def model(self) -> PromptModel:
+        if not self._model:
+            raise RuntimeError("the dapt booster is not attached to a PromptModel (build it with specpl.methods.build_method)")
+        return self._model[0]
+
+    def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
+        caller = sys._getframe(1).f_locals.get("self")
+        if isinstance(caller, PromptModel) and any(b is self for b in caller.boosters.values()):
+            self.attach(caller)
+
+    def frozen_inputs(self) -> list:
+        return [DecoupledViews(self)]
+
+    # --- views and text -----------------------------------------------------------------------
+    def encode_split(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z_f, z_b) of x * m and x * (1 - m), in one pass through the model's image path."""
+        mask = mask.to(images.dtype)
+        features = self.model.encode_image(torch.cat([images * mask, images * (1 - mask)]))[FEATURES]
+        return features.chunk(2)
+
+    def background_text(self) -> torch.Tensor:
+        """T_bg (N, D): the background prompts through the host's text tower, with the host's and
+        every booster's text slots (fixed template embeddings at layer 0)."""
+        model = self.model
+        host = model.host
+        groups = [*_host_text_slots(host), *(g for b in model.boosters.values() for g in b.text_prompts())]
+        placed = sum(g.length for g in groups if not g.insert)
+        prefix, suffix, eot = self._background_tokens(placed, host.text_encoder)
+        return host.text_encoder.forward_shared_prefix(prefix, suffix, eot, groups)[0]
+
+    def _background_tokens(self, placed: int, text_encoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(prefix (1, 1 + placed, W), suffixes (N, S, W), end-of-text inside the suffix (N,)),
+        built once per (pre-placed positions, device)."""
+        device = text_encoder.model.token_embedding.weight.device
+        key = (placed, str(device))
+        if key not in self._background_prompts:
+            config = self.config
+            head = config.background_template.split("{}")[0].strip()
+            head_tokens = int(self.tokenizer([head])[0].argmax()) - 1 if head else 0
+            padding = " ".join([PLACEHOLDER] * max(0, placed - head_tokens))
+            prompts = [f"{padding} {config.background_template.format(word)}".strip() for word in config.background_words]
+            tokens = self.tokenizer(prompts)
+            eot = tokens.argmax(dim=-1)
+            with torch.no_grad():
+                embedded = text_encoder.embed_tokens(tokens[:, : int(eot.max()) + 1].to(device)).float()
+            cut = 1 + placed
+            self._background_prompts[key] = (embedded[:1, :cut], embedded[:, cut:], (eot - cut).to(device))
+        return self._background_prompts[key]
+
+    # --- losses -------------------------------------------------------------------------------
+    def losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
+        batch, config = state.batch, self.config
+        mask = batch.require(f"{DAPT_INPUT}.{MASK}", "DAPT")
+        if f"{DAPT_INPUT}.{FOREGROUND}" in batch.frozen:
+            foreground, background = batch.frozen[f"{DAPT_INPUT}.{FOREGROUND}"], batch.frozen[f"{DAPT_INPUT}.{BACKGROUND}"]
+        elif batch.images is not None:
+            foreground, background = self.encode_split(batch.images, mask)
+        else:
+            raise ValueError("DAPT needs the batch's images (its image path trains) or the frozen dapt.fg/dapt.bg features")
+        if state.epoch < switch_epoch(config, state.epochs):
+            return {"triplet": config.triplet_weight * triplet_pull_push(state.image_features, foreground, background, config.triplet_margin)}
+        return {
+            "foreground": config.foreground_weight * foreground_alignment(foreground, state.refined_text, batch.labels, state.logit_scale),
+            "background": config.background_weight * background_alignment(background, self.background_text(), state.logit_scale),
+        }
+
+
+def _host_text_slots(host: Any) -> list[PromptGroup]:
+    """The host's own text slots, which its class prompts get before any booster's: deep context
+    (IVLP, MaPLe, PromptSRC) or representation tokens (MMRL); none for CoOp-style hosts."""
+    for method in ("deep_text_prompts", "text_prompts_of_host"):
+        if hasattr(host, method):
+            return [g for g in getattr(host, method)() if g.at == START]
+    return []

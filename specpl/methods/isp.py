@@ -1,0 +1,295 @@
+"""ISP booster (Integrated Structural Prompt learning, arXiv 2507.05677), reconstructed from the abstract.
+
+Only the abstract and a figure caption of the paper could be read and no code is public, so this
+follows the reconstruction in ``shared/methods/ISP.md`` §2-4, not the authors' equations; every
+choice below is an option (`ISPConfig`) so the authors' variant can be matched once known.
+
+Structural prompt modules (spec §2), in the image tower through `image_hook()`:
+- self-structural: before block l, the vision prompt tokens P attend to the frozen tokens of that
+  layer ([CLS] + patches), P <- P + W_o Attn(LN(P) W_q, LN(X) W_k, LN(X) W_v);
+- cross-structural: then P <- P + W_o' Attn(Q = P, K = V = E_t^l), E_t^l the layer-l end-of-text
+  hidden states of every class prompt: the cheap, image-independent form the spec recommends.
+- Choices: the prompts are every token after the patches (IVLP's layout, which ISP builds on), so
+  the modules are built only on hosts with deep prompts in both towers (IVLP, MaPLe, PromptSRC);
+  on the other hosts (CoOp, CoCoOp, KgCoOp, MMRL) ISP is sample probing alone. The modules act on
+  layers 0..depth-1 (spec §7: every prompted layer), one module per layer, 1 head of width 64.
+  The frozen tokens are read without gradient (`detach_sources`, spec §7). E_t^l comes from a
+  frozen pass of the run's template prompts, computed once per class set: the host's prompted
+  text pass has no per-layer hook to read it from.
+- Zero start: with ``zero_start="output-projection"`` W_o is zero-initialised, as in the spec; the
+  default ``"initial-difference"`` subtracts the same module at its initial weights (a frozen
+  copy), f_theta(x) - f_theta0(x). Both are exactly zero at step 0, so step 0 gives the bare
+  host's logits exactly, and its gradients (exactly with a zero W_o; with the difference the two
+  input gradients cancel up to the order of summation). The default also lets every weight of the
+  module learn from the first step, where a zero W_o gives the inner projections no gradient until
+  W_o moves (and the all-methods test asks every learned tensor for a first-step gradient).
+- Not built: the text-side modules (text prompts attending to the class tokens, and to the vision
+  prompts). The host encodes its text with no per-layer hook a booster can reach, and a booster's
+  own text prompt group cannot leave step 0 unchanged.
+
+Sample probing (spec §3) reweights the host's loss per sample by its difficulty under frozen
+zero-shot CLIP: p0_i = softmax(s0 cos(f0_i, g0))_{y_i}, f0 the frozen CLIP feature of the same
+augmented view (the cached frozen input "clip_image"), g0 the frozen text of the run's template
+(the dataset's CoOp template), s0 CLIP's own logit scale; d_i = 1 - p0_i, w_i = (1 + d_i) /
+mean_batch(1 + d), detached. Options: `difficulty="joint"` uses d_i = 1 - p0_i p_i with the
+prompted model's p_i; `weighting="focal"` uses w_i = d_i^gamma; `probe_templates` picks the frozen
+text. The host's weighted loss is sum_i w_i CE_i / sum_i w_i, so its weights are always
+mean-normalised; the raw (1 + d) variant would need the host loss to stop normalising.
+Weights apply at training only; evaluation has no loss.
+
+How ISP composes with SpecPL (or any booster that adds terms): `PromptModel.forward` fixes the
+order. Every booster's `sample_weights` is collected first (several multiply); the host then
+computes its own loss with them (for MMRL both its cross-entropies); then every booster's
+`losses` are added unweighted. So ISP's weights scale the host's classification loss only, never
+SpecPL's granule, counterfactual or semantic-anchor terms, whatever the order the boosters are
+listed in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+from torch import nn
+from torch.func import functional_call
+
+from specpl.backbone import Backbone
+from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
+from specpl.methods.base import DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState
+from specpl.methods.registry import BOOSTERS
+from specpl.methods.zeroshot import template_text_features
+from specpl.text import PromptTextEncoder
+from specpl.vision import PromptImageEncoder
+
+IVLP_LAYOUT = frozenset({PROMPTS_IMAGE_TOWER, DEEP_TEXT_PROMPTS})  # hosts whose vision prompts follow the patches
+OUTPUT_PROJECTION, INITIAL_DIFFERENCE = "output-projection", "initial-difference"
+ZERO_SHOT, JOINT = "zero-shot", "joint"
+LINEAR, FOCAL = "linear", "focal"
+RUN_TEMPLATE, IMAGENET_TEMPLATES = "run", "openai-imagenet"
+
+
+@dataclass
+class ISPConfig:
+    structural: bool = True  # build the structural modules (only where the host has IVLP-layout prompts)
+    self_structural: bool = True  # vision prompts attend to that layer's [CLS] + patch tokens
+    cross_structural: bool = True  # vision prompts attend to the class prompts' end-of-text states
+    depth: int = 9  # layers 0..depth-1 carry modules (cut to the towers' depth)
+    attn_dim: int = 64  # d of the query/key/value projections
+    heads: int = 1
+    detach_sources: bool = True  # read the frozen tokens without gradient (spec §7)
+    zero_start: str = INITIAL_DIFFERENCE  # or "output-projection" (W_o = 0, the spec's)
+    sample_probing: bool = True
+    difficulty: str = ZERO_SHOT  # "zero-shot": 1 - p0; "joint": 1 - p0 * p (prompted model)
+    weighting: str = LINEAR  # "linear": 1 + d, mean-normalised; "focal": d ** focal_gamma
+    focal_gamma: float = 2.0
+    probe_templates: str = RUN_TEMPLATE  # "run", "openai-imagenet" (80, averaged) or a template with "{}"
+    probe_logit_scale: float | None = None  # None: the frozen CLIP's own exp(logit_scale)
+
+
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"isp.{option} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+
+
+class StructuralAttention(nn.Module):
+    """W_o Attn(LN(queries) W_q, LN(sources) W_k, LN(sources) W_v): the update one set of prompt
+    tokens gets from the tokens it attends to (spec §2)."""
+
+    def __init__(self, query_width: int, source_width: int, dim: int, heads: int, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query_norm = nn.LayerNorm(query_width, device=device)
+        self.source_norm = nn.LayerNorm(source_width, device=device)
+        self.query = nn.Linear(query_width, dim, device=device)
+        self.key = nn.Linear(source_width, dim, device=device)
+        self.value = nn.Linear(source_width, dim, device=device)
+        self.output = nn.Linear(dim, query_width, device=device)
+
+    def forward(self, queries: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """queries (B, n, Wq), sources (B, m, Ws) -> the update (B, n, Wq)."""
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+        sources = self.source_norm(sources)
+        q = split(self.query(self.query_norm(queries)))
+        k, v = split(self.key(sources)), split(self.value(sources))
+        return self.output(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2))
+
+
+class ZeroStart(nn.Module):
+    """A `StructuralAttention` whose output is exactly zero before training.
+
+    ``output-projection``: W_o starts at zero. ``initial-difference``: the output is f_theta(x) -
+    f_theta0(x), theta0 a frozen copy of the initial weights; gradients still flow into x through
+    both terms, so at step 0 the inputs' gradients cancel too."""
+
+    def __init__(self, module: StructuralAttention, mode: str) -> None:
+        super().__init__()
+        self.module = module
+        self.mode = mode
+        if mode == OUTPUT_PROJECTION:
+            nn.init.zeros_(module.output.weight)
+            nn.init.zeros_(module.output.bias)
+        else:
+            self.initial = nn.Module()  # persistent buffers: the output depends on them
+            for name, parameter in module.named_parameters():
+                self.initial.register_buffer(_buffer_name(name), parameter.detach().clone())
+
+    def forward(self, queries: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        out = self.module(queries, sources)
+        if self.mode == INITIAL_DIFFERENCE:
+            initial = {name: self.initial.get_buffer(_buffer_name(name)) for name, _ in self.module.named_parameters()}
+            out = out - functional_call(self.module, initial, (queries, sources))
+        return out
+
+
+def _buffer_name(parameter: str) -> str:
+    return parameter.replace(".", "__")
+
+
+@torch.no_grad()
+def end_of_text_states(backbone: Backbone, prompts: list[str], layers: int) -> torch.Tensor:
+    """(layers, N, W): the hidden state at each prompt's end-of-text token entering text blocks
+    0..layers-1 of the frozen CLIP (sequences cut after the longest end-of-text: exact under the
+    causal mask)."""
+    model = backbone.model
+    device = model.token_embedding.weight.device
+    tokens = backbone.tokenizer(prompts).to(device)
+    eot = tokens.argmax(dim=-1)
+    length = int(eot.max()) + 1
+    x = model.token_embedding(tokens[:, :length]) + model.positional_embedding[:length]
+    mask = model.attn_mask[:length, :length]
+    rows = torch.arange(len(prompts), device=device)
+    states = []
+    for block in model.transformer.resblocks[:layers]:
+        states.append(x[rows, eot])
+        x = block(x, attn_mask=mask)
+    return torch.stack(states).float()
+
+
+def probe_text_features(backbone: Backbone, templates: str, run_template: str, classnames: list[str]) -> torch.Tensor:
+    """Unit-norm frozen text g0 (C, D) of the probing templates (see `ISPConfig.probe_templates`)."""
+    if templates == IMAGENET_TEMPLATES:
+        per_template = [F.normalize(template_text_features(backbone, t("{}"), classnames), dim=-1) for t in OPENAI_IMAGENET_TEMPLATES]
+        return F.normalize(torch.stack(per_template).mean(0), dim=-1)
+    return F.normalize(template_text_features(backbone, run_template if templates == RUN_TEMPLATE else templates, classnames), dim=-1)
+
+
+def probing_weights(
+    zero_shot_logits: torch.Tensor,
+    labels: torch.Tensor,
+    difficulty: str = ZERO_SHOT,
+    weighting: str = LINEAR,
+    focal_gamma: float = 2.0,
+    prompted_logits: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-sample loss coefficients (B,), detached: harder samples under frozen CLIP weigh more
+    (spec §3). ``linear``: (1 + d) / mean(1 + d); ``focal``: d ** gamma / mean(d ** gamma)."""
+    rows = torch.arange(labels.shape[0], device=labels.device)
+    confidence = zero_shot_logits.detach().float().softmax(dim=-1)[rows, labels]
+    if difficulty == JOINT:
+        if prompted_logits is None:
+            raise ValueError("isp.difficulty='joint' needs the prompted model's logits")
+        confidence = confidence * prompted_logits.detach().float().softmax(dim=-1)[rows, labels]
+    hardness = 1 - confidence
+    weights = 1 + hardness if weighting == LINEAR else hardness.pow(focal_gamma)
+    return weights / weights.mean().clamp_min(1e-12)
+
+
+@BOOSTERS.register("isp")
+class ISP(Booster):
+    name = "isp"
+    description = (
+        "ISP (reconstructed from the abstract): self- and cross-structural modules on the image tower's prompts, "
+        "and sample probing that reweights the host's loss by frozen zero-shot CLIP difficulty (arXiv 2507.05677)"
+    )
+    config_class: ClassVar[type] = ISPConfig
+
+    def __init__(self, config: ISPConfig, context: BuildContext) -> None:
+        super().__init__(config, context)
+        _choice("zero_start", config.zero_start, (INITIAL_DIFFERENCE, OUTPUT_PROJECTION))
+        _choice("difficulty", config.difficulty, (ZERO_SHOT, JOINT))
+        _choice("weighting", config.weighting, (LINEAR, FOCAL))
+        if config.probe_templates not in (RUN_TEMPLATE, IMAGENET_TEMPLATES) and "{}" not in config.probe_templates:
+            raise ValueError(
+                f"isp.probe_templates must be 'run', 'openai-imagenet' or a template with '{{}}'; got {config.probe_templates!r}"
+            )
+        if config.attn_dim % config.heads:
+            raise ValueError(f"isp.attn_dim ({config.attn_dim}) must be divisible by isp.heads ({config.heads})")
+        self.backbone = [context.backbone]  # a list keeps the frozen model out of the module tree
+        self.template = context.template
+        self.vision_self = nn.ModuleList()
+        self.vision_cross = nn.ModuleList()
+        self.layers = 0
+        if config.structural and IVLP_LAYOUT <= context.capabilities:
+            self._build_structural(config, context)
+        self.trains_image_path = self.layers > 0
+
+    def _build_structural(self, config: ISPConfig, context: BuildContext) -> None:
+        model = context.backbone.model
+        vision, text = PromptImageEncoder(model), PromptTextEncoder(model)
+        self.frozen_tokens = int(model.visual.positional_embedding.shape[0])  # [CLS] + patches
+        self.layers = max(0, min(config.depth, vision.depth, text.depth))
+        device = model.token_embedding.weight.device
+
+        def module(source_width: int) -> ZeroStart:
+            attention = StructuralAttention(vision.width, source_width, config.attn_dim, config.heads, device)
+            return ZeroStart(attention, config.zero_start)
+
+        if config.self_structural:
+            self.vision_self.extend(module(vision.width) for _ in range(self.layers))
+        if config.cross_structural:
+            self.vision_cross.extend(module(text.width) for _ in range(self.layers))
+        if not (config.self_structural or config.cross_structural):
+            self.layers = 0
+
+    # --- class set ------------------------------------------------------------------------
+    def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
+        """The frozen text both parts read: g0 for probing, E_t for the cross-structural module."""
+        backbone = self.backbone[0]
+        if self.config.sample_probing:
+            text = probe_text_features(backbone, self.config.probe_templates, self.template, classnames)
+            self.register_buffer("probe_text", text, persistent=False)
+        if len(self.vision_cross):
+            states = end_of_text_states(backbone, [self.template.format(c) for c in classnames], self.layers)
+            self.register_buffer("class_states", states, persistent=False)
+
+    # --- structural prompts -----------------------------------------------------------------
+    def image_hook(self):
+        return self.restructure if self.layers else None
+
+    def restructure(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Before block `layer`: the prompt tokens (after the patches) updated by the self- and
+        cross-structural modules; the [CLS] and patch tokens pass unchanged."""
+        if layer >= self.layers or x.shape[1] <= self.frozen_tokens:
+            return x
+        frozen, prompts = x[:, : self.frozen_tokens], x[:, self.frozen_tokens :]
+        updated = prompts.float()
+        if len(self.vision_self):
+            sources = frozen.detach() if self.config.detach_sources else frozen
+            updated = updated + self.vision_self[layer](updated, sources.float())
+        if len(self.vision_cross):
+            classes = self.class_states[layer].unsqueeze(0).expand(x.shape[0], -1, -1)
+            updated = updated + self.vision_cross[layer](updated, classes)
+        return torch.cat([frozen, updated.to(x.dtype)], dim=1)
+
+    # --- sample probing ----------------------------------------------------------------------
+    def frozen_inputs(self) -> list:
+        return [ClipImageFeatures(self.backbone[0])] if self.config.sample_probing else []
+
+    def zero_shot_logits(self, clip_image: torch.Tensor) -> torch.Tensor:
+        """s0 * cos(f0, g0) over the current classes, at CLIP's own scale unless set."""
+        scale = self.config.probe_logit_scale
+        if scale is None:
+            scale = float(self.backbone[0].model.logit_scale.detach().exp())
+        return scale * F.normalize(clip_image.float(), dim=-1) @ self.probe_text.t()
+
+    def sample_weights(self, state: ForwardState) -> torch.Tensor | None:
+        if not self.config.sample_probing:
+            return None
+        zero_shot = self.zero_shot_logits(state.batch.require(CLIP_IMAGE, "ISP's sample probing"))
+        c = self.config
+        return probing_weights(zero_shot, state.batch.labels, c.difficulty, c.weighting, c.focal_gamma, state.logits)
