@@ -12,7 +12,7 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from app.archives import UploadError, checked_members, extract_file, open_zip
+from app.archives import Extractor, UploadError, checked_members, open_zip
 from app.settings import Limits
 from specpl.backbone import available_models
 from specpl.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_bundle
@@ -48,7 +48,7 @@ def import_bundle_zip(zip_path: Path, staging_parent: Path, limits: Limits, labe
     label = label or zip_path.name
     archive = open_zip(zip_path, label, limits)
     with archive:
-        members = checked_members(archive, label, limits, min_depth=1)
+        members = [m for m in checked_members(archive, label, limits, min_depth=1) if not m.is_folder]
         for member in members:
             if len(member.path.parts) != 1 or member.path.name not in BUNDLE_FILES:
                 raise UploadError(
@@ -57,8 +57,9 @@ def import_bundle_zip(zip_path: Path, staging_parent: Path, limits: Limits, labe
                 )
         staging = staging_parent / f".bundle-{secrets.token_hex(6)}"
         try:
+            extractor = Extractor(archive, label, limits)
             for member in members:
-                extract_file(archive, member, staging / member.path.name, label)
+                extractor.extract(member, staging / member.path.name)
             config = _validated_config(staging, label)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

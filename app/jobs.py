@@ -63,6 +63,7 @@ class RunRecord:
     resume: bool = False
     imported: bool = False
     stop_requested_at: float | None = None
+    owner: str | None = None  # `app.identity.owner_key` of who started or imported it
 
     @property
     def active(self) -> bool:
@@ -128,10 +129,10 @@ class JobManager:
 
     # ----- commands ------------------------------------------------------------------------
 
-    def submit(self, config: RunConfig, dataset_root: Path, name: str) -> RunRecord:
+    def submit(self, config: RunConfig, dataset_root: Path, name: str, owner: str | None = None) -> RunRecord:
         """Queue a training of `config` on a private copy of `dataset_root`."""
         now = time.time()
-        record = RunRecord(run_id=_new_run_id(), name=name, status="queued", created=now, queued_at=now)
+        record = RunRecord(run_id=_new_run_id(), name=name, status="queued", created=now, queued_at=now, owner=owner)
         final = self.runs_dir / record.run_id
         config = RunConfig.from_dict(config.to_dict())
         config.data.root = str(final / "data")
@@ -142,10 +143,10 @@ class JobManager:
 
         return self._create(record, fill)
 
-    def add_imported(self, model_dir: Path, name: str) -> RunRecord:
+    def add_imported(self, model_dir: Path, name: str, owner: str | None = None) -> RunRecord:
         """Record a validated model bundle as a finished run (moves `model_dir` into it)."""
         now = time.time()
-        record = RunRecord(run_id=_new_run_id(), name=name, status="finished", created=now, ended=now, imported=True)
+        record = RunRecord(run_id=_new_run_id(), name=name, status="finished", created=now, ended=now, imported=True, owner=owner)
         return self._create(record, lambda staging: shutil.move(str(model_dir), staging / "model"))
 
     def stop(self, run_id: str) -> RunRecord:

@@ -10,9 +10,12 @@ from typing import Any
 import pandas as pd
 
 from app.jobs import RunRecord
+from specpl import defaults
 from specpl.events import read_events
 
 MAX_CURVE_POINTS = 400  # per loss term; longer runs are thinned evenly
+SERIES_COLOURS = ("#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac")
+CHANCE_MARGIN = 5.0  # accuracy points above chance that still count as "learned nothing"
 
 
 @dataclass
@@ -23,6 +26,7 @@ class RunProgress:
     epochs: int = 0
     eta_s: float | None = None
     images_per_s: float | None = None
+    classes: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     curve: list[dict[str, Any]] = field(default_factory=list)  # rows: step, term, loss
 
@@ -41,15 +45,22 @@ def read_progress(run_dir: Path) -> RunProgress:
             progress.eta_s, progress.images_per_s = event.get("eta_s"), event.get("images_per_s")
             progress.curve.append({"step": event["step"], "term": "total", "loss": event["loss"]})
             progress.curve += [{"step": event["step"], "term": term, "loss": value} for term, value in event.get("losses", {}).items()]
-        elif kind == "resumed":
+        elif kind == "resumed":  # the old speed no longer holds: no ETA until the first new step
             progress.step = event.get("global_step", progress.step)
+            progress.eta_s = progress.images_per_s = None
+        elif kind == "status" and event.get("status") == "running":
+            progress.eta_s = progress.images_per_s = None
+        elif kind == "data":
+            progress.classes = int(event.get("classes") or 0)
         elif kind == "eval":
             progress.metrics = {k: v for k, v in event.items() if k not in ("type", "time")}
     return progress
 
 
 def loss_frame(progress: RunProgress) -> pd.DataFrame:
-    frame = pd.DataFrame(progress.curve, columns=["step", "term", "loss"])
+    """The loss curve with fixed column types, empty or not: the plot takes its axis types from
+    the first frame it gets, and an untyped empty frame made both axes categorical for good."""
+    frame = pd.DataFrame(progress.curve, columns=["step", "term", "loss"]).astype({"step": "int64", "term": "str", "loss": "float64"})
     if frame.empty:
         return frame
     steps = frame["step"].unique()
@@ -57,6 +68,14 @@ def loss_frame(progress: RunProgress) -> pd.DataFrame:
         keep = set(steps[:: math.ceil(len(steps) / MAX_CURVE_POINTS)]) | {steps[-1]}
         frame = frame[frame["step"].isin(keep)]
     return frame
+
+
+def series_colours(frame: pd.DataFrame, column: str = "term") -> dict[str, str]:
+    """A fixed colour per series, "total" first. Gradio's plot builds its colour scale once, from
+    the first frame it draws, and rebuilds it only when `color_map` changes; so the map is sent
+    with every frame, and a new series (or the first real frame after an empty one) gets its colour."""
+    names = sorted(frame[column].unique(), key=lambda name: (name != "total", name)) if not frame.empty else []
+    return {name: SERIES_COLOURS[index % len(SERIES_COLOURS)] for index, name in enumerate(names)}
 
 
 def format_duration(seconds: float | None) -> str:
@@ -67,8 +86,24 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
-def status_line(record: RunRecord, progress: RunProgress, queue_position: int | None) -> str:
-    """One plain line: state, and what the user can expect next."""
+def chance_note(accuracy: float, classes: int, backbone: dict[str, Any] | None) -> str:
+    """A warning when `accuracy` (percent) is within `CHANCE_MARGIN` points of guessing among
+    `classes`, with the likeliest reason for the run's backbone; "" otherwise."""
+    if classes < 2 or accuracy > 100.0 / classes + CHANCE_MARGIN:
+        return ""
+    name = (backbone or {}).get("name")
+    if name == defaults.WORLD_MODEL:
+        why = "the embedded SpectralWorld CLIP knows only SpectralWorld images, so on other images it has nothing to go on; use a pretrained CLIP for photos"
+    elif backbone is not None and not backbone.get("pretrained"):
+        why = f"the {name} backbone is randomly initialised, not pretrained"
+    else:
+        why = "the backbone cannot tell these classes apart from so few images, or the training was too short"
+    return f" ⚠️ This is within {CHANCE_MARGIN:.0f} points of chance ({100.0 / classes:.0f}% for {classes} classes): the model has learned almost nothing, probably because {why}."
+
+
+def status_line(record: RunRecord, progress: RunProgress, queue_position: int | None, backbone: dict[str, Any] | None = None) -> str:
+    """One plain line: state, and what the user can expect next; `backbone` (the run's backbone
+    config) names the likely reason for a near-chance result."""
     if record.status == "queued":
         return f"Queued: position {queue_position or 1} in line; it starts when the training ahead of it ends."
     if record.status == "running":
@@ -76,17 +111,21 @@ def status_line(record: RunRecord, progress: RunProgress, queue_position: int | 
             return "Stopping: saving a checkpoint, then the process ends."
         if not progress.total_steps:
             return "Running: loading the backbone and reading the data…"
+        if progress.eta_s is None:
+            return f"Running: step {progress.step}/{progress.total_steps}, epoch {progress.epoch}/{progress.epochs}, ETA: measuring…"
         return (
             f"Running: step {progress.step}/{progress.total_steps}, epoch {progress.epoch}/{progress.epochs}, "
             f"ETA {format_duration(progress.eta_s)}, {progress.images_per_s or 0:.0f} images/s."
         )
     if record.status == "finished":
         accuracy = progress.metrics.get("accuracy")
-        return "Finished" + (f": test accuracy {accuracy:.1f}%." if accuracy is not None else ".")
+        if accuracy is None:
+            return "Finished."
+        return f"Finished: test accuracy {accuracy:.1f}%." + chance_note(accuracy, progress.classes, backbone)
     return f"{record.status.capitalize()}" + (f": {record.cause}" if record.cause else ".")
 
 
-def progress_html(record: RunRecord | None, progress: RunProgress | None, queue_position: int | None) -> str:
+def progress_html(record: RunRecord | None, progress: RunProgress | None, queue_position: int | None, backbone: dict[str, Any] | None = None) -> str:
     """A progress bar and the status line, as HTML (escaped; causes may quote user file names)."""
     if record is None or progress is None:
         return "<div class='specpl-status'>No run yet. Upload a dataset and press Start.</div>"
@@ -96,5 +135,5 @@ def progress_html(record: RunRecord | None, progress: RunProgress | None, queue_
         f"<div class='specpl-bar' style='background:#e5e7eb;border-radius:6px;height:14px;overflow:hidden'>"
         f"<div class='specpl-fill' style='width:{percent:.1f}%;height:100%;background:#6366f1'></div></div>"
         f"<p><b>{html.escape(record.name)}</b> <code>{record.run_id}</code></p>"
-        f"<p class='specpl-line'>{html.escape(status_line(record, progress, queue_position))}</p></div>"
+        f"<p class='specpl-line'>{html.escape(status_line(record, progress, queue_position, backbone))}</p></div>"
     )

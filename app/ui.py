@@ -10,6 +10,7 @@ from starlette.middleware import Middleware
 from app import backbones
 from app.analysis import CPU_DECOMPOSER, PAIRS, decomposer_names
 from app.assets import BuildAssetCache
+from app.identity import BrowserCookie, PrivateFiles
 from app.settings import AppSettings
 from app.studio import Studio
 from specpl.methods import BOOSTERS, HOSTS
@@ -39,8 +40,12 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
     with gr.Blocks(title="SpecPL Studio", delete_cache=(3600, 24 * 3600)) as demo:  # Gradio's cache: files older than a day
         demo.studio = studio  # type: ignore[attr-defined]  # for tests and app.py shutdown
         gr.Markdown(INTRO)
+        if settings.oauth:
+            gr.LoginButton()  # on a Space with OAuth: runs then follow the signed-in user
         dataset_root = gr.State(None)
         remembered_run = gr.BrowserState("", storage_key="specpl-studio-run")
+        saved_dataset = gr.BrowserState(None, storage_key="specpl-studio-dataset")
+        saved_form = gr.BrowserState({}, storage_key="specpl-studio-form")
 
         with gr.Tabs():
             with gr.Tab("Data & Train", id="train"):
@@ -90,7 +95,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1):
                         band_input = gr.Image(type="filepath", label="Image", elem_id="band-image")
-                        band_pick = gr.Dropdown([], label="…or pick from your dataset")
+                        band_search = gr.Textbox(label="Search your dataset's images", placeholder="class or file name", elem_id="band-search")
+                        band_pick = gr.Dropdown([], label="…or pick from your dataset", elem_id="band-pick")
+                        band_found = gr.Markdown(elem_id="band-found")
                         band_decomposer = gr.Dropdown(decomposers, value=CPU_DECOMPOSER, label="Decomposer")
                         band_size = gr.Slider(64, 512, value=224, step=32, label="Resolution (px)")
                         band_go = gr.Button("Compute bands", variant="primary")
@@ -102,6 +109,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             with gr.Tab("Counterfactual", id="counterfactual") as counterfactual_tab:
                 gr.Markdown("Swap bands between two images and watch the prediction: does the model follow the semantics (low band) or the grain (high band)?")
                 cf_run = gr.Dropdown([], label="Trained run", allow_custom_value=True)
+                cf_search = gr.Textbox(label="Search the run's images", placeholder="class or file name")
+                cf_found = gr.Markdown()
                 with gr.Row():
                     with gr.Column():
                         cf_a = gr.Image(type="filepath", label="Image A")
@@ -145,8 +154,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             with gr.Tab("Runs", id="runs") as runs_tab:
                 refresh = gr.Button("Refresh")
                 runs_table = gr.Dataframe(label="Runs", interactive=False, elem_id="runs-table")
-                runs_pick = gr.Dropdown([], label="Run", allow_custom_value=True)
-                runs_status = gr.Markdown()
+                runs_pick = gr.Dropdown([], label="Run", allow_custom_value=True, elem_id="runs-pick")
+                runs_status = gr.Markdown(elem_id="runs-status")
                 with gr.Row():
                     download = gr.Button("Download bundle")
                     resume = gr.Button("Resume")
@@ -155,12 +164,12 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     confirm_text = gr.Markdown()
                     confirm = gr.Button("Yes, delete it", variant="stop")
                     cancel = gr.Button("Keep it")
-                runs_message = gr.Markdown()
+                runs_message = gr.Markdown(elem_id="runs-message")
                 bundle_file = gr.File(label="Bundle (.zip)", interactive=False)
                 with gr.Row():
                     runs_config = gr.JSON(label="Config")
                     runs_metrics = gr.JSON(label="Metrics")
-                runs_curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260)
+                runs_curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="runs-curve")
                 gr.Markdown("#### Import a bundle\nA `.zip` of `model.safetensors`, `config.json` and `README.md` (as downloaded above). Pickled weights are refused.")
                 import_file = gr.File(label="Bundle .zip", file_types=[".zip"])
                 import_go = gr.Button("Import")
@@ -175,7 +184,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         add_class.click(studio.add_class, [class_name, class_files], [builder_state, data_message], api_name="add_class")
         use_built.click(studio.use_builder, [split_ratio], dataset_outputs, api_name="use_builder")
         use_demo.click(studio.use_demo_set, [split_ratio], dataset_outputs, api_name="use_demo_set")
-        dataset_root.change(studio.dataset_images, dataset_root, band_pick, api_visibility="private")
+        dataset_root.change(studio.dataset_images, dataset_root, [band_pick, band_found], api_visibility="private").then(
+            studio.saved_dataset, [dataset_root, split_ratio], saved_dataset, api_visibility="private"
+        )
+        band_search.submit(studio.dataset_images, [dataset_root, band_search], [band_pick, band_found], api_name="search_dataset_images")
         show_when_set(dataset_root, [thumbnails])
         backbone.change(studio.backbone_note, backbone, backbone_note, api_visibility="private")
         start.click(
@@ -184,16 +196,17 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         ).then(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
         stop.click(studio.stop_training, run_id, train_message, api_name="stop_training")
         status_outputs = [status, curve, details]
-        timer.tick(studio.poll_run, run_id, [*status_outputs, timer], show_progress="hidden", concurrency_limit=None, api_visibility="private")
+        timer.tick(studio.poll_run, run_id, [*status_outputs, timer, train_message], show_progress="hidden", concurrency_limit=None, api_visibility="private")
         run_id.change(studio.run_status, run_id, status_outputs, api_name="run_status", show_progress="hidden")
-        show_when_set(run_id, [status, curve, details_box, details, timer])
+        show_when_set(run_id, [status, details_box, details, timer])  # the curve shows itself once it has points
 
         # Bands
         band_pick.change(studio.picked_image, band_pick, band_input, api_visibility="private")
         band_go.click(studio.bands, [band_input, band_decomposer, band_size], [*band_images, band_time], api_name="bands")
 
         # Counterfactual
-        cf_run.change(studio.run_images, cf_run, [cf_pick_a, cf_pick_b], api_visibility="private")
+        cf_run.change(studio.run_images, [cf_run, cf_search], [cf_pick_a, cf_pick_b, cf_found], api_visibility="private")
+        cf_search.submit(studio.run_images, [cf_run, cf_search], [cf_pick_a, cf_pick_b, cf_found], api_name="search_run_images")
         cf_pick_a.change(studio.picked_image, cf_pick_a, cf_a, api_visibility="private")
         cf_pick_b.change(studio.picked_image, cf_pick_b, cf_b, api_visibility="private")
         cf_go.click(studio.counterfactual, [cf_run, cf_a, cf_b, cf_top_k], [*cf_labels, *cf_swaps, cf_summary], api_name="counterfactual")
@@ -208,22 +221,49 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         # Runs
         for trigger in (refresh.click, demo.load, runs_tab.select, classify_tab.select, counterfactual_tab.select):
             trigger(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
-        runs_pick.change(studio.run_details, runs_pick, [runs_config, runs_metrics, runs_curve, runs_status], api_visibility="private")
+        runs_pick.change(lambda: gr.update(visible=False), None, runs_curve, show_progress="hidden", api_visibility="private").then(  # redrawn from scratch: see `studio.curve`
+            studio.run_details, runs_pick, [runs_config, runs_metrics, runs_curve, runs_status, runs_message, bundle_file], api_visibility="private"
+        )
         download.click(studio.export_bundle, runs_pick, [bundle_file, runs_message], api_name="export_bundle")
         resume.click(studio.resume_run, runs_pick, runs_message, api_name="resume_run").then(studio.refresh_runs, runs_pick, run_lists, api_visibility="private").then(
             lambda: gr.Timer(active=True), None, timer, api_visibility="private"  # in case the watched run is the one resumed
         )
         delete.click(studio.ask_delete, runs_pick, [confirm_row, confirm_text], api_visibility="private")
         cancel.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
-        confirm.click(studio.confirm_delete, runs_pick, [confirm_row, runs_message], api_name="delete_run").then(
-            studio.refresh_runs, None, run_lists, api_visibility="private"
+        confirm.click(studio.confirm_delete, runs_pick, [confirm_row, bundle_file, runs_message], api_name="delete_run").then(
+            studio.refresh_runs, runs_pick, run_lists, api_visibility="private"
         )
         import_go.click(studio.import_bundle, import_file, runs_message, api_name="import_bundle").then(
             studio.refresh_runs, runs_pick, run_lists, api_visibility="private"
         )
         demo.load(studio.reattach, remembered_run, [run_id, remembered_run], api_visibility="private")
+        demo.load(studio.restore_dataset, saved_dataset, dataset_outputs, api_visibility="private")
+        form = {"backbone": backbone, "host": host, "boosters": boosters, "decomposer": decomposer, "shots": shots, "epochs": epochs, "lr": lr, "run_name": run_name, "split_ratio": split_ratio}
+        remember_form(demo, form, saved_form)
         demo.unload(studio.forget_session)
     return demo
+
+
+def remember_form(demo: gr.Blocks, form: dict[str, gr.components.Component], saved: gr.BrowserState) -> None:
+    """Keep the form's values in the browser (any change is saved) and put them back on page load;
+    a stored value the form no longer offers (a removed method) is left at its default."""
+    keys, components = list(form), list(form.values())
+    gr.on([c.change for c in components], lambda *values: dict(zip(keys, values)), components, saved, show_progress="hidden", api_visibility="private")
+
+    def restore(values: dict | None) -> list[Any]:
+        values = values if isinstance(values, dict) else {}
+        return [_restored(component, values[key]) if key in values else gr.update() for key, component in form.items()]
+
+    demo.load(restore, saved, components, show_progress="hidden", api_visibility="private")
+
+
+def _restored(component: gr.components.Component, value: Any) -> Any:
+    choices = [choice[1] if isinstance(choice, (tuple, list)) else choice for choice in getattr(component, "choices", None) or []]
+    if choices and value is not None:
+        wanted = value if isinstance(value, list) else [value]
+        if not all(item in choices for item in wanted):
+            return gr.update()
+    return value
 
 
 def show_when_set(source: gr.components.Component, outputs: list[gr.components.Component]) -> None:
@@ -262,10 +302,18 @@ def load_when_opened(tab: gr.Tab) -> None:
 
 
 def launch_options(settings: AppSettings) -> dict[str, Any]:
-    """`launch()` keywords: files under the data directory may be served, uploads are capped, and
-    Gradio's hashed front-end files are served from memory (see `app.assets`)."""
+    """`launch()` keywords: the app may return files from the data directory (Gradio serves its
+    cached copies; `PrivateFiles` refuses the originals), uploads are capped, every browser gets an
+    identity cookie (`app.identity`), and Gradio's hashed front-end files are served from memory
+    (see `app.assets`)."""
     return {
         "allowed_paths": [str(settings.data_dir)],
         "max_file_size": settings.limits.max_upload_bytes,
-        "app_kwargs": {"middleware": [Middleware(BuildAssetCache)]},
+        "app_kwargs": {
+            "middleware": [
+                Middleware(PrivateFiles, data_dir=str(settings.data_dir), cache_dir=str(settings.gradio_cache_dir)),
+                Middleware(BrowserCookie, cross_site=settings.on_space),
+                Middleware(BuildAssetCache),
+            ]
+        },
     }

@@ -6,7 +6,6 @@ library's (`specpl.data.read_fewshot_folder`), whose skipped-file list is shown 
 """
 from __future__ import annotations
 
-import re
 import secrets
 import shutil
 import warnings
@@ -15,14 +14,14 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from app.archives import UploadError, checked_members, extract_file, open_zip
+from app.archives import ArchiveFile, Extractor, UploadError, checked_members, open_zip
 from app.settings import Limits
 from specpl.data import IMAGE_SUFFIXES, DataError, read_fewshot_folder
 
 SPLIT_FOLDERS = ("train", "test")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar")
 GALLERY_PER_CLASS = 3
 MAX_CLASS_NAME = 100
-_SAFE_SESSION = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @dataclass
@@ -45,12 +44,6 @@ class DatasetSummary:
             if len(self.warnings) > 50:
                 lines.append(f"- … and {len(self.warnings) - 50} more")
         return "\n".join(lines)
-
-
-def session_dir(sessions_root: Path, session_hash: str | None) -> Path:
-    """This browser session's private folder (the hash is sanitised: it comes from the client)."""
-    safe = _SAFE_SESSION.sub("", session_hash or "")[:64] or "anonymous"
-    return sessions_root / safe
 
 
 def image_problem(path: Path, limits: Limits) -> str | None:
@@ -115,26 +108,39 @@ def extract_dataset_zip(zip_path: Path, datasets_dir: Path, limits: Limits, labe
     archive = open_zip(zip_path, label, limits)
     with archive:
         members = checked_members(archive, label, limits, min_depth=2)
-        split_layout = any(m.path.parts[0] == "train" and len(m.path.parts) == 3 for m in members)
-        accepted, skipped = [], []
-        for member in members:
+        files = [m for m in members if not m.is_folder]
+        nested = [m for m in files if m.path.name.lower().endswith(ARCHIVE_SUFFIXES)]
+        if nested:
+            raise UploadError(
+                f"{label} contains another archive ({nested[0].path}); archives inside the zip are not unpacked: "
+                "zip the class folders themselves (<class>/<image> or train/<class>/<image>)"
+            )
+        split_layout = any(m.path.parts[0] == "train" and len(m.path.parts) == 3 for m in files)
+        accepted, skipped, reasons = [], [], []
+        for member in files:
             problem = _layout_problem(member.path, split_layout) or _suffix_problem(member.path)
-            (skipped.append(f"{member.path}: {problem}") if problem else accepted.append(member))
+            if problem:
+                skipped.append(f"{member.path}: {problem}")
+                reasons.append((member.path, problem))
+            else:
+                accepted.append(member)
         if len(accepted) > limits.max_images:
             raise UploadError(f"{label} holds {len(accepted)} images, over the limit of {limits.max_images}")
         if not accepted:
-            raise UploadError(f"{label} has no images in class folders (expected <class>/<image> or train/<class>/<image>)")
+            raise UploadError(f"{label} has no images in class folders: {_main_reason(reasons)} (expected <class>/<image> or train/<class>/<image>)")
         datasets_dir.mkdir(parents=True, exist_ok=True)
         dataset_id = secrets.token_hex(6)
         staging = datasets_dir / f".staging-{dataset_id}"
         try:
+            extractor = Extractor(archive, label, limits)
             for member in accepted:
                 destination = staging.joinpath(*member.path.parts)
-                extract_file(archive, member, destination, label)
+                extractor.extract(member, destination)
                 problem = image_problem(destination, limits)
                 if problem:
                     destination.unlink()
                     skipped.append(f"{member.path}: {problem}")
+            skipped += _dropped_classes(members, split_layout, staging)
             try:
                 summary = summarize_dataset(staging, split_ratio, label, skipped)
             except UploadError as exc:
@@ -192,6 +198,33 @@ def _layout_problem(path: PurePosixPath, split_layout: bool) -> str | None:
     if len(parts[0]) > MAX_CLASS_NAME:
         return f"class folder name is over {MAX_CLASS_NAME} characters"
     return None
+
+
+def _main_reason(reasons: list[tuple[PurePosixPath, str]]) -> str:
+    """The commonest reason files were skipped, with one example, for an archive with no usable image."""
+    counts: dict[str, list[PurePosixPath]] = {}
+    for path, problem in reasons:
+        counts.setdefault(problem.split(" (")[0], []).append(path)
+    problem, paths = max(counts.items(), key=lambda item: len(item[1]))
+    share = "every file" if len(paths) == len(reasons) else f"{len(paths)} of {len(reasons)} files"
+    return f"{share} {problem if problem.startswith('is ') else 'is ' + problem} (e.g. {paths[0]})"
+
+
+def _dropped_classes(members: list[ArchiveFile], split_layout: bool, staging: Path) -> list[str]:
+    """A warning for each class folder in the archive that ends up with no image, so that no class
+    disappears without a word (an empty folder, or one holding only files that were skipped)."""
+    depth = 2 if split_layout else 1  # class folders sit at train/<class>/ or <class>/
+    named = set()
+    for member in members:
+        parts = member.path.parts
+        if split_layout and parts[0] != "train":
+            continue
+        if len(parts) > depth or (member.is_folder and len(parts) == depth):
+            named.add(parts[depth - 1])
+    root = staging / "train" if split_layout else staging
+    kept = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
+    prefix = "train/" if split_layout else ""
+    return [f"{prefix}{name}/: class folder with no usable image, left out" for name in sorted(named - kept)]
 
 
 def _suffix_problem(path: PurePosixPath) -> str | None:

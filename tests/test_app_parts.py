@@ -29,7 +29,7 @@ def test_building_the_app_touches_no_cuda_and_gpu_task_is_a_no_op_without_spaces
         monkeypatch.setattr(torch.cuda, name, no_cuda)
     demo = build_demo(AppSettings(data_dir=tmp_path / "data"))
     demo.studio.jobs.close()
-    assert {p.name for p in (tmp_path / "data").iterdir()} == {"runs", "gradio-cache"}
+    assert {p.name for p in (tmp_path / "data").iterdir()} == {"runs", "gradio-cache", ".secret"}
 
     def train(run_dir: str) -> str:
         return run_dir
@@ -175,3 +175,25 @@ def test_settings_read_the_environment_and_int8_can_be_turned_off(tmp_path):
     assert settings.data_dir == tmp_path.resolve() and settings.limits.max_upload_bytes == int(1.5 * 1024 * 1024)
     assert settings.cpu_int8 is False and AppSettings.from_env({}).cpu_int8 is True
     assert settings.runs_dir.parent == settings.gradio_cache_dir.parent == tmp_path.resolve()
+
+
+def test_resume_clears_the_old_eta_and_near_chance_accuracy_is_flagged_with_its_reason(tmp_path):
+    from app.progress import chance_note, series_colours
+
+    write_events(tmp_path / "events.jsonl", [{"type": "data", "classes": 10}, step(1), step(2), {"type": "resumed", "global_step": 2}])
+    progress = read_progress(tmp_path)
+    assert progress.eta_s is None and progress.classes == 10  # no stale ETA while the resumed run warms up
+    assert status_line(RunRecord("r", "demo", "running", created=0), progress, None) == "Running: step 2/10, epoch 1/1, ETA: measuring…"
+
+    progress.metrics = {"accuracy": 11.0}
+    world = {"name": defaults.WORLD_MODEL, "pretrained": "embedded"}
+    line = status_line(RunRecord("r", "demo", "finished", created=0), progress, None, world)
+    assert line.startswith("Finished: test accuracy 11.0%. ⚠️ This is within 5 points of chance (10% for 10 classes)")
+    assert "knows only SpectralWorld images" in line
+    assert chance_note(16.0, 10, world) == "" and chance_note(30.0, 4, None).startswith(" ⚠️ This is within 5 points of chance (25% for 4 classes)")
+    assert "randomly initialised" in chance_note(10.0, 10, {"name": "specpl-tiny", "pretrained": None})
+
+    frame = loss_frame(read_progress(tmp_path))
+    assert str(frame["step"].dtype) == "int64" and str(frame["loss"].dtype) == "float64"
+    assert str(loss_frame(type(progress)())["loss"].dtype) == "float64"  # typed even when empty: the plot keeps numeric axes
+    assert list(series_colours(frame)) == ["total", "cls", "sem"]

@@ -246,3 +246,31 @@ def test_good_bundle_imports(tmp_path):
     bundle, config = import_bundle_zip(bundle_zip(tmp_path / "bundle.zip", tmp_path / "work"), tmp_path, LIMITS)
     assert sorted(p.name for p in bundle.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     assert config["classnames"] == ["cat", "dog"]
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([("a/b/c/d.png", png()), ("a/b/e/f.png", png())], "upload.zip has no images in class folders: every file is nested too deep (e.g. b/c/d.png)"),
+        ([("a.png", png()), ("b.png", png())], "upload.zip has no images in class folders: every file is not inside a class folder (e.g. a.png)"),
+        ([("cat/a.txt", b"x"), ("dog/b.csv", b"y")], "upload.zip has no images in class folders: every file is not an image file (e.g. cat/a.txt)"),
+    ],
+    ids=["too deep", "top level", "no images"],
+)
+def test_an_archive_without_usable_images_names_the_real_cause(sandbox, entries, message):
+    upload_dir, data_dir = sandbox
+    with pytest.raises(UploadError) as error:
+        extract_dataset_zip(write_zip(upload_dir / "upload.zip", entries), data_dir / "datasets", LIMITS, label="upload.zip")
+    assert str(error.value).startswith(message)
+
+
+def test_a_class_folder_that_ends_up_empty_is_reported_not_dropped_silently(sandbox):
+    upload_dir, data_dir = sandbox
+    entries = two_classes([("bird/", b""), ("fish/notes.txt", b"x")])
+    summary = extract_dataset_zip(write_zip(upload_dir / "upload.zip", entries), data_dir / "datasets", LIMITS)
+    assert summary.classnames == ["cat", "dog"]
+    assert "bird/: class folder with no usable image, left out" in summary.warnings
+    assert "fish/: class folder with no usable image, left out" in summary.warnings
+    split = [(f"train/{n}/0.png", png()) for n in ("cat", "dog")] + [(f"test/{n}/0.png", png()) for n in ("cat", "dog")] + [("train/owl/", b"")]
+    summary = extract_dataset_zip(write_zip(upload_dir / "split.zip", split), data_dir / "datasets", LIMITS)
+    assert summary.warnings == ["train/owl/: class folder with no usable image, left out"]
