@@ -12,7 +12,7 @@ encoded once, bf16 autocast on a GPU.
     python bench/train_step.py --model ViT-B-32 --device cpu
     python bench/train_step.py --model ViT-B-16 --device cuda --booster specpl
     python bench/train_step.py --model ViT-B-16 --device cuda --host maple --booster specpl --batch 4
-    python bench/train_step.py --model ViT-B-16 --device cuda --compile   # ours under torch.compile; CUDA graphs on a GPU
+    python bench/train_step.py --model ViT-B-16 --device cuda --compile off   # ours eager (default: auto, as a run decides)
 
 Weights are random (the cost is the same), so it runs offline. Prints both medians and the ratio;
 ``--markdown`` prints one table row instead.
@@ -29,12 +29,13 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from specpl.backbone import load_backbone
 from specpl.config import BackboneConfig, DecomposerConfig, MethodConfig
 from specpl.frozen import flatten
 from specpl.methods import Batch, build_method
-from specpl.trainer import compiled_step
+from specpl.trainer import _build_optimizer, compiled_step, frozen_in_bf16, resolve_compile
 
 CLASSNAMES = [f"class {i}" for i in range(1000)]  # "class N" tokenises to 2 tokens, like most names
 
@@ -100,8 +101,10 @@ def main() -> None:
     parser.add_argument("--naive-dtype", choices=["fp16", "fp32"], default="fp16", help="the reference casts to fp16; fp32 gives a fairer CPU baseline")
     parser.add_argument("--booster", action="append", default=[], help="also time ours with these boosters (e.g. specpl)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
-    parser.add_argument("--compile", action="store_true", help="time ours as the trainer runs it with train.compile='on' (give --warmup 3 or more: the first calls compile)")
+    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="ours as a run with this train.compile setting runs it (auto: decided for --run-steps)")
+    parser.add_argument("--run-steps", type=int, default=2500, help="steps of the run that compile=auto decides for (CoOp, 50 classes x 16 shots, 100 epochs)")
     parser.add_argument("--markdown", action="store_true", help="print one markdown table row")
+    parser.add_argument("--peak-tflops", type=float, default=790.0, help="the device's dense bf16 rate, for the FLOP floor (H200/H100: about 790)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -113,13 +116,16 @@ def main() -> None:
     options = {"coop": {"n_ctx": args.n_ctx}} if args.host == "coop" else {}
     method = MethodConfig(host=args.host, boosters=args.booster, options=options)
     decomposer = DecomposerConfig(name="fft", image_size=backbone.image_size)
-    model = build_method(method, backbone, classnames, decomposer=decomposer).to(device)
+    held = frozen_in_bf16(backbone) if device.type == "cuda" else backbone  # as a bf16 run holds it
+    model = build_method(method, held, classnames, decomposer=decomposer).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=0.002, momentum=0.9, foreach=True)
-    frozen = frozen_batch(model, images)  # done once per (image, view) by FeatureCache
-    batch = Batch(labels=labels, images=images if model.needs_image_grad else None, frozen=frozen)
+    optimizer = _build_optimizer(params, {"optimizer": "sgd", "lr": 0.002, "momentum": 0.9, "weight_decay": 5e-4})
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    step_model = compiled_step(model, "on" if args.compile else "off", device)
+    with autocast:
+        frozen = frozen_batch(model, images)  # done once per (image, view) by FeatureCache
+    batch = Batch(labels=labels, images=images if model.needs_image_grad else None, frozen=frozen)
+    compiled, reason = resolve_compile(args.compile, device, args.run_steps)
+    step_model = compiled_step(model, "on" if compiled else "off", device)
 
     def ours() -> None:
         with autocast:
@@ -155,19 +161,26 @@ def main() -> None:
             naive_opt.step()
             naive_opt.zero_grad(set_to_none=True)
 
+    with FlopCounterMode(display=False) as counter:  # the step's FLOPs, counted on the eager model
+        with autocast:
+            loss = sum(model(batch).values())
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    floor_ms = 1000 * counter.get_total_flops() / (args.peak_tflops * 1e12)
+    first = time_steps(ours, 1, 0, device)[0]  # the first call compiles when compiled
     ours_times = time_steps(ours, args.steps, args.warmup, device)
     naive_times = time_steps(reference, args.steps, args.warmup, device)
     ours_ms, naive_ms = 1000 * statistics.median(ours_times), 1000 * statistics.median(naive_times)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     name = "+".join([args.host, *args.booster])
     if args.markdown:
-        print(f"| {name} | {args.model} | {device.type} ({where}) | {args.batch} | {args.classes} | {'compiled' if args.compile else 'eager'} | {naive_ms:.1f} | {ours_ms:.1f} | {naive_ms / ours_ms:.1f}x |")
+        print(f"| {name} | {args.model} | {device.type} ({where}) | {args.batch} | {args.classes} | {'compiled' if compiled else 'eager'} | {naive_ms:.1f} | {ours_ms:.1f} | {naive_ms / ours_ms:.1f}x | {floor_ms:.2f} | {ours_ms / floor_ms:.1f}x | {first:.1f} s |")
         return
     print(f"method={name} model={args.model} device={device.type} ({where}) batch={args.batch} classes={args.classes} boosters={args.booster or 'none'}")
     print(f"image tower trained through: {model.needs_image_grad}; frozen inputs cached: {sorted(frozen)}")
     print(f"naive ({args.naive_dtype}, everything recomputed): {naive_ms:9.1f} ms/step")
-    print(f"ours  (cached frozen inputs, truncated, shared prefix{', compiled' if args.compile else ''}): {ours_ms:9.1f} ms/step")
-    print(f"speed-up: {naive_ms / ours_ms:.1f}x")
+    print(f"ours  (cached frozen inputs, truncated, shared prefix{', compiled' if compiled else ''}): {ours_ms:9.1f} ms/step ({reason}; first step {first:.1f} s)")
+    print(f"speed-up: {naive_ms / ours_ms:.1f}x; FLOP floor {floor_ms:.2f} ms at {args.peak_tflops:.0f} TFLOP/s ({ours_ms / floor_ms:.1f}x above it)")
 
 
 if __name__ == "__main__":
