@@ -127,7 +127,7 @@ def embedded_weights(name: str) -> Path:
     it loads on any checkout."""
     from specpl import defaults  # defaults builds on this module; imported late to avoid a cycle
 
-    files = {defaults.WORLD_MODEL: defaults.WORLD_WEIGHTS}
+    files = {defaults.WORLD_MODEL: defaults.WORLD_WEIGHTS, defaults.WORLD_TEACHER_MODEL: defaults.WORLD_TEACHER_WEIGHTS}
     if name not in files:
         raise BackboneUnavailable(f"{name} has no embedded weights; embedded models: {', '.join(files)}")
     if not files[name].is_file():

@@ -128,15 +128,21 @@ class Trainer:
         if precision == "auto":
             precision = "bf16" if torch.cuda.is_available() else "fp32"
         accelerator = Accelerator(
-            mixed_precision={"fp32": "no", "bf16": "bf16"}[precision], gradient_accumulation_steps=cfg.train.grad_accum_steps,
+            # precision is this run's own autocast, not accelerate's: its setting is process-global and
+            # would refuse a second run of another precision in the same process (the app, benchmarks)
+            mixed_precision="no", gradient_accumulation_steps=cfg.train.grad_accum_steps,
             cpu=not torch.cuda.is_available(),
         )
         set_seed(cfg.train.seed)
-        self._autocast = accelerator.autocast  # frozen inputs are computed under it too (a bf16-held CLIP)
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"train.precision must be 'auto', 'fp32' or 'bf16', got {cfg.train.precision!r}")
+        device_type = accelerator.device.type
+        # frozen inputs are computed under it too (a bf16-held CLIP)
+        self._autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
         main = accelerator.is_main_process
         if not main:
             self.events.path = None  # one writer: the main process
-        method_options = resolve_method_options(cfg.method)
+        resolve_method_options(cfg.method)  # bad method options fail here, before anything is written
         data = read_dataset(cfg.data)
         template = data.template if data.template and cfg.template == DEFAULT_TEMPLATE else cfg.template  # a chosen template wins
         backbone = self._backbone or load_backbone(cfg.backbone, device=accelerator.device)
@@ -231,7 +237,7 @@ class Trainer:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(counters["global_step"], epoch)
                 with accelerator.accumulate(wrapped):
-                    with accelerator.autocast():
+                    with self._autocast():
                         losses = wrapped(batch)
                         total = sum(losses.values())
                     accelerator.backward(total)
@@ -259,7 +265,7 @@ class Trainer:
             self.events.emit("epoch", epoch=epoch + 1, epochs=epochs, step=counters["global_step"])
             if main and cfg.train.eval_every_epochs and (epoch + 1) % cfg.train.eval_every_epochs == 0:
                 split = data.val or data.test
-                with accelerator.autocast():
+                with self._autocast():
                     accuracy = Predictor(model, device=accelerator.device).evaluate(split).accuracy
                 model.train()
                 self.events.emit("val", epoch=epoch + 1, epochs=epochs, step=counters["global_step"], accuracy=accuracy, split="val" if data.val else "test")
@@ -271,7 +277,7 @@ class Trainer:
         accelerator.wait_for_everyone()
         metrics: dict[str, Any] = {}
         if main:
-            with accelerator.autocast():
+            with self._autocast():
                 metrics = self._evaluate(model, data, cfg, accelerator.device)
             run = {"train": train, "data": dataclasses.asdict(cfg.data), "metrics": _summary(metrics), "decomposer_reason": record["decomposer_reason"]}
             model.save_bundle(self.run_dir / "model", run)

@@ -143,7 +143,7 @@ def test_base_to_new_protocol_reports_hm(tmp_path, cifar_root, tiny_backbone):
 @pytest.mark.parametrize(
     "change, error, message",
     [
-        (lambda c: setattr(c.method, "host", "coopp"), UnknownNameError, "unknown host method 'coopp'; available: cocoop, coop, ivlp, kgcoop, maple, mmrl, promptsrc, zeroshot"),
+        (lambda c: setattr(c.method, "host", "coopp"), UnknownNameError, "unknown host method 'coopp'; available: caspl-boost, cocoop, coop, ivlp, kgcoop, maple, mmrl, promptsrc, zeroshot"),
         (lambda c: setattr(c.method, "boosters", ["specpl", "magic"]), UnknownNameError, "unknown booster 'magic'"),
         (lambda c: setattr(c.data, "root", "/nonexistent/data"), ValueError, "/nonexistent/data does not exist"),
         (lambda c: setattr(c.backbone, "name", "ViT-Q-99"), UnknownNameError, "unknown backbone 'ViT-Q-99'"),

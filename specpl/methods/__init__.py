@@ -13,7 +13,7 @@ from torch import nn
 
 from specpl.backbone import Backbone
 from specpl.config import DEFAULT_TEMPLATE, DecomposerConfig, MethodConfig, from_dict
-from specpl.methods import cocoop, coop, deep, kgcoop, mmrl, specpl, zeroshot  # noqa: F401  (registration side effects)
+from specpl.methods import caspl, cocoop, coop, dapt, deep, isp, kgcoop, mmrl, specpl, zeroshot  # noqa: F401  (registration side effects)
 from specpl.methods.base import Batch, Booster, BuildContext, ForwardState, Host, PromptModel, cosine_logits
 from specpl.methods.registry import BOOSTERS, HOSTS
 
@@ -49,6 +49,8 @@ def check_combination(host_name: str, booster_names: list[str]) -> None:
     host = HOSTS.get(host_name)
     if len(set(booster_names)) != len(booster_names):
         raise ValueError(f"a booster is listed twice: {booster_names}")
+    if booster_names and not host.accepts_boosters:
+        raise ValueError(f"host {host_name!r} takes no boosters (it is a phase of one); boost a host such as coop or maple instead")
     for name in booster_names:
         booster = BOOSTERS.get(name)
         problems = []
@@ -67,7 +69,7 @@ def check_combination(host_name: str, booster_names: list[str]) -> None:
 
 def _booster_fits(booster: type, host_name: str) -> bool:
     host = HOSTS.get(host_name)
-    return (booster.supported_hosts is None or host_name in booster.supported_hosts) and booster.requires <= host.capabilities
+    return host.accepts_boosters and (booster.supported_hosts is None or host_name in booster.supported_hosts) and booster.requires <= host.capabilities
 
 
 def resolve_method_options(config: MethodConfig) -> dict[str, dict[str, Any]]:

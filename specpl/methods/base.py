@@ -138,6 +138,11 @@ class Component(nn.Module):
         """The options as built (values derived at build time filled in); written to bundles."""
         return dataclasses.asdict(self.config)
 
+    def attach(self, model: "PromptModel") -> None:
+        """Called once by the `PromptModel` this component is composed into, before the class
+        names are set; a component that needs the whole model (DAPT encodes masked views through
+        it) keeps a reference here, outside its module tree."""
+
     def text_prompts(self) -> list[PromptGroup]:
         return []
 
@@ -166,6 +171,7 @@ class Host(Component):
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
     conditions_text_on_image: ClassVar[bool] = False  # True when text depends on each image (CoCoOp)
+    accepts_boosters: ClassVar[bool] = True  # False for a host that is a phase of a booster (CasPL's distillation)
     fixed_logit_scale: ClassVar[float | None] = None  # None: the backbone's exp(logit_scale)
     training_defaults: ClassVar[dict[str, Any]] = {}
     # Presets: named option sets for this host and its boosters, {"host": {...}, "<booster>": {...}, "train": {...}}.
@@ -271,6 +277,8 @@ class PromptModel(nn.Module):
         self.image_encoder = PromptImageEncoder(context.backbone.model) if self._prompts_image_tower() else None
         self.method_options = options  # as requested; `resolved_options` adds build-time values
         self.epoch, self.epochs = 0, 1
+        for component in self.components:
+            component.attach(self)
 
     # --- structure -------------------------------------------------------------------------
     @property

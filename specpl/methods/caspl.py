@@ -56,7 +56,7 @@ from torch import nn
 from specpl.backbone import EMBEDDED_TAG, Backbone, load_backbone
 from specpl.config import BackboneConfig
 from specpl.methods.base import Booster, BuildContext, ForwardState, cosine_logits
-from specpl.methods.coop import standard_presets
+from specpl.methods.coop import REFERENCE_SCHEDULE
 from specpl.methods.deep import IndependentPromptHost
 from specpl.methods.registry import BOOSTERS, HOSTS
 from specpl.methods.zeroshot import template_text_features
@@ -162,8 +162,9 @@ class CasPLBoost(IndependentPromptHost):
     name = PHASE_ONE
     description = "CasPL phase 1: deep boosting prompts distilled from a larger frozen CLIP on unlabeled images (ECCV 2024)"
     config_class: ClassVar[type] = CasPLBoostConfig
+    accepts_boosters = False
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"default": {"train": REFERENCE_SCHEDULE}, "reference": {"train": REFERENCE_SCHEDULE}}
 
     def __init__(self, config: CasPLBoostConfig, context: BuildContext) -> None:
         super().__init__(config, context)

@@ -43,8 +43,8 @@ Deviations and choices (spec §9), all behind options:
 """
 from __future__ import annotations
 
+import copy
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
@@ -195,12 +195,9 @@ def geometric_part(transform: Callable) -> transforms.Compose:
     kept = []
     for step in steps:
         if isinstance(step, RESAMPLING):
-            copy = type(step).__new__(type(step))
-            copy.__dict__.update(step.__dict__)
-            copy.interpolation = transforms.InterpolationMode.NEAREST
-            if hasattr(copy, "antialias"):
-                copy.antialias = False
-            kept.append(copy)
+            nearest = copy.copy(step)
+            nearest.interpolation = transforms.InterpolationMode.NEAREST
+            kept.append(nearest)
         elif isinstance(step, GEOMETRIC):
             kept.append(step)
         elif not isinstance(step, NOT_GEOMETRIC) and step is not _convert_to_rgb:
@@ -280,7 +277,7 @@ class DecoupledViews:
     @property
     def signature(self) -> str:
         config, model = self.booster.config, self.booster.model
-        views = "" if model.needs_image_grad else f"+views of {model.name}@epoch{model.epoch}"
+        views = "" if model.needs_image_grad else f"+views of {model.name}"  # a frozen image path: fixed per mask
         if self.folder is not None:
             return f"folder:{self.folder.root.resolve()}:ignore{config.mask_ignore_value}{views}"
         return f"gradcam:{model.name}@epoch{model.epoch}:t{config.gradcam_threshold}:{config.gradcam_normalise}{views}"
@@ -322,12 +319,10 @@ class DAPT(Booster):
             raise ValueError("dapt.background_template must contain '{}' and dapt.background_words must not be empty")
         self.tokenizer = context.backbone.tokenizer
         self._model: list[PromptModel] = []
-        self._background_prompts: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
-    # The composing model: needed to encode the extra views through the same prompted image path and
-    # to run GradCAM. No seam hands it to a booster, so it is picked up when the model forwards its
-    # class names (PromptModel.set_classnames, called by build_method) or given with `attach`.
     def attach(self, model: PromptModel) -> None:
+        """Keep the composing model: the masked views go through its prompted image path, and
+        GradCAM runs on it."""
         self._model[:] = [model]
 
     @property
@@ -337,9 +332,8 @@ class DAPT(Booster):
         return self._model[0]
 
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
-        caller = sys._getframe(1).f_locals.get("self")
-        if isinstance(caller, PromptModel) and any(b is self for b in caller.boosters.values()):
-            self.attach(caller)
+        if self._model and not hasattr(self, "background_prefix"):
+            self._embed_background_prompts()
 
     def frozen_inputs(self) -> list:
         return [DecoupledViews(self)]
@@ -351,34 +345,35 @@ class DAPT(Booster):
         features = self.model.encode_image(torch.cat([images * mask, images * (1 - mask)]))[FEATURES]
         return features.chunk(2)
 
+    def _text_slots(self) -> list[PromptGroup]:
+        """The slots the host's class prompts get: the host's own, then every booster's."""
+        model = self.model
+        return [*_host_text_slots(model.host), *(g for b in model.boosters.values() for g in b.text_prompts())]
+
     def background_text(self) -> torch.Tensor:
         """T_bg (N, D): the background prompts through the host's text tower, with the host's and
         every booster's text slots (fixed template embeddings at layer 0)."""
-        model = self.model
-        host = model.host
-        groups = [*_host_text_slots(host), *(g for b in model.boosters.values() for g in b.text_prompts())]
-        placed = sum(g.length for g in groups if not g.insert)
-        prefix, suffix, eot = self._background_tokens(placed, host.text_encoder)
-        return host.text_encoder.forward_shared_prefix(prefix, suffix, eot, groups)[0]
+        return self.model.host.text_encoder.forward_shared_prefix(
+            self.background_prefix, self.background_suffix, self.background_eot, self._text_slots()
+        )[0]
 
-    def _background_tokens(self, placed: int, text_encoder) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(prefix (1, 1 + placed, W), suffixes (N, S, W), end-of-text inside the suffix (N,)),
-        built once per (pre-placed positions, device)."""
+    def _embed_background_prompts(self) -> None:
+        """Tokenise and embed the background prompts once (never inside a compiled step), with as
+        many template tokens in the shared prefix as the slots pre-place after [SOS]."""
+        config, text_encoder = self.config, self.model.host.text_encoder
+        placed = sum(g.length for g in self._text_slots() if not g.insert)
+        head = config.background_template.split("{}")[0].strip()
+        head_tokens = int(self.tokenizer([head])[0].argmax()) - 1 if head else 0
+        padding = " ".join([PLACEHOLDER] * max(0, placed - head_tokens))
+        tokens = self.tokenizer([f"{padding} {config.background_template.format(word)}".strip() for word in config.background_words])
+        eot = tokens.argmax(dim=-1)
         device = text_encoder.model.token_embedding.weight.device
-        key = (placed, str(device))
-        if key not in self._background_prompts:
-            config = self.config
-            head = config.background_template.split("{}")[0].strip()
-            head_tokens = int(self.tokenizer([head])[0].argmax()) - 1 if head else 0
-            padding = " ".join([PLACEHOLDER] * max(0, placed - head_tokens))
-            prompts = [f"{padding} {config.background_template.format(word)}".strip() for word in config.background_words]
-            tokens = self.tokenizer(prompts)
-            eot = tokens.argmax(dim=-1)
-            with torch.no_grad():
-                embedded = text_encoder.embed_tokens(tokens[:, : int(eot.max()) + 1].to(device)).float()
-            cut = 1 + placed
-            self._background_prompts[key] = (embedded[:1, :cut], embedded[:, cut:], (eot - cut).to(device))
-        return self._background_prompts[key]
+        with torch.no_grad():
+            embedded = text_encoder.embed_tokens(tokens[:, : int(eot.max()) + 1].to(device)).float()
+        cut = 1 + placed
+        self.register_buffer("background_prefix", embedded[:1, :cut].clone(), persistent=False)
+        self.register_buffer("background_suffix", embedded[:, cut:].clone(), persistent=False)
+        self.register_buffer("background_eot", (eot - cut).to(device), persistent=False)
 
     # --- losses -------------------------------------------------------------------------------
     def losses(self, state: ForwardState) -> dict[str, torch.Tensor]:

@@ -157,10 +157,11 @@ def end_of_text_states(backbone: Backbone, prompts: list[str], layers: int) -> t
     causal mask)."""
     model = backbone.model
     device = model.token_embedding.weight.device
-    tokens = backbone.tokenizer(prompts).to(device)
+    tokens = backbone.tokenizer(prompts)
     eot = tokens.argmax(dim=-1)
-    length = int(eot.max()) + 1
-    x = model.token_embedding(tokens[:, :length]) + model.positional_embedding[:length]
+    length = int(eot.max()) + 1  # read on the host: the model may sit on any device
+    x = model.token_embedding(tokens[:, :length].to(device)) + model.positional_embedding[:length]
+    eot = eot.to(device)
     mask = model.attn_mask[:length, :length]
     rows = torch.arange(len(prompts), device=device)
     states = []
@@ -221,6 +222,9 @@ class ISP(Booster):
             raise ValueError(f"isp.attn_dim ({config.attn_dim}) must be divisible by isp.heads ({config.heads})")
         self.backbone = [context.backbone]  # a list keeps the frozen model out of the module tree
         self.template = context.template
+        clip_scale = context.backbone.model.logit_scale.detach().float().exp()
+        scale = clip_scale if config.probe_logit_scale is None else clip_scale.new_tensor(config.probe_logit_scale)
+        self.register_buffer("probe_scale", scale, persistent=False)  # 0-d: no host sync to read it
         self.vision_self = nn.ModuleList()
         self.vision_cross = nn.ModuleList()
         self.layers = 0
@@ -282,10 +286,7 @@ class ISP(Booster):
 
     def zero_shot_logits(self, clip_image: torch.Tensor) -> torch.Tensor:
         """s0 * cos(f0, g0) over the current classes, at CLIP's own scale unless set."""
-        scale = self.config.probe_logit_scale
-        if scale is None:
-            scale = float(self.backbone[0].model.logit_scale.detach().exp())
-        return scale * F.normalize(clip_image.float(), dim=-1) @ self.probe_text.t()
+        return self.probe_scale * F.normalize(clip_image.float(), dim=-1) @ self.probe_text.t()
 
     def sample_weights(self, state: ForwardState) -> torch.Tensor | None:
         if not self.config.sample_probing:

@@ -1,0 +1,246 @@
+"""DAPT booster: the shared method properties on CoOp and MaPLe, its losses by hand, the phase
+switch, GradCAM masks refreshed per epoch, and user masks paired to their image's crop and flip."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import specpl.methods.dapt  # noqa: F401  (registers the booster until the lead imports it in methods/__init__)
+from tests import test_methods as shared  # a module import, so pytest does not collect its tests here
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    generator = torch.Generator().manual_seed(1)
+    return torch.randn(4, 3, 32, 32, generator=generator), torch.tensor([0, 1, 2, 3])
+
+
+@pytest.mark.parametrize("host", ["coop", "maple"])
+def test_dapt_has_every_method_property(host, tiny_backbone, inputs, tmp_path):
+    shared.test_every_method((host, ("dapt",)), tiny_backbone, inputs, tmp_path)
+
+
+# --- losses by hand -------------------------------------------------------------------------------
+def test_triplet_pull_push_matches_a_hand_computation():
+    from specpl.methods.dapt import triplet_pull_push
+
+    generator = torch.Generator().manual_seed(0)
+    full, fg, bg = (torch.randn(5, 8, generator=generator) for _ in range(3))
+    unit = [t / t.norm(dim=-1, keepdim=True) for t in (full, fg, bg)]
+    by_hand = ((unit[0] - unit[1]).norm(dim=-1) - (unit[0] - unit[2]).norm(dim=-1) + 1.5).clamp_min(0).mean()
+    torch.testing.assert_close(triplet_pull_push(full, fg, bg, margin=1.5), by_hand, atol=1e-5, rtol=0)
+
+
+def test_alignment_losses_match_a_hand_computation_and_detach_the_foreground():
+    from specpl.methods.dapt import background_alignment, foreground_alignment
+
+    generator = torch.Generator().manual_seed(0)
+    fg = torch.randn(3, 8, generator=generator, requires_grad=True)
+    bg = torch.randn(3, 8, generator=generator, requires_grad=True)
+    text = torch.randn(4, 8, generator=generator, requires_grad=True)
+    background_text = torch.randn(6, 8, generator=generator)
+    labels = torch.tensor([0, 3, 1])
+    unit = lambda t: t / t.norm(dim=-1, keepdim=True)  # noqa: E731
+    similarity = unit(bg) @ unit(background_text).t()
+    expected_bg = torch.nn.functional.cross_entropy(10 * similarity, similarity.argmax(dim=-1))
+    expected_fg = torch.nn.functional.cross_entropy(10 * unit(fg) @ unit(text).t(), labels)
+    torch.testing.assert_close(background_alignment(bg, background_text, 10.0), expected_bg)
+    loss_fg = foreground_alignment(fg, text, labels, 10.0)
+    torch.testing.assert_close(loss_fg, expected_fg)
+    loss_fg.backward()
+    assert fg.grad is None and text.grad is not None and text.grad.abs().sum() > 0  # sg(z_f): only the text side learns
+
+
+# --- phases, GradCAM refresh, masks in use -------------------------------------------------------
+def test_the_loss_switches_at_the_configured_epoch_and_gradcam_is_refreshed_each_epoch(tmp_path, cifar_root, tiny_backbone, monkeypatch):
+    import json
+
+    import specpl.methods.dapt as dapt
+    from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
+    from specpl.trainer import Trainer
+
+    computed_at: list[int] = []
+    original = dapt.gradcam_masks
+
+    def counting(model, images, labels, *args):
+        computed_at.append(model.epoch)
+        assert labels is not None  # the cache passes the items, so GradCAM targets the true class
+        return original(model, images, labels, *args)
+
+    monkeypatch.setattr(dapt, "gradcam_masks", counting)
+    config = RunConfig(
+        backbone=BackboneConfig(name="specpl-tiny", pretrained=None),
+        decomposer=DecomposerConfig(name="fft", image_size=32),
+        method=MethodConfig(host="coop", boosters=["dapt"], options={"coop": {"n_ctx": 4}, "dapt": {"switch_epoch": 2}}),
+        data=DataConfig(root=str(cifar_root), shots=1),
+        train=TrainConfig(epochs=3, batch_size=4),
+    )
+    Trainer(config, tmp_path / "run", backbone=copy.deepcopy(tiny_backbone), progress_bar=False).fit()
+    steps = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
+    terms = {(e["epoch"], frozenset(e["losses"])) for e in steps if e.get("event", e.get("type")) == "step"}
+    assert terms == {(1, frozenset({"cls", "triplet"})), (2, frozenset({"cls", "triplet"})), (3, frozenset({"cls", "foreground", "background"}))}
+    assert sorted(set(computed_at)) == [0, 1, 2]  # before training and after each epoch but the last, once per view
+
+
+def test_the_forward_pass_uses_the_batch_masks(tiny_backbone, inputs):
+    from specpl.config import MethodConfig
+    from specpl.frozen import flatten
+    from specpl.methods import Batch, build_method
+    from specpl.methods.dapt import triplet_pull_push
+
+    torch.manual_seed(0)
+    model = build_method(MethodConfig(host="maple", boosters=["dapt"], options={"dapt": {"switch_epoch": 1}}), copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"])
+    images, labels = inputs
+    (views,) = [i for i in model.frozen_inputs() if i.name == "dapt"]
+    frozen = flatten(views.name, views(images))
+    mask = frozen["dapt.mask"]
+    assert mask.shape == (4, 1, 32, 32) and mask.dtype == torch.bool and 0 < mask.float().mean() < 1
+    model.epoch, model.epochs = 0, 3
+    with torch.no_grad():
+        loss = model(Batch(labels, images, frozen))["triplet"]
+        full = model.encode_image(images)["features"]
+        fg = model.encode_image(images * mask)["features"]
+        bg = model.encode_image(images * ~mask)["features"]
+    torch.testing.assert_close(loss, 0.8 * triplet_pull_push(full, fg, bg, 1.5), atol=1e-5, rtol=1e-5)
+
+
+def test_background_text_gets_the_hosts_deep_prompts_but_not_its_context(tiny_backbone):
+    from specpl.config import MethodConfig
+    from specpl.methods import build_method
+
+    torch.manual_seed(0)
+    model = build_method(MethodConfig(host="maple", boosters=["dapt"]), copy.deepcopy(tiny_backbone), ["cat", "dog"])
+    dapt = model.boosters["dapt"]
+    before = dapt.background_text()
+    assert before.shape == (32, model.context.embed_dim)
+    with torch.no_grad():
+        model.host.prompt_learner.ctx.add_(1.0)  # layer-0 context: the background prompts keep their fixed words
+    torch.testing.assert_close(dapt.background_text(), before, rtol=0, atol=0)
+    with torch.no_grad():
+        model.host.deep_text[0].add_(1.0)  # deep prompts: shared with the background prompts, as in the reference
+    assert not torch.allclose(dapt.background_text(), before)
+
+
+# --- user masks -------------------------------------------------------------------------------------
+def _blocky(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 2, size=(height // 8 + 1, width // 8 + 1)).astype(bool)
+    return np.kron(blocks, np.ones((8, 8), dtype=bool))[:height, :width]
+
+
+def _mask_folder_run(tmp_path, tiny_backbone, width: int = 48, height: int = 40):
+    """An image folder of blocky black/white images, and their masks (1 where white) elsewhere."""
+    from PIL import Image
+
+    from specpl.config import MethodConfig
+    from specpl.data import ImageItem
+    from specpl.methods import build_method
+
+    items = []
+    for label, name in enumerate(["cat", "dog"]):
+        for index in range(2):
+            pattern = _blocky(height, width, seed=10 * label + index)
+            image_path = tmp_path / "data" / name / f"{index:03d}.png"
+            mask_path = tmp_path / "masks" / name / f"{index:03d}.png"
+            image_path.parent.mkdir(parents=True, exist_ok=True)
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.repeat(pattern[..., None] * 255, 3, axis=2).astype(np.uint8)).save(image_path.with_suffix(".jpg"), quality=100)
+            Image.fromarray(pattern.astype(np.uint8)).save(mask_path)  # values 0/1, as a segmenter writes
+            items.append(ImageItem(image_path.with_suffix(".jpg"), label))
+    options = {"coop": {"n_ctx": 4}, "dapt": {"masks": "folder", "mask_dir": str(tmp_path / "masks")}}
+    model = build_method(MethodConfig(host="coop", boosters=["dapt"], options=options), copy.deepcopy(tiny_backbone), ["cat", "dog"])
+    return model, items
+
+
+def test_a_user_mask_gets_the_same_crop_and_flip_as_its_image(tmp_path, tiny_backbone):
+    """Through the feature cache, as in training: each view's mask equals its image's white area
+    (up to the bicubic/JPEG edge), and matches it better than the mirrored mask does."""
+    from specpl.features import AugmentedViews, FeatureCache, reference_train_transform
+
+    model, items = _mask_folder_run(tmp_path, tiny_backbone)
+    mean, std = tiny_backbone.normalization
+    views = AugmentedViews(reference_train_transform(32, mean, std, 0.3), tiny_backbone.preprocess_eval, seed=3)
+    cache = FeatureCache(views, model.frozen_inputs(), torch.device("cpu"))
+    for view in range(6):
+        masks = cache.get(items, view)["dapt.mask"][:, 0]
+        for item, mask in zip(items, masks):
+            image = views.load(item.path, view)
+            white = (image[0] * std[0] + mean[0]) > 0.5
+            agreement = (white == mask).float().mean()
+            flipped = (white == mask.flip(-1)).float().mean()
+            assert agreement > 0.93, f"view {view} of {item.path.name}: the mask matches only {agreement:.2f} of the image"
+            assert agreement > flipped  # over these 24 seeded draws the flip goes both ways
+    eval_masks = cache.get(items, None)["dapt.mask"][:, 0]
+    image = views.load(items[0].path, None)
+    assert ((image[0] * std[0] + mean[0] > 0.5) == eval_masks[0]).float().mean() > 0.93
+
+
+def test_mask_binarisation_reads_the_first_channel_and_drops_the_ignore_value(tmp_path):
+    from PIL import Image
+
+    from specpl.methods.dapt import MaskFolder
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.new("RGB", (4, 1)).save(tmp_path / "img" / "a.png")
+    values = np.array([[[0, 9, 9], [1, 0, 0], [7, 0, 0], [255, 9, 9]]], dtype=np.uint8)
+    Image.fromarray(values).save(tmp_path / "masks" / "a.png")
+    mask = np.asarray(MaskFolder(tmp_path / "masks").read(tmp_path / "img" / "a.png"))
+    assert (mask > 0).tolist() == [[False, True, True, False]]
+
+
+def test_mask_folder_errors_name_the_file_and_the_reason(tmp_path, tiny_backbone):
+    from PIL import Image
+
+    from specpl.config import MethodConfig
+    from specpl.data import DataError
+    from specpl.methods import build_method
+    from specpl.methods.dapt import MaskFolder
+
+    _mask_folder_run(tmp_path, tiny_backbone)
+    folder = MaskFolder(tmp_path / "masks")
+    stray = tmp_path / "data" / "cat" / "999.jpg"
+    Image.new("RGB", (48, 40)).save(stray)
+    with pytest.raises(DataError, match=r"no mask for .*999\.jpg in .*masks: looked for cat/999\.\* and 999\.\*"):
+        folder.read(stray)
+    Image.new("L", (10, 10)).save(tmp_path / "masks" / "cat" / "999.png")
+    with pytest.raises(DataError, match=r"999\.png: mask is 10x10 but its image .*999\.jpg is 48x40"):
+        MaskFolder(tmp_path / "masks").read(stray)
+    with pytest.raises(DataError, match="dapt mask folder .*nowhere does not exist"):
+        MaskFolder(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="dapt.masks='folder' needs dapt.mask_dir"):
+        build_method(MethodConfig(host="coop", boosters=["dapt"], options={"dapt": {"masks": "folder"}}), tiny_backbone, ["cat", "dog"])
+
+
+# --- GradCAM on the world CLIP ----------------------------------------------------------------------
+def _world_gradcam_iou(host: str, options: dict) -> float:
+    """Mean IoU of DAPT-G masks (the spec's GradCAM, threshold 0.5) with the analytic shape masks
+    of 18 world images, one per second class, on the pretrained world CLIP."""
+    from specpl.backbone import load_backbone
+    from specpl.config import MethodConfig
+    from specpl.defaults import world_backbone_config
+    from specpl.methods import build_method
+    from specpl.methods.dapt import gradcam_masks
+    from specpl.world.generator import class_of, render, sample_class, shape_mask, world_classnames
+
+    backbone = load_backbone(world_backbone_config())
+    classes = world_classnames()
+    torch.manual_seed(0)
+    model = build_method(MethodConfig(host=host, boosters=["dapt"], options=options), backbone, classes)
+    rng = np.random.default_rng(0)
+    samples = [sample_class(rng, name, 1)[0] for name in classes[::2]]
+    images = torch.stack([backbone.preprocess_eval(render(sample)) for sample in samples])
+    labels = torch.tensor([classes.index(class_of(sample)) for sample in samples])
+    masks = gradcam_masks(model, images, labels)[:, 0].numpy()
+    truths = [shape_mask(sample) for sample in samples]
+    return float(np.mean([(mask & truth).sum() / (mask | truth).sum() for mask, truth in zip(masks, truths)]))
+
+
+@pytest.mark.xfail(strict=True, reason="measured: the spec's GradCAM (last block ln_1, 8x8 patch grid) reaches a mean IoU of "
+                   "0.22 (CoOp, 'a photo of a') and 0.19 (MaPLe at init) on these world images, not 0.5")
+@pytest.mark.parametrize("host,options", [("coop", {"coop": {"ctx_init": "a photo of a"}}), ("maple", {})], ids=["coop", "maple"])
+def test_gradcam_masks_cover_the_world_object(host, options):
+    assert _world_gradcam_iou(host, options) >= 0.5
