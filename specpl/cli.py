@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--probe-pairs", type=int, default=200)
     world.add_argument("--camera", default="default", choices=list(CAMERAS), help="downstream domain: default (as in pretraining) or sepia (unseen warm, low-contrast cast)")
     world.add_argument("--preset", nargs="+", default=["default"], choices=["default", "reference"], help="host presets to run (both: a row for each where they differ)")
+    world.add_argument("--ablate", action="store_true", help="CoOp + SpecPL with each input changed alone (decomposer, augmentation, schedule, bank, refiner, losses) instead of every host")
+    world.add_argument("--taef2-source", help="with --ablate: a folder with TAEF2 weights for the decomposer row (skipped without it)")
     world.add_argument("--out", default="bench/WORLD.md", help="markdown report (written atomically)")
 
     bands = sub.add_parser("bands", help="write the low/high band maps of an image as PNGs")
@@ -274,6 +276,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import dataclasses
     import time
 
     from specpl.backbone import load_backbone
@@ -281,7 +284,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from specpl.defaults import world_backbone_config
     from specpl.io import atomic_write_text
     from specpl.methods import HOSTS
-    from specpl.world.benchmark import WorldBenchConfig, band_linear_probe, feature_ceiling, markdown_report, run_world_bench, temporary_workdir
+    from specpl.world.benchmark import (
+        WorldBenchConfig,
+        ablation_report,
+        ablation_rows,
+        band_linear_probe,
+        feature_ceiling,
+        markdown_report,
+        run_world_bench,
+        temporary_workdir,
+    )
 
     hosts = tuple(args.hosts or [name for name in HOSTS.names() if name != "zeroshot"])
     decomposer_config = DecomposerConfig(name=args.decomposer, source=args.decomposer_source, image_size=64)
@@ -292,6 +304,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     started = time.time()
     backbone = load_backbone(world_backbone_config())
     decomposer = build_decomposer(decomposer_config)
+    if args.ablate:
+        rows = ablation_rows(config)
+        others = {}
+        if args.taef2_source:
+            others["taef2"] = build_decomposer(dataclasses.replace(decomposer_config, name="taef2", source=args.taef2_source))
+        rows = [row for row in rows if row.decomposer is None or row.decomposer in others]
+        with temporary_workdir() as workdir:
+            results = run_world_bench(config, backbone, decomposer, Path(workdir), rows=rows, decomposers=others)
+        report = ablation_report(results, config, "specpl " + " ".join(args.argv), backbone, time.time() - started)
+        atomic_write_text(Path(args.out), report)
+        print(report)
+        return 0
     with temporary_workdir() as workdir:
         results = run_world_bench(config, backbone, decomposer, Path(workdir))
     probe = band_linear_probe(decomposer, backbone, image_size=decomposer_config.image_size)

@@ -114,3 +114,31 @@ def test_feature_ceiling_reports_probe_and_zero_shot_on_the_same_images():
     result = feature_ceiling(backbone, WorldBenchConfig(test_per_class=4, camera="sepia"), shots=6)
     assert result["shots"] == 6 and 0.0 <= result["linear_probe"] <= 100.0
     assert 100 / 18 < result["zero_shot"] <= 100.0  # above chance over the 18 base classes
+
+
+def test_each_ablation_row_changes_one_input_of_the_benchmarked_specpl():
+    from specpl.world.benchmark import WorldBenchConfig, ablation_rows
+
+    rows = {row.name: row for row in ablation_rows(WorldBenchConfig())}
+    benchmarked = rows["coop + specpl (as benchmarked)"]
+    for name, row in rows.items():
+        if row.method is None or row.method.boosters != ["specpl"] or row is benchmarked:
+            continue
+        changes = (row.decomposer is not None) + bool(row.train) + (row.method.options["specpl"] != {})
+        assert changes == 1, name
+        assert row.method.options["coop"] == benchmarked.method.options["coop"]
+
+
+def test_the_refiner_can_leave_new_classes_alone(tiny_backbone):
+    from specpl.config import DecomposerConfig, MethodConfig
+    from specpl.methods import build_method
+
+    model = build_method(
+        MethodConfig(host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}, "specpl": {"refine_novel": False}}),
+        tiny_backbone, ["cat", "dog"], decomposer=DecomposerConfig(name="fft", image_size=32),
+    ).eval()
+    raw, refined = model.text_features()
+    assert not torch.allclose(raw, refined)  # trained classes are refined
+    model.set_classnames(["ship", "frog"], novel=True)
+    raw, refined = model.text_features()
+    assert torch.equal(raw, refined)  # new classes keep their raw prompted text

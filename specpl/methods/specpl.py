@@ -44,6 +44,7 @@ class SpecPLConfig:
     train_band_mlps: bool = False
     small_init_std: float = 1e-3
     test_blend: float | None = None  # None: 0.5 on CoCoOp, else 1 (refined text only)
+    refine_novel: bool = True  # False: classes marked novel keep their raw text at test (MMRL's routing, on any host)
     band_stat_dim: int | None = None  # None: the run's decomposer says (recorded once built)
 
 
@@ -124,7 +125,12 @@ class SpecPL(Booster):
         size = context.decomposer.image_size or context.backbone.image_size
         return [BandStatistics(decomposer, context.backbone.normalization, size)]
 
+    def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
+        self.novel = novel
+
     def refine_text(self, text: torch.Tensor) -> torch.Tensor:
+        if getattr(self, "novel", False) and not self.config.refine_novel:
+            return text
         refined = self.bank(text)
         if self.training or self.test_blend >= 1.0:
             return refined

@@ -11,6 +11,7 @@ the image that gave the high band, or the shape of the image that gave the low b
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import platform
 import tempfile
@@ -97,10 +98,47 @@ def granularity_probe(predictor: Predictor, decomposer: BandDecomposer, pairs: i
     return {"texture": texture / len(chosen), "shape": shape / len(chosen)}
 
 
-def bench_methods(config: WorldBenchConfig) -> list[tuple[str, MethodConfig | None]]:
+@dataclass
+class BenchRow:
+    """One row of a benchmark: a method (None: zero-shot), train settings that differ from the
+    benchmark's, and the decomposer it trains with (None: the benchmark's)."""
+
+    name: str
+    method: MethodConfig | None
+    train: dict[str, object] = field(default_factory=dict)
+    decomposer: str | None = None
+
+
+def ablation_rows(config: WorldBenchConfig) -> list[BenchRow]:
+    """CoOp, CoOp + SpecPL as benchmarked, then each input of SpecPL changed alone (issue: which
+    input costs SpecPL its new-class accuracy): the decomposer, the augmentation, the schedule, the
+    bank's initialisation, the refiner on new classes, the counterfactual loss, the granule head's
+    init (SPECPL.md §11)."""
+    options = {"coop": {"n_ctx": config.n_ctx}}
+
+    def specpl(**changes: object) -> MethodConfig:
+        return MethodConfig(host="coop", boosters=["specpl"], options={**options, "specpl": dict(changes)})
+
+    rows = [
+        BenchRow(ZERO_SHOT, None),
+        BenchRow("coop", MethodConfig(host="coop", options=options)),
+        BenchRow("coop + specpl (as benchmarked)", specpl()),
+        BenchRow("decomposer: taef2", specpl(), decomposer="taef2"),
+        BenchRow("augmentation: reference (Dassl crop 0.08-1 + flip, fresh each epoch)", specpl(), {"augment": "reference", "max_cached_views": None}),
+        BenchRow("augmentation: clip (crop 0.9-1)", specpl(), {"augment": "clip", "max_cached_views": None}),
+        BenchRow("schedule: cosine per step", specpl(), {"schedule": "step"}),
+        BenchRow("bank: random (reference CoOp)", specpl(bank_init_batches=0)),
+        BenchRow("refiner off for new classes", specpl(refine_novel=False)),
+        BenchRow("no counterfactual loss", specpl(lambda_gcf=0.0)),
+        BenchRow("granule head init std 0.02 (not 1e-3)", specpl(small_init_std=0.02)),
+    ]
+    return rows
+
+
+def bench_methods(config: WorldBenchConfig) -> list[BenchRow]:
     """Zero-shot, then every host alone and with SpecPL under each preset; a preset whose resolved
     options equal an earlier row's (a host alone under both presets) is run once."""
-    methods: list[tuple[str, MethodConfig | None]] = [(ZERO_SHOT, None)]
+    methods: list[BenchRow] = [BenchRow(ZERO_SHOT, None)]
     seen: list[dict] = []
     for host in config.hosts:
         options = {host: {"n_ctx": config.n_ctx}} if host == "coop" else {}
@@ -112,7 +150,7 @@ def bench_methods(config: WorldBenchConfig) -> list[tuple[str, MethodConfig | No
                     continue
                 seen.append(resolved)
                 name = " + ".join([host, *boosters]) + (f" [{preset}]" if len(config.presets) > 1 else "")
-                methods.append((name, method))
+                methods.append(BenchRow(name, method))
     return methods
 
 
@@ -122,25 +160,32 @@ def run_world_bench(
     decomposer: BandDecomposer,
     workdir: Path,
     log: Callable[[str], None] = print,
+    rows: list[BenchRow] | None = None,
+    decomposers: dict[str, BandDecomposer] | None = None,
 ) -> list[MethodResult]:
-    """Every method over every seed; `workdir` receives the generated data and run folders."""
-    methods = bench_methods(config)
-    results = {name: MethodResult(name) for name, _ in methods}
+    """Every row (default: `bench_methods`) over every seed; `workdir` receives the generated data
+    and run folders; `decomposers` holds any other decomposer a row names, built."""
+    methods = rows or bench_methods(config)
+    results = {row.name: MethodResult(row.name) for row in methods}
     for seed in config.seeds:
         root = write_fewshot_folder(workdir / f"data-seed{seed}", config.shots, config.test_per_class, seed, camera=config.camera)
         base = read_fewshot_folder(root, shots=config.shots, seed=seed, subsample="base")
         new = read_fewshot_folder(root, shots=config.shots, seed=seed, subsample="new")
-        for name, method in methods:
+        for index, row in enumerate(methods):
+            name, method = row.name, row.method
             if method is None:
                 predictor = Predictor.zero_shot(backbone, base.classnames, WORLD_TEMPLATE)
             else:
+                # no random resized crop by default: resampling 64 px images blurs the 2-4 px textures away
+                train = {"augment": "none", "max_cached_views": 1, **row.train}
+                run_decomposer = config.decomposer if row.decomposer is None else dataclasses.replace(config.decomposer, name=row.decomposer)
                 run = RunConfig(
-                    backbone=backbone.config, decomposer=config.decomposer, method=method, template=WORLD_TEMPLATE,
+                    backbone=backbone.config, decomposer=run_decomposer, method=method, template=WORLD_TEMPLATE,
                     data=DataConfig(root=str(root), shots=config.shots, subsample="base", seed=seed),
-                    # no random resized crop: resampling 64 px images blurs the 2-4 px textures away
-                    train=TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=seed, augment=False, max_cached_views=1),
+                    train=TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=seed, **train),
                 )
-                trained = Trainer(run, workdir / f"{name.replace(' + ', '+')}-seed{seed}", backbone=backbone, decomposer=decomposer, progress_bar=False).fit()
+                built = decomposer if row.decomposer is None else (decomposers or {})[row.decomposer]
+                trained = Trainer(run, workdir / f"row{index}-seed{seed}", backbone=backbone, decomposer=built, progress_bar=False).fit()
                 predictor = Predictor(trained.model)
             predictor.set_classnames(base.classnames)
             base_acc = predictor.evaluate(base.test).accuracy
@@ -202,6 +247,33 @@ def markdown_report(
     for reading, bands in band_probe.items():
         for band, accuracy in bands.items():
             lines.append(f"| {titles[reading]} | {band} | {accuracy['texture']:.2f} | {accuracy['shape']:.2f} | {accuracy['colour']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def ablation_report(results: list[MethodResult], config: WorldBenchConfig, command: str, backbone: Backbone, seconds: float) -> str:
+    """Base/new/HM of each ablation row, and its HM against CoOp alone and against SpecPL as benchmarked."""
+    rows = {r.name: r.summary() for r in results}
+    coop, benchmarked = rows["coop"]["hm"], rows["coop + specpl (as benchmarked)"]["hm"]
+    lines = [
+        "# SpectralWorld ablation: which input of SpecPL moves its new-class accuracy",
+        "",
+        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
+        f"- Command: `{command}`",
+        f"- Backbone: {backbone.describe()}; CoOp with {config.n_ctx} context tokens; {config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
+        f"{config.epochs} epochs, batch {config.batch_size}, {config.test_per_class} test images per class; camera: {config.camera}; wall time {seconds / 60:.1f} min",
+        f"- As benchmarked: decomposer {config.decomposer.name} at {config.decomposer.image_size} px, no resampling crop (the eval transform), "
+        "cosine per epoch after one warm-up epoch, the last partial batch dropped, bank from 10 low-band batches. Each row below changes one input.",
+        "",
+        "| Row | Base | New | HM | HM vs CoOp | HM vs SpecPL as benchmarked |",
+        "|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        row = rows[result.name]
+        lines.append(f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} | {row['hm'] - coop:+.2f} | {row['hm'] - benchmarked:+.2f} |")
+    lines += ["", "Per seed (base / new):", ""]
+    for result in results:
+        lines.append(f"- {result.name}: " + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed)))
     return "\n".join(lines) + "\n"
 
 
