@@ -295,7 +295,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         temporary_workdir,
     )
 
-    hosts = tuple(args.hosts or [name for name in HOSTS.names() if name != "zeroshot"])
+    # every host that can be boosted: not the zero-shot baseline, not a phase of a booster (CasPL's)
+    hosts = tuple(args.hosts or [name for name in HOSTS.names() if name != "zeroshot" and HOSTS.get(name).accepts_boosters])
     decomposer_config = DecomposerConfig(name=args.decomposer, source=args.decomposer_source, image_size=64)
     config = WorldBenchConfig(
         shots=args.shots, seeds=tuple(args.seeds), test_per_class=args.test_per_class, epochs=args.epochs, hosts=hosts,
