@@ -62,6 +62,38 @@ def test_two_process_distributed_run(tmp_path, cifar_root):
     assert (run / "model" / "model.safetensors").exists()
 
 
+def test_two_processes_agree_with_one_and_stop_together(tmp_path, cifar_root):
+    """CoOp's loss is a per-sample mean, so two processes with batch 4 (gradients averaged by DDP)
+    make the same updates as one with batch 8: the same metrics. A stop request reaches both: they
+    agree on it through accelerate's trigger, save a checkpoint and exit cleanly."""
+    import subprocess
+    import sys
+    import time
+
+    from specpl.events import read_events
+
+    common = ["--data", str(cifar_root), *TINY, "--option", "coop.n_ctx=4", "--shots", "2", "--augment", "none"]
+    one = tmp_path / "one"
+    assert main(["train", "--out", str(one), *common, "--epochs", "2", "--batch-size", "8"]) == 0
+    two = tmp_path / "two"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "specpl", "train"]
+    done = subprocess.run([*launch, "--out", str(two), *common, "--epochs", "2", "--batch-size", "4"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in (one, two)]
+    assert metrics[0]["accuracy"] == metrics[1]["accuracy"] and metrics[0]["per_class"] == metrics[1]["per_class"]
+
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen([*launch, "--out", str(stopped), *common, "--epochs", "200", "--batch-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(e["type"] == "step" for e in read_events(stopped / "events.jsonl")):
+        time.sleep(0.5)
+    (stopped / "STOP").touch()
+    _, stderr = process.communicate(timeout=240)
+    assert process.returncode == 0, stderr[-2000:]
+    statuses = [e["status"] for e in read_events(stopped / "events.jsonl") if e["type"] == "status"]
+    assert statuses[-1] == "cancelled" and (stopped / "checkpoint" / "state.safetensors").exists()
+
+
 def test_bands_writes_pngs(tmp_path, cifar_root, capsys):
     image = cifar_root / "test" / "frog" / "0000.jpg"
     assert main(["bands", str(image), "--out", str(tmp_path), "--decomposer", "fft", "--size", "64"]) == 0
