@@ -43,17 +43,22 @@ def inputs():
     return torch.randn(4, 3, 32, 32, generator=generator), torch.tensor([0, 1, 2, 3])
 
 
+def train_steps(model, inputs, steps: int = 3, lr: float = 0.5) -> None:
+    """A few SGD steps on one fixed batch, so learned tensors move away from their init."""
+    images, labels = inputs
+    batch = method_checks.batch_for(model, images, labels)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        sum(model(batch).values()).backward()
+        optimizer.step()
+
+
 @pytest.fixture
 def phase_one(backbone, inputs, tmp_path):
     """A phase-1 bundle after a few distillation steps (so its prompts are not the init)."""
     model = build(backbone, "caspl-boost")
-    images, labels = inputs
-    batch = method_checks.batch_for(model, images, labels)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    for _ in range(3):
-        optimizer.zero_grad()
-        sum(model(batch).values()).backward()
-        optimizer.step()
+    train_steps(model, inputs)
     return model.save_bundle(tmp_path / "phase1")
 
 
@@ -136,13 +141,7 @@ def test_phase_two_leaves_the_phase_one_prompts_bit_identical(backbone, inputs, 
     model = build(backbone, host, ("caspl",), {"caspl": {"boost_bundle": str(phase_one)}})
     booster = model.boosters["caspl"]
     assert not any(p.requires_grad for p in booster.parameters())
-    images, labels = inputs
-    batch = method_checks.batch_for(model, images, labels)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    for _ in range(3):
-        optimizer.zero_grad()
-        sum(model(batch).values()).backward()
-        optimizer.step()
+    train_steps(model, inputs)
     model.finalise()
     text = [stored["host.prompt_learner.ctx"], *[stored[f"host.deep_text.{i}"] for i in range(booster.text_layers - 1)]]
     vision = [stored[f"host.vision.{i}"] for i in range(booster.vision_layers)]
@@ -152,6 +151,7 @@ def test_phase_two_leaves_the_phase_one_prompts_bit_identical(backbone, inputs, 
 
     # the phase-2 bundle holds the boosting prompts: it loads with the phase-1 folder gone
     model.eval()
+    images = inputs[0]
     expected = model.logits(model.encode_image(images))
     model.save_bundle(tmp_path / "phase2")
     (phase_one / "model.safetensors").unlink()

@@ -205,9 +205,7 @@ def markdown_report(
     lines = [
         "# SpectralWorld benchmark",
         "",
-        f"- Date: {datetime.date.today().isoformat()}",
-        f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
-        f"- Command: `{command}`",
+        *_provenance(command),
         f"- Backbone: {backbone.describe()}; decomposer: {config.decomposer.name}; {config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
         f"{config.epochs} epochs, {config.test_per_class} test images per class; camera: {config.camera}; wall time {seconds / 60:.1f} min",
         "",
@@ -250,6 +248,16 @@ def markdown_report(
     return "\n".join(lines) + "\n"
 
 
+def _provenance(command: str) -> list[str]:
+    """The date, machine and command lines every report starts with."""
+    device = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return [
+        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads{device}",
+        f"- Command: `{command}`",
+    ]
+
+
 def ablation_report(results: list[MethodResult], config: WorldBenchConfig, command: str, backbone: Backbone, seconds: float) -> str:
     """Base/new/HM of each ablation row, and its HM against CoOp alone and against SpecPL as benchmarked."""
     rows = {r.name: r.summary() for r in results}
@@ -257,9 +265,7 @@ def ablation_report(results: list[MethodResult], config: WorldBenchConfig, comma
     lines = [
         "# SpectralWorld ablation: which input of SpecPL moves its new-class accuracy",
         "",
-        f"- Date: {datetime.date.today().isoformat()}",
-        f"- Machine: {platform.machine()}, {torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"),
-        f"- Command: `{command}`",
+        *_provenance(command),
         f"- Backbone: {backbone.describe()}; CoOp with {config.n_ctx} context tokens; {config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
         f"{config.epochs} epochs, batch {config.batch_size}, {config.test_per_class} test images per class; camera: {config.camera}; wall time {seconds / 60:.1f} min",
         f"- As benchmarked: decomposer {config.decomposer.name} at {config.decomposer.image_size} px, no resampling crop (the eval transform), "
