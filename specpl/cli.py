@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--host", help="host method (default coop; `specpl methods` lists them)")
     train.add_argument("--preset", help="the host's option set: default (ours) or reference (the released code's settings)")
     train.add_argument("--dataset", help="a registered dataset layout for --data (default: folder; e.g. oxford_pets, imagenet)")
+    train.add_argument("--unlabeled", help="a folder of unlabeled images to train on, for a label-free host (caspl-boost)")
     train.add_argument("--template", help="hand-crafted prompt template with {} for the class (default: the dataset's, else 'a photo of a {}.')")
     train.add_argument("--booster", action="append", default=None, help="booster to add, repeatable (e.g. --booster specpl)")
     train.add_argument("--option", action="append", type=_parse_option, default=[], help="method option COMPONENT.KEY=VALUE, repeatable (e.g. coop.n_ctx=4)")
@@ -139,6 +140,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         config.data.dataset = args.dataset
     if args.template:
         config.template = args.template
+    if args.unlabeled:
+        config.data.unlabeled_root = args.unlabeled
     if args.augment:
         config.train.augment = args.augment
     if args.schedule:

@@ -70,6 +70,9 @@ class DataConfig:
     split_ratio: float = 0.5
     subsample: str = "all"  # "all", "base" or "new" (standard base-to-novel protocol)
     seed: int = 1
+    # a folder of unlabeled images to train on instead of the split's labelled training images, for a
+    # host that learns without labels (CasPL's phase 1); the class names and test split stay the dataset's
+    unlabeled_root: str | None = None
 
 
 @dataclass

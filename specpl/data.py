@@ -53,7 +53,8 @@ class FewShotData:
         counts = {name: [0, 0] for name in self.classnames}
         for split, items in ((0, self.train), (1, self.test)):
             for item in items:
-                counts[self.classnames[item.label]][split] += 1
+                if item.label >= 0:  # -1: an unlabeled training image
+                    counts[self.classnames[item.label]][split] += 1
         return {
             "classes": len(self.classnames),
             "train_images": len(self.train),
@@ -140,6 +141,23 @@ def read_fewshot_folder(
         listing = "\n".join(f"  {s.path}: {s.reason}" for s in skipped)
         warnings.warn(f"skipped {len(skipped)} file(s) in {root}:\n{listing}", stacklevel=2)
     return FewShotData(classnames=classnames, train=train, test=test, skipped=skipped)
+
+
+def read_unlabeled_folder(root: str | Path) -> list[ImageItem]:
+    """Every readable image under `root` (any depth, sorted), with label -1: images for a method that
+    learns without labels. Unreadable files and links are skipped and reported, as for a dataset."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"unlabeled image folder {root} does not exist or is not a folder")
+    skipped: list[SkippedFile] = []
+    folders = sorted({root, *(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())})
+    candidates = sorted(path for folder in folders for path in _image_files(folder, skipped))
+    items = [ImageItem(path, -1) for path in _first_readable(candidates, None, skipped)]
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} file(s) in {root}:\n" + "\n".join(f"  {s.path}: {s.reason}" for s in skipped), stacklevel=2)
+    if not items:
+        raise DataError(f"unlabeled image folder {root} holds no readable images")
+    return items
 
 
 def _image_files(folder: Path, skipped: list[SkippedFile]) -> list[Path]:

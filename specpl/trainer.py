@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from specpl.backbone import Backbone, load_backbone
 from specpl.checkpoint import load_resume_state, save_resume_state
 from specpl.config import DEFAULT_TEMPLATE, RunConfig, write_json_atomic
-from specpl.data import FewShotData, ImageItem
+from specpl.data import FewShotData, ImageItem, read_unlabeled_folder
 from specpl.datasets import read_dataset
 from specpl.evaluate import accuracy_from_predictions, harmonic_mean
 from specpl.events import EventCallback, EventLog
@@ -150,6 +150,10 @@ class Trainer:
             backbone = frozen_in_bf16(backbone)
         decomposer_config, decomposer_reason = _resolve_decomposer(cfg, backbone)
         model = build_method(cfg.method, backbone, data.classnames, template, decomposer_config, self._decomposer, cfg.data.dataset)
+        if cfg.data.unlabeled_root:
+            if model.host.learns_from_labels:
+                raise ValueError(f"data.unlabeled_root: host {model.host.name!r} learns from labels; only a label-free host (caspl-boost) trains on an unlabeled folder")
+            data = dataclasses.replace(data, train=read_unlabeled_folder(cfg.data.unlabeled_root))
         frozen_inputs = model.frozen_inputs()  # builds the decomposer only if a component needs one
         uses_decomposer = bool(model.context.built_decomposer)
         model.to(accelerator.device)

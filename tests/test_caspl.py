@@ -198,3 +198,31 @@ def test_the_all_methods_properties_hold(method, tiny_backbone, inputs, phase_on
     options = {"caspl": {"boost_bundle": str(phase_one)}} if "caspl" in method[1] else {}
     monkeypatch.setattr(method_checks, "build", lambda backbone, host, boosters, seed=0: build(backbone, host, boosters, options, seed))
     method_checks.test_every_method(method, tiny_backbone, inputs, tmp_path / "checks")
+
+
+def test_phase_one_trains_on_a_users_unlabeled_folder(tmp_path, cifar_root):
+    """Images of any depth, no labels; a host that learns from labels refuses the folder."""
+    import shutil
+
+    from specpl.config import BackboneConfig, DataConfig, MethodConfig, RunConfig, TrainConfig
+    from specpl.events import read_events
+    from specpl.trainer import Trainer
+
+    unlabeled = tmp_path / "unlabeled" / "deeper"
+    unlabeled.mkdir(parents=True)
+    for index, path in enumerate(sorted((cifar_root / "test" / "cat").iterdir())[:5]):
+        shutil.copy(path, unlabeled / f"{index}.jpg")
+    (unlabeled / "notes.txt").write_text("not an image")
+    config = RunConfig(
+        backbone=BackboneConfig(name="specpl-tiny", pretrained=None),
+        method=MethodConfig(host="caspl-boost", options={"caspl-boost": {"teacher": "specpl-tiny", "teacher_pretrained": ""}}),
+        data=DataConfig(root=str(cifar_root), shots=1, unlabeled_root=str(tmp_path / "unlabeled")),
+        train=TrainConfig(epochs=1, batch_size=2),
+    )
+    result = Trainer(config, tmp_path / "run", progress_bar=False).fit()
+    assert result.status == "finished"
+    data = next(e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "data")
+    assert data["train_images"] == 5 and all(v["train"] == 0 for v in data["per_class"].values())
+    config.method = MethodConfig(host="coop", options={"coop": {"n_ctx": 2}})
+    with pytest.raises(ValueError, match="host 'coop' learns from labels; only a label-free host"):
+        Trainer(config, tmp_path / "coop", progress_bar=False).fit()

@@ -172,6 +172,7 @@ class Host(Component):
     capabilities: ClassVar[frozenset[str]] = frozenset()
     conditions_text_on_image: ClassVar[bool] = False  # True when text depends on each image (CoCoOp)
     accepts_boosters: ClassVar[bool] = True  # False for a host that is a phase of a booster (CasPL's distillation)
+    learns_from_labels: ClassVar[bool] = True  # False: it can train on an unlabeled image folder
     fixed_logit_scale: ClassVar[float | None] = None  # None: the backbone's exp(logit_scale)
     training_defaults: ClassVar[dict[str, Any]] = {}
     # Presets: named option sets for this host and its boosters, {"host": {...}, "<booster>": {...}, "train": {...}}.

@@ -39,7 +39,8 @@ Choices and deviations (written down as the spec asks):
   positions the host gives it.
 - The teacher sees the student's augmented view, resampled to its own resolution and
   normalisation when they differ.
-- A user's folder of unlabeled images is not yet an input: the trainer reads only the run's data.
+- A user's folder of unlabeled images is an input too: ``DataConfig.unlabeled_root`` (CLI
+  ``--unlabeled DIR``) trains phase 1 on it, with the dataset's class names for the teacher.
 """
 from __future__ import annotations
 
@@ -163,6 +164,7 @@ class CasPLBoost(IndependentPromptHost):
     description = "CasPL phase 1: deep boosting prompts distilled from a larger frozen CLIP on unlabeled images (ECCV 2024)"
     config_class: ClassVar[type] = CasPLBoostConfig
     accepts_boosters = False
+    learns_from_labels = False
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"default": {"train": REFERENCE_SCHEDULE}, "reference": {"train": REFERENCE_SCHEDULE}}
 
