@@ -79,6 +79,15 @@ def resolve_backbone(key: str) -> BackboneConfig:
     return BackboneConfig(name=chosen.name, pretrained=chosen.tag)
 
 
+def key_for(config: BackboneConfig) -> str:
+    """The dropdown choice that loads `config` (a preset file's or an API call's backbone)."""
+    for candidate in OPTIONS:
+        chosen = resolve_backbone(candidate.key)
+        if (chosen.name, chosen.pretrained) == (config.name, config.pretrained):
+            return candidate.key
+    raise ValueError(f"backbone {config.name} ({config.pretrained}) is not one this app offers: {', '.join(o.title for o in OPTIONS)}")
+
+
 def availability(key: str) -> Availability:
     chosen, config = option(key), resolve_backbone(key)
     if chosen.source == RANDOM_INIT:
@@ -90,7 +99,7 @@ def availability(key: str) -> Availability:
         return Availability("cached")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return Availability("offline", "its weights are not in the Hugging Face cache and the app is offline (HF_HUB_OFFLINE)")
-    if not _hub_reachable():
+    if not hub_reachable():
         return Availability("offline", "its weights are not in the Hugging Face cache and the Hugging Face hub can't be reached")
     return Availability("downloadable", "its weights will be downloaded on first use")
 
@@ -137,7 +146,7 @@ def _hub_cached(config: BackboneConfig) -> bool:
 _hub_probes: dict[tuple[str, int], tuple[float, bool]] = {}
 
 
-def _hub_reachable() -> bool:
+def hub_reachable() -> bool:
     """Whether the hub's host takes a connection, so that an offline machine without HF_HUB_OFFLINE
     is told so up front rather than by a failed training. Through a proxy we can't tell: assume yes."""
     from huggingface_hub import constants

@@ -29,6 +29,10 @@ class RunProgress:
     classes: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     curve: list[dict[str, Any]] = field(default_factory=list)  # rows: step, term, loss
+    val: list[dict[str, Any]] = field(default_factory=list)  # rows: epoch, step, accuracy, split
+    lr: list[dict[str, Any]] = field(default_factory=list)  # rows: step, lr
+    decomposer: dict[str, Any] | None = None  # {"name", "reason"}: the band teacher used, and why
+    compiled: dict[str, Any] | None = None  # {"compiled", "reason"}
 
     @property
     def fraction(self) -> float:
@@ -45,6 +49,14 @@ def read_progress(run_dir: Path) -> RunProgress:
             progress.eta_s, progress.images_per_s = event.get("eta_s"), event.get("images_per_s")
             progress.curve.append({"step": event["step"], "term": "total", "loss": event["loss"]})
             progress.curve += [{"step": event["step"], "term": term, "loss": value} for term, value in event.get("losses", {}).items()]
+            if event.get("lr") is not None:
+                progress.lr.append({"step": event["step"], "lr": event["lr"]})
+        elif kind == "val":
+            progress.val.append({"epoch": event["epoch"], "step": event.get("step", 0), "accuracy": event["accuracy"], "split": event.get("split", "val")})
+        elif kind == "decomposer":
+            progress.decomposer = {"name": event.get("name"), "reason": event.get("reason")}
+        elif kind == "compile":
+            progress.compiled = {"compiled": event.get("compiled"), "reason": event.get("reason")}
         elif kind == "resumed":  # the old speed no longer holds: no ETA until the first new step
             progress.step = event.get("global_step", progress.step)
             progress.eta_s = progress.images_per_s = None
@@ -57,17 +69,31 @@ def read_progress(run_dir: Path) -> RunProgress:
     return progress
 
 
-def loss_frame(progress: RunProgress) -> pd.DataFrame:
-    """The loss curve with fixed column types, empty or not: the plot takes its axis types from
-    the first frame it gets, and an untyped empty frame made both axes categorical for good."""
-    frame = pd.DataFrame(progress.curve, columns=["step", "term", "loss"]).astype({"step": "int64", "term": "str", "loss": "float64"})
-    if frame.empty:
+def typed_frame(rows: list[dict[str, Any]], types: dict[str, str], thin_by: str | None = None) -> pd.DataFrame:
+    """A curve with fixed column types, empty or not: the plot takes its axis types from the first
+    frame it gets, and an untyped empty frame made both axes categorical for good. Long curves are
+    thinned evenly over `thin_by` (the last point kept) to `MAX_CURVE_POINTS`."""
+    frame = pd.DataFrame(rows, columns=list(types)).astype(types)
+    if frame.empty or thin_by is None:
         return frame
-    steps = frame["step"].unique()
+    steps = frame[thin_by].unique()
     if len(steps) > MAX_CURVE_POINTS:
         keep = set(steps[:: math.ceil(len(steps) / MAX_CURVE_POINTS)]) | {steps[-1]}
-        frame = frame[frame["step"].isin(keep)]
+        frame = frame[frame[thin_by].isin(keep)]
     return frame
+
+
+def loss_frame(progress: RunProgress) -> pd.DataFrame:
+    return typed_frame(progress.curve, {"step": "int64", "term": "str", "loss": "float64"}, thin_by="step")
+
+
+def val_frame(progress: RunProgress) -> pd.DataFrame:
+    """Accuracy after each evaluated epoch (on the validation split, else the test split)."""
+    return typed_frame(progress.val, {"epoch": "int64", "step": "int64", "accuracy": "float64", "split": "str"})
+
+
+def lr_frame(progress: RunProgress) -> pd.DataFrame:
+    return typed_frame(progress.lr, {"step": "int64", "lr": "float64"}, thin_by="step")
 
 
 def series_colours(frame: pd.DataFrame, column: str = "term") -> dict[str, str]:
@@ -135,5 +161,18 @@ def progress_html(record: RunRecord | None, progress: RunProgress | None, queue_
         f"<div class='specpl-bar' style='background:#e5e7eb;border-radius:6px;height:14px;overflow:hidden'>"
         f"<div class='specpl-fill' style='width:{percent:.1f}%;height:100%;background:#6366f1'></div></div>"
         f"<p><b>{html.escape(record.name)}</b> <code>{record.run_id}</code></p>"
-        f"<p class='specpl-line'>{html.escape(status_line(record, progress, queue_position, backbone))}</p></div>"
+        f"<p class='specpl-line'>{html.escape(status_line(record, progress, queue_position, backbone))}</p>"
+        f"{decomposer_html(progress)}</div>"
     )
+
+
+def decomposer_line(progress: RunProgress) -> str:
+    """Which band decomposer the run uses and why ("" when no component needs one)."""
+    if not progress.decomposer:
+        return ""
+    return f"Band decomposer: {progress.decomposer.get('name')} ({progress.decomposer.get('reason') or 'no reason recorded'})"
+
+
+def decomposer_html(progress: RunProgress) -> str:
+    line = decomposer_line(progress)
+    return f"<p class='specpl-decomposer'>{html.escape(line)}</p>" if line else ""

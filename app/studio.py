@@ -25,7 +25,7 @@ from typing import Any, Callable
 import gradio as gr
 import pandas as pd
 
-from app import backbones
+from app import advanced, backbones, decomposers
 from app.analysis import BAND_VIEWS, PAIRS, FeatureUnavailable, band_view, counterfactual_view
 from app.archives import UploadError
 from app.bundles import export_bundle_zip, import_bundle_zip
@@ -34,19 +34,24 @@ from app.identity import browser_token, folder_name, install_secret, owner_key
 from app.jobs import ACTIVE, REQUEST_FILE, JobError, JobManager, RunRecord
 from app.messages import first_sentence
 from app.models import ModelCache
-from app.progress import RunProgress, chance_note, loss_frame, progress_html, read_progress, series_colours, status_line
+from app.hub import HubError, checkpoint_bundle, push_bundle
+from app.progress import RunProgress, chance_note, decomposer_line, loss_frame, lr_frame, progress_html, read_progress, series_colours, status_line, val_frame
+from app.reports import RunSummary, compare_frames, confusion_html, misclassified_gallery, per_class_frame, ranking
 from app.settings import AppSettings
 from app.uploads import DatasetSummary, add_builder_class, extract_dataset_zip, summarize_dataset
 from specpl import defaults
 from specpl.backbone import BackboneUnavailable
-from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
+from specpl.config import BackboneConfig, DataConfig, RunConfig, from_dict
 from specpl.data import IMAGE_SUFFIXES
-from specpl.methods import resolve_method_options
+from specpl.datasets import read_dataset
+from specpl.inference import Predictor
+from specpl.io import atomic_write_text
+from specpl.methods import BOOSTERS, HOSTS, check_combination, resolve_method_options
 from specpl.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (UploadError, JobError, FeatureUnavailable, UnknownNameError, BackboneUnavailable, FileNotFoundError, ValueError)
+USER_ERRORS = (UploadError, JobError, FeatureUnavailable, UnknownNameError, BackboneUnavailable, FileNotFoundError, HubError, ValueError)
 RUN_COLUMNS = ["run", "name", "status", "method", "backbone", "accuracy", "created"]
 MAX_PICKER_CHOICES = 100  # matches listed at once; the search box reaches every image
 USER_DIR_TTL_S = 7 * 24 * 3600  # a visitor's uploads are removed after a week without use
@@ -59,8 +64,23 @@ def curve(progress: RunProgress) -> dict:
     points. Gradio's plot fixes its colour scale when it is first drawn and later only swaps the
     data, so drawing an empty frame first left every line without a colour until a reload; a plot
     that appears with its first points draws them."""
-    frame = loss_frame(progress)
-    return gr.update(value=frame, color_map=series_colours(frame), visible=not frame.empty)
+    return plot(loss_frame(progress), "term")
+
+
+def plot(frame: pd.DataFrame, colour: str | None = None) -> dict:
+    """A plot update shown only once it has points, with a fixed colour per series (see `curve`)."""
+    colours = series_colours(frame, colour) if colour else None
+    return gr.update(value=frame, visible=not frame.empty, **({"color_map": colours} if colours else {}))
+
+
+def run_curves(progress: RunProgress) -> tuple[dict, dict, dict]:
+    """Loss, validation accuracy per epoch, and learning rate per step."""
+    return curve(progress), plot(val_frame(progress)), plot(lr_frame(progress))
+
+
+def no_report() -> tuple[dict, dict, dict]:
+    """Confusion matrix, per-class bars and misclassified gallery, hidden (no finished run)."""
+    return gr.update(value="", visible=False), gr.update(value=None, visible=False), gr.update(value=None, visible=False)
 
 
 def user_messages(outputs: int, cleared: tuple | None = None) -> Callable:
@@ -82,6 +102,23 @@ def user_messages(outputs: int, cleared: tuple | None = None) -> Callable:
         return wrapper
 
     return decorate
+
+
+def modulation_note(cosines: dict[str, float] | None) -> str:
+    """cos(image feature before FiLM, after) for each pair of the granule path; 1.0 means unmoved."""
+    if not cosines:
+        return "No granule path: this run has no booster that trains on band swaps."
+    pairs = "; ".join(f"{pair}: {value:.4f}" for pair, value in cosines.items())
+    return f"**Modulation cosine** (image feature before vs. after FiLM, 1 = not moved): {pairs}."
+
+
+def shown_value(field: advanced.OptionField, value: Any) -> Any:
+    """A config value as its generated control holds it (JSON as text, no value as an empty box)."""
+    if field.kind == "json":
+        return json.dumps(value)
+    if value is None and field.kind in ("str", "choice"):
+        return ""
+    return value
 
 
 class Studio:
@@ -203,28 +240,112 @@ class Studio:
     def backbone_note(self, key: str) -> str:
         return backbones.unavailable_message(key) or f"{backbones.option(key).title}: {backbones.availability(key).status}."
 
+    # ----- the run's settings (main form + Advanced) -------------------------------------------
+
+    def _form(self, values: tuple) -> dict[str, Any]:
+        return dict(zip(advanced.form_keys(), values))
+
+    def form_config(self, backbone_key: str, *values: Any) -> tuple[dict, str]:
+        """The run config the form describes, and its ``specpl train`` line. A setting the library
+        refuses yields ``{"error": why}``, which Start then refuses with that reason."""
+        try:
+            config = advanced.run_config(self._form(values), backbones.resolve_backbone(backbone_key))
+        except USER_ERRORS as exc:
+            return {"error": str(exc)}, f"# {exc}"
+        return json.loads(advanced.preset_json(config)), advanced.cli_command(config)
+
+    def method_note(self, host: str, boosters: list[str] | None) -> str:
+        """The chosen host's and boosters' descriptions, or the library's refusal of the combination."""
+        boosters = list(boosters or [])
+        try:
+            check_combination(host, boosters)
+        except (ValueError, UnknownNameError) as exc:
+            return f"⚠️ {exc}"
+        lines = [f"**{host}**: {HOSTS.get(host).description}"] + [f"**+ {name}**: {BOOSTERS.get(name).description}" for name in boosters]
+        return "  \n".join(lines)
+
+    def method_choice(self, host: str, boosters: list[str] | None, preset: str) -> tuple[dict, str]:
+        """The host's presets (the current one kept when it has it) and the method note."""
+        presets = advanced.presets_of(host) if host in HOSTS else ["default"]
+        return gr.update(choices=presets, value=preset if preset in presets else "default"), self.method_note(host, boosters)
+
+    def method_defaults(self, host: str, boosters: list[str] | None, preset: str, redraw: int, options: dict | None) -> list[Any]:
+        """After the user picks a host or boosters: each setting takes the value it means for that
+        choice (the host's training defaults, its preset's), options set for a component that is
+        still chosen are kept, and the options are drawn again."""
+        chosen = {host, *(boosters or [])}
+        kept = {key: value for key, value in (options or {}).items() if key.split(".", 1)[0] in chosen}
+        return self._defaults(host, boosters, preset, redraw, kept)
+
+    def preset_defaults(self, host: str, boosters: list[str] | None, preset: str, redraw: int) -> list[Any]:
+        """After the user picks a preset: every setting and option shows the preset's value."""
+        return self._defaults(host, boosters, preset, redraw, {})
+
+    def _defaults(self, host: str, boosters: list[str] | None, preset: str, redraw: int, options: dict) -> list[Any]:
+        if host not in HOSTS:
+            return [*(gr.update() for _ in advanced.setting_fields()), gr.update(), gr.update()]
+        values = advanced.effective_values(host, list(boosters or []), preset or "default")
+        settings = [gr.update(value=shown_value(field, values.get(field.key)), info=f"default: {values.get(field.key)!r}") for field in advanced.setting_fields()]
+        return [*settings, options, (redraw or 0) + 1]
+
+    @user_messages(outputs=2)
+    def save_preset(self, request: gr.Request, backbone_key: str, *values: Any) -> tuple:
+        """The form's full run config as a JSON file (also what ``specpl train --config`` reads),
+        written in this browser's folder (the request comes first: the form's values follow)."""
+        config = advanced.run_config(self._form(values), backbones.resolve_backbone(backbone_key))
+        folder = self._fresh_user_dir(self.visitor(request)) / "presets"
+        path = folder / advanced.PRESET_FILE
+        atomic_write_text(path, advanced.preset_json(config))
+        return str(path), f"Preset saved: {config.method.host}{''.join('+' + b for b in config.method.boosters)}, preset {config.method.preset}."
+
+    def load_preset(self, file_path: str | None, redraw: int) -> list[Any]:
+        """Fill the whole form from a preset file (and draw its options again); a bad file changes
+        nothing and says why."""
+        keep = [gr.update() for _ in range(2 + len(advanced.form_keys()))]
+        if not file_path:
+            return [*keep, "⚠️ choose a preset .json file first"]
+        try:
+            config = advanced.read_preset(Path(file_path), Path(file_path).name)
+            backbone_key = backbones.key_for(config.backbone)
+        except USER_ERRORS as exc:
+            return [*keep, f"⚠️ {exc}"]
+        values = advanced.form_values(config)
+        fields = {field.key: field for field in advanced.setting_fields()}
+        shown = [shown_value(fields[key], values.get(key)) if key in fields else values.get(key) for key in advanced.form_keys()]
+        return [backbone_key, *shown, (redraw or 0) + 1, f"Preset loaded: {Path(file_path).name}."]
+
+    def decomposer_note(self, name: str, source: str | None) -> tuple[dict, str]:
+        """The decomposer dropdown, each entry marked usable or not, and the chosen one's reason."""
+        hosted = self.settings.multi_user
+        return gr.update(choices=decomposers.dropdown_choices(source, hosted)), decomposers.note(name, source, hosted)
+
     @user_messages(outputs=3)
-    def start_training(
-        self, dataset_root: str | None, backbone_key: str, host: str, boosters: list[str] | None, decomposer: str,
-        shots: float, epochs: float, lr: float, name: str, request: gr.Request, profile: gr.OAuthProfile | None = None,
-    ) -> tuple:
-        """Queue a training run; the worker process picks it up. Returns (run id, run id to remember, message)."""
+    def start_training(self, dataset_root: str | None, run_config: dict | None, name: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+        """Queue a training of `run_config` (the form's config, or a preset file's JSON) on the
+        visitor's dataset; the worker process picks it up. Returns (run id, run id to remember, message)."""
         owner = self.visitor(request, profile)
         root = Path(dataset_root) if dataset_root else None
         if root is None or not root.is_dir() or not root.resolve().is_relative_to(self.user_dir(owner).resolve()):
             raise UploadError("upload a dataset (.zip) or build one before starting")
+        if not isinstance(run_config, dict) or not run_config:
+            raise UploadError("the run config is empty")
+        if "error" in run_config:
+            raise UploadError(f"fix the settings first: {run_config['error']}")
+        config = RunConfig.from_dict({
+            **run_config,
+            "data": {**(run_config.get("data") or {}), "root": str(root), "dataset": "folder"},
+            "train": {**advanced.APP_TRAIN_DEFAULTS, **(run_config.get("train") or {})},
+        })
+        backbone_key = backbones.key_for(config.backbone)
+        config.backbone = backbones.resolve_backbone(backbone_key)  # only what the app offers, nothing a caller adds
         problem = backbones.unavailable_message(backbone_key)
         if problem:
             raise UploadError(problem)
-        config = RunConfig(
-            backbone=backbones.resolve_backbone(backbone_key),
-            decomposer=DecomposerConfig(name=decomposer),
-            method=MethodConfig(host=host, boosters=list(boosters or [])),
-            data=DataConfig(root=str(root), shots=int(shots) or None),
-            train=TrainConfig(epochs=int(epochs) or None, lr=float(lr) or None),
-        )
+        paths = advanced.server_paths(config) if self.settings.multi_user else []
+        if paths:
+            raise UploadError(f"{'; '.join(paths)}: a local folder or file cannot be used on a shared server; give a Hugging Face hub id (org/name) or leave it unset")
         resolve_method_options(config.method)  # unknown methods or options fail here, not in the worker
-        label = name.strip() or "+".join([host, *config.method.boosters])
+        label = name.strip() or "+".join([config.method.host, *config.method.boosters])
         record = self.jobs.submit(config, root, label, owner=owner)
         position = self.jobs.queue_position(record.run_id)
         running = sum(r.status == "running" for r in self.jobs.list())
@@ -237,30 +358,46 @@ class Studio:
         record = self.jobs.stop(run_id)
         return "Cancelled before it started." if record.status == "cancelled" else "Stopping: the run saves a checkpoint, then its process ends."
 
-    def run_status(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, dict, dict[str, Any]]:
-        """Progress bar + status, the loss curve, and the details; read from disk every tick."""
+    def run_status(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+        """Progress bar + status, the loss, validation and lr curves, the details, and once the run
+        has finished its evaluation (confusion matrix, per-class bars, misclassified images); read
+        from disk every tick."""
         if not run_id:
-            return progress_html(None, None, None), curve(RunProgress()), {}
+            return progress_html(None, None, None), *run_curves(RunProgress()), {}, *no_report()
         try:
             record = self._owned(run_id, self.visitor(request, profile))
         except JobError:
-            return f"<div class='specpl-status'>Run {html.escape(run_id)} no longer exists.</div>", curve(RunProgress()), {}
+            return f"<div class='specpl-status'>Run {html.escape(run_id)} no longer exists.</div>", *run_curves(RunProgress()), {}, *no_report()
         progress = read_progress(self.jobs.run_dir(run_id))
         position = self.jobs.queue_position(run_id)
         details = {
             "run_id": run_id, "status": record.status, "cause": record.cause, "queue_position": position,
             "step": progress.step, "total_steps": progress.total_steps, "eta_s": progress.eta_s, "metrics": progress.metrics,
+            "decomposer": progress.decomposer, "compile": progress.compiled,
         }
         backbone = self._run_config(run_id).get("backbone")
-        return progress_html(record, progress, position, backbone), curve(progress), details
+        return progress_html(record, progress, position, backbone), *run_curves(progress), details, *self._report(record)
 
     def poll_run(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
         """One tick of the status timer: `run_status`, and the timer itself, which stops once the
         watched run is over, so an idle page polls nothing. The Start/Stop message is cleared when
         the run ends, so that "Stopping…" never sits above "Cancelled" or "Finished"."""
-        status, curve, details = self.run_status(run_id, request, profile)
-        active = details.get("status") in ACTIVE
-        return status, curve, details, gr.Timer(active=active), gr.update() if active else ""
+        outputs = self.run_status(run_id, request, profile)
+        active = outputs[4].get("status") in ACTIVE
+        return *outputs, gr.Timer(active=active), gr.update() if active else ""
+
+    def _report(self, record: RunRecord) -> tuple:
+        if record.status != "finished":
+            return no_report()
+        metrics = self._metrics(record.run_id)
+        confusion = confusion_html(metrics)
+        per_class = per_class_frame(metrics)
+        gallery = misclassified_gallery(metrics, self.jobs.run_dir(record.run_id))
+        return (
+            gr.update(value=confusion, visible=bool(confusion)),
+            gr.update(value=per_class, visible=not per_class.empty),
+            gr.update(value=gallery, visible=bool(gallery), label=f"Misclassified test images ({len(gallery)} shown)"),
+        )
 
     def reattach(self, remembered: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
         """On page load: the run this browser started while it is active, else the one training
@@ -324,8 +461,10 @@ class Studio:
 
     # ----- Counterfactual ----------------------------------------------------------------------
 
-    @user_messages(outputs=11)
+    @user_messages(outputs=12)
     def counterfactual(self, run_id: str | None, image_a: str | None, image_b: str | None, top_k: float, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+        """Both paths for A, B and their band swaps; the granule path's modulation cosine per pair
+        (how far FiLM moves the image feature) is stated in the modulation note."""
         if not run_id:
             raise JobError("choose a finished run")
         if not image_a or not image_b:
@@ -333,7 +472,7 @@ class Studio:
         view = counterfactual_view(self.models, self._model_dir(run_id, self.visitor(request, profile)), Path(image_a), Path(image_b), int(top_k))
         embedding = [view.embedding[pair] if view.embedding else None for pair in PAIRS]
         summary = view.summary if view.embedding else f"{view.summary} (This run has no SpecPL booster, so only the image-space swap is shown.)"
-        return (*embedding, *[view.image_space[pair] for pair in PAIRS], *[view.swaps[pair] for pair in PAIRS[2:]], summary)
+        return (*embedding, *[view.image_space[pair] for pair in PAIRS], *[view.swaps[pair] for pair in PAIRS[2:]], modulation_note(view.modulation_cosine), summary)
 
     # ----- Classify ----------------------------------------------------------------------------
 
@@ -407,31 +546,120 @@ class Studio:
         ]
 
     def refresh_runs(self, selected: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
-        """The runs table and the three run pickers (Runs: all runs; Classify, Counterfactual: finished)."""
+        """The runs table and the run pickers (Runs and Compare: all runs; Classify, Counterfactual: finished)."""
         owner = self.visitor(request, profile)
         finished = self.run_choices(owner, True)
         everything = self.run_choices(owner, False)
         keep = selected if selected in [v for _, v in everything] else None
-        return self.runs_table(owner), gr.update(choices=everything, value=keep), gr.update(choices=finished), gr.update(choices=finished)
+        return self.runs_table(owner), gr.update(choices=everything, value=keep), gr.update(choices=finished), gr.update(choices=finished), gr.update(choices=everything)
 
     def run_details(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
-        """Config, metrics, curve and status of the chosen run; the previous run's message and
-        bundle are cleared, so nothing on the tab speaks of another run."""
+        """Config, metrics, curves, evaluation and status of the chosen run; the previous run's
+        message and bundle are cleared, so nothing on the tab speaks of another run."""
         try:
             record = self._owned(run_id, self.visitor(request, profile))
         except JobError:
-            return {}, {}, curve(RunProgress()), "Choose a run.", "", None
+            return {}, {}, *run_curves(RunProgress()), *no_report(), "Choose a run.", "", None
         progress = read_progress(self.jobs.run_dir(record.run_id))
         config = self._run_config(record.run_id)
         line = status_line(record, progress, self.jobs.queue_position(record.run_id), config.get("backbone"))
-        return config, self._metrics(record.run_id), curve(progress), line, "", None
+        used = decomposer_line(progress) or self._recorded_decomposer(record.run_id)
+        line += f"  \n{used}" if used else ""
+        metrics = {k: v for k, v in self._metrics(record.run_id).items() if k not in ("confusion", "misclassified")}
+        return config, metrics, *run_curves(progress), *self._report(record), line, "", None
+
+    def _recorded_decomposer(self, run_id: str) -> str:
+        """The decomposer line from the run's (or bundle's) config, for runs whose events are gone."""
+        run_dir = self.jobs.run_dir(run_id)
+        for path in (run_dir / "config.json", run_dir / "model" / "config.json"):
+            if path.is_file():
+                record = json.loads(path.read_text(encoding="utf-8"))
+                decomposer = record.get("decomposer")
+                if isinstance(decomposer, dict):
+                    return f"Band decomposer: {decomposer.get('name')} ({record.get('decomposer_reason') or 'no reason recorded'})"
+        return ""
+
+    def compare_runs(self, run_ids: list[str] | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+        """The picked runs' loss and validation curves overlaid, and the runs ranked (best first)."""
+        owner = self.visitor(request, profile)
+        summaries = []
+        for run_id in run_ids or []:
+            try:
+                record = self._owned(run_id, owner)
+            except JobError:
+                continue  # another visitor's run, or a deleted one: as if it were not picked
+            method = self._run_config(record.run_id).get("method", {})
+            summaries.append(RunSummary(
+                record.run_id, record.name, "+".join([method.get("host", "?"), *method.get("boosters", [])]),
+                read_progress(self.jobs.run_dir(record.run_id)), self._metrics(record.run_id),
+            ))
+        losses, vals = compare_frames(summaries)
+        return plot(losses, "run"), plot(vals, "run"), ranking(summaries)
 
     @user_messages(outputs=2)
     def export_bundle(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+        """The run's bundle as a zip: the finished model, or for a stopped run its last checkpoint."""
         if not run_id:
             raise JobError("choose a run to download")
-        path = export_bundle_zip(self._model_dir(run_id, self.visitor(request, profile)), self.settings.exports_dir, f"specpl-{run_id}")
-        return str(path), f"Bundle ready: {path.name} (model.safetensors, config.json, README.md)."
+        bundle, note = self._bundle_dir(run_id, self.visitor(request, profile))
+        path = export_bundle_zip(bundle, self.settings.exports_dir, f"specpl-{run_id}")
+        return str(path), f"Bundle ready: {path.name} (model.safetensors, config.json, README.md){note}."
+
+    def _bundle_dir(self, run_id: str, owner: str) -> tuple[Path, str]:
+        """A run's model bundle and a note on where it comes from: the finished model, else (a
+        cancelled or failed run) one built from its last checkpoint."""
+        record = self._owned(run_id, owner)
+        run_dir = self.jobs.run_dir(record.run_id)
+        if (run_dir / "model" / "config.json").is_file():
+            return run_dir / "model", ""
+        if record.status not in ("cancelled", "failed"):
+            raise JobError(f"run {run_id} is {record.status}; a bundle exists once it has finished, or has been stopped after a checkpoint")
+        bundle = checkpoint_bundle(run_dir, self.models.backbone)
+        saved = json.loads((bundle / "config.json").read_text(encoding="utf-8")).get("checkpoint", {})
+        return bundle, f", from its last checkpoint (epoch {saved.get('epoch')}, step {saved.get('global_step')}), not a finished training"
+
+    @user_messages(outputs=1)
+    def push_to_hub(
+        self, run_id: str | None, repo_id: str, token: str, private: bool, request: gr.Request,
+        profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None,
+    ) -> str:
+        """Upload the run's bundle (with its model card) to the Hub under the user's own token:
+        the one typed, else the signed-in user's. Private unless unticked."""
+        if not run_id:
+            raise JobError("choose a run to push")
+        bundle, note = self._bundle_dir(run_id, self.visitor(request, profile))
+        url = push_bundle(bundle, repo_id, (token or "").strip() or getattr(oauth_token, "token", None), private=bool(private))
+        return f"Pushed run {run_id} to {url} ({'private' if private else 'public'}){note}."
+
+    @user_messages(outputs=2)
+    def evaluate_run(self, run_id: str | None, zip_path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+        """Accuracy of a finished run on a new test set: a zip checked exactly like a dataset
+        upload, unpacked in the visitor's folder and removed afterwards. Every image counts (the
+        test/ folder when the zip has train/ and test/)."""
+        owner = self.visitor(request, profile)
+        if not run_id:
+            raise JobError("choose a finished run")
+        model_dir = self._model_dir(run_id, owner)
+        if not zip_path:
+            raise UploadError("choose a .zip of class folders to evaluate on")
+        path = Path(zip_path)
+        summary = extract_dataset_zip(path, self._fresh_user_dir(owner) / "testsets", self.settings.limits, label=path.name)
+        try:
+            data = read_dataset(DataConfig(root=str(summary.root), dataset="folder", shots=None))
+            items = data.test if (summary.root / "test").is_dir() else [*data.train, *data.val, *data.test]
+            config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+            predictor = Predictor.from_bundle(model_dir, backbone=self.models.backbone(from_dict(BackboneConfig, config["backbone"])))
+            trained = set(predictor.classnames)
+            predictor.set_classnames(data.classnames, novel=not set(data.classnames) <= trained)
+            result = predictor.evaluate(items)
+        finally:
+            shutil.rmtree(summary.root, ignore_errors=True)
+        unseen = sorted(set(data.classnames) - trained)
+        note = f" Classes the run was not trained on: {', '.join(unseen)}." if unseen else ""
+        warning = chance_note(result.accuracy, len(data.classnames), config.get("backbone"))
+        frame = per_class_frame({"per_class": result.per_class})
+        message = f"Accuracy {result.accuracy:.1f}% on {result.count} images of {len(data.classnames)} classes ({path.name}).{note}{warning}"
+        return gr.update(value=frame, visible=not frame.empty), message
 
     @user_messages(outputs=1)
     def resume_run(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:

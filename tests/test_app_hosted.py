@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from test_app_server import CHROMIUM, CHROMIUM_ARGS, TINY, cifar_zip, offline_world, poll_until  # noqa: F401  (fixtures)
+from test_app_server import CHROMIUM, CHROMIUM_ARGS, TINY, api_config, cifar_zip, offline_world, poll_until  # noqa: F401  (fixtures)
 
 from app.identity import COOKIE, owner_key
 from app.settings import AppSettings
@@ -58,20 +58,31 @@ def test_api_a_second_visitor_can_neither_see_nor_control_the_first_ones_run(hos
     owner = Client(demo.local_url, verbose=False, download_files=str(tmp_path / "a"))
     other = Client(demo.local_url, verbose=False, download_files=str(tmp_path / "b"))
     owner.predict(handle_file(cifar_zip), 0.5, api_name="/upload_dataset")
-    run_id, _, message = owner.predict(TINY, "coop", [], "fft", 2, LONG_EPOCHS, 0, "mine", api_name="/start_training")
+    run_id, _, message = owner.predict(api_config(TINY, boosters=[], shots=2, epochs=LONG_EPOCHS), "mine", api_name="/start_training")
     assert message.startswith(f"Started run {run_id}")
     poll_until(owner, run_id, {"running"})
 
     refused = f"⚠️ there is no run {run_id!r}"
     assert other.predict(run_id, api_name="/stop_training") == refused
-    status, _, details = other.predict(run_id, api_name="/run_status")
+    status, *_, details, _, _, _ = other.predict(run_id, api_name="/run_status")
     assert details == {} and f"Run {run_id} no longer exists." in status
+    assert other.predict(run_id, "someone/model", "hf_token", True, api_name="/push_to_hub") == refused
+    assert other.predict(run_id, handle_file(cifar_zip), api_name="/evaluate_run")[-1] == refused
+    *_, ranking = other.predict([run_id], api_name="/compare_runs")
+    assert ranking["data"] == []  # another visitor's run is compared as if it had not been picked
     assert other.predict(run_id, api_name="/export_bundle")[-1] == refused
     assert other.predict(run_id, api_name="/resume_run") == refused
     assert other.predict(run_id, api_name="/delete_run")[-1] == refused
     *_, message = other.predict("run", run_id, "", TINY, "a photo of a {}.", [], 3, api_name="/classify")
     assert message == refused
-    assert other.predict(TINY, "coop", [], "fft", 2, 1, 0, "", api_name="/start_training")[-1] == "⚠️ upload a dataset (.zip) or build one before starting"
+    assert other.predict(api_config(TINY, boosters=[], shots=2, epochs=1), "", api_name="/start_training")[-1] == "⚠️ upload a dataset (.zip) or build one before starting"
+    local_source = {**api_config(TINY), "decomposer": {"name": "taef2", "source": "/etc"}}
+    assert owner.predict(local_source, "", api_name="/start_training")[-1].startswith("⚠️ decomposer.source = /etc: a local folder or file cannot be used on a shared server")
+    path_option = {**api_config(TINY), "method": {"host": "coop", "boosters": ["dapt"], "options": {"dapt": {"mask_dir": "/etc/masks"}}}}
+    assert owner.predict(path_option, "", api_name="/start_training")[-1].startswith("⚠️ dapt.mask_dir = /etc/masks: a local folder or file cannot be used")
+    foreign_backbone = {**api_config(TINY), "backbone": {"name": "ViT-B-32", "pretrained": "/etc/passwd"}}
+    assert owner.predict(foreign_backbone, "", api_name="/start_training")[-1].startswith("⚠️ backbone ViT-B-32 (/etc/passwd) is not one this app offers")
+    assert other.predict(run_id, "cat", api_name="/search_run_images")[-1] == ""  # another visitor's run has no images to search
     assert demo.studio.jobs.get(run_id).status == "running"  # untouched by all of that
 
     record = demo.studio.jobs.get(run_id)

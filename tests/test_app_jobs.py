@@ -157,11 +157,11 @@ def test_the_status_timer_ticks_only_while_the_watched_run_is_active(tmp_path, c
     studio.jobs = JobManager(tmp_path / "runs", slots=1, poll_s=3600)  # the watcher never ticks: runs stay queued
     try:
         run = studio.jobs.submit(tiny_config(epochs=1), cifar_root, "waiting").run_id
-        _, _, details, timer, _ = studio.poll_run(run, None)
+        *_, details, _, _, _, timer, _ = studio.poll_run(run, None)
         assert details["status"] == "queued" and timer.active is True
         studio.jobs.stop(run)
-        _, _, details, timer, _ = studio.poll_run(run, None)
+        *_, details, _, _, _, timer, _ = studio.poll_run(run, None)
         assert details["status"] == "cancelled" and timer.active is False
-        assert studio.poll_run("", None)[3].active is False and studio.poll_run("20260101-000000-abcdef", None)[3].active is False
+        assert studio.poll_run("", None)[-2].active is False and studio.poll_run("20260101-000000-abcdef", None)[-2].active is False
     finally:
         studio.jobs.close()

@@ -4,8 +4,10 @@ offline default: the SpectralWorld CLIP on the demo set (both stand-ins: random 
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from app import backbones
 from app.settings import AppSettings
 from app.ui import build_demo, launch_options
 from specpl import defaults
+from specpl.config import DataConfig
 from specpl.world.generator import world_classnames, write_fewshot_folder
 from specpl.world.zeroshot import WORLD_TEMPLATE
 
@@ -74,12 +77,25 @@ def cifar_zip(cifar_root, tmp_path_factory) -> Path:
     return path
 
 
+def api_config(backbone_key: str, host: str = "coop", boosters: list[str] | None = None, shots: int = 2, epochs: int = 1, decomposer: str = "fft", **train) -> dict:
+    """A run config as an API caller sends it to /start_training (the preset file's format); the
+    app fills in the rest (and evaluates every epoch)."""
+    backbone = backbones.resolve_backbone(backbone_key)
+    return {
+        "backbone": {"name": backbone.name, "pretrained": backbone.pretrained},
+        "method": {"host": host, "boosters": boosters or []},
+        "decomposer": {"name": decomposer},
+        "data": {"shots": shots},
+        "train": {"epochs": epochs, **train},
+    }
+
+
 def poll_until(client: Client, run_id: str, statuses: set[str], timeout_s: float = 180) -> dict:
     import time
 
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        _, _, details = client.predict(run_id, api_name="/run_status")
+        details = client.predict(run_id, api_name="/run_status")[4]
         if details.get("status") in statuses:
             return details
         time.sleep(0.5)
@@ -95,7 +111,7 @@ def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(se
     assert len(gallery) == 30  # 3 thumbnails per class
     assert any(settings.gradio_cache_dir.rglob("cifar-train.zip"))  # Gradio's upload landed in the data dir
 
-    run_id, _, message = client.predict(TINY, "coop", ["specpl"], "fft", 2, 1, 0, "api run", api_name="/start_training")
+    run_id, _, message = client.predict(api_config(TINY, boosters=["specpl"], shots=2, epochs=1), "api run", api_name="/start_training")
     assert message.startswith(f"Started run {run_id}")
     details = poll_until(client, run_id, {"finished", "failed", "cancelled"})
     assert details["status"] == "finished", details
@@ -118,8 +134,9 @@ def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(se
     assert all(Path(path).stat().st_size > 0 for path in band_maps) and timing.startswith("fft at 64 px:")
 
     *outputs, summary = client.predict(run_id, handle_file(test_images[0]), handle_file(test_images[1]), 3, api_name="/counterfactual")
-    labels, swaps = outputs[:8], outputs[8:]
-    assert all(len(label["confidences"]) == 3 for label in labels)  # embedding path and image-space swap, 4 each
+    labels, swaps, modulation = outputs[:8], outputs[8:10], outputs[10]
+    assert all(len(label["confidences"]) == 3 for label in labels)  # granule path and image-space swap, 4 each
+    assert re.fullmatch(r"\*\*Modulation cosine\*\* \(image feature before vs\. after FiLM, 1 = not moved\): (.+: -?[01]\.\d{4}; ){3}.+: -?[01]\.\d{4}\.", modulation), modulation
     assert all(Path(path).stat().st_size > 0 for path in swaps)
     assert summary.startswith("With B's high band, A")
 
@@ -141,7 +158,7 @@ def test_api_reports_bad_input_in_one_line(server, tmp_path):
     not_zip.write_text("just text")
     *_, message = client.predict(handle_file(not_zip), 0.5, api_name="/upload_dataset")
     assert message == "⚠️ photos.zip is not a zip archive"
-    _, _, message = client.predict(TINY, "coop", [], "fft", 2, 1, 0, "", api_name="/start_training")
+    _, _, message = client.predict(api_config(TINY, boosters=[], shots=2, epochs=1), "", api_name="/start_training")
     assert message == "⚠️ upload a dataset (.zip) or build one before starting"
 
 
@@ -171,7 +188,7 @@ def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, off
     assert message == "Demo set ready: 4 SpectralWorld classes, which the embedded SpectralWorld CLIP knows."
     assert sorted(item["caption"] for item in gallery) == sorted(WORLD_CLASSES * 2)
 
-    run_id, _, message = client.predict(backbones.WORLD_KEY, "coop", ["specpl"], "fft", 2, 1, 0, "world run", api_name="/start_training")
+    run_id, _, message = client.predict(api_config(backbones.WORLD_KEY, boosters=["specpl"], shots=2, epochs=1), "world run", api_name="/start_training")
     assert message.startswith(f"Started run {run_id}")
     details = poll_until(client, run_id, {"finished", "failed", "cancelled"})
     assert details["status"] == "finished", details
@@ -199,7 +216,7 @@ def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, off
     *outputs, summary = client.predict(run_id, handle_file(images[0]), handle_file(images[1]), 3, api_name="/counterfactual")
     predicted = [[c["label"] for c in label["confidences"]] for label in outputs[:8]]  # embedding path and image-space swap
     assert all(len(names) == 3 and set(names) <= set(WORLD_CLASSES) for names in predicted)
-    assert all(Path(path).stat().st_size > 0 for path in outputs[8:]) and summary.startswith("With B's high band, A")
+    assert all(Path(path).stat().st_size > 0 for path in outputs[8:10]) and summary.startswith("With B's high band, A")
 
 
 def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cifar_zip, tmp_path):
@@ -240,4 +257,192 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
             shot = tmp_path / f"tab-{tab.split()[0].lower()}.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+        browser.close()
+
+
+class FakeHfApi:
+    """Stands in for huggingface_hub.HfApi (no network): records the push."""
+
+    calls: list = []
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def create_repo(self, repo_id: str, repo_type: str, private: bool, exist_ok: bool) -> str:
+        FakeHfApi.calls.append(("create_repo", repo_id, private, self.token))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, folder_path: str, repo_id: str, **kwargs) -> None:
+        FakeHfApi.calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+
+@pytest.fixture(scope="module")
+def two_runs(server, cifar_zip, tmp_path_factory):
+    """One client session with the CIFAR upload and two finished runs: CoOp+SpecPL for 2 epochs and
+    CoOp for 1 (both evaluated after every epoch, as every app run is)."""
+    demo, _ = server
+    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+    client.predict(handle_file(cifar_zip), 0.5, api_name="/upload_dataset")
+    first, *_ = client.predict(api_config(TINY, boosters=["specpl"], epochs=2, batch_size=8), "two epochs", api_name="/start_training")
+    second, *_ = client.predict(api_config(TINY, epochs=1, batch_size=8), "one epoch", api_name="/start_training")
+    for run_id in (first, second):
+        assert poll_until(client, run_id, {"finished", "failed", "cancelled"}, timeout_s=300)["status"] == "finished"
+    return client, first, second
+
+
+def test_api_a_finished_run_has_validation_and_lr_curves_a_confusion_matrix_per_class_bars_and_its_mistakes(server, two_runs):
+    demo, settings = server
+    client, first, _ = two_runs
+    status, loss, val, lr, details, confusion, per_class, mistakes = client.predict(first, api_name="/run_status")
+    metrics = json.loads((settings.runs_dir / first / "metrics.json").read_text())
+    assert val["value"]["columns"][:3] == ["epoch", "step", "accuracy"] and [row[0] for row in val["value"]["data"]] == [1, 2]
+    assert all(0 <= row[2] <= 100 for row in val["value"]["data"])
+    steps = [row[0] for row in lr["value"]["data"]]
+    assert steps == list(range(1, details["total_steps"] + 1))  # logged every step on a CPU
+    assert "Band decomposer: fft (fft, as the config names it.)" in status and details["decomposer"]["name"] == "fft"
+    confusion, mistakes = confusion["value"], mistakes["value"]  # updates: shown with a value once the run has finished
+    assert confusion.count("<tr>") == 11 and "rows: true class" in confusion  # header + 10 classes
+    assert {row[0]: row[1] for row in per_class["value"]["data"]} == pytest.approx(metrics["per_class"])
+    wrong = [m for m in metrics["misclassified"]]
+    assert len(mistakes) == len(wrong) and all(" → " in item["caption"] for item in mistakes)
+    assert [item["caption"] for item in mistakes][0] == f"{wrong[0]['label']} → {wrong[0]['predicted']} ({wrong[0]['probability']:.0%})"
+
+
+def test_api_compare_overlays_the_runs_and_ranks_them_by_accuracy(server, two_runs):
+    demo, settings = server
+    client, first, second = two_runs
+    loss, val, ranking = client.predict([first, second], api_name="/compare_runs")
+    accuracy = {run_id: json.loads((settings.runs_dir / run_id / "metrics.json").read_text())["accuracy"] for run_id in (first, second)}
+    expected = sorted((first, second), key=lambda run_id: -accuracy[run_id])
+    assert [row[1] for row in ranking["data"]] == expected and [row[0] for row in ranking["data"]] == [1, 2]
+    assert {row[1] for row in loss["value"]["data"]} == {f"two epochs ({first[-6:]})", f"one epoch ({second[-6:]})"}
+    assert sorted(row[0] for row in val["value"]["data"]) == [1, 1, 2]  # epochs: two from the first run, one from the second
+
+
+def test_api_evaluate_a_run_on_a_new_test_set_as_the_library_scores_it(server, two_runs, cifar_root, tmp_path):
+    from specpl.datasets import read_dataset
+    from specpl.inference import Predictor
+
+    demo, settings = server
+    client, first, _ = two_runs
+    classes = tmp_path / "new-test"
+    shutil.copytree(cifar_root / "test", classes)
+    archive = Path(shutil.make_archive(str(tmp_path / "new-test"), "zip", classes))
+    per_class, message = client.predict(first, handle_file(archive), api_name="/evaluate_run")
+    data = read_dataset(DataConfig(root=str(classes), shots=None))
+    expected = Predictor.from_bundle(settings.runs_dir / first / "model").evaluate([*data.train, *data.val, *data.test])
+    assert message.startswith(f"Accuracy {expected.accuracy:.1f}% on {expected.count} images of 10 classes (new-test.zip).") and expected.count == 200
+    assert {row[0]: row[1] for row in per_class["value"]["data"]} == pytest.approx(expected.per_class)
+    assert not [p for p in settings.sessions_dir.rglob("testsets/*") if p.is_dir()]  # the unpacked test set is removed
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("cat/0.png", b"\0" * (20 * 1024 * 1024))
+    _, message = client.predict(first, handle_file(bomb), api_name="/evaluate_run")
+    assert message.startswith("⚠️ bomb.zip was rejected: entry 'cat/0.png' would expand") and "zip bomb" in message  # checked like any upload
+
+
+def test_api_a_stopped_run_exports_and_pushes_its_checkpoint_and_delete_removes_its_zip(server, two_runs, monkeypatch):
+    import huggingface_hub
+
+    demo, settings = server
+    client, *_ = two_runs
+    run_id, *_ = client.predict(api_config(TINY, epochs=3000, batch_size=8), "long", api_name="/start_training")
+    poll_until(client, run_id, {"running"}, timeout_s=300)
+    deadline = time.time() + 120
+    while client.predict(run_id, api_name="/run_status")[4]["step"] < 3 and time.time() < deadline:
+        time.sleep(0.5)
+    assert client.predict(run_id, api_name="/stop_training").startswith("Stopping")
+    assert poll_until(client, run_id, {"cancelled", "failed", "finished"})["status"] == "cancelled"
+
+    bundle, message = client.predict(run_id, api_name="/export_bundle")
+    assert re.fullmatch(rf"Bundle ready: specpl-{run_id}\.zip \(model\.safetensors, config\.json, README\.md\), from its last checkpoint \(epoch \d+, step \d+\), not a finished training\.", message), message
+    with zipfile.ZipFile(bundle) as archive:
+        assert sorted(archive.namelist()) == ["model/README.md", "model/config.json", "model/model.safetensors"]
+    imported = client.predict(handle_file(bundle), api_name="/import_bundle")
+    assert imported.startswith("Imported") and "(10 classes, coop)" in imported  # it loads like any bundle
+
+    FakeHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    message = client.predict(run_id, "alice/cats", "hf_secret", True, api_name="/push_to_hub")
+    assert message.startswith(f"Pushed run {run_id} to https://huggingface.co/alice/cats (private), from its last checkpoint") and "hf_secret" not in message
+    assert FakeHfApi.calls == [("create_repo", "alice/cats", True, "hf_secret"), ("upload_folder", "alice/cats", ["README.md", "config.json", "model.safetensors"])]
+    assert client.predict(run_id, "alice/cats", "", True, api_name="/push_to_hub").startswith("⚠️ give a Hugging Face access token")
+
+    zip_name = f"specpl-{run_id}.zip"
+    assert (settings.exports_dir / zip_name).is_file() and any(settings.gradio_cache_dir.rglob(zip_name))
+    assert client.predict(run_id, api_name="/delete_run")[-1] == f"Deleted run {run_id} and its bundle."
+    assert not (settings.exports_dir / zip_name).exists() and not any(settings.gradio_cache_dir.rglob(zip_name))
+    assert not (settings.runs_dir / run_id).exists()
+
+
+def test_api_image_search_finds_every_match_in_the_dataset_and_in_a_run(server, two_runs):
+    demo, _ = server
+    client, first, _ = two_runs
+    _, found = client.predict("cat", api_name="/search_dataset_images")
+    assert found == "16 of 160 images match 'cat'."
+    *_, found = client.predict(first, "truck", api_name="/search_run_images")
+    assert found == "16 of 160 images match 'truck'."
+    picker, _ = demo.studio.run_images(first, "truck 00", None)[0], None  # the listed choices (not part of the API value)
+    assert picker["choices"] and all("truck" in label and "00" in label for label, _ in picker["choices"])
+
+
+def test_api_a_preset_saved_from_the_form_loads_back_into_it(server, tmp_path):
+    from app import advanced
+    from app.studio import shown_value
+
+    demo, _ = server
+    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
+    values = advanced.effective_values("ivlp", [], "reference")
+    values.update({"method.host": "ivlp", "method.boosters": [], "method.preset": "reference", "decomposer.name": "fft",
+                   "data.shots": 4, "train.epochs": 2, "train.lr": 0, "data.split_ratio": 0.5, "train.batch_size": 2, advanced.OPTIONS_KEY: {"ivlp.depth": 3}})
+    fields = {field.key: field for field in advanced.setting_fields()}
+    args = [shown_value(fields[key], values[key]) if key in fields else values[key] for key in advanced.form_keys()]
+    preset, message = client.predict(TINY, *args, api_name="/save_preset")
+    assert message == "Preset saved: ivlp, preset reference."
+    saved = json.loads(Path(preset).read_text())
+    assert saved["method"] == {"host": "ivlp", "boosters": [], "options": {"ivlp": {"depth": 3}}, "preset": "reference"} and saved["train"]["batch_size"] == 2
+    backbone, *form, message = client.predict(handle_file(preset), api_name="/load_preset")
+    loaded = dict(zip(advanced.form_keys(), form))
+    assert backbone == TINY and message == "Preset loaded: specpl-preset.json."
+    assert (loaded["method.host"], loaded["method.preset"], loaded[advanced.OPTIONS_KEY], loaded["train.batch_size"], loaded["data.shots"]) == ("ivlp", "reference", {"ivlp.depth": 3}, 2, 4)
+    config, line = client.predict(TINY, *args, api_name="/run_config")
+    assert config == saved and line.startswith("specpl train --data DATASET_FOLDER --out runs/my-run --backbone specpl-tiny --pretrained none --host ivlp --preset reference --option ivlp.depth=3")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"method": {"host": "nosuch"}}))
+    *_, message = client.predict(handle_file(bad), api_name="/load_preset")
+    assert message.startswith("⚠️ bad.json is not a usable preset: unknown host method 'nosuch'; available: ")
+
+
+def test_browser_the_advanced_form_follows_the_host_and_the_cli_line_follows_the_form(server):
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    expect = playwright_api.expect
+    demo, _ = server
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 1400}).new_page()
+        page.goto(demo.local_url)
+        expect(page.locator("#start")).to_be_visible()
+        assert not page.locator("#opt-coop-n-ctx").is_visible()  # nothing of the accordion is loaded before it opens
+        page.locator("#advanced").get_by_text("Advanced").first.click()
+        expect(page.locator("#opt-coop-n-ctx input")).to_have_value("16")  # CoOp's own default
+        expect(page.locator("#opt-specpl-lambda-sem input")).to_be_visible()
+        expect(page.locator("#opt-ivlp-depth")).to_be_hidden()
+        expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"^specpl train .*--booster specpl"))
+
+        page.locator("#host input").fill("IVLP")
+        page.keyboard.press("Enter")
+        expect(page.locator("#opt-ivlp-depth input")).to_be_visible()
+        expect(page.locator("#opt-coop-n-ctx")).to_be_hidden()
+        expect(page.locator("#opt-train-batch-size input")).to_have_value("4")  # IVLP's training default replaced CoOp's 32
+        expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"--host ivlp"))
+        page.locator("#opt-ivlp-depth input").fill("3")
+        page.locator("#opt-ivlp-depth input").press("Tab")
+        expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"--option ivlp\.depth=3"))
+        expect(page.locator("#run-config")).to_contain_text('"depth": 3')
+
+        page.get_by_role("tab", name="Counterfactual").click()
+        expect(page.get_by_text("SpecPL's granule path (as trained)")).to_be_visible()
+        expect(page.get_by_text("In the model's embedding path")).to_have_count(0)
         browser.close()

@@ -1,0 +1,97 @@
+"""A finished run's evaluation as the UI shows it (confusion matrix, per-class bars, misclassified
+images), and the compare view over several runs; all read from ``metrics.json`` and ``events.jsonl``."""
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from app.progress import RunProgress, loss_frame, typed_frame, val_frame
+
+RANK_COLUMNS = ["rank", "run", "name", "method", "test accuracy", "best val", "base", "new", "hm"]
+
+
+def confusion_html(metrics: dict[str, Any]) -> str:
+    """The confusion matrix as a heat-map table (rows: true class, columns: predicted), each cell
+    shaded by its share of the row; "" when the run has none (an imported bundle)."""
+    matrix, names = metrics.get("confusion"), list((metrics.get("per_class") or {}).keys())
+    if not matrix or len(matrix) != len(names):
+        return ""
+    head = "".join(f"<th title='{html.escape(name)}'>{html.escape(name[:12])}</th>" for name in names)
+    rows = []
+    for name, row in zip(names, matrix):
+        total = max(1, sum(row))
+        cells = "".join(
+            f"<td style='background:rgba(99,102,241,{count / total:.2f});color:{'#fff' if count / total > 0.5 else 'inherit'}'>{count}</td>"
+            for count in row
+        )
+        rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+    return (
+        "<div class='specpl-confusion'><p><b>Confusion matrix</b> (rows: true class, columns: predicted)</p>"
+        f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table></div>"
+    )
+
+
+def per_class_frame(metrics: dict[str, Any]) -> pd.DataFrame:
+    return typed_frame([{"class": name, "accuracy": value} for name, value in (metrics.get("per_class") or {}).items()], {"class": "str", "accuracy": "float64"})
+
+
+def misclassified_gallery(metrics: dict[str, Any], run_dir: Path) -> list[tuple[str, str]]:
+    """(image, "true → predicted (p)") for the recorded mistakes whose image is in the run's own
+    data copy; a path elsewhere (metrics.json is a file on disk) is never served."""
+    data = (run_dir / "data").resolve()
+    gallery = []
+    for item in metrics.get("misclassified") or []:
+        path = Path(str(item.get("path", ""))).resolve()
+        if path.is_relative_to(data) and path.is_file():
+            gallery.append((str(path), f"{item.get('label')} → {item.get('predicted')} ({float(item.get('probability', 0)):.0%})"))
+    return gallery
+
+
+@dataclass
+class RunSummary:
+    """What the compare view needs of one run."""
+
+    run_id: str
+    name: str
+    method: str
+    progress: RunProgress
+    metrics: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.run_id[-6:]})"
+
+
+def compare_frames(runs: list[RunSummary]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(total loss per step, accuracy per epoch), one series per run."""
+    losses, vals = [], []
+    for run in runs:
+        loss = loss_frame(run.progress)
+        losses += [{"step": step, "run": run.label, "loss": value} for step, value in loss[loss["term"] == "total"][["step", "loss"]].itertuples(index=False)]
+        vals += [{"epoch": epoch, "run": run.label, "accuracy": value} for epoch, value in val_frame(run.progress)[["epoch", "accuracy"]].itertuples(index=False)]
+    return (
+        typed_frame(losses, {"step": "int64", "run": "str", "loss": "float64"}),
+        typed_frame(vals, {"epoch": "int64", "run": "str", "accuracy": "float64"}),
+    )
+
+
+def ranking(runs: list[RunSummary]) -> pd.DataFrame:
+    """The runs best first: by HM when base/new was measured, else test accuracy, else best validation."""
+    rows = []
+    for run in runs:
+        best_val = max((row["accuracy"] for row in run.progress.val), default=None)
+        score = next((run.metrics.get(key) for key in ("hm", "accuracy") if isinstance(run.metrics.get(key), (int, float))), best_val)
+        rows.append((score if score is not None else float("-inf"), [
+            run.run_id, run.name, run.method, _percent(run.metrics.get("accuracy")), _percent(best_val),
+            _percent(run.metrics.get("base")), _percent(run.metrics.get("new")), _percent(run.metrics.get("hm")),
+        ]))
+    rows.sort(key=lambda row: row[0], reverse=True)
+    return pd.DataFrame([[rank, *row] for rank, (_, row) in enumerate(rows, 1)], columns=RANK_COLUMNS)
+
+
+def _percent(value: Any) -> str:
+    return f"{value:.1f}%" if isinstance(value, (int, float)) else ""
