@@ -73,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int)
     train.add_argument("--grad-accum", type=int)
     train.add_argument("--no-cache", action="store_true", help="recompute frozen image features every epoch")
-    train.add_argument("--compile", action="store_true", help="torch.compile the training step (CUDA graphs on a GPU); the first steps compile")
+    train.add_argument("--compile", nargs="?", const="on", choices=["auto", "on", "off"], help="torch.compile the training step (CUDA graphs on a GPU; the first steps compile); default auto: on a GPU when the run is long enough to pay")
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 on a GPU (the frozen CLIP held in bf16), fp32 on a CPU")
+    train.add_argument("--optimizer", choices=["sgd", "adamw"], help="default: the host's")
+    train.add_argument("--max-cached-views", type=int, help="distinct augmentation views kept per image (default: a fresh one every epoch)")
+    train.add_argument("--workers", type=int, help="DataLoader workers that decode images for the feature cache and the image tower")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
 
     evaluate = sub.add_parser("eval", help="accuracy of a model bundle on a folder's test split")
@@ -170,7 +174,10 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.no_cache:
         config.train.cache_features = False
     if args.compile:
-        config.train.compile = "on"
+        config.train.compile = args.compile
+    for flag, field in (("precision", "precision"), ("optimizer", "optimizer"), ("max_cached_views", "max_cached_views"), ("workers", "num_workers")):
+        if getattr(args, flag) is not None:
+            setattr(config.train, field, getattr(args, flag))
     return config
 
 

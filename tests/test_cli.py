@@ -144,4 +144,8 @@ def test_train_flags_map_onto_the_run_config(tmp_path):
     args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *TINY, "--epochs", "3", "--grad-accum", "2", "--no-cache", "--compile"])
     config = run_config_from_args(args)
     assert (config.train.epochs, config.train.grad_accum_steps, config.train.cache_features, config.train.compile) == (3, 2, False, "on")
-    assert run_config_from_args(build_parser().parse_args(["train", "--out", "x", *TINY])).train.compile == "off"
+    assert run_config_from_args(build_parser().parse_args(["train", "--out", "x", *TINY])).train.compile == "auto"
+    flags = ["train", "--out", "x", *TINY, "--compile", "off", "--precision", "bf16", "--optimizer", "adamw", "--max-cached-views", "4", "--workers", "2", "--preset", "reference"]
+    config = run_config_from_args(build_parser().parse_args(flags))
+    assert (config.train.compile, config.train.precision, config.train.optimizer, config.train.max_cached_views, config.train.num_workers) == ("off", "bf16", "adamw", 4, 2)
+    assert config.method.preset == "reference"
