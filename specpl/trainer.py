@@ -204,7 +204,6 @@ class Trainer:
         elif epochs:
             wanted = max((getattr(c.config, "bank_init_batches", 0) for c in model.components), default=0)
             model.prepare(self._first_batches(data, cache, views, wanted, batch_size, train, accelerator.device))
-        self._views, self._train = views, train
 
         lr_at = _lr_schedule(train, steps_per_epoch, total_steps)
         multi_process = accelerator.num_processes > 1

@@ -79,10 +79,6 @@ class PromptLearner(nn.Module):
         self.register_buffer("eot_index", eot.to(device), persistent=False)
         self.classnames = list(classnames)
 
-    @property
-    def sequence_length(self) -> int:
-        return 1 + self.n_ctx + self.suffix_embedding.shape[1]
-
     def forward(self, ctx_shift: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), classes: slice | None = None) -> torch.Tensor:
         """Raw text features (C, D), or (G, C, D) when `ctx_shift` (G, W) conditions the context
         per group (CoCoOp's image-conditioned shift). `groups` are deep prompt slots; groups with
