@@ -34,7 +34,8 @@ class PromptGroup:
     Each entry of `tokens` is (n, W), shared by every sequence, or (G, n, W), one per sequence
     (per image, or per text group). `at` anchors the group right after the first token
     (``start``: after [SOS]/[CLS] and after earlier start-anchored groups) or after the last
-    (``end``, vision only).
+    (``end``: after the patches, or in the text tower at the end of the shared prefix, right
+    before the class tokens).
     """
 
     tokens: Sequence[Tensor]
@@ -90,7 +91,10 @@ class SlotState:
             if not group.first_layer <= layer <= group.last_layer:
                 continue
             tokens = group.tokens[layer - group.first_layer].to(x.dtype)
-            tokens = tokens.expand(x.shape[0], -1, -1) if tokens.dim() == 2 else tokens
+            if tokens.dim() == 2:
+                tokens = tokens.expand(x.shape[0], -1, -1)
+            elif tokens.shape[0] != x.shape[0]:  # per-group tokens after the text split each group per class
+                tokens = tokens.repeat_interleave(x.shape[0] // tokens.shape[0], dim=0)
             start = self.starts[index]
             if start is None:
                 if layer != group.first_layer or not group.insert:

@@ -9,19 +9,29 @@ shortcuts.
 
 Every prompt is encoded as ``prefix + suffix``: a prefix (G, P, W) shared by the N class suffixes
 of its group, and the suffixes (N, S, W) or (G, N, S, W). Deep prompt slots (`specpl.slots`) live
-in the prefix, right after [SOS]; both shortcuts stay exact with them, because a slot changes a
-prefix position in the same way for every class. A prompt with nothing shared is a prefix of
-[SOS] alone.
+in the prefix: start-anchored groups right after [SOS], end-anchored groups at the end of the
+prefix, right before the class tokens (after a host's learned context). Both shortcuts stay exact
+with them, because a slot changes a prefix position in the same way for every class. A prompt
+with nothing shared is a prefix of [SOS] alone.
+
+A `TextHook` sees each layer's prefix, suffixes and end-of-text positions and returns the prefix.
+It may return one prefix per class, (G, N, P, W) (a structural module whose prompts attend to each
+class's own tokens): from then on every (group, class) pair is its own group with one suffix,
+which is what the encoder computes without the shared-prefix shortcut.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specpl.slots import START, LayerHook, PromptGroup, SlotState
+from specpl.slots import PromptGroup, SlotState
+
+TextHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""(layer, prefix (G, P, W), suffix (G, N, S, W), end-of-text positions in the suffix (G, N)) ->
+the prefix before block `layer`, (G, P', W) or per class (G, N, P', W)."""
 
 
 class PromptTextEncoder(nn.Module):
@@ -52,13 +62,19 @@ class PromptTextEncoder(nn.Module):
         return self.model.token_embedding(tokens)
 
     def forward(
-        self, embeddings: torch.Tensor, eot_index: torch.Tensor, groups: Sequence[PromptGroup] = (), hook: LayerHook | None = None
+        self,
+        embeddings: torch.Tensor,
+        eot_index: torch.Tensor,
+        groups: Sequence[PromptGroup] = (),
+        hooks: Sequence[TextHook] = (),
+        prefix_length: int | None = None,
     ) -> torch.Tensor:
         """Text features for whole token embeddings (N, L, W), pooled at `eot_index` (N,): each
-        prompt is its own group, its prefix [SOS] plus any pre-placed prompt positions."""
-        p_len = 1 + sum(g.length for g in groups if not g.insert)
+        prompt is its own group, its prefix the first `prefix_length` tokens ([SOS] and a learned
+        context; default [SOS] plus any pre-placed prompt positions)."""
+        p_len = prefix_length or 1 + sum(g.length for g in groups if not g.insert)
         prefix, suffix = embeddings[:, :p_len], embeddings[:, p_len:].unsqueeze(1)
-        return self.forward_shared_prefix(prefix, suffix, (eot_index - p_len).unsqueeze(1), groups, hook)[:, 0]
+        return self.forward_shared_prefix(prefix, suffix, (eot_index - p_len).unsqueeze(1), groups, hooks)[:, 0]
 
     def split_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(prefix, suffix, eot) embeddings of tokenised text (N, 77) for `forward_shared_prefix`:
@@ -71,10 +87,10 @@ class PromptTextEncoder(nn.Module):
             embedded = self.embed_tokens(tokens[:, :length].to(device))
         return embedded[:1, :1], embedded[:, 1:], eot.to(device) - 1
 
-    def encode_tokens(self, tokens: torch.Tensor, groups: Sequence[PromptGroup] = (), hook: LayerHook | None = None) -> torch.Tensor:
+    def encode_tokens(self, tokens: torch.Tensor, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()) -> torch.Tensor:
         """Features of tokenised text (N, 77), truncated after the longest end-of-text; with no
         groups this equals ``model.encode_text`` (exact under the causal mask)."""
-        return self.forward_shared_prefix(*self.split_tokens(tokens), groups, hook)[0]
+        return self.forward_shared_prefix(*self.split_tokens(tokens), groups, hooks)[0]
 
     def forward_shared_prefix(
         self,
@@ -82,18 +98,16 @@ class PromptTextEncoder(nn.Module):
         suffix: torch.Tensor,
         eot_index: torch.Tensor,
         groups: Sequence[PromptGroup] = (),
-        hook: LayerHook | None = None,
+        hooks: Sequence[TextHook] = (),
     ) -> torch.Tensor:
         """Features of the prompts ``cat(prefix[g], suffix[n])`` for every group g and class n.
 
         prefix: (G, P, W), shared by all N prompts of a group; suffix: (N, S, W) or (G, N, S, W);
-        eot_index: (N,) or (G, N) positions of end-of-text inside the suffix; groups: deep prompt slots, all
-        start-anchored (they live in the prefix). Returns (G, N, D).
+        eot_index: (N,) or (G, N) positions of end-of-text inside the suffix; groups: deep prompt
+        slots (they live in the prefix); hooks: applied in order before every block, after the
+        slots. Returns (G, N, D).
         """
-        groups = list(groups)
-        if any(g.at != START for g in groups):
-            raise ValueError("text prompt groups must be anchored at the start (right after [SOS])")
-        slots = SlotState(groups, self.depth)
+        slots = SlotState(list(groups), self.depth)
         placed = 1 + sum(g.length for g in groups if not g.insert)
         if prefix.shape[1] < placed:
             raise ValueError(f"the prefix has {prefix.shape[1]} tokens but its pre-placed prompt groups need {placed}")
@@ -104,16 +118,22 @@ class PromptTextEncoder(nn.Module):
         pos = self.model.positional_embedding
         x_p = prefix + pos[:p_len]
         x_s = suffix + pos[p_len : p_len + s_len]
+        eot_index = eot_index.expand(groups_n, -1) if eot_index.dim() == 2 else eot_index.unsqueeze(0).expand(groups_n, -1)
+        per_class = False  # True once a hook gave every class its own prefix
         for layer, block in enumerate(self.model.transformer.resblocks):
             if not slots.empty:
                 x_p = slots.apply(x_p, layer)
-            if hook is not None:
-                x_p = hook(layer, x_p)
+            for hook in hooks:
+                x_p = hook(layer, x_p, x_s, eot_index)
+                if x_p.dim() == 4:  # one prefix per (group, class): each pair becomes a group of one
+                    per_class = True
+                    x_p, x_s, eot_index = x_p.flatten(0, 1), x_s.flatten(0, 1).unsqueeze(1), eot_index.flatten().unsqueeze(1)
             x_p, x_s = _shared_prefix_block(block, x_p, x_s)
         x_s = self.model.ln_final(x_s)
-        eot_index = eot_index.expand(groups_n, -1) if eot_index.dim() == 2 else eot_index.unsqueeze(0).expand(groups_n, -1)
-        rows = torch.arange(groups_n, device=x_s.device).unsqueeze(1)
-        pooled = x_s[rows, torch.arange(n_cls, device=x_s.device).unsqueeze(0), eot_index]  # (G, N, W)
+        rows = torch.arange(x_s.shape[0], device=x_s.device).unsqueeze(1)
+        pooled = x_s[rows, torch.arange(x_s.shape[1], device=x_s.device).unsqueeze(0), eot_index]  # (G, N, W) or (G*N, 1, W)
+        if per_class:
+            pooled = pooled.view(groups_n, n_cls, -1)
         return self._project(pooled)
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,11 @@ def build(backbone, host: str, boosters: list[str], options: dict | None = None,
     return build_method(config, backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32))
 
 
+def per_class_prefix(layer: int, prefix: torch.Tensor, suffix: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """A text hook that changes nothing but gives every class its own copy of the prefix."""
+    return prefix.unsqueeze(1).expand(-1, suffix.shape[1], -1, -1) if layer == 0 else prefix
+
+
 @pytest.mark.parametrize("zero_start", ["initial-difference", "output-projection"])
 @pytest.mark.parametrize("host", ["coop", "maple"])
 def test_step_zero_is_the_bare_host(tiny_backbone, inputs, host, zero_start):  # noqa: F811
@@ -34,6 +39,11 @@ def test_step_zero_is_the_bare_host(tiny_backbone, inputs, host, zero_start):  #
     isp = boosted.boosters["isp"]
     # the structural modules exist exactly where the host appends prompts after the patches
     assert (isp.layers > 0) == (host == "maple")
+    if isp.text_hook() is not None:
+        # the text modules give every class its own prompts, so the text tower stops sharing the
+        # prefix: compare with the bare host encoding its text the same way (same float order;
+        # `test_text.py` pins per-class against shared within 1e-6, float order)
+        bare.host.text_hook = lambda: per_class_prefix
     with torch.no_grad():
         expected = bare.logits(bare.encode_image(images))
         got = boosted.logits(boosted.encode_image(images))
@@ -65,6 +75,35 @@ def test_the_modules_restructure_only_the_prompt_tokens_once_trained(tiny_backbo
     y = torch.cat([torch.randn(4, isp.frozen_tokens, 64), x[:, isp.frozen_tokens :]], dim=1)
     assert not torch.allclose(isp.restructure(0, y)[:, isp.frozen_tokens :], out[:, isp.frozen_tokens :])
     assert torch.equal(isp.restructure(isp.layers, x), x)  # past the structural depth: unchanged
+
+
+def test_the_text_modules_make_the_prompts_class_specific_and_read_each_class_up_to_its_end(tiny_backbone, inputs):  # noqa: F811
+    images, labels = inputs
+    model = build(tiny_backbone, "maple", ["isp"])
+    isp = model.boosters["isp"]
+    assert len(isp.text_self) == len(isp.text_cross) == isp.layers > 0
+    optimizer = torch.optim.SGD([p for p in isp.parameters()], lr=1.0)
+    model(batch_for(model, images, labels))["cls"].backward()
+    optimizer.step()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in isp.text_self.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in isp.text_cross.parameters())
+
+    torch.manual_seed(1)
+    prefix, suffix = torch.randn(1, 3, 64), torch.randn(1, 3, 5, 64)
+    eot = torch.tensor([[1, 4, 2]])  # class 0 ends at suffix position 1
+    out = isp.restructure_text(0, prefix, suffix, eot)
+    assert out.shape == (1, 3, 3, 64)  # one prefix per class
+    assert torch.equal(out[:, :, 0], prefix[:, None, 0].expand(-1, 3, -1))  # [SOS] untouched
+    assert not torch.allclose(out[0, 0, 1:], out[0, 1, 1:])  # the prompts now differ per class
+    # class 0 never reads past its end-of-text; class 1 reads its whole sequence
+    changed = suffix.clone()
+    changed[:, :, 2:] = torch.randn(1, 3, 3, 64)
+    again = isp.restructure_text(0, prefix, changed, eot)
+    torch.testing.assert_close(again[0, 0], out[0, 0])
+    assert not torch.allclose(again[0, 1], out[0, 1])
+    assert torch.equal(isp.restructure_text(isp.layers, prefix, suffix, eot), prefix)  # past the depth: unchanged
+    # the cross module reads the host's learned vision prompts of that layer, not the image
+    torch.testing.assert_close(isp.host_vision_prompts(0), model.host.image_prompts()[0].tokens[0])
 
 
 def test_a_zero_output_projection_gives_the_inner_weights_no_first_step_gradient(tiny_backbone, inputs):  # noqa: F811

@@ -54,3 +54,51 @@ def test_ctx_init_uses_phrase_embeddings(tiny_backbone):
     # with the phrase as context, the prompt equals CLIP's own "a photo of a dog."
     expected = tiny_backbone.model.encode_text(tiny_backbone.tokenizer(["a photo of a dog."]))
     torch.testing.assert_close(learner(), expected, rtol=0, atol=1e-5)
+
+
+def test_a_hook_that_splits_the_prefix_per_class_changes_no_feature(tiny_backbone):
+    """A text hook may give every class its own prefix (ISP's structural modules do); with an
+    unchanged prefix the features equal the shared-prefix ones, with and without a per-group shift."""
+    torch.manual_seed(0)
+    encoder = PromptTextEncoder(tiny_backbone.model)
+    learner = PromptLearner(encoder, tiny_backbone.tokenizer, n_ctx=4)
+    learner.set_classnames(CLASSES)
+    seen = []
+
+    def per_class(layer, prefix, suffix, eot):
+        seen.append((layer, tuple(prefix.shape), tuple(suffix.shape), tuple(eot.shape)))
+        return prefix.unsqueeze(1).expand(-1, suffix.shape[1], -1, -1) if layer == 0 else prefix
+
+    torch.testing.assert_close(learner(hooks=[per_class]), learner(), rtol=1e-6, atol=1e-6)
+    width, n = encoder.width, len(CLASSES)
+    assert seen[0][1:] == ((1, 5, width), (1, n, seen[0][2][2], width), (1, n))  # layer 0: shared, then split
+    assert seen[1][1] == (n, 5, width) and seen[1][2][:2] == (n, 1)  # from layer 1 on: a group per class
+    shift = torch.randn(2, width)
+    torch.testing.assert_close(learner(shift, hooks=[per_class]), learner(shift), rtol=1e-6, atol=1e-6)
+
+
+def test_an_end_anchored_text_group_sits_between_the_context_and_the_class_tokens(tiny_backbone):
+    """`at="end"` in the text tower: after [SOS] and the host's context, right before the class
+    name (CasPL's [SOS][adapt][boost][class]); a start-anchored group goes right after [SOS]."""
+    from specpl.slots import END, START, PromptGroup
+
+    torch.manual_seed(0)
+    encoder = PromptTextEncoder(tiny_backbone.model)
+    learner = PromptLearner(encoder, tiny_backbone.tokenizer, n_ctx=4)
+    learner.set_classnames(CLASSES)
+    width = encoder.width
+    inputs = {}
+
+    def record(layer, prefix, suffix, eot):
+        inputs.setdefault(layer, prefix)
+        return prefix
+
+    for at in (END, START):
+        inputs.clear()
+        tokens = torch.randn(2, width)
+        learner(groups=[PromptGroup([tokens], at=at, name="boost")], hooks=[record])
+        prefix = inputs[0][0]
+        context = learner.ctx + tiny_backbone.model.positional_embedding[1:5]
+        placed = slice(5, 7) if at == END else slice(1, 3)
+        torch.testing.assert_close(prefix[placed], tokens)  # inserted tokens carry no positional embedding
+        torch.testing.assert_close(prefix[1:5] if at == END else prefix[3:7], context)

@@ -6,7 +6,8 @@ one module that never touches them.
 
 The seams, all optional for a component:
 - tower prompts: `text_prompts()` / `image_prompts()` return `specpl.slots.PromptGroup`s, and
-  `image_hook()` a per-layer hook;
+  `image_hook()` / `text_hook()` a per-layer hook in each tower (`specpl.slots.LayerHook`,
+  `specpl.text.TextHook`): cross-modal and structural modules read and rewrite the tokens there;
 - frozen inputs: `frozen_inputs()` names per-image outputs to compute once per (image, view)
   (`specpl.frozen`); the batch carries them by name in `Batch.frozen`;
 - lifecycle: `prepare(first_batches)` before training, `on_epoch_end(epoch, epochs)`, `finalise()`;
@@ -27,7 +28,7 @@ from torch import nn
 
 from specpl.backbone import Backbone
 from specpl.slots import LayerHook, PromptGroup
-from specpl.text import PromptTextEncoder
+from specpl.text import PromptTextEncoder, TextHook
 from specpl.vision import PromptImageEncoder, VisionOutput
 
 if TYPE_CHECKING:
@@ -152,6 +153,9 @@ class Component(nn.Module):
     def image_hook(self) -> LayerHook | None:
         return None
 
+    def text_hook(self) -> TextHook | None:
+        return None
+
     def frozen_inputs(self) -> list["FrozenInput"]:
         return []
 
@@ -188,9 +192,11 @@ class Host(Component):
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
         raise NotImplementedError
 
-    def encode_text(self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = ()) -> torch.Tensor:
+    def encode_text(
+        self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+    ) -> torch.Tensor:
         """Raw prompted text features: (C, D), or (B, C, D) for image-conditioned hosts. `groups`
-        are boosters' text prompt slots, placed after the host's own."""
+        are boosters' text prompt slots, placed after the host's own; `hooks` their text hooks."""
         raise NotImplementedError
 
     def image_outputs(self, output: VisionOutput) -> dict[str, torch.Tensor]:
@@ -248,7 +254,7 @@ def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: 
     return (per_sample * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
-def _compose_hooks(hooks: list[LayerHook]) -> LayerHook | None:
+def compose_hooks(hooks: list[LayerHook]) -> LayerHook | None:
     if not hooks:
         return None
     if len(hooks) == 1:
@@ -341,13 +347,16 @@ class PromptModel(nn.Module):
         if self.image_encoder is None:
             return {FEATURES: self.frozen_clip.encode_image(images)}
         hooks = [c.image_hook() for c in self.components]
-        hook = _compose_hooks([h for h in hooks if h is not None])
+        hook = compose_hooks([h for h in hooks if h is not None])
         return self.host.image_outputs(self.image_encoder(images, self.image_prompt_groups(), hook))
+
+    def text_hooks(self) -> list[TextHook]:
+        return [hook for c in self.components if (hook := c.text_hook()) is not None]
 
     def text_features(self, image_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw, refined) text features; refinement applies every booster in order."""
         groups = [g for b in self.boosters.values() for g in b.text_prompts()]
-        raw = self.host.encode_text(image_features, groups)
+        raw = self.host.encode_text(image_features, groups, self.text_hooks())
         refined = raw
         for booster in self.boosters.values():
             refined = booster.refine_text(refined)

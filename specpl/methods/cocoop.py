@@ -21,6 +21,7 @@ from specpl.methods.base import BuildContext
 from specpl.methods.coop import ContextHost, standard_presets
 from specpl.methods.registry import HOSTS
 from specpl.slots import PromptGroup
+from specpl.text import TextHook
 
 
 @dataclass
@@ -47,17 +48,19 @@ class CoCoOp(ContextHost):
         hidden = max(1, dim // config.meta_reduction)
         self.meta_net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
 
-    def encode_text(self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = ()) -> torch.Tensor:
+    def encode_text(
+        self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+    ) -> torch.Tensor:
         """(B, C, D): the prompts of every class conditioned on each image."""
         if image_features is None:
             raise ValueError("CoCoOp's text depends on the image: pass the image features")
         shift = self.meta_net(F.normalize(image_features, dim=-1).to(self.meta_net[0].weight.dtype))
         groups = [*self.deep_text_prompts(), *groups]
         if self.training:
-            return self.prompt_learner(shift, groups)
-        return self._chunked(shift, groups)
+            return self.prompt_learner(shift, groups, hooks=hooks)
+        return self._chunked(shift, groups, hooks)
 
-    def _chunked(self, shift: torch.Tensor, groups: list[PromptGroup]) -> torch.Tensor:
+    def _chunked(self, shift: torch.Tensor, groups: list[PromptGroup], hooks: Sequence[TextHook]) -> torch.Tensor:
         """The same features as one call, computed in memory-bounded blocks of images x classes."""
         n_cls = len(self.classnames)
         per_chunk = max(1, self.config.eval_pairs_per_chunk)
@@ -66,5 +69,5 @@ class CoCoOp(ContextHost):
         rows = []
         for start in range(0, shift.shape[0], images):
             block = shift[start : start + images]
-            rows.append(torch.cat([self.prompt_learner(block, groups, slice(c, c + classes)) for c in range(0, n_cls, classes)], dim=1))
+            rows.append(torch.cat([self.prompt_learner(block, groups, slice(c, c + classes), hooks) for c in range(0, n_cls, classes)], dim=1))
         return torch.cat(rows, dim=0)

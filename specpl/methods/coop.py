@@ -20,6 +20,7 @@ from specpl.methods.base import CONTEXT_TOKENS, BuildContext, Host
 from specpl.methods.prompt import PromptLearner
 from specpl.methods.registry import HOSTS
 from specpl.slots import PromptGroup
+from specpl.text import TextHook
 
 REFERENCE_SCHEDULE = {"augment": "reference", "schedule": "epoch", "drop_last": True}
 
@@ -68,8 +69,10 @@ class ContextHost(Host):
         """The host's own text slots beyond layer 0 (deep hosts)."""
         return []
 
-    def encode_text(self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = ()) -> torch.Tensor:
-        return self.prompt_learner(None, [*self.deep_text_prompts(), *groups])
+    def encode_text(
+        self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+    ) -> torch.Tensor:
+        return self.prompt_learner(None, [*self.deep_text_prompts(), *groups], hooks=hooks)
 
 
 @HOSTS.register("coop")

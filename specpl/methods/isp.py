@@ -4,18 +4,28 @@ Only the abstract and a figure caption of the paper could be read and no code is
 follows the reconstruction in ``shared/methods/ISP.md`` §2-4, not the authors' equations; every
 choice below is an option (`ISPConfig`) so the authors' variant can be matched once known.
 
-Structural prompt modules (spec §2), in the image tower through `image_hook()`:
-- self-structural: before block l, the vision prompt tokens P attend to the frozen tokens of that
-  layer ([CLS] + patches), P <- P + W_o Attn(LN(P) W_q, LN(X) W_k, LN(X) W_v);
-- cross-structural: then P <- P + W_o' Attn(Q = P, K = V = E_t^l), E_t^l the layer-l end-of-text
-  hidden states of every class prompt: the cheap, image-independent form the spec recommends.
-- Choices: the prompts are every token after the patches (IVLP's layout, which ISP builds on), so
-  the modules are built only on hosts with deep prompts in both towers (IVLP, MaPLe, PromptSRC);
-  on the other hosts (CoOp, CoCoOp, KgCoOp, MMRL) ISP is sample probing alone. The modules act on
-  layers 0..depth-1 (spec §7: every prompted layer), one module per layer, 1 head of width 64.
-  The frozen tokens are read without gradient (`detach_sources`, spec §7). E_t^l comes from a
-  frozen pass of the run's template prompts, computed once per class set: the host's prompted
-  text pass has no per-layer hook to read it from.
+Structural prompt modules (spec §2), before block l of each tower, through the towers' per-layer
+hooks (`image_hook()`, `text_hook()`):
+- vision self-structural: the vision prompt tokens P_v attend to the frozen tokens of that layer
+  ([CLS] + patches), P_v <- P_v + W_o Attn(LN(P_v) W_q, LN(X_v) W_k, LN(X_v) W_v);
+- vision cross-structural: then P_v <- P_v + W_o' Attn(Q = P_v, K = V = E_t^l), E_t^l the layer-l
+  end-of-text hidden states of every class prompt: the cheap, image-independent form the spec
+  recommends;
+- text self-structural: the text prompt tokens P_t attend to each class's own frozen tokens at
+  that layer ([SOS] and the class tokens up to its end-of-text; padding is masked), which makes
+  the prompts class-specific (spec §2, "consequences");
+- text cross-structural: then P_t <- P_t + W_o'' Attn(Q = P_t, K = V = P_v^l).
+- Choices: the prompts are every token after the patches and every prefix token after [SOS]
+  (IVLP's layout, which ISP builds on), so the modules are built only on hosts with deep prompts
+  in both towers (IVLP, MaPLe, PromptSRC); on the other hosts (CoOp, CoCoOp, KgCoOp, MMRL) ISP is
+  sample probing alone. The modules act on layers 0..depth-1 (spec §7: every prompted layer), one
+  module per layer and kind, 1 head of width 64. The frozen tokens are read without gradient
+  (`detach_sources`, spec §7). E_t^l comes from a frozen pass of the run's template prompts,
+  computed once per class set, so the image path never waits on the text pass. P_v^l in the text
+  cross module is the host's learned vision prompt of layer l (its slot tokens), not the updated
+  P_v: the updated one depends on the image, and the spec's default keeps the text features
+  independent of the image (cacheable for a fixed class set); the full, image-conditioned form is
+  not built (spec §2, "optional"). `text_structural=False` keeps the modules to the image tower.
 - Zero start: with ``zero_start="output-projection"`` W_o is zero-initialised, as in the spec; the
   default ``"initial-difference"`` subtracts the same module at its initial weights (a frozen
   copy), f_theta(x) - f_theta0(x). Both are exactly zero at step 0, so step 0 gives the bare
@@ -23,9 +33,6 @@ Structural prompt modules (spec §2), in the image tower through `image_hook()`:
   input gradients cancel up to the order of summation). The default also lets every weight of the
   module learn from the first step, where a zero W_o gives the inner projections no gradient until
   W_o moves (and the all-methods test asks every learned tensor for a first-step gradient).
-- Not built: the text-side modules (text prompts attending to the class tokens, and to the vision
-  prompts). The host encodes its text with no per-layer hook a booster can reach, and a booster's
-  own text prompt group cannot leave step 0 unchanged.
 
 Sample probing (spec §3) reweights the host's loss per sample by its difficulty under frozen
 zero-shot CLIP: p0_i = softmax(s0 cos(f0_i, g0))_{y_i}, f0 the frozen CLIP feature of the same
@@ -57,7 +64,7 @@ from torch.func import functional_call
 
 from specpl.backbone import Backbone
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
-from specpl.methods.base import DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState
+from specpl.methods.base import DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState, PromptModel
 from specpl.methods.registry import BOOSTERS
 from specpl.methods.zeroshot import template_text_features
 from specpl.text import PromptTextEncoder
@@ -73,6 +80,7 @@ RUN_TEMPLATE, IMAGENET_TEMPLATES = "run", "openai-imagenet"
 @dataclass
 class ISPConfig:
     structural: bool = True  # build the structural modules (only where the host has IVLP-layout prompts)
+    text_structural: bool = True  # also in the text tower (else the image tower's alone)
     self_structural: bool = True  # vision prompts attend to that layer's [CLS] + patch tokens
     cross_structural: bool = True  # vision prompts attend to the class prompts' end-of-text states
     depth: int = 9  # layers 0..depth-1 carry modules (cut to the towers' depth)
@@ -107,8 +115,9 @@ class StructuralAttention(nn.Module):
         self.value = nn.Linear(source_width, dim, device=device)
         self.output = nn.Linear(dim, query_width, device=device)
 
-    def forward(self, queries: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        """queries (B, n, Wq), sources (B, m, Ws) -> the update (B, n, Wq)."""
+    def forward(self, queries: torch.Tensor, sources: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        """queries (B, n, Wq), sources (B, m, Ws), `visible` (B, m) the sources each row may attend
+        to (None: all) -> the update (B, n, Wq)."""
 
         def split(t: torch.Tensor) -> torch.Tensor:
             return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
@@ -116,7 +125,8 @@ class StructuralAttention(nn.Module):
         sources = self.source_norm(sources)
         q = split(self.query(self.query_norm(queries)))
         k, v = split(self.key(sources)), split(self.value(sources))
-        return self.output(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(-2))
+        mask = None if visible is None else visible[:, None, None, :]
+        return self.output(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(-2))
 
 
 class ZeroStart(nn.Module):
@@ -138,11 +148,11 @@ class ZeroStart(nn.Module):
             for name, parameter in module.named_parameters():
                 self.initial.register_buffer(_buffer_name(name), parameter.detach().clone())
 
-    def forward(self, queries: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
-        out = self.module(queries, sources)
+    def forward(self, queries: torch.Tensor, sources: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.module(queries, sources, visible)
         if self.mode == INITIAL_DIFFERENCE:
             initial = {name: self.initial.get_buffer(_buffer_name(name)) for name, _ in self.module.named_parameters()}
-            out = out - functional_call(self.module, initial, (queries, sources))
+            out = out - functional_call(self.module, initial, (queries, sources, visible))
         return out
 
 
@@ -227,6 +237,8 @@ class ISP(Booster):
         self.register_buffer("probe_scale", scale, persistent=False)  # 0-d: no host sync to read it
         self.vision_self = nn.ModuleList()
         self.vision_cross = nn.ModuleList()
+        self.text_self = nn.ModuleList()
+        self.text_cross = nn.ModuleList()
         self.layers = 0
         if config.structural and IVLP_LAYOUT <= context.capabilities:
             self._build_structural(config, context)
@@ -239,16 +251,23 @@ class ISP(Booster):
         self.layers = max(0, min(config.depth, vision.depth, text.depth))
         device = model.token_embedding.weight.device
 
-        def module(source_width: int) -> ZeroStart:
-            attention = StructuralAttention(vision.width, source_width, config.attn_dim, config.heads, device)
+        def module(query_width: int, source_width: int) -> ZeroStart:
+            attention = StructuralAttention(query_width, source_width, config.attn_dim, config.heads, device)
             return ZeroStart(attention, config.zero_start)
 
         if config.self_structural:
-            self.vision_self.extend(module(vision.width) for _ in range(self.layers))
+            self.vision_self.extend(module(vision.width, vision.width) for _ in range(self.layers))
+            if config.text_structural:
+                self.text_self.extend(module(text.width, text.width) for _ in range(self.layers))
         if config.cross_structural:
-            self.vision_cross.extend(module(text.width) for _ in range(self.layers))
+            self.vision_cross.extend(module(vision.width, text.width) for _ in range(self.layers))
+            if config.text_structural:
+                self.text_cross.extend(module(text.width, vision.width) for _ in range(self.layers))
         if not (config.self_structural or config.cross_structural):
             self.layers = 0
+
+    def attach(self, model: "PromptModel") -> None:
+        self.host_of_model = [model.host]  # the text cross module reads the host's vision prompts; a list keeps it out of the tree
 
     # --- class set ------------------------------------------------------------------------
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
@@ -279,6 +298,45 @@ class ISP(Booster):
             classes = self.class_states[layer].unsqueeze(0).expand(x.shape[0], -1, -1)
             updated = updated + self.vision_cross[layer](updated, classes)
         return torch.cat([frozen, updated.to(x.dtype)], dim=1)
+
+    def text_hook(self):
+        return self.restructure_text if len(self.text_self) or len(self.text_cross) else None
+
+    def restructure_text(self, layer: int, prefix: torch.Tensor, suffix: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+        """Before text block `layer`: the prompt tokens (the prefix after [SOS]) updated by the
+        self-structural module, one prefix per class (G, N, P, W), then by the cross-structural
+        module; [SOS] and the class tokens pass unchanged."""
+        if layer >= self.layers or prefix.shape[1] <= 1:
+            return prefix
+        updated = prefix[:, 1:].float()  # (G, n, W)
+        if len(self.text_self):
+            groups, classes, length = suffix.shape[:3]
+            frozen = torch.cat([prefix[:, None, :1].expand(-1, classes, -1, -1), suffix], dim=2)  # [SOS] + class tokens
+            frozen = frozen.detach() if self.config.detach_sources else frozen
+            positions = torch.arange(length + 1, device=suffix.device)
+            visible = positions <= (eot + 1).unsqueeze(-1)  # up to each class's end-of-text
+            queries = updated.unsqueeze(1).expand(-1, classes, -1, -1).flatten(0, 1)
+            delta = self.text_self[layer](queries, frozen.flatten(0, 1).float(), visible.flatten(0, 1))
+            updated = (queries + delta).unflatten(0, (groups, classes))
+        if len(self.text_cross):
+            vision = self.host_vision_prompts(layer)
+            if vision is not None:
+                flat = updated.flatten(0, -3)
+                sources = vision.float().unsqueeze(0).expand(flat.shape[0], -1, -1)
+                updated = (flat + self.text_cross[layer](flat, sources)).view_as(updated)
+        head = prefix[:, :1]
+        if updated.dim() == 4:
+            head = head.unsqueeze(1).expand(-1, updated.shape[1], -1, -1)
+        return torch.cat([head, updated.to(prefix.dtype)], dim=-2)
+
+    def host_vision_prompts(self, layer: int) -> torch.Tensor | None:
+        """(m, W_v): the host's learned vision prompt tokens of `layer` (shared by every image)."""
+        tokens = [
+            group.tokens[layer - group.first_layer]
+            for group in self.host_of_model[0].image_prompts()
+            if group.first_layer <= layer <= group.last_layer and group.tokens[layer - group.first_layer].dim() == 2
+        ]
+        return torch.cat(tokens) if tokens else None
 
     # --- sample probing ----------------------------------------------------------------------
     def frozen_inputs(self) -> list:

@@ -34,6 +34,7 @@ from specpl.methods.coop import REFERENCE_SCHEDULE
 from specpl.methods.registry import HOSTS
 from specpl.methods.zeroshot import template_text_features
 from specpl.slots import PromptGroup
+from specpl.text import TextHook
 from specpl.vision import PromptImageEncoder, VisionOutput
 
 REP = "rep"
@@ -123,9 +124,11 @@ class MMRL(Host):
         self.register_buffer("frozen_text", template_text_features(self.backbone[0], self.template, classnames), persistent=False)
         self.classnames, self.novel = list(classnames), novel
 
-    def encode_text(self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = ()) -> torch.Tensor:
+    def encode_text(
+        self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+    ) -> torch.Tensor:
         groups = [*self.text_prompts_of_host(), *groups]
-        return self.text_encoder.forward_shared_prefix(self.text_prefix, self.text_suffix, self.text_eot, groups)[0]
+        return self.text_encoder.forward_shared_prefix(self.text_prefix, self.text_suffix, self.text_eot, groups, hooks)[0]
 
     def logits(self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, refined_text: torch.Tensor, scale: float) -> torch.Tensor:
         if self.novel:

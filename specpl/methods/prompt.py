@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from specpl.slots import PromptGroup
-from specpl.text import PromptTextEncoder
+from specpl.text import PromptTextEncoder, TextHook
 
 PLACEHOLDER = "X"
 
@@ -79,11 +79,18 @@ class PromptLearner(nn.Module):
         self.register_buffer("eot_index", eot.to(device), persistent=False)
         self.classnames = list(classnames)
 
-    def forward(self, ctx_shift: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), classes: slice | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        ctx_shift: torch.Tensor | None = None,
+        groups: Sequence[PromptGroup] = (),
+        classes: slice | None = None,
+        hooks: Sequence[TextHook] = (),
+    ) -> torch.Tensor:
         """Raw text features (C, D), or (G, C, D) when `ctx_shift` (G, W) conditions the context
         per group (CoCoOp's image-conditioned shift). `groups` are deep prompt slots; groups with
         ``insert=False`` overwrite the context positions from their first layer on. `classes`
-        restricts the output to a slice of the classes (chunked evaluation)."""
+        restricts the output to a slice of the classes (chunked evaluation). `hooks` are per-layer
+        text hooks; the prefix they see is [SOS] plus the context."""
         ctx = self.ctx.to(self.suffix_embedding.dtype)
         suffix, eot = self.suffix_embedding, self.eot_index
         if classes is not None:
@@ -92,24 +99,24 @@ class PromptLearner(nn.Module):
             suffix, eot = suffix[classes], eot[classes]
         n_cls = suffix.shape[0]
         if self.class_specific:
-            return self._full(ctx, groups)
+            return self._full(ctx, groups, hooks)
         if ctx_shift is None:
             prefix = torch.cat([self.sos_embedding, ctx.unsqueeze(0)], dim=1)  # (1, 1+M, W)
         else:
             shifted = ctx.unsqueeze(0) + ctx_shift.unsqueeze(1)  # (G, M, W)
             prefix = torch.cat([self.sos_embedding.expand(shifted.shape[0], -1, -1), shifted], dim=1)
         if self.shared_prefix:
-            out = self.text_encoder.forward_shared_prefix(prefix, suffix, eot - prefix.shape[1], groups)
+            out = self.text_encoder.forward_shared_prefix(prefix, suffix, eot - prefix.shape[1], groups, hooks)
         else:
             n_groups = prefix.shape[0]
             full = torch.cat(
                 [prefix.unsqueeze(1).expand(-1, n_cls, -1, -1), suffix.unsqueeze(0).expand(n_groups, -1, -1, -1)],
                 dim=2,
             )
-            out = self.text_encoder(full.flatten(0, 1), eot.repeat(n_groups), groups).unflatten(0, (n_groups, n_cls))
+            out = self.text_encoder(full.flatten(0, 1), eot.repeat(n_groups), groups, hooks, prefix.shape[1]).unflatten(0, (n_groups, n_cls))
         return out[0] if ctx_shift is None else out
 
-    def _full(self, ctx: torch.Tensor, groups: Sequence[PromptGroup]) -> torch.Tensor:
+    def _full(self, ctx: torch.Tensor, groups: Sequence[PromptGroup], hooks: Sequence[TextHook]) -> torch.Tensor:
         n_cls = self.suffix_embedding.shape[0]
         prompts = torch.cat([self.sos_embedding.expand(n_cls, -1, -1), ctx, self.suffix_embedding], dim=1)
-        return self.text_encoder(prompts, self.eot_index, groups)
+        return self.text_encoder(prompts, self.eot_index, groups, hooks, 1 + self.n_ctx)

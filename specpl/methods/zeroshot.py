@@ -14,6 +14,7 @@ from specpl.backbone import Backbone
 from specpl.methods.base import BuildContext, Host
 from specpl.methods.registry import HOSTS
 from specpl.slots import PromptGroup
+from specpl.text import TextHook
 
 
 @dataclass
@@ -46,7 +47,9 @@ class ZeroShot(Host):
         self.register_buffer("text", template_text_features(self.backbone, self.template, classnames), persistent=False)
         self.classnames, self.novel = list(classnames), novel
 
-    def encode_text(self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = ()) -> torch.Tensor:
-        if groups:
-            return self.text_encoder.encode_tokens(self.backbone.tokenizer([self.template.format(c) for c in self.classnames]), groups)
+    def encode_text(
+        self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+    ) -> torch.Tensor:
+        if groups or hooks:
+            return self.text_encoder.encode_tokens(self.backbone.tokenizer([self.template.format(c) for c in self.classnames]), groups, hooks)
         return self.text
