@@ -170,6 +170,27 @@ def test_the_boosting_prompts_change_the_hosts_features(backbone, inputs, phase_
     assert not torch.allclose(boosted.encode_image(images)["features"], bare.encode_image(images)["features"])
 
 
+@pytest.mark.parametrize("host", ["coop", "maple"])
+def test_the_text_reads_sos_adapt_boost_class(backbone, phase_one, host):
+    """The paper's and the released code's text order on every host: the boosting tokens (with
+    the positional embeddings of their phase-1 positions) sit after the host's context."""
+    model = build(backbone, host, ("caspl",), {"caspl": {"boost_bundle": str(phase_one)}}).eval()
+    caspl, learner = model.boosters["caspl"], model.host.prompt_learner
+    entering = {}
+
+    def record(layer, prefix, suffix, eot):
+        entering.setdefault(layer, prefix[0])
+        return prefix
+
+    model.host.text_hook = lambda: record
+    with torch.no_grad():
+        model.text_features()
+    boost = caspl.text_prompts()[0].tokens[0]
+    n, positions = learner.n_ctx, backbone.model.positional_embedding
+    torch.testing.assert_close(entering[0][1 : 1 + n], learner.ctx + positions[1 : 1 + n])  # [SOS][adapt]
+    torch.testing.assert_close(entering[0][1 + n :], boost)  # then [boost], then the class tokens (the suffix)
+
+
 def test_promptsrc_keeps_vanilla_clip_as_its_reference(backbone, inputs, phase_one):
     images, _ = inputs
     run_template = {"promptsrc": {"frozen_templates": "run"}}  # one template keeps it fast; the reference is what is checked

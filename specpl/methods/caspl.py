@@ -27,10 +27,9 @@ has. The hosts keep their own losses; PromptSRC's frozen reference stays vanilla
 released code's ``zero_shot_model``), since its regularisers read the bare backbone.
 
 Choices and deviations (written down as the spec asks):
-- Text order: on the deep hosts (MaPLe, PromptSRC) the text is ``[SOS][adapt][boost][class]`` as
-  in the paper. On CoOp and CoCoOp, whose context is part of the host's prompt embedding and not a
-  slot, the tower's slot rule places an inserted group right after [SOS]: ``[SOS][boost][adapt]``.
-  A seam that lets a booster's group follow the host's context would give the paper's order.
+- Text order: ``[SOS][adapt][boost][class]`` on every host, as in the paper and the released code:
+  the boosting group is anchored at the end of the text prefix (``at="end"``), after the host's
+  context and right before the class tokens.
 - Vision order: the boosting tokens follow the host's (``[..., adapt, boost]``, not the paper's
   ``[..., boost, adapt]``). Prompt tokens carry no positional embedding and attention is
   permutation-equivariant, so the order changes no feature (beyond float summation order).
@@ -61,7 +60,7 @@ from specpl.methods.coop import REFERENCE_SCHEDULE
 from specpl.methods.deep import IndependentPromptHost
 from specpl.methods.registry import BOOSTERS, HOSTS
 from specpl.methods.zeroshot import template_text_features
-from specpl.slots import END, START, PromptGroup
+from specpl.slots import END, PromptGroup
 from specpl.vision import PromptImageEncoder
 
 TEACHER_LOGITS = "caspl_teacher"
@@ -278,7 +277,7 @@ class CasPL(Booster):
             )
         layers = self._layers("text", self.text_layers)
         layers[0] = layers[0] + self.text_positions.to(layers[0].dtype)
-        return [PromptGroup(layers, first_layer=0, at=START, name="caspl.text")]
+        return [PromptGroup(layers, first_layer=0, at=END, name="caspl.text")]
 
     def image_prompts(self) -> list[PromptGroup]:
         return [PromptGroup(self._layers("vision", self.vision_layers), first_layer=0, at=END, name="caspl.vision")]
