@@ -13,23 +13,43 @@ Masks (a frozen input, named ``dapt``, cached per (image, view) by the feature c
 - ``gradcam`` (DAPT-G): a saliency map of the *current* prompted model on the same augmented view,
   over the patch grid -> bilinear to the image size -> divided by the maximum -> thresholded. Its
   signature carries the model's epoch, so the cache recomputes it once per epoch (before training
-  and after every epoch), and the forward pass really uses it. `cam` picks the map:
+  and after every epoch), and the forward pass really uses it. `cam` picks the map; the gradient
+  maps target the label's logit and read the patch tokens only (never [CLS] or prompt slots):
+  - ``"head-gradcam"`` (default): GradCAM per attention head on the last block's values,
+    sum_h |w_h . (v_hj - mean_k v_hk)|, w_h the head's gradient averaged over the patches.
   - ``"gradcam"``: the spec's GradCAM (Selvaraju et al., ICCV 2017) on the last image block's
-    ``ln_1`` output; target = the label's logit; channel weights = gradients averaged over the
-    patch tokens; ReLU of the weighted channel sum.
+    ``ln_1`` output; channel weights = gradients averaged over the patch tokens; ReLU of the
+    weighted channel sum.
   - ``"grad-attention"``: the gradient-weighted attention of Chefer, Gur and Wolf (ICCV 2021,
     "Generic Attention-model Explainability"), E_h[(dy/dA_h * A_h)^+], on the last block's
-    class-token row: attention heads are kept apart instead of being mixed in ``ln_1``'s channels.
-  - ``"rollout"`` (default): attention rollout (Abnar and Zuidema, ACL 2020), the class-token row
-    of prod_l (0.5 E_h A_l + 0.5 I) over all blocks; it needs no backward pass and ignores the label.
-  Why an option: on a small ViT the spec's GradCAM mixes heads that look at different things (on
-  the 2-head world CLIP one last-layer head follows the object, the other the background), so its
-  channel sum lands on the background. Measured on the pretrained world CLIP (18 world images,
-  threshold 0.5, mean IoU with the analytic object mask; CoOp "a photo of a" / MaPLe at init):
-  rollout 0.62 / 0.61, gradcam 0.22 / 0.19, grad-attention 0.16 / 0.14 (the gradient maps mark
-  28-48% of the image, mostly background, for objects covering 18%). The rollout is therefore the
-  default. It is class-agnostic (DAPT needs only foreground vs background, not which class), and
-  on an untrained tower, whose attention is near uniform, it is flat and the mask covers everything.
+    class-token row.
+  - ``"rollout"``: attention rollout (Abnar and Zuidema, ACL 2020), the class-token row of
+    prod_l (0.5 E_h A_l + 0.5 I) over all blocks; no backward pass, and it ignores the label.
+  Measured on the pretrained world CLIP (2 heads, 4 blocks, 8x8 patches; 18 world images, one per
+  second class; threshold 0.5; mean IoU with the analytic object mask, which covers 18% of the
+  image; CoOp "a photo of a" / MaPLe at init): head-gradcam 0.67 / 0.66, rollout 0.62 / 0.61,
+  gradcam 0.22 / 0.19, grad-attention 0.16 / 0.14. At the last block, measured from the average
+  patch, the spec's ``ln_1`` GradCAM is the heads' value GradCAMs summed with their signs, up to
+  the keys of [CLS] and the prompts (the patches' key gradients nearly cancel, as softmax ignores
+  a shift of all scores; measured: within 1% / 2% of the map's peak). It fails for three reasons,
+  each measured by undoing one step of head-gradcam:
+  (1) a ViT token has no zero "nothing here" level, unlike a CNN's post-ReLU channel: every token
+  carries a large shared part, so w . v_j is mostly a constant; measuring from the average patch
+  is the decisive step (uncentred: 0.31 / 0.28);
+  (2) the patches reach the class token only through its attention, and which sign marks the
+  object changes from image to image (ReLU instead of |.|: 0.43 / 0.49);
+  (3) the heads' signed maps cancel (|signed sum over heads|, i.e. centred |.| of ``ln_1``: 0.57 / 0.51).
+  Rejected by measurement: earlier blocks (0.20-0.37 each), maps averaged over the blocks
+  (0.51 / 0.50), a contrastive target (the logit minus the classes' mean: 0.63 / 0.64; minus their
+  logsumexp: 0.65 / 0.62), each token's own gradient instead of the patch average (HiResCAM:
+  0.47 / 0.46); counting [CLS] and prompt tokens in the weights and the reference changes nothing
+  (0.67 / 0.66). On 36 held-out images (the other 18 classes) head-gradcam gives 0.63 / 0.68
+  against the rollout's 0.62 / 0.62, and after 60 steps of prompt training 0.63-0.66 against
+  0.61-0.62. It is the default because it covers the object best, and because it is what DAPT-G
+  asks for: a map of the *current* prompted model for the image's class. The rollout ignores the
+  text side, so under CoOp (a frozen image path) it never changes from epoch to epoch, and on an
+  untrained tower, whose attention is near uniform, it is flat and masks everything. Its price:
+  one backward pass per view and epoch.
 - ``folder`` (DAPT-S or any segmenter): one mask file per training image under `mask_dir`, found by
   the longest matching tail of the image's path (``<class>/<stem>``, then ``<stem>``); binarised as
   the reference does (first channel, `mask_ignore_value` -> 0, any other value >= 1 -> 1). It gets
@@ -45,9 +65,10 @@ Deviations and choices (spec §9), all behind options:
   host's logits. T_bg is the clean set of all 32 background prompts.
 - The switch defaults to floor(0.7 E) instead of the reference's fixed 7 (``e > 6``), so short
   runs (5-epoch base-to-novel) reach the alignment phase; `switch_epoch=7` reproduces the reference.
-- DAPT-G's map defaults to attention rollout, not the spec's GradCAM (`cam="gradcam"` restores it):
-  see above. Maps are normalised per image (`gradcam_normalise="batch"` is the reference's maximum
-  over the whole batch); unlike the reference, the masks are what the forward pass uses.
+- DAPT-G's map defaults to the per-head GradCAM on the last block's values, not the spec's
+  GradCAM on its ``ln_1`` (`cam="gradcam"` restores it): see above. Maps are normalised per
+  image (`gradcam_normalise="batch"` is the reference's maximum over the whole batch); unlike the
+  reference, the masks are what the forward pass uses.
 - The background prompts keep the template's fixed token embeddings at layer 0 and get the host's
   deep text slots (and every booster's text slots) from layer 1, as MaPLe does in the reference; a
   host with more pre-placed context positions than the template has words before the background
@@ -63,7 +84,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -74,7 +95,7 @@ from torch import nn
 from torchvision import transforms
 
 from specpl.data import IMAGE_SUFFIXES, DataError, ImageItem, load_image
-from specpl.methods.base import FEATURES, Booster, BuildContext, ForwardState, PromptModel
+from specpl.methods.base import FEATURES, Booster, BuildContext, ForwardState, PromptModel, compose_hooks
 from specpl.methods.prompt import PLACEHOLDER
 from specpl.methods.registry import BOOSTERS
 from specpl.slots import START, PromptGroup
@@ -96,7 +117,7 @@ FOOD_BACKGROUNDS = ("table", "forks", "tablecloth", "hands", "spoon", "glasses",
 @dataclass
 class DAPTConfig:
     masks: str = "gradcam"  # "gradcam" (DAPT-G, from the current model) or "folder" (mask files in mask_dir)
-    cam: str = "rollout"  # DAPT-G's map: "rollout", "gradcam" (the spec's) or "grad-attention"; chosen by measurement (module docstring)
+    cam: str = "head-gradcam"  # DAPT-G's map: "head-gradcam", "rollout", "gradcam" (the spec's) or "grad-attention"; chosen by measurement (module docstring)
     mask_dir: str = ""  # the mask folder for masks="folder"
     mask_ignore_value: int | None = 255  # a mask value read as background (SEEM's ignore label)
     gradcam_threshold: float = 0.5
@@ -152,10 +173,17 @@ def _patches(output: VisionOutput) -> torch.Tensor:
     return _patch_positions(output.slots.groups, output.slots.starts, output.tokens.shape[1]).to(output.tokens.device)
 
 
-def _explicit_self_attention(module: nn.Module, args: tuple, kwargs: dict, store: list[torch.Tensor]) -> tuple[torch.Tensor, None]:
+class AttentionRecord(NamedTuple):
+    """One image block's attention probabilities (B, heads, T, T) and values (B, heads, T, W / heads)."""
+
+    probabilities: torch.Tensor
+    values: torch.Tensor
+
+
+def _explicit_self_attention(module: nn.Module, args: tuple, kwargs: dict, store: list[AttentionRecord]) -> tuple[torch.Tensor, None]:
     """What `module` (an ``nn.MultiheadAttention`` called as self-attention) computes, with its
-    probabilities (B, heads, T, T) formed explicitly and appended to `store`, so that a gradient
-    can reach them (PyTorch's fused kernel never forms them). CLIP's attention has no dropout."""
+    probabilities and per-head values formed explicitly and appended to `store`, so that a
+    gradient can reach them (PyTorch's fused kernel never forms them). CLIP's attention has no dropout."""
     query, key, value = (args[i] if i < len(args) else kwargs[name] for i, name in enumerate(("query", "key", "value")))
     plain = query is key is value and kwargs.get("attn_mask") is None and kwargs.get("key_padding_mask") is None
     if not plain or module.in_proj_weight is None or module.bias_k is not None:
@@ -164,16 +192,16 @@ def _explicit_self_attention(module: nn.Module, args: tuple, kwargs: dict, store
     batch, tokens, width = x.shape
     q, k, v = (part.reshape(batch, tokens, module.num_heads, -1).transpose(1, 2) for part in F.linear(x, module.in_proj_weight, module.in_proj_bias).chunk(3, dim=-1))
     probabilities = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
-    store.append(probabilities)
+    store.append(AttentionRecord(probabilities, v))
     out = module.out_proj((probabilities @ v).transpose(1, 2).reshape(batch, tokens, width))
     return (out if module.batch_first else out.transpose(0, 1)), None
 
 
 @contextmanager
-def recorded_attention(model: PromptModel) -> Iterator[list[torch.Tensor]]:
-    """While open, every image block's attention probabilities (B, heads, T, T) are appended in
-    block order; the blocks' outputs are unchanged up to float rounding."""
-    store: list[torch.Tensor] = []
+def recorded_attention(model: PromptModel) -> Iterator[list[AttentionRecord]]:
+    """While open, every image block's attention probabilities and values are appended in block
+    order; the blocks' outputs are unchanged up to float rounding."""
+    store: list[AttentionRecord] = []
     attentions = [block.attn for block in model.frozen_clip.visual.transformer.resblocks]
     unsupported = [type(attention).__name__ for attention in attentions if not isinstance(attention, nn.MultiheadAttention)]
     if unsupported:
@@ -201,7 +229,7 @@ def _image_path(model: PromptModel, images: torch.Tensor) -> VisionOutput:
     """The model's prompted image path (its groups and every component's hook) on `images`."""
     encoder = model.image_encoder or PromptImageEncoder(model.frozen_clip)
     hooks = [hook for component in model.components if (hook := component.image_hook()) is not None]
-    return encoder(images, model.image_prompt_groups(), _chain(hooks))
+    return encoder(images, model.image_prompt_groups(), compose_hooks(hooks))
 
 
 def _target_logits(model: PromptModel, output: VisionOutput, labels: torch.Tensor | None) -> torch.Tensor:
@@ -222,13 +250,34 @@ def gradcam_scores(model: PromptModel, images: torch.Tensor, labels: torch.Tenso
     return F.relu((activations * weights).sum(dim=-1))
 
 
-def grad_attention_scores(model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """E_h[(dy/dA_h * A_h)^+] (B, N) on the last block's class-token row (Chefer et al., ICCV 2021)."""
+def _last_attention_gradient(model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, part: str) -> tuple[VisionOutput, torch.Tensor, torch.Tensor]:
+    """The image path's output, the last block's recorded `part` (an `AttentionRecord` field) and
+    the target logits' gradient with respect to it."""
     with torch.enable_grad(), recorded_attention(model) as attention:
         output = _image_path(model, images.detach().requires_grad_(True))
-        (gradients,) = torch.autograd.grad(_target_logits(model, output, labels), attention[-1])
-    relevance = F.relu(gradients * attention[-1].detach()).float()
+        recorded = getattr(attention[-1], part)
+        (gradients,) = torch.autograd.grad(_target_logits(model, output, labels), recorded)
+    return output, recorded.detach(), gradients
+
+
+def grad_attention_scores(model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """E_h[(dy/dA_h * A_h)^+] (B, N) on the last block's class-token row (Chefer et al., ICCV 2021)."""
+    output, attention, gradients = _last_attention_gradient(model, images, labels, "probabilities")
+    relevance = F.relu(gradients * attention).float()
     return relevance[:, :, 0, _patches(output)].mean(dim=1)
+
+
+def head_gradcam_scores(model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """GradCAM per attention head on the last block's values (B, N):
+    sum_h |w_h . (v_hj - mean_k v_hk)|, w_h the gradient averaged over the patches. Measured from
+    the average patch (a ViT token has no zero level), in absolute value (the object's sign varies
+    per image) and per head (signed head maps cancel): see the module docstring."""
+    output, values, gradients = _last_attention_gradient(model, images, labels, "values")
+    patches = _patches(output)
+    values, gradients = values[:, :, patches].float(), gradients[:, :, patches].float()
+    weights = gradients.mean(dim=2, keepdim=True)  # (B, heads, 1, W / heads): one weight per head channel
+    deviations = values - values.mean(dim=2, keepdim=True)
+    return (deviations * weights).sum(dim=-1).abs().sum(dim=1)
 
 
 def rollout_scores(model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -237,20 +286,20 @@ def rollout_scores(model: PromptModel, images: torch.Tensor, labels: torch.Tenso
     `labels` are not used."""
     with torch.no_grad(), recorded_attention(model) as attention:
         output = _image_path(model, images)
-    identity = torch.eye(attention[0].shape[-1], device=attention[0].device)
+    identity = torch.eye(output.tokens.shape[1], device=output.tokens.device)
     flow = identity
-    for probabilities in attention:
+    for probabilities, _ in attention:
         flow = (0.5 * probabilities.float().mean(dim=1) + 0.5 * identity) @ flow
     return flow[:, 0, _patches(output)]
 
 
 CAM_SCORES: dict[str, Callable[[PromptModel, torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
-    "rollout": rollout_scores, "gradcam": gradcam_scores, "grad-attention": grad_attention_scores,
+    "head-gradcam": head_gradcam_scores, "rollout": rollout_scores, "gradcam": gradcam_scores, "grad-attention": grad_attention_scores,
 }
 
 
 def saliency_masks(
-    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, threshold: float = 0.5, normalise: str = "image", cam: str = "rollout"
+    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, threshold: float = 0.5, normalise: str = "image", cam: str = "head-gradcam"
 ) -> torch.Tensor:
     """Binary DAPT-G masks (B, 1, H, W) of the prompted `model`: the `cam` map over the patch grid,
     bilinear to the image size, divided by its maximum, thresholded. The gradient maps target
@@ -266,18 +315,6 @@ def saliency_masks(
     scores = F.interpolate(scores.view(-1, 1, side, side), size=images.shape[-2:], mode="bilinear", align_corners=False)
     peak = scores.amax(dim=(1, 2, 3), keepdim=True) if normalise == "image" else scores.amax()
     return (scores / peak.clamp_min(1e-12)) >= threshold
-
-
-def _chain(hooks: list[Callable[[int, torch.Tensor], torch.Tensor]]) -> Callable[[int, torch.Tensor], torch.Tensor] | None:
-    if not hooks:
-        return None
-
-    def hook(layer: int, x: torch.Tensor) -> torch.Tensor:
-        for each in hooks:
-            x = each(layer, x)
-        return x
-
-    return hook
 
 
 # --- mask folders (DAPT-S) ---------------------------------------------------------------------
@@ -457,7 +494,7 @@ class DAPT(Booster):
         """T_bg (N, D): the background prompts through the host's text tower, with the host's and
         every booster's text slots (fixed template embeddings at layer 0)."""
         return self.model.host.text_encoder.forward_shared_prefix(
-            self.background_prefix, self.background_suffix, self.background_eot, self._text_slots()
+            self.background_prefix, self.background_suffix, self.background_eot, self._text_slots(), self.model.text_hooks()
         )[0]
 
     def _embed_background_prompts(self) -> None:
