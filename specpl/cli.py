@@ -98,14 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     methods = sub.add_parser("methods", help="every host and booster, with a line each and its defaults")
     methods.add_argument("--json", action="store_true", help="print the registry as JSON")
 
-    sweep = sub.add_parser("sweep", help="the benchmark table: datasets x methods x seeds, resumable")
+    sweep = sub.add_parser("sweep", help="the benchmark tables (base-to-new, few-shot, cross-dataset, domain generalisation): datasets x methods x seeds, resumable")
     from specpl.sweep import add_sweep_arguments
 
     add_sweep_arguments(sweep)
 
     bench = sub.add_parser("bench", help="benchmarks (offline)")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
-    world = bench_sub.add_parser("world", help="SpectralWorld: base/new/HM per method and the granularity probe", description="Train every host (and host + specpl) on SpectralWorld base classes over several seeds and write a markdown table.")
+    world = bench_sub.add_parser("world", help="SpectralWorld: base/new/HM per method and the granularity probe", description="Train every host alone, with each booster it accepts and in the given stacks on SpectralWorld base classes over several seeds and write a markdown table.")
     world.add_argument("--shots", type=int, default=4)
     world.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     world.add_argument("--epochs", type=int, default=20)
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--probe-pairs", type=int, default=200)
     world.add_argument("--camera", default="default", choices=list(CAMERAS), help="downstream domain: default (as in pretraining) or sepia (unseen warm, low-contrast cast)")
     world.add_argument("--preset", nargs="+", default=["default"], choices=["default", "reference"], help="host presets to run (both: a row for each where they differ)")
+    world.add_argument("--boosters", nargs="+", default=["specpl"], help="boosters to run on each host that accepts them (default: specpl); pairs a host refuses are skipped and listed in the report")
+    world.add_argument("--stacks", nargs="+", default=[], help="host and boosters joined by '+' to run as rows, e.g. maple+caspl+specpl coop+dapt+specpl")
     world.add_argument("--ablate", action="store_true", help="CoOp + SpecPL with each input changed alone (decomposer, augmentation, schedule, bank, refiner, losses) instead of every host")
     world.add_argument("--taef2-source", help="with --ablate: a folder with TAEF2 weights for the decomposer row (skipped without it)")
     world.add_argument("--out", default="bench/WORLD.md", help="markdown report (written atomically)")
@@ -311,6 +313,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = WorldBenchConfig(
         shots=args.shots, seeds=tuple(args.seeds), test_per_class=args.test_per_class, epochs=args.epochs, hosts=hosts,
         decomposer=decomposer_config, probe_pairs=args.probe_pairs, camera=args.camera, presets=tuple(args.preset),
+        boosters=tuple(args.boosters), stacks=tuple(args.stacks),
     )
     started = time.time()
     backbone = load_backbone(world_backbone_config())

@@ -142,3 +142,134 @@ def test_the_refiner_can_leave_new_classes_alone(tiny_backbone):
     model.set_classnames(["ship", "frog"], novel=True)
     raw, refined = model.text_features()
     assert torch.equal(raw, refined)  # new classes keep their raw prompted text
+
+
+def _names(rows) -> list[str]:
+    return [row.name for row in rows]
+
+
+def test_default_rows_are_each_host_alone_and_with_specpl():
+    from specpl.world.benchmark import ZERO_SHOT, WorldBenchConfig, bench_methods
+
+    rows = bench_methods(WorldBenchConfig(hosts=("coop", "ivlp")))
+    assert _names(rows) == [ZERO_SHOT, "coop", "coop + specpl", "ivlp", "ivlp + specpl"]
+    assert [row.baseline for row in rows] == [None, None, "coop", None, "ivlp"]
+    assert not any(row.teacher or row.compare_to_teacher for row in rows)  # no CasPL: no phase-1 rows
+
+
+def test_boosters_a_host_refuses_are_skipped_and_listed_and_stacks_follow_the_hosts():
+    from specpl.world.benchmark import PHASE_ONE_ROW, ZERO_SHOT, WorldBenchConfig, bench_methods, skipped_pairs
+
+    config = WorldBenchConfig(hosts=("coop", "ivlp"), boosters=("caspl", "dapt"), stacks=("maple+caspl+specpl", "coop+dapt+specpl"))
+    rows = bench_methods(config)
+    assert _names(rows) == [
+        ZERO_SHOT, "teacher zero-shot (world-clip-large)", PHASE_ONE_ROW,
+        "coop", "coop + caspl", "coop + dapt",
+        "ivlp", "ivlp + dapt",  # ivlp + caspl is refused: CasPL boosts coop, cocoop, maple and promptsrc
+        "maple + caspl + specpl", "coop + dapt + specpl",
+    ]
+    assert list(skipped_pairs(config)) == [("ivlp", "caspl")]
+    assert "Hosts it can boost: cocoop, coop, maple, promptsrc" in skipped_pairs(config)[("ivlp", "caspl")]
+    by_name = {row.name: row for row in rows}
+    assert by_name["coop + dapt + specpl"].baseline == "coop"
+    assert by_name["maple + caspl + specpl"].baseline is None  # maple alone is not a row here
+    assert by_name["maple + caspl + specpl"].method.boosters == ["caspl", "specpl"]
+    assert [row.name for row in rows if row.compare_to_teacher] == [ZERO_SHOT, PHASE_ONE_ROW]
+    assert [row.name for row in rows if row.teacher] == ["teacher zero-shot (world-clip-large)"]
+
+
+def test_a_booster_row_under_a_second_preset_is_compared_with_the_host_row_it_deduplicated_to():
+    from specpl.world.benchmark import WorldBenchConfig, bench_methods
+
+    rows = bench_methods(WorldBenchConfig(hosts=("coop",), presets=("default", "reference")))
+    assert _names(rows) == ["zero-shot", "coop [default]", "coop + specpl [default]", "coop + specpl [reference]"]
+    assert rows[-1].baseline == "coop [default]"  # coop alone resolves the same under both presets
+
+
+def test_bad_stacks_and_boosters_are_refused_with_the_reason():
+    from specpl.registry import UnknownNameError
+    from specpl.world.benchmark import WorldBenchConfig, bench_methods, parse_stack
+
+    assert parse_stack(" maple + caspl+specpl") == ("maple", ["caspl", "specpl"])
+    with pytest.raises(ValueError, match=r"^stack 'maple': expected a host and one or more boosters joined by '\+'"):
+        parse_stack("maple")
+    with pytest.raises(ValueError, match=r"^stack 'ivlp\+caspl': booster 'caspl' cannot run on host 'ivlp'.*Hosts it can boost: cocoop, coop, maple, promptsrc$"):
+        bench_methods(WorldBenchConfig(hosts=("coop",), stacks=("ivlp+caspl",)))
+    with pytest.raises(UnknownNameError, match="nosuch"):
+        bench_methods(WorldBenchConfig(hosts=("coop",), boosters=("nosuch",)))
+
+
+def test_teacher_fit_matches_a_hand_computation():
+    import math
+
+    from specpl.world.benchmark import teacher_fit
+
+    student = torch.tensor([[0.0, math.log(3.0)], [math.log(2.0), 0.0]])  # softmax (1/4, 3/4) and (2/3, 1/3)
+    teacher = torch.tensor([[math.log(3.0), 0.0], [math.log(3.0), 0.0]])  # (3/4, 1/4) twice
+    # KL((3/4, 1/4) || (1/4, 3/4)) = 3/4 ln 3 + 1/4 ln(1/3); KL((3/4, 1/4) || (2/3, 1/3)) = 3/4 ln(9/8) + 1/4 ln(3/4)
+    expected = (0.75 * math.log(3) + 0.25 * math.log(1 / 3) + 0.75 * math.log(9 / 8) + 0.25 * math.log(3 / 4)) / 2
+    fit = teacher_fit(student, teacher)
+    assert fit["agreement"] == 50.0  # the second image's top class is the teacher's, the first's is not
+    assert fit["kl"] == pytest.approx(expected, rel=1e-6)
+
+
+class FakeTrainer:
+    """Stands in for `Trainer` in the world benchmark: records each run's method and returns the
+    untrained zero-shot model, so the row plumbing runs without training."""
+
+    runs: list = []
+
+    def __init__(self, config, run_dir, backbone, decomposer, progress_bar) -> None:
+        self.config, self.run_dir, self.backbone = config, run_dir, backbone
+
+    def fit(self):
+        from specpl.config import MethodConfig
+        from specpl.methods import build_method
+        from specpl.trainer import TrainResult
+
+        FakeTrainer.runs.append((self.config.train.seed, self.config.method, self.run_dir))
+        zero_shot = MethodConfig(host="zeroshot", options={"zeroshot": {"template": WORLD_TEMPLATE}})
+        return TrainResult("finished", self.run_dir, {}, build_method(zero_shot, self.backbone, world_classnames(), WORLD_TEMPLATE))
+
+
+def test_phase_one_trains_once_per_seed_and_every_caspl_row_gets_that_seeds_bundle(monkeypatch, tmp_path, world_clip, fft):
+    from specpl.world import benchmark
+    from specpl.world.benchmark import PHASE_ONE_ROW, ZERO_SHOT, WorldBenchConfig, run_world_bench
+
+    monkeypatch.setattr(benchmark, "Trainer", FakeTrainer)
+    monkeypatch.setattr(FakeTrainer, "runs", [])
+    config = WorldBenchConfig(shots=1, seeds=(1, 2), test_per_class=1, hosts=("coop",), boosters=("caspl",), stacks=("coop+caspl+specpl",), probe_pairs=2)
+    results = run_world_bench(config, world_clip, fft, tmp_path, log=lambda line: None)
+    for seed in (1, 2):
+        runs = [(method, run_dir) for run_seed, method, run_dir in FakeTrainer.runs if run_seed == seed]
+        phase_one = [run_dir for method, run_dir in runs if method.host == "caspl-boost"]
+        assert phase_one == [tmp_path / f"caspl-boost-seed{seed}"]  # once, before the rows that need it
+        assert runs[0][0].host == "caspl-boost"
+        bundles = [method.options["caspl"]["boost_bundle"] for method, _ in runs if "caspl" in method.boosters]
+        assert bundles == [str(phase_one[0] / "model")] * 2  # coop + caspl and the stack
+        assert len(runs) == 1 + 3  # phase 1, coop, coop + caspl, the stack: the phase-1 row reuses the phase-1 run
+    by_name = {result.name: result for result in results}
+    assert [len(result.per_seed) for result in results] == [2] * len(results)
+    assert {name for name, result in by_name.items() if result.teacher_fit} == {ZERO_SHOT, PHASE_ONE_ROW}
+    fit = by_name[ZERO_SHOT].teacher_fit[0]
+    assert set(fit) == {"base", "new"} and all(0.0 <= split["agreement"] <= 100.0 and split["kl"] >= 0.0 for split in fit.values())
+
+
+def test_report_gives_each_booster_row_its_hm_against_its_host_and_the_phase_one_section(tiny_backbone):
+    from specpl.world.benchmark import MethodResult, WorldBenchConfig, markdown_report
+
+    probe = [{"texture": 0.5, "shape": 0.25}]
+    fit = [{"base": {"agreement": 75.0, "kl": 0.5}, "new": {"agreement": 50.0, "kl": 1.25}}]
+    results = [
+        MethodResult("zero-shot", [(50.0, 50.0)], probe, teacher_fit=fit),
+        MethodResult("coop", [(60.0, 40.0)], probe),  # HM 48
+        MethodResult("coop + specpl", [(70.0, 50.0)], probe, baseline="coop"),  # HM 58.33
+    ]
+    config = WorldBenchConfig(seeds=(1,), hosts=("coop", "ivlp"), boosters=("specpl", "caspl"))
+    report = markdown_report(results, config, "specpl bench world", tiny_backbone, 60.0, {}, {"shots": 4, "linear_probe": 70.0, "zero_shot": 50.0})
+    assert "| Method | Base | New | HM | HM vs host | Probe: texture follows high | Probe: shape follows low |" in report
+    assert "| coop + specpl | 70.00 | 50.00 | 58.33 | +10.33 | 0.50 | 0.25 |" in report
+    assert "| coop | 60.00 | 40.00 | 48.00 | — | 0.50 | 0.25 |" in report
+    assert "- ivlp + caspl: booster 'caspl' cannot run on host 'ivlp'" in report
+    assert "| zero-shot | 75.00 | 0.500 | 50.00 | 1.250 |" in report
+    assert "transductive toward the new classes" in report
