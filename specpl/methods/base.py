@@ -351,7 +351,8 @@ class PromptModel(nn.Module):
         return self.host.image_outputs(self.image_encoder(images, self.image_prompt_groups(), hook))
 
     def text_hooks(self) -> list[TextHook]:
-        return [hook for c in self.components if (hook := c.text_hook()) is not None]
+        hooks = [c.text_hook() for c in self.components]
+        return [h for h in hooks if h is not None]
 
     def text_features(self, image_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(raw, refined) text features; refinement applies every booster in order."""

@@ -51,11 +51,10 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from specpl.backbone import EMBEDDED_TAG, Backbone, load_backbone
 from specpl.config import BackboneConfig
-from specpl.methods.base import Booster, BuildContext, ForwardState, cosine_logits
+from specpl.methods.base import Booster, BuildContext, ForwardState
 from specpl.methods.coop import REFERENCE_SCHEDULE
 from specpl.methods.deep import IndependentPromptHost
 from specpl.methods.registry import BOOSTERS, HOSTS
