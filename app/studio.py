@@ -13,6 +13,7 @@ a reload, so a page can restore its dataset.
 """
 from __future__ import annotations
 
+import filecmp
 import functools
 import html
 import json
@@ -26,7 +27,7 @@ import gradio as gr
 import pandas as pd
 
 from app import advanced, backbones, decomposers
-from app.analysis import BAND_VIEWS, PAIRS, FeatureUnavailable, band_view, counterfactual_view
+from app.analysis import BAND_VIEWS, MASK_IMAGES, PAIRS, FeatureUnavailable, MaskView, band_view, counterfactual_view, dapt_mask_view, no_masks
 from app.archives import UploadError
 from app.bundles import export_bundle_zip, import_bundle_zip
 from app.classify import classify_files
@@ -42,7 +43,7 @@ from app.uploads import DatasetSummary, add_builder_class, extract_dataset_zip, 
 from specpl import defaults
 from specpl.backbone import BackboneUnavailable
 from specpl.config import BackboneConfig, DataConfig, RunConfig, from_dict
-from specpl.data import IMAGE_SUFFIXES
+from specpl.data import IMAGE_SUFFIXES, class_display_name
 from specpl.datasets import read_dataset
 from specpl.inference import Predictor
 from specpl.io import atomic_write_text
@@ -57,6 +58,7 @@ MAX_PICKER_CHOICES = 100  # matches listed at once; the search box reaches every
 USER_DIR_TTL_S = 7 * 24 * 3600  # a visitor's uploads are removed after a week without use
 DATASET_CLEARED = (None, "", None)
 WORLD_CAUTION = " ⚠️ The SpectralWorld CLIP knows only SpectralWorld images: on photos its labels and probabilities are guesses, however confident they look."  # dataset root, summary, thumbnails: what a failed upload leaves
+CHOOSE_RUN_NOTE = "Choose a trained run to see the foreground mask its DAPT booster trains with."
 
 
 def curve(progress: RunProgress) -> dict:
@@ -119,6 +121,14 @@ def shown_value(field: advanced.OptionField, value: Any) -> Any:
     if value is None and field.kind in ("str", "choice"):
         return ""
     return value
+
+
+def shown_pick(image_path: Path, picked: str | None) -> Path | None:
+    """The picked dataset image, when it is the one shown: the handler gets Gradio's copy of the
+    image, so the two files are compared (an image uploaded after a pick is not the picked one)."""
+    if not picked or not Path(picked).is_file():
+        return None
+    return Path(picked) if filecmp.cmp(picked, image_path, shallow=False) else None
 
 
 class Studio:
@@ -413,13 +423,31 @@ class Studio:
 
     # ----- Bands ---------------------------------------------------------------------------
 
-    @user_messages(outputs=5)
-    def bands(self, image_path: str | None, decomposer: str, size: float) -> tuple:
+    @user_messages(outputs=len(BAND_VIEWS) + len(MASK_IMAGES) + 2)
+    def bands(
+        self, image_path: str | None, decomposer: str, size: float, run_id: str | None, picked: str | None,
+        request: gr.Request, profile: gr.OAuthProfile | None = None,
+    ) -> tuple:
+        """The band maps of the image and, with a trained run, the foreground mask its DAPT booster
+        would train with (or a note why there is none). `picked` is the dataset image last picked
+        (`picked_band_image`; the API has none). Returns the band maps, the mask pictures, the
+        mask note and the timing line."""
         if not image_path:
             raise UploadError("upload an image or pick one from the dataset")
         view = band_view(self.models, Path(image_path), decomposer, int(size))
         timing = f"{decomposer} at {int(size)} px: {view.compute_s * 1000:.0f} ms" + (f" (loading it first took {view.load_s * 1000:.0f} ms)" if view.load_s > 0.05 else "")
-        return (*[view.images[name] for name in BAND_VIEWS], timing)
+        masks = self._dapt_masks(run_id, Path(image_path), picked, self.visitor(request, profile))
+        return (*[view.images[name] for name in BAND_VIEWS], *[masks.images[name] for name in MASK_IMAGES], masks.note, timing)
+
+    def _dapt_masks(self, run_id: str | None, image_path: Path, picked: str | None, owner: str) -> MaskView:
+        """DAPT's mask for the image under the chosen run. An image picked from a dataset is read
+        at its place there, which gives its class (its folder) and its mask file's name."""
+        if not run_id:
+            return no_masks(CHOOSE_RUN_NOTE)
+        model_dir = self._model_dir(run_id, owner)
+        source = shown_pick(image_path, picked)
+        class_name = class_display_name(source.parent.name) if source else None
+        return dapt_mask_view(self.models, model_dir, source or image_path, class_name, read_mask_files=not self.settings.multi_user)
 
     def dataset_images(self, root: str | None, query: str = "") -> tuple[dict, str]:
         """Picker choices ("class/file") for a dataset or run data folder: every image whose path
@@ -450,6 +478,12 @@ class Studio:
             except JobError:
                 return None
         return None
+
+    def picked_band_image(self, path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str | None, str | None]:
+        """A pick in the Bands tab, for the image box and kept as the image's place in its dataset
+        (the box hands the handler a copy), both set at once so that a click that follows has both."""
+        picked = self.picked_image(path, request, profile)
+        return picked, picked
 
     def run_images(self, run_id: str | None, query: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[dict, dict, str]:
         try:
@@ -546,12 +580,15 @@ class Studio:
         ]
 
     def refresh_runs(self, selected: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
-        """The runs table and the run pickers (Runs and Compare: all runs; Classify, Counterfactual: finished)."""
+        """The runs table and the run pickers (Runs and Compare: all runs; Classify, Counterfactual, Bands: finished)."""
         owner = self.visitor(request, profile)
         finished = self.run_choices(owner, True)
         everything = self.run_choices(owner, False)
         keep = selected if selected in [v for _, v in everything] else None
-        return self.runs_table(owner), gr.update(choices=everything, value=keep), gr.update(choices=finished), gr.update(choices=finished), gr.update(choices=everything)
+        return (
+            self.runs_table(owner), gr.update(choices=everything, value=keep), gr.update(choices=finished), gr.update(choices=finished),
+            gr.update(choices=everything), gr.update(choices=finished),
+        )
 
     def run_details(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
         """Config, metrics, curves, evaluation and status of the chosen run; the previous run's

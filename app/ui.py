@@ -9,7 +9,7 @@ import gradio as gr
 from starlette.middleware import Middleware
 
 from app import advanced, backbones, decomposers
-from app.analysis import CPU_DECOMPOSER, PAIRS, decomposer_names
+from app.analysis import CPU_DECOMPOSER, MASK_IMAGES, PAIRS, decomposer_names
 from app.assets import BuildAssetCache
 from app.identity import BrowserCookie, PrivateFiles
 from app.settings import AppSettings
@@ -112,20 +112,31 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 timer = gr.Timer(POLL_SECONDS, active=False)  # started by watching a run, stopped when it is over
 
             with gr.Tab("Bands", id="bands") as bands_tab:
-                gr.Markdown("The low band carries the semantics, the high band the fine grain. Pick an image and a decomposer (`fft` is weight-free and fast on CPU).")
+                gr.Markdown(
+                    "The low band carries the semantics, the high band the fine grain. Pick an image and a decomposer (`fft` is weight-free and fast on CPU). "
+                    "With a trained run chosen, DAPT's foreground mask for the image is shown too."
+                )
                 with gr.Row():
                     with gr.Column(scale=1):
                         band_input = gr.Image(type="filepath", label="Image", elem_id="band-image")
                         band_search = gr.Textbox(label="Search your dataset's images", placeholder="class or file name", elem_id="band-search")
                         band_pick = gr.Dropdown([], label="…or pick from your dataset", elem_id="band-pick")
+                        band_picked = gr.State(None)  # the picked image's place in its dataset (the image box holds a copy)
                         band_found = gr.Markdown(elem_id="band-found")
                         band_decomposer = gr.Dropdown(band_decomposers, value=CPU_DECOMPOSER, label="Decomposer")
                         band_size = gr.Slider(64, 512, value=224, step=32, label="Resolution (px)")
+                        band_run = gr.Dropdown([], label="Trained run (for its DAPT foreground mask)", allow_custom_value=True, elem_id="band-run")
                         band_go = gr.Button("Compute bands", variant="primary")
                         band_time = gr.Markdown()
                     with gr.Column(scale=3):
                         with gr.Row():
                             band_images = [gr.Image(type="pil", label=label, interactive=False) for label in ("Original", "Low band (decoded)", "High band magnitude", "Latent channels")]
+                        with gr.Row():
+                            mask_images = [
+                                gr.Image(type="pil", label=label, interactive=False, elem_id=f"band-{name}")
+                                for name, label in zip(MASK_IMAGES, ("DAPT saliency map (as the model sees the image)", "DAPT foreground (outside the mask darkened)"))
+                            ]
+                        mask_note = gr.Markdown(elem_id="band-mask-note")
 
             with gr.Tab("Counterfactual", id="counterfactual") as counterfactual_tab:
                 gr.Markdown("Swap bands between two images and watch the prediction: does the model follow the semantics (low band) or the grain (high band)?")
@@ -221,7 +232,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
 
         for tab in (bands_tab, counterfactual_tab, classify_tab, runs_tab):
             load_when_opened(tab)
-        run_lists = [runs_table, runs_pick, classify_run, cf_run, compare_pick]
+        run_lists = [runs_table, runs_pick, classify_run, cf_run, compare_pick, band_run]
         load_when_opened(advanced_box, advanced_box.expand)
 
         # Data & Train
@@ -253,8 +264,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         show_when_set(run_id, [status, details_box, details, timer])  # the curves show themselves once they have points
 
         # Bands
-        band_pick.change(studio.picked_image, band_pick, band_input, api_visibility="private")
-        band_go.click(studio.bands, [band_input, band_decomposer, band_size], [*band_images, band_time], api_name="bands")
+        band_pick.change(studio.picked_band_image, band_pick, [band_input, band_picked], api_visibility="private")
+        band_go.click(studio.bands, [band_input, band_decomposer, band_size, band_run, band_picked], [*band_images, *mask_images, mask_note, band_time], api_name="bands")
 
         # Counterfactual
         cf_run.change(studio.run_images, [cf_run, cf_search], [cf_pick_a, cf_pick_b, cf_found], api_visibility="private")
@@ -271,7 +282,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         )
 
         # Runs
-        for trigger in (refresh.click, demo.load, runs_tab.select, classify_tab.select, counterfactual_tab.select):
+        for trigger in (refresh.click, demo.load, runs_tab.select, classify_tab.select, counterfactual_tab.select, bands_tab.select):
             trigger(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
         runs_plots = [runs_curve, runs_val, runs_lr]
         runs_pick.change(lambda: [gr.update(visible=False)] * len(runs_plots), None, runs_plots, show_progress="hidden", api_visibility="private").then(  # redrawn from scratch: see `studio.curve`

@@ -18,10 +18,13 @@ from gradio_client import Client, handle_file
 from safetensors.torch import save_file
 
 from app import backbones
+from app.analysis import NO_DAPT_NOTE
 from app.settings import AppSettings
+from app.studio import CHOOSE_RUN_NOTE
 from app.ui import build_demo, launch_options
 from specpl import defaults
 from specpl.config import DataConfig
+from specpl.methods.dapt import DAPTConfig
 from specpl.world.generator import world_classnames, write_fewshot_folder
 from specpl.world.zeroshot import WORLD_TEMPLATE
 
@@ -130,8 +133,9 @@ def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(se
     classes = {p.name for p in (cifar_root / "train").iterdir()}
     assert {r["label"] for r in rows} <= classes and top["label"] in classes
 
-    *band_maps, timing = client.predict(handle_file(test_images[0]), "fft", 64, api_name="/bands")
+    *band_maps, saliency, mask, mask_note, timing = client.predict(handle_file(test_images[0]), "fft", 64, run_id, api_name="/bands")
     assert all(Path(path).stat().st_size > 0 for path in band_maps) and timing.startswith("fft at 64 px:")
+    assert (saliency, mask, mask_note) == (None, None, NO_DAPT_NOTE)  # a CoOp + SpecPL run
 
     *outputs, summary = client.predict(run_id, handle_file(test_images[0]), handle_file(test_images[1]), 3, api_name="/counterfactual")
     labels, swaps, modulation = outputs[:8], outputs[8:10], outputs[10]
@@ -210,8 +214,9 @@ def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, off
             probabilities = [float(r["probability"]) for r in rows if r["image"] == image.name]
             assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
 
-    *band_maps, timing = client.predict(handle_file(images[0]), "fft", 64, api_name="/bands")
+    *band_maps, saliency, mask, mask_note, timing = client.predict(handle_file(images[0]), "fft", 64, None, api_name="/bands")
     assert all(Path(path).stat().st_size > 0 for path in band_maps) and timing.startswith("fft at 64 px:")
+    assert (saliency, mask, mask_note) == (None, None, CHOOSE_RUN_NOTE)
 
     *outputs, summary = client.predict(run_id, handle_file(images[0]), handle_file(images[1]), 3, api_name="/counterfactual")
     predicted = [[c["label"] for c in label["confidences"]] for label in outputs[:8]]  # embedding path and image-space swap
@@ -445,4 +450,50 @@ def test_browser_the_advanced_form_follows_the_host_and_the_cli_line_follows_the
         page.get_by_role("tab", name="Counterfactual").click()
         expect(page.get_by_text("SpecPL's granule path (as trained)")).to_be_visible()
         expect(page.get_by_text("In the model's embedding path")).to_have_count(0)
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def world_dapt_run(server, tmp_path_factory) -> str:
+    """A finished CoOp + DAPT run on the demo set (the world CLIP's random stand-in), trained through the API."""
+    demo, _ = server
+    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("dapt-client")))
+    client.predict(0.5, api_name="/use_demo_set")
+    run_id, _, _ = client.predict(api_config(backbones.WORLD_KEY, boosters=["dapt"], shots=2, epochs=1), "dapt run", api_name="/start_training")
+    assert poll_until(client, run_id, {"finished", "failed", "cancelled"})["status"] == "finished"
+    return run_id
+
+
+def test_api_bands_show_a_dapt_runs_mask(server, world_dapt_run, offline_world, tmp_path):
+    """An image the API sends has no dataset class: the map targets the predicted class."""
+    demo, _ = server
+    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
+    image = offline_world / "test" / WORLD_CLASSES[1] / "0000.png"
+    *band_maps, saliency, mask, mask_note, timing = client.predict(handle_file(image), "fft", 64, world_dapt_run, api_name="/bands")
+    assert all(Path(path).stat().st_size > 0 for path in [*band_maps, saliency, mask]) and timing.startswith("fft at 64 px:")
+    assert mask_note.startswith(f"**DAPT-G mask**: the `{DAPTConfig().cam}` map (`dapt.cam`) of this run's model, divided by its maximum and thresholded at 0.5;")
+    assert re.search(r"A gradient map targets '[^']+' \(predicted\)\.$", mask_note), mask_note
+
+
+def test_browser_bands_tab_shows_a_dapt_runs_mask_for_a_picked_image_and_its_class(server, world_dapt_run):
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (.ci/run installs it)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    expect = pytest.importorskip("playwright.sync_api").expect
+    demo, _ = server
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+        page.goto(demo.local_url)
+        page.locator("#use-demo").click()
+        expect(page.locator("#dataset-summary")).to_contain_text("4 classes", timeout=60_000)
+        page.get_by_role("tab", name="Bands").click()
+        for elem_id, choice in (("band-pick", f"test/{WORLD_CLASSES[1]}/0000.png"), ("band-run", world_dapt_run)):
+            page.locator(f"#{elem_id} input").fill(choice)  # filter the choices, take the match
+            page.keyboard.press("Enter")
+        expect(page.locator("#band-image img")).to_be_visible(timeout=30_000)
+        page.get_by_role("button", name="Compute bands", exact=True).click()
+        expect(page.locator("#band-mask img")).to_be_visible(timeout=60_000)
+        expect(page.locator("#band-saliency img")).to_be_visible()
+        expect(page.locator("#band-mask-note")).to_contain_text(f"A gradient map targets '{WORLD_CLASSES[1]}' (the image's class in the dataset).")
         browser.close()

@@ -123,7 +123,7 @@ def test_every_method(method, tiny_backbone, inputs, tmp_path):
             assert not missing, f"no gradient reaches {missing}"
             assert all(p.grad is None for p in backbone.model.parameters())
         optimizer.step()
-        totals.append(float(total))
+        totals.append(total.item())
     assert totals[-1] < totals[0], f"loss did not fall: {totals}"
     model.on_epoch_end(1, 1)
     model.finalise()

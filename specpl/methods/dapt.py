@@ -298,12 +298,12 @@ CAM_SCORES: dict[str, Callable[[PromptModel, torch.Tensor, torch.Tensor | None],
 }
 
 
-def saliency_masks(
-    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, threshold: float = 0.5, normalise: str = "image", cam: str = "head-gradcam"
+def saliency_maps(
+    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, normalise: str = "image", cam: str = "head-gradcam"
 ) -> torch.Tensor:
-    """Binary DAPT-G masks (B, 1, H, W) of the prompted `model`: the `cam` map over the patch grid,
-    bilinear to the image size, divided by its maximum, thresholded. The gradient maps target
-    `labels` (None: the predicted class). No parameter gets a gradient."""
+    """DAPT-G maps (B, 1, H, W) in [0, 1] of the prompted `model`: the `cam` map over the patch
+    grid, bilinear to the image size, divided by its maximum (per image, or over the batch). The
+    gradient maps target `labels` (None: the predicted class). No parameter gets a gradient."""
     if normalise not in ("image", "batch"):
         raise ValueError(f"dapt.gradcam_normalise must be 'image' or 'batch', got {normalise!r}")
     if cam not in CAM_SCORES:
@@ -314,7 +314,14 @@ def saliency_masks(
         raise ValueError(f"DAPT-G needs a square patch grid; the image tower has {scores.shape[1]} patch tokens")
     scores = F.interpolate(scores.view(-1, 1, side, side), size=images.shape[-2:], mode="bilinear", align_corners=False)
     peak = scores.amax(dim=(1, 2, 3), keepdim=True) if normalise == "image" else scores.amax()
-    return (scores / peak.clamp_min(1e-12)) >= threshold
+    return scores / peak.clamp_min(1e-12)
+
+
+def saliency_masks(
+    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, threshold: float = 0.5, normalise: str = "image", cam: str = "head-gradcam"
+) -> torch.Tensor:
+    """Binary DAPT-G masks (B, 1, H, W): `saliency_maps` at `threshold`."""
+    return saliency_maps(model, images, labels, normalise, cam) >= threshold
 
 
 # --- mask folders (DAPT-S) ---------------------------------------------------------------------
