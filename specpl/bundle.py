@@ -43,8 +43,12 @@ def save_bundle(model: "PromptModel", directory: Path, run: dict[str, Any] | Non
     return write_bundle(Path(directory), model.learned_state_dict(), config, render_model_card(config))
 
 
-def load_bundle(directory: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> tuple["PromptModel", dict[str, Any]]:
-    """Rebuild the method of a bundle over its backbone (loaded, or the one given if it matches)."""
+def load_bundle(
+    directory: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None, classnames: list[str] | None = None, template: str | None = None
+) -> tuple["PromptModel", dict[str, Any]]:
+    """Rebuild the method of a bundle over its backbone (loaded, or the one given if it matches);
+    `classnames` and `template` build it for another class set with its own template (a
+    cross-dataset target), where the bundle's would otherwise be used."""
     from specpl.methods import build_method
 
     tensors, config = read_bundle(Path(directory))
@@ -55,6 +59,6 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu", backb
         raise ValueError(f"bundle needs backbone {backbone_config.name} ({backbone_config.pretrained}), got {backbone.describe()}")
     method = from_dict(MethodConfig, config["method"])
     decomposer = from_dict(DecomposerConfig, config["decomposer"]) if config.get("decomposer") else None
-    model = build_method(method, backbone, list(config["classnames"]), config.get("template") or DEFAULT_TEMPLATE, decomposer)
+    model = build_method(method, backbone, list(classnames or config["classnames"]), template or config.get("template") or DEFAULT_TEMPLATE, decomposer)
     model.load_learned_state_dict(tensors)
     return model, config

@@ -16,6 +16,14 @@ Test images always get the eval transform: resize the shorter side (bicubic), ce
 
 Memory: a cached view costs its frozen inputs, e.g. 2 KiB for a 512-d image feature plus 256 B
 for SpecPL's 2x32 band statistics (fp32); 16 shots x 100 classes x 100 views is about 36 MB.
+
+Several processes (``accelerate launch``): the fill is sharded. Each process computes a contiguous
+share of the missing (image, view) entries (``split_between_processes``), and the shares are
+all-gathered chunk by chunk, so every process ends up holding the full cache. The alternative,
+each process keeping only the entries its sampler needs, would tie the cache to the sampler's
+sharding of each epoch's order; the full copy costs little (16 shots x 1000 ImageNet classes is
+about 37 MB a view at the sizes above) and keeps batches, resume and bank initialisation identical
+to one process.
 """
 from __future__ import annotations
 
@@ -24,6 +32,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather
 from torchvision import transforms
 
 from specpl.data import ImageItem, load_image
@@ -119,7 +129,10 @@ class FeatureCache:
     trained) is recomputed. An input with ``needs_items = True`` is also given the items and the
     view (``input(images, items=..., view=..., views=...)``) to read files of its own, such as a
     mask paired with each image. With `workers` > 0, views are decoded in DataLoader worker
-    processes into pinned memory, so the device never waits on JPEG decoding."""
+    processes into pinned memory, so the device never waits on JPEG decoding. With `processes`
+    (accelerate's state, several processes), each process computes its share of the missing
+    entries and receives the others' (see the module notes); every process must then call `get`
+    with the same items in the same order, as the trainer does."""
 
     def __init__(
         self,
@@ -130,6 +143,7 @@ class FeatureCache:
         enabled: bool = True,
         on_progress: Callable[[int, int], None] | None = None,
         workers: int = 0,
+        processes: PartialState | None = None,
     ) -> None:
         self.views = views
         self.inputs = list(inputs)
@@ -138,6 +152,7 @@ class FeatureCache:
         self.enabled = enabled
         self.on_progress = on_progress  # (done, total) while new inputs are being computed
         self.workers = workers
+        self.processes = processes if processes is not None and processes.num_processes > 1 else None
         self._store: dict[str, dict[str, torch.Tensor]] = {}  # "<view key>:<input>=<signature>" -> its tensors
 
     def __len__(self) -> int:
@@ -172,33 +187,54 @@ class FeatureCache:
         yield from zip(chunks, loader)
 
     def get(self, items: list[ImageItem], view: int | None) -> dict[str, torch.Tensor]:
-        """Stacked inputs for `items` (in order); computes only the (image, input) pairs missing,
+        """Stacked inputs for `items` (in order); computes only the inputs missing for some image,
         so an input whose signature changed is recomputed alone."""
         if not self.inputs or not items:
             return {}
         if not self.enabled:
-            return self._uncached(items, view)
+            computed: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
+            for row, name, entry in self._fill(items, list(range(len(items))), view, self.inputs):
+                computed[row, name] = entry
+            return self._stacked([[computed[row, i.name] for row in range(len(items))] for i in self.inputs])
         views = [self.views.key(item.path, view) for item in items]
         keys = {i.name: [f"{v}:{i.name}={i.signature}" for v in views] for i in self.inputs}
         missing = [row for row in range(len(items)) if any(keys[i.name][row] not in self._store for i in self.inputs)]
-        for done, (chunk, images) in enumerate(self._view_batches(items, missing, view)):  # each view decoded once
-            for frozen_input in self.inputs:
-                if all(keys[frozen_input.name][i] in self._store for i in chunk):
-                    continue
-                computed = self.compute(images, [items[i] for i in chunk], view, [frozen_input])
-                for position, i in enumerate(chunk):
-                    self._store[keys[frozen_input.name][i]] = {name: value[position].cpu() for name, value in computed.items()}
-            if self.on_progress is not None:
-                self.on_progress(min((done + 1) * self.batch_size, len(missing)), len(missing))
-        out: dict[str, torch.Tensor] = {}
-        for frozen_input in self.inputs:
-            stored = [self._store[key] for key in keys[frozen_input.name]]
-            out.update({name: torch.stack([entry[name] for entry in stored]) for name in stored[0]})
-        return out
+        stale = [i for i in self.inputs if any(keys[i.name][row] not in self._store for row in missing)]
+        for row, name, entry in self._fill(items, missing, view, stale):
+            self._store[keys[name][row]] = entry
+        return self._stacked([[self._store[key] for key in keys[i.name]] for i in self.inputs])
 
-    def _uncached(self, items: list[ImageItem], view: int | None) -> dict[str, torch.Tensor]:
-        parts = [self.compute(images, [items[i] for i in chunk], view) for chunk, images in self._view_batches(items, list(range(len(items))), view)]
-        return {name: torch.cat([p[name].cpu() for p in parts]) for name in parts[0]}
+    def _fill(self, items: list[ImageItem], rows: list[int], view: int | None, inputs: Sequence[FrozenInput]) -> Iterator[tuple[int, str, dict[str, torch.Tensor]]]:
+        """(row, input name, its tensors on the CPU) for every row in `rows` and every input in
+        `inputs`, each view decoded once. Under several processes this process computes its
+        contiguous share of `rows` (padded by repeating the last row, so every share has the same
+        length and the same number of chunks) and each chunk is all-gathered; a padded row comes
+        back twice with the same values."""
+        if not rows or not inputs:
+            return
+        share = rows
+        if self.processes is not None:
+            with self.processes.split_between_processes(rows, apply_padding=True) as own:
+                share = list(own)
+        world = self.processes.num_processes if self.processes is not None else 1
+        for done, (chunk, images) in enumerate(self._view_batches(items, share, view)):
+            computed = {i.name: self.compute(images, [items[row] for row in chunk], view, [i]) for i in inputs}
+            chunk_rows = torch.tensor(chunk, device=self.device)
+            if self.processes is not None:
+                chunk_rows, computed = gather((chunk_rows, computed))
+            for position, row in enumerate(chunk_rows.tolist()):
+                for name, tensors in computed.items():
+                    yield row, name, {key: value[position].cpu() for key, value in tensors.items()}
+            if self.on_progress is not None:
+                self.on_progress(min((done + 1) * self.batch_size * world, len(rows)), len(rows))
+
+    @staticmethod
+    def _stacked(entries_per_input: list[list[dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+        """One (N, ...) tensor per output name from each input's per-row entries."""
+        out: dict[str, torch.Tensor] = {}
+        for entries in entries_per_input:
+            out.update({name: torch.stack([entry[name] for entry in entries]) for name in entries[0]})
+        return out
 
 
 def _chunks(indices: list[int], size: int) -> Iterator[list[int]]:

@@ -5,7 +5,9 @@ prepares with and the lifecycle hooks it calls are the model's, so adding a meth
 this file.
 bf16 autocast on GPU, fp32 on CPU; gradient accumulation; progress events to a callback and to
 ``events.jsonl``; cooperative cancel checked every step (a checkpoint is saved first); exact
-resume from the last checkpoint; runs under ``accelerate launch`` on several GPUs.
+resume from the last checkpoint; runs under ``accelerate launch`` on several GPUs, where the
+processes share the feature-cache fill (`FeatureCache`), agree on stopping through accelerate's
+trigger, and score the test split together (`score_split`), each image once.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -26,9 +28,9 @@ from tqdm.auto import tqdm
 from specpl.backbone import Backbone, load_backbone
 from specpl.checkpoint import load_resume_state, save_resume_state
 from specpl.config import DEFAULT_TEMPLATE, RunConfig, write_json_atomic
-from specpl.data import FewShotData, ImageItem, read_unlabeled_folder
+from specpl.data import FewShotData, read_unlabeled_folder
 from specpl.datasets import read_dataset
-from specpl.evaluate import accuracy_from_predictions, harmonic_mean
+from specpl.evaluate import harmonic_mean, metrics_summary, score_split
 from specpl.events import EventCallback, EventLog
 from specpl.features import AugmentedViews, FeatureCache, train_transform
 from specpl.inference import Predictor
@@ -72,6 +74,15 @@ def compiled_step(module: torch.nn.Module, compile: str, device: torch.device) -
     if compile != "on":
         return module
     return torch.compile(module, mode="reduce-overhead" if device.type == "cuda" else "default")
+
+
+def resolve_precision(setting: str) -> str:
+    """The run's precision: ``auto`` is bf16 on a GPU and fp32 on a CPU."""
+    if setting == "auto":
+        return "bf16" if torch.cuda.is_available() else "fp32"
+    if setting not in ("fp32", "bf16"):
+        raise ValueError(f"train.precision must be 'auto', 'fp32' or 'bf16', got {setting!r}")
+    return setting
 
 
 TRAINING_FALLBACKS = {"augment": "reference", "crop_scale": 0.08, "schedule": "epoch", "drop_last": True}
@@ -124,9 +135,6 @@ class Trainer:
     def _fit(self, resume: bool) -> TrainResult:
         cfg = self.config
         train = resolved_training(cfg)
-        precision = cfg.train.precision
-        if precision == "auto":
-            precision = "bf16" if torch.cuda.is_available() else "fp32"
         accelerator = Accelerator(
             # precision is this run's own autocast, not accelerate's: its setting is process-global and
             # would refuse a second run of another precision in the same process (the app, benchmarks)
@@ -134,8 +142,7 @@ class Trainer:
             cpu=not torch.cuda.is_available(),
         )
         set_seed(cfg.train.seed)
-        if precision not in ("fp32", "bf16"):
-            raise ValueError(f"train.precision must be 'auto', 'fp32' or 'bf16', got {cfg.train.precision!r}")
+        precision = resolve_precision(cfg.train.precision)
         device_type = accelerator.device.type
         # frozen inputs are computed under it too (a bf16-held CLIP)
         self._autocast = lambda: torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -183,6 +190,7 @@ class Trainer:
             device=accelerator.device,
             enabled=cfg.train.cache_features,
             workers=cfg.train.num_workers,
+            processes=PartialState(),
             on_progress=lambda done, total: self.events.emit("phase", phase="frozen features", done=done, total=total) if main else None,
         )
         params = [p for p in model.parameters() if p.requires_grad]
@@ -266,10 +274,10 @@ class Trainer:
             counters["step_in_epoch"] = 0
             model.on_epoch_end(epoch + 1, epochs)
             self.events.emit("epoch", epoch=epoch + 1, epochs=epochs, step=counters["global_step"])
-            if main and cfg.train.eval_every_epochs and (epoch + 1) % cfg.train.eval_every_epochs == 0:
+            if cfg.train.eval_every_epochs and (epoch + 1) % cfg.train.eval_every_epochs == 0:
                 split = data.val or data.test
                 with self._autocast():
-                    accuracy = Predictor(model, device=accelerator.device).evaluate(split).accuracy
+                    accuracy = score_split(Predictor(model, device=accelerator.device), split, accelerator, workers=cfg.train.num_workers)["accuracy"]
                 model.train()
                 self.events.emit("val", epoch=epoch + 1, epochs=epochs, step=counters["global_step"], accuracy=accuracy, split="val" if data.val else "test")
             if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 and epoch + 1 < epochs:
@@ -278,15 +286,16 @@ class Trainer:
         if epochs:
             model.finalise()
         accelerator.wait_for_everyone()
-        metrics: dict[str, Any] = {}
+        with self._autocast():
+            metrics = self._evaluate(model, data, cfg, accelerator)  # every process: the same metrics
         if main:
-            with self._autocast():
-                metrics = self._evaluate(model, data, cfg, accelerator.device)
-            run = {"train": train, "data": dataclasses.asdict(cfg.data), "metrics": _summary(metrics), "decomposer_reason": record["decomposer_reason"]}
+            summary = metrics_summary(metrics)
+            run = {"train": train, "data": dataclasses.asdict(cfg.data), "metrics": summary, "decomposer_reason": record["decomposer_reason"]}
             model.save_bundle(self.run_dir / "model", run)
             write_json_atomic(self.run_dir / "metrics.json", metrics)
-            self.events.emit("eval", **_summary(metrics))
-            self.events.emit("status", status="finished", metrics=_summary(metrics))
+            self.events.emit("eval", **summary)
+            self.events.emit("status", status="finished", metrics=summary)
+        accelerator.wait_for_everyone()  # every process returns once the bundle and metrics are on disk
         return TrainResult("finished", self.run_dir, metrics, model)
 
     def _view(self, epoch: int, train: dict[str, Any]) -> int:
@@ -338,53 +347,18 @@ class Trainer:
             save_resume_state(self.run_dir / "checkpoint", model.learned_state_dict(), optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state)
             self.events.emit("checkpoint", **state)
 
-    def _evaluate(self, model: PromptModel, data: FewShotData, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
-        predictor = Predictor(model, device=device)
-        metrics = _scored(predictor, data.test)
+    def _evaluate(self, model: PromptModel, data: FewShotData, cfg: RunConfig, accelerator: Accelerator) -> dict[str, Any]:
+        """The test split's metrics (and, for a base run, the new classes' and the HM), scored by
+        every process together."""
+        predictor = Predictor(model, device=accelerator.device)
+        metrics = score_split(predictor, data.test, accelerator, workers=cfg.train.num_workers)
         if cfg.data.subsample == "base":
             new = read_dataset(dataclasses.replace(cfg.data, subsample="new"))
             predictor.set_classnames(new.classnames, novel=True)
-            new_metrics = _scored(predictor, new.test)
+            new_metrics = score_split(predictor, new.test, accelerator, workers=cfg.train.num_workers)
             predictor.set_classnames(data.classnames)
             metrics.update(base=metrics["accuracy"], new=new_metrics["accuracy"], hm=harmonic_mean(metrics["accuracy"], new_metrics["accuracy"]))
         return metrics
-
-
-MAX_MISCLASSIFIED = 64
-
-
-@torch.no_grad()
-def _scored(predictor: Predictor, items: list[ImageItem], batch_size: int = 32) -> dict[str, Any]:
-    """Accuracy, per-class accuracy, the confusion matrix (rows: true class) and the first
-    misclassified images with what they were taken for."""
-    names = predictor.classnames
-    predictions, probabilities = [], []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        probs = predictor.logits(predictor.preprocess([item.path for item in chunk])).float().softmax(-1).cpu()
-        top = probs.max(dim=-1)
-        predictions.append(top.indices)
-        probabilities.append(top.values)
-    labels = torch.tensor([item.label for item in items], dtype=torch.long)
-    predicted = torch.cat(predictions) if predictions else torch.zeros(0, dtype=torch.long)
-    probability = torch.cat(probabilities) if probabilities else torch.zeros(0)
-    result = accuracy_from_predictions(predicted, labels, names)
-    confusion = torch.zeros(len(names), len(names), dtype=torch.long)
-    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
-    wrong = (predicted != labels).nonzero().flatten().tolist()[:MAX_MISCLASSIFIED]
-    misclassified = [
-        {"path": str(items[i].path), "label": names[int(labels[i])], "predicted": names[int(predicted[i])], "probability": float(probability[i])}
-        for i in wrong
-    ]
-    return {"accuracy": result.accuracy, "per_class": result.per_class, "test_images": result.count, "confusion": confusion.tolist(), "misclassified": misclassified}
-
-
-DETAIL_KEYS = ("per_class", "confusion", "misclassified")
-
-
-def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """The headline metrics (events and the bundle); the details stay in metrics.json."""
-    return {k: v for k, v in metrics.items() if k not in DETAIL_KEYS}
 
 
 def _resolve_decomposer(config: RunConfig, backbone: Backbone) -> tuple[Any, str]:

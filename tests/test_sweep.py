@@ -1,5 +1,7 @@
 """`specpl sweep`: the cell plan, the resumable cell store (fake runners, a simulated kill), the
-comparison table against the published numbers, one real tiny run, and Ray on a local CPU cluster."""
+comparison table against the published numbers, the cross-dataset and domain-generalisation
+protocols (fake runners, then real tiny runs on fixture datasets in the real layouts), one real
+tiny base-to-new run, and Ray on a local CPU cluster."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +13,7 @@ import pytest
 
 from conftest import make_image_folder
 from specpl.config import RunConfig
-from specpl.datasets import BASE_TO_NEW
+from specpl.datasets import BASE_TO_NEW, DOMAIN_TARGETS
 from specpl.datasets.published import COLUMNS, published_base_new
 from specpl.evaluate import aggregate_base_new
 from specpl.registry import UnknownNameError
@@ -200,3 +202,157 @@ def test_ray_runs_cells_on_a_local_cpu_cluster_and_resumes_after_a_kill(tmp_path
         assert after == {**finished, "dtd/coop/seed2": after["dtd/coop/seed2"]}
     finally:
         ray.shutdown()
+
+
+# --- the transfer protocols: cross-dataset and domain generalisation --------------------------
+
+def parse(tmp_path: Path, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_sweep_arguments(parser)
+    return parser.parse_args(["--data-root", str(tmp_path / "DATA"), "--out", str(tmp_path / "sweep"), *argv])
+
+
+def transfer_args(tmp_path: Path, protocol: str, *extra: str) -> argparse.Namespace:
+    return parse(tmp_path, "--protocol", protocol, "--methods", "coop", "coop+specpl", "--seeds", "1", "2", *extra)
+
+
+TARGET_ORDER = [*BASE_TO_NEW, *DOMAIN_TARGETS]
+
+
+class FakeEvaluator:
+    """Records each (cell, target) evaluation; accuracy = 30 + the target's place in TARGET_ORDER + seed."""
+
+    def __init__(self, interrupt_at: int | None = None, accuracy: dict[str, float] | None = None) -> None:
+        self.calls: list[str] = []
+        self.interrupt_at, self.accuracy = interrupt_at, accuracy
+
+    def __call__(self, run_dir: Path, target: DatasetChoice, config: RunConfig) -> dict[str, float]:
+        if self.interrupt_at is not None and len(self.calls) == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.calls.append("/".join(run_dir.parts[-4:-1]) + ">" + target.label)
+        if self.accuracy is not None:
+            return {"accuracy": self.accuracy[target.name]}
+        return {"accuracy": 30.0 + TARGET_ORDER.index(target.name) + config.data.seed, "test_images": 10}
+
+
+TRANSFER_CELLS = [f"imagenet/{m}/seed{s}" for m in ("coop", "coop+specpl") for s in (1, 2)]
+
+
+def test_cross_dataset_trains_once_per_method_and_seed_and_evaluates_every_other_dataset(tmp_path, capsys):
+    runner, evaluator, configs = FakeRunner(), FakeEvaluator(), []
+    code = run_sweep(transfer_args(tmp_path, "cross-dataset"), runner=lambda c, d: (configs.append(c), runner(c, d))[1], evaluator=evaluator)
+    assert code == 0 and runner.calls == TRANSFER_CELLS
+    assert {(c.data.dataset, c.data.subsample, c.data.shots, c.template) for c in configs} == {("imagenet", "all", 16, "a photo of a {}.")}
+    others = [name for name in BASE_TO_NEW if name != "imagenet"]
+    assert len(others) == 10 and evaluator.calls == [f"{cell}>{target}" for cell in TRANSFER_CELLS for target in others]
+    record = json.loads((tmp_path / "sweep" / "cells" / "imagenet" / "coop" / "seed2" / "targets" / "dtd.json").read_text())
+    assert record == {"source": "imagenet", "target": "dtd", "method": "coop", "seed": 2, "metrics": {"accuracy": 40.0, "test_images": 10}}
+    table = (tmp_path / "sweep" / "RESULTS.md").read_text()
+    assert table in capsys.readouterr().out
+    assert "| Method | Seeds | imagenet (source) | " + " | ".join(others) + " | Average |" in table
+    # source: the mean of 51 and 52; the target at place i (1..10) of TARGET_ORDER: 30 + i + 1.5; their average 37.00
+    assert "| coop | 2/2 | 51.50 | " + " | ".join(f"{31.5 + i:.2f}" for i in range(1, 11)) + " | 37.00 |" in table
+    assert "The method specs publish no cross-dataset numbers for these methods." in table
+
+
+def test_a_killed_transfer_sweep_evaluates_only_the_missing_targets(tmp_path):
+    args = transfer_args(tmp_path, "domain-generalisation")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(args, runner=FakeRunner(), evaluator=FakeEvaluator(interrupt_at=3))
+    targets = tmp_path / "sweep" / "cells" / "imagenet" / "coop" / "seed1" / "targets"
+    assert sorted(p.stem for p in targets.iterdir()) == ["imagenet_a", "imagenet_sketch", "imagenetv2"]
+    runner, evaluator = FakeRunner(), FakeEvaluator()
+    assert run_sweep(args, runner=runner, evaluator=evaluator) == 0
+    assert runner.calls == TRANSFER_CELLS[1:]  # the first cell had trained: it is not trained again
+    assert evaluator.calls[0] == "imagenet/coop/seed1>imagenet_r" and len(evaluator.calls) == 1 + 3 * 4
+    rerun, reevaluated = FakeRunner(), FakeEvaluator()
+    assert run_sweep(args, runner=rerun, evaluator=reevaluated) == 0 and rerun.calls == reevaluated.calls == []
+
+
+def test_domain_generalisation_table_compares_with_the_published_numbers(tmp_path):
+    evaluator = FakeEvaluator(accuracy={"imagenetv2": 64.0, "imagenet_sketch": 50.0, "imagenet_a": 51.0, "imagenet_r": 79.0})
+    args = parse(tmp_path, "--protocol", "domain-generalisation", "--methods", "mmrl", "promptsrc", "coop", "--seeds", "1", "2")
+    assert run_sweep(args, runner=FakeRunner(), evaluator=evaluator) == 0
+    table = (tmp_path / "sweep" / "RESULTS.md").read_text()
+    assert "| Method | Seeds | imagenet (source) | imagenetv2 | imagenet_sketch | imagenet_a | imagenet_r | Average |" in table
+    # MMRL.md §6: IN 72.03, V2 64.47, S 49.17, A 51.20, R 77.53; their average 60.59; ours (64 + 50 + 51 + 79) / 4 = 61
+    assert "| mmrl | 2/2 | 51.50 (72.03, -20.53) | 64.00 (64.47, -0.47) | 50.00 (49.17, +0.83) | 51.00 (51.20, -0.20) | 79.00 (77.53, +1.47) | 61.00 (60.59, +0.41) |" in table
+    # CasPL publishes PromptSRC's ImageNet accuracy and an average over V2, Sketch and R only (63.90)
+    assert "| promptsrc | 2/2 | 51.50 (71.27, -19.77) | 64.00 | 50.00 | 51.00 | 79.00 | 61.00 |" in table
+    assert "over imagenetv2, imagenet_sketch, imagenet_r only: 63.90; ours over the same targets: 64.33 (63.90, +0.43)." in table
+    assert "| coop | 2/2 | 51.50 | 64.00 | 50.00 | 51.00 | 79.00 | 61.00 |" in table
+
+
+def test_partly_evaluated_targets_are_marked(tmp_path):
+    args = transfer_args(tmp_path, "domain-generalisation", "--methods", "coop")
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(args, runner=FakeRunner(), evaluator=FakeEvaluator(interrupt_at=5))  # seed 2 stops after imagenetv2
+    table = render_table(plan_cells(args), CellStore(tmp_path / "sweep"), "domain-generalisation", 16)
+    # the variants are places 11..14 of TARGET_ORDER: seed 1 gives 42, 43, 44, 45 and seed 2 only 43 on imagenetv2
+    assert "| coop | 2/2 | 51.50 | 42.50 | 43.00 [1/2] | 44.00 [1/2] | 45.00 [1/2] | 43.62 |" in table
+
+
+def test_transfer_protocols_share_trained_cells_and_a_base_to_new_out_is_refused(tmp_path):
+    fewshot = parse(tmp_path, "--protocol", "fewshot", "--datasets", "imagenet", "--methods", "coop", "--seeds", "1")
+    assert run_sweep(fewshot, runner=FakeRunner()) == 0
+    runner = FakeRunner()
+    cross = parse(tmp_path, "--protocol", "cross-dataset", "--methods", "coop", "--seeds", "1", "--targets", "dtd")
+    assert run_sweep(cross, runner=runner, evaluator=FakeEvaluator()) == 0 and runner.calls == []  # the same model: not trained again
+    base_to_new = argparse.Namespace(**{**vars(sweep_args(tmp_path)), "out": str(tmp_path / "b2n")})
+    assert run_sweep(base_to_new, runner=FakeRunner()) == 0
+    with pytest.raises(ValueError, match=r"b2n holds a base2new sweep \(16 shots, trained on base classes\); this cross-dataset sweep trains on all classes"):
+        run_sweep(argparse.Namespace(**{**vars(cross), "out": base_to_new.out}), runner=FakeRunner(), evaluator=FakeEvaluator())
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--protocol", "cross-dataset", "--datasets", "dtd"], "trains on --source \\(default imagenet\\) and evaluates on --targets"),
+        (["--protocol", "cross-dataset", "--source", "imagenet_a"], "imagenet_a is a test-only ImageNet variant"),
+        (["--protocol", "domain-generalisation", "--targets", "imagenet_a", "imagenet"], "imagenet is the source"),
+        (["--protocol", "domain-generalisation", "--targets", "imagenet_a", "imagenet_a"], "two datasets share a name in --targets"),
+        (["--protocol", "fewshot", "--datasets", "dtd", "--targets", "eurosat"], "--source and --targets belong to the cross-dataset and domain-generalisation protocols"),
+        (["--protocol", "base2new"], "--protocol base2new needs --datasets"),
+    ],
+)
+def test_bad_transfer_plans_fail_before_anything_runs(tmp_path, argv, message):
+    with pytest.raises(ValueError, match=message):
+        run_sweep(parse(tmp_path, "--methods", "coop", *argv), runner=FakeRunner(), evaluator=FakeEvaluator())
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_real_transfer_runs_score_one_model_with_each_targets_names_and_template(tmp_path, monkeypatch):
+    """Zero-shot CLIP as the cell (nothing to train, so fast and deterministic): each target's
+    record must equal zero-shot CLIP scored directly with that target's class names and template;
+    ImageNet-A and -R classify among only the classes they hold."""
+    from specpl.backbone import load_backbone
+    from specpl.config import BackboneConfig, DataConfig
+    from specpl.datasets import read_dataset
+    from specpl.evaluate import score_split
+    from specpl.inference import Predictor
+    from test_datasets import IMAGENET_NAMES, write_dataset
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the few-shot sample cache
+    data = tmp_path / "DATA"
+    for name in ("imagenet", "dtd", "eurosat", *DOMAIN_TARGETS):
+        write_dataset(data, name)
+    tiny = ["--methods", "zeroshot", "--seeds", "1", "--shots", "2", "--backbone", "specpl-tiny", "--pretrained", "none"]
+    assert run_sweep(parse(tmp_path, "--protocol", "domain-generalisation", *tiny)) == 0
+
+    def no_training(config: RunConfig, run_dir: Path) -> dict[str, float]:
+        raise AssertionError(f"{run_dir} has trained already")
+
+    assert run_sweep(parse(tmp_path, "--protocol", "cross-dataset", "--targets", "dtd", "eurosat", *tiny), runner=no_training) == 0
+    cell = tmp_path / "sweep" / "cells" / "imagenet" / "zeroshot" / "seed1"
+    backbone = load_backbone(BackboneConfig(name="specpl-tiny", pretrained=None))
+    scored = {}
+    for name in ("dtd", "eurosat", *DOMAIN_TARGETS):
+        target = read_dataset(DataConfig(root=str(data), dataset=name, shots=None))
+        scored[name] = json.loads((cell / "targets" / f"{name}.json").read_text())["metrics"]
+        expected = score_split(Predictor.zero_shot(backbone, target.classnames, target.template), target.test)
+        assert scored[name] == json.loads(json.dumps(expected)), name
+    plain = read_dataset(DataConfig(root=str(data), dataset="dtd", shots=None))
+    assert score_split(Predictor.zero_shot(backbone, plain.classnames, "a photo of a {}."), plain.test)["confusion"] != scored["dtd"]["confusion"]
+    assert set(scored["imagenet_a"]["per_class"]) == {IMAGENET_NAMES[1], IMAGENET_NAMES[3]} and scored["imagenet_a"]["test_images"] == 4
+    assert len(scored["imagenet_r"]["confusion"]) == 3 and scored["dtd"]["test_images"] == 10
+    assert "| zeroshot | 1/1 |" in (tmp_path / "sweep" / "RESULTS.md").read_text()

@@ -1,10 +1,14 @@
-"""Published base-to-new numbers (CLIP ViT-B/16, 16 shots, 3 seeds), for the sweep's comparison.
+"""Published numbers (CLIP ViT-B/16, 16 shots, 3 seeds), for the sweep's comparison.
 
-Transcribed from the project's method specs (``methods/NUMBERS.md``, ``methods/MMRL.md`` §6),
-which give their own sources: the per-dataset columns are the CasPL paper's main table (its CLIP,
-CoOp, CoCoOp, MaPLe and PromptSRC columns equal the PromptSRC paper's). Keys are this library's
-method strings (``host`` or ``host+booster``). Per-dataset HMs are recomputed from base and new;
-the specs checked that the published HMs agree within 0.02.
+Transcribed from the project's method specs (``methods/NUMBERS.md``, ``methods/MMRL.md`` §6,
+``methods/CASPL.md`` §4), which give their own sources: the per-dataset base-to-new columns are the
+CasPL paper's main table (its CLIP, CoOp, CoCoOp, MaPLe and PromptSRC columns equal the PromptSRC
+paper's). Keys are this library's method strings (``host`` or ``host+booster``). Per-dataset HMs
+are recomputed from base and new; the specs checked that the published HMs agree within 0.02.
+
+Transfer (a model trained on ImageNet, evaluated elsewhere): the specs hold domain-generalisation
+numbers only, and no per-target cross-dataset numbers. SPECPL.md's "ImageNet cross-dataset source
+accuracy of 72.12" names no host and is unverified, so it is left out.
 """
 from __future__ import annotations
 
@@ -71,3 +75,36 @@ def published_base_new(method: str, dataset: str) -> tuple[float, float] | None:
 def published_average(method: str) -> PublishedAverage | None:
     """An average-only method's published 11-dataset row (per-dataset methods average their rows)."""
     return AVERAGE_ONLY.get(method)
+
+
+TRANSFER_SOURCE = "imagenet"  # every published transfer number below was trained on it
+CASPL_DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_r")  # CASPL.md: "ImageNet -> V2/S/R average"
+
+
+@dataclass(frozen=True)
+class PublishedTransfer:
+    """A method trained on ImageNet: its published accuracy per dataset (the source included), and
+    where only an average over some targets was published, that average and its targets."""
+
+    accuracy: dict[str, float]
+    reference: str
+    average: float | None = None
+    average_over: tuple[str, ...] = ()
+
+
+TRANSFER = {
+    "domain-generalisation": {
+        "promptsrc": PublishedTransfer({"imagenet": 71.27}, "the CasPL paper (NUMBERS.md)", 63.90, CASPL_DG_TARGETS),
+        "promptsrc+caspl": PublishedTransfer({"imagenet": 72.80}, "the CasPL paper (NUMBERS.md)", 64.44, CASPL_DG_TARGETS),
+        "mmrl": PublishedTransfer(
+            {"imagenet": 72.03, "imagenetv2": 64.47, "imagenet_sketch": 49.17, "imagenet_a": 51.20, "imagenet_r": 77.53},
+            "a third-party (VaMP) summary, unverified (MMRL.md §6)",
+        ),
+    },
+    "cross-dataset": {},
+}
+
+
+def published_transfer(protocol: str, method: str, source: str) -> PublishedTransfer | None:
+    """The published transfer numbers of `method` under `protocol` when trained on `source`."""
+    return TRANSFER.get(protocol, {}).get(method) if source == TRANSFER_SOURCE else None
