@@ -82,7 +82,7 @@ def main() -> None:
         if device.type == "cuda":
             decomposer.to(torch.bfloat16)
         inputs.append((f"bands: {name}", BandStatistics(decomposer, held.normalization, held.image_size)))
-    print(f"| frozen input | model | device | images | workers | images/s | naive images/s |")
+    print("| frozen input | model | device | images | workers | images/s | naive images/s |")
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         items = write_images(Path(tmp), args.images)

@@ -53,8 +53,8 @@ def main() -> None:
     out = Path(tempfile.mkdtemp())
     print(f"{args.model}, CPU, {torch.get_num_threads()} threads, one image, median of {args.repeats}:")
     for predictor in (fp32, int8):
-        library = median_ms(lambda: predictor.predict([args.image], top_k=5), args.repeats)
-        app = median_ms(lambda: classify_files(predictor, [args.image], 5, Limits(), out), args.repeats)
+        library = median_ms(lambda p=predictor: p.predict([args.image], top_k=5), args.repeats)
+        app = median_ms(lambda p=predictor: classify_files(p, [args.image], 5, Limits(), out), args.repeats)
         print(f"  {predictor.precision:8s} library Predictor.predict {library[0]:6.1f} ms (min {library[1]:.1f}), app classify_files {app[0]:6.1f} ms (min {app[1]:.1f})")
     print("world-clip zero-shot, 36 classes x 10 fresh test images:")
     world = Predictor.zero_shot(load_backbone(world_backbone_config()), world_classnames(), WORLD_TEMPLATE)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from specpl.backbone import Backbone, load_backbone
 from specpl.checkpoint import load_resume_state, save_resume_state
 from specpl.config import DEFAULT_TEMPLATE, RunConfig, write_json_atomic
-from specpl.data import FewShotData, read_unlabeled_folder
+from specpl.data import FewShotData, ImageItem, read_unlabeled_folder
 from specpl.datasets import read_dataset
 from specpl.evaluate import harmonic_mean, metrics_summary, score_split
 from specpl.events import EventCallback, EventLog
