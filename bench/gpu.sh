@@ -31,6 +31,9 @@ step() { python3 bench/train_step.py --model ViT-B-16 --device cuda --markdown -
     step --compile on
     step --host maple --booster specpl --batch 4 --compile on
     bash bench/deep_hosts.sh ViT-B-16 cuda --steps 10 --warmup 3 --compile off | tail -n +3
+    for boosters in caspl dapt isp "caspl --booster specpl"; do  # the other boosters on MaPLe (bench/boosters.sh)
+        step --host maple --booster $boosters --batch 4 --steps 10 --warmup 3 --compile off
+    done
     echo
     python3 bench/cache_fill.py --device cuda --model ViT-B-16 --images 4096 --workers 12
     echo

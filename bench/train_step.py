@@ -12,6 +12,7 @@ encoded once, bf16 autocast on a GPU.
     python bench/train_step.py --model ViT-B-32 --device cpu
     python bench/train_step.py --model ViT-B-16 --device cuda --booster specpl
     python bench/train_step.py --model ViT-B-16 --device cuda --host maple --booster specpl --batch 4
+    python bench/train_step.py --model ViT-B-16 --device cuda --host maple --booster caspl --batch 4  # an untrained phase-1 bundle
     python bench/train_step.py --model ViT-B-16 --device cuda --compile off   # ours eager (default: auto, as a run decides)
 
 Weights are random (the cost is the same), so it runs offline. Prints both medians and the ratio;
@@ -23,7 +24,9 @@ import argparse
 import dataclasses
 import platform
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import open_clip
 import torch
@@ -35,6 +38,7 @@ from specpl.backbone import load_backbone
 from specpl.config import BackboneConfig, DecomposerConfig, MethodConfig
 from specpl.frozen import flatten
 from specpl.methods import Batch, build_method
+from specpl.methods.caspl import PHASE_ONE
 from specpl.trainer import _build_optimizer, compiled_step, frozen_in_bf16, resolve_compile
 
 CLASSNAMES = [f"class {i}" for i in range(1000)]  # "class N" tokenises to 2 tokens, like most names
@@ -114,8 +118,12 @@ def main() -> None:
     images = torch.randn(args.batch, 3, backbone.image_size, backbone.image_size, device=device)
     labels = torch.randint(0, args.classes, (args.batch,), device=device)
     options = {"coop": {"n_ctx": args.n_ctx}} if args.host == "coop" else {}
-    method = MethodConfig(host=args.host, boosters=args.booster, options=options)
     decomposer = DecomposerConfig(name="fft", image_size=backbone.image_size)
+    if "caspl" in args.booster:  # phase 2 reads a phase-1 bundle; an untrained one costs the same
+        boost_bundle = Path(tempfile.mkdtemp()) / "boost"
+        build_method(MethodConfig(host=PHASE_ONE), backbone, classnames, decomposer=decomposer).save_bundle(boost_bundle)
+        options["caspl"] = {"boost_bundle": str(boost_bundle)}
+    method = MethodConfig(host=args.host, boosters=args.booster, options=options)
     held = frozen_in_bf16(backbone) if device.type == "cuda" else backbone  # as a bf16 run holds it
     model = build_method(method, held, classnames, decomposer=decomposer).to(device)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -258,6 +258,28 @@ def test_recorded_attention_is_pytorchs_own_and_rollout_matches_a_hand_computati
     torch.testing.assert_close(rollout_scores(model, images), flow[:, 0, 1:], atol=1e-5, rtol=1e-5)  # CoOp: no image prompts
 
 
+
+def test_recording_sees_only_its_own_threads_forwards(tiny_backbone, inputs):
+    """The app serves other requests through the same frozen tower while a map is drawn: their
+    forwards are neither recorded nor rerouted."""
+    import threading
+
+    from specpl.config import MethodConfig
+    from specpl.methods import build_method
+    from specpl.methods.dapt import recorded_attention
+
+    model = build_method(MethodConfig(host="coop", boosters=["dapt"], options={"coop": {"n_ctx": 4}}), copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"])
+    images, _ = inputs
+    blocks = len(model.frozen_clip.visual.transformer.resblocks)
+    with torch.no_grad(), recorded_attention(model) as recorded:
+        other = threading.Thread(target=lambda: model.encode_image(images))
+        other.start()
+        other.join()
+        assert recorded == []
+        model.encode_image(images)
+    assert len(recorded) == blocks
+
+
 def test_head_gradcam_matches_a_hand_computation_through_the_attention(tiny_backbone, inputs):
     """On MaPLe (image prompts in the tokens): the values from the last ln_1 output, their gradient
     by the chain rule through the attention (dy/dv_h = A_h^T dy/do_h, o_h the head's output), one

@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,13 +201,17 @@ def _explicit_self_attention(module: nn.Module, args: tuple, kwargs: dict, store
 @contextmanager
 def recorded_attention(model: PromptModel) -> Iterator[list[AttentionRecord]]:
     """While open, every image block's attention probabilities and values are appended in block
-    order; the blocks' outputs are unchanged up to float rounding."""
+    order; the blocks' outputs are unchanged up to float rounding. Only this thread's forwards are
+    recorded: the app runs other requests through the same frozen tower meanwhile."""
     store: list[AttentionRecord] = []
+    owner = threading.get_ident()
     attentions = [block.attn for block in model.frozen_clip.visual.transformer.resblocks]
     unsupported = [type(attention).__name__ for attention in attentions if not isinstance(attention, nn.MultiheadAttention)]
     if unsupported:
         raise ValueError(f"DAPT's attention maps need nn.MultiheadAttention blocks; the image tower has {unsupported[0]}")
-    hook = lambda module, args, kwargs, output: _explicit_self_attention(module, args, kwargs, store)  # noqa: E731
+    def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        return _explicit_self_attention(module, args, kwargs, store) if threading.get_ident() == owner else None
+
     handles = [attention.register_forward_hook(hook, with_kwargs=True) for attention in attentions]
     try:
         yield store
@@ -217,8 +222,10 @@ def recorded_attention(model: PromptModel) -> Iterator[list[AttentionRecord]]:
 
 @contextmanager
 def _recorded_output(module: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """`module`'s outputs in this thread's forwards while open (as `recorded_attention`)."""
     store: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda module, inputs, output: store.append(output))
+    owner = threading.get_ident()
+    handle = module.register_forward_hook(lambda module, inputs, output: store.append(output) if threading.get_ident() == owner else None)
     try:
         yield store
     finally:
