@@ -102,7 +102,7 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=16, help="CoOp's context length")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--naive-dtype", choices=["fp16", "fp32"], default="fp16", help="the reference casts to fp16; fp32 gives a fairer CPU baseline")
+    parser.add_argument("--naive-dtype", choices=["auto", "fp16", "fp32"], default="auto", help="auto: fp16 on a GPU (the reference's cast), fp32 on a CPU (no fp16 arithmetic there)")
     parser.add_argument("--booster", action="append", default=[], help="also time ours with these boosters (e.g. specpl)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="ours as a run with this train.compile setting runs it (auto: decided for --run-steps)")
@@ -142,6 +142,8 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    if args.naive_dtype == "auto":
+        args.naive_dtype = "fp16" if device.type == "cuda" else "fp32"
     naive_dtype = torch.float16 if args.naive_dtype == "fp16" else torch.float32
     naive_clip = open_clip.create_model(args.model, pretrained=None, device=device).eval().requires_grad_(False)
     if args.host == "coop" and not args.booster:
@@ -182,7 +184,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     name = "+".join([args.host, *args.booster])
     if args.markdown:
-        print(f"| {name} | {args.model} | {device.type} ({where}) | {args.batch} | {args.classes} | {'compiled' if compiled else 'eager'} | {naive_ms:.1f} | {ours_ms:.1f} | {naive_ms / ours_ms:.1f}x | {floor_ms:.2f} | {ours_ms / floor_ms:.1f}x | {first:.1f} s |")
+        print(f"| {name} | {args.model} | {device.type} ({where}) | {args.batch} | {args.classes} | {'compiled' if compiled else 'eager'} | {naive_ms:.1f} ({args.naive_dtype}) | {ours_ms:.1f} | {naive_ms / ours_ms:.1f}x | {floor_ms:.2f} | {ours_ms / floor_ms:.1f}x | {first:.1f} s |")
         return
     print(f"method={name} model={args.model} device={device.type} ({where}) batch={args.batch} classes={args.classes} boosters={args.booster or 'none'}")
     print(f"image tower trained through: {model.needs_image_grad}; frozen inputs cached: {sorted(frozen)}")
