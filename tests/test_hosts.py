@@ -62,6 +62,21 @@ def test_promptsrc_terms_by_hand():
     assert float(terms["kl"]) == pytest.approx(kl / 2, abs=1e-6)
 
 
+def test_promptsrc_frozen_text_averages_the_released_60_templates(tiny_backbone):
+    import torch.nn.functional as F
+
+    model = build_method(MethodConfig(host="promptsrc"), tiny_backbone, CLASSES)
+    templates = [t("{}") for t in model.host.templates]
+    assert len(templates) == len(set(templates)) == 60 and "a photo of a {}." in templates and "itap of a {}." not in templates
+    encoder = tiny_backbone.model
+    per_template = [F.normalize(encoder.encode_text(tiny_backbone.tokenizer([t.format(c) for c in CLASSES])).float(), dim=-1) for t in templates]
+    torch.testing.assert_close(model.host.frozen_text, F.normalize(torch.stack(per_template).mean(0), dim=-1))
+    one = build_method(MethodConfig(host="promptsrc", options={"promptsrc": {"frozen_templates": "run"}}), tiny_backbone, CLASSES)
+    assert len(one.host.templates) == 1
+    with pytest.raises(ValueError, match="promptsrc.frozen_templates must be one of 'promptsrc-60', 'openai-imagenet', 'run'"):
+        build_method(MethodConfig(host="promptsrc", options={"promptsrc": {"frozen_templates": "all"}}), tiny_backbone, CLASSES)
+
+
 def test_gpa_weights_and_aggregate(tiny_backbone):
     weights = gpa_weights(20, mean=15, std=1)
     assert sum(weights) == pytest.approx(1.0) and max(range(20), key=weights.__getitem__) == 14

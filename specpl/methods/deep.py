@@ -127,9 +127,17 @@ class PromptSRCConfig(DeepPromptConfig):
     text_l1_weight: float = 25.0  # lambda_t
     image_l1_weight: float = 10.0  # lambda_v
     kl_weight: float = 1.0
-    frozen_templates: str = "openai-imagenet"  # "openai-imagenet" (averaged) or "run" (the run's template)
+    frozen_templates: str = "promptsrc-60"  # "promptsrc-60", "openai-imagenet" (all 80) or "run" (the run's template)
     gpa_mean: float | None = None  # None: 0.75 of the epochs (15 of 20, the paper's)
     gpa_std: float = 1.0
+
+
+# g0's template sets: the released code's 60 (the first 60 of the 80, as sets), all 80, or the run's own
+FROZEN_TEMPLATES: dict[str, list] = {
+    "promptsrc-60": list(OPENAI_IMAGENET_TEMPLATES[:60]),
+    "openai-imagenet": list(OPENAI_IMAGENET_TEMPLATES),
+    "run": [],
+}
 
 
 def gpa_weights(epochs: int, mean: float, std: float) -> list[float]:
@@ -156,8 +164,10 @@ def self_regulating_losses(
 class PromptSRC(IndependentPromptHost):
     """PromptSRC (ICCV 2023) on IVLP 4 + 4, J = 9; SGD 0.0025, batch 4, 20 epochs.
 
-    Choices: the frozen text g0 averages open_clip's 80 OpenAI ImageNet templates (the released
-    code's list has 60; `frozen_templates="run"` uses the run's template alone); GPA aggregates
+    Choices: the frozen text g0 averages the released code's 60 ImageNet templates
+    (`frozen_templates="promptsrc-60"`: the first 60 of open_clip's 80 OpenAI templates, the same
+    set in another order, which the average ignores); "openai-imagenet" averages all 80 and "run"
+    uses the run's template alone. GPA aggregates
     the host's own prompts only (a booster's tensors keep their last values), and for a run of E
     epochs its mean defaults to 0.75 E, the paper's 15 of 20."""
 
@@ -170,9 +180,9 @@ class PromptSRC(IndependentPromptHost):
     def __init__(self, config: PromptSRCConfig, context: BuildContext) -> None:
         super().__init__(config, context)
         self.backbone = [context.backbone]
-        self.templates = list(OPENAI_IMAGENET_TEMPLATES) if config.frozen_templates == "openai-imagenet" else [context.template.format]
-        if config.frozen_templates not in ("openai-imagenet", "run"):
-            raise ValueError(f"promptsrc.frozen_templates must be 'openai-imagenet' or 'run', got {config.frozen_templates!r}")
+        if config.frozen_templates not in FROZEN_TEMPLATES:
+            raise ValueError(f"promptsrc.frozen_templates must be one of {', '.join(map(repr, FROZEN_TEMPLATES))}, got {config.frozen_templates!r}")
+        self.templates = FROZEN_TEMPLATES[config.frozen_templates] or [context.template.format]
         self._aggregated = [name for name, p in self.named_parameters() if p.requires_grad]
         for name in self._aggregated:
             self.register_buffer(_gpa_name(name), torch.zeros_like(self.get_parameter(name)))
