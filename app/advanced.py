@@ -68,17 +68,22 @@ class OptionField:
     def key(self) -> str:
         return f"{self.owner}.{self.name}"
 
+    literal: tuple[str, ...] = ()  # the values a `typing.Literal` option allows
+
     @property
     def choices(self) -> tuple[str, ...]:
-        return CHOICES.get(self.key, ())
+        return CHOICES.get(self.key, self.literal)
 
 
-def _kind(hint: Any) -> tuple[str, bool]:
+def _kind(hint: Any) -> tuple[str, bool, tuple[str, ...]]:
+    """(kind, nullable, the allowed values of a Literal) of a dataclass field's type hint."""
+    if typing.get_origin(hint) is typing.Literal:
+        return "choice", False, tuple(typing.get_args(hint))
     args = typing.get_args(hint)
     nullable = type(None) in args
     base = next((a for a in args if a is not type(None)), hint) if args else hint
     kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(base, "json")
-    return kind, nullable
+    return kind, nullable, ()
 
 
 def _dataclass_fields(owner: str, cls: type, is_option: bool, skip: tuple[str, ...] = ()) -> list[OptionField]:
@@ -87,11 +92,11 @@ def _dataclass_fields(owner: str, cls: type, is_option: bool, skip: tuple[str, .
     for item in dataclasses.fields(cls):
         if item.name in skip:
             continue
-        kind, nullable = _kind(hints[item.name])
+        kind, nullable, literal = _kind(hints[item.name])
         default = item.default if item.default is not dataclasses.MISSING else item.default_factory()  # type: ignore[misc]
         if f"{owner}.{item.name}" in CHOICES:
             kind = "choice"
-        fields.append(OptionField(owner, item.name, kind, nullable, default, is_option))
+        fields.append(OptionField(owner, item.name, kind, nullable, default, is_option, literal))
     return fields
 
 

@@ -58,7 +58,7 @@ def check_combination(host_name: str, booster_names: list[str]) -> None:
             problems.append(f"it supports the hosts {', '.join(booster.supported_hosts)}")
         missing = booster.requires - host.capabilities
         if missing:
-            problems.append(f"it needs a host that {' and '.join(sorted(missing))}")
+            problems.append(f"it needs a host with {' and '.join(sorted(missing))}")
         if problems:
             valid = [h for h in HOSTS.names() if _booster_fits(booster, h)]
             raise ValueError(
@@ -89,8 +89,24 @@ def resolve_method_options(config: MethodConfig) -> dict[str, dict[str, Any]]:
         bad = sorted(set(given) - known)
         if bad:
             raise ValueError(f"unknown option(s) for {name}: {', '.join(bad)}; {name}'s options are: {', '.join(sorted(known))}")
-        resolved[name] = dataclasses.asdict(from_dict(component.config_class, given))
+        built = from_dict(component.config_class, given)
+        if name != config.host:
+            _check_option_requirements(name, built, config.host)
+        resolved[name] = dataclasses.asdict(built)
     return resolved
+
+
+def _check_option_requirements(booster_name: str, booster_config: Any, host_name: str) -> None:
+    """Refuse a booster option the host cannot serve, naming the hosts that can."""
+    capabilities = HOSTS.get(host_name).capabilities
+    for option, needed in BOOSTERS.get(booster_name).option_requires(booster_config).items():
+        missing = needed - capabilities
+        if missing:
+            valid = [h for h in HOSTS.names() if HOSTS.get(h).accepts_boosters and needed <= HOSTS.get(h).capabilities]
+            raise ValueError(
+                f"{booster_name}.{option} cannot run on host {host_name!r}: it needs a host with {' and '.join(sorted(missing))}. "
+                f"Hosts it fits: {', '.join(valid) or 'none'}"
+            )
 
 
 def build_method(

@@ -39,9 +39,9 @@ IMAGE_FEATURES = "image"  # the frozen-input name of a cached image path's outpu
 FEATURES = "features"  # the primary (class-token) image feature in an image-output dict
 
 # Capabilities a host may declare, which boosters may require (see `Booster.requires`).
-PROMPTS_IMAGE_TOWER = "prompts the image tower"
+PROMPTS_IMAGE_TOWER = "image-tower prompts"
 DEEP_TEXT_PROMPTS = "deep text prompts"
-CONTEXT_TOKENS = "learned text context"
+CONTEXT_TOKENS = "a learned text context"
 
 
 @dataclass
@@ -221,6 +221,12 @@ class Booster(Component):
 
     requires: ClassVar[frozenset[str]] = frozenset()  # host capabilities this booster needs
     supported_hosts: ClassVar[tuple[str, ...] | None] = None  # None: any host with `requires`
+
+    @classmethod
+    def option_requires(cls, config: Any) -> dict[str, frozenset[str]]:
+        """Host capabilities that options set in `config` need, by the option that needs them
+        (checked with the resolved options: e.g. ISP's ``structural="on"`` needs deep prompts)."""
+        return {}
 
     def refine_text(self, text: torch.Tensor) -> torch.Tensor:
         return text

@@ -18,7 +18,8 @@ hooks (`image_hook()`, `text_hook()`):
 - Choices: the prompts are every token after the patches and every prefix token after [SOS]
   (IVLP's layout, which ISP builds on), so the modules are built only on hosts with deep prompts
   in both towers (IVLP, MaPLe, PromptSRC); on the other hosts (CoOp, CoCoOp, KgCoOp, MMRL) ISP is
-  sample probing alone. The modules act on layers 0..depth-1 (spec §7: every prompted layer), one
+  sample probing alone with `structural="auto"` (the default), and `structural="on"` is refused
+  there with the hosts that fit. The modules act on layers 0..depth-1 (spec §7: every prompted layer), one
   module per layer and kind, 1 head of width 64. The frozen tokens are read without gradient
   (`detach_sources`, spec §7). E_t^l comes from a frozen pass of the run's template prompts,
   computed once per class set, so the image path never waits on the text pass. P_v^l in the text
@@ -54,7 +55,7 @@ listed in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,11 +76,12 @@ OUTPUT_PROJECTION, INITIAL_DIFFERENCE = "output-projection", "initial-difference
 ZERO_SHOT, JOINT = "zero-shot", "joint"
 LINEAR, FOCAL = "linear", "focal"
 RUN_TEMPLATE, IMAGENET_TEMPLATES = "run", "openai-imagenet"
+AUTO, ON, OFF = "auto", "on", "off"
 
 
 @dataclass
 class ISPConfig:
-    structural: bool = True  # build the structural modules (only where the host has IVLP-layout prompts)
+    structural: Literal["auto", "on", "off"] = AUTO  # the structural modules: auto builds them where the host has IVLP-layout prompts, on requires such a host
     text_structural: bool = True  # also in the text tower (else the image tower's alone)
     self_structural: bool = True  # vision prompts attend to that layer's [CLS] + patch tokens
     cross_structural: bool = True  # vision prompts attend to the class prompts' end-of-text states
@@ -94,6 +96,11 @@ class ISPConfig:
     focal_gamma: float = 2.0
     probe_templates: str = RUN_TEMPLATE  # "run", "openai-imagenet" (80, averaged) or a template with "{}"
     probe_logit_scale: float | None = None  # None: the frozen CLIP's own exp(logit_scale)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.structural, bool):  # bundles written before "auto": True meant auto
+            self.structural = AUTO if self.structural else OFF
+        _choice("structural", self.structural, (AUTO, ON, OFF))
 
 
 def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -214,10 +221,14 @@ def probing_weights(
 class ISP(Booster):
     name = "isp"
     description = (
-        "ISP (reconstructed from the abstract): self- and cross-structural modules on the image tower's prompts, "
+        "ISP (reconstructed from the abstract): self- and cross-structural modules on both towers' deep prompts (IVLP-layout hosts), "
         "and sample probing that reweights the host's loss by frozen zero-shot CLIP difficulty (arXiv 2507.05677)"
     )
     config_class: ClassVar[type] = ISPConfig
+
+    @classmethod
+    def option_requires(cls, config: ISPConfig) -> dict[str, frozenset[str]]:
+        return {"structural": IVLP_LAYOUT} if config.structural == ON else {}
 
     def __init__(self, config: ISPConfig, context: BuildContext) -> None:
         super().__init__(config, context)
@@ -240,7 +251,7 @@ class ISP(Booster):
         self.text_self = nn.ModuleList()
         self.text_cross = nn.ModuleList()
         self.layers = 0
-        if config.structural and IVLP_LAYOUT <= context.capabilities:
+        if config.structural != OFF and IVLP_LAYOUT <= context.capabilities:
             self._build_structural(config, context)
         self.trains_image_path = self.layers > 0
 
