@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import itertools
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,12 +16,13 @@ from specpl.backbone import Backbone
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.frozen import flatten
 from specpl.methods import BOOSTERS, HOSTS, Batch, PromptModel, build_method, check_combination
-from specpl.methods.base import FEATURES
+from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER
 
 CLASSES = ["cat", "dog", "ship", "frog"]
 HOST_NAMES = [h for h in HOSTS.names() if h != "zeroshot"]  # the zero-shot baseline learns nothing
-# every booster alone, and stacks of two in a fixed order (the documented composition order)
-STACKS = [()] + [(b,) for b in BOOSTERS.names()] + [(a, b) for a in BOOSTERS.names() for b in BOOSTERS.names() if a < b]
+# no booster, every booster alone and every stack of them (in name order: the composition order is
+# fixed by `PromptModel.forward`, not by the order boosters are listed in)
+STACKS = [stack for size in range(len(BOOSTERS.names()) + 1) for stack in itertools.combinations(BOOSTERS.names(), size)]
 
 
 def _valid(host: str, stack: tuple[str, ...]) -> bool:
@@ -31,10 +33,11 @@ def _valid(host: str, stack: tuple[str, ...]) -> bool:
     return True
 
 
-ALL_METHODS = [(host, stack) for host in HOST_NAMES for stack in STACKS if _valid(host, stack)]
-# every host alone and with each booster; the stacks of two on CoOp and MaPLe (the text-only and the
-# deep-prompt layouts), which keeps the suite's time bounded as boosters are added
-METHODS = [(h, s) for h, s in ALL_METHODS if len(s) <= 1 or h in ("coop", "maple")]
+METHODS = [(host, stack) for host in HOST_NAMES for stack in STACKS if _valid(host, stack)]
+# the subset whose step is also traced by dynamo (`test_step_cost.py`), which costs 5-20 s a stack
+# on the CPU: every host alone and with each booster, the stacks of two on CoOp and MaPLe (the
+# text-only and the deep-prompt layouts) and every booster at once on MaPLe
+TRACED = [(h, s) for h, s in METHODS if len(s) <= 1 or (h in ("coop", "maple") and len(s) == 2) or (h == "maple" and len(s) == len(BOOSTERS.names()))]
 # a short context keeps the tiny runs fast; CasPL's phase 1 distils from a tiny random teacher offline
 TEST_OPTIONS = {"coop": {"n_ctx": 4}, "caspl-boost": {"teacher": "specpl-tiny", "teacher_pretrained": ""}}
 _PHASE_ONE: dict[str, str] = {}
@@ -108,6 +111,12 @@ def test_every_method(method, tiny_backbone, inputs, tmp_path):
     reached_from_image = any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
     assert model.needs_image_grad == reached_from_image
 
+    # what learns is what the bundle saves; every other parameter (frozen CLIP, SpecPL's band MLPs,
+    # CasPL's phase-1 prompts, ISP's initial copies) must stay as built
+    learned_names = set(learned)
+    assert all(n in learned_names for n, p in model.named_parameters() if p.requires_grad)
+    fixed_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+
     # gradients reach exactly the parameters meant to learn; a few steps lower the loss
     batch = batch_for(model, images, labels)
     model.prepare([batch])
@@ -122,15 +131,19 @@ def test_every_method(method, tiny_backbone, inputs, tmp_path):
             missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
             assert not missing, f"no gradient reaches {missing}"
             assert all(p.grad is None for p in backbone.model.parameters())
+            assert not [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
         optimizer.step()
         totals.append(total.item())
     assert totals[-1] < totals[0], f"loss did not fall: {totals}"
     model.on_epoch_end(1, 1)
     model.finalise()
 
-    # the frozen CLIP is bit-identical
+    # the frozen CLIP and every other fixed parameter are bit-identical
     for key, value in backbone.model.state_dict().items():
         assert torch.equal(value, clip_before[key]), key
+    for name, parameter in model.named_parameters():
+        if name in fixed_before:
+            assert torch.equal(parameter, fixed_before[name]), name
 
     # save -> load gives identical logits
     model.eval()
@@ -151,9 +164,23 @@ def test_building_on_another_device_puts_every_tensor_there(tiny_backbone, host)
 
 def test_a_combination_that_cannot_work_lists_the_valid_ones(monkeypatch):
     booster = BOOSTERS.get("specpl")
-    monkeypatch.setattr(booster, "requires", frozenset({"prompts the image tower"}))
-    with pytest.raises(ValueError, match=r"booster 'specpl' cannot run on host 'coop'.*Hosts it can boost: .*ivlp.*maple"):
+    monkeypatch.setattr(booster, "requires", frozenset({PROMPTS_IMAGE_TOWER}))
+    with pytest.raises(ValueError, match=r"booster 'specpl' cannot run on host 'coop': it needs a host with image-tower prompts.*Hosts it can boost: .*ivlp.*maple"):
         check_combination("coop", ["specpl"])
+
+
+@pytest.mark.parametrize("host", ["coop", "cocoop", "kgcoop", "mmrl"])
+def test_isp_structural_modules_asked_for_on_a_text_prompt_host_are_refused_with_the_hosts_that_fit(host):
+    from specpl.methods import resolve_method_options
+
+    asked = MethodConfig(host=host, boosters=["isp"], options={"isp": {"structural": "on"}})
+    with pytest.raises(ValueError, match=rf"isp.structural cannot run on host '{host}': it needs a host with deep text prompts( and image-tower prompts)?. Hosts it fits: ivlp, maple, promptsrc$"):
+        resolve_method_options(asked)
+    # the default builds them where they fit and is sample probing alone elsewhere; "on" fits maple
+    assert resolve_method_options(MethodConfig(host=host, boosters=["isp"]))["isp"]["structural"] == "auto"
+    assert resolve_method_options(MethodConfig(host="maple", boosters=["isp"], options={"isp": {"structural": "on"}}))["isp"]["structural"] == "on"
+    # a config written before the three-way option reads True as "auto" and False as "off"
+    assert [resolve_method_options(MethodConfig(host=host, boosters=["isp"], options={"isp": {"structural": v}}))["isp"]["structural"] for v in (True, False)] == ["auto", "off"]
 
 
 def test_an_unknown_option_names_the_component_and_its_keys(tiny_backbone):

@@ -12,7 +12,7 @@ from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodCo
 from specpl.methods import build_method
 from specpl.trainer import Trainer, frozen_in_bf16, resolve_compile
 
-from test_methods import METHODS, batch_for, build, method_id
+from test_methods import TRACED, batch_for, build, method_id
 
 # Measured 2026-12-01 on specpl-tiny (2+2 layers), CoOp (4 ctx) + SpecPL, 10 classes, batch 8:
 # 3,104 aten operators a step with the CLIP in fp32, 2,992 with it held in bf16.
@@ -79,7 +79,7 @@ def test_compile_auto_compiles_on_a_gpu_when_the_steps_pay(setting, device, step
     assert used == compiled and reason
 
 
-@pytest.mark.parametrize("method", METHODS, ids=method_id)
+@pytest.mark.parametrize("method", TRACED, ids=method_id)
 def test_every_training_step_traces_as_one_graph(method, tiny_backbone):
     """CUDA-graph capture needs the whole step in one graph: no graph breaks for any method."""
     from torch._dynamo.utils import counters
