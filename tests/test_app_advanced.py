@@ -47,6 +47,9 @@ def test_every_option_of_every_registered_method_and_run_setting_has_a_field():
     kinds = {field.key: field.kind for field in advanced.form_fields()}
     assert kinds["coop.n_ctx"] == "int" and kinds["coop.class_specific"] == "bool" and kinds["specpl.tau"] == "float"
     assert kinds["train.augment"] == "choice" and kinds["decomposer.source"] == "str"
+    # a method option typed as a Literal is offered as a choice of its values
+    structural = next(field for field in advanced.form_fields() if field.key == "isp.structural")
+    assert structural.kind == "choice" and structural.choices == ("auto", "on", "off") and structural.default == "auto"
 
 
 def test_the_form_shows_what_each_preset_means_and_an_untouched_form_keeps_the_preset():
