@@ -263,16 +263,32 @@ def zip_folder(folder: Path, archive: Path) -> None:
             bundle.write(path, path.relative_to(folder.parent).as_posix())
 
 
-def test_hugging_face_mirror_archive_is_extracted_once(tmp_path):
-    # the mirror's food101.zip holds the CoOp folder food-101/
-    folder = write_split_file_dataset(tmp_path, "food101")
-    zip_folder(folder, tmp_path / "food101.zip")
+MIRRORED = [name for name in [*BASE_TO_NEW, *DOMAIN_TARGETS] if DATASETS.get(name)().archive]
+
+
+def test_the_mirror_carries_every_dataset_but_imagenet():
+    assert sorted(MIRRORED) == sorted(n for n in [*BASE_TO_NEW, *DOMAIN_TARGETS] if n != "imagenet")
+    assert DATASETS.get("food101")().archive == "food101" and DATASETS.get("food101")().folder == "food-101"
+
+
+@pytest.mark.parametrize("name", MIRRORED)
+def test_hugging_face_mirror_archive_is_extracted_once(tmp_path, name):
+    # each mirror zip (e.g. food101.zip) holds the CoOp folder (food-101/): read as if never unzipped
+    def listing(data, root: Path) -> list[tuple[str, int]]:
+        return [(Path(item.path).relative_to(root).as_posix(), item.label) for item in data.test]
+
+    expected = read(name, write_dataset(tmp_path / "unzipped", name).parent, tmp_path / "cache-unzipped")
+    spec = DATASETS.get(name)()
+    folder = write_dataset(tmp_path / "DATA", name)
+    zip_folder(folder, tmp_path / "DATA" / f"{spec.archive}.zip")
     shutil.rmtree(folder)
-    data = read("food101", tmp_path, tmp_path / "cache")
-    assert data.classnames == CLASSES and (tmp_path / "food-101" / "split_zhou_Food101.json").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no scratch folder left
-    (tmp_path / "food101.zip").unlink()
-    assert read("food101", tmp_path, tmp_path / "cache").train == data.train
+    data = read(name, tmp_path / "DATA", tmp_path / "cache")
+    assert data.classnames == expected.classnames
+    assert listing(data, tmp_path / "DATA") == listing(expected, tmp_path / "unzipped") != []
+    assert (tmp_path / "DATA" / spec.folder).is_dir()
+    assert not [p for p in (tmp_path / "DATA").iterdir() if p.name.startswith(".")]  # no scratch folder left
+    (tmp_path / "DATA" / f"{spec.archive}.zip").unlink()
+    assert read(name, tmp_path / "DATA", tmp_path / "cache").train == data.train
 
 
 def test_unsafe_or_damaged_mirror_archives_are_refused(tmp_path):
