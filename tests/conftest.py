@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the network
@@ -29,6 +31,16 @@ def tiny_backbone():
     from specpl.config import BackboneConfig
 
     return load_backbone(BackboneConfig(name=TINY_TEST_MODEL, pretrained=None))
+
+
+def accelerate_launch(*command: str) -> list[str]:
+    """`accelerate launch` of `command` on two local processes. Without a GPU its multi-GPU
+    launcher runs them on the CPU with gloo (`--cpu` alone would need MPI for two processes)."""
+    with socket.socket() as probe:  # a free rendezvous port, so runs never meet an earlier one's
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *command]
 
 
 def make_image_folder(root: Path, classes: dict[str, int], size: int = 32, seed: int = 0) -> Path:

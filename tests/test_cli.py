@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+from conftest import accelerate_launch
 from specpl.cli import main
 
 TINY = ["--backbone", "specpl-tiny", "--pretrained", "none"]
@@ -44,14 +45,13 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
 
 
 def test_two_process_distributed_run(tmp_path, cifar_root):
-    """The same command under torchrun (what `accelerate launch` uses on several GPUs), with gloo on CPU:
+    """The same command under `accelerate launch` on two processes, with gloo on CPU:
     batches are sharded over the two processes and only the main process writes."""
     import subprocess
-    import sys
 
     run = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "specpl", "train",
-               "--data", str(cifar_root), "--out", str(run), *TINY, "--shots", "2", "--epochs", "2", "--batch-size", "4"]
+    command = accelerate_launch("-m", "specpl", "train",
+               "--data", str(cifar_root), "--out", str(run), *TINY, "--shots", "2", "--epochs", "2", "--batch-size", "4")
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     from specpl.events import read_events
@@ -67,7 +67,6 @@ def test_two_processes_agree_with_one_and_stop_together(tmp_path, cifar_root):
     make the same updates as one with batch 8: the same metrics. A stop request reaches both: they
     agree on it through accelerate's trigger, save a checkpoint and exit cleanly."""
     import subprocess
-    import sys
     import time
 
     from specpl.events import read_events
@@ -76,7 +75,7 @@ def test_two_processes_agree_with_one_and_stop_together(tmp_path, cifar_root):
     one = tmp_path / "one"
     assert main(["train", "--out", str(one), *common, "--epochs", "2", "--batch-size", "8"]) == 0
     two = tmp_path / "two"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "specpl", "train"]
+    launch = accelerate_launch("-m", "specpl", "train")
     done = subprocess.run([*launch, "--out", str(two), *common, "--epochs", "2", "--batch-size", "4"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = [json.loads((run / "metrics.json").read_text()) for run in (one, two)]

@@ -1,4 +1,4 @@
-"""Data parallel within a cell, on two CPU processes (gloo) as `accelerate launch` runs them: each
+"""Data parallel within a cell, on two CPU processes (gloo) started by `accelerate launch`: each
 process fills only its share of the feature cache and ends up holding all of it, and a
 cross-dataset cell trained and scored by two processes gives the metrics of one, every test image
 counted once (the sharded loader pads the last round by repeating images); a stop asked of one
@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import make_image_folder
+from conftest import accelerate_launch, make_image_folder
 from specpl.cli import main
 from specpl.config import RunConfig
 from specpl.events import read_events
@@ -42,7 +41,7 @@ def test_two_processes_share_the_cache_fill_and_score_each_image_once(tmp_path, 
              "--data-root", str(data), "--backbone", "specpl-tiny", "--pretrained", "none", "--config", str(tmp_path / "base.json")]
 
     # two processes of batch 4 make the updates of one of batch 8 (CoOp's loss is a per-sample mean)
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(TESTS / "two_process_cell.py"), str(tmp_path), str(tmp_path / "seven" / "x")]
+    launch = accelerate_launch(str(TESTS / "two_process_cell.py"), str(tmp_path), str(tmp_path / "seven" / "x"))
     done = subprocess.run([*launch, *sweep, "--out", str(tmp_path / "two"), "--batch-size", "4"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": checkout_path()})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -73,7 +72,7 @@ def test_a_stop_seen_by_one_process_stops_both_at_the_same_step_and_resumes(tmp_
     """Only rank 1 is asked to stop (at its third check): through accelerate's trigger both stop
     before the same step, the checkpoint holds that step, and a resumed run finishes from it."""
     run = tmp_path / "run"
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(TESTS / "two_process_stop.py"), str(cifar_root), str(run), str(tmp_path)]
+    launch = accelerate_launch(str(TESTS / "two_process_stop.py"), str(cifar_root), str(run), str(tmp_path))
     done = subprocess.run(launch, capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": checkout_path()})
     assert done.returncode == 0, done.stderr[-3000:]
 
