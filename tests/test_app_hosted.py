@@ -163,7 +163,8 @@ def test_browser_two_visitors_chart_reload_and_a_rejected_upload(hosted, cifar_z
         # Isolation: a second visitor is not attached to the run, does not list it, cannot stop it.
         bob = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
         bob.goto(demo.local_url)
-        expect(bob.locator("#start")).to_be_visible()
+        # the first page of a second browser, while the first one's run trains on the same 2 cores
+        expect(bob.locator("#start")).to_be_visible(timeout=60_000)
         bob.wait_for_timeout(2000)  # the page-load events have run
         assert bob.locator("#run-id textarea").input_value() == ""
         bob.get_by_role("tab", name="Runs").click()
