@@ -148,3 +148,19 @@ def test_train_flags_map_onto_the_run_config(tmp_path):
     config = run_config_from_args(build_parser().parse_args(flags))
     assert (config.train.compile, config.train.precision, config.train.optimizer, config.train.max_cached_views, config.train.num_workers) == ("off", "bf16", "adamw", 4, 2)
     assert config.method.preset == "reference"
+
+
+def test_methods_lists_every_host_and_booster_with_its_line_and_defaults(capsys):
+    from specpl.methods import BOOSTERS, HOSTS
+
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for registry in (HOSTS, BOOSTERS):
+        for name in registry.names():
+            assert f"  {name:10s} {registry.get(name).description}\n" in out, name
+    assert "training: epochs 5, batch_size 4, lr 0.0035" in out  # MaPLe's published schedule
+    assert "options: n_ctx=16" in out and "hosts: cocoop, coop, maple, promptsrc" in out  # CoOp's context; CasPL's hosts
+    assert main(["methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["name"] for r in rows} == set(HOSTS.names()) | set(BOOSTERS.names())
+    assert next(r for r in rows if r["name"] == "isp")["options"]["structural"] == "auto"

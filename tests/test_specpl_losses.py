@@ -118,3 +118,19 @@ def test_band_projections_are_frozen_and_refiner_trains(tiny_backbone):
     assert "boosters.specpl.bank.mlp.0.weight" in trainable
     assert "host.prompt_learner.ctx" in trainable
     assert not any(n.startswith("frozen_clip") for n in trainable)
+
+
+@pytest.mark.parametrize("host, tau, blend", [("cocoop", 0.02, 0.5), ("coop", 0.07, 1.0), ("maple", 0.07, 1.0)])
+def test_per_host_bank_temperature_and_test_blend(tiny_backbone, host, tau, blend):
+    """SPECPL.md §2 and §4: on CoCoOp the bank's tau is 0.02 and test text is normalise(0.5 raw +
+    0.5 refined); every other host uses 0.07 and the refined text alone. Training always refines."""
+    config = MethodConfig(host=host, boosters=["specpl"], options={"specpl": {"band_stat_dim": 6}})
+    specpl = build_method(config, tiny_backbone, ["cat", "dog"]).boosters["specpl"]
+    assert specpl.bank.tau == tau and specpl.test_blend == blend
+    raw = F.normalize(torch.randn(3, tiny_backbone.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    with torch.no_grad():
+        refined = specpl.bank(raw)
+        specpl.train()
+        torch.testing.assert_close(specpl.refine_text(raw), refined, rtol=0, atol=0)
+        specpl.eval()
+        torch.testing.assert_close(specpl.refine_text(raw), F.normalize((1 - blend) * raw + blend * refined, dim=-1) if blend < 1 else refined)
