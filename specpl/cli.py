@@ -26,6 +26,14 @@ def _parse_option(text: str) -> tuple[str, str, Any]:
     return component, key, parsed
 
 
+def options_by_component(parsed: list[tuple[str, str, Any]]) -> dict[str, dict[str, Any]]:
+    """[("coop", "n_ctx", 4), ...] (from `_parse_option`) -> {"coop": {"n_ctx": 4}}."""
+    options: dict[str, dict[str, Any]] = {}
+    for component, key, value in parsed:
+        options.setdefault(component, {})[key] = value
+    return options
+
+
 def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
     group.add_argument("--backbone", default=None, help="open_clip model name or hf-hub:org/repo (default ViT-B-16)")
@@ -118,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--preset", nargs="+", default=["default"], choices=["default", "reference"], help="host presets to run (both: a row for each where they differ)")
     world.add_argument("--boosters", nargs="+", default=["specpl"], help="boosters to run on each host that accepts them (default: specpl); pairs a host refuses are skipped and listed in the report")
     world.add_argument("--stacks", nargs="+", default=[], help="host and boosters joined by '+' to run as rows, e.g. maple+caspl+specpl coop+dapt+specpl")
+    world.add_argument("--option", action="append", type=_parse_option, default=[], help="method option COMPONENT.KEY=VALUE on every row that has the component, repeatable (e.g. specpl.refine_novel=false)")
     world.add_argument("--ablate", action="store_true", help="CoOp + SpecPL with each input changed alone (decomposer, augmentation, schedule, bank, refiner, losses) instead of every host")
     world.add_argument("--taef2-source", help="with --ablate: a folder with TAEF2 weights for the decomposer row (skipped without it)")
     world.add_argument("--out", default="bench/WORLD.md", help="markdown report (written atomically)")
@@ -156,8 +165,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         config.train.eval_every_epochs = args.eval_every
     if args.booster is not None:
         config.method.boosters = args.booster
-    for component, key, value in args.option:
-        config.method.options.setdefault(component, {})[key] = value
+    for component, options in options_by_component(args.option).items():
+        config.method.options.setdefault(component, {}).update(options)
     if args.decomposer:
         config.decomposer.name = args.decomposer
     if args.decomposer_source:
@@ -313,7 +322,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     config = WorldBenchConfig(
         shots=args.shots, seeds=tuple(args.seeds), test_per_class=args.test_per_class, epochs=args.epochs, hosts=hosts,
         decomposer=decomposer_config, probe_pairs=args.probe_pairs, camera=args.camera, presets=tuple(args.preset),
-        boosters=tuple(args.boosters), stacks=tuple(args.stacks),
+        boosters=tuple(args.boosters), stacks=tuple(args.stacks), options=options_by_component(args.option),
     )
     started = time.time()
     backbone = load_backbone(world_backbone_config())

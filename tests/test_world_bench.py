@@ -186,6 +186,26 @@ def test_a_booster_row_under_a_second_preset_is_compared_with_the_host_row_it_de
     assert rows[-1].baseline == "coop [default]"  # coop alone resolves the same under both presets
 
 
+def test_options_apply_to_the_rows_that_have_the_component_and_single_preset_rows_are_named():
+    from specpl.world.benchmark import MethodResult, WorldBenchConfig, _single_preset_note, bench_methods
+
+    config = WorldBenchConfig(hosts=("coop", "mmrl"), stacks=("coop+dapt+specpl",), presets=("default", "reference"),
+                              options={"specpl": {"refine_novel": False}})
+    rows = bench_methods(config)
+    options = {row.name: row.method.options for row in rows if row.method is not None}
+    assert options["coop [default]"] == {"coop": {"n_ctx": 4}}  # no SpecPL in the row: its option does not apply
+    assert options["coop + specpl [reference]"] == {"coop": {"n_ctx": 4}, "specpl": {"refine_novel": False}}
+    assert options["mmrl + specpl [default]"] == {"specpl": {"refine_novel": False}}
+    assert options["coop + dapt + specpl [default]"] == {"coop": {"n_ctx": 4}, "specpl": {"refine_novel": False}}  # stacks too
+    by_name = {row.name: row for row in rows}
+    assert by_name["coop + specpl [reference]"].baseline == "coop [default]"
+    # MMRL's bank starts from 10 batches under both presets, so MMRL + SpecPL runs once
+    note = _single_preset_note([MethodResult(row.name) for row in rows], config)
+    assert note == ["Presets: a method is run once, under [default], where its resolved options and preset training settings are "
+                    "the same under [reference]: coop, mmrl, mmrl + specpl."]
+    assert _single_preset_note([MethodResult(row.name) for row in rows], WorldBenchConfig(hosts=("coop",))) == []
+
+
 def test_bad_stacks_and_boosters_are_refused_with_the_reason():
     from specpl.registry import UnknownNameError
     from specpl.world.benchmark import WorldBenchConfig, bench_methods, parse_stack

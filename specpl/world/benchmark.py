@@ -24,7 +24,7 @@ import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -64,6 +64,7 @@ class WorldBenchConfig:
     presets: tuple[str, ...] = ("default",)  # each host's named presets to run ("default", "reference")
     boosters: tuple[str, ...] = ("specpl",)  # each host is run alone and with each of these it accepts
     stacks: tuple[str, ...] = ()  # host and boosters joined by "+", e.g. "maple+caspl+specpl"
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # {component: {key: value}}, on every row that has it
 
 
 @dataclass
@@ -209,16 +210,26 @@ def bench_methods(config: WorldBenchConfig) -> list[BenchRow]:
     for group in groups:
         for preset in config.presets:
             for host, boosters in group:
-                options = {host: {"n_ctx": config.n_ctx}} if host == "coop" else {}
-                method = MethodConfig(host=host, boosters=boosters, options=options, preset=preset)
+                method = MethodConfig(host=host, boosters=boosters, options=row_options(config, host, boosters), preset=preset)
                 key = _resolved_key(method)
                 if key in seen:
                     continue
                 name = " + ".join([host, *boosters]) + (f" [{preset}]" if len(config.presets) > 1 else "")
                 seen[key] = name
-                baseline = seen.get(_resolved_key(MethodConfig(host=host, options=options, preset=preset))) if boosters else None
+                alone = MethodConfig(host=host, options=row_options(config, host, []), preset=preset)
+                baseline = seen.get(_resolved_key(alone)) if boosters else None
                 methods.append(BenchRow(name, method, baseline=baseline))
     return methods
+
+
+def row_options(config: WorldBenchConfig, host: str, boosters: list[str]) -> dict[str, dict[str, Any]]:
+    """The method options of a row: CoOp's short context, then `config.options` for the
+    components the row has (an option for a booster it lacks does not apply)."""
+    options: dict[str, dict[str, Any]] = {"coop": {"n_ctx": config.n_ctx}} if host == "coop" else {}
+    for component in [host, *boosters]:
+        if component in config.options:
+            options[component] = {**options.get(component, {}), **config.options[component]}
+    return options
 
 
 def _resolved_key(method: MethodConfig) -> str:
@@ -335,6 +346,26 @@ def run_world_bench(
     return list(results.values())
 
 
+def _single_preset_note(results: list[MethodResult], config: WorldBenchConfig) -> list[str]:
+    """Why a method has a row under one preset only: its options are the same under the others."""
+    if len(config.presets) < 2:
+        return []
+    first, others = config.presets[0], config.presets[1:]
+    names = {result.name for result in results}
+    once = [name[: -len(f" [{first}]")] for name in (result.name for result in results) if name.endswith(f" [{first}]") and not any(
+        name.replace(f"[{first}]", f"[{other}]") in names for other in others)]
+    if not once:
+        return []
+    return [
+        f"Presets: a method is run once, under [{first}], where its resolved options and preset training settings are the same "
+        f"under {', '.join(f'[{o}]' for o in others)}: {', '.join(once)}."
+    ]
+
+
+def _options_text(options: dict[str, dict[str, Any]]) -> str:
+    return ", ".join(f"{component}.{key}={json.dumps(value)}" for component, keys in options.items() for key, value in keys.items())
+
+
 def markdown_report(
     results: list[MethodResult], config: WorldBenchConfig, command: str, backbone: Backbone, seconds: float, band_probe: dict[str, dict[str, dict[str, float]]],
     ceiling: dict[str, float],
@@ -346,11 +377,13 @@ def markdown_report(
         f"- Backbone: {backbone.describe()}; decomposer: {config.decomposer.name}; {config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
         f"{config.epochs} epochs, {config.test_per_class} test images per class; camera: {config.camera}; wall time {seconds / 60:.1f} min",
         f"- Boosters: {', '.join(config.boosters) or 'none'}; stacks: {', '.join(config.stacks) or 'none'}",
+        *([f"- Options on every row that has the component: {_options_text(config.options)}"] if config.options else []),
         "",
         "Base/new: 36 \"<texture> <shape>\" classes, the first 18 (sorted) are base. HM is the HM of the mean base and mean new accuracy.",
         "HM vs host: the row's HM minus its host's alone (same preset); above zero, the boosters raise their host's HM.",
         "Probe: images with one image's low band and another's high band (different texture and shape);",
         "`texture` = share predicted with the high band's texture, `shape` = share predicted with the low band's shape.",
+        *_single_preset_note(results, config),
         "",
         "| Method | Base | New | HM | HM vs host | Probe: texture follows high | Probe: shape follows low |",
         "|---|---|---|---|---|---|---|",
