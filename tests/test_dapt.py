@@ -369,3 +369,10 @@ def test_dapt_g_maps_cover_the_world_object(world_samples, host, options, cam):
 @pytest.mark.parametrize("host,options", HOSTS)
 def test_gradient_maps_cover_the_world_object(world_samples, host, options, cam):
     assert _world_mask_iou(world_samples, host, options, cam) >= 0.5
+
+
+def test_the_default_switch_is_seven_tenths_of_the_epochs_and_seven_reproduces_the_reference():
+    from specpl.methods.dapt import DAPTConfig, switch_epoch
+
+    assert [switch_epoch(DAPTConfig(), epochs) for epochs in (1, 5, 10, 20)] == [0, 3, 7, 14]
+    assert switch_epoch(DAPTConfig(switch_epoch=7), 5) == 7  # the reference's `e > 6` (never reached in 5 epochs)
