@@ -122,6 +122,36 @@ def test_mmrl_routes_base_and_novel_classes(tiny_backbone):
     torch.testing.assert_close(model.logits(image), 100 * _cos(image[FEATURES], model.text_features()[0]))
 
 
+def test_mmrl_specpl_modulates_the_class_token_feature(tiny_backbone):
+    """MMRL.md §5: SpecPL's FiLM acts on MMRL's class-token feature f_c, not the representation
+    feature, with the refined text of the representation branch: the granule term by hand."""
+    import torch.nn.functional as F
+
+    from specpl.frozen import flatten
+    from specpl.methods import Batch
+
+    torch.manual_seed(0)
+    model = build_method(MethodConfig(host="mmrl", boosters=["specpl"]), tiny_backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32)).train()
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    frozen = {}
+    for frozen_input in model.frozen_inputs():
+        frozen.update(flatten(frozen_input.name, frozen_input(images)))
+    batch = Batch(labels, images, frozen)
+    specpl = model.boosters["specpl"]
+    with torch.no_grad():
+        granule = model(batch)["granule"]
+        image = model.encode_image(images)
+        raw, refined = model.text_features()
+        _, high = specpl.band_embeddings(batch.require("bands", "test"))
+
+        def term(feature: torch.Tensor) -> torch.Tensor:
+            logits = specpl.modulated_logits(feature, raw[labels], high, refined, model.logit_scale)
+            return specpl.config.lambda_gf * F.cross_entropy(logits, labels)
+
+        torch.testing.assert_close(granule, term(image[FEATURES]))
+        assert not torch.allclose(granule, term(image[REP]))
+
+
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).t()
 
