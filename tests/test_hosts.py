@@ -200,3 +200,23 @@ def test_cocoop_chunked_evaluation_matches_one_pass(tiny_backbone):
     chunked = model.host.encode_text(features)  # blocks of 3 classes x 1 image
     assert chunked.shape == (5, 7, tiny_backbone.embed_dim)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+
+
+def test_cocoop_evaluates_1000_classes_in_blocks_of_bounded_size(tiny_backbone):
+    """Evaluation never encodes more than `eval_pairs_per_chunk` (image, class) prompts at once,
+    so the text activations of a 1,000-class list stay bounded whatever the batch."""
+    classes = [f"class {i}" for i in range(1000)]
+    model = build_method(MethodConfig(host="cocoop"), tiny_backbone, classes).eval()
+    learner, pairs = model.host.prompt_learner, []
+    encode = learner.forward
+
+    def counting(shift, *args, **kwargs):
+        out = encode(shift, *args, **kwargs)
+        pairs.append(out.shape[0] * out.shape[1])
+        return out
+
+    learner.forward = counting
+    with torch.no_grad():
+        text = model.host.encode_text(torch.randn(10, tiny_backbone.embed_dim))
+    assert text.shape == (10, 1000, tiny_backbone.embed_dim) and torch.isfinite(text).all()
+    assert sum(pairs) == 10_000 and max(pairs) <= model.host.config.eval_pairs_per_chunk == 4096
