@@ -170,7 +170,7 @@ def test_the_boosting_prompts_change_the_hosts_features(backbone, inputs, phase_
     assert not torch.allclose(boosted.encode_image(images)["features"], bare.encode_image(images)["features"])
 
 
-@pytest.mark.parametrize("host", ["coop", "maple"])
+@pytest.mark.parametrize("host", ["coop", "cocoop", "maple", "promptsrc"])
 def test_the_text_reads_sos_adapt_boost_class(backbone, phase_one, host):
     """The paper's and the released code's text order on every host: the boosting tokens (with
     the positional embeddings of their phase-1 positions) sit after the host's context."""
@@ -183,8 +183,12 @@ def test_the_text_reads_sos_adapt_boost_class(backbone, phase_one, host):
         return prefix
 
     model.host.text_hook = lambda: record
+    image = None
+    if model.host.conditions_text_on_image:  # CoCoOp: a zero meta-net shift leaves its context as learned
+        torch.nn.init.zeros_(model.host.meta_net[-1].weight), torch.nn.init.zeros_(model.host.meta_net[-1].bias)
+        image = torch.randn(1, backbone.embed_dim)
     with torch.no_grad():
-        model.text_features()
+        model.text_features(image)
     boost = caspl.text_prompts()[0].tokens[0]
     n, positions = learner.n_ctx, backbone.model.positional_embedding
     torch.testing.assert_close(entering[0][1 : 1 + n], learner.ctx + positions[1 : 1 + n])  # [SOS][adapt]
