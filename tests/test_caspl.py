@@ -79,8 +79,10 @@ def test_the_kl_matches_a_hand_computation():
     # T^2 * KL at T = 2 on the halved logits is the same number times 4
     assert distillation_loss(2 * student, 2 * teacher, temperature=2.0).item() == pytest.approx(4 * expected, rel=1e-6)
     # per-sample weights: the weighted mean of the per-sample KLs
-    weighted = distillation_loss(student, teacher, weights=torch.tensor([3.0, 1.0])).item()
+    weighted = distillation_loss(student, teacher, weights=torch.tensor([1.5, 0.5])).item()  # mean 1, as ISP gives them
     assert weighted == pytest.approx((3 * per_sample[0] + per_sample[1]) / 4, rel=1e-6)
+    raw = distillation_loss(student, teacher, weights=torch.tensor([3.0, 1.0])).item()  # raw weights: (1/B) sum w KL
+    assert raw == pytest.approx((3 * per_sample[0] + per_sample[1]) / 2, rel=1e-6)
 
 
 def test_phase_one_trains_on_the_teacher_logits_alone(backbone, inputs):

@@ -131,6 +131,12 @@ def test_probing_weights_match_a_hand_computation():
     torch.testing.assert_close(probing_weights(logits, labels, "joint", prompted_logits=prompted), joint)
     # focal, gamma 2: d^2 = (1/16, 1/16, 1/4), mean 1/8
     torch.testing.assert_close(probing_weights(logits, labels, weighting="focal"), torch.tensor([0.5, 0.5, 2.0]))
+    # raw (spec §7's alternative): 1 + d itself, and the host loss is (1/B) sum w CE
+    raw = probing_weights(logits, labels, normalise=False)
+    torch.testing.assert_close(raw, torch.tensor([1.25, 1.25, 1.5]))
+    ce = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 3.0]])
+    per_sample = F.cross_entropy(ce, labels, reduction="none")
+    torch.testing.assert_close(weighted_cross_entropy(ce, labels, raw), (raw * per_sample).sum() / 3)
 
 
 def test_the_booster_probes_with_frozen_zero_shot_clip(tiny_backbone):

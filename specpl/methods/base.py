@@ -253,11 +253,12 @@ def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor, sca
 
 
 def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Mean cross-entropy, or its per-sample weighted mean (weights normalised to sum to B)."""
+    """Mean cross-entropy, or (1/B) sum_i w_i CE_i with the weights as the reweighting boosters give
+    them: a booster normalises its own (ISP's are mean 1 per batch unless asked for raw 1 + d)."""
     if weights is None:
         return F.cross_entropy(logits, labels)
     per_sample = F.cross_entropy(logits, labels, reduction="none")
-    return (per_sample * weights).sum() / weights.sum().clamp_min(1e-12)
+    return (per_sample * weights).mean()
 
 
 def compose_hooks(hooks: list[LayerHook]) -> LayerHook | None:

@@ -70,13 +70,13 @@ RANDOM_INIT = ""  # teacher_pretrained value for a randomly initialised teacher 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
     """T^2 * KL(softmax(teacher/T) || softmax(student/T)), summed over classes and averaged over the
-    batch (``batchmean``), or its per-sample weighted mean (weights normalised to sum to B)."""
+    batch (``batchmean``), or (1/B) sum_i w_i KL_i with per-sample weights (as `weighted_cross_entropy`)."""
     log_student = F.log_softmax(student / temperature, dim=-1)
     log_teacher = F.log_softmax(teacher.to(student.dtype) / temperature, dim=-1)
     per_sample = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=-1)
     if weights is None:
         return per_sample.mean() * temperature**2
-    return (per_sample * weights).sum() / weights.sum().clamp_min(1e-12) * temperature**2
+    return (per_sample * weights).mean() * temperature**2
 
 
 def resolve_teacher(student: BackboneConfig, teacher: str | None, pretrained: str | None) -> tuple[str, str]:

@@ -41,8 +41,8 @@ augmented view (the cached frozen input "clip_image"), g0 the frozen text of the
 (the dataset's CoOp template), s0 CLIP's own logit scale; d_i = 1 - p0_i, w_i = (1 + d_i) /
 mean_batch(1 + d), detached. Options: `difficulty="joint"` uses d_i = 1 - p0_i p_i with the
 prompted model's p_i; `weighting="focal"` uses w_i = d_i^gamma; `probe_templates` picks the frozen
-text. The host's weighted loss is sum_i w_i CE_i / sum_i w_i, so its weights are always
-mean-normalised; the raw (1 + d) variant would need the host loss to stop normalising.
+text; `normalise_weights=False` keeps the raw 1 + d_i (spec §7's alternative). The host's weighted
+loss is (1/B) sum_i w_i CE_i, so the mean-normalised weights keep the loss scale unchanged.
 Weights apply at training only; evaluation has no loss.
 
 How ISP composes with SpecPL (or any booster that adds terms): `PromptModel.forward` fixes the
@@ -94,6 +94,7 @@ class ISPConfig:
     difficulty: str = ZERO_SHOT  # "zero-shot": 1 - p0; "joint": 1 - p0 * p (prompted model)
     weighting: str = LINEAR  # "linear": 1 + d, mean-normalised; "focal": d ** focal_gamma
     focal_gamma: float = 2.0
+    normalise_weights: bool = True  # mean 1 per batch (spec §7's recommendation); False: the raw 1 + d (or d ** gamma)
     probe_templates: str = RUN_TEMPLATE  # "run", "openai-imagenet" (80, averaged) or a template with "{}"
     probe_logit_scale: float | None = None  # None: the frozen CLIP's own exp(logit_scale)
 
@@ -203,9 +204,11 @@ def probing_weights(
     weighting: str = LINEAR,
     focal_gamma: float = 2.0,
     prompted_logits: torch.Tensor | None = None,
+    normalise: bool = True,
 ) -> torch.Tensor:
     """Per-sample loss coefficients (B,), detached: harder samples under frozen CLIP weigh more
-    (spec §3). ``linear``: (1 + d) / mean(1 + d); ``focal``: d ** gamma / mean(d ** gamma)."""
+    (spec §3). ``linear``: (1 + d) / mean(1 + d); ``focal``: d ** gamma / mean(d ** gamma);
+    `normalise=False` leaves out the division by the batch mean."""
     rows = torch.arange(labels.shape[0], device=labels.device)
     confidence = zero_shot_logits.detach().float().softmax(dim=-1)[rows, labels]
     if difficulty == JOINT:
@@ -214,7 +217,7 @@ def probing_weights(
         confidence = confidence * prompted_logits.detach().float().softmax(dim=-1)[rows, labels]
     hardness = 1 - confidence
     weights = 1 + hardness if weighting == LINEAR else hardness.pow(focal_gamma)
-    return weights / weights.mean().clamp_min(1e-12)
+    return weights / weights.mean().clamp_min(1e-12) if normalise else weights
 
 
 @BOOSTERS.register("isp")
@@ -362,4 +365,4 @@ class ISP(Booster):
             return None
         zero_shot = self.zero_shot_logits(state.batch.require(CLIP_IMAGE, "ISP's sample probing"))
         c = self.config
-        return probing_weights(zero_shot, state.batch.labels, c.difficulty, c.weighting, c.focal_gamma, state.logits)
+        return probing_weights(zero_shot, state.batch.labels, c.difficulty, c.weighting, c.focal_gamma, state.logits, c.normalise_weights)
