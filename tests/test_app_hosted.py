@@ -168,13 +168,13 @@ def test_browser_two_visitors_chart_reload_and_a_rejected_upload(hosted, cifar_z
         bob.wait_for_timeout(2000)  # the page-load events have run
         assert bob.locator("#run-id textarea").input_value() == ""
         bob.get_by_role("tab", name="Runs").click()
-        expect(bob.get_by_role("button", name="Refresh", exact=True)).to_be_visible()
+        expect(bob.get_by_role("button", name="Refresh", exact=True)).to_be_visible(timeout=60_000)  # the tab loads when opened
         bob.get_by_role("button", name="Refresh", exact=True).click()
         bob.wait_for_timeout(1000)
         assert run_id not in bob.locator("#runs-table").inner_text()
         bob.get_by_role("tab", name="Data & Train").click()
         bob.locator("#stop").click()
-        expect(bob.locator("#train-message")).to_contain_text("there is no run ''")
+        expect(bob.locator("#train-message")).to_contain_text("there is no run ''", timeout=30_000)
         assert demo.studio.jobs.get(run_id).status == "running"
 
         # Item 7: a reload keeps the dataset, the form and the run.
