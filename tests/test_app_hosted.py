@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from test_app_server import CHROMIUM, CHROMIUM_ARGS, TINY, api_config, cifar_zip, offline_world, poll_until  # noqa: F401  (fixtures)
+from test_app_server import CHROMIUM, CHROMIUM_ARGS, EXPECT_TIMEOUT_MS, TINY, api_config, cifar_zip, offline_world, poll_until  # noqa: F401  (fixtures)
 
 from app.identity import COOKIE, owner_key
 from app.settings import AppSettings
@@ -135,6 +135,7 @@ def test_browser_two_visitors_chart_reload_and_a_rejected_upload(hosted, cifar_z
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
     playwright_api = pytest.importorskip("playwright.sync_api")
     expect = playwright_api.expect
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     demo, _ = hosted
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)

@@ -31,6 +31,8 @@ from specpl.world.zeroshot import WORLD_TEMPLATE
 TINY = "specpl-tiny/none"
 WORLD_CLASSES = world_classnames()[:4]
 CHROMIUM = Path("/usr/bin/chromium")
+# what a person waits for a page to answer on a loaded 2-core machine (Playwright's default is 5 s)
+EXPECT_TIMEOUT_MS = 20_000
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 TABS = {"Data & Train": "Start training", "Bands": "Compute bands", "Counterfactual": "Run counterfactual", "Classify": "Classify", "Runs": "Refresh"}  # tab: a button on it
 
@@ -229,6 +231,7 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (.ci/run installs it)")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     expect = pytest.importorskip("playwright.sync_api").expect
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     demo, _ = server
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -423,6 +426,7 @@ def test_browser_the_advanced_form_follows_the_host_and_the_cli_line_follows_the
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
     playwright_api = pytest.importorskip("playwright.sync_api")
     expect = playwright_api.expect
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     demo, _ = server
     with playwright_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
@@ -480,6 +484,7 @@ def test_browser_bands_tab_shows_a_dapt_runs_mask_for_a_picked_image_and_its_cla
         pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (.ci/run installs it)")
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     expect = pytest.importorskip("playwright.sync_api").expect
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     demo, _ = server
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
