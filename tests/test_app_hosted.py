@@ -185,9 +185,10 @@ def test_browser_two_visitors_chart_reload_and_a_rejected_upload(hosted, cifar_z
         expect(page.locator("#epochs input")).to_have_value(str(LONG_EPOCHS))
         expect(page.locator("#backbone input")).to_have_value(re.compile("^specpl-tiny"))
 
-        # "Stopping…" gives way to the final state.
+        # "Stopping…" gives way to the final state. (On a loaded machine the worker can save its
+        # checkpoint and exit before the click's answer is drawn, so the transient text is not
+        # waited for here; the API test above checks that Stop answers "Stopping".)
         page.locator("#stop").click()
-        expect(page.locator("#train-message")).to_contain_text("Stopping")
         expect(page.locator("#run-status")).to_contain_text("Cancelled: stopped by request", timeout=60_000)
         expect(page.locator("#train-message")).not_to_contain_text("Stopping", timeout=10_000)
 
