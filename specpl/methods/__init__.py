@@ -98,11 +98,11 @@ def resolve_method_options(config: MethodConfig) -> dict[str, dict[str, Any]]:
 
 def _check_option_requirements(booster_name: str, booster_config: Any, host_name: str) -> None:
     """Refuse a booster option the host cannot serve, naming the hosts that can."""
-    capabilities = HOSTS.get(host_name).capabilities
-    for option, needed in BOOSTERS.get(booster_name).option_requires(booster_config).items():
+    booster, capabilities = BOOSTERS.get(booster_name), HOSTS.get(host_name).capabilities
+    for option, needed in booster.option_requires(booster_config).items():
         missing = needed - capabilities
         if missing:
-            valid = [h for h in HOSTS.names() if HOSTS.get(h).accepts_boosters and needed <= HOSTS.get(h).capabilities]
+            valid = [h for h in HOSTS.names() if _booster_fits(booster, h) and needed <= HOSTS.get(h).capabilities]
             raise ValueError(
                 f"{booster_name}.{option} cannot run on host {host_name!r}: it needs a host with {' and '.join(sorted(missing))}. "
                 f"Hosts it fits: {', '.join(valid) or 'none'}"
