@@ -204,6 +204,12 @@ def test_options_apply_to_the_rows_that_have_the_component_and_single_preset_row
     assert note == ["Presets: a method is run once, under [default], where its resolved options and preset training settings are "
                     "the same under [reference]: coop, mmrl, mmrl + specpl."]
     assert _single_preset_note([MethodResult(row.name) for row in rows], WorldBenchConfig(hosts=("coop",))) == []
+    # the ablation rows change one SpecPL input on top of the options given
+    from specpl.world.benchmark import ablation_rows
+
+    ablation = {row.name: row.method for row in ablation_rows(config) if row.method is not None}
+    assert ablation["coop"].options == {"coop": {"n_ctx": 4}}
+    assert ablation["bank: random (reference CoOp)"].options["specpl"] == {"refine_novel": False, "bank_init_batches": 0}
 
 
 def test_bad_stacks_and_boosters_are_refused_with_the_reason():

@@ -136,14 +136,14 @@ def ablation_rows(config: WorldBenchConfig) -> list[BenchRow]:
     input costs SpecPL its new-class accuracy): the decomposer, the augmentation, the schedule, the
     bank's initialisation, the refiner on new classes, the counterfactual loss, the granule head's
     init (SPECPL.md §11)."""
-    options = {"coop": {"n_ctx": config.n_ctx}}
+    boosted = row_options(config, "coop", ["specpl"])  # `config.options` under each row's change
 
     def specpl(**changes: object) -> MethodConfig:
-        return MethodConfig(host="coop", boosters=["specpl"], options={**options, "specpl": dict(changes)})
+        return MethodConfig(host="coop", boosters=["specpl"], options={**boosted, "specpl": {**boosted.get("specpl", {}), **changes}})
 
     rows = [
         BenchRow(ZERO_SHOT, None),
-        BenchRow("coop", MethodConfig(host="coop", options=options)),
+        BenchRow("coop", MethodConfig(host="coop", options=row_options(config, "coop", []))),
         BenchRow("coop + specpl (as benchmarked)", specpl()),
         BenchRow("decomposer: taef2", specpl(), decomposer="taef2"),
         BenchRow("augmentation: reference (Dassl crop 0.08-1 + flip, fresh each epoch)", specpl(), {"augment": "reference", "max_cached_views": None}),
@@ -351,9 +351,9 @@ def _single_preset_note(results: list[MethodResult], config: WorldBenchConfig) -
     if len(config.presets) < 2:
         return []
     first, others = config.presets[0], config.presets[1:]
-    names = {result.name for result in results}
-    once = [name[: -len(f" [{first}]")] for name in (result.name for result in results) if name.endswith(f" [{first}]") and not any(
-        name.replace(f"[{first}]", f"[{other}]") in names for other in others)]
+    names, suffix = {result.name for result in results}, f" [{first}]"
+    methods = [result.name.removesuffix(suffix) for result in results if result.name.endswith(suffix)]
+    once = [method for method in methods if not any(f"{method} [{other}]" in names for other in others)]
     if not once:
         return []
     return [
