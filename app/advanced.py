@@ -63,12 +63,11 @@ class OptionField:
     nullable: bool
     default: Any  # the dataclass default (options: before any preset)
     is_option: bool  # a method option (``--option``) rather than a run setting
+    literal: tuple[str, ...] = ()  # the values a `typing.Literal` option allows
 
     @property
     def key(self) -> str:
         return f"{self.owner}.{self.name}"
-
-    literal: tuple[str, ...] = ()  # the values a `typing.Literal` option allows
 
     @property
     def choices(self) -> tuple[str, ...]:
