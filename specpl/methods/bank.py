@@ -3,6 +3,20 @@
 The bank is a frozen buffer of M unit vectors. Each class text feature retrieves a soft mixture of
 bank rows and is refined by a small MLP + LayerNorm. The refiner runs at train and test time; its
 output depends only on the class set, so it is computed once per class set at inference.
+
+Two forms of the refiner (``refiner``), with q = normalise(text) and r the retrieved bank mixture:
+- ``"layernorm"``, the spec's: t~ = normalise(LN(q + MLP([q; r]))). LN sits on the residual path,
+  so no init of the MLP gives back q (a zero MLP still gives normalise(LN(q)), q centred and so
+  turned): a booster built this way starts from other text than its host's, often below it;
+- ``"gated"``: t~ = normalise(q + g * (LN(q + MLP([q; r])) - q)) with g a learned scalar that starts
+  at 0. At step 0 this is exactly normalise(q), the host's own text direction (and CoCoOp's test
+  blend of raw and refined text is the raw direction), so a booster never starts below its host.
+  g gets a gradient at the first step and the MLP and LN from the second, once g != 0; at g = 1 it
+  is the spec's form (normalise(q + (x - q)) = normalise(x)). The MLP keeps PyTorch's default init
+  in both forms, so both draw the same random numbers.
+The gate is a parameter only in the gated form: a bank of the spec's form has the same tensors as
+before the option existed. This module defaults to the spec's form; SpecPL's option picks one
+(`specpl.methods.specpl.SpecPLConfig.refiner`, "gated" by default).
 """
 from __future__ import annotations
 
@@ -10,15 +24,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+REFINERS = ("gated", "layernorm")
+
+
+def check_refiner(refiner: str) -> str:
+    if refiner not in REFINERS:
+        raise ValueError(f"specpl.refiner must be one of {', '.join(repr(r) for r in REFINERS)}; got {refiner!r}")
+    return refiner
+
 
 class VisualSemanticBank(nn.Module):
-    def __init__(self, dim: int, size: int = 64, tau: float = 0.07, momentum: float = 0.05) -> None:
+    def __init__(self, dim: int, size: int = 64, tau: float = 0.07, momentum: float = 0.05, refiner: str = "layernorm") -> None:
         super().__init__()
         self.tau = tau
         self.momentum = momentum
+        self.refiner = check_refiner(refiner)
         self.register_buffer("bank", F.normalize(torch.randn(size, dim), dim=-1))
         self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.norm = nn.LayerNorm(dim)
+        if refiner == "gated":
+            self.gate = nn.Parameter(torch.zeros(()))  # after the MLP and LN: the same random draws as "layernorm"
 
     @torch.no_grad()
     def initialise(self, features: torch.Tensor) -> None:
@@ -33,8 +58,12 @@ class VisualSemanticBank(nn.Module):
             self.bank[nearest] = F.normalize((1 - self.momentum) * self.bank[nearest] + self.momentum * feature, dim=-1)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        """Refine text features (..., D): t~ = normalise(LN(q + MLP([q; r]))), r = softmax(qB^T/tau) B."""
+        """Refine text features (..., D), r = softmax(qB^T/tau) B: t~ = normalise(LN(q + MLP([q; r])))
+        ("layernorm"), or normalise(q + g * (LN(q + MLP([q; r])) - q)) ("gated")."""
         query = F.normalize(text, dim=-1)
         weights = torch.softmax(query @ self.bank.t().to(query) / self.tau, dim=-1)
         retrieved = weights @ self.bank.to(query)
-        return F.normalize(self.norm(query + self.mlp(torch.cat([query, retrieved], dim=-1))), dim=-1)
+        refined = self.norm(query + self.mlp(torch.cat([query, retrieved], dim=-1)))
+        if self.refiner == "gated":
+            refined = query + self.gate * (refined - query)
+        return F.normalize(refined, dim=-1)

@@ -5,7 +5,14 @@ Follows ``shared/methods/SPECPL.md``. Where the spec lists an ambiguity we take 
   each host's ``reference`` preset sets what the released code does (0 on CoOp/MaPLe, 10 on MMRL),
   and our ``default`` preset uses 10 on every host (spec §9);
 - the band projection MLPs stay frozen random projections (``train_band_mlps`` makes them trainable);
-- the refiner keeps PyTorch's default init (no zero-init last layer);
+- the refiner's MLP keeps PyTorch's default init (no zero-init last layer). By default
+  (``refiner="gated"``) a learned scalar gate g, starting at 0, blends the spec's refinement into the
+  raw text direction: t~ = normalise(q + g * (LN(q + MLP([q; r])) - q)). So at step 0 the refined
+  text is the host's own direction and SpecPL starts as the identity on its host, never below it
+  (with the spec's form LN acts on the residual path and turns the text however the MLP starts);
+  g learns from the first step, the MLP and LN from the second. ``refiner="layernorm"`` is the
+  spec's form, normalise(LN(q + MLP([q; r]))), with no gate parameter, for the paper preset
+  (`specpl.methods.bank`);
 - with batch size 1 the counterfactual loss reduces to the factual one, as in the reference code.
 Per host (spec §2, §4; MMRL.md §5): tau 0.02 and, at test, text = normalise(0.5 raw + 0.5 refined)
 on CoCoOp; on MMRL the host routes refined text to its representation branch only, L_sem reads the
@@ -22,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specpl.methods.bank import VisualSemanticBank
+from specpl.methods.bank import VisualSemanticBank, check_refiner
 from specpl.frozen import BANDS, BandStatistics
 from specpl.methods.base import FEATURES, Batch, Booster, BuildContext, ForwardState
 from specpl.methods.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
@@ -46,6 +53,10 @@ class SpecPLConfig:
     test_blend: float | None = None  # None: 0.5 on CoCoOp, else 1 (refined text only)
     refine_novel: bool = True  # False: classes marked novel keep their raw text at test (MMRL's routing, on any host)
     band_stat_dim: int | None = None  # None: the run's decomposer says (recorded once built)
+    refiner: str = "gated"  # "gated": zero-init gate, identity at step 0; "layernorm": the spec's form (see the module docstring)
+
+    def __post_init__(self) -> None:
+        check_refiner(self.refiner)
 
 
 def _small_init(module: nn.Module, std: float) -> nn.Module:
@@ -111,7 +122,7 @@ class SpecPL(Booster):
         dim, std = context.embed_dim, config.small_init_std
         self.tau = config.tau or HOST_TAU.get(context.host_name, 0.07)
         self.test_blend = config.test_blend if config.test_blend is not None else HOST_TEST_BLEND.get(context.host_name, 1.0)
-        self.bank = VisualSemanticBank(dim, config.bank_size, self.tau, config.bank_momentum)
+        self.bank = VisualSemanticBank(dim, config.bank_size, self.tau, config.bank_momentum, config.refiner)
         self.band_low = BandEmbedding(config.band_stat_dim, dim, std)
         self.band_high = BandEmbedding(config.band_stat_dim, dim, std)
         self.band_low.requires_grad_(config.train_band_mlps)
