@@ -7,6 +7,12 @@ suffixes; evaluation runs in chunks of images x classes so a 1,000-class list fi
 Defaults: 4 context tokens from "a photo of a", batch 1, SGD 0.002, 10 epochs. With SpecPL the
 bank's tau is 0.02 and test text blends raw and refined 0.5/0.5 (SPECPL.md §2, §4); the reference
 code never initialises CoCoOp's bank (0 batches).
+
+The meta-net's init (``meta_init``): by default ("zero") its last Linear starts with zero weight
+and bias, so the shift is 0 at step 0 and CoCoOp starts as CoOp with the same context, rather than
+with every class prompt moved by a random per-image shift; the last layer learns from the first
+step, the first layer from the second. "pytorch" keeps PyTorch's default init, as the released
+code does. Both draw the same random numbers, so the context is the same for a given seed.
 """
 from __future__ import annotations
 
@@ -24,6 +30,9 @@ from specpl.slots import PromptGroup
 from specpl.text import TextHook
 
 
+META_INITS = ("zero", "pytorch")
+
+
 @dataclass
 class CoCoOpConfig:
     n_ctx: int = 4
@@ -31,6 +40,11 @@ class CoCoOpConfig:
     init_std: float = 0.02
     meta_reduction: int = 16  # meta-net hidden width = feature dim / this
     eval_pairs_per_chunk: int = 4096  # images x classes encoded at once at evaluation
+    meta_init: str = "zero"  # "zero": the meta-net's last layer starts at 0 (CoCoOp starts as CoOp); "pytorch": the released code's
+
+    def __post_init__(self) -> None:
+        if self.meta_init not in META_INITS:
+            raise ValueError(f"cocoop.meta_init must be one of {', '.join(repr(m) for m in META_INITS)}; got {self.meta_init!r}")
 
 
 @HOSTS.register("cocoop")
@@ -47,6 +61,9 @@ class CoCoOp(ContextHost):
         dim, width = context.embed_dim, self.text_encoder.width
         hidden = max(1, dim // config.meta_reduction)
         self.meta_net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, width))
+        if config.meta_init == "zero":  # zeroed after PyTorch's init: the same random draws as "pytorch"
+            nn.init.zeros_(self.meta_net[-1].weight)
+            nn.init.zeros_(self.meta_net[-1].bias)
 
     def encode_text(
         self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
