@@ -1,0 +1,207 @@
+"""Every booster starts as the identity on its host: right after `build_method`, before any
+optimizer step, host + boosters give the host's logits (fp32, within 1e-5). The branches zero-gated
+for that (SpecPL's refiner gate, CoCoOp's meta-net) still learn: each gets a gradient within two
+steps. The spec's forms stay available ("layernorm" refiner, "pytorch" meta-net init)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from specpl.config import DecomposerConfig, MethodConfig
+from specpl.methods import build_method, resolve_method_options
+from specpl.methods.bank import VisualSemanticBank
+from specpl.methods.cocoop import CoCoOpConfig
+from specpl.methods.specpl import SpecPLConfig
+
+from test_methods import CLASSES, METHODS, batch_for, build, method_id
+
+CASPL = "caspl"  # its frozen phase-1 prompts are part of the host's starting point, not a change to it
+BOOSTED = [(host, stack) for host, stack in METHODS if stack and stack != (CASPL,)]
+
+
+def _baseline(stack: tuple[str, ...]) -> tuple[str, ...]:
+    return (CASPL,) if CASPL in stack else ()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _logits(model, images: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model.logits(model.encode_image(images))
+
+
+@pytest.mark.parametrize("method", BOOSTED, ids=method_id)
+def test_boosters_start_as_the_identity_on_their_host(method, tiny_backbone, images):
+    host, stack = method
+    backbone = copy.deepcopy(tiny_backbone)
+    # the same seed and build order (host first, boosters in name order) give the same host init
+    expected = _logits(build(backbone, host, _baseline(stack), seed=3), images)
+    boosted = _logits(build(backbone, host, stack, seed=3), images)
+    torch.testing.assert_close(boosted, expected, rtol=0, atol=1e-5)
+
+
+def _build(backbone, host: str, boosters: tuple[str, ...] = (), options: dict | None = None, seed: int = 0):
+    torch.manual_seed(seed)
+    config = MethodConfig(host=host, boosters=list(boosters), options=options or {})
+    return build_method(config, backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32))
+
+
+def _nonzero(parameter: torch.Tensor) -> bool:
+    return parameter.grad is not None and bool(parameter.grad.abs().sum() > 0)
+
+
+def _two_steps(model, images: torch.Tensor) -> list[set[str]]:
+    """Two Adam steps on the model's own loss; the names of the parameters with a nonzero gradient at each."""
+    labels = torch.arange(images.shape[0]) % len(CLASSES)
+    batch = batch_for(model, images, labels)
+    model.prepare([batch])
+    model.train()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam([p for _, p in named], lr=1e-2)
+    reached = []
+    for step in range(2):
+        torch.manual_seed(step)  # SpecPL's counterfactual permutation
+        optimizer.zero_grad()
+        sum(model(batch).values()).backward()
+        reached.append({n for n, p in named if _nonzero(p)})
+        optimizer.step()
+    return reached
+
+
+@pytest.mark.parametrize("host", ["coop", "cocoop"])
+def test_specpl_gate_learns_at_step_one_and_the_refiner_at_step_two(tiny_backbone, images, host):
+    model = _build(copy.deepcopy(tiny_backbone), host, ("specpl",))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    refiner = {n for n in trainable if n.startswith("boosters.specpl.bank.") and not n.endswith(".gate")}
+    assert "boosters.specpl.bank.gate" in trainable and refiner
+    first, second = _two_steps(model, images)
+    assert "boosters.specpl.bank.gate" in first
+    assert not refiner & first  # g = 0 gates the MLP and LN out of step 1 ...
+    assert refiner <= second  # ... and g != 0 lets them learn from step 2
+    assert not trainable - (first | second), f"no gradient in two steps: {sorted(trainable - (first | second))}"
+
+
+@pytest.mark.parametrize("boosters", [(), ("specpl",)], ids=["cocoop", "cocoop+specpl"])
+def test_cocoop_meta_net_last_layer_learns_at_step_one_and_the_first_at_step_two(tiny_backbone, images, boosters):
+    model = _build(copy.deepcopy(tiny_backbone), "cocoop", boosters)
+    last = model.host.meta_net[-1]
+    assert not last.weight.any() and not last.bias.any()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    first, second = _two_steps(model, images)
+    assert {"host.meta_net.2.weight", "host.meta_net.2.bias"} <= first
+    assert not {"host.meta_net.0.weight", "host.meta_net.0.bias"} & first  # a zero last layer passes no gradient back
+    assert {"host.meta_net.0.weight", "host.meta_net.0.bias"} <= second
+    assert not trainable - (first | second), f"no gradient in two steps: {sorted(trainable - (first | second))}"
+
+
+def test_cocoop_zero_meta_init_is_a_zero_shift_and_pytorch_init_draws_the_same_numbers(tiny_backbone):
+    zero = _build(copy.deepcopy(tiny_backbone), "cocoop", seed=5).host
+    default = _build(copy.deepcopy(tiny_backbone), "cocoop", options={"cocoop": {"meta_init": "pytorch"}}, seed=5).host
+    features = torch.randn(3, tiny_backbone.embed_dim)
+    with torch.no_grad():
+        assert not zero.meta_net(features).any()
+        assert default.meta_net(features).abs().sum() > 0  # PyTorch's init shifts every image's context
+    zero_state, default_state = zero.state_dict(), default.state_dict()
+    assert zero_state.keys() == default_state.keys()
+    for name, value in zero_state.items():
+        if not name.startswith("meta_net.2."):
+            torch.testing.assert_close(value, default_state[name], rtol=0, atol=0, msg=name)
+
+
+def _random_bank(refiner: str, generator: torch.Generator, dim: int = 8) -> VisualSemanticBank:
+    bank = VisualSemanticBank(dim, size=5, tau=0.5, refiner=refiner)
+    with torch.no_grad():
+        for parameter in [*bank.mlp.parameters(), *bank.norm.parameters()]:
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+        bank.bank.copy_(F.normalize(torch.randn(bank.bank.shape, generator=generator), dim=-1))
+    return bank
+
+
+def _spec_by_hand(bank: VisualSemanticBank, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, LN(q + MLP([q; r]))) written out from SPECPL.md §2."""
+    q = text / text.norm(dim=-1, keepdim=True)
+    w = torch.softmax(q @ bank.bank.t() / 0.5, dim=-1)
+    r = w @ bank.bank
+    first, second = bank.mlp[0], bank.mlp[2]
+    hidden = torch.cat([q, r], dim=-1) @ first.weight.t() + first.bias
+    hidden = 0.5 * hidden * (1 + torch.erf(hidden / 2**0.5))  # exact GELU
+    x = q + hidden @ second.weight.t() + second.bias
+    mean, var = x.mean(dim=-1, keepdim=True), x.var(dim=-1, unbiased=False, keepdim=True)
+    return q, (x - mean) / torch.sqrt(var + bank.norm.eps) * bank.norm.weight + bank.norm.bias
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+def test_layernorm_refiner_is_the_spec_formula_and_has_no_gate():
+    generator = torch.Generator().manual_seed(0)
+    bank = _random_bank("layernorm", generator)
+    assert not hasattr(bank, "gate") and "gate" not in dict(bank.named_parameters())
+    text = torch.randn(6, 8, generator=generator) * 3
+    _, spec = _spec_by_hand(bank, text)
+    with torch.no_grad():
+        torch.testing.assert_close(bank(text), _normalise(spec), rtol=0, atol=1e-6)
+
+
+def test_gated_refiner_is_the_raw_direction_at_zero_and_the_spec_formula_at_one():
+    generator = torch.Generator().manual_seed(1)
+    gated = _random_bank("gated", generator)
+    layernorm = VisualSemanticBank(8, size=5, tau=0.5, refiner="layernorm")
+    missing, unexpected = layernorm.load_state_dict(gated.state_dict(), strict=False)
+    assert (missing, unexpected) == ([], ["gate"])  # the gate is the one tensor the gated form adds
+    text = torch.randn(6, 8, generator=generator) * 3
+    q, spec = _spec_by_hand(gated, text)
+    with torch.no_grad():
+        assert gated.gate.item() == 0.0
+        torch.testing.assert_close(gated(text), _normalise(q), rtol=0, atol=1e-6)  # step 0: the host's direction
+        gated.gate.fill_(1.0)  # normalise(q + (x - q)) = normalise(x)
+        torch.testing.assert_close(gated(text), _normalise(spec), rtol=0, atol=1e-6)
+        torch.testing.assert_close(gated(text), layernorm(text), rtol=0, atol=1e-6)
+        gated.gate.fill_(0.3)
+        torch.testing.assert_close(gated(text), _normalise(q + 0.3 * (spec - q)), rtol=0, atol=1e-6)
+
+
+def test_cocoop_test_blend_with_a_closed_gate_is_the_raw_direction(tiny_backbone):
+    specpl = _build(copy.deepcopy(tiny_backbone), "cocoop", ("specpl",)).boosters["specpl"].eval()
+    assert specpl.test_blend == 0.5
+    raw = torch.randn(2, len(CLASSES), tiny_backbone.embed_dim) * 4  # CoCoOp's per-image text
+    with torch.no_grad():
+        torch.testing.assert_close(specpl.refine_text(raw), F.normalize(raw, dim=-1), rtol=0, atol=1e-6)
+
+
+def test_a_layernorm_specpl_has_the_tensors_and_draws_of_the_gated_one_but_the_gate(tiny_backbone):
+    gated = _build(copy.deepcopy(tiny_backbone), "coop", ("specpl",), seed=2).learned_state_dict()
+    layernorm = _build(copy.deepcopy(tiny_backbone), "coop", ("specpl",), {"specpl": {"refiner": "layernorm"}}, seed=2).learned_state_dict()
+    assert set(gated) - set(layernorm) == {"boosters.specpl.bank.gate"} and set(layernorm) <= set(gated)
+    for name, value in layernorm.items():
+        torch.testing.assert_close(gated[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: SpecPLConfig(refiner="paper"), r"specpl\.refiner must be one of 'gated', 'layernorm'; got 'paper'"),
+        (lambda: VisualSemanticBank(4, refiner="LN"), r"specpl\.refiner must be one of 'gated', 'layernorm'; got 'LN'"),
+        (lambda: CoCoOpConfig(meta_init="xavier"), r"cocoop\.meta_init must be one of 'zero', 'pytorch'; got 'xavier'"),
+        (
+            lambda: resolve_method_options(MethodConfig(host="coop", boosters=["specpl"], options={"specpl": {"refiner": "none"}})),
+            r"specpl\.refiner must be one of 'gated', 'layernorm'; got 'none'",
+        ),
+        (
+            lambda: resolve_method_options(MethodConfig(host="cocoop", options={"cocoop": {"meta_init": "random"}})),
+            r"cocoop\.meta_init must be one of 'zero', 'pytorch'; got 'random'",
+        ),
+    ],
+    ids=["specpl-config", "bank", "cocoop-config", "specpl-option", "cocoop-option"],
+)
+def test_an_unknown_init_option_names_the_allowed_values(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
