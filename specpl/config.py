@@ -15,6 +15,18 @@ from typing import Any, TypeVar
 C = TypeVar("C")
 
 DEFAULT_TEMPLATE = "a photo of a {}."
+# Named option sets every host and booster has: ``default`` is the product's (chosen by measurement,
+# bench/DEFAULTS.md), ``paper`` the published papers' and released code's settings.
+PRESETS = ("default", "paper")
+PRESET_ALIASES = {"reference": "paper"}  # the paper preset's name in configs written before 2026-12-05
+
+
+def canonical_preset(name: str) -> str:
+    """A preset's current name (old configs and preset files say ``reference`` for ``paper``)."""
+    name = PRESET_ALIASES.get(name, name)
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; the presets are: {', '.join(PRESETS)} ({', '.join(f'{a!r} reads as {b!r}' for a, b in PRESET_ALIASES.items())})")
+    return name
 
 
 @dataclass
@@ -57,7 +69,10 @@ class MethodConfig:
     host: str = "coop"
     boosters: list[str] = field(default_factory=list)
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    preset: str = "default"  # the host's named option set: "default" (ours) or "reference" (the released code)
+    preset: str = "default"  # "default" (the product's, measured) or "paper" (the published settings); see PRESETS
+
+    def __post_init__(self) -> None:
+        self.preset = canonical_preset(self.preset)
 
 
 @dataclass
@@ -77,10 +92,11 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``None`` takes the host's preset, then its published default."""
+    """Optimisation settings. ``None`` takes the preset's value (`specpl.training_plan`); epochs and
+    batch size ``"auto"`` are derived from the number of training images."""
 
-    epochs: int | None = None
-    batch_size: int | None = None
+    epochs: int | str | None = None
+    batch_size: int | str | None = None
     lr: float | None = None
     optimizer: str | None = None
     weight_decay: float = 5e-4
@@ -98,7 +114,10 @@ class TrainConfig:
     drop_last: bool | None = None  # drop the last partial batch (reference; fixed shapes for CUDA graphs)
     cache_features: bool = True
     max_cached_views: int | None = None  # distinct views kept per image; None = a fresh view every epoch
-    eval_every_epochs: int = 0  # >0: accuracy on the validation (else test) split every N epochs
+    eval_every_epochs: int = 0  # >0: accuracy on the validation split every N epochs (never the test split)
+    # "val": keep the epoch (the initial state included) with the best validation accuracy, ties to the
+    # later one; "last": the last epoch, as the papers report
+    select: str | None = None
     checkpoint_every_epochs: int = 1
     num_workers: int = 0
     # "on" compiles the training forward and backward with torch.compile (inductor); on a GPU it
@@ -114,6 +133,12 @@ class TrainConfig:
             raise ValueError(f"train.augment must be 'reference', 'clip' or 'none', got {self.augment!r}")
         if self.schedule not in (None, "epoch", "step"):
             raise ValueError(f"train.schedule must be 'epoch' or 'step', got {self.schedule!r}")
+        if self.select not in (None, "val", "last"):
+            raise ValueError(f"train.select must be 'val' or 'last', got {self.select!r}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value != "auto":
+                raise ValueError(f"train.{name} must be a number or 'auto', got {value!r}")
         if self.compile not in ("auto", "off", "on"):
             raise ValueError(f"train.compile must be 'auto', 'off' or 'on', got {self.compile!r}")
 

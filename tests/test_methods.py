@@ -122,14 +122,17 @@ def test_every_method(method, tiny_backbone, inputs, tmp_path):
     model.prepare([batch])
     optimizer = torch.optim.Adam(trainable, lr=1e-2)
     totals = []
+    reached: set[str] = set()
     for step in range(6):
         torch.manual_seed(step)  # the same counterfactual permutation draws in every run
         optimizer.zero_grad()
         total = sum(model(batch).values())
         total.backward()
+        reached |= {n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0}
+        if step == 1:  # a zero-gated branch (SpecPL's refiner, CoCoOp's meta-net) learns from the second step
+            missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in reached]
+            assert not missing, f"no gradient reaches {missing} in two steps"
         if step == 0:
-            missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
-            assert not missing, f"no gradient reaches {missing}"
             assert all(p.grad is None for p in backbone.model.parameters())
             assert not [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None]
         optimizer.step()
@@ -184,22 +187,56 @@ def test_isp_structural_modules_asked_for_on_a_text_prompt_host_are_refused_with
 
 
 def test_an_unknown_option_names_the_component_and_its_keys(tiny_backbone):
-    with pytest.raises(ValueError, match=r"unknown option\(s\) for maple: n_ctxx; maple's options are: ctx_init, depth"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) for maple: n_ctxx; maple's options are: ctx_from_template, ctx_init, depth"):
         build_method(MethodConfig(host="maple", options={"maple": {"n_ctxx": 3}}), tiny_backbone, CLASSES)
 
 
 def test_an_unknown_preset_lists_the_presets():
-    from specpl.methods import preset_values
+    with pytest.raises(ValueError, match=r"unknown preset 'ours'; the presets are: default, paper \('reference' reads as 'paper'\)"):
+        MethodConfig(host="maple", preset="ours")
+    assert MethodConfig(host="maple", preset="reference").preset == "paper"  # configs written before the rename
 
-    with pytest.raises(ValueError, match="host 'maple' has no preset 'paper'; its presets: default, reference"):
-        preset_values(MethodConfig(host="maple", preset="paper"))
 
-
-def test_reference_and_default_presets_differ_only_where_documented():
+def test_paper_and_default_presets_differ_only_where_documented():
     from specpl.methods import resolve_method_options
 
-    for host, reference_bank in (("coop", 0), ("maple", 0), ("mmrl", 10)):
-        options = {p: resolve_method_options(MethodConfig(host=host, boosters=["specpl"], preset=p)) for p in ("default", "reference")}
-        assert options["reference"]["specpl"]["bank_init_batches"] == reference_bank
+    for host, paper_bank in (("coop", 0), ("maple", 0), ("mmrl", 10)):
+        options = {p: resolve_method_options(MethodConfig(host=host, boosters=["specpl"], preset=p)) for p in ("default", "paper")}
+        assert options["paper"]["specpl"]["bank_init_batches"] == paper_bank  # SpecPL's per-host rule: its own, not the host's
         assert options["default"]["specpl"]["bank_init_batches"] == 10
-        assert options["default"][host] == options["reference"][host]
+        assert (options["default"]["specpl"]["refiner"], options["paper"]["specpl"]["refiner"]) == ("gated", "layernorm")
+        changed = {k for k in options["default"][host] if options["default"][host][k] != options["paper"][host][k]}
+        assert changed == ({"ctx_from_template"} if host != "mmrl" else set()), (host, changed)
+
+
+TEXT_ONLY_HOSTS = [h for h in HOST_NAMES if HOSTS.get(h).accepts_boosters and PROMPTS_IMAGE_TOWER not in HOSTS.get(h).capabilities]
+
+
+@pytest.mark.parametrize("template", ["a photo of a {}.", "a photo of a {}, a type of pet.", "itap of the {} I took."])
+@pytest.mark.parametrize("host", TEXT_ONLY_HOSTS)
+def test_a_text_only_host_starts_as_zero_shot_with_the_run_template(tiny_backbone, inputs, host, template):
+    from specpl.inference import Predictor
+
+    model = build_method(MethodConfig(host=host), tiny_backbone, CLASSES, template).eval()
+    images, _ = inputs
+    zero_shot = Predictor.zero_shot(tiny_backbone, CLASSES, template).model
+    torch.testing.assert_close(model.logits(model.encode_image(images)), zero_shot.logits(zero_shot.encode_image(images)), rtol=0, atol=1e-5)
+    # the template's words before the class are what learns; the rest stays frozen text
+    assert model.resolved_options()[host]["ctx_init"] == template.split("{}")[0].strip()
+    assert model.resolved_options()[host]["tail"] == "{}" + template.split("{}")[1]
+
+
+def test_a_template_with_no_words_before_the_class_learns_a_photo_of_a_before_it(tiny_backbone):
+    model = build_method(MethodConfig(host="coop"), tiny_backbone, CLASSES, "{} texture.")
+    assert (model.resolved_options()["coop"]["ctx_init"], model.resolved_options()["coop"]["tail"]) == ("a photo of a", "{} texture.")
+
+
+def test_a_template_derived_context_rebuilds_from_its_bundle_under_another_template(tiny_backbone, inputs, tmp_path):
+    model = build_method(MethodConfig(host="coop"), tiny_backbone, CLASSES, "a photo of a {}, a type of pet.").eval()
+    images, _ = inputs
+    expected = model.logits(model.encode_image(images))
+    model.save_bundle(tmp_path / "model")
+    from specpl.bundle import load_bundle
+
+    reloaded, _ = load_bundle(tmp_path / "model", backbone=tiny_backbone, template="a centered satellite photo of {}.")
+    torch.testing.assert_close(reloaded.eval().logits(reloaded.encode_image(images)), expected, rtol=0, atol=0)

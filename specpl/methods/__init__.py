@@ -1,8 +1,8 @@
 """Methods: hosts and boosters registered by name, and `build_method` to compose them.
 
-Options resolve in three layers, later ones winning: each component's dataclass defaults, the
-host's named preset (``default`` or ``reference``, see each host's docstring), and the options the
-user gave.
+Options resolve in three layers, later ones winning: each component's dataclass defaults (the
+product's), the named preset (``default`` or ``paper``, `specpl.config.PRESETS`; the host's values,
+then each booster's), and the options the user gave.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from specpl.backbone import Backbone
-from specpl.config import DEFAULT_TEMPLATE, DecomposerConfig, MethodConfig, from_dict
+from specpl.config import DEFAULT_TEMPLATE, PRESETS, DecomposerConfig, MethodConfig, canonical_preset, from_dict
 from specpl.methods import caspl, cocoop, coop, dapt, deep, isp, kgcoop, mmrl, specpl, zeroshot  # noqa: F401  (registration side effects)
 from specpl.methods.base import Batch, Booster, BuildContext, ForwardState, Host, PromptModel, cosine_logits
 from specpl.methods.registry import BOOSTERS, HOSTS
@@ -36,12 +36,19 @@ __all__ = [
 
 
 def preset_values(config: MethodConfig) -> dict[str, dict[str, Any]]:
-    """The host's preset named in `config` ({component or "train": values})."""
-    host = HOSTS.get(config.host)
-    presets = host.presets or {"default": {}}
-    if config.preset not in presets and config.preset != "default":
-        raise ValueError(f"host {config.host!r} has no preset {config.preset!r}; its presets: {', '.join(presets)}")
-    return presets.get(config.preset, {})
+    """The values of `config.preset` for this host and its boosters, {component or "train": values}:
+    the host's, then each booster's (its values for every host, then for this host), later ones
+    winning, so a booster's per-host rule overrides the host's own."""
+    preset = canonical_preset(config.preset)
+    layers = [HOSTS.get(config.host).presets.get(preset, {})]
+    for name in config.boosters:
+        booster = BOOSTERS.get(name)
+        layers += [booster.presets.get(preset, {}), booster.host_presets.get(preset, {}).get(config.host, {})]
+    merged: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for target, values in layer.items():
+            merged[target] = {**merged.get(target, {}), **values}
+    return merged
 
 
 def check_combination(host_name: str, booster_names: list[str]) -> None:
@@ -133,6 +140,7 @@ def build_method(
         decomposer=decomposer,
         capabilities=host_cls.capabilities,
         dataset=dataset,
+        preset=canonical_preset(config.preset),
     )
     if decomposer_module is not None:
         context._decomposer_module.append(decomposer_module)
@@ -156,10 +164,11 @@ def describe_methods() -> list[dict[str, Any]]:
                 "description": component.description,
                 "options": dataclasses.asdict(component.config_class()),
             }
+            row["presets"] = {preset: component.presets.get(preset, {}) for preset in PRESETS}
             if kind == "host":
                 row["training"] = dict(component.training_defaults)
-                row["presets"] = sorted(component.presets or {"default": {}})
             else:
                 row["hosts"] = [h for h in HOSTS.names() if h != "zeroshot" and _booster_fits(component, h)]
+                row["host_presets"] = {preset: component.host_presets.get(preset, {}) for preset in PRESETS}
             rows.append(row)
     return rows

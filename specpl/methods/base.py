@@ -98,6 +98,7 @@ class BuildContext:
     decomposer: "DecomposerConfig | None" = None
     capabilities: frozenset[str] = frozenset()
     dataset: str | None = None  # the registered dataset name, for per-dataset defaults
+    preset: str = "default"  # the named option set the options were resolved with (recorded in bundles)
     _decomposer_module: list[nn.Module] = field(default_factory=list, repr=False)
 
     @property
@@ -130,6 +131,10 @@ class Component(nn.Module):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     config_class: ClassVar[type]
+    # Named option sets (`specpl.config.PRESETS`): {preset: {component name or "train": values}}. The
+    # options dataclass's defaults are the product's; a preset names only what it changes, for this
+    # component or another (a host's training schedule, a booster's values for itself).
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
 
     def __init__(self, config: Any, context: BuildContext) -> None:
         super().__init__()
@@ -178,9 +183,7 @@ class Host(Component):
     accepts_boosters: ClassVar[bool] = True  # False for a host that is a phase of a booster (CasPL's distillation)
     learns_from_labels: ClassVar[bool] = True  # False: it can train on an unlabeled image folder
     fixed_logit_scale: ClassVar[float | None] = None  # None: the backbone's exp(logit_scale)
-    training_defaults: ClassVar[dict[str, Any]] = {}
-    # Presets: named option sets for this host and its boosters, {"host": {...}, "<booster>": {...}, "train": {...}}.
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    training_defaults: ClassVar[dict[str, Any]] = {}  # the published schedule (epochs, batch, lr, optimizer)
 
     def __init__(self, config: Any, context: BuildContext) -> None:
         super().__init__(config, context)
@@ -221,6 +224,8 @@ class Booster(Component):
 
     requires: ClassVar[frozenset[str]] = frozenset()  # host capabilities this booster needs
     supported_hosts: ClassVar[tuple[str, ...] | None] = None  # None: any host with `requires`
+    # per-host values on top of `presets`: {preset: {host: {component name or "train": values}}}
+    host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {}
 
     @classmethod
     def option_requires(cls, config: Any) -> dict[str, frozenset[str]]:
@@ -302,6 +307,10 @@ class PromptModel(nn.Module):
     @property
     def name(self) -> str:
         return "+".join(c.name for c in self.components)
+
+    @property
+    def preset(self) -> str:
+        return self.context.preset
 
     def resolved_options(self) -> dict[str, dict[str, Any]]:
         return {c.name: c.resolved_options() for c in self.components}

@@ -55,7 +55,6 @@ import torch.nn.functional as F
 from specpl.backbone import EMBEDDED_TAG, Backbone, load_backbone
 from specpl.config import BackboneConfig
 from specpl.methods.base import Booster, BuildContext, ForwardState
-from specpl.methods.coop import REFERENCE_SCHEDULE
 from specpl.methods.deep import IndependentPromptHost
 from specpl.methods.registry import BOOSTERS, HOSTS
 from specpl.methods.zeroshot import template_text_features
@@ -147,6 +146,8 @@ class CasPLBoostConfig:
     depth: int = 12  # cut to the towers' depth
     ctx_init: str = ""  # "": N(0, init_std), as the released code
     init_std: float = 0.02
+    ctx_from_template: bool = False  # phase 1 learns boosting prompts from random, as the released code
+    tail: str = "{}."
     teacher: str | None = None  # None: ViT-L-14 (openai), or world-clip-large for the world CLIP student
     teacher_pretrained: str | None = None  # a tag, a local file, "embedded"; None: the teacher's default
     teacher_template: str | None = None  # None: the run's (the dataset's) template
@@ -164,7 +165,6 @@ class CasPLBoost(IndependentPromptHost):
     accepts_boosters = False
     learns_from_labels = False
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"default": {"train": REFERENCE_SCHEDULE}, "reference": {"train": REFERENCE_SCHEDULE}}
 
     def __init__(self, config: CasPLBoostConfig, context: BuildContext) -> None:
         super().__init__(config, context)

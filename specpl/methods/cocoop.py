@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specpl.methods.base import BuildContext
-from specpl.methods.coop import ContextHost, standard_presets
+from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
 from specpl.slots import PromptGroup
 from specpl.text import TextHook
@@ -38,6 +38,8 @@ class CoCoOpConfig:
     n_ctx: int = 4
     ctx_init: str = "a photo of a"
     init_std: float = 0.02
+    ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
+    tail: str = "{}."  # the frozen text after the context, {} = the class name
     meta_reduction: int = 16  # meta-net hidden width = feature dim / this
     eval_pairs_per_chunk: int = 4096  # images x classes encoded at once at evaluation
     meta_init: str = "zero"  # "zero": the meta-net's last layer starts at 0 (CoCoOp starts as CoOp); "pytorch": the released code's
@@ -54,7 +56,7 @@ class CoCoOp(ContextHost):
     config_class: ClassVar[type] = CoCoOpConfig
     conditions_text_on_image = True
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 1, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"cocoop": {"ctx_from_template": False, "meta_init": "pytorch"}}}
 
     def __init__(self, config: CoCoOpConfig, context: BuildContext) -> None:
         super().__init__(config, context)

@@ -1,13 +1,17 @@
 """CoOp (Zhou et al., IJCV 2022): learned context words in front of the class name; CE loss.
 
-Defaults follow the SpecPL variant of CoOp (16 random context vectors, SGD 0.002, batch 32, 100
-epochs, a constant warm-up epoch then per-epoch cosine), see ``shared/methods/HOSTS.md`` and
-``SPECPL.md`` §5. Only the class token at the end is supported: it is the published default, and it
-lets the shared ``[SOS] + context`` prefix be encoded once for all classes.
+Only the class token at the end is supported: it is the published default, and it lets the shared
+``[SOS] + context`` prefix be encoded once for all classes.
 
-Presets: ``reference`` is the released SpecPL code (its bank starts random: 0 init batches);
-``default`` is ours, the same except that SpecPL's bank is initialised from 10 batches of low bands,
-as the spec recommends (SPECPL.md §9) and as a measured -2.5 HM for the random bank supports (§11).
+Context init, the one place where the presets differ:
+- ``default`` (`ctx_from_template=True`): the context starts as the words of the run's template
+  before the class name and the words after it stay frozen text ("a photo of a {}, a type of pet."
+  learns "a photo of a" and keeps ", a type of pet."), so step 0 is zero-shot CLIP with that
+  template and training can only move away from it when the training loss says so. A template with
+  no words before the class ("{} texture.") starts the context from `ctx_init`, or "a photo of a"
+  when that is empty, and keeps the template's words after the class.
+- ``paper``: the SpecPL variant of CoOp (16 random context vectors, class name then "."), the
+  released code's (``shared`` specs: HOSTS.md, SPECPL.md §5).
 """
 from __future__ import annotations
 
@@ -22,16 +26,17 @@ from specpl.methods.registry import HOSTS
 from specpl.slots import PromptGroup
 from specpl.text import TextHook
 
-REFERENCE_SCHEDULE = {"augment": "reference", "schedule": "epoch", "drop_last": True}
+FALLBACK_CONTEXT = "a photo of a"  # the context of a template with no words before the class name
 
 
-def standard_presets(reference_bank_init: int) -> dict[str, dict[str, dict[str, Any]]]:
-    """A host's two presets: ``reference`` reproduces the released code (its SpecPL bank init
-    count), ``default`` is ours: the same, with the bank initialised from 10 low-band batches."""
-    return {
-        "default": {"specpl": {"bank_init_batches": 10}, "train": REFERENCE_SCHEDULE},
-        "reference": {"specpl": {"bank_init_batches": reference_bank_init}, "train": REFERENCE_SCHEDULE},
-    }
+def template_context(template: str, fallback: str = "") -> tuple[str, str]:
+    """Split a template at its class slot: (context words, frozen tail with the slot).
+    ``"a photo of a {}, a type of pet."`` -> ``("a photo of a", "{}, a type of pet.")``; a template
+    with nothing before the slot takes `fallback` (else "a photo of a") as its context."""
+    if "{}" not in template:
+        raise ValueError(f"template {template!r} needs a '{{}}' where the class name goes")
+    head, tail = template.split("{}", 1)
+    return head.strip() or fallback or FALLBACK_CONTEXT, "{}" + tail.rstrip()
 
 
 @dataclass
@@ -41,6 +46,8 @@ class CoOpConfig:
     class_specific: bool = False  # CSC: one context per class (cannot transfer to new classes)
     init_std: float = 0.02
     shared_prefix: bool = True  # encode [SOS]+context once for all classes (exact; faster)
+    ctx_from_template: bool = True  # the template's words before the class are the context, the rest stays (see the module doc)
+    tail: str = "{}."  # the frozen text after the context, {} = the class name (set from the template by ctx_from_template)
 
 
 class ContextHost(Host):
@@ -51,15 +58,31 @@ class ContextHost(Host):
 
     def __init__(self, config: Any, context: BuildContext) -> None:
         super().__init__(config, context)
+        ctx_init, tail = config.ctx_init, config.tail
+        if config.ctx_from_template:
+            ctx_init, tail = template_context(context.template, config.ctx_init)
         self.prompt_learner = PromptLearner(
             self.text_encoder,
             context.backbone.tokenizer,
             n_ctx=config.n_ctx,
-            ctx_init=config.ctx_init,
-            class_specific=getattr(config, "class_specific", False),
+            ctx_init=ctx_init,
             init_std=config.init_std,
-            shared_prefix=getattr(config, "shared_prefix", True),
+            tail=tail,
+            **self.context_layout(config),
         )
+
+    def resolved_options(self) -> dict[str, Any]:
+        """The context as built: a template-derived context is written out (words, token count and
+        tail), so a bundle rebuilds the same prompt whatever template it is later evaluated with."""
+        options = super().resolved_options()
+        if options["ctx_from_template"]:
+            learner = self.prompt_learner
+            options.update(ctx_from_template=False, ctx_init=learner.ctx_init, n_ctx=learner.n_ctx, tail=learner.tail)
+        return options
+
+    def context_layout(self, config: Any) -> dict[str, bool]:
+        """`PromptLearner` layout switches this host's options set (CoOp's CSC and shared prefix)."""
+        return {}
 
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
         self.prompt_learner.set_classnames(classnames)
@@ -81,4 +104,7 @@ class CoOp(ContextHost):
     description = "CoOp: learned context words before the class name, cross-entropy (IJCV 2022)"
     config_class: ClassVar[type] = CoOpConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 100, "batch_size": 32, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"coop": {"ctx_from_template": False}}}
+
+    def context_layout(self, config: CoOpConfig) -> dict[str, bool]:
+        return {"class_specific": config.class_specific, "shared_prefix": config.shared_prefix}

@@ -23,7 +23,7 @@ from torch import nn
 
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
 from specpl.methods.base import CONTEXT_TOKENS, DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, BuildContext, ForwardState
-from specpl.methods.coop import ContextHost, standard_presets
+from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
 from specpl.slots import END, PromptGroup
 from specpl.vision import PromptImageEncoder
@@ -36,6 +36,8 @@ class DeepPromptConfig:
     depth: int = 9  # J: prompted layers in each tower
     ctx_init: str = "a photo of a"
     init_std: float = 0.02
+    ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
+    tail: str = "{}."  # the frozen text after the context, {} = the class name
 
 
 def _normal(rows: int, width: int, std: float, device: torch.device) -> nn.Parameter:
@@ -89,7 +91,7 @@ class IVLP(IndependentPromptHost):
     description = "IVLP: independent deep prompts in both towers (the MaPLe paper's baseline)"
     config_class: ClassVar[type] = DeepPromptConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"ivlp": {"ctx_from_template": False}}}
 
 
 @dataclass
@@ -98,6 +100,8 @@ class MaPLeConfig:
     depth: int = 9
     ctx_init: str = "a photo"
     init_std: float = 0.02
+    ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
+    tail: str = "{}."  # the frozen text after the context, {} = the class name
 
 
 @HOSTS.register("maple")
@@ -110,7 +114,7 @@ class MaPLe(DeepPromptHost):
     description = "MaPLe: coupled deep prompts, vision prompts mapped from text prompts per layer (CVPR 2023)"
     config_class: ClassVar[type] = MaPLeConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"maple": {"ctx_from_template": False}}}
 
     def __init__(self, config: MaPLeConfig, context: BuildContext) -> None:
         super().__init__(config, context)
@@ -175,7 +179,7 @@ class PromptSRC(IndependentPromptHost):
     description = "PromptSRC: IVLP with L1/KL self-regularisation to frozen CLIP and Gaussian prompt aggregation (ICCV 2023)"
     config_class: ClassVar[type] = PromptSRCConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"promptsrc": {"ctx_from_template": False}}}
 
     def __init__(self, config: PromptSRCConfig, context: BuildContext) -> None:
         super().__init__(config, context)

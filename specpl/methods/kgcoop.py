@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from specpl.methods.base import BuildContext, ForwardState
-from specpl.methods.coop import ContextHost, standard_presets
+from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
 from specpl.methods.zeroshot import template_text_features
 
@@ -30,6 +30,8 @@ class KgCoOpConfig:
     n_ctx: int = 4
     ctx_init: str = "a photo of a"
     init_std: float = 0.02
+    ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
+    tail: str = "{}."  # the frozen text after the context, {} = the class name
     weight: float = 8.0  # lambda
     template: str | None = None  # None: the run's (the dataset's) hand-crafted template
 
@@ -40,7 +42,7 @@ class KgCoOp(ContextHost):
     description = "KgCoOp: CoOp plus a pull toward the hand-crafted prompt's frozen text feature (CVPR 2023)"
     config_class: ClassVar[type] = KgCoOpConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 100, "batch_size": 128, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = standard_presets(reference_bank_init=0)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"kgcoop": {"ctx_from_template": False}}}
 
     def __init__(self, config: KgCoOpConfig, context: BuildContext) -> None:
         super().__init__(config, context)

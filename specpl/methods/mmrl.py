@@ -30,7 +30,6 @@ from torch import nn
 
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
 from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER, BuildContext, ForwardState, Host, cosine_logits
-from specpl.methods.coop import REFERENCE_SCHEDULE
 from specpl.methods.registry import HOSTS
 from specpl.methods.zeroshot import template_text_features
 from specpl.slots import PromptGroup
@@ -78,10 +77,6 @@ class MMRL(Host):
     capabilities: ClassVar[frozenset[str]] = frozenset({PROMPTS_IMAGE_TOWER})
     fixed_logit_scale: ClassVar[float | None] = SCALE
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 4, "lr": 1e-3, "optimizer": "adamw", "crop_scale": 0.5}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
-        "default": {"specpl": {"bank_init_batches": 10}, "train": REFERENCE_SCHEDULE},
-        "reference": {"specpl": {"bank_init_batches": 10}, "train": REFERENCE_SCHEDULE},
-    }
 
     def __init__(self, config: MMRLConfig, context: BuildContext) -> None:
         if config.rep_dim is None:

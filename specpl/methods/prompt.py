@@ -1,6 +1,7 @@
 """The shared prompt learner: learned context vectors in front of each class name.
 
-Prompts are ``[SOS] v_1 .. v_M <class name>. [EOS]``. Only the v's are learned. The token sequence is
+Prompts are ``[SOS] v_1 .. v_M <class name><tail> [EOS]`` (the tail is "." or the rest of a
+template, e.g. ", a type of pet."). Only the v's are learned. The token sequence is
 cut right after the longest prompt's end-of-text token (exact under the causal mask), and when the
 context is shared by all classes the ``[SOS] v_1 .. v_M`` prefix is encoded once for all classes
 (see `specpl.text`).
@@ -34,6 +35,7 @@ class PromptLearner(nn.Module):
         class_specific: bool = False,
         init_std: float = 0.02,
         shared_prefix: bool = True,
+        tail: str = "{}.",
     ) -> None:
         super().__init__()
         self.text_encoder = text_encoder
@@ -51,6 +53,7 @@ class PromptLearner(nn.Module):
             init = torch.randn(n_ctx, width, device=device) * init_std
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init
+        self.tail = tail  # the frozen text after the context, "{}" the class name
         self.ctx = nn.Parameter(init.float())  # (M, W); expanded per class when class-specific
         self.classnames: list[str] = []
 
@@ -60,14 +63,15 @@ class PromptLearner(nn.Module):
         return self.text_encoder.model.token_embedding.weight.device
 
     def set_classnames(self, classnames: list[str]) -> None:
-        """Tokenise ``X X .. X <name>.`` per class and keep the frozen embeddings around the X's."""
+        """Tokenise ``X X .. X <tail with the name>`` per class and keep the frozen embeddings
+        around the X's."""
         if self.class_specific and self.ctx.dim() == 2:
             self.ctx = nn.Parameter(self.ctx.detach().unsqueeze(0).repeat(len(classnames), 1, 1))
         if self.class_specific and self.ctx.shape[0] != len(classnames):
             raise ValueError(
                 f"class-specific context was learned for {self.ctx.shape[0]} classes and cannot be applied to {len(classnames)}"
             )
-        prompts = [" ".join([PLACEHOLDER] * self.n_ctx) + f" {name}." for name in classnames]
+        prompts = [" ".join([PLACEHOLDER] * self.n_ctx) + " " + self.tail.format(name) for name in classnames]
         tokens = self.tokenizer(prompts)
         eot = tokens.argmax(dim=-1)
         length = int(eot.max()) + 1

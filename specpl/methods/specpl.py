@@ -23,7 +23,7 @@ view; its statistic size is recorded in the options so a bundle loads without th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +113,10 @@ class SpecPL(Booster):
     name = "specpl"
     description = "SpecPL: VAE band teacher, Visual Semantic Bank text refiner, counterfactual granule losses (ICML 2026)"
     config_class: ClassVar[type] = SpecPLConfig
+    # the released code: a random bank (no init batches) with the LayerNorm refiner, except on MMRL,
+    # whose code initialises the bank from 10 low-band batches (ATTR_INIT_BATCHES)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"specpl": {"bank_init_batches": 0, "refiner": "layernorm"}}}
+    host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {"paper": {"mmrl": {"specpl": {"bank_init_batches": 10}}}}
 
     def __init__(self, config: SpecPLConfig, context: BuildContext) -> None:
         super().__init__(config, context)
