@@ -28,7 +28,7 @@ def bundle_config(model: "PromptModel", run: dict[str, Any]) -> dict[str, Any]:
     decomposer = model.context.decomposer
     return {
         "backbone": dataclasses.asdict(backbone.config),
-        "method": {"host": model.host.name, "boosters": list(model.boosters), "preset": "default", "options": model.resolved_options()},
+        "method": {"host": model.host.name, "boosters": list(model.boosters), "preset": model.preset, "options": model.resolved_options()},
         "decomposer": dataclasses.asdict(decomposer) if decomposer is not None else None,
         "classnames": list(model.classnames),
         "template": model.context.template,

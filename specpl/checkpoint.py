@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from specpl.io import atomic_write, atomic_write_text
 
-BUNDLE_FORMAT = "specpl-bundle/2"
+BUNDLE_FORMAT = "specpl-bundle/3"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -93,16 +93,45 @@ def _upgrade_v1(config: dict[str, Any]) -> dict[str, Any]:
     method["options"] = options
     method.setdefault("preset", "default")
     config["method"] = method
-    config["format"] = BUNDLE_FORMAT
+    config["format"] = "specpl-bundle/2"
     return config
 
 
-UPGRADES = {"specpl-bundle/1": _upgrade_v1}  # format -> step to the next format
+# options added with the step-0 identity defaults, and the value every earlier bundle was built with
+_V2_OPTION_VALUES = {
+    "specpl": {"refiner": "layernorm"},
+    "cocoop": {"meta_init": "pytorch"},
+    **{host: {"ctx_from_template": False, "tail": "{}."} for host in ("coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc", "caspl-boost")},
+}
 
 
-def save_resume_state(directory: Path, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, counters: dict[str, Any]) -> None:
-    """Everything needed to continue a run exactly where it stopped."""
+def _upgrade_v2(config: dict[str, Any]) -> dict[str, Any]:
+    """specpl-bundle/2 (before the step-0 identity defaults) was built with SpecPL's LayerNorm
+    refiner, CoCoOp's PyTorch-initialised meta-net and the context followed by the class name and
+    "."; options it lacks take those values, so it rebuilds the model it was trained as."""
+    config = dict(config)
+    method = dict(config["method"])
+    options = {name: dict(values) for name, values in (method.get("options") or {}).items()}
+    for name, values in options.items():
+        for key, value in _V2_OPTION_VALUES.get(name, {}).items():
+            values.setdefault(key, value)
+    method["options"] = options
+    method["preset"] = {"reference": "paper"}.get(method.get("preset", "default"), method.get("preset", "default"))
+    config["method"] = method
+    config["format"] = "specpl-bundle/3"
+    return config
+
+
+UPGRADES = {"specpl-bundle/1": _upgrade_v1, "specpl-bundle/2": _upgrade_v2}  # format -> step to the next format
+
+
+def save_resume_state(
+    directory: Path, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, counters: dict[str, Any], best_state: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Everything needed to continue a run exactly where it stopped; `best_state` is the best
+    epoch's model state so far, for a run that selects on validation."""
     tensors = {f"model.{k}": v for k, v in model_state.items()}
+    tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
     optim_state = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, entry in optim_state["state"].items():
@@ -124,8 +153,8 @@ def save_resume_state(directory: Path, model_state: dict[str, torch.Tensor], opt
     _swap_in(staging, directory)
 
 
-def load_resume_state(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore the optimizer and RNG in place; return (model tensors, counters)."""
+def load_resume_state(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
+    """Restore the optimizer and RNG in place; return (model tensors, counters, best state)."""
     tensors = load_tensors(directory / "state.safetensors")
     state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
     optim_state: dict[int, dict[str, Any]] = {}
@@ -141,7 +170,8 @@ def load_resume_state(directory: Path, optimizer: torch.optim.Optimizer) -> tupl
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    return model_state, state["counters"]
+    best_state = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
+    return model_state, state["counters"], best_state
 
 
 def _swap_in(staging: Path, directory: Path) -> None:

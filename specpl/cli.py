@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from specpl.config import BackboneConfig, DecomposerConfig, RunConfig, from_dict
+from specpl.config import BackboneConfig, DecomposerConfig, RunConfig, canonical_preset, from_dict
 from specpl.world.generator import CAMERAS
 
 
@@ -61,16 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a run config JSON (e.g. a previous run's config.json); flags override it")
     _add_backbone_args(train)
     train.add_argument("--host", help="host method (default coop; `specpl methods` lists them)")
-    train.add_argument("--preset", help="the host's option set: default (ours) or reference (the released code's settings)")
+    train.add_argument("--preset", help="default (the product's: measured, starts at zero-shot, keeps the best epoch on validation) or paper (the published settings; 'reference' is read as paper)")
     train.add_argument("--dataset", help="a registered dataset layout for --data (default: folder; e.g. oxford_pets, imagenet)")
     train.add_argument("--unlabeled", help="a folder of unlabeled images to train on, for a label-free host (caspl-boost)")
     train.add_argument("--template", help="hand-crafted prompt template with {} for the class (default: the dataset's, else 'a photo of a {}.')")
     train.add_argument("--booster", action="append", default=None, help="booster to add, repeatable (e.g. --booster specpl)")
     train.add_argument("--option", action="append", type=_parse_option, default=[], help="method option COMPONENT.KEY=VALUE, repeatable (e.g. coop.n_ctx=4)")
     train.add_argument("--decomposer", help="band decomposer: auto, qwen-vae, fft, taef2, taesd, sd-vae (default auto: the reference VAE when its weights can be had, else fft)")
-    train.add_argument("--augment", choices=["reference", "clip", "none"], help="augmentation preset (default: the host preset's, reference)")
+    train.add_argument("--augment", choices=["reference", "clip", "none"], help="augmentation: clip (open_clip's mild crop; the default preset's), reference (Dassl's crop and flip; the paper preset's) or none")
     train.add_argument("--schedule", choices=["epoch", "step"], help="cosine stepped per epoch (reference) or per step")
-    train.add_argument("--eval-every", type=int, help="accuracy on the validation (else test) split every N epochs")
+    train.add_argument("--eval-every", type=int, help="accuracy on the validation split every N epochs (the default preset scores every epoch to keep the best)")
+    train.add_argument("--select", choices=["val", "last"], help="keep the best epoch on validation (the default preset's) or the last (the paper preset's)")
     train.add_argument("--decomposer-source", help="hub id or local folder with the decomposer's weights")
     train.add_argument("--shots", type=int, help="training images per class (default 16; 0 keeps all)")
     train.add_argument("--split-ratio", type=float, help="train share per class for a folder without train/ and test/ (default 0.5)")
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--decomposer-source")
     world.add_argument("--probe-pairs", type=int, default=200)
     world.add_argument("--camera", default="default", choices=list(CAMERAS), help="downstream domain: default (as in pretraining) or sepia (unseen warm, low-contrast cast)")
-    world.add_argument("--preset", nargs="+", default=["default"], choices=["default", "reference"], help="host presets to run (both: a row for each where they differ)")
+    world.add_argument("--preset", nargs="+", default=["default"], choices=["default", "paper", "reference"], help="presets to run (both: a row for each where they differ; reference reads as paper)")
     world.add_argument("--boosters", nargs="+", default=["specpl"], help="boosters to run on each host that accepts them (default: specpl); pairs a host refuses are skipped and listed in the report")
     world.add_argument("--stacks", nargs="+", default=[], help="host and boosters joined by '+' to run as rows, e.g. maple+caspl+specpl coop+dapt+specpl")
     world.add_argument("--option", action="append", type=_parse_option, default=[], help="method option COMPONENT.KEY=VALUE on every row that has the component, repeatable (e.g. specpl.refine_novel=false)")
@@ -150,7 +151,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.host:
         config.method.host = args.host
     if args.preset:
-        config.method.preset = args.preset
+        config.method.preset = canonical_preset(args.preset)
     if args.dataset:
         config.data.dataset = args.dataset
     if args.template:
@@ -163,6 +164,8 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         config.train.schedule = args.schedule
     if args.eval_every is not None:
         config.train.eval_every_epochs = args.eval_every
+    if args.select:
+        config.train.select = args.select
     if args.booster is not None:
         config.method.boosters = args.booster
     for component, options in options_by_component(args.option).items():
@@ -212,6 +215,7 @@ def _default_backbone(config: BackboneConfig, explicit: bool):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from specpl.defaults import demo_data_dir
+    from specpl.evaluate import metrics_summary
     from specpl.trainer import Trainer
 
     config = run_config_from_args(args)
@@ -220,7 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"note: no --data given; training on the embedded SpectralWorld demo set ({config.data.root})", file=sys.stderr)
     backbone = _default_backbone(config.backbone, _explicit_backbone(args))
     result = Trainer(config, args.out, backbone=backbone).fit(resume=args.resume)
-    summary = {k: v for k, v in result.metrics.items() if k not in ("per_class", "confusion", "misclassified")}
+    summary = metrics_summary(result.metrics)
     print(json.dumps({"status": result.status, "run_dir": str(result.run_dir), **summary}, indent=2))
     return 0
 
@@ -271,6 +275,7 @@ def cmd_bands(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     from specpl.methods import describe_methods
+    from specpl.training_plan import PRESET_TRAINING
 
     rows = describe_methods()
     if args.json:
@@ -282,12 +287,24 @@ def cmd_methods(args: argparse.Namespace) -> int:
             print(f"  {row['name']:10s} {row['description']}")
             if kind == "host":
                 training = ", ".join(f"{k} {v}" for k, v in row["training"].items())
-                print(f"  {'':10s} training: {training}; presets: {', '.join(row['presets'])}")
+                print(f"  {'':10s} paper training: {training}")
             else:
                 print(f"  {'':10s} hosts: {', '.join(row['hosts'])}")
             options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
-            print(f"  {'':10s} options: {options or 'none'}")
+            print(f"  {'':10s} options (default preset): {options or 'none'}")
+            for preset, values in row["presets"].items():
+                per_host = row.get("host_presets", {}).get(preset, {})
+                changes = "; ".join([_preset_text(values), *(f"on {host}: {_preset_text(v)}" for host, v in per_host.items())])
+                if values or per_host:
+                    print(f"  {'':10s} {preset} preset: {changes}")
+    print(f"training: default preset {_preset_text({'train': PRESET_TRAINING['default']})} (epochs and batch size derived from the data); "
+          f"paper preset {_preset_text({'train': PRESET_TRAINING['paper']})} with each host's paper training")
     return 0
+
+
+def _preset_text(values: dict[str, dict[str, Any]]) -> str:
+    """{"coop": {"n_ctx": 4}, "train": {...}} -> "coop.n_ctx=4, train.augment=clip"."""
+    return ", ".join(f"{target}.{key}={value}" for target, options in values.items() for key, value in options.items())
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from specpl.inference import Predictor
 
 MAX_MISCLASSIFIED = 64
-DETAIL_KEYS = ("per_class", "confusion", "misclassified")
+DETAIL_KEYS = ("per_class", "confusion", "misclassified", "selection")
 
 
 @dataclass

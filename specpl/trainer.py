@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +29,16 @@ from tqdm.auto import tqdm
 
 from specpl.backbone import Backbone, load_backbone
 from specpl.checkpoint import load_resume_state, save_resume_state
-from specpl.config import DEFAULT_TEMPLATE, RunConfig, write_json_atomic
+from specpl.config import DEFAULT_TEMPLATE, MethodConfig, RunConfig, write_json_atomic
 from specpl.data import FewShotData, ImageItem, read_unlabeled_folder
 from specpl.datasets import read_dataset
 from specpl.evaluate import harmonic_mean, metrics_summary, score_split
 from specpl.events import EventCallback, EventLog
 from specpl.features import AugmentedViews, FeatureCache, train_transform
 from specpl.inference import Predictor
-from specpl.methods import HOSTS, Batch, PromptModel, build_method, preset_values, resolve_method_options
+from specpl.methods import Batch, PromptModel, build_method, resolve_method_options
+from specpl.selection import Selection, verdict
+from specpl.training_plan import hold_out_validation, resolved_training
 
 STOP_FILE = "STOP"  # another process asks a run to stop by creating this file in its run dir; the run removes it
 
@@ -85,20 +89,6 @@ def resolve_precision(setting: str) -> str:
     return setting
 
 
-TRAINING_FALLBACKS = {"augment": "reference", "crop_scale": 0.08, "schedule": "epoch", "drop_last": True}
-
-
-def resolved_training(config: RunConfig) -> dict[str, Any]:
-    """The run's optimisation settings: explicit values, else the host's preset, else its
-    published defaults, else the reference data path (`TRAINING_FALLBACKS`)."""
-    layers = [preset_values(config.method).get("train", {}), HOSTS.get(config.method.host).training_defaults, TRAINING_FALLBACKS]
-    train = dataclasses.asdict(config.train)
-    for key, value in train.items():
-        if value is None:
-            train[key] = next((layer[key] for layer in layers if key in layer), None)
-    return train
-
-
 class Trainer:
     def __init__(
         self,
@@ -119,6 +109,8 @@ class Trainer:
         self._decomposer = decomposer
         self.progress_bar = progress_bar
         self.log_every_steps = max(1, log_every_steps) if log_every_steps else None  # None: every step on a CPU, every 10th on a GPU
+        self.selection: Selection | None = None
+        self._zero_shot_val: float | None = None
 
     def should_stop(self) -> bool:
         return self._should_stop() or (self.run_dir / STOP_FILE).exists()
@@ -133,8 +125,10 @@ class Trainer:
             raise
 
     def _fit(self, resume: bool) -> TrainResult:
+        recorded = recorded_run(self.run_dir) if resume else None
+        if recorded is not None:  # a resumed run keeps the settings it started with
+            self.config = with_recorded_settings(self.config, recorded)
         cfg = self.config
-        train = resolved_training(cfg)
         accelerator = Accelerator(
             # precision is this run's own autocast, not accelerate's: its setting is process-global and
             # would refuse a second run of another precision in the same process (the app, benchmarks)
@@ -151,6 +145,12 @@ class Trainer:
             self.events.path = None  # one writer: the main process
         resolve_method_options(cfg.method)  # bad method options fail here, before anything is written
         data = read_dataset(cfg.data)
+        train = recorded["resolved_train"] if recorded is not None else resolved_training(cfg)
+        if train["select"] == "val" and not data.val:  # validation comes out of the training images, never the test split
+            kept, held = hold_out_validation(data.train, cfg.data.seed)
+            data = dataclasses.replace(data, train=kept, val=held)
+        if recorded is None:
+            train = resolved_training(cfg, len(data.train))
         template = data.template if data.template and cfg.template == DEFAULT_TEMPLATE else cfg.template  # a chosen template wins
         backbone = self._backbone or load_backbone(cfg.backbone, device=accelerator.device)
         if precision == "bf16":
@@ -161,6 +161,8 @@ class Trainer:
             if model.host.learns_from_labels:
                 raise ValueError(f"data.unlabeled_root: host {model.host.name!r} learns from labels; only a label-free host (caspl-boost) trains on an unlabeled folder")
             data = dataclasses.replace(data, train=read_unlabeled_folder(cfg.data.unlabeled_root))
+            if recorded is None:
+                train = resolved_training(cfg, len(data.train))
         frozen_inputs = model.frozen_inputs()  # builds the decomposer only if a component needs one
         uses_decomposer = bool(model.context.built_decomposer)
         model.to(accelerator.device)
@@ -173,6 +175,7 @@ class Trainer:
             "backbone": dataclasses.asdict(backbone.config),
             "resolved_method_options": model.resolved_options(),
             "resolved_train": train,
+            "preset": cfg.method.preset,
         }
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -206,12 +209,16 @@ class Trainer:
         counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
         checkpoint_dir = self.run_dir / "checkpoint"
         if resume and (checkpoint_dir / "state.safetensors").exists() and optimizer is not None:
-            model_state, counters = load_resume_state(checkpoint_dir, optimizer)
+            model_state, counters, best_state = load_resume_state(checkpoint_dir, optimizer)
             model.load_learned_state_dict(model_state)
+            kept = counters.pop("selection", None)
+            self.selection = Selection.from_record(kept, best_state) if kept else None
             self.events.emit("resumed", **counters)
         elif epochs:
             wanted = max((getattr(c.config, "bank_init_batches", 0) for c in model.components), default=0)
             model.prepare(self._first_batches(data, cache, views, wanted, batch_size, train, accelerator.device))
+        if epochs and counters["global_step"] == 0:
+            self.selection = self._start_selection(model, data, template, backbone, train, accelerator)
 
         lr_at = _lr_schedule(train, steps_per_epoch, total_steps)
         multi_process = accelerator.num_processes > 1
@@ -274,20 +281,27 @@ class Trainer:
             counters["step_in_epoch"] = 0
             model.on_epoch_end(epoch + 1, epochs)
             self.events.emit("epoch", epoch=epoch + 1, epochs=epochs, step=counters["global_step"])
-            if cfg.train.eval_every_epochs and (epoch + 1) % cfg.train.eval_every_epochs == 0:
-                split = data.val or data.test
-                with self._autocast():
-                    accuracy = score_split(Predictor(model, device=accelerator.device), split, accelerator, workers=cfg.train.num_workers)["accuracy"]
-                model.train()
-                self.events.emit("val", epoch=epoch + 1, epochs=epochs, step=counters["global_step"], accuracy=accuracy, split="val" if data.val else "test")
+            last = epoch + 1 == epochs  # the last epoch is scored after `finalise` (PromptSRC's GPA changes it)
+            every = cfg.train.eval_every_epochs
+            if data.val and not last and (self.selection is not None or (every and (epoch + 1) % every == 0)):
+                self._score_epoch(model, data, epoch + 1, epochs, counters["global_step"], accelerator)
             if (epoch + 1) % cfg.train.checkpoint_every_epochs == 0 and epoch + 1 < epochs:
                 self._checkpoint(accelerator, model, optimizer, counters, epoch + 1, 0)
         bar.close()
+        final_val = None
         if epochs:
             model.finalise()
+            if data.val:
+                final_val = self._score_epoch(model, data, epochs, epochs, counters["global_step"], accelerator)
+        if self.selection is not None and self.selection.best_epoch != epochs:
+            model.load_learned_state_dict(self.selection.best_state)
+            self.events.emit("selected", epoch=self.selection.best_epoch, accuracy=self.selection.best_accuracy)
         accelerator.wait_for_everyone()
         with self._autocast():
-            metrics = self._evaluate(model, data, cfg, accelerator)  # every process: the same metrics
+            metrics = self._evaluate(model, data, cfg, accelerator, template, backbone, train)  # every process: the same metrics
+        if epochs:
+            metrics["selection"] = self.selection.summary(epochs) if self.selection is not None else None
+            metrics["verdict"] = verdict(self.selection, epochs, train["select"], self._zero_shot_val, final_val)
         if main:
             summary = metrics_summary(metrics)
             run = {"train": train, "data": dataclasses.asdict(cfg.data), "metrics": summary, "decomposer_reason": record["decomposer_reason"]}
@@ -295,8 +309,39 @@ class Trainer:
             write_json_atomic(self.run_dir / "metrics.json", metrics)
             self.events.emit("eval", **summary)
             self.events.emit("status", status="finished", metrics=summary)
+            if self.progress_bar and metrics.get("verdict"):
+                tqdm.write(metrics["verdict"], file=sys.stderr)
         accelerator.wait_for_everyone()  # every process returns once the bundle and metrics are on disk
         return TrainResult("finished", self.run_dir, metrics, model)
+
+    def _validation_accuracy(self, predictor: Predictor, data: FewShotData, accelerator: Accelerator) -> float:
+        with self._autocast():
+            return score_split(predictor, data.val, accelerator, workers=self.config.train.num_workers)["accuracy"]
+
+    def _start_selection(self, model: PromptModel, data: FewShotData, template: str, backbone: Backbone, train: dict[str, Any], accelerator: Accelerator) -> Selection | None:
+        """Zero-shot CLIP's and the initial state's validation accuracy, before the first step; the
+        initial state is the first candidate of the best epoch when the run selects on validation."""
+        if not data.val:
+            self._zero_shot_val = None
+            return None
+        zero_shot = Predictor.zero_shot(backbone, data.classnames, template, device=accelerator.device)
+        self._zero_shot_val = self._validation_accuracy(zero_shot, data, accelerator)
+        initial = self._validation_accuracy(Predictor(model, device=accelerator.device), data, accelerator)
+        model.train()
+        self.events.emit("val", epoch=0, epochs=int(train["epochs"]), step=0, accuracy=initial, zero_shot=self._zero_shot_val, split="val")
+        if train["select"] != "val":
+            return None
+        selection = Selection(len(data.val), self._zero_shot_val)
+        selection.offer(0, initial, model.learned_state_dict())
+        return selection
+
+    def _score_epoch(self, model: PromptModel, data: FewShotData, epoch: int, epochs: int, step: int, accelerator: Accelerator) -> float:
+        """The validation accuracy after `epoch`, offered to the selection when the run selects."""
+        accuracy = self._validation_accuracy(Predictor(model, device=accelerator.device), data, accelerator)
+        model.train()
+        best = self.selection.offer(epoch, accuracy, model.learned_state_dict()) if self.selection is not None else None
+        self.events.emit("val", epoch=epoch, epochs=epochs, step=step, accuracy=accuracy, split="val", best=best)
+        return accuracy
 
     def _view(self, epoch: int, train: dict[str, Any]) -> int:
         """The augmentation view of an epoch: a fresh one each epoch, or cycling over the cap."""
@@ -344,13 +389,27 @@ class Trainer:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and optimizer is not None:
             state = {**counters, "epoch": epoch, "step_in_epoch": step_in_epoch}
-            save_resume_state(self.run_dir / "checkpoint", model.learned_state_dict(), optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state)
+            selection = self.selection
+            if selection is not None:
+                state["selection"] = selection.to_record()
+            best = selection.best_state if selection is not None else {}
+            save_resume_state(self.run_dir / "checkpoint", model.learned_state_dict(), optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state, best)
             self.events.emit("checkpoint", **state)
 
-    def _evaluate(self, model: PromptModel, data: FewShotData, cfg: RunConfig, accelerator: Accelerator) -> dict[str, Any]:
+    def _evaluate(self, model: PromptModel, data: FewShotData, cfg: RunConfig, accelerator: Accelerator, template: str, backbone: Backbone, train: dict[str, Any]) -> dict[str, Any]:
         """The test split's metrics (and, for a base run, the new classes' and the HM), scored by
-        every process together."""
+        every process together; a run that selects on validation also scores zero-shot CLIP with
+        the run's template on the same images, and the gain over it."""
         predictor = Predictor(model, device=accelerator.device)
+        metrics = self._test_metrics(predictor, data, cfg, accelerator)
+        if train["select"] == "val" and model.host.name != "zeroshot":
+            zero_shot = self._test_metrics(Predictor.zero_shot(backbone, data.classnames, template, device=accelerator.device), data, cfg, accelerator)
+            headline = "hm" if "hm" in metrics else "accuracy"
+            metrics["zero_shot"] = {k: zero_shot[k] for k in ("accuracy", "base", "new", "hm") if k in zero_shot}
+            metrics["gain_over_zero_shot"] = metrics[headline] - zero_shot[headline]
+        return metrics
+
+    def _test_metrics(self, predictor: Predictor, data: FewShotData, cfg: RunConfig, accelerator: Accelerator) -> dict[str, Any]:
         metrics = score_split(predictor, data.test, accelerator, workers=cfg.train.num_workers)
         if cfg.data.subsample == "base":
             new = read_dataset(dataclasses.replace(cfg.data, subsample="new"))
@@ -359,6 +418,26 @@ class Trainer:
             predictor.set_classnames(data.classnames)
             metrics.update(base=metrics["accuracy"], new=new_metrics["accuracy"], hm=harmonic_mean(metrics["accuracy"], new_metrics["accuracy"]))
         return metrics
+
+
+def recorded_run(run_dir: Path) -> dict[str, Any] | None:
+    """The run record (config.json) a run wrote when it started, if it has one with its resolved
+    settings (runs written before they were recorded resolve them again)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return record if "resolved_train" in record and "resolved_method_options" in record else None
+
+
+def with_recorded_settings(config: RunConfig, record: dict[str, Any]) -> RunConfig:
+    """`config` with the method and training settings a run recorded when it started: its preset,
+    every component's options as built, and its resolved training settings."""
+    method = MethodConfig(
+        host=record["method"]["host"], boosters=list(record["method"]["boosters"]),
+        options=record["resolved_method_options"], preset=record.get("preset", record["method"].get("preset", "default")),
+    )
+    return dataclasses.replace(config, method=method, template=record.get("template", config.template))
 
 
 def _resolve_decomposer(config: RunConfig, backbone: Backbone) -> tuple[Any, str]:

@@ -51,7 +51,7 @@ def test_two_process_distributed_run(tmp_path, cifar_root):
 
     run = tmp_path / "ddp"
     command = accelerate_launch("-m", "specpl", "train",
-               "--data", str(cifar_root), "--out", str(run), *TINY, "--shots", "2", "--epochs", "2", "--batch-size", "4")
+               "--data", str(cifar_root), "--out", str(run), *TINY, "--shots", "2", "--epochs", "2", "--batch-size", "4", "--select", "last")
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     from specpl.events import read_events
@@ -147,7 +147,7 @@ def test_train_flags_map_onto_the_run_config(tmp_path):
     flags = ["train", "--out", "x", *TINY, "--compile", "off", "--precision", "bf16", "--optimizer", "adamw", "--max-cached-views", "4", "--workers", "2", "--preset", "reference"]
     config = run_config_from_args(build_parser().parse_args(flags))
     assert (config.train.compile, config.train.precision, config.train.optimizer, config.train.max_cached_views, config.train.num_workers) == ("off", "bf16", "adamw", 4, 2)
-    assert config.method.preset == "reference"
+    assert config.method.preset == "paper"  # the old name reads as the new
 
 
 def test_methods_lists_every_host_and_booster_with_its_line_and_defaults(capsys):
@@ -158,8 +158,11 @@ def test_methods_lists_every_host_and_booster_with_its_line_and_defaults(capsys)
     for registry in (HOSTS, BOOSTERS):
         for name in registry.names():
             assert f"  {name:10s} {registry.get(name).description}\n" in out, name
-    assert "training: epochs 5, batch_size 4, lr 0.0035" in out  # MaPLe's published schedule
-    assert "options: n_ctx=16" in out and "hosts: cocoop, coop, maple, promptsrc" in out  # CoOp's context; CasPL's hosts
+    assert "paper training: epochs 5, batch_size 4, lr 0.0035" in out  # MaPLe's published schedule
+    assert "options (default preset): n_ctx=16" in out and "hosts: cocoop, coop, maple, promptsrc" in out  # CoOp's context; CasPL's hosts
+    assert "paper preset: coop.ctx_from_template=False" in out  # what each preset changes, per component
+    assert "paper preset: specpl.bank_init_batches=0, specpl.refiner=layernorm; on mmrl: specpl.bank_init_batches=10" in out
+    assert "training: default preset train.augment=clip" in out and "paper preset train.augment=reference" in out
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == set(HOSTS.names()) | set(BOOSTERS.names())

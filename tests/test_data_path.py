@@ -14,7 +14,8 @@ from specpl.data import read_fewshot_folder
 from specpl.features import AugmentedViews, FeatureCache, train_transform
 from specpl.frozen import BandStatistics
 from specpl.methods.specpl import SpecPL
-from specpl.trainer import Trainer, _lr_schedule, resolved_training
+from specpl.trainer import Trainer, _lr_schedule
+from specpl.training_plan import resolved_training, step_budget
 
 
 def test_per_epoch_schedule_gives_the_reference_rates_at_epoch_boundaries():
@@ -34,10 +35,25 @@ def test_per_step_schedule_still_available():
     assert [lr_at(s, s // 2) for s in range(4)] == pytest.approx([1e-5, 1e-5, 0.002, 0.001])
 
 
-def test_reference_preset_is_the_default_data_path():
-    train = resolved_training(RunConfig(method=MethodConfig(host="mmrl")))
+def test_the_paper_preset_is_the_reference_data_path():
+    paper = MethodConfig(host="mmrl", preset="paper")
+    train = resolved_training(RunConfig(method=paper))
     assert (train["augment"], train["schedule"], train["drop_last"], train["crop_scale"], train["max_cached_views"]) == ("reference", "epoch", True, 0.5, None)
-    assert resolved_training(RunConfig())["crop_scale"] == 0.08
+    assert (train["epochs"], train["batch_size"], train["select"]) == (10, 4, "last")  # MMRL's published schedule, the last epoch
+    assert resolved_training(RunConfig(method=MethodConfig(preset="paper")))["crop_scale"] == 0.08
+
+
+def test_the_default_preset_derives_its_budget_from_the_training_images():
+    train = resolved_training(RunConfig(), train_images=54)  # CoOp: batch 32 cut to 54 // 4 = 13, 4 steps an epoch
+    assert (train["augment"], train["schedule"], train["select"], train["batch_size"], train["epochs"]) == ("clip", "step", "val", 13, 75)
+    assert resolved_training(RunConfig())["epochs"] == "auto"  # no data yet: the form shows it as derived
+    assert step_budget(10_000, 32) == (5, 32)  # 312 steps an epoch: the 5-epoch floor
+    assert step_budget(6, 128) == (50, 1)  # 6 images: batch 1, 6 steps an epoch
+    assert step_budget(2, 128) == (100, 1)  # 2 images: 150 epochs would be needed, the 100-epoch ceiling
+    assert step_budget(72, 1) == (5, 1)  # CoCoOp's batch 1 stays
+    explicit = RunConfig(train=TrainConfig(epochs=3, batch_size=2))
+    assert (resolved_training(explicit, 54)["epochs"], resolved_training(explicit, 54)["batch_size"]) == (3, 2)  # given values win
+    assert resolved_training(RunConfig(train=TrainConfig(epochs=3)), 54)["batch_size"] == 13
     assert TrainConfig(augment=False).augment == "none" and TrainConfig(augment=True).augment == "clip"  # older configs
 
 
@@ -70,7 +86,7 @@ def tiny_run(root, **train) -> RunConfig:
         decomposer=DecomposerConfig(name="fft", image_size=32),
         method=MethodConfig(host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}, "specpl": {"bank_init_batches": 5}}),
         data=DataConfig(root=str(root), shots=2),
-        train=TrainConfig(epochs=1, batch_size=8, **train),
+        train=TrainConfig(epochs=1, batch_size=8, **{"select": "last", **train}),
     )
 
 

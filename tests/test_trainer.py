@@ -18,7 +18,8 @@ def tiny_config(root, boosters=("specpl",), epochs=2, **train) -> RunConfig:
         decomposer=DecomposerConfig(name="fft", image_size=32),
         method=MethodConfig(host="coop", boosters=list(boosters), options={"coop": {"n_ctx": 4}}),
         data=DataConfig(root=str(root), shots=2),
-        train=TrainConfig(epochs=epochs, batch_size=8, **train),
+        # the last epoch, no validation hold-out: these tests count the steps of every training image
+        train=TrainConfig(epochs=epochs, batch_size=8, **{"select": "last", **train}),
     )
 
 
@@ -147,7 +148,7 @@ def test_base_to_new_protocol_reports_hm(tmp_path, cifar_root, tiny_backbone):
         (lambda c: setattr(c.method, "boosters", ["specpl", "magic"]), UnknownNameError, "unknown booster 'magic'"),
         (lambda c: setattr(c.data, "root", "/nonexistent/data"), ValueError, "/nonexistent/data does not exist"),
         (lambda c: setattr(c.backbone, "name", "ViT-Q-99"), UnknownNameError, "unknown backbone 'ViT-Q-99'"),
-        (lambda c: c.method.options.update(coop={"n_ctxx": 3}), ValueError, "unknown option\\(s\\) for coop: n_ctxx; coop's options are: class_specific, ctx_init"),
+        (lambda c: c.method.options.update(coop={"n_ctxx": 3}), ValueError, "unknown option\\(s\\) for coop: n_ctxx; coop's options are: class_specific, ctx_from_template, ctx_init"),
     ],
 )
 def test_bad_config_fails_before_writing_anything(tmp_path, cifar_root, change, error, message):

@@ -54,10 +54,13 @@ class WorldBenchConfig:
     shots: int = 4
     seeds: tuple[int, ...] = (1, 2, 3)
     test_per_class: int = 10
-    epochs: int = 20
-    batch_size: int = 16
+    # None: what the CLI and the app use with no flag (the preset's: `specpl.training_plan`)
+    epochs: int | None = 20
+    batch_size: int | None = 16
+    augment: str | None = None
+    max_cached_views: int | None = None
     hosts: tuple[str, ...] = ("coop",)
-    n_ctx: int = 4
+    n_ctx: int | None = 4  # CoOp's context length on every row (None: the preset's)
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))
     probe_pairs: int = 200
     camera: str = "default"  # the downstream domain (see generator.CAMERAS); pretraining saw "default"
@@ -78,7 +81,7 @@ class MethodResult:
     def summary(self) -> dict[str, float]:
         row = aggregate_base_new(self.per_seed)
         for key in ("texture", "shape"):
-            row[key] = float(np.mean([p[key] for p in self.probes]))
+            row[key] = float(np.mean([p[key] for p in self.probes])) if self.probes else float("nan")
         return row
 
 
@@ -225,7 +228,7 @@ def bench_methods(config: WorldBenchConfig) -> list[BenchRow]:
 def row_options(config: WorldBenchConfig, host: str, boosters: list[str]) -> dict[str, dict[str, Any]]:
     """The method options of a row: CoOp's short context, then `config.options` for the
     components the row has (an option for a booster it lacks does not apply)."""
-    options: dict[str, dict[str, Any]] = {"coop": {"n_ctx": config.n_ctx}} if host == "coop" else {}
+    options: dict[str, dict[str, Any]] = {"coop": {"n_ctx": config.n_ctx}} if host == "coop" and config.n_ctx else {}
     for component in [host, *boosters]:
         if component in config.options:
             options[component] = {**options.get(component, {}), **config.options[component]}
@@ -244,8 +247,8 @@ def with_boost_bundle(method: MethodConfig, bundle: Path) -> MethodConfig:
 
 def row_run_config(row: BenchRow, config: WorldBenchConfig, backbone: Backbone, root: Path, seed: int) -> RunConfig:
     """The training run of a row on one seed's base classes."""
-    # no random resized crop by default: resampling 64 px images blurs the 2-4 px textures away
-    train = {"epochs": config.epochs, "batch_size": config.batch_size, "seed": seed, "augment": "none", "max_cached_views": 1, **row.train}
+    chosen = {"epochs": config.epochs, "batch_size": config.batch_size, "augment": config.augment, "max_cached_views": config.max_cached_views}
+    train = {**{k: v for k, v in chosen.items() if v is not None}, "seed": seed, **row.train}
     decomposer = config.decomposer if row.decomposer is None else dataclasses.replace(config.decomposer, name=row.decomposer)
     return RunConfig(
         backbone=backbone.config, decomposer=decomposer, method=row.method, template=WORLD_TEMPLATE,
@@ -339,10 +342,13 @@ def run_world_bench(
                 accuracy[split] = predictor.evaluate(data.test).accuracy
             if row.compare_to_teacher:
                 results[name].teacher_fit.append({split: teacher_fit(_test_logits(predictor, data, novel), reference[split]) for split, (data, novel) in splits.items()})
-            probe = granularity_probe(predictor, decomposer, config.probe_pairs, seed, config.camera)
             results[name].per_seed.append((accuracy["base"], accuracy["new"]))
-            results[name].probes.append(probe)
-            log(f"seed {seed} {name:16s} base {accuracy['base']:6.2f} new {accuracy['new']:6.2f} probe texture {probe['texture']:.2f} shape {probe['shape']:.2f}")
+            if config.probe_pairs:
+                probe = granularity_probe(predictor, decomposer, config.probe_pairs, seed, config.camera)
+                results[name].probes.append(probe)
+                log(f"seed {seed} {name:16s} base {accuracy['base']:6.2f} new {accuracy['new']:6.2f} probe texture {probe['texture']:.2f} shape {probe['shape']:.2f}")
+            else:
+                log(f"seed {seed} {name:16s} base {accuracy['base']:6.2f} new {accuracy['new']:6.2f}")
     return list(results.values())
 
 
