@@ -42,7 +42,7 @@ def checkpoint_bundle(run_dir: Path, load_backbone: Callable[[BackboneConfig], B
     classnames = read_dataset(data_config).classnames
     decomposer = from_dict(DecomposerConfig, record["decomposer"]) if record.get("decomposer") else None
     backbone = load_backbone(from_dict(BackboneConfig, record["backbone"]))
-    method = from_dict(MethodConfig, {**record["method"], "options": record.get("resolved_method_options") or record["method"]["options"], "preset": "default"})
+    method = from_dict(MethodConfig, {**record["method"], "options": record.get("resolved_method_options") or record["method"]["options"], "preset": record.get("preset") or record["method"].get("preset") or "default"})
     model = build_method(method, backbone, classnames, record["template"], decomposer, dataset=data_config.dataset)
     tensors = load_tensors(state)
     model.load_learned_state_dict({key[len("model."):]: value for key, value in tensors.items() if key.startswith("model.")})
