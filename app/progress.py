@@ -29,7 +29,8 @@ class RunProgress:
     classes: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
     curve: list[dict[str, Any]] = field(default_factory=list)  # rows: step, term, loss
-    val: list[dict[str, Any]] = field(default_factory=list)  # rows: epoch, step, accuracy, split
+    val: list[dict[str, Any]] = field(default_factory=list)  # rows: epoch (0: before training), step, accuracy, split
+    zero_shot_val: float | None = None  # zero-shot CLIP's validation accuracy (the epoch-0 event's)
     lr: list[dict[str, Any]] = field(default_factory=list)  # rows: step, lr
     decomposer: dict[str, Any] | None = None  # {"name", "reason"}: the band teacher used, and why
     compiled: dict[str, Any] | None = None  # {"compiled", "reason"}
@@ -53,6 +54,8 @@ def read_progress(run_dir: Path) -> RunProgress:
                 progress.lr.append({"step": event["step"], "lr": event["lr"]})
         elif kind == "val":
             progress.val.append({"epoch": event["epoch"], "step": event.get("step", 0), "accuracy": event["accuracy"], "split": event.get("split", "val")})
+            if event.get("zero_shot") is not None:
+                progress.zero_shot_val = float(event["zero_shot"])
         elif kind == "decomposer":
             progress.decomposer = {"name": event.get("name"), "reason": event.get("reason")}
         elif kind == "compile":
@@ -87,9 +90,26 @@ def loss_frame(progress: RunProgress) -> pd.DataFrame:
     return typed_frame(progress.curve, {"step": "int64", "term": "str", "loss": "float64"}, thin_by="step")
 
 
+VAL_SERIES, ZERO_SHOT_SERIES, OLD_TEST_SERIES = "validation", "zero-shot", "test (older run)"
+VAL_COLOURS = {VAL_SERIES: SERIES_COLOURS[0], ZERO_SHOT_SERIES: "#9d9d9d", OLD_TEST_SERIES: SERIES_COLOURS[1]}
+VAL_TYPES = {"epoch": "int64", "step": "int64", "accuracy": "float64", "series": "str"}
+
+
 def val_frame(progress: RunProgress) -> pd.DataFrame:
-    """Accuracy after each evaluated epoch (on the validation split, else the test split)."""
-    return typed_frame(progress.val, {"epoch": "int64", "step": "int64", "accuracy": "float64", "split": "str"})
+    """Validation accuracy per epoch (epoch 0: the initial state, before training) as the
+    "validation" series, and zero-shot CLIP's validation accuracy as a constant "zero-shot" series
+    over the same epochs, for reference. Runs written before validation was held out scored the
+    test split: their points are the "test (older run)" series."""
+    rows = [{**{k: row[k] for k in ("epoch", "step", "accuracy")}, "series": VAL_SERIES if row.get("split", "val") == "val" else OLD_TEST_SERIES} for row in progress.val]
+    if progress.zero_shot_val is not None and rows:
+        steps = {row["epoch"]: row["step"] for row in rows}
+        rows += [{"epoch": epoch, "step": step, "accuracy": progress.zero_shot_val, "series": ZERO_SHOT_SERIES} for epoch, step in sorted(steps.items())]
+    return typed_frame(rows, VAL_TYPES)
+
+
+def validation_only(frame: pd.DataFrame) -> pd.DataFrame:
+    """The run's own accuracy per epoch (no zero-shot reference), as the compare view overlays it."""
+    return frame[frame["series"] != ZERO_SHOT_SERIES]
 
 
 def lr_frame(progress: RunProgress) -> pd.DataFrame:
@@ -127,6 +147,42 @@ def chance_note(accuracy: float, classes: int, backbone: dict[str, Any] | None) 
     return f" ⚠️ This is within {CHANCE_MARGIN:.0f} points of chance ({100.0 / classes:.0f}% for {classes} classes): the model has learned almost nothing, probably because {why}."
 
 
+BASE_NEW_NOTE = "Validation holds only the training (base) classes, so keeping the best epoch on it cannot protect new-class accuracy."
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_base_new(metrics: dict[str, Any]) -> bool:
+    return all(_number(metrics.get(key)) for key in ("base", "new", "hm"))
+
+
+def result_text(metrics: dict[str, Any]) -> str:
+    """A finished run's test result beside zero-shot CLIP's on the same test images and the gain in
+    points (on the HM for a base-to-new run), e.g. "test accuracy 91.0% (zero-shot CLIP 89.0%, +2.0
+    points)"; zero-shot is left out when the run did not score it (the paper preset)."""
+    zero = metrics.get("zero_shot") if isinstance(metrics.get("zero_shot"), dict) else {}
+    gain = metrics.get("gain_over_zero_shot")
+    if is_base_new(metrics):
+        text = f"base {metrics['base']:.1f}%, new {metrics['new']:.1f}%, HM {metrics['hm']:.1f}% on the test split"
+        if all(_number(zero.get(key)) for key in ("base", "new", "hm")):
+            text += f" (zero-shot CLIP: base {zero['base']:.1f}%, new {zero['new']:.1f}%, HM {zero['hm']:.1f}%" + (f"; HM {gain:+.1f} points)" if _number(gain) else ")")
+        return text
+    text = f"test accuracy {metrics['accuracy']:.1f}%"
+    if _number(zero.get("accuracy")):
+        text += f" (zero-shot CLIP {zero['accuracy']:.1f}%" + (f", {gain:+.1f} points)" if _number(gain) else ")")
+    return text
+
+
+def verdict_text(metrics: dict[str, Any]) -> str:
+    """The trainer's verdict sentence (how the kept model compares with zero-shot on validation) and,
+    for a base-to-new run, why selection cannot guard the new classes; each after a space."""
+    verdict = metrics.get("verdict")
+    text = f" {verdict}" if isinstance(verdict, str) and verdict else ""
+    return text + (f" {BASE_NEW_NOTE}" if is_base_new(metrics) else "")
+
+
 def status_line(record: RunRecord, progress: RunProgress, queue_position: int | None, backbone: dict[str, Any] | None = None) -> str:
     """One plain line: state, and what the user can expect next; `backbone` (the run's backbone
     config) names the likely reason for a near-chance result."""
@@ -147,7 +203,7 @@ def status_line(record: RunRecord, progress: RunProgress, queue_position: int | 
         accuracy = progress.metrics.get("accuracy")
         if accuracy is None:
             return "Finished."
-        return f"Finished: test accuracy {accuracy:.1f}%." + chance_note(accuracy, progress.classes, backbone)
+        return f"Finished: {result_text(progress.metrics)}.{verdict_text(progress.metrics)}" + chance_note(accuracy, progress.classes, backbone)
     return f"{record.status.capitalize()}" + (f": {record.cause}" if record.cause else ".")
 
 

@@ -9,9 +9,26 @@ from typing import Any
 
 import pandas as pd
 
-from app.progress import RunProgress, loss_frame, typed_frame, val_frame
+from app.progress import BASE_NEW_NOTE, RunProgress, is_base_new, loss_frame, result_text, typed_frame, val_frame, validation_only
 
-RANK_COLUMNS = ["rank", "run", "name", "method", "test accuracy", "best val", "base", "new", "hm"]
+# "zero-shot": zero-shot CLIP on the same test images, on the ranking's measure (HM for a base-to-new
+# run, else accuracy); "gain": the run's score on that measure minus zero-shot's, in points
+RANK_COLUMNS = ["rank", "run", "name", "method", "test accuracy", "zero-shot", "gain", "best val", "base", "new", "hm"]
+
+
+def result_html(metrics: dict[str, Any]) -> str:
+    """A finished run's result as the report opens with it: the test score beside zero-shot CLIP's
+    and the gain, the trainer's verdict, and for a base-to-new run why validation cannot guard the
+    new classes; "" when the run has no test score (a stopped run's checkpoint)."""
+    if not isinstance(metrics.get("accuracy"), (int, float)):
+        return ""
+    verdict = metrics.get("verdict")
+    lines = [f"<p><b>Result</b>: {html.escape(result_text(metrics))}.</p>"]
+    if isinstance(verdict, str) and verdict:
+        lines.append(f"<p class='specpl-verdict'>{html.escape(verdict)}</p>")
+    if is_base_new(metrics):
+        lines.append(f"<p class='specpl-base-new'>{html.escape(BASE_NEW_NOTE)}</p>")
+    return f"<div class='specpl-result'>{''.join(lines)}</div>"
 
 
 def confusion_html(metrics: dict[str, Any]) -> str:
@@ -72,7 +89,7 @@ def compare_frames(runs: list[RunSummary]) -> tuple[pd.DataFrame, pd.DataFrame]:
     for run in runs:
         loss = loss_frame(run.progress)
         losses += [{"step": step, "run": run.label, "loss": value} for step, value in loss[loss["term"] == "total"][["step", "loss"]].itertuples(index=False)]
-        vals += [{"epoch": epoch, "run": run.label, "accuracy": value} for epoch, value in val_frame(run.progress)[["epoch", "accuracy"]].itertuples(index=False)]
+        vals += [{"epoch": epoch, "run": run.label, "accuracy": value} for epoch, value in validation_only(val_frame(run.progress))[["epoch", "accuracy"]].itertuples(index=False)]
     return (
         typed_frame(losses, {"step": "int64", "run": "str", "loss": "float64"}),
         typed_frame(vals, {"epoch": "int64", "run": "str", "accuracy": "float64"}),
@@ -80,13 +97,18 @@ def compare_frames(runs: list[RunSummary]) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def ranking(runs: list[RunSummary]) -> pd.DataFrame:
-    """The runs best first: by HM when base/new was measured, else test accuracy, else best validation."""
+    """The runs best first: by HM when base/new was measured, else test accuracy, else best
+    validation; each beside zero-shot CLIP on the same measure and the gain over it."""
     rows = []
     for run in runs:
-        best_val = max((row["accuracy"] for row in run.progress.val), default=None)
-        score = next((run.metrics.get(key) for key in ("hm", "accuracy") if isinstance(run.metrics.get(key), (int, float))), best_val)
+        best_val = max((row["accuracy"] for row in run.progress.val if row.get("split", "val") == "val"), default=None)
+        measure = next((key for key in ("hm", "accuracy") if isinstance(run.metrics.get(key), (int, float))), None)
+        score = run.metrics[measure] if measure else best_val
+        zero_shot = run.metrics.get("zero_shot") if isinstance(run.metrics.get("zero_shot"), dict) else {}
+        gain = run.metrics.get("gain_over_zero_shot")
         rows.append((score if score is not None else float("-inf"), [
-            run.run_id, run.name, run.method, _percent(run.metrics.get("accuracy")), _percent(best_val),
+            run.run_id, run.name, run.method, _percent(run.metrics.get("accuracy")), _percent(zero_shot.get(measure) if measure else None),
+            f"{gain:+.1f}" if isinstance(gain, (int, float)) else "", _percent(best_val),
             _percent(run.metrics.get("base")), _percent(run.metrics.get("new")), _percent(run.metrics.get("hm")),
         ]))
     rows.sort(key=lambda row: row[0], reverse=True)

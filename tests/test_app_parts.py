@@ -196,6 +196,20 @@ def test_resume_clears_the_old_eta_and_near_chance_accuracy_is_flagged_with_its_
     assert chance_note(16.0, 10, world) == "" and chance_note(30.0, 4, None).startswith(" ⚠️ This is within 5 points of chance (25% for 4 classes)")
     assert "randomly initialised" in chance_note(10.0, 10, {"name": "specpl-tiny", "pretrained": None})
 
+    verdict = "The kept model (epoch 3 of 8) scores 91.0% on validation, +2.0 points over zero-shot CLIP (89.0%)."
+    progress.metrics = {"accuracy": 91.5, "zero_shot": {"accuracy": 88.25}, "gain_over_zero_shot": 3.25, "verdict": verdict}
+    finished = RunRecord("r", "demo", "finished", created=0)
+    assert status_line(finished, progress, None) == f"Finished: test accuracy 91.5% (zero-shot CLIP 88.2%, +3.2 points). {verdict}"
+    progress.metrics = {"accuracy": 90.0, "base": 90.0, "new": 50.0, "hm": 64.3, "zero_shot": {"accuracy": 80.0, "base": 80.0, "new": 70.0, "hm": 74.7},
+                        "gain_over_zero_shot": -10.4, "verdict": verdict}
+    assert status_line(finished, progress, None) == (
+        "Finished: base 90.0%, new 50.0%, HM 64.3% on the test split (zero-shot CLIP: base 80.0%, new 70.0%, HM 74.7%; HM -10.4 points). "
+        f"{verdict} Validation holds only the training (base) classes, so keeping the best epoch on it cannot protect new-class accuracy."
+    )
+    paper = "The last epoch is kept (paper preset); there is no validation split to compare it with zero-shot CLIP."
+    progress.metrics = {"accuracy": 91.5, "verdict": paper}  # the paper preset scores no zero-shot
+    assert status_line(finished, progress, None) == f"Finished: test accuracy 91.5%. {paper}"
+
     frame = loss_frame(read_progress(tmp_path))
     assert str(frame["step"].dtype) == "int64" and str(frame["loss"].dtype) == "float64"
     assert str(loss_frame(type(progress)())["loss"].dtype) == "float64"  # typed even when empty: the plot keeps numeric axes
