@@ -3,9 +3,14 @@ option of every registered host and booster, and per field of `TrainConfig`, `De
 and `DataConfig` that the main form does not already set. Nothing here is written per method, so a
 newly registered booster shows up with its options.
 
-The form shows *effective* values: the component's dataclass default, then the host's preset, then
-(for training) the host's published defaults, as the trainer resolves them. A run's config keeps
-only what the user changed from those, so presets keep working and the CLI line stays short.
+The form shows *effective* values: the component's dataclass default, then the chosen preset's
+(``default`` or ``paper``, `specpl.config.PRESETS`), and for training the preset's settings and the
+host's published ones in the preset's order, as the trainer resolves them
+(`specpl.training_plan.resolved_training`). Under ``default`` the epochs and batch size are
+``auto``, derived from the number of training images when the run starts: their number boxes are
+left empty (the main form's Epochs box: 0 or empty), and `app.plan` states the values beside it. A
+run's config keeps only what the user changed from those, so presets keep working and the CLI line
+stays short.
 
 Values travel as a dict keyed like the CLI: ``train.batch_size``, ``decomposer.source``,
 ``data.seed``, ``run.template``; the main form's controls use ``method.host``, ``method.boosters``,
@@ -25,9 +30,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from specpl.bands.diffusers_vae import looks_local
-from specpl.config import DEFAULT_TEMPLATE, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
+from specpl.config import DEFAULT_TEMPLATE, PRESETS, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig, canonical_preset
 from specpl.methods import BOOSTERS, HOSTS, resolve_method_options
-from specpl.trainer import resolved_training
+from specpl.training_plan import AUTO, resolved_training
 
 APP_TRAIN_DEFAULTS = {"eval_every_epochs": 1}  # the app evaluates every epoch: the validation curve needs it
 MAIN_FORM = {  # set by the main form's own controls, so left out of the accordion
@@ -43,6 +48,7 @@ CHOICES = {
     "train.augment": ("reference", "clip", "none"),
     "train.schedule": ("epoch", "step"),
     "train.compile": ("auto", "on", "off"),
+    "train.select": ("val", "last"),
     "data.subsample": ("all", "base", "new"),
 }
 # The form's own controls, in the order the UI passes them after the backbone (then `form_fields`).
@@ -51,6 +57,7 @@ OPTIONS_KEY = "method.options"  # {"coop.n_ctx": 4, ...}: the method options the
 PRESET_FILE = "specpl-preset.json"
 MAX_PRESET_BYTES = 256 * 1024
 TEMPLATE_KEY = "run.template"
+AUTO_KEYS = ("train.epochs", "train.batch_size")  # numbers that also take "auto" (derived from the data)
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,18 @@ def form_keys() -> list[str]:
 
 
 def presets_of(host: str) -> list[str]:
-    return sorted(HOSTS.get(host).presets or {"default": {}})
+    """The presets a run of `host` can take: every host and booster has each of `PRESETS` (a
+    component's ``presets`` holds only what a preset changes)."""
+    return list(PRESETS)
+
+
+def known_preset(name: str | None) -> str:
+    """A preset's current name (``reference`` reads as ``paper``), or ``default`` for none or an
+    unknown one."""
+    try:
+        return canonical_preset(name or "default")
+    except ValueError:
+        return "default"
 
 
 def effective_values(host: str, boosters: list[str], preset: str) -> dict[str, Any]:
@@ -141,7 +159,7 @@ def effective_values(host: str, boosters: list[str], preset: str) -> dict[str, A
     component's fields: their dataclass defaults). An invalid
     combination still gets values (each booster's own defaults), so the form can show them
     while the method note explains the refusal."""
-    method = MethodConfig(host=host, boosters=list(boosters), preset=preset if preset in presets_of(host) else "default")
+    method = MethodConfig(host=host, boosters=list(boosters), preset=known_preset(preset))
     try:
         options = resolve_method_options(method)
     except ValueError:
@@ -161,6 +179,8 @@ def coerce(field: OptionField, value: Any) -> Any:
     """A control's value as the config wants it; ``None`` (an empty field) means "leave it"."""
     if value is None or (isinstance(value, str) and not value.strip() and (field.nullable or field.kind != "str")):
         return None
+    if field.key in AUTO_KEYS and isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
     try:
         if field.kind == "bool":
             return bool(value)
@@ -211,11 +231,27 @@ def run_config(values: Mapping[str, Any], backbone: Any) -> RunConfig:
         decomposer=DecomposerConfig(name=str(values.get("decomposer.name") or "auto"), **sections["decomposer"]),
         method=MethodConfig(host=host, boosters=boosters, options=options, preset=preset),
         data=DataConfig(shots=shots or None, split_ratio=float(values.get("data.split_ratio") or 0.5), **sections["data"]),
-        train=TrainConfig(epochs=int(values.get("train.epochs") or 0) or None, lr=float(values.get("train.lr") or 0) or None, **sections["train"]),
+        train=TrainConfig(epochs=main_epochs(values.get("train.epochs")), lr=float(values.get("train.lr") or 0) or None, **sections["train"]),
         template=template,
     )
     resolve_method_options(config.method)  # unknown methods, bad combinations and options fail here
     return config
+
+
+def main_epochs(value: Any) -> int | str | None:
+    """The main form's Epochs box: a number typed wins; empty or 0 leaves the preset's (the
+    default preset's ``auto``: derived from the number of training images); "auto" is kept as typed."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        epochs = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"epochs = {value!r} is not a number (leave it empty or 0 for auto)") from None
+    if epochs != int(epochs) or epochs < 0:
+        raise ValueError(f"epochs = {value!r} is not a whole number of epochs (leave it empty or 0 for auto)")
+    return int(epochs) or None
 
 
 def form_values(config: RunConfig) -> dict[str, Any]:
@@ -228,6 +264,7 @@ def form_values(config: RunConfig) -> dict[str, Any]:
     values.update({
         "method.host": method.host, "method.boosters": list(method.boosters), "method.preset": method.preset,
         "data.shots": config.data.shots or 0, "train.lr": config.train.lr or 0, TEMPLATE_KEY: config.template,
+        "train.epochs": config.train.epochs if isinstance(config.train.epochs, int) else None,  # empty: auto (the preset's)
         OPTIONS_KEY: {f"{component}.{key}": value for component, settings in method.options.items() for key, value in settings.items()},
     })
     return values
@@ -317,7 +354,9 @@ def cli_command(config: RunConfig, data: str = "DATASET_FOLDER", out: str = "run
     for key, value in train.items():
         if value == base[key]:
             continue
-        if key in flagged and value is not None:
+        if key in flagged and value == AUTO:
+            unflagged = True  # the CLI's flags take numbers: an explicit "auto" comes from the preset file
+        elif key in flagged and value is not None:
             flag(flagged[key], value)
         elif key == "cache_features" and value is False:
             flags.append("--no-cache")

@@ -36,8 +36,9 @@ from app.jobs import ACTIVE, REQUEST_FILE, JobError, JobManager, RunRecord
 from app.messages import first_sentence
 from app.models import ModelCache
 from app.hub import HubError, checkpoint_bundle, push_bundle
-from app.progress import RunProgress, chance_note, decomposer_line, loss_frame, lr_frame, progress_html, read_progress, series_colours, status_line, val_frame
-from app.reports import RunSummary, compare_frames, confusion_html, misclassified_gallery, per_class_frame, ranking
+from app.plan import training_counts, training_plan
+from app.progress import VAL_COLOURS, RunProgress, chance_note, decomposer_line, loss_frame, lr_frame, progress_html, read_progress, series_colours, status_line, val_frame
+from app.reports import RunSummary, compare_frames, confusion_html, misclassified_gallery, per_class_frame, ranking, result_html
 from app.settings import AppSettings
 from app.uploads import DatasetSummary, add_builder_class, extract_dataset_zip, summarize_dataset
 from specpl import defaults
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 USER_ERRORS = (UploadError, JobError, FeatureUnavailable, UnknownNameError, BackboneUnavailable, FileNotFoundError, HubError, ValueError)
 RUN_COLUMNS = ["run", "name", "status", "method", "backbone", "accuracy", "created"]
 MAX_PICKER_CHOICES = 100  # matches listed at once; the search box reaches every image
+MAX_KNOWN_DATASETS = 256  # datasets whose per-class counts are kept for the training plan
 USER_DIR_TTL_S = 7 * 24 * 3600  # a visitor's uploads are removed after a week without use
 DATASET_CLEARED = (None, "", None)
 WORLD_CAUTION = " ⚠️ The SpectralWorld CLIP knows only SpectralWorld images: on photos its labels and probabilities are guesses, however confident they look."  # dataset root, summary, thumbnails: what a failed upload leaves
@@ -69,15 +71,18 @@ def curve(progress: RunProgress) -> dict:
     return plot(loss_frame(progress), "term")
 
 
-def plot(frame: pd.DataFrame, colour: str | None = None) -> dict:
-    """A plot update shown only once it has points, with a fixed colour per series (see `curve`)."""
+def plot(frame: pd.DataFrame, colour: str | None = None, fixed: dict[str, str] | None = None) -> dict:
+    """A plot update shown only once it has points, with a fixed colour per series (see `curve`);
+    `fixed` names the colour of each known series."""
     colours = series_colours(frame, colour) if colour else None
+    if colours and fixed:
+        colours = {name: fixed.get(name, value) for name, value in colours.items()}
     return gr.update(value=frame, visible=not frame.empty, **({"color_map": colours} if colours else {}))
 
 
 def run_curves(progress: RunProgress) -> tuple[dict, dict, dict]:
-    """Loss, validation accuracy per epoch, and learning rate per step."""
-    return curve(progress), plot(val_frame(progress)), plot(lr_frame(progress))
+    """Loss, validation accuracy per epoch (with zero-shot CLIP's for reference), and learning rate per step."""
+    return curve(progress), plot(val_frame(progress), "series", VAL_COLOURS), plot(lr_frame(progress))
 
 
 def no_report() -> tuple[dict, dict, dict]:
@@ -120,6 +125,8 @@ def shown_value(field: advanced.OptionField, value: Any) -> Any:
         return json.dumps(value)
     if value is None and field.kind in ("str", "choice"):
         return ""
+    if field.kind in ("int", "float") and isinstance(value, str):
+        return None  # "auto" (epochs, batch size derived from the data): an empty number box
     return value
 
 
@@ -138,6 +145,7 @@ class Studio:
         self.jobs = JobManager(settings.runs_dir, settings.training_slots, settings.stop_grace_s)
         self.models = ModelCache(int8=self.settings.cpu_int8)
         self._secret = install_secret(settings.data_dir)
+        self._dataset_counts: dict[str, tuple[dict[str, tuple[int, int]], bool]] = {}  # root -> (class counts, has train/ and test/)
 
     # ----- who is asking ---------------------------------------------------------------------
 
@@ -228,7 +236,30 @@ class Studio:
         return self._dataset_outputs(summarize_dataset(builder, split_ratio, label="the builder"), "Using the classes built here.")
 
     def _dataset_outputs(self, summary: DatasetSummary, message: str) -> tuple:
+        self._remember_counts(summary)
         return str(summary.root), summary.markdown(), summary.gallery, message
+
+    def _remember_counts(self, summary: DatasetSummary) -> tuple[dict[str, tuple[int, int]], bool]:
+        """Keep a loaded dataset's per-class counts for its training plan (`training_plan_line`)."""
+        while len(self._dataset_counts) >= MAX_KNOWN_DATASETS:
+            self._dataset_counts.pop(next(iter(self._dataset_counts)), None)
+        known = self._dataset_counts[str(summary.root)] = (dict(summary.counts), (summary.root / "train").is_dir())
+        return known
+
+    def training_plan_line(self, dataset_root: str | None, config: RunConfig | None) -> str:
+        """The plan line beside the Epochs box for the form's `config` on the loaded dataset: epochs,
+        batch size and steps, training images, validation held out and the epoch kept (`app.plan`);
+        "" before a dataset is loaded or while the form holds a setting the library refuses."""
+        if not dataset_root or config is None or not Path(dataset_root).is_dir():
+            return ""
+        known = self._dataset_counts.get(str(dataset_root))
+        try:
+            if known is None:  # a dataset loaded before a restart of the server: read its counts once
+                known = self._remember_counts(summarize_dataset(Path(dataset_root), config.data.split_ratio, label="the dataset"))
+            counts, has_splits = known
+            return training_plan(config, training_counts(counts, has_splits, config.data.split_ratio)).line()
+        except USER_ERRORS:
+            return ""
 
     def saved_dataset(self, root: str | None, split_ratio: float) -> dict:
         """What the browser keeps of the active dataset, to restore it after a reload; {} for none
@@ -258,11 +289,19 @@ class Studio:
     def form_config(self, backbone_key: str, *values: Any) -> tuple[dict, str]:
         """The run config the form describes, and its ``specpl train`` line. A setting the library
         refuses yields ``{"error": why}``, which Start then refuses with that reason."""
+        return self._form_outputs(backbone_key, values)[:2]
+
+    def form_and_plan(self, dataset_root: str | None, backbone_key: str, *values: Any) -> tuple[dict, str, str]:
+        """`form_config` and the training plan line, after any change of the form or the dataset."""
+        config_json, line, config = self._form_outputs(backbone_key, values)
+        return config_json, line, self.training_plan_line(dataset_root, config)
+
+    def _form_outputs(self, backbone_key: str, values: tuple) -> tuple[dict, str, RunConfig | None]:
         try:
             config = advanced.run_config(self._form(values), backbones.resolve_backbone(backbone_key))
         except USER_ERRORS as exc:
-            return {"error": str(exc)}, f"# {exc}"
-        return json.loads(advanced.preset_json(config)), advanced.cli_command(config)
+            return {"error": str(exc)}, f"# {exc}", None
+        return json.loads(advanced.preset_json(config)), advanced.cli_command(config), config
 
     def method_note(self, host: str, boosters: list[str] | None) -> str:
         """The chosen host's and boosters' descriptions, or the library's refusal of the combination."""
@@ -277,7 +316,7 @@ class Studio:
     def method_choice(self, host: str, boosters: list[str] | None, preset: str) -> tuple[dict, str]:
         """The host's presets (the current one kept when it has it) and the method note."""
         presets = advanced.presets_of(host) if host in HOSTS else ["default"]
-        return gr.update(choices=presets, value=preset if preset in presets else "default"), self.method_note(host, boosters)
+        return gr.update(choices=presets, value=advanced.known_preset(preset)), self.method_note(host, boosters)
 
     def method_defaults(self, host: str, boosters: list[str] | None, preset: str, redraw: int, options: dict | None) -> list[Any]:
         """After the user picks a host or boosters: each setting takes the value it means for that
@@ -400,7 +439,7 @@ class Studio:
         if record.status != "finished":
             return no_report()
         metrics = self._metrics(record.run_id)
-        confusion = confusion_html(metrics)
+        confusion = result_html(metrics) + confusion_html(metrics)
         per_class = per_class_frame(metrics)
         gallery = misclassified_gallery(metrics, self.jobs.run_dir(record.run_id))
         return (

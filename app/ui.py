@@ -24,6 +24,10 @@ INTRO = (
     "background, look at the band maps and counterfactuals, classify, and export the model."
 )
 WORLD_EXAMPLES = ", ".join(DEMO_CLASSES[:3])
+VAL_PLOT = {  # the validation curve: the run's accuracy on its held-out images, and zero-shot CLIP's on the same images
+    "x": "epoch", "y": "accuracy", "color": "series", "title": "Validation accuracy per epoch", "y_lim": [0, 100],
+    "caption": "Epoch 0: the initial prompts, before training. Zero-shot: zero-shot CLIP on the same validation images, for reference.",
+}
 
 
 def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
@@ -80,10 +84,11 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                         decomposer_note = gr.Markdown(decomposers.note(CPU_DECOMPOSER, None, settings.multi_user), elem_id="decomposer-note")
                         with gr.Row():
                             shots = gr.Number(16, precision=0, minimum=0, label="Shots per class (0 = all)", elem_id="shots")
-                            epochs = gr.Number(5, precision=0, minimum=1, label="Epochs", elem_id="epochs")
+                            epochs = gr.Number(0, precision=0, minimum=0, label="Epochs (0 or empty = auto)", placeholder="auto", elem_id="epochs")
                             lr = gr.Number(0, minimum=0, label="Learning rate (0 = method default)", elem_id="lr")
+                        training_plan = gr.Markdown(elem_id="training-plan")  # the epochs, batch and held-out validation the run will use
                         with gr.Accordion("Advanced", open=False, elem_id="advanced") as advanced_box:
-                            preset = gr.Dropdown(advanced.presets_of(default_host), value="default", label="Preset (the host's option set: ours, or the released code's)", elem_id="preset")
+                            preset = gr.Dropdown(advanced.presets_of(default_host), value="default", label="Preset (default: measured, keeps the best epoch on validation; paper: the published settings, the last epoch)", elem_id="preset")
                             method_options = gr.JSON({}, visible=False, elem_id="method-options")  # the options the user set, by key
                             redraw_options = gr.State(0)  # bumped when the options must be drawn again
                             draw_method_options(host, boosters, preset, method_options, [advanced_box.expand, redraw_options.change])
@@ -104,7 +109,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                         status = gr.HTML(elem_id="run-status", visible=False)
                         curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="loss-curve", visible=False)
                         with gr.Row():
-                            val_curve = gr.LinePlot(x="epoch", y="accuracy", title="Accuracy per epoch (validation, else test split)", height=220, elem_id="val-curve", visible=False)
+                            val_curve = gr.LinePlot(**VAL_PLOT, height=220, elem_id="val-curve", visible=False)
                             lr_curve = gr.LinePlot(x="step", y="lr", title="Learning rate", height=220, elem_id="lr-curve", visible=False)
                         confusion, per_class, misclassified = report_components("train")
                         with gr.Accordion("Run details", open=False, visible=False) as details_box:
@@ -204,7 +209,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     runs_metrics = gr.JSON(label="Metrics")
                 runs_curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="runs-curve")
                 with gr.Row():
-                    runs_val = gr.LinePlot(x="epoch", y="accuracy", title="Accuracy per epoch", height=220, elem_id="runs-val")
+                    runs_val = gr.LinePlot(**VAL_PLOT, height=220, elem_id="runs-val")
                     runs_lr = gr.LinePlot(x="step", y="lr", title="Learning rate", height=220, elem_id="runs-lr")
                 runs_report = report_components("runs")
                 gr.Markdown("#### Evaluate on a new test set\nA `.zip` of class folders (or `train/` and `test/`), checked like a dataset upload; every image is scored (the `test/` folder when there is one).")
@@ -220,11 +225,15 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     hub_private = gr.Checkbox(True, label="Private", elem_id="hub-private")
                 push = gr.Button("Push to the Hub", elem_id="hub-push")
                 hub_message = gr.Markdown(elem_id="hub-message")
-                gr.Markdown("#### Compare runs\nOverlay the curves of the runs you pick; the table ranks them (HM when base/new was measured, else test accuracy).")
+                gr.Markdown(
+                    "#### Compare runs\nOverlay the curves of the runs you pick (validation accuracy per epoch, 0: before training); the table ranks them "
+                    "(HM when base/new was measured, else test accuracy) beside zero-shot CLIP on the same test images and the gain in points. "
+                    "For base-to-new runs, validation holds only the training (base) classes, so keeping the best epoch cannot protect new-class accuracy."
+                )
                 compare_pick = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Runs to compare", elem_id="compare-pick")
                 with gr.Row():
                     compare_loss = gr.LinePlot(x="step", y="loss", color="run", title="Total loss", height=240, elem_id="compare-loss")
-                    compare_val = gr.LinePlot(x="epoch", y="accuracy", color="run", title="Accuracy per epoch", height=240, elem_id="compare-val")
+                    compare_val = gr.LinePlot(x="epoch", y="accuracy", color="run", title="Validation accuracy per epoch", height=240, elem_id="compare-val")
                 compare_rank = gr.Dataframe(label="Ranking", interactive=False, elem_id="compare-rank")
                 gr.Markdown("#### Import a bundle\nA `.zip` of `model.safetensors`, `config.json` and `README.md` (as downloaded above). Pickled weights are refused.")
                 import_file = gr.File(label="Bundle .zip", file_types=[".zip"])
@@ -248,7 +257,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         show_when_set(dataset_root, [thumbnails])
         backbone.change(studio.backbone_note, backbone, backbone_note, api_visibility="private")
         form = [host, boosters, preset, decomposer, shots, epochs, lr, split_ratio, *setting_fields, method_options]  # `advanced.form_keys()` order
-        wire_method_form(studio, demo, backbone, form, redraw_options, method_note, run_config, cli_command)
+        wire_method_form(studio, demo, backbone, form, redraw_options, method_note, run_config, cli_command, dataset_root, training_plan)
         source = setting_fields[[field.key for field in advanced.setting_fields()].index("decomposer.source")]
         decomposer.change(lambda name, src: studio.decomposer_note(name, src)[1], [decomposer, source], decomposer_note, api_visibility="private")
         source.change(studio.decomposer_note, [decomposer, source], [decomposer, decomposer_note], api_name="decomposer_status")
@@ -357,20 +366,23 @@ def option_control(field: advanced.OptionField, value: Any, default: Any) -> gr.
     return gr.Textbox(shown, **common)
 
 
-def wire_method_form(studio: Studio, demo: gr.Blocks, backbone: gr.Dropdown, form: list, redraw: gr.State, note: gr.Markdown, run_config: gr.JSON, cli: gr.Textbox) -> None:
+def wire_method_form(
+    studio: Studio, demo: gr.Blocks, backbone: gr.Dropdown, form: list, redraw: gr.State, note: gr.Markdown, run_config: gr.JSON, cli: gr.Textbox,
+    dataset_root: gr.State, plan: gr.Markdown,
+) -> None:
     """The method picker drives the Advanced form: any change (a reload's restore included) offers
     the host's presets and describes the choice (or the library's refusal of it); a choice the user
     makes also resets the settings to what they mean for it (a preset: the options too) and redraws
     the options.
-    Every change redraws the run config and the CLI line."""
+    Every change of the form or the dataset redraws the run config, the CLI line and the training plan."""
     host, boosters, preset = form[:3]
     settings, options = form[len(advanced.MAIN_KEYS):-1], form[-1]
     for trigger in (host.change, boosters.change):
         trigger(studio.method_choice, [host, boosters, preset], [preset, note], show_progress="hidden", api_visibility="private")
     gr.on([host.input, boosters.input], studio.method_defaults, [host, boosters, preset, redraw, options], [*settings, options, redraw], show_progress="hidden", api_visibility="private")
     preset.input(studio.preset_defaults, [host, boosters, preset, redraw], [*settings, options, redraw], show_progress="hidden", api_visibility="private")
-    gr.on([c.change for c in [backbone, *form]], studio.form_config, [backbone, *form], [run_config, cli], show_progress="hidden", api_visibility="private")
-    demo.load(studio.form_config, [backbone, *form], [run_config, cli], show_progress="hidden", api_visibility="private")
+    gr.on([c.change for c in [backbone, *form, dataset_root]], studio.form_and_plan, [dataset_root, backbone, *form], [run_config, cli, plan], show_progress="hidden", api_visibility="private")
+    demo.load(studio.form_and_plan, [dataset_root, backbone, *form], [run_config, cli, plan], show_progress="hidden", api_visibility="private")
 
 
 def report_components(prefix: str) -> tuple[gr.HTML, gr.BarPlot, gr.Gallery]:
@@ -390,6 +402,8 @@ def remember_form(demo: gr.Blocks, form: dict[str, gr.components.Component], sav
 
     def restore(values: dict | None) -> list[Any]:
         values = values if isinstance(values, dict) else {}
+        if "method.preset" in values:  # a form saved before the rename says "reference" for "paper"
+            values = {**values, "method.preset": advanced.known_preset(values["method.preset"])}
         return [_restored(component, values[key]) if key in values else gr.update() for key, component in form.items()]
 
     demo.load(restore, saved, components, show_progress="hidden", api_visibility="private")

@@ -4,6 +4,7 @@ offline default: the SpectralWorld CLIP on the demo set (both stand-ins: random 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 import shutil
@@ -243,8 +244,16 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
         page.locator("#backbone input").fill("specpl-tiny")  # filter the dropdown, take the match
         page.keyboard.press("Enter")
         expect(page.locator("#backbone input")).to_have_value(re.compile("^specpl-tiny"))
+        expect(page.locator("#epochs input")).to_have_value("0")  # auto: the preset's budget, as the plan beside it says
         page.locator("#shots input").fill("2")
+        page.locator("#shots input").press("Tab")
+        # 8 training images of each class (split 0.5), 2 shots, 1 held out: 10 images; batch min(32, 10 // 4) = 2, 5 steps an epoch
+        expect(page.locator("#training-plan")).to_contain_text(
+            "Training plan: 60 epochs of batch 2 (300 steps) from 10 training images; 1 per class held out for validation; best epoch kept."
+        )
         page.locator("#epochs input").fill("3000")
+        page.locator("#epochs input").press("Tab")
+        expect(page.locator("#training-plan")).to_contain_text("Training plan: 3000 epochs of batch 2 (15000 steps) from 10 training images")  # typed wins
         page.locator("#start").click()
         expect(page.locator("#run-status")).to_contain_text("Running: step", timeout=120_000)
         run_id = page.locator("#run-id textarea").input_value()
@@ -303,8 +312,15 @@ def test_api_a_finished_run_has_validation_and_lr_curves_a_confusion_matrix_per_
     client, first, _ = two_runs
     status, loss, val, lr, details, confusion, per_class, mistakes = client.predict(first, api_name="/run_status")
     metrics = json.loads((settings.runs_dir / first / "metrics.json").read_text())
-    assert val["value"]["columns"][:3] == ["epoch", "step", "accuracy"] and [row[0] for row in val["value"]["data"]] == [1, 2]
-    assert all(0 <= row[2] <= 100 for row in val["value"]["data"])
+    assert val["value"]["columns"] == ["epoch", "step", "accuracy", "series"]
+    rows = val["value"]["data"]
+    assert [row[0] for row in rows if row[3] == "validation"] == [0, 1, 2]  # epoch 0: the initial prompts, before training
+    assert [row[2] for row in rows if row[3] == "validation"] == pytest.approx([metrics["selection"]["initial_val"], *metrics["selection"]["per_epoch_val"]])
+    assert [(row[0], row[2]) for row in rows if row[3] == "zero-shot"] == [(epoch, pytest.approx(metrics["selection"]["zero_shot_val"])) for epoch in (0, 1, 2)]
+    assert all(0 <= row[2] <= 100 for row in rows)
+    assert details["metrics"]["verdict"] == metrics["verdict"] and html.escape(metrics["verdict"]) in status  # the status line ends with the verdict
+    assert f"(zero-shot CLIP {metrics['zero_shot']['accuracy']:.1f}%, {metrics['gain_over_zero_shot']:+.1f} points)" in status
+    assert "<b>Result</b>: test accuracy" in confusion["value"] and html.escape(metrics["verdict"]) in confusion["value"]
     steps = [row[0] for row in lr["value"]["data"]]
     assert steps == list(range(1, details["total_steps"] + 1))  # logged every step on a CPU
     assert "Band decomposer: fft (fft, as the config names it.)" in status and details["decomposer"]["name"] == "fft"
@@ -323,8 +339,12 @@ def test_api_compare_overlays_the_runs_and_ranks_them_by_accuracy(server, two_ru
     accuracy = {run_id: json.loads((settings.runs_dir / run_id / "metrics.json").read_text())["accuracy"] for run_id in (first, second)}
     expected = sorted((first, second), key=lambda run_id: -accuracy[run_id])
     assert [row[1] for row in ranking["data"]] == expected and [row[0] for row in ranking["data"]] == [1, 2]
+    assert ranking["headers"][4:7] == ["test accuracy", "zero-shot", "gain"]
+    for row in ranking["data"]:
+        metrics = json.loads((settings.runs_dir / row[1] / "metrics.json").read_text())
+        assert row[5:7] == [f"{metrics['zero_shot']['accuracy']:.1f}%", f"{metrics['gain_over_zero_shot']:+.1f}"]
     assert {row[1] for row in loss["value"]["data"]} == {f"two epochs ({first[-6:]})", f"one epoch ({second[-6:]})"}
-    assert sorted(row[0] for row in val["value"]["data"]) == [1, 1, 2]  # epochs: two from the first run, one from the second
+    assert sorted(row[0] for row in val["value"]["data"]) == [0, 0, 1, 1, 2]  # epochs (0: before training): two from the first run, one from the second
 
 
 def test_api_evaluate_a_run_on_a_new_test_set_as_the_library_scores_it(server, two_runs, cifar_root, tmp_path):
@@ -400,21 +420,21 @@ def test_api_a_preset_saved_from_the_form_loads_back_into_it(server, tmp_path):
 
     demo, _ = server
     client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
-    values = advanced.effective_values("ivlp", [], "reference")
-    values.update({"method.host": "ivlp", "method.boosters": [], "method.preset": "reference", "decomposer.name": "fft",
+    values = advanced.effective_values("ivlp", [], "paper")
+    values.update({"method.host": "ivlp", "method.boosters": [], "method.preset": "paper", "decomposer.name": "fft",
                    "data.shots": 4, "train.epochs": 2, "train.lr": 0, "data.split_ratio": 0.5, "train.batch_size": 2, advanced.OPTIONS_KEY: {"ivlp.depth": 3}})
     fields = {field.key: field for field in advanced.setting_fields()}
     args = [shown_value(fields[key], values[key]) if key in fields else values[key] for key in advanced.form_keys()]
     preset, message = client.predict(TINY, *args, api_name="/save_preset")
-    assert message == "Preset saved: ivlp, preset reference."
+    assert message == "Preset saved: ivlp, preset paper."
     saved = json.loads(Path(preset).read_text())
-    assert saved["method"] == {"host": "ivlp", "boosters": [], "options": {"ivlp": {"depth": 3}}, "preset": "reference"} and saved["train"]["batch_size"] == 2
+    assert saved["method"] == {"host": "ivlp", "boosters": [], "options": {"ivlp": {"depth": 3}}, "preset": "paper"} and saved["train"]["batch_size"] == 2
     backbone, *form, message = client.predict(handle_file(preset), api_name="/load_preset")
     loaded = dict(zip(advanced.form_keys(), form))
     assert backbone == TINY and message == "Preset loaded: specpl-preset.json."
-    assert (loaded["method.host"], loaded["method.preset"], loaded[advanced.OPTIONS_KEY], loaded["train.batch_size"], loaded["data.shots"]) == ("ivlp", "reference", {"ivlp.depth": 3}, 2, 4)
+    assert (loaded["method.host"], loaded["method.preset"], loaded[advanced.OPTIONS_KEY], loaded["train.batch_size"], loaded["data.shots"]) == ("ivlp", "paper", {"ivlp.depth": 3}, 2, 4)
     config, line = client.predict(TINY, *args, api_name="/run_config")
-    assert config == saved and line.startswith("specpl train --data DATASET_FOLDER --out runs/my-run --backbone specpl-tiny --pretrained none --host ivlp --preset reference --option ivlp.depth=3")
+    assert config == saved and line.startswith("specpl train --data DATASET_FOLDER --out runs/my-run --backbone specpl-tiny --pretrained none --host ivlp --preset paper --option ivlp.depth=3")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"method": {"host": "nosuch"}}))
     *_, message = client.predict(handle_file(bad), api_name="/load_preset")
@@ -444,8 +464,14 @@ def test_browser_the_advanced_form_follows_the_host_and_the_cli_line_follows_the
         page.keyboard.press("Enter")
         expect(page.locator("#opt-ivlp-depth input")).to_be_visible()
         expect(page.locator("#opt-coop-n-ctx")).to_be_hidden()
-        expect(page.locator("#opt-train-batch-size input")).to_have_value("4")  # IVLP's training default replaced CoOp's 32
+        expect(page.locator("#opt-train-batch-size input")).to_have_value("")  # the default preset derives it from the data
+        expect(page.locator("#opt-train-batch-size")).to_contain_text("default: 'auto'")
         expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"--host ivlp"))
+        expect(page.locator("#cli-command textarea")).not_to_have_value(re.compile(r"--epochs|--batch-size"))  # auto: no flag
+        page.locator("#preset input").fill("paper")
+        page.keyboard.press("Enter")
+        expect(page.locator("#opt-train-batch-size input")).to_have_value("4")  # IVLP's published batch size under the paper preset
+        expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"--host ivlp --preset paper"))
         page.locator("#opt-ivlp-depth input").fill("3")
         page.locator("#opt-ivlp-depth input").press("Tab")
         expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"--option ivlp\.depth=3"))
