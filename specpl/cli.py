@@ -132,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--taef2-source", help="with --ablate: a folder with TAEF2 weights for the decomposer row (skipped without it)")
     world.add_argument("--out", default="bench/WORLD.md", help="markdown report (written atomically)")
 
+    defaults = bench_sub.add_parser("defaults", help="the defaults against zero-shot: every host alone and with each booster, as `specpl train` runs them with no flag", description="Train every host alone and with each booster under the default preset, exactly as the CLI and the app do with no flag, on the demo set and on SpectralWorld under each camera, and write a markdown table against zero-shot.")
+    defaults.add_argument("--hosts", nargs="+", help="hosts to run (default: every registered host)")
+    defaults.add_argument("--boosters", nargs="+", default=["specpl", "dapt", "isp"], help="boosters to run on each host that accepts them")
+    defaults.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    defaults.add_argument("--test-per-class", type=int, default=50)
+    defaults.add_argument("--domains", nargs="+", default=["demo", *CAMERAS], choices=["demo", *CAMERAS], help="the demo set and SpectralWorld cameras to run")
+    defaults.add_argument("--held-out", nargs="*", default=["dusk"], choices=list(CAMERAS), help="cameras the defaults were not chosen on (they confirm them)")
+    defaults.add_argument("--ablation", nargs="*", default=[], help="extra world rows HOST+BOOSTER:COMPONENT.KEY=VALUE[,...], e.g. cocoop+specpl:specpl.refiner=layernorm")
+    defaults.add_argument("--out", default="bench/DEFAULTS.md", help="markdown report (written atomically)")
+
     bands = sub.add_parser("bands", help="write the low/high band maps of an image as PNGs")
     bands.add_argument("image")
     bands.add_argument("--out", required=True, help="folder for <name>_low.png, <name>_high.png, <name>_latents.png")
@@ -335,6 +345,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     # every host that can be boosted: not the zero-shot baseline, not a phase of a booster (CasPL's)
     hosts = tuple(args.hosts or [name for name in HOSTS.names() if name != "zeroshot" and HOSTS.get(name).accepts_boosters])
+    if args.benchmark == "defaults":
+        return _bench_defaults(args, hosts)
     decomposer_config = DecomposerConfig(name=args.decomposer, source=args.decomposer_source, image_size=64)
     config = WorldBenchConfig(
         shots=args.shots, seeds=tuple(args.seeds), test_per_class=args.test_per_class, epochs=args.epochs, hosts=hosts,
@@ -361,6 +373,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
     probe = band_linear_probe(decomposer, backbone, image_size=decomposer_config.image_size)
     ceiling = feature_ceiling(backbone, config)
     report = markdown_report(results, config, "specpl " + " ".join(args.argv), backbone, time.time() - started, probe, ceiling)
+    atomic_write_text(Path(args.out), report)
+    print(report)
+    return 0
+
+
+def _bench_defaults(args: argparse.Namespace, hosts: tuple[str, ...]) -> int:
+    from specpl.backbone import load_backbone
+    from specpl.bands import build_decomposer
+    from specpl.defaults import world_backbone_config
+    from specpl.io import atomic_write_text
+    from specpl.world.benchmark import temporary_workdir
+    from specpl.world.defaults_bench import DefaultsBenchConfig, run_defaults_bench
+
+    cameras = [d for d in args.domains if d != "demo"]
+    config = DefaultsBenchConfig(
+        hosts=hosts, boosters=tuple(args.boosters), seeds=tuple(args.seeds), test_per_class=args.test_per_class,
+        chosen_on=tuple(c for c in cameras if c not in args.held_out), held_out=tuple(c for c in cameras if c in args.held_out),
+        demo="demo" in args.domains, ablations=tuple(args.ablation),
+    )
+    backbone = load_backbone(world_backbone_config())
+    decomposer = build_decomposer(config.decomposer)
+    with temporary_workdir() as workdir:
+        report = run_defaults_bench(config, backbone, decomposer, Path(workdir), "specpl " + " ".join(args.argv))
     atomic_write_text(Path(args.out), report)
     print(report)
     return 0

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from specpl.inference import Predictor
 
 MAX_MISCLASSIFIED = 64
-DETAIL_KEYS = ("per_class", "confusion", "misclassified", "selection")
+DETAIL_KEYS = ("per_class", "confusion", "misclassified", "selection", "loss")
 
 
 @dataclass
@@ -105,20 +105,22 @@ def score_split(predictor: "Predictor", items: Sequence[ImageItem], accelerator:
     loader = DataLoader(_TestImages(items, predictor.backbone.preprocess_eval), batch_size=batch_size, num_workers=workers)
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
-    columns: list[list[torch.Tensor]] = [[], [], [], []]  # predicted, probability, label, index
+    columns: list[list[torch.Tensor]] = [[], [], [], [], []]  # predicted, probability, label, index, true-class log-probability
     for images, labels, indices in loader:
-        top = predictor.logits(images).float().softmax(-1).max(dim=-1)
-        rows = (top.indices, top.values, labels.to(top.indices.device), indices.to(top.indices.device))
+        log_probs = predictor.logits(images).float().log_softmax(-1)
+        top = log_probs.exp().max(dim=-1)
+        labels = labels.to(top.indices.device)
+        rows = (top.indices, top.values, labels, indices.to(top.indices.device), log_probs.gather(1, labels.long()[:, None])[:, 0])
         if accelerator is not None:
             rows = accelerator.gather_for_metrics(rows)
         for column, values in zip(columns, rows):
             column.append(values.cpu())
     if columns[0]:
-        predicted, probability, labels, indices = (torch.cat(column) for column in columns)
+        predicted, probability, labels, indices, true_log_prob = (torch.cat(column) for column in columns)
         order = indices.argsort()
         predicted, probability, labels = predicted[order], probability[order], labels[order].long()
     else:
-        predicted, probability, labels = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long)
+        predicted, probability, labels, true_log_prob = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0)
     result = accuracy_from_predictions(predicted, labels, names)
     confusion = torch.zeros(len(names), len(names), dtype=torch.long)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
@@ -127,7 +129,8 @@ def score_split(predictor: "Predictor", items: Sequence[ImageItem], accelerator:
         {"path": str(items[i].path), "label": names[int(labels[i])], "predicted": names[int(predicted[i])], "probability": float(probability[i])}
         for i in wrong
     ]
-    return {"accuracy": result.accuracy, "per_class": result.per_class, "test_images": result.count, "confusion": confusion.tolist(), "misclassified": misclassified}
+    loss = float(-true_log_prob.mean()) if len(true_log_prob) else float("nan")
+    return {"accuracy": result.accuracy, "loss": loss, "per_class": result.per_class, "test_images": result.count, "confusion": confusion.tolist(), "misclassified": misclassified}
 
 
 def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 A short run on a few images can end worse than it started, or worse than zero-shot CLIP. The
 trainer scores zero-shot CLIP and the initial state on the validation images before training, then
-every epoch, keeps a copy of the best state (ties go to the later epoch) and restores it at the
-end. `verdict` says in one sentence how the kept model compares with zero-shot.
+every epoch, keeps a copy of the best state and restores it at the end. Best is the higher
+validation accuracy; equal accuracies (common with a few validation images near the ceiling) are
+told apart by the lower validation cross-entropy, and only an exact tie goes to the later epoch.
+`verdict` says in one sentence how the kept model compares with zero-shot.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ class Selection:
     val_images: int
     zero_shot: float
     scores: dict[int, float] = field(default_factory=dict)
+    losses: dict[int, float] = field(default_factory=dict)  # validation cross-entropy per epoch
     best_epoch: int = -1
     best_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -27,11 +30,11 @@ class Selection:
     def best_accuracy(self) -> float:
         return self.scores[self.best_epoch]
 
-    def offer(self, epoch: int, accuracy: float, state: dict[str, torch.Tensor]) -> bool:
-        """Record an epoch's score; keep its state when it is at least as good as the best (ties go
-        to the later epoch). True when it became the best."""
-        self.scores[epoch] = accuracy
-        if self.best_epoch >= 0 and accuracy < self.best_accuracy:
+    def offer(self, epoch: int, accuracy: float, state: dict[str, torch.Tensor], loss: float = 0.0) -> bool:
+        """Record an epoch's accuracy and cross-entropy; keep its state when it is at least as good
+        as the best (exact ties go to the later epoch). True when it became the best."""
+        self.scores[epoch], self.losses[epoch] = accuracy, loss
+        if self.best_epoch >= 0 and (accuracy, -loss) < (self.best_accuracy, -self.losses[self.best_epoch]):
             return False
         self.best_epoch = epoch
         self.best_state = {k: v.detach().clone() for k, v in state.items()}
@@ -39,12 +42,16 @@ class Selection:
 
     def to_record(self) -> dict[str, Any]:
         """What a checkpoint keeps besides the best state's tensors."""
-        return {"val_images": self.val_images, "zero_shot": self.zero_shot, "scores": {str(k): v for k, v in self.scores.items()}, "best_epoch": self.best_epoch}
+        return {
+            "val_images": self.val_images, "zero_shot": self.zero_shot, "best_epoch": self.best_epoch,
+            "scores": {str(k): v for k, v in self.scores.items()}, "losses": {str(k): v for k, v in self.losses.items()},
+        }
 
     @classmethod
     def from_record(cls, record: dict[str, Any], best_state: dict[str, torch.Tensor]) -> "Selection":
         scores = {int(k): float(v) for k, v in record["scores"].items()}
-        return cls(int(record["val_images"]), float(record["zero_shot"]), scores, int(record["best_epoch"]), best_state)
+        losses = {int(k): float(v) for k, v in record["losses"].items()}
+        return cls(int(record["val_images"]), float(record["zero_shot"]), scores, losses, int(record["best_epoch"]), best_state)
 
     def summary(self, epochs: int) -> dict[str, Any]:
         """The metrics.json entry: zero-shot and per-epoch validation accuracy and the kept epoch."""
@@ -54,6 +61,7 @@ class Selection:
             "zero_shot_val": self.zero_shot,
             "initial_val": self.scores.get(0),
             "per_epoch_val": [self.scores.get(e) for e in range(1, epochs + 1)],
+            "per_epoch_val_loss": [self.losses.get(e) for e in range(1, epochs + 1)],
             "best_epoch": self.best_epoch,
             "best_val": self.best_accuracy,
             "gain_over_zero_shot_val": self.best_accuracy - self.zero_shot,

@@ -314,9 +314,11 @@ class Trainer:
         accelerator.wait_for_everyone()  # every process returns once the bundle and metrics are on disk
         return TrainResult("finished", self.run_dir, metrics, model)
 
-    def _validation_accuracy(self, predictor: Predictor, data: FewShotData, accelerator: Accelerator) -> float:
+    def _validate(self, predictor: Predictor, data: FewShotData, accelerator: Accelerator) -> tuple[float, float]:
+        """(accuracy, cross-entropy) on the validation images."""
         with self._autocast():
-            return score_split(predictor, data.val, accelerator, workers=self.config.train.num_workers)["accuracy"]
+            scores = score_split(predictor, data.val, accelerator, workers=self.config.train.num_workers)
+        return scores["accuracy"], scores["loss"]
 
     def _start_selection(self, model: PromptModel, data: FewShotData, template: str, backbone: Backbone, train: dict[str, Any], accelerator: Accelerator) -> Selection | None:
         """Zero-shot CLIP's and the initial state's validation accuracy, before the first step; the
@@ -325,22 +327,22 @@ class Trainer:
             self._zero_shot_val = None
             return None
         zero_shot = Predictor.zero_shot(backbone, data.classnames, template, device=accelerator.device)
-        self._zero_shot_val = self._validation_accuracy(zero_shot, data, accelerator)
-        initial = self._validation_accuracy(Predictor(model, device=accelerator.device), data, accelerator)
+        self._zero_shot_val = self._validate(zero_shot, data, accelerator)[0]
+        initial, loss = self._validate(Predictor(model, device=accelerator.device), data, accelerator)
         model.train()
-        self.events.emit("val", epoch=0, epochs=int(train["epochs"]), step=0, accuracy=initial, zero_shot=self._zero_shot_val, split="val")
+        self.events.emit("val", epoch=0, epochs=int(train["epochs"]), step=0, accuracy=initial, loss=loss, zero_shot=self._zero_shot_val, split="val")
         if train["select"] != "val":
             return None
         selection = Selection(len(data.val), self._zero_shot_val)
-        selection.offer(0, initial, model.learned_state_dict())
+        selection.offer(0, initial, model.learned_state_dict(), loss)
         return selection
 
     def _score_epoch(self, model: PromptModel, data: FewShotData, epoch: int, epochs: int, step: int, accelerator: Accelerator) -> float:
         """The validation accuracy after `epoch`, offered to the selection when the run selects."""
-        accuracy = self._validation_accuracy(Predictor(model, device=accelerator.device), data, accelerator)
+        accuracy, loss = self._validate(Predictor(model, device=accelerator.device), data, accelerator)
         model.train()
-        best = self.selection.offer(epoch, accuracy, model.learned_state_dict()) if self.selection is not None else None
-        self.events.emit("val", epoch=epoch, epochs=epochs, step=step, accuracy=accuracy, split="val", best=best)
+        best = self.selection.offer(epoch, accuracy, model.learned_state_dict(), loss) if self.selection is not None else None
+        self.events.emit("val", epoch=epoch, epochs=epochs, step=step, accuracy=accuracy, loss=loss, split="val", best=best)
         return accuracy
 
     def _view(self, epoch: int, train: dict[str, Any]) -> int:

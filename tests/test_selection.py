@@ -1,0 +1,157 @@
+"""The default preset's model selection: validation held out of the training images, zero-shot and
+the initial state scored before training, the best epoch restored exactly, the verdict sentence,
+and a resumed run that keeps the settings it started with."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
+from specpl.data import ImageItem
+from specpl.events import read_events
+from specpl.inference import Predictor
+from specpl.selection import Selection, verdict
+from specpl.trainer import Trainer
+from specpl.training_plan import hold_out_validation, validation_size
+
+
+def tiny_default(root, epochs=3, **train) -> RunConfig:
+    """The default preset (it selects on validation) on the tiny backbone, with a short fixed budget."""
+    return RunConfig(
+        backbone=BackboneConfig(name="specpl-tiny", pretrained=None),
+        decomposer=DecomposerConfig(name="fft", image_size=32),
+        method=MethodConfig(host="coop"),
+        data=DataConfig(root=str(root), shots=4),
+        train=TrainConfig(epochs=epochs, batch_size=4, **train),
+    )
+
+
+def test_validation_size_rule():
+    assert [validation_size(n) for n in (0, 1, 2, 3, 4, 7, 8, 16, 100)] == [0, 0, 1, 1, 1, 1, 2, 4, 4]
+
+
+def test_validation_is_held_out_of_the_training_images_per_class(tmp_path):
+    train = [ImageItem(tmp_path / f"{label}-{i}.png", label) for label in range(3) for i in range(8)] + [ImageItem(tmp_path / "u.png", -1)]
+    kept, held = hold_out_validation(train, seed=1)
+    assert sorted(kept + held, key=str) == sorted(train, key=str) and not set(kept) & set(held)
+    assert [sum(item.label == label for item in held) for label in range(3)] == [2, 2, 2]  # 8 images: 2 each
+    assert ImageItem(tmp_path / "u.png", -1) in kept  # an unlabeled image is never validation
+    assert hold_out_validation(train, seed=1) == (kept, held) and hold_out_validation(train, seed=2) != (kept, held)
+
+
+def test_accuracy_then_cross_entropy_decide_and_exact_ties_go_to_the_later_epoch():
+    selection = Selection(val_images=10, zero_shot=50.0)
+    state = lambda value: {"w": torch.tensor([value])}  # noqa: E731
+    assert selection.offer(0, 40.0, state(0.0), loss=1.0)
+    assert selection.offer(1, 60.0, state(1.0), loss=0.8) and selection.offer(2, 60.0, state(2.0), loss=0.8)  # an exact tie: the later epoch
+    assert not selection.offer(3, 60.0, state(3.0), loss=0.9)  # the same accuracy, less sure of the right class
+    assert not selection.offer(4, 55.0, state(4.0), loss=0.1)
+    assert (selection.best_epoch, float(selection.best_state["w"])) == (2, 2.0)
+    restored = Selection.from_record(json.loads(json.dumps(selection.to_record())), selection.best_state)
+    assert (restored.best_epoch, restored.scores, restored.losses, restored.zero_shot) == (2, selection.scores, selection.losses, 50.0)
+
+
+def test_the_verdict_says_plainly_how_the_kept_model_compares_with_zero_shot():
+    def selection(scores: dict[int, float], zero_shot: float) -> Selection:
+        chosen = Selection(10, zero_shot)
+        for epoch, accuracy in scores.items():
+            chosen.offer(epoch, accuracy, {})
+        return chosen
+
+    assert verdict(selection({0: 50, 1: 70, 2: 60}, 55), 2, "val") == "The kept model (epoch 1 of 2) scores 70.0% on validation, +15.0 points over zero-shot CLIP (55.0%)."
+    assert verdict(selection({0: 40, 1: 45}, 55), 1, "val") == "The kept model (epoch 1 of 1) ends below zero-shot CLIP on validation: 45.0% against 55.0%."
+    assert verdict(selection({0: 55, 1: 50}, 55), 1, "val").startswith("Training never improved on the initial prompts on validation (55.0%; zero-shot CLIP 55.0%)")
+    assert verdict(None, 3, "last", 50.0, 40.0) == "The last epoch is kept (paper preset); it is below zero-shot CLIP on validation (40.0% against 50.0%)."
+    assert "fewer than 2 training images" in verdict(None, 3, "val")
+
+
+def test_the_best_epoch_is_restored_with_its_exact_logits(tmp_path, cifar_root, tiny_backbone, monkeypatch):
+    """Validation scores are scripted (zero-shot, initial, epochs 1-3): epoch 1 is the best, so the
+    exported model is epoch 1's state, and the bundle's logits are that state's."""
+    scripted = iter([30.0, 20.0, 70.0, 60.0, 65.0])
+    monkeypatch.setattr(Trainer, "_validate", lambda self, predictor, data, accelerator: (next(scripted), 1.0))
+    states: dict[int, dict[str, torch.Tensor]] = {}
+    offer = Selection.offer
+
+    def recording_offer(self, epoch, accuracy, state, loss=0.0):
+        states[epoch] = {k: v.detach().clone() for k, v in state.items()}
+        return offer(self, epoch, accuracy, state, loss)
+
+    monkeypatch.setattr(Selection, "offer", recording_offer)
+    result = Trainer(tiny_default(cifar_root), tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit()
+    assert sorted(states) == [0, 1, 2, 3]
+    for key, value in states[1].items():
+        assert torch.equal(result.model.learned_state_dict()[key], value), key
+    assert any(not torch.equal(states[1][k], states[3][k]) for k in states[1])  # training moved on after epoch 1
+
+    images = sorted((cifar_root / "test" / "cat").iterdir())[:4]
+    chosen = Predictor(result.model)
+    reloaded = Predictor.from_bundle(tmp_path / "run" / "model", backbone=tiny_backbone)
+    torch.testing.assert_close(reloaded.logits(chosen.preprocess(images)), chosen.logits(chosen.preprocess(images)), rtol=0, atol=0)
+
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["selection"]["best_epoch"] == 1 and metrics["selection"]["per_epoch_val"] == [70.0, 60.0, 65.0]
+    assert metrics["selection"]["zero_shot_val"] == 30.0 and metrics["selection"]["initial_val"] == 20.0
+    assert metrics["verdict"] == "The kept model (epoch 1 of 3) scores 70.0% on validation, +40.0 points over zero-shot CLIP (30.0%)."
+    assert metrics["gain_over_zero_shot"] == pytest.approx(metrics["accuracy"] - metrics["zero_shot"]["accuracy"])
+    events = read_events(tmp_path / "run" / "events.jsonl")
+    assert [e["epoch"] for e in events if e["type"] == "selected"] == [1]
+    assert all(e["split"] == "val" for e in events if e["type"] == "val")  # never the test split
+    bundle = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert bundle["method"]["preset"] == "default" and bundle["metrics"]["verdict"] == metrics["verdict"]
+
+
+def test_validation_never_touches_the_test_split_and_the_held_out_images_are_not_trained_on(tmp_path, cifar_root, tiny_backbone, monkeypatch):
+    seen: list[list[str]] = []
+    monkeypatch.setattr(Trainer, "_validate", lambda self, predictor, data, accelerator: seen.append([str(i.path) for i in data.val]) or (50.0, 1.0))
+    Trainer(tiny_default(cifar_root, epochs=1), tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit()
+    held = set(seen[0])
+    assert len(held) == 10  # 4 shots: 1 of each of the 10 classes
+    assert not any("/test/" in path for path in held)
+    steps = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "step"]
+    assert steps[0]["total_steps"] == 7  # 30 training images left, batch 4, the last partial batch dropped
+
+
+def test_a_paper_run_keeps_the_last_epoch_and_holds_nothing_out(tmp_path, cifar_root, tiny_backbone):
+    config = tiny_default(cifar_root, epochs=1)
+    config.method.preset = "paper"
+    metrics = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit().metrics
+    assert metrics["selection"] is None and "zero_shot" not in metrics
+    assert metrics["verdict"] == "The last epoch is kept (paper preset); there is no validation split to compare it with zero-shot CLIP."
+    steps = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "step"]
+    assert steps[0]["total_steps"] == 10  # all 40 images, batch 4
+
+
+def test_a_resumed_run_keeps_the_settings_it_started_with(tmp_path, cifar_root, tiny_backbone):
+    straight = Trainer(tiny_default(cifar_root), tmp_path / "straight", backbone=tiny_backbone, progress_bar=False).fit()
+    steps = []
+    cancelled = Trainer(
+        tiny_default(cifar_root), tmp_path / "run", callback=steps.append, backbone=tiny_backbone, progress_bar=False,
+        should_stop=lambda: sum(e["type"] == "step" for e in steps) >= 9,
+    ).fit()
+    assert cancelled.status == "cancelled"
+    # resumed with other settings (another preset, epochs, lr and context): the recorded ones win
+    changed = tiny_default(cifar_root, epochs=7, lr=0.5)
+    changed.method = MethodConfig(host="coop", preset="paper", options={"coop": {"n_ctx": 2}})
+    resumed = Trainer(changed, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit(resume=True)
+    assert resumed.status == "finished"
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    original = json.loads((tmp_path / "straight" / "config.json").read_text())
+    assert record["resolved_train"] == original["resolved_train"] and record["preset"] == "default"
+    assert record["resolved_method_options"] == original["resolved_method_options"]
+    assert resumed.metrics["selection"] == straight.metrics["selection"]
+    for key, value in straight.model.learned_state_dict().items():
+        torch.testing.assert_close(resumed.model.learned_state_dict()[key], value, rtol=0, atol=1e-6)
+
+
+def test_a_default_run_on_the_demo_set_does_not_end_below_zero_shot(tmp_path):
+    """What a new user gets with no flags (the app's first run, CoOp + SpecPL): the demo set, the world CLIP."""
+    from specpl.defaults import demo_data_dir, world_backbone_config
+
+    config = RunConfig(backbone=world_backbone_config(), method=MethodConfig(host="coop", boosters=["specpl"]), data=DataConfig(root=str(demo_data_dir(tmp_path / "demo"))))
+    config.decomposer.name = "fft"
+    metrics = Trainer(config, tmp_path / "run", progress_bar=False).fit().metrics
+    assert metrics["selection"]["best_val"] >= metrics["selection"]["zero_shot_val"]
+    assert metrics["accuracy"] >= metrics["zero_shot"]["accuracy"]
