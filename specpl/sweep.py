@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from specpl.config import DEFAULT_TEMPLATE, DataConfig, RunConfig, from_dict, write_json_atomic
+from specpl.config import DEFAULT_TEMPLATE, DataConfig, RunConfig, canonical_preset, from_dict, write_json_atomic
 from specpl.datasets import BASE_TO_NEW, DATASETS, DOMAIN_TARGETS, read_dataset
 from specpl.datasets.published import PER_DATASET_SOURCE, PublishedTransfer, published_average, published_base_new, published_transfer
 from specpl.evaluate import aggregate_base_new, base_new_table, harmonic_mean, metrics_summary
@@ -189,6 +189,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", metavar="NAME[=ROOT]", help=f"transfer protocols: the dataset to train on (default {DEFAULT_SOURCE})")
     parser.add_argument("--targets", nargs="+", metavar="NAME[=ROOT]", help="transfer protocols: where to evaluate (default: cross-dataset the other ten datasets, domain-generalisation imagenetv2 imagenet_sketch imagenet_a imagenet_r)")
     parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--preset", default="paper", help="paper (default: the published settings, which the tables compare against) or default (the product's)")
     parser.add_argument("--config", help="a run config JSON for everything else (backbone, options, training); the sweep sets data, method and seed")
     parser.add_argument("--backbone", help="open_clip model name (default: the config's, else ViT-B-16)")
     parser.add_argument("--pretrained", help="pretrained tag or checkpoint file, or 'none' for random init")
@@ -251,7 +252,7 @@ def _process_state() -> "PartialState":
 
 def _training_record(args: argparse.Namespace) -> dict[str, Any]:
     """What decides the model a cell trains, apart from dataset, method and seed."""
-    return {"classes": "base" if args.protocol == "base2new" else "all", "shots": args.shots}
+    return {"classes": "base" if args.protocol == "base2new" else "all", "shots": args.shots, "preset": canonical_preset(args.preset)}
 
 
 def _check_same_training(sweep_file: Path, training: dict[str, Any], protocol: str) -> None:
@@ -261,11 +262,12 @@ def _check_same_training(sweep_file: Path, training: dict[str, Any], protocol: s
         previous = json.loads(sweep_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return
-    before = {"classes": previous.get("classes", "base" if previous["protocol"] == "base2new" else "all"), "shots": previous["shots"]}
+    # sweeps written before the presets trained the published data path: the paper preset
+    before = {"classes": previous.get("classes", "base" if previous["protocol"] == "base2new" else "all"), "shots": previous["shots"], "preset": canonical_preset(previous.get("preset", "paper"))}
     if before != training:
         raise ValueError(
-            f"{sweep_file.parent} holds a {previous['protocol']} sweep ({before['shots']} shots, trained on {before['classes']} classes); "
-            f"this {protocol} sweep trains on {training['classes']} classes with {training['shots']} shots: give it another --out"
+            f"{sweep_file.parent} holds a {previous['protocol']} sweep ({before['shots']} shots, trained on {before['classes']} classes, {before['preset']} preset); "
+            f"this {protocol} sweep trains on {training['classes']} classes with {training['shots']} shots, {training['preset']} preset: give it another --out"
         )
 
 
@@ -350,7 +352,7 @@ def _cell_config(base: RunConfig, choice: DatasetChoice, method: str, seed: int,
     host, *boosters = method.split("+")
     config = RunConfig.from_dict(base.to_dict())
     options = {name: values for name, values in base.method.options.items() if name in (host, *boosters)}
-    config.method = dataclasses.replace(config.method, host=host, boosters=boosters, options=options)
+    config.method = dataclasses.replace(config.method, host=host, boosters=boosters, options=options, preset=canonical_preset(args.preset))
     subsample = "base" if args.protocol == "base2new" else "all"
     config.data = DataConfig(root=choice.root, dataset=choice.name, shots=args.shots, seed=seed, subsample=subsample, split_ratio=base.data.split_ratio)
     config.train.seed = seed

@@ -76,8 +76,11 @@ def test_the_base_config_carries_into_every_cell(tmp_path):
     (tmp_path / "base.json").write_text(json.dumps(base.to_dict()))
     cells = plan_cells(sweep_args(tmp_path, "--config", str(tmp_path / "base.json"), "--seeds", "1"))
     coop, booster = cells[0].config, cells[1].config
-    assert (coop.method.preset, coop.method.options, coop.train.lr) == ("reference", {"coop": {"n_ctx": 4}}, 0.01)  # only its own options
+    assert (coop.method.preset, coop.method.options, coop.train.lr) == ("paper", {"coop": {"n_ctx": 4}}, 0.01)  # only its own options
     assert booster.method.options == base.method.options
+    # the tables compare with published numbers, so a sweep trains the paper preset unless told otherwise
+    assert plan_cells(sweep_args(tmp_path, "--seeds", "1"))[0].config.method.preset == "paper"
+    assert plan_cells(sweep_args(tmp_path, "--seeds", "1", "--preset", "default"))[0].config.method.preset == "default"
 
 
 def test_a_killed_sweep_continues_where_it_stopped(tmp_path):
@@ -300,7 +303,7 @@ def test_transfer_protocols_share_trained_cells_and_a_base_to_new_out_is_refused
     assert run_sweep(cross, runner=runner, evaluator=FakeEvaluator()) == 0 and runner.calls == []  # the same model: not trained again
     base_to_new = argparse.Namespace(**{**vars(sweep_args(tmp_path)), "out": str(tmp_path / "b2n")})
     assert run_sweep(base_to_new, runner=FakeRunner()) == 0
-    with pytest.raises(ValueError, match=r"b2n holds a base2new sweep \(16 shots, trained on base classes\); this cross-dataset sweep trains on all classes"):
+    with pytest.raises(ValueError, match=r"b2n holds a base2new sweep \(16 shots, trained on base classes, paper preset\); this cross-dataset sweep trains on all classes"):
         run_sweep(argparse.Namespace(**{**vars(cross), "out": base_to_new.out}), runner=FakeRunner(), evaluator=FakeEvaluator())
 
 
