@@ -302,6 +302,8 @@ class Trainer:
         if epochs:
             metrics["selection"] = self.selection.summary(epochs) if self.selection is not None else None
             metrics["verdict"] = verdict(self.selection, epochs, train["select"], self._zero_shot_val, final_val)
+            if self.selection is not None and cfg.data.subsample == "base":
+                metrics["verdict"] += " Validation holds only the base classes, so selection cannot protect the new classes' accuracy."
         if main:
             summary = metrics_summary(metrics)
             run = {"train": train, "data": dataclasses.asdict(cfg.data), "metrics": summary, "decomposer_reason": record["decomposer_reason"]}

@@ -155,3 +155,12 @@ def test_a_default_run_on_the_demo_set_does_not_end_below_zero_shot(tmp_path):
     metrics = Trainer(config, tmp_path / "run", progress_bar=False).fit().metrics
     assert metrics["selection"]["best_val"] >= metrics["selection"]["zero_shot_val"]
     assert metrics["accuracy"] >= metrics["zero_shot"]["accuracy"]
+
+
+def test_a_base_to_new_run_compares_every_split_with_zero_shot_and_says_selection_sees_only_base_classes(tmp_path, cifar_root, tiny_backbone):
+    config = tiny_default(cifar_root, epochs=1)
+    config.data.subsample = "base"
+    metrics = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit().metrics
+    assert set(metrics["zero_shot"]) == {"accuracy", "base", "new", "hm"}
+    assert metrics["gain_over_zero_shot"] == pytest.approx(metrics["hm"] - metrics["zero_shot"]["hm"])
+    assert metrics["verdict"].endswith("Validation holds only the base classes, so selection cannot protect the new classes' accuracy.")
