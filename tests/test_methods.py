@@ -206,7 +206,8 @@ def test_paper_and_default_presets_differ_only_where_documented():
         assert options["default"]["specpl"]["bank_init_batches"] == 10
         assert (options["default"]["specpl"]["refiner"], options["paper"]["specpl"]["refiner"]) == ("gated", "layernorm")
         changed = {k for k in options["default"][host] if options["default"][host][k] != options["paper"][host][k]}
-        assert changed == ({"ctx_from_template"} if host != "mmrl" else set()), (host, changed)
+        expected = {"coop": {"ctx_from_template"}, "maple": {"ctx_from_template", "tail"}, "mmrl": set()}[host]
+        assert changed == expected, (host, changed)
 
 
 TEXT_ONLY_HOSTS = [h for h in HOST_NAMES if HOSTS.get(h).accepts_boosters and PROMPTS_IMAGE_TOWER not in HOSTS.get(h).capabilities]
@@ -240,3 +241,12 @@ def test_a_template_derived_context_rebuilds_from_its_bundle_under_another_templ
 
     reloaded, _ = load_bundle(tmp_path / "model", backbone=tiny_backbone, template="a centered satellite photo of {}.")
     torch.testing.assert_close(reloaded.eval().logits(reloaded.encode_image(images)), expected, rtol=0, atol=0)
+
+
+def test_paper_maple_learns_a_photo_and_keeps_of_a_as_frozen_words(tiny_backbone):
+    model = build_method(MethodConfig(host="maple", preset="paper"), tiny_backbone, CLASSES)
+    learner = model.host.prompt_learner
+    assert learner.n_ctx == 2 and learner.tail == "of a {}."
+    tokens = tiny_backbone.tokenizer(["a photo of a cat."])[0]
+    expected = model.host.text_encoder.embed_tokens(tokens[3 : 3 + learner.suffix_embedding.shape[1]]).float()
+    torch.testing.assert_close(learner.suffix_embedding[0], expected)  # "of a cat." then the end token, frozen

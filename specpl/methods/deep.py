@@ -114,7 +114,9 @@ class MaPLe(DeepPromptHost):
     description = "MaPLe: coupled deep prompts, vision prompts mapped from text prompts per layer (CVPR 2023)"
     config_class: ClassVar[type] = MaPLeConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"maple": {"ctx_from_template": False}}}
+    # the released code learns "a photo" of "a photo of a" and keeps "of a" as frozen words
+    # (trainers/maple.py: the prompt is ctx_init + class, the suffix taken from position 1 + n_ctx)
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"maple": {"ctx_from_template": False, "tail": "of a {}."}}}
 
     def __init__(self, config: MaPLeConfig, context: BuildContext) -> None:
         super().__init__(config, context)
