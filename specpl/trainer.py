@@ -479,13 +479,17 @@ def _to_batch(sample: dict[str, torch.Tensor], device: torch.device) -> Batch:
 def frozen_in_bf16(backbone: Backbone) -> Backbone:
     """The run's frozen CLIP held once in bf16 (a copy: the caller's stays as it was), so autocast
     has no frozen matrix to re-cast each step; the learned tensors stay fp32, and so do the layer
-    norms, which autocast runs in fp32 anyway (and which the CPU kernels need in the input's dtype)."""
+    norms, which autocast runs in fp32 anyway (and which the CPU kernels need in the input's dtype),
+    and the logit scale: exp of its bf16 copy is 99.0 where CLIP's is 100."""
     if next(backbone.model.parameters()).dtype == torch.bfloat16:
         return backbone
     model = copy.deepcopy(backbone.model).to(torch.bfloat16)
     for module in model.modules():
         if isinstance(module, torch.nn.LayerNorm):
             module.float()
+    for name in ("logit_scale", "logit_bias"):
+        if isinstance(getattr(model, name, None), torch.nn.Parameter):
+            getattr(model, name).data = getattr(backbone.model, name).detach().float().clone()
     return dataclasses.replace(backbone, model=model)
 
 

@@ -56,6 +56,13 @@ def test_frozen_in_bf16_is_a_copy_with_fp32_norms(tiny_backbone):
     held = frozen_in_bf16(tiny_backbone)
     assert held.model.visual.conv1.weight.dtype == torch.bfloat16 and held.model.ln_final.weight.dtype == torch.float32
     assert all(torch.equal(v, before[k]) for k, v in tiny_backbone.model.state_dict().items())
+    # the logit scale stays fp32: CLIP's exp(log 100) is 100, its bf16 copy's 99.0
+    with torch.no_grad():
+        tiny_backbone.model.logit_scale.fill_(torch.tensor(100.0).log())
+        held = frozen_in_bf16(tiny_backbone)
+        assert held.model.logit_scale.dtype == torch.float32 and float(held.model.logit_scale.exp()) == pytest.approx(100.0, abs=1e-4)
+        assert float(tiny_backbone.model.logit_scale.to(torch.bfloat16).exp()) == pytest.approx(98.9, abs=0.2)
+        tiny_backbone.model.logit_scale.copy_(before["logit_scale"])
 
 
 def test_a_bf16_run_on_the_cpu_trains_and_leaves_the_callers_backbone_alone(tmp_path, cifar_root, tiny_backbone):
