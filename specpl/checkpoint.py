@@ -115,6 +115,8 @@ def _upgrade_v2(config: dict[str, Any]) -> dict[str, Any]:
     for name, values in options.items():
         for key, value in _V2_OPTION_VALUES.get(name, {}).items():
             values.setdefault(key, value)
+    if "specpl" in options and options["specpl"].get("test_blend") is None:  # None was 0.5 on CoCoOp, 1 elsewhere
+        options["specpl"]["test_blend"] = 0.5 if method.get("host") == "cocoop" else 1.0
     method["options"] = options
     method["preset"] = {"reference": "paper"}.get(method.get("preset", "default"), method.get("preset", "default"))
     config["method"] = method

@@ -120,11 +120,15 @@ def test_band_projections_are_frozen_and_refiner_trains(tiny_backbone):
     assert not any(n.startswith("frozen_clip") for n in trainable)
 
 
-@pytest.mark.parametrize("host, tau, blend", [("cocoop", 0.02, 0.5), ("coop", 0.07, 1.0), ("maple", 0.07, 1.0)])
-def test_per_host_bank_temperature_and_test_blend(tiny_backbone, host, tau, blend):
-    """SPECPL.md §2 and §4: on CoCoOp the bank's tau is 0.02 and test text is normalise(0.5 raw +
-    0.5 refined); every other host uses 0.07 and the refined text alone. Training always refines."""
-    config = MethodConfig(host=host, boosters=["specpl"], options={"specpl": {"band_stat_dim": 6}})
+@pytest.mark.parametrize(
+    "host, preset, tau, blend",
+    [("cocoop", "paper", 0.02, 0.5), ("cocoop", "default", 0.02, 1.0), ("coop", "paper", 0.07, 1.0), ("maple", "default", 0.07, 1.0)],
+)
+def test_per_host_bank_temperature_and_test_blend(tiny_backbone, host, preset, tau, blend):
+    """SPECPL.md §2 and §4: on CoCoOp the bank's tau is 0.02, and the paper preset tests it on
+    normalise(0.5 raw + 0.5 refined); the default preset tests every host on the refined text it
+    trained on. Training always refines."""
+    config = MethodConfig(host=host, boosters=["specpl"], options={"specpl": {"band_stat_dim": 6}}, preset=preset)
     specpl = build_method(config, tiny_backbone, ["cat", "dog"]).boosters["specpl"]
     assert specpl.bank.tau == tau and specpl.test_blend == blend
     raw = F.normalize(torch.randn(3, tiny_backbone.embed_dim, generator=torch.Generator().manual_seed(0)), dim=-1)

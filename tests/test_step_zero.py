@@ -170,7 +170,7 @@ def test_gated_refiner_is_the_raw_direction_at_zero_and_the_spec_formula_at_one(
 
 
 def test_cocoop_test_blend_with_a_closed_gate_is_the_raw_direction(tiny_backbone):
-    specpl = _build(copy.deepcopy(tiny_backbone), "cocoop", ("specpl",)).boosters["specpl"].eval()
+    specpl = _build(copy.deepcopy(tiny_backbone), "cocoop", ("specpl",), {"specpl": {"test_blend": 0.5}}).boosters["specpl"].eval()
     assert specpl.test_blend == 0.5
     raw = torch.randn(2, len(CLASSES), tiny_backbone.embed_dim) * 4  # CoCoOp's per-image text
     with torch.no_grad():
