@@ -250,3 +250,13 @@ def test_paper_maple_learns_a_photo_and_keeps_of_a_as_frozen_words(tiny_backbone
     tokens = tiny_backbone.tokenizer(["a photo of a cat."])[0]
     expected = model.host.text_encoder.embed_tokens(tokens[3 : 3 + learner.suffix_embedding.shape[1]]).float()
     torch.testing.assert_close(learner.suffix_embedding[0], expected)  # "of a cat." then the end token, frozen
+
+
+def test_a_context_the_user_sets_is_the_one_trained():
+    from specpl.methods import resolve_method_options
+
+    assert resolve_method_options(MethodConfig(host="coop"))["coop"]["ctx_from_template"] is True
+    assert resolve_method_options(MethodConfig(host="coop", options={"coop": {"n_ctx": 4}}))["coop"]["ctx_from_template"] is False
+    assert resolve_method_options(MethodConfig(host="maple", options={"maple": {"ctx_init": "a photo"}}))["maple"]["ctx_from_template"] is False
+    both = MethodConfig(host="ivlp", options={"ivlp": {"n_ctx": 4, "ctx_from_template": True}})
+    assert resolve_method_options(both)["ivlp"]["ctx_from_template"] is True  # said both: as said

@@ -97,6 +97,7 @@ def resolve_method_options(config: MethodConfig) -> dict[str, dict[str, Any]]:
         if bad:
             raise ValueError(f"unknown option(s) for {name}: {', '.join(bad)}; {name}'s options are: {', '.join(sorted(known))}")
         built = from_dict(component.config_class, given)
+        component.settle_options(built, set(config.options.get(name, {})))
         if name != config.host:
             _check_option_requirements(name, built, config.host)
         resolved[name] = dataclasses.asdict(built)

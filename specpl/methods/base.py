@@ -144,6 +144,12 @@ class Component(nn.Module):
         """The options as built (values derived at build time filled in); written to bundles."""
         return dataclasses.asdict(self.config)
 
+    @classmethod
+    def settle_options(cls, options: Any, given: set[str]) -> None:
+        """Adjust `options` (this component's dataclass, presets and the user's values applied) for
+        what the user gave by name in `given`: an explicit choice that another option would
+        silently override turns that one off (a context host's explicit context)."""
+
     def attach(self, model: "PromptModel") -> None:
         """Called once by the `PromptModel` this component is composed into, before the class
         names are set; a component that needs the whole model (DAPT encodes masked views through

@@ -4,7 +4,8 @@ Only the class token at the end is supported: it is the published default, and i
 ``[SOS] + context`` prefix be encoded once for all classes.
 
 Context init, the one place where the presets differ:
-- ``default`` (`ctx_from_template=True`): the context starts as the words of the run's template
+- ``default`` (`ctx_from_template=True`, unless the user sets `n_ctx` or `ctx_init`, whose context
+  then wins): the context starts as the words of the run's template
   before the class name and the words after it stay frozen text ("a photo of a {}, a type of pet."
   learns "a photo of a" and keeps ", a type of pet."), so step 0 is zero-shot CLIP with that
   template and training can only move away from it when the training loss says so. A template with
@@ -79,6 +80,13 @@ class ContextHost(Host):
             learner = self.prompt_learner
             options.update(ctx_from_template=False, ctx_init=learner.ctx_init, n_ctx=learner.n_ctx, tail=learner.tail)
         return options
+
+    @classmethod
+    def settle_options(cls, options: Any, given: set[str]) -> None:
+        """A context the user sets (`n_ctx` or `ctx_init`) is the one trained: it turns
+        `ctx_from_template` off unless that is given too."""
+        if given & {"n_ctx", "ctx_init"} and "ctx_from_template" not in given:
+            options.ctx_from_template = False
 
     def context_layout(self, config: Any) -> dict[str, bool]:
         """`PromptLearner` layout switches this host's options set (CoOp's CSC and shared prefix)."""
