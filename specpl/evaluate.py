@@ -118,7 +118,7 @@ def score_split(predictor: "Predictor", items: Sequence[ImageItem], accelerator:
     if columns[0]:
         predicted, probability, labels, indices, true_log_prob = (torch.cat(column) for column in columns)
         order = indices.argsort()
-        predicted, probability, labels = predicted[order], probability[order], labels[order].long()
+        predicted, probability, labels, true_log_prob = predicted[order], probability[order], labels[order].long(), true_log_prob[order]
     else:
         predicted, probability, labels, true_log_prob = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0)
     result = accuracy_from_predictions(predicted, labels, names)

@@ -289,7 +289,8 @@ def test_head_gradcam_matches_a_hand_computation_through_the_attention(tiny_back
     from specpl.methods.dapt import head_gradcam_scores, recorded_attention
 
     torch.manual_seed(0)
-    model = build_method(MethodConfig(host="maple", boosters=["dapt"]), copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"])
+    maple = MethodConfig(host="maple", boosters=["dapt"], options={"maple": {"ctx_init": "a photo"}})  # 2 tokens: 2 image prompts
+    model = build_method(maple, copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"])
     images, labels = inputs
     block = model.frozen_clip.visual.transformer.resblocks[-1]
     captured: dict[str, torch.Tensor] = {}

@@ -10,6 +10,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import accelerate_launch, make_image_folder
 from specpl.cli import main
 from specpl.config import RunConfig
@@ -65,6 +67,8 @@ def test_two_processes_share_the_cache_fill_and_score_each_image_once(tmp_path, 
     assert target[0]["test_images"] == target[1]["test_images"] == 35 and sum(map(sum, target[1]["confusion"])) == 35
     # DDP averages the two halves' gradients in another order than one batch sums them: equal up to rounding
     details = [[(m["path"], m["label"], m["predicted"]) for m in t.pop("misclassified")] for t in target]
+    losses = [t.pop("loss") for t in target]  # the cross-entropy is a float mean: equal up to rounding too
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert target[0] == target[1] and details[0] == details[1] and len(details[0]) == 35 - round(target[0]["accuracy"] * 35 / 100)
 
 

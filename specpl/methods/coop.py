@@ -12,7 +12,7 @@ Context init, the one place where the presets differ:
   no words before the class ("{} texture.") starts the context from `ctx_init`, or "a photo of a"
   when that is empty, and keeps the template's words after the class.
 - ``paper``: the SpecPL variant of CoOp (16 random context vectors, class name then "."), the
-  released code's (``shared`` specs: HOSTS.md, SPECPL.md §5).
+  released code's settings.
 """
 from __future__ import annotations
 

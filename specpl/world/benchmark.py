@@ -37,9 +37,10 @@ from specpl.data import FewShotData, base_new_split, read_fewshot_folder
 from specpl.defaults import world_backbone_config
 from specpl.evaluate import aggregate_base_new
 from specpl.inference import Predictor
-from specpl.methods import PromptModel, check_combination, preset_values, resolve_method_options
+from specpl.methods import PromptModel, check_combination, resolve_method_options
 from specpl.methods.caspl import PHASE_ONE, distillation_loss, load_teacher, resolve_teacher
 from specpl.trainer import Trainer, TrainResult
+from specpl.training_plan import resolved_training
 from specpl.visualize import to_pil, to_unit_tensor
 from specpl.world.generator import fewshot_images, render, sample_class, split_classname, world_classnames, write_fewshot_folder
 from specpl.world.zeroshot import WORLD_TEMPLATE
@@ -236,8 +237,8 @@ def row_options(config: WorldBenchConfig, host: str, boosters: list[str]) -> dic
 
 
 def _resolved_key(method: MethodConfig) -> str:
-    """What a row runs: every component's options and the preset's train settings."""
-    return json.dumps({"method": resolve_method_options(method), "preset_train": preset_values(method).get("train", {})}, sort_keys=True, default=str)
+    """What a row runs: every component's options and the preset's training settings."""
+    return json.dumps({"method": resolve_method_options(method), "train": resolved_training(RunConfig(method=method))}, sort_keys=True, default=str)
 
 
 def with_boost_bundle(method: MethodConfig, bundle: Path) -> MethodConfig:
