@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = bench_sub.add_parser("defaults", help="the defaults against zero-shot: every host alone and with each booster, as `specpl train` runs them with no flag", description="Train every host alone and with each booster under the default preset, exactly as the CLI and the app do with no flag, on the demo set and on SpectralWorld under each camera, and write a markdown table against zero-shot.")
     defaults.add_argument("--hosts", nargs="+", help="hosts to run (default: every registered host)")
-    defaults.add_argument("--boosters", nargs="+", default=["specpl", "dapt", "isp"], help="boosters to run on each host that accepts them")
+    defaults.add_argument("--boosters", nargs="*", default=["specpl", "dapt", "isp"], help="boosters to run on each host that accepts them (none: the hosts alone)")
     defaults.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     defaults.add_argument("--test-per-class", type=int, default=50)
     defaults.add_argument("--domains", nargs="+", default=["demo", *CAMERAS], choices=["demo", *CAMERAS], help="the demo set and SpectralWorld cameras to run")
