@@ -5,8 +5,8 @@ to one bias added to every context token, so the text is recomputed per image fo
 (HOSTS.md). The shared-prefix encoder makes that one [SOS] + context pass per image plus the class
 suffixes; evaluation runs in chunks of images x classes so a 1,000-class list fits in memory.
 Defaults: 4 context tokens from "a photo of a", batch 1, SGD 0.002, 10 epochs. With SpecPL the
-bank's tau is 0.02 and test text blends raw and refined 0.5/0.5 (SPECPL.md §2, §4); the reference
-code never initialises CoCoOp's bank (0 batches).
+bank's tau is 0.02 (SPECPL.md §2); at test the paper preset blends raw and refined text 0.5/0.5
+(§4) and the default preset uses the refined text it trained on (`specpl.methods.specpl`).
 
 The meta-net's init (``meta_init``): by default ("zero") its last Linear starts with zero weight
 and bias, so the shift is 0 at step 0 and CoCoOp starts as CoOp with the same context, rather than
