@@ -90,6 +90,13 @@ def no_report() -> tuple[dict, dict, dict]:
     return gr.update(value="", visible=False), gr.update(value=None, visible=False), gr.update(value=None, visible=False)
 
 
+def markdown_text(text: str) -> str:
+    """`text` shown as written in a Markdown output: "<class>/<image>" would otherwise be read as
+    two HTML tags and vanish, cutting the message at "(expected". Only HTML is escaped, so an API
+    client reads the message as the library wrote it, `&lt;` aside."""
+    return html.escape(text, quote=False)
+
+
 def user_messages(outputs: int, cleared: tuple | None = None) -> Callable:
     """Turn a handler's errors into its last output (the tab's message); the other outputs keep
     their value, or take `cleared` (so that a failed upload leaves no dataset active)."""
@@ -100,10 +107,11 @@ def user_messages(outputs: int, cleared: tuple | None = None) -> Callable:
             try:
                 return handler(*args, **kwargs)
             except USER_ERRORS as exc:
-                message = f"⚠️ {exc}"
+                message = f"⚠️ {markdown_text(str(exc))}"
             except Exception as exc:  # noqa: BLE001 - the UI gets one line; the log keeps the traceback
                 log.exception("%s failed", handler.__name__)
-                message = f"⚠️ Something went wrong ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'}); the server log has details."
+                first = str(exc).splitlines()[0] if str(exc) else "no details"
+                message = f"⚠️ Something went wrong ({type(exc).__name__}: {markdown_text(first)}); the server log has details."
             return message if outputs == 1 else (*(cleared if cleared is not None else [gr.update()] * (outputs - 1)), message)
 
         return wrapper

@@ -12,6 +12,7 @@ from app.gpu import gpu_task
 from app.jobs import RunRecord
 from app.progress import MAX_CURVE_POINTS, loss_frame, read_progress, status_line
 from app.settings import AppSettings
+from app.studio import markdown_text
 from app.worker import describe_failure
 from specpl import defaults
 from specpl.backbone import BackboneUnavailable
@@ -112,7 +113,15 @@ def test_a_missing_demo_set_is_one_plain_sentence(monkeypatch, tmp_path):
         *_, message = studio.use_demo_set(0.5, None)
     finally:
         studio.jobs.close()
-    assert message == f"⚠️ the demo set {tmp_path / 'world-demo.zip'} is missing from this installation"
+    assert message == f"⚠️ the demo set {markdown_text(str(tmp_path / 'world-demo.zip'))} is missing from this installation"
+
+
+def test_an_error_message_shows_its_placeholders_and_file_names_as_written():
+    """A Markdown output read "(expected <class>/<image>)" as two HTML tags and cut the message at
+    "(expected"."""
+    message = "a.zip has no images in class folders: x/y/z.png is nested too deep (expected <class>/<image>)"
+    assert markdown_text(message).endswith("(expected &lt;class&gt;/&lt;image&gt;)")
+    assert markdown_text("my_cats & dogs") == "my_cats &amp; dogs"
 
 
 def test_the_hub_probe_tells_a_closed_port_from_a_listening_one(monkeypatch):
