@@ -6,12 +6,11 @@ is decoded again).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from specpl.config import RunConfig
 from specpl.data import base_new_split
-from specpl.training_plan import resolved_training, validation_size
+from specpl.training_plan import epoch_steps, resolved_training, validation_size
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,5 @@ def training_plan(config: RunConfig, per_class: list[int]) -> TrainingPlan:
     images = sum(per_class) - sum(held_out)
     train = resolved_training(config, images)
     epochs, batch = int(train["epochs"]), int(train["batch_size"])
-    drop_last = bool(train["drop_last"]) and images >= batch
-    per_epoch = images // batch if drop_last else math.ceil(images / batch)
-    steps = max(1, epochs * math.ceil(per_epoch / max(1, config.train.grad_accum_steps)))
+    steps = max(1, epochs * epoch_steps(images, batch, bool(train["drop_last"]), grad_accum=config.train.grad_accum_steps)[0])
     return TrainingPlan(config.method.preset, epochs, batch, steps, images, held_out if any(held_out) else (), select, config.data.subsample == "base")

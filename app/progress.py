@@ -12,6 +12,7 @@ import pandas as pd
 from app.jobs import RunRecord
 from specpl import defaults
 from specpl.events import read_events
+from specpl.selection import BASE_NEW_NOTE
 
 MAX_CURVE_POINTS = 400  # per loss term; longer runs are thinned evenly
 SERIES_COLOURS = ("#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac")
@@ -147,7 +148,6 @@ def chance_note(accuracy: float, classes: int, backbone: dict[str, Any] | None) 
     return f" ⚠️ This is within {CHANCE_MARGIN:.0f} points of chance ({100.0 / classes:.0f}% for {classes} classes): the model has learned almost nothing, probably because {why}."
 
 
-BASE_NEW_NOTE = "Validation holds only the training (base) classes, so keeping the best epoch on it cannot protect new-class accuracy."
 
 
 def _number(value: Any) -> bool:

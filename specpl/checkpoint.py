@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from specpl.config import PRESET_ALIASES
 from specpl.io import atomic_write, atomic_write_text
 
 BUNDLE_FORMAT = "specpl-bundle/3"
@@ -118,7 +119,8 @@ def _upgrade_v2(config: dict[str, Any]) -> dict[str, Any]:
     if "specpl" in options and options["specpl"].get("test_blend") is None:  # None was 0.5 on CoCoOp, 1 elsewhere
         options["specpl"]["test_blend"] = 0.5 if method.get("host") == "cocoop" else 1.0
     method["options"] = options
-    method["preset"] = {"reference": "paper"}.get(method.get("preset", "default"), method.get("preset", "default"))
+    preset = method.get("preset", "default")
+    method["preset"] = PRESET_ALIASES.get(preset, preset)
     config["method"] = method
     config["format"] = "specpl-bundle/3"
     return config

@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from specpl.config import PRESET_ALIASES
+from specpl.selection import BASE_NEW_NOTE
+
 # What each preset means (`specpl.config.PRESETS`); configs written before 2026-12-05 say "reference" for "paper"
 PRESET_TEXT = {
     "default": "the product's settings, chosen by measurement: the training budget derived from the number of training images, and the best epoch on held-out validation images kept (the initial prompts included)",
     "paper": "the published papers' settings: each host's published epochs and batch size, and the last epoch kept",
 }
-PRESET_ALIASES = {"reference": "paper"}
-COMPARISON_KEYS = ("zero_shot", "gain_over_zero_shot", "verdict")
-BASE_NEW_NOTE = ("Validation holds only the training (base) classes, so keeping the best epoch on it cannot "
-                 "protect new-class accuracy.")
+COMPARISON_KEYS = ("zero_shot", "gain_over_zero_shot", "verdict", "validation_note")
 
 
 def render_model_card(config: dict[str, Any]) -> str:

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+BASE_NEW_NOTE = "Validation holds only the training (base) classes, so keeping the best epoch on it cannot protect new-class accuracy."
+
 
 @dataclass
 class Selection:

@@ -37,8 +37,8 @@ from specpl.events import EventCallback, EventLog
 from specpl.features import AugmentedViews, FeatureCache, train_transform
 from specpl.inference import Predictor
 from specpl.methods import Batch, PromptModel, build_method, resolve_method_options
-from specpl.selection import Selection, verdict
-from specpl.training_plan import hold_out_validation, resolved_training
+from specpl.selection import BASE_NEW_NOTE, Selection, verdict
+from specpl.training_plan import epoch_steps, hold_out_validation, resolved_training
 
 STOP_FILE = "STOP"  # another process asks a run to stop by creating this file in its run dir; the run removes it
 
@@ -199,11 +199,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         epochs = int(train["epochs"]) if params else 0  # nothing to learn (zero-shot): evaluate and export only
         batch_size = int(train["batch_size"])
-        drop_last = bool(train["drop_last"]) and len(data.train) >= batch_size * accelerator.num_processes
-        per_epoch = len(data.train) // batch_size if drop_last else math.ceil(len(data.train) / batch_size)
-        # accelerate shards whole batches over processes; with drop_last an uneven last round is dropped
-        per_process = per_epoch // accelerator.num_processes if drop_last else math.ceil(per_epoch / accelerator.num_processes)
-        steps_per_epoch = math.ceil(per_process / cfg.train.grad_accum_steps)
+        steps_per_epoch, drop_last = epoch_steps(len(data.train), batch_size, bool(train["drop_last"]), accelerator.num_processes, cfg.train.grad_accum_steps)
         total_steps = max(1, epochs * steps_per_epoch)
         optimizer = _build_optimizer(params, train) if params else None
         counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
@@ -303,7 +299,7 @@ class Trainer:
             metrics["selection"] = self.selection.summary(epochs) if self.selection is not None else None
             metrics["verdict"] = verdict(self.selection, epochs, train["select"], self._zero_shot_val, final_val)
             if self.selection is not None and cfg.data.subsample == "base":
-                metrics["verdict"] += " Validation holds only the base classes, so selection cannot protect the new classes' accuracy."
+                metrics["validation_note"] = BASE_NEW_NOTE
         if main:
             summary = metrics_summary(metrics)
             run = {"train": train, "data": dataclasses.asdict(cfg.data), "metrics": summary, "decomposer_reason": record["decomposer_reason"]}
@@ -312,7 +308,7 @@ class Trainer:
             self.events.emit("eval", **summary)
             self.events.emit("status", status="finished", metrics=summary)
             if self.progress_bar and metrics.get("verdict"):
-                tqdm.write(metrics["verdict"], file=sys.stderr)
+                tqdm.write(" ".join(filter(None, (metrics["verdict"], metrics.get("validation_note")))), file=sys.stderr)
         accelerator.wait_for_everyone()  # every process returns once the bundle and metrics are on disk
         return TrainResult("finished", self.run_dir, metrics, model)
 

@@ -51,6 +51,16 @@ def step_budget(train_images: int, host_batch: int, epochs: Any = AUTO, batch_si
     return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch))), batch
 
 
+def epoch_steps(images: int, batch_size: int, drop_last: bool, processes: int = 1, grad_accum: int = 1) -> tuple[int, bool]:
+    """(optimizer steps an epoch, whether the last partial batch is dropped) for `images` training
+    images: the drop applies only when a whole round of batches fits; accelerate shards whole
+    batches over `processes`, and with the drop an uneven last round is dropped too."""
+    drop = drop_last and images >= batch_size * processes
+    batches = images // batch_size if drop else math.ceil(images / batch_size)
+    per_process = batches // processes if drop else math.ceil(batches / processes)
+    return math.ceil(per_process / max(1, grad_accum)), drop
+
+
 def resolved_training(config: "RunConfig", train_images: int | None = None) -> dict[str, Any]:
     """The run's training settings: explicit values, else the preset's component values, else the
     preset's training (`PRESET_TRAINING`) and the host's published schedule, in the preset's order

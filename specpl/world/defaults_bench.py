@@ -21,9 +21,11 @@ from typing import Callable
 
 from specpl.backbone import Backbone
 from specpl.bands import BandDecomposer
-from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig
+from specpl.config import DEFAULT_TEMPLATE, DataConfig, DecomposerConfig, MethodConfig, RunConfig
+from specpl.datasets import read_dataset
 from specpl.defaults import demo_data_dir
 from specpl.evaluate import harmonic_mean
+from specpl.inference import Predictor
 from specpl.methods import check_combination
 from specpl.trainer import Trainer
 from specpl.world.benchmark import ZERO_SHOT, BenchRow, WorldBenchConfig, _provenance, bench_methods, run_world_bench
@@ -114,8 +116,6 @@ def run_world_domain(config: DefaultsBenchConfig, rows: list[BenchRow], camera: 
 
 def run_demo_domain(config: DefaultsBenchConfig, rows: list[BenchRow], backbone: Backbone, decomposer: BandDecomposer, workdir: Path, log: Callable[[str], None]) -> list[DomainRow]:
     """Each row on the demo set (all classes, test accuracy), as the CLI trains it with no flag."""
-    from specpl.inference import Predictor
-
     root = demo_data_dir(workdir / "demo")
     results = []
     for index, row in enumerate(rows):
@@ -123,10 +123,8 @@ def run_demo_domain(config: DefaultsBenchConfig, rows: list[BenchRow], backbone:
         for seed in config.seeds:
             data = DataConfig(root=str(root), seed=seed)
             if row.method is None:
-                from specpl.datasets import read_dataset
-
                 test = read_dataset(data)
-                predictor = Predictor.zero_shot(backbone, test.classnames, RunConfig().template)
+                predictor = Predictor.zero_shot(backbone, test.classnames, DEFAULT_TEMPLATE)
                 accuracy = predictor.evaluate(test.test).accuracy
             else:
                 run = RunConfig(backbone=backbone.config, decomposer=config.decomposer, method=row.method, data=data)
