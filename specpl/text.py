@@ -76,6 +76,21 @@ class PromptTextEncoder(nn.Module):
         prefix, suffix = embeddings[:, :p_len], embeddings[:, p_len:].unsqueeze(1)
         return self.forward_shared_prefix(prefix, suffix, (eot_index - p_len).unsqueeze(1), groups, hooks)[:, 0]
 
+    @torch.no_grad()
+    def prefix_states(self, prefix: torch.Tensor, layers: int) -> torch.Tensor:
+        """(layers, P, W): the hidden states of a prefix's token embeddings (P, W) entering text
+        blocks 0..layers-1 of the frozen tower. Under the causal mask they do not depend on what
+        follows the prefix, so they are the same in every class prompt that starts with it."""
+        model = self.model
+        length = prefix.shape[0]
+        x = (prefix + model.positional_embedding[:length]).unsqueeze(0)
+        mask = model.attn_mask[:length, :length]
+        states = []
+        for block in model.transformer.resblocks[:layers]:
+            states.append(x[0])
+            x = block(x, attn_mask=mask)
+        return torch.stack(states)
+
     def split_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(prefix, suffix, eot) embeddings of tokenised text (N, 77) for `forward_shared_prefix`:
         the shared [SOS], the rest cut after the longest end-of-text, and end-of-text positions in

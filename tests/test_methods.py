@@ -16,7 +16,9 @@ from specpl.backbone import Backbone
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.frozen import flatten
 from specpl.methods import BOOSTERS, HOSTS, Batch, PromptModel, build_method, check_combination
+from specpl.inference import Predictor
 from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER
+from specpl.methods.deep import DeepPromptHost
 
 CLASSES = ["cat", "dog", "ship", "frog"]
 HOST_NAMES = [h for h in HOSTS.names() if h != "zeroshot"]  # the zero-shot baseline learns nothing
@@ -187,7 +189,7 @@ def test_isp_structural_modules_asked_for_on_a_text_prompt_host_are_refused_with
 
 
 def test_an_unknown_option_names_the_component_and_its_keys(tiny_backbone):
-    with pytest.raises(ValueError, match=r"unknown option\(s\) for maple: n_ctxx; maple's options are: ctx_from_template, ctx_init, depth"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) for maple: n_ctxx; maple's options are: ctx_from_template, ctx_init, deep_text_init, depth"):
         build_method(MethodConfig(host="maple", options={"maple": {"n_ctxx": 3}}), tiny_backbone, CLASSES)
 
 
@@ -206,7 +208,7 @@ def test_paper_and_default_presets_differ_only_where_documented():
         assert options["default"]["specpl"]["bank_init_batches"] == 10
         assert (options["default"]["specpl"]["refiner"], options["paper"]["specpl"]["refiner"]) == ("gated", "layernorm")
         changed = {k for k in options["default"][host] if options["default"][host][k] != options["paper"][host][k]}
-        expected = {"coop": {"ctx_from_template"}, "maple": {"ctx_from_template", "tail"}, "mmrl": set()}[host]
+        expected = {"coop": {"ctx_from_template"}, "maple": {"ctx_from_template", "tail", "deep_text_init"}, "mmrl": set()}[host]
         assert changed == expected, (host, changed)
 
 
@@ -225,6 +227,21 @@ def test_a_text_only_host_starts_as_zero_shot_with_the_run_template(tiny_backbon
     # the template's words before the class are what learns; the rest stays frozen text
     assert model.resolved_options()[host]["ctx_init"] == template.split("{}")[0].strip()
     assert model.resolved_options()[host]["tail"] == "{}" + template.split("{}")[1]
+
+
+DEEP_HOSTS = [h for h in HOST_NAMES if issubclass(HOSTS.get(h), DeepPromptHost) and HOSTS.get(h).accepts_boosters]  # not CasPL phase 1
+
+
+@pytest.mark.parametrize("host", DEEP_HOSTS)
+def test_a_deep_host_starts_with_zero_shot_text_and_the_paper_preset_with_random_deep_prompts(tiny_backbone, host):
+    """Deep text prompts start as the frozen tower's own states at the context positions, so every
+    class text feature is zero-shot's at step 0 (only the image-tower prompts move the logits)."""
+    template = "a photo of a {}, a type of pet."
+    zero_shot, _ = Predictor.zero_shot(tiny_backbone, CLASSES, template).model.text_features(None)
+    model = build_method(MethodConfig(host=host), tiny_backbone, CLASSES, template).eval()
+    torch.testing.assert_close(model.text_features(None)[0], zero_shot, rtol=0, atol=1e-5)
+    paper = build_method(MethodConfig(host=host, preset="paper"), tiny_backbone, CLASSES, template).eval()
+    assert (paper.text_features(None)[0] - zero_shot).abs().max() > 1e-3
 
 
 def test_a_template_with_no_words_before_the_class_learns_a_photo_of_a_before_it(tiny_backbone):

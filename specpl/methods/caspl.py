@@ -148,6 +148,7 @@ class CasPLBoostConfig:
     init_std: float = 0.02
     ctx_from_template: bool = False  # phase 1 learns boosting prompts from random, as the released code
     tail: str = "{}."
+    deep_text_init: str = "normal"  # random deep prompts too (specpl.methods.deep.DeepPromptConfig)
     teacher: str | None = None  # None: ViT-L-14 (openai), or world-clip-large for the world CLIP student
     teacher_pretrained: str | None = None  # a tag, a local file, "embedded"; None: the teacher's default
     teacher_template: str | None = None  # None: the run's (the dataset's) template

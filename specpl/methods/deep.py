@@ -38,6 +38,10 @@ class DeepPromptConfig:
     init_std: float = 0.02
     ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
     tail: str = "{}."  # the frozen text after the context, {} = the class name
+    deep_text_init: str = "template"  # "template": the frozen tower's own states (text starts at zero-shot); "normal": N(0, init_std)
+
+
+DEEP_TEXT_INITS = ("template", "normal")
 
 
 def _normal(rows: int, width: int, std: float, device: torch.device) -> nn.Parameter:
@@ -57,7 +61,13 @@ class DeepPromptHost(ContextHost):
         self.depth = max(1, min(config.depth, self.text_encoder.depth, vision.depth))
         device = self.prompt_learner.device
         n_text, width = self.prompt_learner.n_ctx, self.text_encoder.width
-        self.deep_text = nn.ParameterList([_normal(n_text, width, config.init_std, device) for _ in range(self.depth - 1)])
+        if config.deep_text_init not in DEEP_TEXT_INITS:
+            raise ValueError(f"{self.name}.deep_text_init must be one of {', '.join(map(repr, DEEP_TEXT_INITS))}; got {config.deep_text_init!r}")
+        if config.deep_text_init == "template":
+            states = self.prompt_learner.context_states(self.depth)
+            self.deep_text = nn.ParameterList([nn.Parameter(state) for state in states])
+        else:
+            self.deep_text = nn.ParameterList([_normal(n_text, width, config.init_std, device) for _ in range(self.depth - 1)])
 
     def deep_text_prompts(self) -> list[PromptGroup]:
         if not len(self.deep_text):
@@ -91,7 +101,7 @@ class IVLP(IndependentPromptHost):
     description = "IVLP: independent deep prompts in both towers (the MaPLe paper's baseline)"
     config_class: ClassVar[type] = DeepPromptConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"ivlp": {"ctx_from_template": False}}}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"ivlp": {"ctx_from_template": False, "deep_text_init": "normal"}}}
 
 
 @dataclass
@@ -102,6 +112,7 @@ class MaPLeConfig:
     init_std: float = 0.02
     ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
     tail: str = "{}."  # the frozen text after the context, {} = the class name
+    deep_text_init: str = "template"  # see DeepPromptConfig
 
 
 @HOSTS.register("maple")
@@ -116,7 +127,7 @@ class MaPLe(DeepPromptHost):
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "optimizer": "sgd", "crop_scale": 0.08}
     # the released code learns "a photo" of "a photo of a" and keeps "of a" as frozen words
     # (trainers/maple.py: the prompt is ctx_init + class, the suffix taken from position 1 + n_ctx)
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"maple": {"ctx_from_template": False, "tail": "of a {}."}}}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"maple": {"ctx_from_template": False, "tail": "of a {}.", "deep_text_init": "normal"}}}
 
     def __init__(self, config: MaPLeConfig, context: BuildContext) -> None:
         super().__init__(config, context)
@@ -181,7 +192,7 @@ class PromptSRC(IndependentPromptHost):
     description = "PromptSRC: IVLP with L1/KL self-regularisation to frozen CLIP and Gaussian prompt aggregation (ICCV 2023)"
     config_class: ClassVar[type] = PromptSRCConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"promptsrc": {"ctx_from_template": False}}}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"promptsrc": {"ctx_from_template": False, "deep_text_init": "normal"}}}
 
     def __init__(self, config: PromptSRCConfig, context: BuildContext) -> None:
         super().__init__(config, context)

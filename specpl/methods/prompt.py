@@ -62,6 +62,15 @@ class PromptLearner(nn.Module):
         """Where the frozen token embeddings live; every tensor built here is put there too."""
         return self.text_encoder.model.token_embedding.weight.device
 
+    @torch.no_grad()
+    def context_states(self, layers: int) -> torch.Tensor:
+        """(layers - 1, M, W): what the frozen text tower holds at the context positions entering
+        blocks 1..layers-1 for ``[SOS] context``. A deep prompt set to these overwrites each layer's
+        context positions with what is already there, so it changes no class's text feature."""
+        sos = self.text_encoder.embed_tokens(self.tokenizer([""])[0][:1].to(self.device)).float()
+        prefix = torch.cat([sos, self.ctx.detach().float()])
+        return self.text_encoder.prefix_states(prefix, layers)[1:, 1:].clone()
+
     def set_classnames(self, classnames: list[str]) -> None:
         """Tokenise ``X X .. X <tail with the name>`` per class and keep the frozen embeddings
         around the X's."""
