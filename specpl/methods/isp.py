@@ -27,6 +27,11 @@ hooks (`image_hook()`, `text_hook()`):
   P_v: the updated one depends on the image, and the spec's default keeps the text features
   independent of the image (cacheable for a fixed class set); the full, image-conditioned form is
   not built (spec §2, "optional"). `text_structural=False` keeps the modules to the image tower.
+- Presets: ``paper`` builds the modules in both towers, as the reconstruction reads the paper. The
+  ``default`` preset builds them in the image tower alone: on MaPLe the text modules made training
+  collapse (dusk camera, seeds 1 and 3: validation from 50 % to 22-33 % within two epochs at
+  lr 0.0035, base test 53.8 against the host's 77.0), and without them ISP + MaPLe trains as
+  MaPLe does (bench/DEFAULTS.md).
 - Zero start: with ``zero_start="output-projection"`` W_o is zero-initialised, as in the spec; the
   default ``"initial-difference"`` subtracts the same module at its initial weights (a frozen
   copy), f_theta(x) - f_theta0(x). Both are exactly zero at step 0, so step 0 gives the bare
@@ -82,7 +87,7 @@ AUTO, ON, OFF = "auto", "on", "off"
 @dataclass
 class ISPConfig:
     structural: Literal["auto", "on", "off"] = AUTO  # the structural modules: auto builds them where the host has IVLP-layout prompts, on requires such a host
-    text_structural: bool = True  # also in the text tower (else the image tower's alone)
+    text_structural: bool = False  # also in the text tower (the paper preset; see the module docstring)
     self_structural: bool = True  # vision prompts attend to that layer's [CLS] + patch tokens
     cross_structural: bool = True  # vision prompts attend to the class prompts' end-of-text states
     depth: int = 9  # layers 0..depth-1 carry modules (cut to the towers' depth)
@@ -228,6 +233,7 @@ class ISP(Booster):
         "and sample probing that reweights the host's loss by frozen zero-shot CLIP difficulty (arXiv 2507.05677)"
     )
     config_class: ClassVar[type] = ISPConfig
+    presets: ClassVar[dict[str, dict[str, dict[str, object]]]] = {"paper": {"isp": {"text_structural": True}}}
 
     @classmethod
     def option_requires(cls, config: ISPConfig) -> dict[str, frozenset[str]]:
