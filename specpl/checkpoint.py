@@ -130,12 +130,15 @@ UPGRADES = {"specpl-bundle/1": _upgrade_v1, "specpl-bundle/2": _upgrade_v2}  # f
 
 
 def save_resume_state(
-    directory: Path, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, counters: dict[str, Any], best_state: dict[str, torch.Tensor] | None = None
+    directory: Path, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, counters: dict[str, Any],
+    kept_states: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Everything needed to continue a run exactly where it stopped; `best_state` is the best
-    epoch's model state so far, for a run that selects on validation."""
+    """Everything needed to continue a run exactly where it stopped; `kept_states` are the model
+    states a run that selects on validation keeps besides the current one, by name ("best",
+    "initial"), each stored under its name as a prefix."""
     tensors = {f"model.{k}": v for k, v in model_state.items()}
-    tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
+    for name, state in (kept_states or {}).items():
+        tensors.update({f"{name}.{k}": v for k, v in state.items()})
     optim_state = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, entry in optim_state["state"].items():
@@ -157,8 +160,11 @@ def save_resume_state(
     _swap_in(staging, directory)
 
 
-def load_resume_state(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor]]:
-    """Restore the optimizer and RNG in place; return (model tensors, counters, best state)."""
+KEPT_STATES = ("best", "initial")  # the selection's states a checkpoint holds besides the model's
+
+
+def load_resume_state(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """Restore the optimizer and RNG in place; return (model tensors, counters, kept states by name)."""
     tensors = load_tensors(directory / "state.safetensors")
     state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
     optim_state: dict[int, dict[str, Any]] = {}
@@ -174,8 +180,8 @@ def load_resume_state(directory: Path, optimizer: torch.optim.Optimizer) -> tupl
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    best_state = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
-    return model_state, state["counters"], best_state
+    kept = {name: {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")} for name in KEPT_STATES}
+    return model_state, state["counters"], kept
 
 
 def _swap_in(staging: Path, directory: Path) -> None:

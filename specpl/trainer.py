@@ -205,10 +205,10 @@ class Trainer:
         counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
         checkpoint_dir = self.run_dir / "checkpoint"
         if resume and (checkpoint_dir / "state.safetensors").exists() and optimizer is not None:
-            model_state, counters, best_state = load_resume_state(checkpoint_dir, optimizer)
+            model_state, counters, kept_states = load_resume_state(checkpoint_dir, optimizer)
             model.load_learned_state_dict(model_state)
             kept = counters.pop("selection", None)
-            self.selection = Selection.from_record(kept, best_state) if kept else None
+            self.selection = Selection.from_record(kept, kept_states) if kept else None
             self.events.emit("resumed", **counters)
         elif epochs:
             wanted = max((getattr(c.config, "bank_init_batches", 0) for c in model.components), default=0)
@@ -289,9 +289,10 @@ class Trainer:
             model.finalise()
             if data.val:
                 final_val = self._score_epoch(model, data, epochs, epochs, counters["global_step"], accelerator)
-        if self.selection is not None and self.selection.best_epoch != epochs:
-            model.load_learned_state_dict(self.selection.best_state)
-            self.events.emit("selected", epoch=self.selection.best_epoch, accuracy=self.selection.best_accuracy)
+        restore = self.selection.settle(epochs) if self.selection is not None and epochs else None
+        if restore is not None:
+            model.load_learned_state_dict(restore)
+            self.events.emit("selected", epoch=self.selection.kept_epoch, accuracy=self.selection.kept_accuracy)
         accelerator.wait_for_everyone()
         with self._autocast():
             metrics = self._evaluate(model, data, cfg, accelerator, template, backbone, train)  # every process: the same metrics
@@ -392,8 +393,8 @@ class Trainer:
             selection = self.selection
             if selection is not None:
                 state["selection"] = selection.to_record()
-            best = selection.best_state if selection is not None else {}
-            save_resume_state(self.run_dir / "checkpoint", model.learned_state_dict(), optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state, best)
+            kept = selection.saved_states() if selection is not None else {}
+            save_resume_state(self.run_dir / "checkpoint", model.learned_state_dict(), optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state, kept)
             self.events.emit("checkpoint", **state)
 
     def _evaluate(self, model: PromptModel, data: FewShotData, cfg: RunConfig, accelerator: Accelerator, template: str, backbone: Backbone, train: dict[str, Any]) -> dict[str, Any]:

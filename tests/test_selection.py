@@ -12,7 +12,7 @@ from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodCo
 from specpl.data import ImageItem
 from specpl.events import read_events
 from specpl.inference import Predictor
-from specpl.selection import Selection, verdict
+from specpl.selection import Selection, noise_margin, verdict
 from specpl.trainer import Trainer
 from specpl.training_plan import hold_out_validation, validation_size
 
@@ -53,24 +53,52 @@ def test_accuracy_then_cross_entropy_decide_and_exact_ties_go_to_the_later_epoch
     assert (restored.best_epoch, restored.scores, restored.losses, restored.zero_shot) == (2, selection.scores, selection.losses, 50.0)
 
 
+def test_the_noise_margin_is_one_standard_error_of_the_validation_accuracy():
+    assert noise_margin(15 / 18 * 100, 18) == pytest.approx(100 * (0.8 * 0.2 / 18) ** 0.5)  # rate (15 + 1) / (18 + 2)
+    assert 0 < noise_margin(100.0, 16) < 100 / 16  # a perfect score keeps a margin, under one image
+
+
+def scored(scores: dict[int, float], losses: dict[int, float] | None = None, images: int = 10) -> Selection:
+    selection = Selection(images, zero_shot=50.0)
+    for epoch, accuracy in scores.items():
+        selection.offer(epoch, accuracy, {"w": torch.tensor([float(epoch)])}, (losses or {}).get(epoch, 1.0))
+    return selection
+
+
+def test_the_last_epoch_is_kept_unless_validation_shows_it_worse_by_more_than_its_noise():
+    within = scored({0: 50, 1: 70, 2: 60})  # 10 images: 70 % has a margin of 14.9 points
+    assert within.settle(2) is None and within.kept_epoch == 2 and within.best_epoch == 1
+    below = scored({0: 50, 1: 70, 2: 50})
+    assert float(below.settle(2)["w"]) == 1.0 and below.kept_epoch == 1
+
+
+def test_the_initial_state_is_kept_unless_training_is_seen_to_help():
+    same = scored({0: 60, 1: 60, 2: 60}, losses={0: 0.5, 1: 0.6, 2: 0.7})
+    assert float(same.settle(2)["w"]) == 0.0 and same.kept_epoch == 0
+    surer = scored({0: 60, 1: 60, 2: 60}, losses={0: 0.5, 1: 0.6, 2: 0.4})  # the same accuracy, lower cross-entropy
+    assert surer.settle(2) is None and surer.kept_epoch == 2
+
+
 def test_the_verdict_says_plainly_how_the_kept_model_compares_with_zero_shot():
     def selection(scores: dict[int, float], zero_shot: float) -> Selection:
         chosen = Selection(10, zero_shot)
         for epoch, accuracy in scores.items():
-            chosen.offer(epoch, accuracy, {})
+            chosen.offer(epoch, accuracy, {"w": torch.zeros(1)})
+        chosen.settle(max(scores))
         return chosen
 
-    assert verdict(selection({0: 50, 1: 70, 2: 60}, 55), 2, "val") == "The kept model (epoch 1 of 2) scores 70.0% on validation, +15.0 points over zero-shot CLIP (55.0%)."
+    assert verdict(selection({0: 50, 1: 70, 2: 40}, 55), 2, "val") == "The kept model (epoch 1 of 2) scores 70.0% on validation, +15.0 points over zero-shot CLIP (55.0%)."
     assert verdict(selection({0: 40, 1: 45}, 55), 1, "val") == "The kept model (epoch 1 of 1) ends below zero-shot CLIP on validation: 45.0% against 55.0%."
-    assert verdict(selection({0: 55, 1: 50}, 55), 1, "val").startswith("Training never improved on the initial prompts on validation (55.0%; zero-shot CLIP 55.0%)")
+    assert verdict(selection({0: 55, 1: 50}, 55), 1, "val").startswith("Training was not seen to improve on the initial prompts on validation (55.0%; zero-shot CLIP 55.0%)")
     assert verdict(None, 3, "last", 50.0, 40.0) == "The last epoch is kept (paper preset); it is below zero-shot CLIP on validation (40.0% against 50.0%)."
     assert "fewer than 2 training images" in verdict(None, 3, "val")
 
 
 def test_the_best_epoch_is_restored_with_its_exact_logits(tmp_path, cifar_root, tiny_backbone, monkeypatch):
-    """Validation scores are scripted (zero-shot, initial, epochs 1-3): epoch 1 is the best, so the
-    exported model is epoch 1's state, and the bundle's logits are that state's."""
-    scripted = iter([30.0, 20.0, 70.0, 60.0, 65.0])
+    """Validation scores are scripted (zero-shot, initial, epochs 1-3): epoch 1 is the best and the
+    last is below it by more than the noise margin, so the exported model is epoch 1's state, and
+    the bundle's logits are that state's."""
+    scripted = iter([30.0, 20.0, 70.0, 60.0, 40.0])
     monkeypatch.setattr(Trainer, "_validate", lambda self, predictor, data, accelerator: (next(scripted), 1.0))
     states: dict[int, dict[str, torch.Tensor]] = {}
     offer = Selection.offer
@@ -92,7 +120,8 @@ def test_the_best_epoch_is_restored_with_its_exact_logits(tmp_path, cifar_root, 
     torch.testing.assert_close(reloaded.logits(chosen.preprocess(images)), chosen.logits(chosen.preprocess(images)), rtol=0, atol=0)
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["selection"]["best_epoch"] == 1 and metrics["selection"]["per_epoch_val"] == [70.0, 60.0, 65.0]
+    assert metrics["selection"]["best_epoch"] == 1 and metrics["selection"]["per_epoch_val"] == [70.0, 60.0, 40.0]
+    assert metrics["selection"]["kept_epoch"] == 1
     assert metrics["selection"]["zero_shot_val"] == 30.0 and metrics["selection"]["initial_val"] == 20.0
     assert metrics["verdict"] == "The kept model (epoch 1 of 3) scores 70.0% on validation, +40.0 points over zero-shot CLIP (30.0%)."
     assert metrics["gain_over_zero_shot"] == pytest.approx(metrics["accuracy"] - metrics["zero_shot"]["accuracy"])
