@@ -88,7 +88,8 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 CAMERAS: dict[str, tuple[float, tuple[int, int, int]]] = {
     "default": (0.0, (0, 0, 0)),
     "sepia": (0.45, (200, 120, 40)),
-    "dusk": (0.5, (40, 60, 120)),  # a cold, dark cast: held out when the defaults were chosen (bench/DEFAULTS.md)
+    "dusk": (0.5, (40, 60, 120)),  # a cold, dark cast: held out in the first round of choosing the defaults (bench/DEFAULTS.md)
+    "haze": (0.4, (175, 195, 175)),  # a pale, washed-out cast: held out in the second round
 }
 
 
