@@ -13,7 +13,10 @@ rule is a noise-aware one:
    ran to the end of its schedule for a reason, and only clear evidence overrules it.
 3. The initial state is kept unless the candidate beats it on validation (accuracy, then
    cross-entropy): a run whose training is not seen to help exports what it started from
-   (zero-shot CLIP's text for text-only hosts and boosters).
+   (zero-shot CLIP's text for text-only hosts and boosters). When the initial state already
+   classifies every validation image correctly, no epoch can be seen to do better (a lower
+   cross-entropy there only means surer answers: on the demo set it came with test images lost),
+   so the initial state is kept.
 `verdict` says in one sentence what was kept and how it compares with zero-shot.
 """
 from __future__ import annotations
@@ -77,7 +80,7 @@ class Selection:
         the state to restore, or None when the model as it ends training is kept."""
         best = self.best_epoch
         kept = last_epoch if self.scores[last_epoch] >= self.scores[best] - noise_margin(self.scores[best], self.val_images) else best
-        if 0 in self.scores and self.initial_state and kept != 0 and self._rank(kept) <= self._rank(0):
+        if 0 in self.scores and self.initial_state and kept != 0 and (self.scores[0] >= 100.0 or self._rank(kept) <= self._rank(0)):
             kept = 0
         self.kept_epoch = kept
         if kept == last_epoch:

@@ -77,6 +77,8 @@ def test_the_initial_state_is_kept_unless_training_is_seen_to_help():
     assert float(same.settle(2)["w"]) == 0.0 and same.kept_epoch == 0
     surer = scored({0: 60, 1: 60, 2: 60}, losses={0: 0.5, 1: 0.6, 2: 0.4})  # the same accuracy, lower cross-entropy
     assert surer.settle(2) is None and surer.kept_epoch == 2
+    perfect = scored({0: 100, 1: 100, 2: 100}, losses={0: 0.05, 1: 0.02, 2: 0.01})  # nothing left to be seen improving
+    assert float(perfect.settle(2)["w"]) == 0.0 and perfect.kept_epoch == 0
 
 
 def test_the_verdict_says_plainly_how_the_kept_model_compares_with_zero_shot():
