@@ -21,7 +21,7 @@ class TrainingPlan:
     steps: int
     train_images: int  # after the validation images are held out
     held_out: tuple[int, ...]  # validation images per class (empty: nothing is held out)
-    select: str  # "val": the best epoch on validation is kept; "last": the last epoch
+    select: str  # "val": validation chooses the kept epoch (specpl.selection); "last": the last epoch
     base_only: bool  # a base-to-new run: validation holds only the base classes
 
     def line(self) -> str:
@@ -36,8 +36,8 @@ class TrainingPlan:
         else:
             held = f"{low if low == high else f'{low}–{high}'} per class held out for validation"
             if self.base_only:
-                held += " (base classes only, so keeping the best epoch cannot protect new-class accuracy)"
-        kept = "best epoch kept" if self.select == "val" else "last epoch kept"
+                held += " (base classes only, so choosing the kept epoch on it cannot protect new-class accuracy)"
+        kept = "epoch kept by validation" if self.select == "val" else "last epoch kept"
         return f"{head}; {held}; {kept}."
 
 

@@ -88,7 +88,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                             lr = gr.Number(0, minimum=0, label="Learning rate (0 = method default)", elem_id="lr")
                         training_plan = gr.Markdown(elem_id="training-plan")  # the epochs, batch and held-out validation the run will use
                         with gr.Accordion("Advanced", open=False, elem_id="advanced") as advanced_box:
-                            preset = gr.Dropdown(advanced.presets_of(default_host), value="default", label="Preset (default: measured, keeps the best epoch on validation; paper: the published settings, the last epoch)", elem_id="preset")
+                            preset = gr.Dropdown(advanced.presets_of(default_host), value="default", label="Preset (default: measured, validation chooses the epoch kept; paper: the published settings, the last epoch)", elem_id="preset")
                             method_options = gr.JSON({}, visible=False, elem_id="method-options")  # the options the user set, by key
                             redraw_options = gr.State(0)  # bumped when the options must be drawn again
                             draw_method_options(host, boosters, preset, method_options, [advanced_box.expand, redraw_options.change])
@@ -228,7 +228,7 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 gr.Markdown(
                     "#### Compare runs\nOverlay the curves of the runs you pick (validation accuracy per epoch, 0: before training); the table ranks them "
                     "(HM when base/new was measured, else test accuracy) beside zero-shot CLIP on the same test images and the gain in points. "
-                    "For base-to-new runs, validation holds only the training (base) classes, so keeping the best epoch cannot protect new-class accuracy."
+                    "For base-to-new runs, validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
                 )
                 compare_pick = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Runs to compare", elem_id="compare-pick")
                 with gr.Row():

@@ -11,7 +11,7 @@ from specpl.selection import BASE_NEW_NOTE
 
 # What each preset means (`specpl.config.PRESETS`); configs written before 2026-12-05 say "reference" for "paper"
 PRESET_TEXT = {
-    "default": "the product's settings, chosen by measurement: the training budget derived from the number of training images, and the best epoch on held-out validation images kept (the initial prompts included)",
+    "default": "the product's settings, chosen by measurement: the training budget derived from the number of training images, and the epoch kept chosen on held-out validation images: the last, unless validation shows an earlier one (the initial prompts included) clearly better",
     "paper": "the published papers' settings: each host's published epochs and batch size, and the last epoch kept",
 }
 COMPARISON_KEYS = ("zero_shot", "gain_over_zero_shot", "verdict", "validation_note")

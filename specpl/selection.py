@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-BASE_NEW_NOTE = "Validation holds only the training (base) classes, so keeping the best epoch on it cannot protect new-class accuracy."
+BASE_NEW_NOTE = "Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
 
 
 def noise_margin(accuracy: float, images: int) -> float:

@@ -321,7 +321,7 @@ class Trainer:
 
     def _start_selection(self, model: PromptModel, data: FewShotData, template: str, backbone: Backbone, train: dict[str, Any], accelerator: Accelerator) -> Selection | None:
         """Zero-shot CLIP's and the initial state's validation accuracy, before the first step; the
-        initial state is the first candidate of the best epoch when the run selects on validation."""
+        initial state is the first candidate when the run selects on validation."""
         if not data.val:
             self._zero_shot_val = None
             return None

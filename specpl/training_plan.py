@@ -5,7 +5,8 @@ Two presets (`specpl.config.PRESETS`):
 - ``default``, the product's, chosen by measurement (``specpl bench defaults``, bench/DEFAULTS.md):
   open_clip's mild crop (scale 0.9-1), a cosine stepped per step, epochs and batch size derived
   from the number of training images so the optimizer gets enough steps (`step_budget`), and the
-  best epoch on validation kept (the initial state included);
+  epoch kept chosen on validation (`specpl.selection`: the last, unless an earlier one, the
+  initial state included, is clearly better);
 - ``paper``, the published papers' and released code's: Dassl's random resized crop (scale
   0.08-1) and flip, a cosine stepped per epoch, each host's published epochs and batch size, and
   the last epoch kept.
@@ -42,7 +43,7 @@ def step_budget(train_images: int, host_batch: int, epochs: Any = AUTO, batch_si
     """(epochs, batch size) for `train_images` images: a value given as a number is kept; ``auto``
     derives it. The batch is the host's published one, cut so an epoch has at least
     `MIN_STEPS_PER_EPOCH` steps; the epochs give about `TARGET_STEPS` steps, at least `MIN_EPOCHS`
-    (so the best epoch has some to choose from) and at most `MAX_EPOCHS`."""
+    (so validation has epochs to choose from) and at most `MAX_EPOCHS`."""
     n = max(1, train_images)
     batch = int(batch_size) if batch_size != AUTO else max(1, min(int(host_batch), n // MIN_STEPS_PER_EPOCH))
     if epochs != AUTO:

@@ -108,13 +108,13 @@ def test_the_training_plan_line_states_what_the_trainer_will_resolve(tmp_path, c
             return studio.form_and_plan(root, "specpl-tiny/none", *[form(**{"train.epochs": None, **changes}).get(key) for key in advanced.form_keys()])[2]
 
         # 8 shots: 2 of each class held out, 60 left; CoOp's batch 32 cut to 60 // 4 = 15, so 4 steps an epoch and 300 / 4 = 75 epochs
-        assert plan(**{"data.shots": 8}) == "Training plan: 75 epochs of batch 15 (300 steps) from 60 training images; 2 per class held out for validation; best epoch kept."
+        assert plan(**{"data.shots": 8}) == "Training plan: 75 epochs of batch 15 (300 steps) from 60 training images; 2 per class held out for validation; epoch kept by validation."
         config = advanced.run_config(form(**{"train.epochs": None, "data.shots": 8}), TINY)
         config.data.root = root
         kept, held = hold_out_validation(read_dataset(config.data).train, config.data.seed)  # as the trainer holds them out
         assert (len(kept), len(held)) == (60, 20)
         assert {key: resolved_training(config, len(kept))[key] for key in ("epochs", "batch_size")} == {"epochs": 75, "batch_size": 15}
-        assert plan(**{"data.shots": 8, "train.epochs": 3}) == "Training plan: 3 epochs of batch 15 (12 steps) from 60 training images; 2 per class held out for validation; best epoch kept."
+        assert plan(**{"data.shots": 8, "train.epochs": 3}) == "Training plan: 3 epochs of batch 15 (12 steps) from 60 training images; 2 per class held out for validation; epoch kept by validation."
         assert plan(**{"data.shots": 0}).startswith("Training plan: 75 epochs of batch 30 (300 steps) from 120 training images; 4 per class held out")  # all 16
         assert plan(**{"data.shots": 1}).endswith("from 10 training images; nothing held out for validation (a class needs 2 training images to give one), so the last epoch is kept unchecked.")
         paper = form("coop", ("specpl",), "paper", **{"train.epochs": None, "data.shots": 8})
@@ -139,7 +139,7 @@ def test_the_plan_matches_the_steps_and_validation_of_a_real_run(tmp_path, cifar
                        data=DataConfig(root=str(cifar_root), shots=2), train=TrainConfig(epochs=1, eval_every_epochs=1))
     summary = summarize_dataset(cifar_root)
     plan = training_plan(config, training_counts(summary.counts, True, 0.5))
-    assert plan.line() == "Training plan: 1 epoch of batch 2 (5 steps) from 10 training images; 1 per class held out for validation; best epoch kept."
+    assert plan.line() == "Training plan: 1 epoch of batch 2 (5 steps) from 10 training images; 1 per class held out for validation; epoch kept by validation."
     result = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit()
     events = list(read_events(tmp_path / "run" / "events.jsonl"))
     assert max(e["total_steps"] for e in events if e["type"] == "step") == plan.steps == 5
@@ -294,7 +294,7 @@ def test_the_model_card_compares_the_run_with_zero_shot_and_names_its_preset(tra
         f"- Gain over zero-shot: {metrics['gain_over_zero_shot']:+.1f} points (accuracy)",
         f"- {metrics['verdict']}",
     ]
-    assert metrics["verdict"].startswith(("The kept model (epoch", "Training never improved on the initial prompts"))
+    assert metrics["verdict"].startswith(("The kept model (epoch", "Training was not seen to improve on the initial prompts"))
     assert "- zero_shot:" not in card and "- verdict:" not in card  # not repeated raw in the evaluation list
 
     base_new = {**config, "method": {**config["method"], "preset": "reference"}, "metrics": {
@@ -303,7 +303,7 @@ def test_the_model_card_compares_the_run_with_zero_shot_and_names_its_preset(tra
     card = render_model_card(base_new)
     assert "Preset: `paper`, the published papers' settings" in card  # a bundle written before the rename
     assert "accuracy 70.0%, base 70.0%, new 70.0%, hm 70.0%" in card and "- Gain over zero-shot: -16.7 points (HM)" in card
-    assert "- Validation holds only the training (base) classes, so keeping the best epoch on it cannot protect new-class accuracy." in card
+    assert "- Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy." in card
     assert "Compared with zero-shot" not in render_model_card({**config, "metrics": {}})  # a stopped run's checkpoint
 
 

@@ -213,7 +213,7 @@ def test_resume_clears_the_old_eta_and_near_chance_accuracy_is_flagged_with_its_
                         "gain_over_zero_shot": -10.4, "verdict": verdict}
     assert status_line(finished, progress, None) == (
         "Finished: base 90.0%, new 50.0%, HM 64.3% on the test split (zero-shot CLIP: base 80.0%, new 70.0%, HM 74.7%; HM -10.4 points). "
-        f"{verdict} Validation holds only the training (base) classes, so keeping the best epoch on it cannot protect new-class accuracy."
+        f"{verdict} Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
     )
     paper = "The last epoch is kept (paper preset); there is no validation split to compare it with zero-shot CLIP."
     progress.metrics = {"accuracy": 91.5, "verdict": paper}  # the paper preset scores no zero-shot

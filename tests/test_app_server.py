@@ -249,7 +249,7 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
         page.locator("#shots input").press("Tab")
         # 8 training images of each class (split 0.5), 2 shots, 1 held out: 10 images; batch min(32, 10 // 4) = 2, 5 steps an epoch
         expect(page.locator("#training-plan")).to_contain_text(
-            "Training plan: 60 epochs of batch 2 (300 steps) from 10 training images; 1 per class held out for validation; best epoch kept."
+            "Training plan: 60 epochs of batch 2 (300 steps) from 10 training images; 1 per class held out for validation; epoch kept by validation."
         )
         page.locator("#epochs input").fill("3000")
         page.locator("#epochs input").press("Tab")

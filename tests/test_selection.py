@@ -1,5 +1,5 @@
 """The default preset's model selection: validation held out of the training images, zero-shot and
-the initial state scored before training, the best epoch restored exactly, the verdict sentence,
+the initial state scored before training, the kept epoch restored exactly, the verdict sentence,
 and a resumed run that keeps the settings it started with."""
 from __future__ import annotations
 
@@ -194,5 +194,5 @@ def test_a_base_to_new_run_compares_every_split_with_zero_shot_and_says_selectio
     metrics = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit().metrics
     assert set(metrics["zero_shot"]) == {"accuracy", "base", "new", "hm"}
     assert metrics["gain_over_zero_shot"] == pytest.approx(metrics["hm"] - metrics["zero_shot"]["hm"])
-    assert metrics["validation_note"] == "Validation holds only the training (base) classes, so keeping the best epoch on it cannot protect new-class accuracy."
+    assert metrics["validation_note"] == "Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
     assert "Validation holds" not in metrics["verdict"]  # the app and the model card add the note once, beside the verdict

@@ -1,7 +1,7 @@
 """``specpl bench defaults``: the product's defaults measured against zero-shot CLIP.
 
 Every row runs exactly what ``specpl train`` and the app run when no flag is given (the ``default``
-preset: its augmentation, derived budget, validation hold-out and best-epoch selection; no method
+preset: its augmentation, derived budget, validation hold-out and the epoch it keeps; no method
 option), so the table says what a new user gets. Domains:
 - the demo set (``assets/world-demo.zip``, the app's offline first run): test accuracy over all
   its classes, one row per seed of the shots and the validation draw;
@@ -171,7 +171,7 @@ def defaults_report(domains: dict[str, tuple[str, list[DomainRow]]], config: Def
         f"- World domains: {config.shots} shots of the 18 base classes (the default preset holds 1 per class out for validation), "
         f"{config.test_per_class} test images per class; HM of the mean base and mean new accuracy per seed, then averaged over seeds (sd: across seeds).",
         "- Every row is `specpl train` with no flag beyond the method: the default preset (open_clip's mild crop, a per-step cosine, "
-        "epochs and batch size derived from the training images, the best epoch on validation kept).",
+        "epochs and batch size derived from the training images, validation choosing the epoch kept).",
         "- Validation holds only the base classes, so selection cannot protect new-class accuracy.",
         f"- Cameras the defaults were chosen on: {', '.join(config.chosen_on) or 'none'}; held out to confirm them: {', '.join(config.held_out) or 'none'}.",
         "",
