@@ -229,7 +229,7 @@ def probing_weights(
 class ISP(Booster):
     name = "isp"
     description = (
-        "ISP (reconstructed from the abstract): self- and cross-structural modules on both towers' deep prompts (IVLP-layout hosts), "
+        "ISP (reconstructed from the abstract): self- and cross-structural modules on the deep prompts of the image tower (both towers in the paper preset; IVLP-layout hosts), "
         "and sample probing that reweights the host's loss by frozen zero-shot CLIP difficulty (arXiv 2507.05677)"
     )
     config_class: ClassVar[type] = ISPConfig
