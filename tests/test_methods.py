@@ -189,7 +189,7 @@ def test_isp_structural_modules_asked_for_on_a_text_prompt_host_are_refused_with
 
 
 def test_an_unknown_option_names_the_component_and_its_keys(tiny_backbone):
-    with pytest.raises(ValueError, match=r"unknown option\(s\) for maple: n_ctxx; maple's options are: ctx_from_template, ctx_init, deep_text_init, depth"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) for maple: n_ctxx; maple's options are: coupling_init, ctx_from_template, ctx_init, deep_text_init, depth"):
         build_method(MethodConfig(host="maple", options={"maple": {"n_ctxx": 3}}), tiny_backbone, CLASSES)
 
 
@@ -208,7 +208,7 @@ def test_paper_and_default_presets_differ_only_where_documented():
         assert options["default"]["specpl"]["bank_init_batches"] == 10
         assert (options["default"]["specpl"]["refiner"], options["paper"]["specpl"]["refiner"]) == ("gated", "layernorm")
         changed = {k for k in options["default"][host] if options["default"][host][k] != options["paper"][host][k]}
-        expected = {"coop": {"ctx_from_template"}, "maple": {"ctx_from_template", "tail", "deep_text_init"}, "mmrl": set()}[host]
+        expected = {"coop": {"ctx_from_template"}, "maple": {"ctx_from_template", "tail", "deep_text_init", "coupling_init"}, "mmrl": set()}[host]
         assert changed == expected, (host, changed)
 
 
@@ -277,3 +277,34 @@ def test_a_context_the_user_sets_is_the_one_trained():
     assert resolve_method_options(MethodConfig(host="maple", options={"maple": {"ctx_init": "a photo"}}))["maple"]["ctx_from_template"] is False
     both = MethodConfig(host="ivlp", options={"ivlp": {"n_ctx": 4, "ctx_from_template": True}})
     assert resolve_method_options(both)["ivlp"]["ctx_from_template"] is True  # said both: as said
+
+
+def test_paper_maple_starts_its_deeper_couplings_equal_as_the_released_code():
+    from specpl.backbone import load_backbone
+    from specpl.config import BackboneConfig
+
+    four_layers = load_backbone(BackboneConfig(name="world-clip", pretrained=None))  # random weights: the tiny model has 2 layers
+    couplings = build_method(MethodConfig(host="maple", preset="paper"), four_layers, CLASSES).host.couplings
+    assert len(couplings) == 4
+    for later in couplings[2:]:  # layers 1..J-1 are copies of one Linear; layer 0 has its own
+        assert torch.equal(later.weight, couplings[1].weight) and later.weight is not couplings[1].weight
+    assert not torch.equal(couplings[0].weight, couplings[1].weight)
+    default = build_method(MethodConfig(host="maple"), four_layers, CLASSES).host.couplings
+    assert not torch.equal(default[1].weight, default[2].weight)
+
+
+def test_paper_promptsrc_averages_the_raw_template_features_then_normalises_once(tiny_backbone):
+    import torch.nn.functional as F
+
+    model = tiny_backbone.model
+    templates = ["a photo of a {}.", "a sketch of the {}."]
+    options = {"promptsrc": {"frozen_templates": "run"}}
+    host = build_method(MethodConfig(host="promptsrc", preset="paper", options=options), tiny_backbone, CLASSES).host
+    host.templates = [t.format for t in templates]
+    host.set_classnames(CLASSES)
+    with torch.no_grad():
+        raw = torch.stack([model.encode_text(tiny_backbone.tokenizer([t.format(c) for c in CLASSES])).float() for t in templates])
+    torch.testing.assert_close(host.frozen_text, F.normalize(raw.mean(0), dim=-1))
+    host.config.frozen_text_average = "normalised"
+    host.set_classnames(CLASSES)
+    torch.testing.assert_close(host.frozen_text, F.normalize(F.normalize(raw, dim=-1).mean(0), dim=-1))

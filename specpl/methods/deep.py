@@ -12,6 +12,7 @@ towers' depth for small backbones.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -113,6 +114,10 @@ class MaPLeConfig:
     ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
     tail: str = "{}."  # the frozen text after the context, {} = the class name
     deep_text_init: str = "template"  # see DeepPromptConfig
+    coupling_init: str = "independent"  # "independent": each layer's map drawn on its own; "shared": layers 1..J-1 start as copies of one
+
+
+COUPLING_INITS = ("independent", "shared")
 
 
 @HOSTS.register("maple")
@@ -127,12 +132,22 @@ class MaPLe(DeepPromptHost):
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "optimizer": "sgd", "crop_scale": 0.08}
     # the released code learns "a photo" of "a photo of a" and keeps "of a" as frozen words
     # (trainers/maple.py: the prompt is ctx_init + class, the suffix taken from position 1 + n_ctx)
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"maple": {"ctx_from_template": False, "tail": "of a {}.", "deep_text_init": "normal"}}}
+    # the released code's deeper maps are deep copies of one Linear (trainers/maple.py, _get_clones), so they start equal
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "paper": {"maple": {"ctx_from_template": False, "tail": "of a {}.", "deep_text_init": "normal", "coupling_init": "shared"}},
+    }
 
     def __init__(self, config: MaPLeConfig, context: BuildContext) -> None:
         super().__init__(config, context)
+        if config.coupling_init not in COUPLING_INITS:
+            raise ValueError(f"maple.coupling_init must be one of {', '.join(map(repr, COUPLING_INITS))}; got {config.coupling_init!r}")
         device = self.prompt_learner.device
-        self.couplings = nn.ModuleList([nn.Linear(self.text_encoder.width, self.vision_width, device=device) for _ in range(self.depth)])
+        linear = lambda: nn.Linear(self.text_encoder.width, self.vision_width, device=device)  # noqa: E731
+        if config.coupling_init == "shared":  # layer 0's map on its own, the deeper ones copies of one
+            first, deeper = linear(), linear()
+            self.couplings = nn.ModuleList([first, *(copy.deepcopy(deeper) for _ in range(self.depth - 1))])
+        else:
+            self.couplings = nn.ModuleList([linear() for _ in range(self.depth)])
 
     def vision_tokens(self) -> list[torch.Tensor]:
         text = [self.prompt_learner.ctx, *self.deep_text]
@@ -145,6 +160,7 @@ class PromptSRCConfig(DeepPromptConfig):
     image_l1_weight: float = 10.0  # lambda_v
     kl_weight: float = 1.0
     frozen_templates: str = "promptsrc-60"  # "promptsrc-60", "openai-imagenet" (all 80) or "run" (the run's template)
+    frozen_text_average: str = "normalised"  # "normalised": each template's feature normalised, then averaged (CLIP's ensembling); "raw": raw features averaged (the released code)
     gpa_mean: float | None = None  # None: 0.75 of the epochs (15 of 20, the paper's)
     gpa_std: float = 1.0
 
@@ -184,7 +200,9 @@ class PromptSRC(IndependentPromptHost):
     Choices: the frozen text g0 averages the released code's 60 ImageNet templates
     (`frozen_templates="promptsrc-60"`: the first 60 of open_clip's 80 OpenAI templates, the same
     set in another order, which the average ignores); "openai-imagenet" averages all 80 and "run"
-    uses the run's template alone. GPA aggregates
+    uses the run's template alone. The average is CLIP's prompt ensembling by default (each
+    template's feature normalised, averaged, normalised again); the paper preset averages the raw
+    features and normalises once, as the released code does (`frozen_text_average="raw"`). GPA aggregates
     the host's own prompts only (a booster's tensors keep their last values), and for a run of E
     epochs its mean defaults to 0.75 E, the paper's 15 of 20."""
 
@@ -192,11 +210,16 @@ class PromptSRC(IndependentPromptHost):
     description = "PromptSRC: IVLP with L1/KL self-regularisation to frozen CLIP and Gaussian prompt aggregation (ICCV 2023)"
     config_class: ClassVar[type] = PromptSRCConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"promptsrc": {"ctx_from_template": False, "deep_text_init": "normal"}}}
+    # the released code averages the templates' raw text features and normalises once
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "paper": {"promptsrc": {"ctx_from_template": False, "deep_text_init": "normal", "frozen_text_average": "raw"}},
+    }
 
     def __init__(self, config: PromptSRCConfig, context: BuildContext) -> None:
         super().__init__(config, context)
         self.backbone = [context.backbone]
+        if config.frozen_text_average not in ("normalised", "raw"):
+            raise ValueError(f"promptsrc.frozen_text_average must be 'normalised' or 'raw', got {config.frozen_text_average!r}")
         if config.frozen_templates not in FROZEN_TEMPLATES:
             raise ValueError(f"promptsrc.frozen_templates must be one of {', '.join(map(repr, FROZEN_TEMPLATES))}, got {config.frozen_templates!r}")
         self.templates = FROZEN_TEMPLATES[config.frozen_templates] or [context.template.format]
@@ -209,8 +232,10 @@ class PromptSRC(IndependentPromptHost):
         model, tokenizer = self.backbone[0].model, self.backbone[0].tokenizer
         device = model.token_embedding.weight.device
         with torch.no_grad():
-            per_template = [F.normalize(model.encode_text(tokenizer([t(c) for c in classnames]).to(device)).float(), dim=-1) for t in self.templates]
-        self.register_buffer("frozen_text", F.normalize(torch.stack(per_template).mean(0), dim=-1), persistent=False)
+            per_template = torch.stack([model.encode_text(tokenizer([t(c) for c in classnames]).to(device)).float() for t in self.templates])
+        if self.config.frozen_text_average == "normalised":
+            per_template = F.normalize(per_template, dim=-1)
+        self.register_buffer("frozen_text", F.normalize(per_template.mean(0), dim=-1), persistent=False)
 
     def frozen_inputs(self) -> list:
         return [ClipImageFeatures(self.backbone[0])]
