@@ -208,7 +208,7 @@ def test_paper_and_default_presets_differ_only_where_documented():
         assert options["default"]["specpl"]["bank_init_batches"] == 10
         assert (options["default"]["specpl"]["refiner"], options["paper"]["specpl"]["refiner"]) == ("gated", "layernorm")
         changed = {k for k in options["default"][host] if options["default"][host][k] != options["paper"][host][k]}
-        expected = {"coop": {"ctx_from_template"}, "maple": {"ctx_from_template", "tail", "deep_text_init", "coupling_init"}, "mmrl": set()}[host]
+        expected = {"coop": {"ctx_from_template"}, "maple": {"ctx_from_template", "tail", "deep_text_init", "coupling_init"}, "mmrl": {"reg_weight_fallback"}}[host]
         assert changed == expected, (host, changed)
 
 
@@ -308,3 +308,13 @@ def test_paper_promptsrc_averages_the_raw_template_features_then_normalises_once
     host.config.frozen_text_average = "normalised"
     host.set_classnames(CLASSES)
     torch.testing.assert_close(host.frozen_text, F.normalize(F.normalize(raw, dim=-1).mean(0), dim=-1))
+
+
+def test_mmrl_takes_lambda_from_the_dataset_table_and_the_paper_preset_falls_back_to_the_released_1(tiny_backbone):
+    from specpl.methods.mmrl import REG_WEIGHTS
+
+    def reg_weight(preset: str, dataset: str | None) -> float:
+        return build_method(MethodConfig(host="mmrl", preset=preset), tiny_backbone, CLASSES, dataset=dataset).host.config.reg_weight
+
+    assert reg_weight("paper", "dtd") == reg_weight("default", "dtd") == REG_WEIGHTS["dtd"]
+    assert (reg_weight("paper", None), reg_weight("default", None)) == (1.0, 0.5)

@@ -52,7 +52,8 @@ class MMRLConfig:
     rep_dim: int | None = None  # d_r; None: 512, or 2048 on EuroSAT
     rep_layers: int = 7  # the last blocks that carry the tokens (6-12 of 12)
     alpha: float = 0.7
-    reg_weight: float | None = None  # lambda; None: the dataset's (REG_WEIGHTS), else 0.5
+    reg_weight: float | None = None  # lambda; None: the dataset's (REG_WEIGHTS), else reg_weight_fallback
+    reg_weight_fallback: float = 0.5  # lambda for a dataset outside REG_WEIGHTS (the paper preset: the released yaml's 1.0)
     init_std: float = 0.02
     template: str | None = None  # None: the run's (the dataset's) hand-crafted template
 
@@ -77,12 +78,14 @@ class MMRL(Host):
     capabilities: ClassVar[frozenset[str]] = frozenset({PROMPTS_IMAGE_TOWER})
     fixed_logit_scale: ClassVar[float | None] = SCALE
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 4, "lr": 1e-3, "optimizer": "adamw", "crop_scale": 0.5}
+    # the released train.py sets cfg.TRAINER.MMRL.REG_WEIGHT = 1.0 before the per-dataset table overrides it
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"mmrl": {"reg_weight_fallback": 1.0}}}
 
     def __init__(self, config: MMRLConfig, context: BuildContext) -> None:
         if config.rep_dim is None:
             config.rep_dim = WIDE_REP_DATASETS.get(context.dataset or "", 512)
         if config.reg_weight is None:
-            config.reg_weight = REG_WEIGHTS.get(context.dataset or "", 0.5)
+            config.reg_weight = REG_WEIGHTS.get(context.dataset or "", config.reg_weight_fallback)
         super().__init__(config, context)
         self.backbone = [context.backbone]
         self.template = config.template or context.template
