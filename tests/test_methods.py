@@ -318,3 +318,11 @@ def test_mmrl_takes_lambda_from_the_dataset_table_and_the_paper_preset_falls_bac
 
     assert reg_weight("paper", "dtd") == reg_weight("default", "dtd") == REG_WEIGHTS["dtd"]
     assert (reg_weight("paper", None), reg_weight("default", None)) == (1.0, 0.5)
+
+
+def test_paper_kgcoop_guides_dtd_with_the_released_codes_template(tiny_backbone):
+    def guidance(preset: str, dataset: str) -> str:
+        return build_method(MethodConfig(host="kgcoop", preset=preset), tiny_backbone, CLASSES, "{} texture.", dataset=dataset).host.template
+
+    assert guidance("paper", "dtd") == "a photo of a {}, a type of texture."
+    assert guidance("default", "dtd") == guidance("paper", "eurosat") == "{} texture."

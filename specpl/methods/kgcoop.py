@@ -1,8 +1,9 @@
 """KgCoOp (Yao et al., CVPR 2023): CoOp kept close to the hand-crafted prompt's knowledge.
 
 L = CE + lambda * (1 - mean_c cos(g_c, g0_c)), lambda = 8, where g0_c is the frozen CLIP text
-feature of the run's hand-crafted template for class c (the dataset's template from HOSTS.md when
-the data names one), computed once per class set. The term reads the host's raw prompted text, so
+feature of the run's hand-crafted template for class c (the dataset's template when the data names
+one; under the paper preset the released code's own where it differs: DTD's
+"a photo of a {}, a type of texture." instead of "{} texture."), computed once per class set. The term reads the host's raw prompted text, so
 a booster's refinement (SpecPL) does not change what it regularises. Defaults: 4 context tokens
 from "a photo of a", batch 128, SGD 0.002, 100 epochs. Inference costs what CoOp's does.
 """
@@ -33,7 +34,12 @@ class KgCoOpConfig:
     ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
     tail: str = "{}."  # the frozen text after the context, {} = the class name
     weight: float = 8.0  # lambda
-    template: str | None = None  # None: the run's (the dataset's) hand-crafted template
+    template: str | None = None  # None: the run's (the dataset's) hand-crafted template, or the released code's (guidance_templates)
+    guidance_templates: str = "run"  # "run": the run's template; "released": KgCoOp's own where it differs (DTD), the paper preset's
+
+
+# where the released KgCoOp's guidance template differs from the dataset's (KgCoOp/trainers/kgcoop.py:41)
+RELEASED_TEMPLATES = {"dtd": "a photo of a {}, a type of texture."}
 
 
 @HOSTS.register("kgcoop")
@@ -42,12 +48,15 @@ class KgCoOp(ContextHost):
     description = "KgCoOp: CoOp plus a pull toward the hand-crafted prompt's frozen text feature (CVPR 2023)"
     config_class: ClassVar[type] = KgCoOpConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 100, "batch_size": 128, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"kgcoop": {"ctx_from_template": False}}}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"kgcoop": {"ctx_from_template": False, "guidance_templates": "released"}}}
 
     def __init__(self, config: KgCoOpConfig, context: BuildContext) -> None:
+        if config.guidance_templates not in ("run", "released"):
+            raise ValueError(f"kgcoop.guidance_templates must be 'run' or 'released', got {config.guidance_templates!r}")
         super().__init__(config, context)
         self.backbone = [context.backbone]
-        self.template = config.template or context.template
+        released = RELEASED_TEMPLATES.get(context.dataset or "") if config.guidance_templates == "released" else None
+        self.template = config.template or released or context.template
 
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
         super().set_classnames(classnames, novel)
