@@ -9,7 +9,8 @@ rule is a noise-aware one:
 1. Every epoch is scored (the initial state as epoch 0); the best on validation is the higher
    accuracy, then the lower cross-entropy, an exact tie going to the later epoch.
 2. The last epoch is kept unless its accuracy is below the best's by more than the best's
-   standard error over the validation images (`noise_margin`); then the best is kept. Training
+   standard error over the validation images, or by more than one image when that is more
+   (`noise_margin`); then the best is kept. Training
    ran to the end of its schedule for a reason, and only clear evidence overrules it.
 3. The initial state is kept unless the candidate beats it on validation (accuracy, then
    cross-entropy): a run whose training is not seen to help exports what it started from
@@ -31,11 +32,13 @@ BASE_NEW_NOTE = "Validation holds only the training (base) classes, so choosing 
 
 
 def noise_margin(accuracy: float, images: int) -> float:
-    """One standard error, in points, of an accuracy measured on `images` images. The rate is
-    Laplace-smoothed, (correct + 1) / (images + 2), so a perfect score keeps a margin (just under
-    one image) instead of none."""
+    """How far, in points, an accuracy measured on `images` images may differ from another by
+    chance: its standard error, and never less than one image. The rate is Laplace-smoothed,
+    (correct + 1) / (images + 2), so a perfect score keeps a margin; and one image is never
+    evidence, since two models on the same images that differ by one image may differ only on it."""
+    images = max(1, images)
     rate = (accuracy / 100 * images + 1) / (images + 2)
-    return 100 * math.sqrt(rate * (1 - rate) / max(1, images))
+    return max(100 * math.sqrt(rate * (1 - rate) / images), 100 / images)
 
 
 @dataclass

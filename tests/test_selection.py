@@ -55,7 +55,8 @@ def test_accuracy_then_cross_entropy_decide_and_exact_ties_go_to_the_later_epoch
 
 def test_the_noise_margin_is_one_standard_error_of_the_validation_accuracy():
     assert noise_margin(15 / 18 * 100, 18) == pytest.approx(100 * (0.8 * 0.2 / 18) ** 0.5)  # rate (15 + 1) / (18 + 2)
-    assert 0 < noise_margin(100.0, 16) < 100 / 16  # a perfect score keeps a margin, under one image
+    assert noise_margin(100.0, 16) == 100 / 16  # a perfect score keeps a margin, and one image never counts as evidence
+    assert noise_margin(80.0, 1000) == pytest.approx(100 * ((801 / 1002) * (201 / 1002) / 1000) ** 0.5)
 
 
 def scored(scores: dict[int, float], losses: dict[int, float] | None = None, images: int = 10) -> Selection:
