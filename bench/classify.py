@@ -1,6 +1,6 @@
 """Latency of classifying one image on the CPU, through the library and through the app's path.
 
-    python bench/classify.py ../shared/data/cifar10-fewshot/test/cat/0004.jpg --model ViT-B-32
+    python bench/classify.py path/to/image.jpg --model ViT-B-32
 
 Zero-shot predictor with random weights (the cost is the same as pretrained ones), 10 classes; the
 text features are computed once by a warm-up call, as in the app. Prints the median of N calls for

@@ -80,7 +80,7 @@ def _granule_sentence(path: GranulePath) -> str:
     cosine = path.modulation_cosine[A_WITH_B]
     strength = (
         f"The FiLM modulator barely moves A's feature (cos {cosine:.4f} between before and after), so the granule path "
-        "is close to the plain classifier; that is how the released initialisation trains (SPECPL.md §11)."
+        "is close to the plain classifier; that is how the released initialisation trains (docs/methods/specpl.md)."
         if cosine > BARELY_MOVED
         else f"The FiLM modulator moves A's feature clearly (cos {cosine:.4f} between before and after)."
     )

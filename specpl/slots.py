@@ -4,7 +4,7 @@ A method puts tokens into a tower as `PromptGroup`s. A group is *inserted* into 
 one block (or, with ``insert=False``, occupies positions the input already has, as CoOp's context
 does in the text prompt) and *overwritten* before each later block it has tokens for; past its
 last layer its positions simply propagate. This one mechanism covers every host and booster in
-``shared/methods``: IVLP/MaPLe/PromptSRC deep prompts (text positions after [SOS] overwritten per
+docs/methods/: IVLP/MaPLe/PromptSRC deep prompts (text positions after [SOS] overwritten per
 layer, vision tokens appended after the patches), MMRL's representation tokens (inserted after
 [CLS]/[SOS] at block 6, overwritten to 12), and CasPL's frozen boosting prompts beside a host's
 learnable ones (several groups per tower, frozen or trainable: that is the caller's tensors).

@@ -143,7 +143,7 @@ def evaluate_target(run_dir: Path, target: DatasetChoice, config: RunConfig) -> 
     """The default target evaluator: the cell's trained bundle rebuilt for the target's class
     names and hand-crafted template, scored on the target's full test split by every process of
     the cell together (each image once). The target's classes are marked novel, so MMRL uses its
-    class branch off the source, as its reference does (MMRL.md: fusion on ImageNet, the class
+    class branch off the source, as its reference does (docs/methods/mmrl.md: fusion on ImageNet, the class
     branch elsewhere). The frozen CLIP is held in the precision the cell trained in."""
     import torch
     from accelerate import Accelerator

@@ -33,7 +33,7 @@ SPLIT_FILE_DATASETS = {  # name: (folder, image dir, split file), as CoOp's DATA
     "eurosat": ("eurosat", "2750", "split_zhou_EuroSAT.json"),
     "ucf101": ("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
 }
-TEMPLATES = {  # HOSTS.md's list
+TEMPLATES = {  # the CoOp/CoCoOp templates per dataset
     "oxford_pets": "a photo of a {}, a type of pet.", "oxford_flowers": "a photo of a {}, a type of flower.",
     "fgvc_aircraft": "a photo of a {}, a type of aircraft.", "food101": "a photo of {}, a type of food.",
     "dtd": "{} texture.", "eurosat": "a centered satellite photo of {}.", "ucf101": "a photo of a person doing {}.",

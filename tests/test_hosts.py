@@ -123,7 +123,7 @@ def test_mmrl_routes_base_and_novel_classes(tiny_backbone):
 
 
 def test_mmrl_specpl_modulates_the_class_token_feature(tiny_backbone):
-    """MMRL.md §5: SpecPL's FiLM acts on MMRL's class-token feature f_c, not the representation
+    """The released MMRL + SpecPL code: SpecPL's FiLM acts on MMRL's class-token feature f_c, not the representation
     feature, with the refined text of the representation branch: the granule term by hand."""
     import torch.nn.functional as F
 

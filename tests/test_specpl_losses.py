@@ -125,7 +125,7 @@ def test_band_projections_are_frozen_and_refiner_trains(tiny_backbone):
     [("cocoop", "paper", 0.02, 0.5), ("cocoop", "default", 0.02, 1.0), ("coop", "paper", 0.07, 1.0), ("maple", "default", 0.07, 1.0)],
 )
 def test_per_host_bank_temperature_and_test_blend(tiny_backbone, host, preset, tau, blend):
-    """SPECPL.md §2 and §4: on CoCoOp the bank's tau is 0.02, and the paper preset tests it on
+    """The SpecPL release (docs/methods/specpl.md): on CoCoOp the bank's tau is 0.02, and the paper preset tests it on
     normalise(0.5 raw + 0.5 refined); the default preset tests every host on the refined text it
     trained on. Training always refines."""
     config = MethodConfig(host=host, boosters=["specpl"], options={"specpl": {"band_stat_dim": 6}}, preset=preset)

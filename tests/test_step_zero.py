@@ -125,7 +125,7 @@ def _random_bank(refiner: str, generator: torch.Generator, dim: int = 8) -> Visu
 
 
 def _spec_by_hand(bank: VisualSemanticBank, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q, LN(q + MLP([q; r]))) written out from SPECPL.md §2."""
+    """(q, LN(q + MLP([q; r]))) written out from the SpecPL paper's refiner."""
     q = text / text.norm(dim=-1, keepdim=True)
     w = torch.softmax(q @ bank.bank.t() / 0.5, dim=-1)
     r = w @ bank.bank

@@ -1,14 +1,14 @@
 """Published numbers (CLIP ViT-B/16, 16 shots, 3 seeds), for the sweep's comparison.
 
-Transcribed from the project's method specs (``methods/NUMBERS.md``, ``methods/MMRL.md`` §6,
-``methods/CASPL.md`` §4), which give their own sources: the per-dataset base-to-new columns are the
+Transcribed from the papers' tables as the project's method notes collected them (each value's
+source is in its entry below and in docs/methods/): the per-dataset base-to-new columns are the
 CasPL paper's main table (its CLIP, CoOp, CoCoOp, MaPLe and PromptSRC columns equal the PromptSRC
 paper's). Keys are this library's method strings (``host`` or ``host+booster``). Per-dataset HMs
 are recomputed from base and new; the specs checked that the published HMs agree within 0.02.
 
 Transfer (a model trained on ImageNet, evaluated elsewhere): the specs hold domain-generalisation
-numbers only, and no per-target cross-dataset numbers. SPECPL.md's "ImageNet cross-dataset source
-accuracy of 72.12" names no host and is unverified, so it is left out.
+numbers only, and no per-target cross-dataset numbers. the SpecPL paper's "ImageNet cross-dataset
+source accuracy of 72.12" names no host and is unverified, so it is left out.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class PublishedAverage:
 AVERAGE_ONLY = {
     "kgcoop": PublishedAverage(80.73, 73.60, 77.00, "KgCoOp README"),
     "promptsrc+dapt": PublishedAverage(86.11, 77.05, 81.32, "DAPT README results image"),
-    "mmrl": PublishedAverage(85.68, 77.16, 81.20, "third-party summaries, unverified (MMRL.md §6)"),
+    "mmrl": PublishedAverage(85.68, 77.16, 81.20, "third-party summaries, unverified (docs/methods/mmrl.md)"),
 }
 
 
@@ -78,7 +78,7 @@ def published_average(method: str) -> PublishedAverage | None:
 
 
 TRANSFER_SOURCE = "imagenet"  # every published transfer number below was trained on it
-CASPL_DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_r")  # CASPL.md: "ImageNet -> V2/S/R average"
+CASPL_DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_r")  # the CasPL paper: "ImageNet -> V2/S/R average"
 
 
 @dataclass(frozen=True)
@@ -94,11 +94,11 @@ class PublishedTransfer:
 
 TRANSFER = {
     "domain-generalisation": {
-        "promptsrc": PublishedTransfer({"imagenet": 71.27}, "the CasPL paper (NUMBERS.md)", 63.90, CASPL_DG_TARGETS),
-        "promptsrc+caspl": PublishedTransfer({"imagenet": 72.80}, "the CasPL paper (NUMBERS.md)", 64.44, CASPL_DG_TARGETS),
+        "promptsrc": PublishedTransfer({"imagenet": 71.27}, "the CasPL paper", 63.90, CASPL_DG_TARGETS),
+        "promptsrc+caspl": PublishedTransfer({"imagenet": 72.80}, "the CasPL paper", 64.44, CASPL_DG_TARGETS),
         "mmrl": PublishedTransfer(
             {"imagenet": 72.03, "imagenetv2": 64.47, "imagenet_sketch": 49.17, "imagenet_a": 51.20, "imagenet_r": 77.53},
-            "a third-party (VaMP) summary, unverified (MMRL.md §6)",
+            "a third-party (VaMP) summary, unverified (docs/methods/mmrl.md)",
         ),
     },
     "cross-dataset": {},

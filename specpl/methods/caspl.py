@@ -1,4 +1,4 @@
-"""CasPL: Cascade Prompt Learning (ECCV 2024), in two phases (``shared/methods/CASPL.md``; §8, the
+"""CasPL: Cascade Prompt Learning (ECCV 2024), in two phases (docs/methods/caspl.md; §8 of its spec, the
 released code, overrides the paper where they differ).
 
 Phase 1, the host ``caspl-boost``: deep boosting prompts in IVLP's layout (8 text + 8 vision

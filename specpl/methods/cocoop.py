@@ -2,10 +2,10 @@
 
 A meta-net h (Linear(D -> D/16) -> ReLU -> Linear(D/16 -> W)) maps the normalised image feature
 to one bias added to every context token, so the text is recomputed per image for every class
-(HOSTS.md). The shared-prefix encoder makes that one [SOS] + context pass per image plus the class
+(docs/methods/cocoop.md). The shared-prefix encoder makes that one [SOS] + context pass per image plus the class
 suffixes; evaluation runs in chunks of images x classes so a 1,000-class list fits in memory.
 Defaults: 4 context tokens from "a photo of a", batch 1, SGD 0.002, 10 epochs. With SpecPL the
-bank's tau is 0.02 (SPECPL.md §2); at test the paper preset blends raw and refined text 0.5/0.5
+bank's tau is 0.02 (docs/methods/specpl.md); at test the paper preset blends raw and refined text 0.5/0.5
 (§4) and the default preset uses the refined text it trained on (`specpl.methods.specpl`).
 
 The meta-net's init (``meta_init``): by default ("zero") its last Linear starts with zero weight

@@ -1,6 +1,6 @@
 """DAPT booster (Decouple before Align: Visual Disentanglement Enhances Prompt Tuning, TPAMI 2025).
 
-Follows ``shared/methods/DAPT.md``. Each training image is split by a foreground mask m into
+Documented in docs/methods/dapt.md. Each training image is split by a foreground mask m into
 x_f = x * m and x_b = x * (1 - m) (in CLIP-normalised pixel space); the three views go through the
 same prompted image path and are L2-normalised (z_I, z_f, z_b). Two phases, switching at the
 epoch index `switch_epoch` (0-based):

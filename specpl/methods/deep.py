@@ -1,4 +1,4 @@
-"""Deep prompting hosts: IVLP, MaPLe and PromptSRC (HOSTS.md), on the towers' prompt slots.
+"""Deep prompting hosts: IVLP, MaPLe and PromptSRC (docs/methods/ivlp.md, maple.md, promptsrc.md), on the towers' prompt slots.
 
 All three learn text context after [SOS] (layer 0, initialised from a phrase) and, for layers
 1..J-1, text prompts that overwrite those positions; and vision prompts appended after the patch

@@ -1,7 +1,7 @@
 """ISP booster (Integrated Structural Prompt learning, arXiv 2507.05677), reconstructed from the abstract.
 
 Only the abstract and a figure caption of the paper could be read and no code is public, so this
-follows the reconstruction in ``shared/methods/ISP.md`` §2-4, not the authors' equations; every
+follows the reconstruction in docs/methods/isp.md (its spec §2-4), not the authors' equations; every
 choice below is an option (`ISPConfig`) so the authors' variant can be matched once known.
 
 Structural prompt modules (spec §2), before block l of each tower, through the towers' per-layer

@@ -1,6 +1,6 @@
 """MMRL (Guo et al., CVPR 2025): a shared representation space projected into both towers.
 
-Follows ``shared/methods/MMRL.md`` (the released code): R (K x d_r, N(0, 0.02^2)) is mapped per
+Documented in docs/methods/mmrl.md (the released code): R (K x d_r, N(0, 0.02^2)) is mapped per
 layer by aligners Linear(d_r -> vision width) and Linear(d_r -> text width), all copies of one
 initial Linear; the K tokens are inserted right after [CLS] / [SOS] before the first representation
 layer and overwritten before each later one (blocks 6-12 of ViT-B/16: the last `rep_layers`
@@ -12,10 +12,10 @@ blocks, cut to the tower's depth), with no positional embedding. The text is the
 - Loss: alpha CE(class) + (1 - alpha) CE(rep) + lambda (1 - mean cos(f_c, f0)) + lambda (1 - mean
   cos(g, g0)), f0 the frozen image feature of the same view, g0 the frozen template text; lambda
   per dataset (`REG_WEIGHTS`), d_r 2048 on EuroSAT.
-With SpecPL (MMRL.md §5): refined text feeds the representation branch only, the regulariser and
+With SpecPL (the released MMRL + SpecPL code): refined text feeds the representation branch only, the regulariser and
 the class branch keep raw text, L_sem reads the class branch's logits, FiLM acts on f_c, and the
 bank starts from 10 batches in both presets (the released code's ATTR_INIT_BATCHES for MMRL).
-Choice (MMRL.md §7): the frozen f0 and g0 come from a pass through the same frozen towers with no
+Choice (an ambiguity of the released code): the frozen f0 and g0 come from a pass through the same frozen towers with no
 representation tokens, which replaces the reference's second model copy exactly.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ from specpl.vision import PromptImageEncoder, VisionOutput
 
 REP = "rep"
 SCALE = 100.0
-# lambda per dataset (MMRL.md §3; CoOp's dataset names, see specpl.datasets); others use `reg_weight`
+# lambda per dataset (the released trainers/config.py; CoOp's dataset names, see specpl.datasets); others use `reg_weight`
 REG_WEIGHTS = {
     "stanford_cars": 7.0, "fgvc_aircraft": 6.0, "sun397": 6.0, "dtd": 6.0, "food101": 5.0, "oxford_flowers": 4.0,
     "ucf101": 3.0, "imagenet": 0.5, "caltech101": 0.5, "oxford_pets": 0.2, "eurosat": 0.01,
@@ -78,7 +78,7 @@ class MMRL(Host):
     capabilities: ClassVar[frozenset[str]] = frozenset({PROMPTS_IMAGE_TOWER})
     fixed_logit_scale: ClassVar[float | None] = SCALE
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 4, "lr": 1e-3, "optimizer": "adamw", "crop_scale": 0.5}
-    # the released train.py sets cfg.TRAINER.MMRL.REG_WEIGHT = 1.0 before the per-dataset table overrides it
+    # the released config (configs/trainers/MMRL/vit_b16.yaml) sets REG_WEIGHT 1.0; the per-dataset table overrides it
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"mmrl": {"reg_weight_fallback": 1.0}}}
 
     def __init__(self, config: MMRLConfig, context: BuildContext) -> None:

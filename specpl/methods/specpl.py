@@ -1,6 +1,6 @@
 """SpecPL booster (Disentangling Spectral Granularity for Prompt Learning, ICML 2026).
 
-Follows ``shared/methods/SPECPL.md``. Where the spec lists an ambiguity we take its recommendation:
+Documented in docs/methods/specpl.md. Where the spec lists an ambiguity we take its recommendation:
 - the bank is initialised from the low bands of the first ``bank_init_batches`` training batches;
   the ``paper`` preset sets what the released code does (0, and 10 on MMRL), the ``default``
   preset 10 on every host (spec §9);
@@ -14,7 +14,7 @@ Follows ``shared/methods/SPECPL.md``. Where the spec lists an ambiguity we take 
   spec's form, normalise(LN(q + MLP([q; r]))), with no gate parameter, for the paper preset
   (`specpl.methods.bank`);
 - with batch size 1 the counterfactual loss reduces to the factual one, as in the reference code.
-Per host (spec §2, §4; MMRL.md §5): tau 0.02 on CoCoOp. At test the ``paper`` preset's CoCoOp
+Per host (spec §2, §4; the released MMRL + SpecPL code): tau 0.02 on CoCoOp. At test the ``paper`` preset's CoCoOp
 takes text = normalise(0.5 raw + 0.5 refined) with the raw feature unnormalised, as the released
 code does; CLIP's raw text norms are far above 1, so that blend is close to the raw direction, and
 the model is tested on text it was not trained with (the refined text). That mismatch was the cause

@@ -139,7 +139,7 @@ def ablation_rows(config: WorldBenchConfig) -> list[BenchRow]:
     """CoOp, CoOp + SpecPL as benchmarked, then each input of SpecPL changed alone (issue: which
     input costs SpecPL its new-class accuracy): the decomposer, the augmentation, the schedule, the
     bank's initialisation, the refiner on new classes, the counterfactual loss, the granule head's
-    init (SPECPL.md §11)."""
+    init (docs/methods/specpl.md)."""
     boosted = row_options(config, "coop", ["specpl"])  # `config.options` under each row's change
 
     def specpl(**changes: object) -> MethodConfig:
