@@ -35,7 +35,7 @@ def per_class_prefix(layer: int, prefix: torch.Tensor, suffix: torch.Tensor, eot
 def test_step_zero_is_the_bare_host(tiny_backbone, inputs, host, zero_start):  # noqa: F811
     images, labels = inputs
     bare = build(tiny_backbone, host, []).eval()
-    boosted = build(tiny_backbone, host, ["isp"], {"isp": {"zero_start": zero_start}}).eval()
+    boosted = build(tiny_backbone, host, ["isp"], {"isp": {"zero_start": zero_start, "text_structural": True}}).eval()
     isp = boosted.boosters["isp"]
     # the structural modules exist exactly where the host appends prompts after the patches
     assert (isp.layers > 0) == (host == "maple")
@@ -79,7 +79,9 @@ def test_the_modules_restructure_only_the_prompt_tokens_once_trained(tiny_backbo
 
 def test_the_text_modules_make_the_prompts_class_specific_and_read_each_class_up_to_its_end(tiny_backbone, inputs):  # noqa: F811
     images, labels = inputs
-    model = build(tiny_backbone, "maple", ["isp"])
+    default = build(tiny_backbone, "maple", ["isp"]).boosters["isp"]
+    assert len(default.vision_self) == default.layers > 0 and not len(default.text_self) and default.text_hook() is None  # image tower only
+    model = build(tiny_backbone, "maple", ["isp"], {"isp": {"text_structural": True}})  # the paper preset's
     isp = model.boosters["isp"]
     assert len(isp.text_self) == len(isp.text_cross) == isp.layers > 0
     optimizer = torch.optim.SGD([p for p in isp.parameters()], lr=1.0)

@@ -214,6 +214,6 @@ class SpecPL(Booster):
             for granule in range(images.shape[0]):
                 text = refined[semantic] if refined.dim() == 3 else refined
                 modulated = self.modulate(features[[semantic]], shared[[semantic]], high[[granule]])
-                cosine = float(F.cosine_similarity(modulated, F.normalize(features[[semantic]], dim=-1)).item())
+                cosine = float(F.cosine_similarity(modulated, F.normalize(features[[semantic]], dim=-1)).clamp(-1.0, 1.0).item())  # rounding can pass 1
                 out[(semantic, granule)] = (granule_logits(modulated, text, model.logit_scale)[0], cosine)
         return out
