@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 C = TypeVar("C")
 
@@ -27,6 +27,13 @@ def canonical_preset(name: str) -> str:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; the presets are: {', '.join(PRESETS)} ({', '.join(f'{a!r} reads as {b!r}' for a, b in PRESET_ALIASES.items())})")
     return name
+
+
+def check_choice(option: str, value: Any, allowed: Sequence[str]) -> None:
+    """Refuse a method option outside its allowed values, naming them (`option` is
+    "component.key")."""
+    if value not in allowed:
+        raise ValueError(f"{option} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 @dataclass

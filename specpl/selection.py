@@ -4,14 +4,14 @@ A short run on a few images can end worse than it started, or worse than zero-sh
 few validation images are a noisy judge: with 4 shots of 18 classes one image a class is held
 out, so one image moves validation accuracy by 5.6 points. Picking the epoch with the highest
 validation accuracy then mostly picks noise, often an early epoch that happened to guess one
-more image (bench/DEFAULTS.md measures it: HM 1.3 points below keeping the last epoch). So the
-rule is a noise-aware one:
+more image (bench/DEFAULTS.md, Part 4: 1.2 HM a row below the rule here, replayed over the same
+runs). So the rule is a noise-aware one:
 1. Every epoch is scored (the initial state as epoch 0); the best on validation is the higher
    accuracy, then the lower cross-entropy, an exact tie going to the later epoch.
 2. The last epoch is kept unless its accuracy is below the best's by more than the best's
    standard error over the validation images, or by more than one image when that is more
-   (`noise_margin`); then the best is kept. Training
-   ran to the end of its schedule for a reason, and only clear evidence overrules it.
+   (`noise_margin`); then the best is kept. Training ran to the end of its schedule for a
+   reason, and only clear evidence overrules it.
 3. The initial state is kept unless the candidate beats it on validation (accuracy, then
    cross-entropy): a run whose training is not seen to help exports what it started from
    (zero-shot CLIP's text for text-only hosts and boosters). When the initial state already

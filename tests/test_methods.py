@@ -244,6 +244,11 @@ def test_a_deep_host_starts_with_zero_shot_text_and_the_paper_preset_with_random
     assert (paper.text_features(None)[0] - zero_shot).abs().max() > 1e-3
 
 
+def test_an_unknown_deep_text_init_names_the_host_and_the_allowed_values(tiny_backbone):
+    with pytest.raises(ValueError, match=r"ivlp\.deep_text_init must be one of 'template', 'normal'; got 'zeros'"):
+        build_method(MethodConfig(host="ivlp", options={"ivlp": {"deep_text_init": "zeros"}}), tiny_backbone, CLASSES)
+
+
 def test_a_template_with_no_words_before_the_class_learns_a_photo_of_a_before_it(tiny_backbone):
     model = build_method(MethodConfig(host="coop"), tiny_backbone, CLASSES, "{} texture.")
     assert (model.resolved_options()["coop"]["ctx_init"], model.resolved_options()["coop"]["tail"]) == ("a photo of a", "{} texture.")

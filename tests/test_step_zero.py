@@ -199,8 +199,20 @@ def test_a_layernorm_specpl_has_the_tensors_and_draws_of_the_gated_one_but_the_g
             lambda: resolve_method_options(MethodConfig(host="cocoop", options={"cocoop": {"meta_init": "random"}})),
             r"cocoop\.meta_init must be one of 'zero', 'pytorch'; got 'random'",
         ),
+        (
+            lambda: resolve_method_options(MethodConfig(host="maple", options={"maple": {"coupling_init": "tied"}})),
+            r"maple\.coupling_init must be one of 'independent', 'shared'; got 'tied'",
+        ),
+        (
+            lambda: resolve_method_options(MethodConfig(host="promptsrc", options={"promptsrc": {"frozen_text_average": "mean"}})),
+            r"promptsrc\.frozen_text_average must be one of 'normalised', 'raw'; got 'mean'",
+        ),
+        (
+            lambda: resolve_method_options(MethodConfig(host="kgcoop", options={"kgcoop": {"guidance_templates": "dtd"}})),
+            r"kgcoop\.guidance_templates must be one of 'run', 'released'; got 'dtd'",
+        ),
     ],
-    ids=["specpl-config", "bank", "cocoop-config", "specpl-option", "cocoop-option"],
+    ids=["specpl-config", "bank", "cocoop-config", "specpl-option", "cocoop-option", "maple-coupling", "promptsrc-average", "kgcoop-guidance"],
 )
 def test_an_unknown_init_option_names_the_allowed_values(make, message):
     with pytest.raises(ValueError, match=message):

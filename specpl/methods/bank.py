@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specpl.config import check_choice
+
 REFINERS = ("gated", "layernorm")
 
 
 def check_refiner(refiner: str) -> str:
-    if refiner not in REFINERS:
-        raise ValueError(f"specpl.refiner must be one of {', '.join(repr(r) for r in REFINERS)}; got {refiner!r}")
+    check_choice("specpl.refiner", refiner, REFINERS)
     return refiner
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specpl.config import check_choice
 from specpl.methods.base import BuildContext
 from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
@@ -45,8 +46,7 @@ class CoCoOpConfig:
     meta_init: str = "zero"  # "zero": the meta-net's last layer starts at 0 (CoCoOp starts as CoOp); "pytorch": the released code's
 
     def __post_init__(self) -> None:
-        if self.meta_init not in META_INITS:
-            raise ValueError(f"cocoop.meta_init must be one of {', '.join(repr(m) for m in META_INITS)}; got {self.meta_init!r}")
+        check_choice("cocoop.meta_init", self.meta_init, META_INITS)
 
 
 @HOSTS.register("cocoop")

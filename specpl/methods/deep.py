@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
 
+from specpl.config import check_choice
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
 from specpl.methods.base import CONTEXT_TOKENS, DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, BuildContext, ForwardState
 from specpl.methods.coop import ContextHost
@@ -62,8 +63,7 @@ class DeepPromptHost(ContextHost):
         self.depth = max(1, min(config.depth, self.text_encoder.depth, vision.depth))
         device = self.prompt_learner.device
         n_text, width = self.prompt_learner.n_ctx, self.text_encoder.width
-        if config.deep_text_init not in DEEP_TEXT_INITS:
-            raise ValueError(f"{self.name}.deep_text_init must be one of {', '.join(map(repr, DEEP_TEXT_INITS))}; got {config.deep_text_init!r}")
+        check_choice(f"{self.name}.deep_text_init", config.deep_text_init, DEEP_TEXT_INITS)
         if config.deep_text_init == "template":
             states = self.prompt_learner.context_states(self.depth)
             self.deep_text = nn.ParameterList([nn.Parameter(state) for state in states])
@@ -105,6 +105,9 @@ class IVLP(IndependentPromptHost):
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"ivlp": {"ctx_from_template": False, "deep_text_init": "normal"}}}
 
 
+COUPLING_INITS = ("independent", "shared")
+
+
 @dataclass
 class MaPLeConfig:
     n_ctx: int = 2  # set by ctx_init: "a photo" (the first 2 tokens of "a photo of a")
@@ -116,8 +119,8 @@ class MaPLeConfig:
     deep_text_init: str = "template"  # see DeepPromptConfig
     coupling_init: str = "independent"  # "independent": each layer's map drawn on its own; "shared": layers 1..J-1 start as copies of one
 
-
-COUPLING_INITS = ("independent", "shared")
+    def __post_init__(self) -> None:
+        check_choice("maple.coupling_init", self.coupling_init, COUPLING_INITS)
 
 
 @HOSTS.register("maple")
@@ -139,8 +142,6 @@ class MaPLe(DeepPromptHost):
 
     def __init__(self, config: MaPLeConfig, context: BuildContext) -> None:
         super().__init__(config, context)
-        if config.coupling_init not in COUPLING_INITS:
-            raise ValueError(f"maple.coupling_init must be one of {', '.join(map(repr, COUPLING_INITS))}; got {config.coupling_init!r}")
         device = self.prompt_learner.device
         linear = lambda: nn.Linear(self.text_encoder.width, self.vision_width, device=device)  # noqa: E731
         if config.coupling_init == "shared":  # layer 0's map on its own, the deeper ones copies of one
@@ -163,6 +164,9 @@ class PromptSRCConfig(DeepPromptConfig):
     frozen_text_average: str = "normalised"  # "normalised": each template's feature normalised, then averaged (CLIP's ensembling); "raw": raw features averaged (the released code)
     gpa_mean: float | None = None  # None: 0.75 of the epochs (15 of 20, the paper's)
     gpa_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice("promptsrc.frozen_text_average", self.frozen_text_average, ("normalised", "raw"))
 
 
 # g0's template sets: the released code's 60 (the first 60 of the 80, as sets), all 80, or the run's own
@@ -218,8 +222,6 @@ class PromptSRC(IndependentPromptHost):
     def __init__(self, config: PromptSRCConfig, context: BuildContext) -> None:
         super().__init__(config, context)
         self.backbone = [context.backbone]
-        if config.frozen_text_average not in ("normalised", "raw"):
-            raise ValueError(f"promptsrc.frozen_text_average must be 'normalised' or 'raw', got {config.frozen_text_average!r}")
         if config.frozen_templates not in FROZEN_TEMPLATES:
             raise ValueError(f"promptsrc.frozen_templates must be one of {', '.join(map(repr, FROZEN_TEMPLATES))}, got {config.frozen_templates!r}")
         self.templates = FROZEN_TEMPLATES[config.frozen_templates] or [context.template.format]

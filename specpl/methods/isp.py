@@ -29,8 +29,8 @@ hooks (`image_hook()`, `text_hook()`):
   not built (spec §2, "optional"). `text_structural=False` keeps the modules to the image tower.
 - Presets: ``paper`` builds the modules in both towers, as the reconstruction reads the paper. The
   ``default`` preset builds them in the image tower alone: on MaPLe the text modules made training
-  collapse (dusk camera, seeds 1 and 3: validation from 50 % to 22-33 % within two epochs at
-  lr 0.0035, base test 53.8 against the host's 77.0), and without them ISP + MaPLe trains as
+  collapse (dusk camera: seeds 1 and 3 ended 16 and 23 HM below MaPLe; on seed 1 validation fell
+  from 50 % to 22 % in the second epoch at lr 0.0035), and without them ISP + MaPLe trains as
   MaPLe does (bench/DEFAULTS.md).
 - Zero start: with ``zero_start="output-projection"`` W_o is zero-initialised, as in the spec; the
   default ``"initial-difference"`` subtracts the same module at its initial weights (a frozen
@@ -69,6 +69,7 @@ from torch import nn
 from torch.func import functional_call
 
 from specpl.backbone import Backbone
+from specpl.config import check_choice
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
 from specpl.methods.base import DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState, PromptModel
 from specpl.methods.registry import BOOSTERS
@@ -110,8 +111,7 @@ class ISPConfig:
 
 
 def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"isp.{option} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
+    check_choice(f"isp.{option}", value, allowed)
 
 
 class StructuralAttention(nn.Module):

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from specpl.config import check_choice
 from specpl.methods.base import BuildContext, ForwardState
 from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
@@ -37,6 +38,9 @@ class KgCoOpConfig:
     template: str | None = None  # None: the run's (the dataset's) hand-crafted template, or the released code's (guidance_templates)
     guidance_templates: str = "run"  # "run": the run's template; "released": KgCoOp's own where it differs (DTD), the paper preset's
 
+    def __post_init__(self) -> None:
+        check_choice("kgcoop.guidance_templates", self.guidance_templates, ("run", "released"))
+
 
 # where the released KgCoOp's guidance template differs from the dataset's (KgCoOp/trainers/kgcoop.py:41)
 RELEASED_TEMPLATES = {"dtd": "a photo of a {}, a type of texture."}
@@ -51,8 +55,6 @@ class KgCoOp(ContextHost):
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"kgcoop": {"ctx_from_template": False, "guidance_templates": "released"}}}
 
     def __init__(self, config: KgCoOpConfig, context: BuildContext) -> None:
-        if config.guidance_templates not in ("run", "released"):
-            raise ValueError(f"kgcoop.guidance_templates must be 'run' or 'released', got {config.guidance_templates!r}")
         super().__init__(config, context)
         self.backbone = [context.backbone]
         released = RELEASED_TEMPLATES.get(context.dataset or "") if config.guidance_templates == "released" else None
