@@ -135,6 +135,12 @@ class Component(nn.Module):
     # options dataclass's defaults are the product's; a preset names only what it changes, for this
     # component or another (a host's training schedule, a booster's values for itself).
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {}
+    # Where each value of the ``paper`` preset comes from (repository, commit, file and line, or a
+    # paper section), keyed "<option>" for this component's options, "train.<key>" for the training
+    # values its presets set, and "train@<dataset>.<key>" for a dataset's own schedule. A key with no
+    # published value says so ("ours: ..."). `specpl methods --preset paper` shows them, and a run
+    # records them in config.json; tests/test_sources.py checks that every value has one.
+    sources: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: Any, context: BuildContext) -> None:
         super().__init__()
@@ -232,6 +238,8 @@ class Booster(Component):
     supported_hosts: ClassVar[tuple[str, ...] | None] = None  # None: any host with `requires`
     # per-host values on top of `presets`: {preset: {host: {component name or "train": values}}}
     host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {}
+    # the sources of `host_presets`' paper values: {host: {"<component>.<option>" or "train.<key>": source}}
+    host_sources: ClassVar[dict[str, dict[str, str]]] = {}
 
     @classmethod
     def option_requires(cls, config: Any) -> dict[str, frozenset[str]]:
