@@ -45,7 +45,7 @@ SECTIONS = (("train", TrainConfig), ("decomposer", DecomposerConfig), ("data", D
 CHOICES = {
     "train.optimizer": ("sgd", "adamw"),
     "train.precision": ("auto", "fp32", "bf16"),
-    "train.augment": ("reference", "clip", "none"),
+    "train.augment": ("dassl", "clip", "none"),
     "train.schedule": ("epoch", "step"),
     "train.compile": ("auto", "on", "off"),
     "train.select": ("val", "last"),
@@ -141,8 +141,9 @@ def form_keys() -> list[str]:
 
 def presets_of(host: str) -> list[str]:
     """The presets a run of `host` can take: every host and booster has each of `PRESETS` (a
-    component's ``presets`` holds only what a preset changes)."""
-    return list(PRESETS)
+    component's ``presets`` holds only what a preset changes), and a host published in two
+    configurations has its ``paper-<source>`` variant too (CoOp's ``paper-specpl``)."""
+    return [*PRESETS, *(name for name in HOSTS.get(host).presets if name not in PRESETS)]
 
 
 def known_preset(name: str | None) -> str:

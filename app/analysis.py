@@ -118,7 +118,9 @@ def _saliency_view(predictor: Predictor, config: DAPTConfig, image_path: Path, c
     pixels = predictor.preprocess([image_path]).to(predictor.device)
     label, target = _target_class(predictor, pixels, class_name)
     labels = torch.tensor([label], device=predictor.device)
-    saliency = saliency_maps(predictor.model, pixels, labels, config.gradcam_normalise, config.cam)[0, 0].cpu()
+    maps = saliency_maps(predictor.model, pixels, labels, config.gradcam_normalise, config.cam,
+                         config.gradcam_align_corners)
+    saliency = maps[0, 0].cpu()
     mask = saliency >= config.gradcam_threshold  # exactly `saliency_masks`, as DAPT trains with
     mean, std = (torch.tensor(values).view(3, 1, 1) for values in predictor.backbone.normalization)
     seen = to_pil(pixels[0].cpu() * std + mean)

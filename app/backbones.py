@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 from specpl import defaults
-from specpl.backbone import TINY_TEST_MODEL
+from specpl.backbone import EMBEDDED_WEIGHTS, TINY_TEST_MODEL
 from specpl.config import BackboneConfig
 
 HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -93,7 +93,7 @@ def availability(key: str) -> Availability:
     if chosen.source == RANDOM_INIT:
         return Availability("built-in")
     if chosen.source == EMBEDDED:
-        weights = defaults.WORLD_WEIGHTS
+        weights = EMBEDDED_WEIGHTS[defaults.WORLD_MODEL]
         return Availability("embedded") if weights.is_file() else Availability("missing", f"its weights file {weights} is missing from this installation")
     if _hub_cached(config):
         return Availability("cached")

@@ -43,12 +43,12 @@ from app.settings import AppSettings
 from app.uploads import DatasetSummary, add_builder_class, extract_dataset_zip, summarize_dataset
 from specpl import defaults
 from specpl.backbone import BackboneUnavailable
-from specpl.config import BackboneConfig, DataConfig, RunConfig, from_dict
+from specpl.config import BackboneConfig, DataConfig, MethodConfig, RunConfig, from_dict
 from specpl.data import IMAGE_SUFFIXES, class_display_name
 from specpl.datasets import read_dataset
 from specpl.inference import Predictor
 from specpl.io import atomic_write_text
-from specpl.methods import BOOSTERS, HOSTS, check_combination, resolve_method_options
+from specpl.methods import BOOSTERS, HOSTS, UNPUBLISHED, check_combination, method_label, resolve_method_options
 from specpl.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -319,6 +319,9 @@ class Studio:
         except (ValueError, UnknownNameError) as exc:
             return f"⚠️ {exc}"
         lines = [f"**{host}**: {HOSTS.get(host).description}"] + [f"**+ {name}**: {BOOSTERS.get(name).description}" for name in boosters]
+        label = method_label(MethodConfig(host=host, boosters=boosters))
+        if label.endswith(f"({UNPUBLISHED})"):
+            lines.append(f"**{label}**: no paper reports this stack; under the paper preset each part runs its own paper values")
         return "  \n".join(lines)
 
     def method_choice(self, host: str, boosters: list[str] | None, preset: str) -> tuple[dict, str]:
@@ -604,15 +607,25 @@ class Studio:
 
     # ----- Runs ----------------------------------------------------------------------------------
 
+    def _method_text(self, config: dict) -> str:
+        """A run's method as the library names it ("IVLP + SpecPL (unpublished combination)"), from
+        its recorded options; the host+boosters string when the record predates them or is damaged."""
+        method = config.get("method", {})
+        plain = "+".join([method.get("host", "?"), *method.get("boosters", [])])
+        try:
+            stack = MethodConfig(host=method["host"], boosters=list(method.get("boosters", [])))
+            return f"{plain}: {method_label(stack, config.get('resolved_method_options'))}"
+        except (KeyError, ValueError, TypeError, UnknownNameError):
+            return plain
+
     def runs_table(self, owner: str) -> pd.DataFrame:
         rows = []
         for record in self._visible_runs(owner):
             config = self._run_config(record.run_id)
-            method = config.get("method", {})
             accuracy = self._metrics(record.run_id).get("accuracy")
             rows.append([
                 record.run_id, record.name, record.status + (" (imported)" if record.imported else ""),
-                "+".join([method.get("host", "?"), *method.get("boosters", [])]),
+                self._method_text(config),
                 config.get("backbone", {}).get("name", "?"),
                 f"{accuracy:.1f}%" if isinstance(accuracy, (int, float)) else "",
                 pd.Timestamp(record.created, unit="s").strftime("%Y-%m-%d %H:%M"),
@@ -672,9 +685,8 @@ class Studio:
                 record = self._owned(run_id, owner)
             except JobError:
                 continue  # another visitor's run, or a deleted one: as if it were not picked
-            method = self._run_config(record.run_id).get("method", {})
             summaries.append(RunSummary(
-                record.run_id, record.name, "+".join([method.get("host", "?"), *method.get("boosters", [])]),
+                record.run_id, record.name, self._method_text(self._run_config(record.run_id)),
                 read_progress(self.jobs.run_dir(record.run_id)), self._metrics(record.run_id),
             ))
         losses, vals = compare_frames(summaries)

@@ -75,7 +75,7 @@ def main() -> None:
     backbone = load_backbone(BackboneConfig(name=args.model, pretrained=None), device=device)
     held = frozen_in_bf16(backbone) if device.type == "cuda" else backbone
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    views = AugmentedViews(train_transform("reference", held, 0.08), held.preprocess_eval, seed=1)
+    views = AugmentedViews(train_transform("dassl", held, 0.08), held.preprocess_eval, seed=1)
     inputs = [("clip image features", ClipImageFeatures(held))]
     for name in args.decomposers:
         decomposer = random_decomposer(name).to(device)

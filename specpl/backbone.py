@@ -17,12 +17,22 @@ from torch import nn
 
 from specpl.config import BackboneConfig
 from specpl.registry import UnknownNameError
+from specpl.world.model import MODEL_NAME as WORLD_MODEL
+from specpl.world.model import WEIGHTS_PATH
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 TINY_TEST_MODEL = "specpl-tiny"
 EMBEDDED_TAG = "embedded"  # weights shipped in this repository's assets/ (see specpl.defaults)
+# CasPL's offline teacher: a larger world CLIP (8 + 8 blocks), see assets/world-clip-large/README.md
+WORLD_TEACHER_MODEL = "world-clip-large"
+# What ``pretrained="embedded"`` loads, by model name. SPECPL_WORLD_WEIGHTS points the world CLIP
+# at another file (worker processes inherit it); tests swap an entry for a file of their own.
+EMBEDDED_WEIGHTS: dict[str, Path] = {
+    WORLD_MODEL: Path(os.environ.get("SPECPL_WORLD_WEIGHTS") or WEIGHTS_PATH),
+    WORLD_TEACHER_MODEL: WEIGHTS_PATH.parents[1] / WORLD_TEACHER_MODEL / "open_clip_model.safetensors",
+}
 RANDOM_INIT_SEED = 0
 
 
@@ -125,9 +135,7 @@ def load_backbone(config: BackboneConfig, device: str | torch.device = "cpu") ->
 def embedded_weights(name: str) -> Path:
     """The shipped weights file of an embedded model. A bundle records the tag, not this path, so
     it loads on any checkout."""
-    from specpl import defaults  # defaults builds on this module; imported late to avoid a cycle
-
-    files = {defaults.WORLD_MODEL: defaults.WORLD_WEIGHTS, defaults.WORLD_TEACHER_MODEL: defaults.WORLD_TEACHER_WEIGHTS}
+    files = EMBEDDED_WEIGHTS
     if name not in files:
         raise BackboneUnavailable(f"{name} has no embedded weights; embedded models: {', '.join(files)}")
     if not files[name].is_file():

@@ -29,6 +29,7 @@ def bundle_config(model: "PromptModel", run: dict[str, Any]) -> dict[str, Any]:
     return {
         "backbone": dataclasses.asdict(backbone.config),
         "method": {"host": model.host.name, "boosters": list(model.boosters), "preset": model.preset, "options": model.resolved_options()},
+        "label": model.label(),
         "decomposer": dataclasses.asdict(decomposer) if decomposer is not None else None,
         "classnames": list(model.classnames),
         "template": model.context.template,

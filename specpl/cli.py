@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--booster", action="append", default=None, help="booster to add, repeatable (e.g. --booster specpl)")
     train.add_argument("--option", action="append", type=_parse_option, default=[], help="method option COMPONENT.KEY=VALUE, repeatable (e.g. coop.n_ctx=4)")
     train.add_argument("--decomposer", help="band decomposer: auto, qwen-vae, fft, taef2, taesd, sd-vae (default auto: the reference VAE when its weights can be had, else fft)")
-    train.add_argument("--augment", choices=["reference", "clip", "none"], help="augmentation: clip (open_clip's mild crop; the default preset's), reference (Dassl's crop and flip; the paper preset's) or none")
+    train.add_argument("--augment", choices=["dassl", "clip", "none", "reference"], help="augmentation: clip (open_clip's mild crop; the default preset's), dassl (Dassl's random resized crop and flip; the paper preset's; 'reference' is read as dassl) or none")
     train.add_argument("--schedule", choices=["epoch", "step"], help="cosine stepped per epoch (reference) or per step")
     train.add_argument("--eval-every", type=int, help="accuracy on the validation split every N epochs (the default preset scores every epoch to keep the best)")
     train.add_argument("--select", choices=["val", "last"], help="let validation choose the epoch kept: the last unless another is clearly better (the default preset's), or keep the last (the paper preset's)")
@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="every host and booster, with a line each and its defaults")
     methods.add_argument("--json", action="store_true", help="print the registry as JSON")
+    methods.add_argument("--preset", help="show every value of this preset (paper, or a paper-<source> variant) with its source")
+    methods.add_argument("--host", help="with --preset: resolve this host only (default: every host, and every booster on its first host)")
+    methods.add_argument("--booster", action="append", default=[], help="with --preset and --host: a booster to stack, repeatable")
+    methods.add_argument("--dataset", help="with --preset: the dataset whose own published schedule applies (e.g. imagenet)")
 
     sweep = sub.add_parser("sweep", help="the benchmark tables (base-to-new, few-shot, cross-dataset, domain generalisation): datasets x methods x seeds, resumable")
     from specpl.sweep import add_sweep_arguments
@@ -126,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--camera", default="default", choices=list(CAMERAS), help="downstream domain: default (as in pretraining) or sepia (unseen warm, low-contrast cast)")
     world.add_argument("--preset", nargs="+", default=["default"], choices=["default", "paper", "reference"], help="presets to run (both: a row for each where they differ; reference reads as paper)")
     world.add_argument("--boosters", nargs="+", default=["specpl"], help="boosters to run on each host that accepts them (default: specpl); pairs a host refuses are skipped and listed in the report")
-    world.add_argument("--stacks", nargs="+", default=[], help="host and boosters joined by '+' to run as rows, e.g. maple+caspl+specpl coop+dapt+specpl")
+    world.add_argument("--stacks", nargs="+", default=[], help="host and boosters joined by '+' to run as rows, e.g. maple+caspl+specpl ivlp+dapt+specpl")
     world.add_argument("--option", action="append", type=_parse_option, default=[], help="method option COMPONENT.KEY=VALUE on every row that has the component, repeatable (e.g. specpl.refine_novel=false)")
     world.add_argument("--ablate", action="store_true", help="CoOp + SpecPL with each input changed alone (decomposer, augmentation, schedule, bank, refiner, losses) instead of every host")
     world.add_argument("--taef2-source", help="with --ablate: a folder with TAEF2 weights for the decomposer row (skipped without it)")
@@ -287,6 +291,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from specpl.methods import describe_methods
     from specpl.training_plan import PRESET_TRAINING
 
+    if args.preset:
+        return _print_preset_values(args)
     rows = describe_methods()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -299,16 +305,53 @@ def cmd_methods(args: argparse.Namespace) -> int:
                 training = ", ".join(f"{k} {v}" for k, v in row["training"].items())
                 print(f"  {'':10s} paper training: {training}")
             else:
-                print(f"  {'':10s} hosts: {', '.join(row['hosts'])}")
+                published = ", ".join(row["published_hosts"]) or "none (any stack of it is an unpublished combination)"
+                print(f"  {'':10s} hosts: {', '.join(row['hosts'])}; published on: {published}")
             options = ", ".join(f"{k}={v}" for k, v in row["options"].items())
             print(f"  {'':10s} options (default preset): {options or 'none'}")
             for preset, values in row["presets"].items():
                 per_host = row.get("host_presets", {}).get(preset, {})
                 changes = "; ".join([_preset_text(values), *(f"on {host}: {_preset_text(v)}" for host, v in per_host.items())])
+                note = f" ({row['preset_notes'][preset]})" if preset in row["preset_notes"] else ""
                 if values or per_host:
-                    print(f"  {'':10s} {preset} preset: {changes}")
+                    print(f"  {'':10s} {preset} preset{note}: {changes}")
     print(f"training: default preset {_preset_text({'train': PRESET_TRAINING['default']})} (epochs and batch size derived from the data); "
           f"paper preset {_preset_text({'train': PRESET_TRAINING['paper']})} with each host's paper training")
+    return 0
+
+
+def _print_preset_values(args: argparse.Namespace) -> int:
+    """Every value a preset resolves to, for a host alone and every booster on a host it fits (or
+    the one stack `--host`/`--booster` names), each with its source (`specpl.sources`)."""
+    from specpl.config import DataConfig, MethodConfig, RunConfig, canonical_preset
+    from specpl.methods import HOSTS, describe_methods, resolve_method_options
+    from specpl.sources import value_sources
+    from specpl.training_plan import resolved_training
+
+    preset = canonical_preset(args.preset)
+    if args.host:
+        stacks = [(args.host, list(args.booster))]
+    else:
+        rows = describe_methods()
+        stacks = [(name, []) for name in HOSTS.names()]
+        stacks += [(row["hosts"][0], [row["name"]]) for row in rows if row["kind"] == "booster" and row["hosts"]]
+    report = {}
+    for host, boosters in stacks:
+        method = MethodConfig(host=host, boosters=boosters, preset=preset)
+        options = resolve_method_options(method)
+        train = resolved_training(RunConfig(method=method, data=DataConfig(dataset=args.dataset or "folder")))
+        sources = value_sources(method, dataset=args.dataset)
+        values = {f"{name}.{key}": value for name, opts in options.items() for key, value in opts.items()}
+        values.update({f"train.{key}": value for key, value in train.items()})
+        report["+".join([host, *boosters])] = {key: {"value": value, "source": sources.get(key, "")} for key, value in values.items()}
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    where = f" on {args.dataset}" if args.dataset else ""
+    for stack, values in report.items():
+        print(f"{stack} ({preset} preset{where}):")
+        for key, entry in values.items():
+            print(f"  {key} = {entry['value']!r}  <- {entry['source'] or 'no source (only the paper preset has sources)'}")
     return 0
 
 

@@ -16,17 +16,30 @@ C = TypeVar("C")
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 # Named option sets every host and booster has: ``default`` is the product's (chosen by measurement,
-# bench/DEFAULTS.md), ``paper`` the published papers' and released code's settings.
+# bench/DEFAULTS.md), ``paper`` the published papers' and released code's settings. Where a host was
+# published in two configurations, the second is a variant of ``paper`` named ``paper-<source>``
+# (CoOp's ``paper-specpl``): it is ``paper`` plus that component's values for the variant.
 PRESETS = ("default", "paper")
+PAPER_VARIANT_PREFIX = "paper-"
 PRESET_ALIASES = {"reference": "paper"}  # the paper preset's name in configs written before 2026-12-05
+AUGMENT_ALIASES = {"reference": "dassl"}  # the Dassl augmentation's name in configs written before 2026-12-06
 
 
 def canonical_preset(name: str) -> str:
-    """A preset's current name (old configs and preset files say ``reference`` for ``paper``)."""
+    """A preset's current name (old configs and preset files say ``reference`` for ``paper``);
+    a ``paper-<source>`` variant is checked against the method's components when it resolves."""
     name = PRESET_ALIASES.get(name, name)
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; the presets are: {', '.join(PRESETS)} ({', '.join(f'{a!r} reads as {b!r}' for a, b in PRESET_ALIASES.items())})")
+    if name not in PRESETS and not (name.startswith(PAPER_VARIANT_PREFIX) and len(name) > len(PAPER_VARIANT_PREFIX)):
+        aliases = ", ".join(f"{a!r} reads as {b!r}" for a, b in PRESET_ALIASES.items())
+        raise ValueError(f"unknown preset {name!r}; the presets are: {', '.join(PRESETS)}, and paper-<source> "
+                         f"variants where a method defines one ({aliases})")
     return name
+
+
+def base_preset(name: str) -> str:
+    """The preset a variant builds on: ``paper-specpl`` -> ``paper``."""
+    name = canonical_preset(name)
+    return PRESETS[1] if name.startswith(PAPER_VARIANT_PREFIX) else name
 
 
 def check_choice(option: str, value: Any, allowed: Sequence[str]) -> None:
@@ -113,10 +126,10 @@ class TrainConfig:
     grad_accum_steps: int = 1
     seed: int = 1
     precision: str = "auto"  # "auto" = bf16 on GPU, fp32 on CPU; or "fp32", "bf16"
-    # "reference" (Dassl crop + flip, fresh each epoch), "clip" (open_clip's crop) or "none" (the
-    # eval transform: no resampling crop to blur fine texture); see specpl.features
+    # "dassl" (Dassl's random resized crop + flip, fresh each epoch; the papers'), "clip" (open_clip's
+    # mild crop) or "none" (the eval transform: no resampling crop to blur fine texture); see specpl.features
     augment: str | None = None
-    crop_scale: float | None = None  # the smallest crop of "reference" (0.08 Dassl hosts, 0.5 MMRL)
+    crop_scale: float | None = None  # the smallest crop of "dassl" (0.08 Dassl hosts, 0.5 MMRL)
     schedule: str | None = None  # "epoch": cosine stepped per epoch after warm-up (reference); "step": per step
     drop_last: bool | None = None  # drop the last partial batch (reference; fixed shapes for CUDA graphs)
     cache_features: bool = True
@@ -136,8 +149,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.augment, bool):  # configs written before the presets: True/False
             self.augment = "clip" if self.augment else "none"
-        if self.augment not in (None, "reference", "clip", "none"):
-            raise ValueError(f"train.augment must be 'reference', 'clip' or 'none', got {self.augment!r}")
+        self.augment = AUGMENT_ALIASES.get(self.augment, self.augment)
+        if self.augment not in (None, "dassl", "clip", "none"):
+            raise ValueError(f"train.augment must be 'dassl', 'clip' or 'none', got {self.augment!r}")
         if self.schedule not in (None, "epoch", "step"):
             raise ValueError(f"train.schedule must be 'epoch' or 'step', got {self.schedule!r}")
         if self.select not in (None, "val", "last"):

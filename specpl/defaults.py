@@ -14,18 +14,12 @@ from pathlib import Path
 
 import torch
 
-from specpl.backbone import EMBEDDED_TAG, Backbone, BackboneUnavailable, load_backbone
+from specpl.backbone import EMBEDDED_TAG, EMBEDDED_WEIGHTS, WORLD_MODEL, WORLD_TEACHER_MODEL, Backbone, BackboneUnavailable, load_backbone
 from specpl.config import BackboneConfig
-from specpl.world.model import MODEL_NAME as WORLD_MODEL
 from specpl.world.model import WEIGHTS_PATH
 
 ASSETS = WEIGHTS_PATH.parents[1]
-# SPECPL_WORLD_WEIGHTS points the embedded model at another file (worker processes inherit it)
-WORLD_WEIGHTS = Path(os.environ.get("SPECPL_WORLD_WEIGHTS") or WEIGHTS_PATH)
 DEMO_ZIP = ASSETS / "world-demo.zip"
-# CasPL's offline teacher: a larger world CLIP (8 + 8 blocks), see assets/world-clip-large/README.md
-WORLD_TEACHER_MODEL = "world-clip-large"
-WORLD_TEACHER_WEIGHTS = ASSETS / WORLD_TEACHER_MODEL / "open_clip_model.safetensors"
 
 
 def world_backbone_config() -> BackboneConfig:
@@ -35,9 +29,10 @@ def world_backbone_config() -> BackboneConfig:
 def world_teacher_config() -> BackboneConfig:
     """The larger world CLIP that teaches world-clip in CasPL's phase 1 (a local file: bundles
     record the teacher as ``embedded``, so this path is resolved on each checkout)."""
-    if not WORLD_TEACHER_WEIGHTS.is_file():
-        raise BackboneUnavailable(f"the embedded weights of {WORLD_TEACHER_MODEL} are missing: {WORLD_TEACHER_WEIGHTS} (restore the repository's assets/ folder)")
-    return BackboneConfig(name=WORLD_TEACHER_MODEL, pretrained=str(WORLD_TEACHER_WEIGHTS), quick_gelu=False)
+    weights = EMBEDDED_WEIGHTS[WORLD_TEACHER_MODEL]
+    if not weights.is_file():
+        raise BackboneUnavailable(f"the embedded weights of {WORLD_TEACHER_MODEL} are missing: {weights} (restore the repository's assets/ folder)")
+    return BackboneConfig(name=WORLD_TEACHER_MODEL, pretrained=str(weights), quick_gelu=False)
 
 
 def load_backbone_or_world(config: BackboneConfig, device: str | torch.device = "cpu") -> tuple[Backbone, str | None]:

@@ -1,28 +1,16 @@
-"""Accuracy, per-class accuracy, the scored test split and the base-to-novel summary.
+"""Metrics only: accuracy, per-class accuracy, the base-to-novel summary. Scoring a split with a
+model is `specpl.inference.score_split`.
 
 The aggregate HM over several datasets (or seeds) is the HM of the mean base and mean new
 accuracies, not the mean of per-dataset HMs (the convention of the published tables).
-
-`score_split` scores a whole split once however many processes run: under ``accelerate launch``
-each process scores its share and the predictions are gathered with ``gather_for_metrics``, which
-drops the samples the sharded loader repeats to even out the last round.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from specpl.data import ImageItem, load_image
-
-if TYPE_CHECKING:
-    from accelerate import Accelerator
-
-    from specpl.inference import Predictor
-
-MAX_MISCLASSIFIED = 64
 DETAIL_KEYS = ("per_class", "confusion", "misclassified", "selection", "loss")
 
 
@@ -78,59 +66,6 @@ def evaluate_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], batches: 
     if not predictions:
         return EvalResult(0.0, {}, 0)
     return accuracy_from_predictions(torch.cat(predictions), torch.cat(labels), classnames)
-
-
-class _TestImages(Dataset):
-    """(eval-preprocessed image, label, index) of each item; decoded in loader workers when asked."""
-
-    def __init__(self, items: Sequence[ImageItem], preprocess: Callable) -> None:
-        self.items, self.preprocess = items, preprocess
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        item = self.items[index]
-        return self.preprocess(load_image(item.path)), item.label, index
-
-
-@torch.no_grad()
-def score_split(predictor: "Predictor", items: Sequence[ImageItem], accelerator: "Accelerator | None" = None, batch_size: int = 32, workers: int = 0) -> dict[str, Any]:
-    """Accuracy, per-class accuracy, the confusion matrix (rows: true class) and the first
-    misclassified images with what they were taken for, over every image of `items` exactly once.
-
-    With an `accelerator` of several processes, each process scores its share of the loader and
-    every process returns the metrics of the whole split (rows put back in item order)."""
-    names = predictor.classnames
-    loader = DataLoader(_TestImages(items, predictor.backbone.preprocess_eval), batch_size=batch_size, num_workers=workers)
-    if accelerator is not None:
-        loader = accelerator.prepare_data_loader(loader)
-    columns: list[list[torch.Tensor]] = [[], [], [], [], []]  # predicted, probability, label, index, true-class log-probability
-    for images, labels, indices in loader:
-        log_probs = predictor.logits(images).float().log_softmax(-1)
-        top = log_probs.exp().max(dim=-1)
-        labels = labels.to(top.indices.device)
-        rows = (top.indices, top.values, labels, indices.to(top.indices.device), log_probs.gather(1, labels.long()[:, None])[:, 0])
-        if accelerator is not None:
-            rows = accelerator.gather_for_metrics(rows)
-        for column, values in zip(columns, rows):
-            column.append(values.cpu())
-    if columns[0]:
-        predicted, probability, labels, indices, true_log_prob = (torch.cat(column) for column in columns)
-        order = indices.argsort()
-        predicted, probability, labels, true_log_prob = predicted[order], probability[order], labels[order].long(), true_log_prob[order]
-    else:
-        predicted, probability, labels, true_log_prob = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0)
-    result = accuracy_from_predictions(predicted, labels, names)
-    confusion = torch.zeros(len(names), len(names), dtype=torch.long)
-    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
-    wrong = (predicted != labels).nonzero().flatten().tolist()[:MAX_MISCLASSIFIED]
-    misclassified = [
-        {"path": str(items[i].path), "label": names[int(labels[i])], "predicted": names[int(predicted[i])], "probability": float(probability[i])}
-        for i in wrong
-    ]
-    loss = float(-true_log_prob.mean()) if len(true_log_prob) else float("nan")
-    return {"accuracy": result.accuracy, "loss": loss, "per_class": result.per_class, "test_images": result.count, "confusion": confusion.tolist(), "misclassified": misclassified}
 
 
 def metrics_summary(metrics: dict[str, Any]) -> dict[str, Any]:

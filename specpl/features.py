@@ -36,10 +36,11 @@ from accelerate import PartialState
 from accelerate.utils import gather
 from torchvision import transforms
 
+from specpl.config import AUGMENT_ALIASES
 from specpl.data import ImageItem, load_image
 from specpl.frozen import FrozenInput, flatten
 
-AUGMENT_PRESETS = ("reference", "clip", "none")
+AUGMENT_PRESETS = ("dassl", "clip", "none")
 
 
 def content_hash(path: Path) -> str:
@@ -50,7 +51,7 @@ def content_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def reference_train_transform(image_size: int, mean: Sequence[float], std: Sequence[float], min_scale: float) -> Callable:
+def dassl_train_transform(image_size: int, mean: Sequence[float], std: Sequence[float], min_scale: float) -> Callable:
     """Dassl's ``random_resized_crop`` (bicubic) + ``random_flip`` + CLIP normalisation."""
     return transforms.Compose(
         [
@@ -63,10 +64,12 @@ def reference_train_transform(image_size: int, mean: Sequence[float], std: Seque
 
 
 def train_transform(preset: str, backbone, min_scale: float) -> Callable:
-    """The training transform of an augmentation preset for `backbone`."""
-    if preset == "reference":
+    """The training transform of an augmentation preset for `backbone` (``reference`` is read as
+    ``dassl``, its name before 2026-12-06)."""
+    preset = AUGMENT_ALIASES.get(preset, preset)
+    if preset == "dassl":
         mean, std = backbone.normalization
-        return reference_train_transform(backbone.image_size, mean, std, min_scale)
+        return dassl_train_transform(backbone.image_size, mean, std, min_scale)
     if preset == "clip":
         return backbone.preprocess_train
     if preset == "none":

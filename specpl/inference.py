@@ -1,23 +1,33 @@
-"""Prediction with a trained (or zero-shot) model: load a bundle, classify images, score a split."""
+"""Prediction with a trained (or zero-shot) model: load a bundle, classify images, score a split.
+
+`score_split` scores a whole split once however many processes run: under ``accelerate launch``
+each process scores its share and the predictions are gathered with ``gather_for_metrics``, which
+drops the samples the sharded loader repeats to even out the last round.
+"""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 from specpl.backbone import Backbone
 from specpl.bundle import load_bundle
 from specpl.config import MethodConfig
 from specpl.data import ImageItem, load_image
-from specpl.evaluate import EvalResult, evaluate_logits
+from specpl.evaluate import EvalResult, accuracy_from_predictions, evaluate_logits
 from specpl.methods import PromptModel, build_method
 from specpl.methods.base import FEATURES
 from specpl.quantize import int8_image_tower
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
 ImageInput = Image.Image | str | Path
+MAX_MISCLASSIFIED = 64
 
 
 class Predictor:
@@ -131,3 +141,56 @@ def _batches(predictor: Predictor, items: Sequence[ImageItem], batch_size: int) 
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         yield predictor.preprocess([item.path for item in chunk]), torch.tensor([item.label for item in chunk])
+
+
+class _TestImages(Dataset):
+    """(eval-preprocessed image, label, index) of each item; decoded in loader workers when asked."""
+
+    def __init__(self, items: Sequence[ImageItem], preprocess: Callable) -> None:
+        self.items, self.preprocess = items, preprocess
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        item = self.items[index]
+        return self.preprocess(load_image(item.path)), item.label, index
+
+
+@torch.no_grad()
+def score_split(predictor: "Predictor", items: Sequence[ImageItem], accelerator: "Accelerator | None" = None, batch_size: int = 32, workers: int = 0) -> dict[str, Any]:
+    """Accuracy, per-class accuracy, the confusion matrix (rows: true class) and the first
+    misclassified images with what they were taken for, over every image of `items` exactly once.
+
+    With an `accelerator` of several processes, each process scores its share of the loader and
+    every process returns the metrics of the whole split (rows put back in item order)."""
+    names = predictor.classnames
+    loader = DataLoader(_TestImages(items, predictor.backbone.preprocess_eval), batch_size=batch_size, num_workers=workers)
+    if accelerator is not None:
+        loader = accelerator.prepare_data_loader(loader)
+    columns: list[list[torch.Tensor]] = [[], [], [], [], []]  # predicted, probability, label, index, true-class log-probability
+    for images, labels, indices in loader:
+        log_probs = predictor.logits(images).float().log_softmax(-1)
+        top = log_probs.exp().max(dim=-1)
+        labels = labels.to(top.indices.device)
+        rows = (top.indices, top.values, labels, indices.to(top.indices.device), log_probs.gather(1, labels.long()[:, None])[:, 0])
+        if accelerator is not None:
+            rows = accelerator.gather_for_metrics(rows)
+        for column, values in zip(columns, rows):
+            column.append(values.cpu())
+    if columns[0]:
+        predicted, probability, labels, indices, true_log_prob = (torch.cat(column) for column in columns)
+        order = indices.argsort()
+        predicted, probability, labels, true_log_prob = predicted[order], probability[order], labels[order].long(), true_log_prob[order]
+    else:
+        predicted, probability, labels, true_log_prob = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0)
+    result = accuracy_from_predictions(predicted, labels, names)
+    confusion = torch.zeros(len(names), len(names), dtype=torch.long)
+    confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
+    wrong = (predicted != labels).nonzero().flatten().tolist()[:MAX_MISCLASSIFIED]
+    misclassified = [
+        {"path": str(items[i].path), "label": names[int(labels[i])], "predicted": names[int(predicted[i])], "probability": float(probability[i])}
+        for i in wrong
+    ]
+    loss = float(-true_log_prob.mean()) if len(true_log_prob) else float("nan")
+    return {"accuracy": result.accuracy, "loss": loss, "per_class": result.per_class, "test_images": result.count, "confusion": confusion.tolist(), "misclassified": misclassified}

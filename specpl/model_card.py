@@ -26,6 +26,7 @@ def render_model_card(config: dict[str, Any]) -> str:
     lines = [
         f"# SpecPL Studio model: {method['host']} + {boosters}",
         "",
+        *([f"Method: {config['label']}.", ""] if config.get("label") else []),
         f"Prompts learned for a frozen CLIP **{backbone['name']}** (pretrained: `{backbone['pretrained']}`, QuickGELU: {backbone['quick_gelu']}).",
         "",
         "## Classes",

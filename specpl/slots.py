@@ -35,7 +35,10 @@ class PromptGroup:
     (per image, or per text group). `at` anchors the group right after the first token
     (``start``: after [SOS]/[CLS] and after earlier start-anchored groups) or after the last
     (``end``: after the patches, or in the text tower at the end of the shared prefix, right
-    before the class tokens).
+    before the class tokens). `in_sequence` (text tower, end-anchored groups inserted at layer 0):
+    the tokens join the input sequence, as if the prompt had been written with them, so they take
+    the positional embeddings of the positions they fill and the class tokens after them shift by
+    their length; other inserted tokens carry no positional embedding.
     """
 
     tokens: Sequence[Tensor]
@@ -43,12 +46,15 @@ class PromptGroup:
     at: str = START
     insert: bool = True
     name: str = ""
+    in_sequence: bool = False
 
     def __post_init__(self) -> None:
         if not self.tokens:
             raise ValueError(f"prompt group {self.name!r} has no tokens")
         if self.at not in (START, END):
             raise ValueError(f"prompt group {self.name!r}: 'at' must be {START!r} or {END!r}, got {self.at!r}")
+        if self.in_sequence and (self.at != END or not self.insert or self.first_layer != 0):
+            raise ValueError(f"prompt group {self.name!r}: only end-anchored groups inserted at layer 0 join the text")
         lengths = {t.shape[-2] for t in self.tokens}
         if len(lengths) != 1:
             raise ValueError(f"prompt group {self.name!r} has layers of different lengths {sorted(lengths)}")

@@ -150,8 +150,7 @@ def evaluate_target(run_dir: Path, target: DatasetChoice, config: RunConfig) -> 
 
     from specpl.backbone import load_backbone
     from specpl.bundle import load_bundle
-    from specpl.evaluate import score_split
-    from specpl.inference import Predictor
+    from specpl.inference import Predictor, score_split
     from specpl.trainer import frozen_in_bf16, resolve_precision
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -193,7 +192,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a run config JSON for everything else (backbone, options, training); the sweep sets data, method and seed")
     parser.add_argument("--backbone", help="open_clip model name (default: the config's, else ViT-B-16)")
     parser.add_argument("--pretrained", help="pretrained tag or checkpoint file, or 'none' for random init")
-    parser.add_argument("--epochs", type=int, help="override every host's epoch count (smoke runs; or ImageNet's shorter published schedule, as a line of its own into the same --out)")
+    parser.add_argument("--epochs", type=int, help="override every cell's epoch count (smoke runs); each host's published schedule, ImageNet's own included, applies without it")
+    parser.add_argument("--dry-run", action="store_true", help="print every cell's resolved config (options, training and where each paper value comes from) and train nothing")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--ray", action="store_true", help="spread cells over a Ray cluster, one per GPU (pip install specpl[ray])")
     parser.add_argument("--ray-address", help="the cluster to join (default: RAY_ADDRESS, else a local one)")
@@ -204,6 +204,10 @@ def run_sweep(args: argparse.Namespace, runner: CellRunner = train_cell, evaluat
     """Run every unfinished cell, then write and print the table. 0 when every cell has finished
     (for a transfer protocol: trained and evaluated on every target)."""
     cells = plan_cells(args)
+    if args.dry_run:
+        for cell in cells:
+            print(json.dumps({"cell": cell.key, **resolved_cell(cell.config)}, default=str))
+        return 0
     processes = None if args.ray else _process_state()
     store = CellStore(Path(args.out), writer=processes is None or processes.is_main_process)
     training = _training_record(args)
@@ -239,6 +243,29 @@ def run_sweep(args: argparse.Namespace, runner: CellRunner = train_cell, evaluat
     for cell, error in failures:
         print(f"failed: {cell.key}: {error}", file=sys.stderr)
     return 0 if all(store.finished(cell) for cell in cells) else 1
+
+
+def resolved_cell(config: RunConfig) -> dict[str, Any]:
+    """What a cell would train with: its preset, every option, the training settings for its
+    dataset's training images (read from its layout, so a bad layout shows before a long sweep)
+    and, for a paper preset, each value's source."""
+    from specpl.methods import resolve_method_options
+    from specpl.sources import value_sources
+    from specpl.training_plan import hold_out_validation, resolved_training
+
+    data = read_dataset(config.data)
+    train = data.train
+    if resolved_training(config)["select"] == "val" and not data.val:  # as the trainer: validation comes out of train
+        train, _ = hold_out_validation(train, config.data.seed)
+    return {
+        "preset": config.method.preset,
+        "dataset": config.data.dataset,
+        "template": config.template,
+        "train_images": len(train),
+        "options": resolve_method_options(config.method),
+        "train": resolved_training(config, len(train)),
+        "sources": value_sources(config.method, config.train, config.data.dataset),
+    }
 
 
 def _process_state() -> "PartialState":
@@ -398,10 +425,18 @@ def render_table(cells: Sequence[Cell], store: CellStore, protocol: str, shots: 
             metrics = store.result(cell) if cell.method == method else None
             if metrics is not None:
                 results.setdefault(cell.dataset, []).append(metrics)
-        lines += ["", f"## {method}", ""]
+        lines += ["", f"## {method}: {_method_heading(next(c for c in cells if c.method == method).config)}", ""]
         datasets = _unique(cell.dataset for cell in cells if cell.method == method)
         lines += _base_new_rows(method, datasets, results, len(seeds)) if protocol == "base2new" else _accuracy_rows(datasets, results, len(seeds))
     return "\n".join(lines) + "\n"
+
+
+def _method_heading(config: RunConfig) -> str:
+    """A method's heading: what the stack is (an unpublished combination says so) and which
+    published configuration its preset ran."""
+    from specpl.methods import method_label, preset_note
+
+    return f"{method_label(config.method)} ({preset_note(config.method)})"
 
 
 def _base_new_rows(method: str, datasets: list[DatasetChoice], results: dict[DatasetChoice, list[dict[str, Any]]], n_seeds: int) -> list[str]:
@@ -471,13 +506,14 @@ def _transfer_table(cells: Sequence[Cell], store: CellStore, protocol: str, n_se
         average = sum(means.values()) / len(means) if targets and len(means) == len(targets) else None
         entries.append(_entry(average, _published_transfer_average(published, targets)))
         lines.append(f"| {method} | {len(trained)}/{n_seeds} | " + " | ".join(entries) + " |")
+        notes.append(f"- {method}: {_method_heading(own[0].config)}.")
         if published is not None:
             notes.append(f"- {method}: published numbers from {published.reference}.")
             subset = [t for t in targets if t.name in published.average_over]
             if published.average is not None and len(published.average_over) == len(subset) < len(targets) and all(t in means for t in subset):
                 ours = sum(means[t] for t in subset) / len(subset)
                 notes.append(f"  Its published average is over {', '.join(t.label for t in subset)} only: {published.average:.2f}; ours over the same targets: {_entry(ours, published.average)}.")
-    if not notes:
+    if not any(published_transfer(protocol, m, source.name) for m in _unique(c.method for c in cells)):
         notes.append(f"- The method specs publish no {protocol} numbers for these methods.")
     return lines + [""] + notes
 

@@ -21,6 +21,7 @@ which is what the encoder computes without the shared-prefix shortcut.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import torch
@@ -122,7 +123,6 @@ class PromptTextEncoder(nn.Module):
         slots (they live in the prefix); hooks: applied in order before every block, after the
         slots. Returns (G, N, D).
         """
-        slots = SlotState(list(groups), self.depth)
         placed = 1 + sum(g.length for g in groups if not g.insert)
         if prefix.shape[1] < placed:
             raise ValueError(f"the prefix has {prefix.shape[1]} tokens but its pre-placed prompt groups need {placed}")
@@ -131,8 +131,13 @@ class PromptTextEncoder(nn.Module):
             suffix = suffix.unsqueeze(0).expand(groups_n, -1, -1, -1)
         n_cls, s_len = suffix.shape[1], suffix.shape[2]
         pos = self.model.positional_embedding
+        groups, joined = _join_sequence(groups, pos, p_len)
+        if p_len + joined + s_len > pos.shape[0]:
+            needed, has = p_len + joined + s_len, pos.shape[0]
+            raise ValueError(f"the prompts need {needed} positions with their in-sequence tokens; the tower has {has}")
+        slots = SlotState(groups, self.depth)
         x_p = prefix + pos[:p_len]
-        x_s = suffix + pos[p_len : p_len + s_len]
+        x_s = suffix + pos[p_len + joined : p_len + joined + s_len]
         eot_index = eot_index.expand(groups_n, -1) if eot_index.dim() == 2 else eot_index.unsqueeze(0).expand(groups_n, -1)
         per_class = False  # True once a hook gave every class its own prefix
         for layer, block in enumerate(self.model.transformer.resblocks):
@@ -156,6 +161,20 @@ class PromptTextEncoder(nn.Module):
         if isinstance(projection, nn.Linear):
             return projection(pooled)
         return pooled @ projection
+
+
+def _join_sequence(groups: Sequence[PromptGroup], pos: torch.Tensor, p_len: int) -> tuple[list[PromptGroup], int]:
+    """(groups, tokens joined): the in-sequence groups (`PromptGroup.in_sequence`) with the positional
+    embeddings of the positions after the prefix added to their layer-0 tokens, in order, and how
+    many tokens they add before the class tokens."""
+    placed, joined = [], 0
+    for group in groups:
+        if group.in_sequence:
+            first = group.tokens[0] + pos[p_len + joined : p_len + joined + group.length].to(group.tokens[0].dtype)
+            group = dataclasses.replace(group, tokens=[first, *group.tokens[1:]])
+            joined += group.length
+        placed.append(group)
+    return placed, joined
 
 
 def _shared_prefix_block(block: nn.Module, x_p: torch.Tensor, x_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

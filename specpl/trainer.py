@@ -32,12 +32,13 @@ from specpl.checkpoint import load_resume_state, save_resume_state
 from specpl.config import DEFAULT_TEMPLATE, MethodConfig, RunConfig, write_json_atomic
 from specpl.data import FewShotData, ImageItem, read_unlabeled_folder
 from specpl.datasets import read_dataset
-from specpl.evaluate import harmonic_mean, metrics_summary, score_split
+from specpl.evaluate import harmonic_mean, metrics_summary
 from specpl.events import EventCallback, EventLog
 from specpl.features import AugmentedViews, FeatureCache, train_transform
-from specpl.inference import Predictor
+from specpl.inference import Predictor, score_split
 from specpl.methods import Batch, PromptModel, build_method, resolve_method_options
 from specpl.selection import BASE_NEW_NOTE, Selection, verdict
+from specpl.sources import value_sources
 from specpl.training_plan import epoch_steps, hold_out_validation, resolved_training
 
 STOP_FILE = "STOP"  # another process asks a run to stop by creating this file in its run dir; the run removes it
@@ -176,6 +177,8 @@ class Trainer:
             "resolved_method_options": model.resolved_options(),
             "resolved_train": train,
             "preset": cfg.method.preset,
+            # where each value of a paper run comes from (empty for the default preset)
+            "sources": recorded.get("sources", {}) if recorded is not None else value_sources(cfg.method, cfg.train, cfg.data.dataset),
         }
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

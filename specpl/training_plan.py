@@ -19,7 +19,7 @@ import math
 import random
 from typing import TYPE_CHECKING, Any
 
-from specpl.config import canonical_preset
+from specpl.config import base_preset
 from specpl.data import ImageItem
 from specpl.methods import HOSTS, preset_values
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 AUTO = "auto"
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
     "default": {"augment": "clip", "schedule": "step", "drop_last": True, "select": "val", "epochs": AUTO, "batch_size": AUTO},
-    "paper": {"augment": "reference", "crop_scale": 0.08, "schedule": "epoch", "drop_last": True, "select": "last"},
+    "paper": {"augment": "dassl", "crop_scale": 0.08, "schedule": "epoch", "drop_last": True, "select": "last"},
 }
 # The default budget: at least MIN_STEPS_PER_EPOCH steps an epoch (batch cut to fit) and about
 # TARGET_STEPS steps in all, within [MIN_EPOCHS, MAX_EPOCHS] epochs (bench/DEFAULTS.md measures them).
@@ -64,12 +64,14 @@ def epoch_steps(images: int, batch_size: int, drop_last: bool, processes: int = 
 
 def resolved_training(config: "RunConfig", train_images: int | None = None) -> dict[str, Any]:
     """The run's training settings: explicit values, else the preset's component values, else the
-    preset's training (`PRESET_TRAINING`) and the host's published schedule, in the preset's order
+    preset's training (`PRESET_TRAINING`) and the host's published schedule, in the preset's order;
+    a dataset's own published schedule (``train@<dataset>`` in a preset) wins over the general one
     (``default`` derives epochs and batch size from `train_images`; ``auto`` stays when it is None)."""
-    preset = canonical_preset(config.method.preset)
+    preset = base_preset(config.method.preset)
     host = HOSTS.get(config.method.host).training_defaults
     ours = PRESET_TRAINING[preset]
-    layers = [preset_values(config.method).get("train", {}), *((ours, host) if preset == "default" else (host, ours))]
+    given = preset_values(config.method, config.data.dataset).get("train", {})
+    layers = [given, *((ours, host) if preset == "default" else (host, ours))]
     train = dataclasses.asdict(config.train)
     for key, value in train.items():
         if value is None:

@@ -20,7 +20,7 @@ from specpl.cli import build_parser, run_config_from_args
 from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
 from specpl.datasets import read_dataset
 from specpl.inference import Predictor
-from specpl.methods import BOOSTERS, HOSTS, resolve_method_options
+from specpl.methods import BOOSTERS, HOSTS, Booster, resolve_method_options
 from specpl.training_plan import hold_out_validation, resolved_training
 
 TINY = BackboneConfig(name="specpl-tiny", pretrained=None)
@@ -56,8 +56,8 @@ def test_every_option_of_every_registered_method_and_run_setting_has_a_field():
 
 
 def test_every_host_offers_the_two_presets_and_reference_reads_as_paper():
-    for host in HOSTS.names():
-        assert advanced.presets_of(host) == ["default", "paper"], host
+    for host in HOSTS.names():  # and CoOp, published in two configurations, its paper-specpl variant
+        assert advanced.presets_of(host) == ["default", "paper", *(["paper-specpl"] if host == "coop" else [])], host
     assert [advanced.known_preset(name) for name in ("default", "paper", "reference", None, "nosuch")] == ["default", "paper", "paper", "default", "default"]
     assert advanced.effective_values("coop", ["specpl"], "reference") == advanced.effective_values("coop", ["specpl"], "paper")
 
@@ -118,7 +118,7 @@ def test_the_training_plan_line_states_what_the_trainer_will_resolve(tmp_path, c
         assert plan(**{"data.shots": 0}).startswith("Training plan: 75 epochs of batch 30 (300 steps) from 120 training images; 4 per class held out")  # all 16
         assert plan(**{"data.shots": 1}).endswith("from 10 training images; nothing held out for validation (a class needs 2 training images to give one), so the last epoch is kept unchecked.")
         paper = form("coop", ("specpl",), "paper", **{"train.epochs": None, "data.shots": 8})
-        epochs = HOSTS.get("coop").training_defaults["epochs"]
+        epochs = 100  # with SpecPL, CoOp runs as SpecPL's paper trained it (CoOp's paper-specpl), not its own 200
         assert studio.form_and_plan(root, "specpl-tiny/none", *[paper.get(key) for key in advanced.form_keys()])[2] == (
             f"Training plan (paper preset): {epochs} epochs of batch 32 ({epochs * 2} steps) from 80 training images; nothing held out for validation; last epoch kept."
         )
@@ -171,15 +171,13 @@ class PickyConfig:
     weight: float = 1.0
 
 
-class PickyBooster:
+class PickyBooster(Booster):
     """A stand-in booster that only boosts IVLP, to see the library's refusal reach the user."""
 
+    name = "picky"
     description = "Picky: boosts IVLP only"
     config_class = PickyConfig
     supported_hosts = ("ivlp",)
-    requires: frozenset = frozenset()
-    presets: dict = {}
-    host_presets: dict = {}
 
 
 def test_a_preset_file_round_trips_and_a_bad_one_says_why(tmp_path, monkeypatch):
@@ -380,6 +378,9 @@ def test_the_method_picker_describes_each_choice_and_refuses_a_combination_with_
         assert studio.method_note("coop", ["picky"]) == "⚠️ booster 'picky' cannot run on host 'coop': it supports the hosts ivlp. Hosts it can boost: ivlp"
         presets, note = studio.method_choice("ivlp", ["picky"], "reference")
         assert presets["choices"] == ["default", "paper"] and presets["value"] == "paper" and note.startswith("**ivlp**")  # a stored old name
+        assert studio.method_choice("coop", [], "paper-specpl")[0]["choices"] == ["default", "paper", "paper-specpl"]  # CoOp's two papers
+        assert studio.method_note("ivlp", ["specpl"]).endswith(
+            "**IVLP + SpecPL (unpublished combination)**: no paper reports this stack; under the paper preset each part runs its own paper values")
         *settings, options, redraw = studio.method_defaults("ivlp", ["specpl"], "default", 4, {"coop.n_ctx": 4, "specpl.lambda_sem": 0.5})
         assert options == {"specpl.lambda_sem": 0.5} and redraw == 5 and len(settings) == len(advanced.setting_fields())  # CoOp's option went with CoOp
         batch_index = [field.key for field in advanced.setting_fields()].index("train.batch_size")

@@ -78,7 +78,7 @@ def test_api_a_second_visitor_can_neither_see_nor_control_the_first_ones_run(hos
     assert other.predict(api_config(TINY, boosters=[], shots=2, epochs=1), "", api_name="/start_training")[-1] == "⚠️ upload a dataset (.zip) or build one before starting"
     local_source = {**api_config(TINY), "decomposer": {"name": "taef2", "source": "/etc"}}
     assert owner.predict(local_source, "", api_name="/start_training")[-1].startswith("⚠️ decomposer.source = /etc: a local folder or file cannot be used on a shared server")
-    path_option = {**api_config(TINY), "method": {"host": "coop", "boosters": ["dapt"], "options": {"dapt": {"mask_dir": "/etc/masks"}}}}
+    path_option = {**api_config(TINY), "method": {"host": "ivlp", "boosters": ["dapt"], "options": {"dapt": {"mask_dir": "/etc/masks"}}}}
     assert owner.predict(path_option, "", api_name="/start_training")[-1].startswith("⚠️ dapt.mask_dir = /etc/masks: a local folder or file cannot be used")
     foreign_backbone = {**api_config(TINY), "backbone": {"name": "ViT-B-32", "pretrained": "/etc/passwd"}}
     assert owner.predict(foreign_backbone, "", api_name="/start_training")[-1].startswith("⚠️ backbone ViT-B-32 (/etc/passwd) is not one this app offers")

@@ -24,15 +24,15 @@ THRESHOLD = 0.3  # not DAPT's default (0.5): the view must use the run's own
 
 @pytest.fixture(scope="module")
 def dapt_run(tmp_path_factory, cifar_root, tiny_backbone) -> Path:
-    """The model folder of one short CoOp + DAPT run (GradCAM maps, threshold 0.3) on CIFAR-10 photos."""
+    """The model folder of one short IVLP + DAPT run (GradCAM maps, threshold 0.3) on CIFAR-10 photos."""
     from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, RunConfig, TrainConfig
     from specpl.trainer import Trainer
 
-    options = {"coop": {"n_ctx": 4}, "dapt": {"cam": "gradcam", "gradcam_threshold": THRESHOLD}}
+    options = {"dapt": {"cam": "gradcam", "gradcam_threshold": THRESHOLD}}
     config = RunConfig(
         backbone=BackboneConfig(name="specpl-tiny", pretrained=None),
         decomposer=DecomposerConfig(name="fft", image_size=32),
-        method=MethodConfig(host="coop", boosters=["dapt"], options=options),
+        method=MethodConfig(host="ivlp", boosters=["dapt"], options=options),
         data=DataConfig(root=str(cifar_root), shots=1),
         train=TrainConfig(epochs=1, batch_size=8),
     )
@@ -89,8 +89,8 @@ def test_a_mask_folder_run_shows_the_images_own_mask_file_or_says_why_not(tmp_pa
     Image.new("RGB", (48, 40), (200, 120, 40)).save(image)
     Image.new("RGB", (48, 40)).save(unmasked)
     Image.fromarray(truth.astype(np.uint8)).save(tmp_path / "masks" / "cat" / "000.png")
-    options = {"coop": {"n_ctx": 4}, "dapt": {"masks": "folder", "mask_dir": str(tmp_path / "masks")}}
-    model_dir = build_method(MethodConfig(host="coop", boosters=["dapt"], options=options), copy.deepcopy(tiny_backbone), ["cat", "dog"]).save_bundle(tmp_path / "model")
+    options = {"dapt": {"masks": "folder", "mask_dir": str(tmp_path / "masks")}}
+    model_dir = build_method(MethodConfig(host="ivlp", boosters=["dapt"], options=options), copy.deepcopy(tiny_backbone), ["cat", "dog"]).save_bundle(tmp_path / "model")
 
     view = dapt_mask_view(cache, model_dir, image, "cat")
     np.testing.assert_array_equal(view.mask, truth)
@@ -109,15 +109,14 @@ def test_a_mask_folder_run_shows_the_images_own_mask_file_or_says_why_not(tmp_pa
 
 
 def test_on_the_world_clip_the_mask_shown_covers_the_object(tmp_path, cache):
-    """DAPT's default map (`DAPTConfig().cam`) of a CoOp + DAPT model at init on the pretrained world
+    """DAPT's default map (`DAPTConfig().cam`) of an IVLP + DAPT model at init on the pretrained world
     CLIP, over 18 world images (one per second class): mean IoU with the analytic object masks >= 0.5."""
     from specpl.backbone import load_backbone
     from specpl.defaults import world_backbone_config
     from specpl.world.generator import class_of, render, sample_class, shape_mask, world_classnames
 
     classes = world_classnames()
-    options = {"coop": {"ctx_init": "a photo of a"}}
-    model_dir = build_method(MethodConfig(host="coop", boosters=["dapt"], options=options), load_backbone(world_backbone_config()), classes).save_bundle(tmp_path / "model")
+    model_dir = build_method(MethodConfig(host="ivlp", boosters=["dapt"]), load_backbone(world_backbone_config()), classes).save_bundle(tmp_path / "model")
     rng = np.random.default_rng(0)
     overlaps = []
     for sample in (sample_class(rng, name, 1)[0] for name in classes[::2]):

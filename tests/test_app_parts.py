@@ -15,7 +15,7 @@ from app.settings import AppSettings
 from app.studio import markdown_text
 from app.worker import describe_failure
 from specpl import defaults
-from specpl.backbone import BackboneUnavailable
+from specpl.backbone import EMBEDDED_WEIGHTS, BackboneUnavailable
 from specpl.config import BackboneConfig
 from specpl.data import DataError
 
@@ -72,9 +72,9 @@ def test_the_first_page_load_asks_only_for_the_data_and_train_form(tmp_path):
 
 def test_an_offline_backbone_is_explained_in_one_sentence_with_what_is_available(monkeypatch, tmp_path):
     monkeypatch.setattr(backbones, "_hub_cached", lambda config: False)
-    monkeypatch.setattr(defaults, "WORLD_WEIGHTS", tmp_path / "open_clip_model.safetensors")
+    monkeypatch.setitem(EMBEDDED_WEIGHTS, defaults.WORLD_MODEL, tmp_path / "open_clip_model.safetensors")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    defaults.WORLD_WEIGHTS.write_bytes(b"")  # availability only looks for the file; loading is tested with the app
+    EMBEDDED_WEIGHTS[defaults.WORLD_MODEL].write_bytes(b"")  # availability only looks for the file; loading is tested with the app
     assert backbones.unavailable_message("ViT-B-32/openai") == (
         "ViT-B-32 (openai) can't be loaded because its weights are not in the Hugging Face cache and the app is offline "
         "(HF_HUB_OFFLINE); available now: world-clip (embedded), SpectralWorld images only; "
@@ -84,11 +84,11 @@ def test_an_offline_backbone_is_explained_in_one_sentence_with_what_is_available
     assert backbones.fallback_note().startswith("No pretrained CLIP can be loaded here (offline), so the embedded SpectralWorld CLIP is selected")
     assert backbones.resolve_backbone(backbones.WORLD_KEY) == BackboneConfig("world-clip", "embedded", quick_gelu=False)
 
-    defaults.WORLD_WEIGHTS.unlink()  # a broken install: still never the untrained model by default, and no fallback claim
+    EMBEDDED_WEIGHTS[defaults.WORLD_MODEL].unlink()  # a broken install: still never the untrained model by default, and no fallback claim
     assert backbones.default_backbone_key() == backbones.WORLD_KEY and backbones.fallback_note() is None
     assert backbones.unavailable_message(backbones.WORLD_KEY) == (
         f"world-clip (embedded), SpectralWorld images only can't be loaded because its weights file "
-        f"{defaults.WORLD_WEIGHTS} is missing from this installation; available now: specpl-tiny (random init), tiny test model, untrained."
+        f"{EMBEDDED_WEIGHTS[defaults.WORLD_MODEL]} is missing from this installation; available now: specpl-tiny (random init), tiny test model, untrained."
     )
 
     monkeypatch.delenv("HF_HUB_OFFLINE")

@@ -24,6 +24,7 @@ from app.settings import AppSettings
 from app.studio import CHOOSE_RUN_NOTE
 from app.ui import build_demo, launch_options
 from specpl import defaults
+from specpl.backbone import EMBEDDED_WEIGHTS
 from specpl.config import DataConfig
 from specpl.methods.dapt import DAPTConfig
 from specpl.world.generator import world_classnames, write_fewshot_folder
@@ -57,7 +58,7 @@ def offline_world(tmp_path_factory) -> Path:
         patch.setenv("HF_HOME", str(hub_cache.parent))
         patch.setenv("HF_HUB_CACHE", str(hub_cache))
         patch.setattr(constants, "HF_HUB_CACHE", str(hub_cache))  # huggingface_hub reads the variable at import
-        patch.setattr(defaults, "WORLD_WEIGHTS", weights)
+        patch.setitem(EMBEDDED_WEIGHTS, defaults.WORLD_MODEL, weights)
         patch.setenv("SPECPL_WORLD_WEIGHTS", str(weights))  # the training worker is another process
         patch.setattr(defaults, "DEMO_ZIP", demo_zip)
         yield demo_dir
@@ -485,11 +486,11 @@ def test_browser_the_advanced_form_follows_the_host_and_the_cli_line_follows_the
 
 @pytest.fixture(scope="module")
 def world_dapt_run(server, tmp_path_factory) -> str:
-    """A finished CoOp + DAPT run on the demo set (the world CLIP's random stand-in), trained through the API."""
+    """A finished IVLP + DAPT run on the demo set (the world CLIP's random stand-in), trained through the API."""
     demo, _ = server
     client = Client(demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("dapt-client")))
     client.predict(0.5, api_name="/use_demo_set")
-    run_id, _, _ = client.predict(api_config(backbones.WORLD_KEY, boosters=["dapt"], shots=2, epochs=1), "dapt run", api_name="/start_training")
+    run_id, _, _ = client.predict(api_config(backbones.WORLD_KEY, host="ivlp", boosters=["dapt"], shots=2, epochs=1), "dapt run", api_name="/start_training")
     assert poll_until(client, run_id, {"finished", "failed", "cancelled"})["status"] == "finished"
     return run_id
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from specpl.backbone import BackboneUnavailable, load_backbone, resolve_quick_gelu
+from specpl.backbone import EMBEDDED_WEIGHTS, BackboneUnavailable, load_backbone, resolve_quick_gelu
 from specpl.config import BackboneConfig
 from specpl.registry import UnknownNameError
 
@@ -83,7 +83,7 @@ def test_embedded_tag_resolves_to_the_shipped_file(monkeypatch, tmp_path):
 
     weights = tmp_path / "world.safetensors"
     save_file({k: v.contiguous() for k, v in open_clip.create_model("world-clip").state_dict().items()}, str(weights))
-    monkeypatch.setattr(defaults, "WORLD_WEIGHTS", weights)
+    monkeypatch.setitem(EMBEDDED_WEIGHTS, defaults.WORLD_MODEL, weights)
     backbone = load_backbone(defaults.world_backbone_config())
     assert backbone.config.pretrained == "embedded"  # what bundles record: portable across checkouts
     assert backbone.image_size == 64

@@ -13,9 +13,10 @@ import test_methods as method_checks
 from conftest import make_image_folder
 from specpl.config import BackboneConfig, DecomposerConfig, MethodConfig
 from specpl.data import ImageItem
-from specpl.features import AugmentedViews, FeatureCache, reference_train_transform
+from specpl.features import AugmentedViews, FeatureCache, dassl_train_transform
 from specpl.methods import PromptModel, build_method
 from specpl.methods.caspl import TEACHER_LOGITS, TeacherLogits, distillation_loss, resolve_teacher
+from specpl.methods.deep import DeepPromptHost
 
 CLASSES = method_checks.CLASSES
 TINY_TEACHER = {"teacher": "specpl-tiny", "teacher_pretrained": ""}  # a random tiny teacher: offline
@@ -106,7 +107,7 @@ def test_the_teacher_runs_once_per_view(backbone, tmp_path):
     encode = teacher_input.teacher.model.encode_image
     teacher_input.teacher.model.encode_image = lambda images, *a, **k: (seen.append(len(images)), encode(images, *a, **k))[1]
     mean, std = backbone.normalization
-    views = AugmentedViews(reference_train_transform(backbone.image_size, mean, std, 0.08), backbone.preprocess_eval, seed=1)
+    views = AugmentedViews(dassl_train_transform(backbone.image_size, mean, std, 0.08), backbone.preprocess_eval, seed=1)
     cache = FeatureCache(views, [teacher_input], torch.device("cpu"), batch_size=2)
 
     first = cache.get(items, view=0)[TEACHER_LOGITS]
@@ -172,16 +173,20 @@ def test_the_boosting_prompts_change_the_hosts_features(backbone, inputs, phase_
     assert not torch.allclose(boosted.encode_image(images)["features"], bare.encode_image(images)["features"])
 
 
+@pytest.mark.parametrize("layout", ["sequence", "phase-one"])
 @pytest.mark.parametrize("host", ["coop", "cocoop", "maple", "promptsrc"])
-def test_the_text_reads_sos_adapt_boost_class(backbone, phase_one, host):
-    """The paper's and the released code's text order on every host: the boosting tokens (with
-    the positional embeddings of their phase-1 positions) sit after the host's context."""
-    model = build(backbone, host, ("caspl",), {"caspl": {"boost_bundle": str(phase_one)}}).eval()
+def test_the_text_reads_sos_adapt_boost_class(backbone, phase_one, host, layout):
+    """The paper's and the released code's text order on every host, [SOS][adapt][boost][class],
+    and the positions each part takes entering the first block: along one sequence, as the
+    released code adds them ("sequence"), or with the boosting tokens at their phase-1 positions
+    1..L and the class at the host's ("phase-one")."""
+    options = {"caspl": {"boost_bundle": str(phase_one), "text_positions": layout}}
+    model = build(backbone, host, ("caspl",), options).eval()
     caspl, learner = model.boosters["caspl"], model.host.prompt_learner
     entering = {}
 
     def record(layer, prefix, suffix, eot):
-        entering.setdefault(layer, prefix[0])
+        entering.setdefault(layer, (prefix[0], suffix[0]))
         return prefix
 
     model.host.text_hook = lambda: record
@@ -191,10 +196,137 @@ def test_the_text_reads_sos_adapt_boost_class(backbone, phase_one, host):
         image = torch.randn(1, backbone.embed_dim)
     with torch.no_grad():
         model.text_features(image)
-    boost = caspl.text_prompts()[0].tokens[0]
-    n, positions = learner.n_ctx, backbone.model.positional_embedding
-    torch.testing.assert_close(entering[0][1 : 1 + n], learner.ctx + positions[1 : 1 + n])  # [SOS][adapt]
-    torch.testing.assert_close(entering[0][1 + n :], boost)  # then [boost], then the class tokens (the suffix)
+    prefix, suffix = entering[0]
+    boost = caspl.get_buffer("boost_text_0")
+    n, length, positions = learner.n_ctx, boost.shape[0], backbone.model.positional_embedding
+    class_start = 1 + n + length if layout == "sequence" else 1 + n
+    boost_start = 1 + n if layout == "sequence" else 1
+    assert prefix.shape[0] == 1 + n + length
+    torch.testing.assert_close(prefix[1 : 1 + n], learner.ctx + positions[1 : 1 + n])  # [SOS][adapt]
+    torch.testing.assert_close(prefix[1 + n :], boost + positions[boost_start : boost_start + length])  # [boost]
+    classes = learner.suffix_embedding  # then the class tokens, "<name>." and end-of-text
+    torch.testing.assert_close(suffix, classes + positions[class_start : class_start + classes.shape[1]])
+
+
+def released_text_features(model, backbone) -> torch.Tensor:
+    """The released phase-2 text path (Martinser/CasPL trainers/caspl_coop.py and the IVLP blocks of
+    its clip/model.py), written out: one sequence [SOS][adapt][boost][class] plus CLIP's positional
+    embedding; before each deeper block the host's deep prompts overwrite positions 1..n and the
+    boosting prompts of that layer the next L; end-of-text pooling, shifted by n + L."""
+    clip, host, caspl = backbone.model, model.host, model.boosters["caspl"]
+    learner = host.prompt_learner
+    n, classes = learner.n_ctx, len(host.classnames)
+    boost = [caspl.get_buffer(f"boost_text_{i}") for i in range(caspl.text_layers)]
+    deep = list(host.deep_text) if isinstance(host, DeepPromptHost) else []
+    length = boost[0].shape[0]
+    x = torch.cat([learner.sos_embedding.expand(classes, -1, -1), learner.ctx.expand(classes, -1, -1),
+                   boost[0].expand(classes, -1, -1), learner.suffix_embedding], dim=1)
+    x = x + clip.positional_embedding[: x.shape[1]]
+    for layer, block in enumerate(clip.transformer.resblocks):
+        if 0 < layer <= len(deep):
+            x = torch.cat([x[:, :1], deep[layer - 1].expand(classes, -1, -1), x[:, 1 + n :]], dim=1)
+        if 0 < layer < len(boost):
+            x = torch.cat([x[:, : 1 + n], boost[layer].expand(classes, -1, -1), x[:, 1 + n + length :]], dim=1)
+        x = block(x, attn_mask=clip.attn_mask[: x.shape[1], : x.shape[1]])
+    pooled = clip.ln_final(x)[torch.arange(classes), learner.eot_index + length]
+    projection = clip.text_projection
+    return projection(pooled) if isinstance(projection, torch.nn.Linear) else pooled @ projection
+
+
+@pytest.mark.parametrize("host", ["coop", "promptsrc"])
+def test_the_paper_preset_gives_the_released_text_features(backbone, phase_one, host):
+    """The paper preset's layout is the released one: the same text features, one sequence
+    computed the released way (the shared-prefix encoder differs in float order only)."""
+    options = {"caspl": {"boost_bundle": str(phase_one)}}
+    if host == "promptsrc":
+        options["promptsrc"] = {"frozen_templates": "run"}  # one template keeps it fast
+    torch.manual_seed(0)
+    config = MethodConfig(host=host, boosters=["caspl"], preset="paper", options=options)
+    model = build_method(config, backbone, CLASSES).eval()
+    assert model.host.prompt_learner.n_ctx == 8 and model.boosters["caspl"].config.text_positions == "sequence"
+    with torch.no_grad():
+        raw, _ = model.text_features()
+        expected = released_text_features(model, backbone)
+    torch.testing.assert_close(raw, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("host", "options", "training"),
+    [
+        ("coop", {"n_ctx": 8, "ctx_init": ""}, {"epochs": 50, "batch_size": 32, "lr": 0.002}),
+        ("cocoop", {"n_ctx": 8, "ctx_init": ""}, {"epochs": 10, "batch_size": 1, "lr": 0.002}),
+        (
+            "maple",
+            {"n_ctx": 8, "ctx_init": "", "tail": "{}.", "depth": 12},
+            {"epochs": 5, "batch_size": 4, "lr": 0.0035},
+        ),
+        (
+            "promptsrc",
+            {"n_ctx": 8, "n_ctx_vision": 8, "ctx_init": "", "depth": 12},
+            {"epochs": 20, "batch_size": 4, "lr": 0.0025},
+        ),
+    ],
+)
+def test_the_paper_preset_runs_each_host_as_the_released_scripts(host, options, training):
+    """Under the paper preset a CasPL run uses the released phase-2 host configuration; the default
+    preset keeps the host's own options, and a value the user gives wins in both."""
+    from specpl.config import RunConfig
+    from specpl.methods import HOSTS, resolve_method_options
+    from specpl.training_plan import resolved_training
+
+    caspl = {"caspl": {"boost_bundle": "unused"}}
+    paper = MethodConfig(host=host, boosters=["caspl"], preset="paper", options=caspl)
+    resolved = resolve_method_options(paper)[host]
+    assert {k: resolved[k] for k in options} == options
+    assert {k: resolved_training(RunConfig(method=paper))[k] for k in training} == training
+    bare = resolve_method_options(MethodConfig(host=host, preset="paper"))[host]
+    assert {k: bare[k] for k in options} != options  # the host's own paper values differ
+    default = resolve_method_options(MethodConfig(host=host, boosters=["caspl"], options=caspl))[host]
+    assert default["n_ctx"] == HOSTS.get(host).config_class().n_ctx
+    given = MethodConfig(host=host, boosters=["caspl"], preset="paper", options={**caspl, host: {"n_ctx": 2}})
+    assert resolve_method_options(given)[host]["n_ctx"] == 2
+
+
+def test_a_bundle_from_before_text_positions_keeps_its_layout(backbone, inputs, phase_one, tmp_path):
+    """A phase-2 bundle written before the option existed was trained with the phase-one layout
+    and is rebuilt with it; a bad layout is refused with the choices."""
+    import json
+
+    phase_one_layout = {"caspl": {"boost_bundle": str(phase_one), "text_positions": "phase-one"}}
+    model = build(backbone, "coop", ("caspl",), phase_one_layout).eval()
+    images = inputs[0]
+    expected = model.logits(model.encode_image(images))
+    folder = model.save_bundle(tmp_path / "old")
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    del config["method"]["options"]["caspl"]["text_positions"]
+    config_file.write_text(json.dumps(config))
+    reloaded = PromptModel.from_bundle(folder, backbone=backbone).eval()
+    assert reloaded.boosters["caspl"].config.text_positions == "phase-one"
+    torch.testing.assert_close(reloaded.logits(reloaded.encode_image(images)), expected, rtol=0, atol=0)
+    sequence = build(backbone, "coop", ("caspl",), {"caspl": {"boost_bundle": str(phase_one)}}).eval()
+    assert not torch.allclose(sequence.logits(sequence.encode_image(images)), expected)  # the layouts differ
+    with pytest.raises(ValueError, match="caspl.text_positions must be one of 'sequence', 'phase-one'; got 'middle'"):
+        build(backbone, "coop", ("caspl",), {"caspl": {"boost_bundle": str(phase_one), "text_positions": "middle"}})
+
+
+def test_every_paper_value_has_a_source():
+    """Each option of both phases, each training value and each per-host value names where it comes from."""
+    import dataclasses
+
+    from specpl.methods.caspl import CasPL, CasPLBoost
+
+    boost_keys = {f.name for f in dataclasses.fields(CasPLBoost.config_class)}
+    boost_keys |= {f"train.{key}" for key in CasPLBoost.training_defaults}
+    boost_keys |= {f"{target}.{key}" for target, values in CasPLBoost.presets["paper"].items() for key in values}
+    assert set(CasPLBoost.sources) == boost_keys
+    assert set(CasPL.sources) == {f.name for f in dataclasses.fields(CasPL.config_class)}
+    for host, values in CasPL.host_presets["paper"].items():
+        keys = {f"{target}.{option}" for target, options in values.items() for option in options}
+        assert set(CasPL.host_sources[host]) == keys, host
+    every = [*CasPLBoost.sources.values(), *CasPL.sources.values()]
+    every += [source for host in CasPL.host_sources.values() for source in host.values()]
+    assert all(source.startswith(("Martinser/CasPL ", "ours: ")) for source in every)
 
 
 def test_promptsrc_keeps_vanilla_clip_as_its_reference(backbone, inputs, phase_one):

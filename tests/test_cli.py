@@ -118,12 +118,13 @@ def test_offline_default_falls_back_to_the_world_model_and_demo_data(tmp_path, m
     from safetensors.torch import save_file
 
     from specpl import defaults
+    from specpl.backbone import EMBEDDED_WEIGHTS
     from specpl.world.generator import world_classnames, write_fewshot_folder
 
     weights = tmp_path / "world.safetensors"
     save_file(open_clip.create_model("world-clip").state_dict(), str(weights))
     demo = write_fewshot_folder(tmp_path / "demo", shots=1, test_per_class=1, seed=0, classnames=world_classnames()[:3])
-    monkeypatch.setattr(defaults, "WORLD_WEIGHTS", weights)
+    monkeypatch.setitem(EMBEDDED_WEIGHTS, defaults.WORLD_MODEL, weights)
     monkeypatch.setattr(defaults, "DEMO_ZIP", Path(shutil.make_archive(str(tmp_path / "demo"), "zip", demo)))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -159,11 +160,18 @@ def test_methods_lists_every_host_and_booster_with_its_line_and_defaults(capsys)
         for name in registry.names():
             assert f"  {name:10s} {registry.get(name).description}\n" in out, name
     assert "paper training: epochs 5, batch_size 4, lr 0.0035" in out  # MaPLe's published schedule
-    assert "options (default preset): n_ctx=16" in out and "hosts: cocoop, coop, maple, promptsrc" in out  # CoOp's context; CasPL's hosts
-    assert "paper preset: coop.ctx_from_template=False" in out  # what each preset changes, per component
+    assert "options (default preset): n_ctx=16" in out and "hosts: cocoop, coop, maple, promptsrc; published on: coop, cocoop, maple, promptsrc" in out
+    assert "paper preset (CoOp's vit_b16_ctxv1: 4 tokens from 'a photo of a', 200 epochs (the CoCoOp paper's CoOp row)): " \
+           "coop.n_ctx=4, coop.ctx_init=a photo of a, coop.ctx_from_template=False, train@imagenet.epochs=50" in out
+    assert "paper-specpl preset (SpecPL's CoOp: 16 random tokens, 100 epochs (no published plain-CoOp row)): coop.n_ctx=16" in out
     assert "paper preset: specpl.bank_init_batches=0, specpl.refiner=layernorm; on mmrl: specpl.bank_init_batches=10" in out
-    assert "training: default preset train.augment=clip" in out and "paper preset train.augment=reference" in out
+    assert "training: default preset train.augment=clip" in out and "paper preset train.augment=dassl" in out
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} == set(HOSTS.names()) | set(BOOSTERS.names())
     assert next(r for r in rows if r["name"] == "isp")["options"]["structural"] == "auto"
+    assert main(["methods", "--preset", "paper", "--host", "maple", "--dataset", "imagenet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("maple (paper preset on imagenet):\n")
+    assert "  maple.tail = 'of a {}.'  <- muzairkhattak/multimodal-prompt-learning trainers/maple.py" in out
+    assert "  train.epochs = 5  <- muzairkhattak/multimodal-prompt-learning configs/trainers/MaPLe/" in out

@@ -38,7 +38,7 @@ def test_per_step_schedule_still_available():
 def test_the_paper_preset_is_the_reference_data_path():
     paper = MethodConfig(host="mmrl", preset="paper")
     train = resolved_training(RunConfig(method=paper))
-    assert (train["augment"], train["schedule"], train["drop_last"], train["crop_scale"], train["max_cached_views"]) == ("reference", "epoch", True, 0.5, None)
+    assert (train["augment"], train["schedule"], train["drop_last"], train["crop_scale"], train["max_cached_views"]) == ("dassl", "epoch", True, 0.5, None)
     assert (train["epochs"], train["batch_size"], train["select"]) == (10, 4, "last")  # MMRL's published schedule, the last epoch
     assert resolved_training(RunConfig(method=MethodConfig(preset="paper")))["crop_scale"] == 0.08
 
@@ -69,7 +69,7 @@ class Pixels:
 def test_reference_views_change_every_epoch_and_every_input_sees_the_same_view(cifar_root, tiny_backbone):
     data = read_fewshot_folder(cifar_root, shots=1)
     item = data.train[0]
-    views = AugmentedViews(train_transform("reference", tiny_backbone, 0.08), tiny_backbone.preprocess_eval, seed=1)
+    views = AugmentedViews(train_transform("dassl", tiny_backbone, 0.08), tiny_backbone.preprocess_eval, seed=1)
     assert not torch.equal(views.load(item.path, 0), views.load(item.path, 1))  # a fresh crop/flip per epoch
     assert torch.equal(views.load(item.path, 3), views.load(item.path, 3))  # each draw is seeded
     bands = BandStatistics(build_decomposer(DecomposerConfig(name="fft")), tiny_backbone.normalization, 32)
@@ -133,7 +133,7 @@ def test_an_input_whose_signature_changes_is_recomputed_alone(cifar_root, tiny_b
     """What a per-epoch input (masks from the current model) relies on; the others stay cached."""
     items = read_fewshot_folder(cifar_root, shots=1).train[:3]
     steady, refreshed = Counting("steady"), Counting("refreshed")
-    views = AugmentedViews(train_transform("reference", tiny_backbone, 0.08), tiny_backbone.preprocess_eval, seed=1)
+    views = AugmentedViews(train_transform("dassl", tiny_backbone, 0.08), tiny_backbone.preprocess_eval, seed=1)
     cache = FeatureCache(views, [steady, refreshed], torch.device("cpu"))
     first = cache.get(items, 0)
     refreshed.signature = "v2"
@@ -144,7 +144,7 @@ def test_an_input_whose_signature_changes_is_recomputed_alone(cifar_root, tiny_b
 
 def test_worker_decoding_gives_the_same_inputs(cifar_root, tiny_backbone):
     items = read_fewshot_folder(cifar_root, shots=2).train[:6]
-    views = AugmentedViews(train_transform("reference", tiny_backbone, 0.08), tiny_backbone.preprocess_eval, seed=1)
+    views = AugmentedViews(train_transform("dassl", tiny_backbone, 0.08), tiny_backbone.preprocess_eval, seed=1)
     serial = FeatureCache(views, [Pixels()], torch.device("cpu"), batch_size=4).get(items, 2)
     parallel = FeatureCache(views, [Pixels()], torch.device("cpu"), batch_size=4, workers=2).get(items, 2)
     torch.testing.assert_close(parallel["pixels"], serial["pixels"], rtol=0, atol=0)

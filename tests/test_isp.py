@@ -14,7 +14,7 @@ from specpl.frozen import CLIP_IMAGE
 from specpl.methods import Batch, ForwardState, build_method
 from specpl.methods.base import weighted_cross_entropy
 from specpl.methods.isp import ISP, ISPConfig, probing_weights
-from test_methods import CLASSES, batch_for, inputs  # noqa: F401  (`inputs` is a fixture)
+from test_methods import CLASSES, batch_for, inputs, phase_one_bundle  # noqa: F401  (`inputs` is a fixture)
 from test_methods import test_every_method as check_every_method_properties
 
 
@@ -106,6 +106,48 @@ def test_the_text_modules_make_the_prompts_class_specific_and_read_each_class_up
     assert torch.equal(isp.restructure_text(isp.layers, prefix, suffix, eot), prefix)  # past the depth: unchanged
     # the cross module reads the host's learned vision prompts of that layer, not the image
     torch.testing.assert_close(isp.host_vision_prompts(0), model.host.image_prompts()[0].tokens[0])
+
+
+def test_next_to_caspl_the_modules_rewrite_only_the_hosts_prompts(tiny_backbone, inputs):  # noqa: F811
+    """Stacked with CasPL, the boosting slots hold exactly CasPL's frozen tokens after ISP's hook at
+    every layer of both towers, while the host's prompts beside them are restructured."""
+    images, labels = inputs
+    options = {"caspl": {"boost_bundle": phase_one_bundle(tiny_backbone)}, "isp": {"text_structural": True}}
+    model = build(tiny_backbone, "maple", ["caspl", "isp"], options)
+    isp, caspl, learner = model.boosters["isp"], model.boosters["caspl"], model.host.prompt_learner
+    optimizer = torch.optim.SGD([p for p in isp.parameters() if p.requires_grad], lr=1.0)
+    model(batch_for(model, images, labels))["cls"].backward()
+    optimizer.step()  # the modules now change what they read
+    seen: dict[str, list] = {"vision": [], "text": []}
+
+    def recording(tower, hook):
+        def record(layer, x, *rest):
+            out = hook(layer, x, *rest)
+            seen[tower].append((layer, x, out))
+            return out
+        return lambda: record
+
+    isp.image_hook, isp.text_hook = recording("vision", isp.restructure), recording("text", isp.restructure_text)
+    model.eval()
+    with torch.no_grad():
+        model.logits(model.encode_image(images))
+    length, n = caspl.get_buffer("boost_vision_0").shape[0], learner.n_ctx
+    positions = tiny_backbone.model.positional_embedding
+    for layer, before, after in seen["vision"]:
+        torch.testing.assert_close(after[:, -length:], before[:, -length:], rtol=0, atol=0)
+        if layer:  # (layer 0's tokens have been through ln_pre)
+            boost = caspl.get_buffer(f"boost_vision_{layer}")
+            torch.testing.assert_close(after[:, -length:], boost.expand_as(after[:, -length:]), rtol=0, atol=0)
+        assert not torch.allclose(after[:, isp.frozen_tokens : -length], before[:, isp.frozen_tokens : -length])
+    for layer, before, after in seen["text"]:
+        boost = caspl.get_buffer(f"boost_text_{layer}")
+        if layer == 0:  # in the sequence after the host's context (CasPL's released layout)
+            boost = boost + positions[1 + n : 1 + n + length]
+        torch.testing.assert_close(after[..., 1 + n :, :], boost.expand_as(after[..., 1 + n :, :]), rtol=0, atol=0)
+        host_before = before[:, 1 : 1 + n] if after.dim() == 3 else before[:, None, 1 : 1 + n]  # per class at layer 0
+        assert not torch.allclose(after[..., 1 : 1 + n, :], host_before.expand_as(after[..., 1 : 1 + n, :]))
+    layers = set(range(isp.layers))
+    assert {layer for layer, _, _ in seen["vision"]} == {layer for layer, _, _ in seen["text"]} == layers
 
 
 def test_a_zero_output_projection_gives_the_inner_weights_no_first_step_gradient(tiny_backbone, inputs):  # noqa: F811
@@ -230,3 +272,13 @@ def test_class_states_are_the_frozen_text_towers_end_of_text_inputs(tiny_backbon
     boosted.set_classnames(["car", "tree", "lake"], novel=True)
     isp = boosted.boosters["isp"]
     assert isp.class_states.shape == (isp.layers, 3, 64) and isp.probe_text.shape[0] == 3
+
+
+def test_every_option_has_a_source_inside_the_repository():
+    import dataclasses
+
+    assert set(ISP.sources) == {f.name for f in dataclasses.fields(ISPConfig)}
+    assert not any("train" in target for target in ISP.presets["paper"])  # no training values to source
+    reconstructed = "ours: reconstructed from the ISP abstract (arXiv 2507.05677)"
+    assert all(source.startswith(reconstructed) for source in ISP.sources.values())
+    assert not any(".md" in source for source in ISP.sources.values())

@@ -15,7 +15,7 @@ import torch
 from specpl.backbone import Backbone
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.frozen import flatten
-from specpl.methods import BOOSTERS, HOSTS, Batch, PromptModel, build_method, check_combination
+from specpl.methods import BOOSTERS, HOSTS, Batch, PromptModel, build_method, check_combination, resolve_method_options
 from specpl.inference import Predictor
 from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER
 from specpl.methods.deep import DeepPromptHost
@@ -176,8 +176,6 @@ def test_a_combination_that_cannot_work_lists_the_valid_ones(monkeypatch):
 
 @pytest.mark.parametrize("host", ["coop", "cocoop", "kgcoop", "mmrl"])
 def test_isp_structural_modules_asked_for_on_a_text_prompt_host_are_refused_with_the_hosts_that_fit(host):
-    from specpl.methods import resolve_method_options
-
     asked = MethodConfig(host=host, boosters=["isp"], options={"isp": {"structural": "on"}})
     with pytest.raises(ValueError, match=rf"isp.structural cannot run on host '{host}': it needs a host with deep text prompts( and image-tower prompts)?. Hosts it fits: ivlp, maple, promptsrc$"):
         resolve_method_options(asked)
@@ -194,14 +192,15 @@ def test_an_unknown_option_names_the_component_and_its_keys(tiny_backbone):
 
 
 def test_an_unknown_preset_lists_the_presets():
-    with pytest.raises(ValueError, match=r"unknown preset 'ours'; the presets are: default, paper \('reference' reads as 'paper'\)"):
+    with pytest.raises(ValueError, match=r"unknown preset 'ours'; the presets are: default, paper, and paper-<source> variants "
+                                         r"where a method defines one \('reference' reads as 'paper'\)"):
         MethodConfig(host="maple", preset="ours")
     assert MethodConfig(host="maple", preset="reference").preset == "paper"  # configs written before the rename
+    with pytest.raises(ValueError, match=r"preset 'paper-specpl' is not defined by maple; the paper variants are: paper-specpl"):
+        resolve_method_options(MethodConfig(host="maple", preset="paper-specpl"))
 
 
 def test_paper_and_default_presets_differ_only_where_documented():
-    from specpl.methods import resolve_method_options
-
     for host, paper_bank in (("coop", 0), ("maple", 0), ("mmrl", 10)):
         options = {p: resolve_method_options(MethodConfig(host=host, boosters=["specpl"], preset=p)) for p in ("default", "paper")}
         assert options["paper"]["specpl"]["bank_init_batches"] == paper_bank  # SpecPL's per-host rule: its own, not the host's
@@ -275,8 +274,6 @@ def test_paper_maple_learns_a_photo_and_keeps_of_a_as_frozen_words(tiny_backbone
 
 
 def test_a_context_the_user_sets_is_the_one_trained():
-    from specpl.methods import resolve_method_options
-
     assert resolve_method_options(MethodConfig(host="coop"))["coop"]["ctx_from_template"] is True
     assert resolve_method_options(MethodConfig(host="coop", options={"coop": {"n_ctx": 4}}))["coop"]["ctx_from_template"] is False
     assert resolve_method_options(MethodConfig(host="maple", options={"maple": {"ctx_init": "a photo"}}))["maple"]["ctx_from_template"] is False

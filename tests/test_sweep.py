@@ -331,8 +331,7 @@ def test_real_transfer_runs_score_one_model_with_each_targets_names_and_template
     from specpl.backbone import load_backbone
     from specpl.config import BackboneConfig, DataConfig
     from specpl.datasets import read_dataset
-    from specpl.evaluate import score_split
-    from specpl.inference import Predictor
+    from specpl.inference import Predictor, score_split
     from test_datasets import IMAGENET_NAMES, write_dataset
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the few-shot sample cache
@@ -359,3 +358,22 @@ def test_real_transfer_runs_score_one_model_with_each_targets_names_and_template
     assert set(scored["imagenet_a"]["per_class"]) == {IMAGENET_NAMES[1], IMAGENET_NAMES[3]} and scored["imagenet_a"]["test_images"] == 4
     assert len(scored["imagenet_r"]["confusion"]) == 3 and scored["dtd"]["test_images"] == 10
     assert "| zeroshot | 1/1 |" in (tmp_path / "sweep" / "RESULTS.md").read_text()
+
+
+def test_a_dry_run_resolves_every_datasets_paper_schedule_with_no_extra_flags(tmp_path, capsys):
+    """Synthetic CoOp layouts of the 11 datasets: ImageNet gets its own published schedule, the
+    others the host's, and every value names a source; nothing is trained (#21 item 1)."""
+    from test_datasets import write_dataset
+
+    for name in BASE_TO_NEW:
+        write_dataset(tmp_path / "DATA", name)
+    args = sweep_args(tmp_path, "--datasets", *BASE_TO_NEW, "--methods", "coop", "coop+specpl", "mmrl", "--seeds", "1", "--dry-run")
+    assert run_sweep(args, runner=FakeRunner()) == 0
+    cells = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    schedule = {(c["dataset"], c["cell"].split("/")[1]): (c["train"]["epochs"], c["train"]["batch_size"]) for c in cells}
+    assert len(cells) == 33 and not (tmp_path / "sweep").exists()
+    assert schedule["imagenet", "coop"] == (50, 32) and schedule["dtd", "coop"] == (200, 32)
+    assert schedule["imagenet", "coop+specpl"] == (10, 32) and schedule["eurosat", "coop+specpl"] == (100, 32)
+    assert schedule["imagenet", "mmrl"] == (5, 32) and schedule["ucf101", "mmrl"] == (10, 4)
+    assert all(c["preset"] == "paper" and c["train_images"] > 0 and c["sources"]["train.epochs"] for c in cells)
+    assert "vit_b16_ep50_ctxv1" in next(c for c in cells if c["cell"].startswith("imagenet/coop/"))["sources"]["train.epochs"]

@@ -160,18 +160,19 @@ def test_default_rows_are_each_host_alone_and_with_specpl():
 def test_boosters_a_host_refuses_are_skipped_and_listed_and_stacks_follow_the_hosts():
     from specpl.world.benchmark import PHASE_ONE_ROW, ZERO_SHOT, WorldBenchConfig, bench_methods, skipped_pairs
 
-    config = WorldBenchConfig(hosts=("coop", "ivlp"), boosters=("caspl", "dapt"), stacks=("maple+caspl+specpl", "coop+dapt+specpl"))
+    config = WorldBenchConfig(hosts=("coop", "ivlp"), boosters=("caspl", "dapt"), stacks=("maple+caspl+specpl", "ivlp+dapt+specpl"))
     rows = bench_methods(config)
     assert _names(rows) == [
         ZERO_SHOT, "teacher zero-shot (world-clip-large)", PHASE_ONE_ROW,
-        "coop", "coop + caspl", "coop + dapt",
+        "coop", "coop + caspl",  # coop + dapt is refused: DAPT needs image-tower prompts
         "ivlp", "ivlp + dapt",  # ivlp + caspl is refused: CasPL boosts coop, cocoop, maple and promptsrc
-        "maple + caspl + specpl", "coop + dapt + specpl",
+        "maple + caspl + specpl", "ivlp + dapt + specpl",
     ]
-    assert list(skipped_pairs(config)) == [("ivlp", "caspl")]
+    assert list(skipped_pairs(config)) == [("coop", "dapt"), ("ivlp", "caspl")]
     assert "Hosts it can boost: cocoop, coop, maple, promptsrc" in skipped_pairs(config)[("ivlp", "caspl")]
+    assert "Hosts it can boost: ivlp, maple, mmrl, promptsrc" in skipped_pairs(config)[("coop", "dapt")]
     by_name = {row.name: row for row in rows}
-    assert by_name["coop + dapt + specpl"].baseline == "coop"
+    assert by_name["ivlp + dapt + specpl"].baseline == "ivlp"
     assert by_name["maple + caspl + specpl"].baseline is None  # maple alone is not a row here
     assert by_name["maple + caspl + specpl"].method.boosters == ["caspl", "specpl"]
     assert [row.name for row in rows if row.compare_to_teacher] == [ZERO_SHOT, PHASE_ONE_ROW]
@@ -190,14 +191,14 @@ def test_a_booster_row_under_a_second_preset_is_compared_with_its_own_presets_ho
 def test_options_apply_to_the_rows_that_have_the_component_and_single_preset_rows_are_named():
     from specpl.world.benchmark import MethodResult, WorldBenchConfig, _single_preset_note, bench_methods
 
-    config = WorldBenchConfig(hosts=("coop", "mmrl"), stacks=("coop+dapt+specpl",), presets=("default", "reference"),
+    config = WorldBenchConfig(hosts=("coop", "mmrl"), stacks=("mmrl+dapt+specpl",), presets=("default", "reference"),
                               options={"specpl": {"refine_novel": False}})
     rows = bench_methods(config)
     options = {row.name: row.method.options for row in rows if row.method is not None}
     assert options["coop [default]"] == {"coop": {"n_ctx": 4}}  # no SpecPL in the row: its option does not apply
     assert options["coop + specpl [reference]"] == {"coop": {"n_ctx": 4}, "specpl": {"refine_novel": False}}
     assert options["mmrl + specpl [default]"] == {"specpl": {"refine_novel": False}}
-    assert options["coop + dapt + specpl [default]"] == {"coop": {"n_ctx": 4}, "specpl": {"refine_novel": False}}  # stacks too
+    assert options["mmrl + dapt + specpl [default]"] == {"specpl": {"refine_novel": False}}  # stacks too
     by_name = {row.name: row for row in rows}
     assert by_name["coop + specpl [reference]"].baseline == "coop [reference]"
     # the presets train differently (augmentation, schedule, budget, selection), so every method runs under both

@@ -12,10 +12,21 @@ from typing import Any
 from torch import nn
 
 from specpl.backbone import Backbone
-from specpl.config import DEFAULT_TEMPLATE, PRESETS, DecomposerConfig, MethodConfig, canonical_preset, from_dict
+from specpl.config import (
+    DEFAULT_TEMPLATE,
+    PAPER_VARIANT_PREFIX,
+    PRESETS,
+    DecomposerConfig,
+    MethodConfig,
+    base_preset,
+    canonical_preset,
+    from_dict,
+)
 from specpl.methods import caspl, cocoop, coop, dapt, deep, isp, kgcoop, mmrl, specpl, zeroshot  # noqa: F401  (registration side effects)
-from specpl.methods.base import Batch, Booster, BuildContext, ForwardState, Host, PromptModel, cosine_logits
+from specpl.methods.base import UNPUBLISHED, Batch, Booster, BuildContext, ForwardState, Host, PromptModel, cosine_logits, stack_label
 from specpl.methods.registry import BOOSTERS, HOSTS
+
+DATASET_TRAIN = "train@"  # a preset target holding one dataset's training values, e.g. "train@imagenet"
 
 __all__ = [
     "BOOSTERS",
@@ -23,6 +34,8 @@ __all__ = [
     "Batch",
     "Booster",
     "BuildContext",
+    "DATASET_TRAIN",
+    "UNPUBLISHED",
     "ForwardState",
     "Host",
     "PromptModel",
@@ -30,25 +43,51 @@ __all__ = [
     "check_combination",
     "cosine_logits",
     "describe_methods",
+    "method_label",
+    "preset_note",
     "preset_values",
     "resolve_method_options",
 ]
 
 
-def preset_values(config: MethodConfig) -> dict[str, dict[str, Any]]:
+def preset_values(config: MethodConfig, dataset: str | None = None) -> dict[str, dict[str, Any]]:
     """The values of `config.preset` for this host and its boosters, {component or "train": values}:
     the host's, then each booster's (its values for every host, then for this host), later ones
-    winning, so a booster's per-host rule overrides the host's own."""
-    preset = canonical_preset(config.preset)
-    layers = [HOSTS.get(config.host).presets.get(preset, {})]
-    for name in config.boosters:
-        booster = BOOSTERS.get(name)
-        layers += [booster.presets.get(preset, {}), booster.host_presets.get(preset, {}).get(config.host, {})]
+    winning, so a booster's per-host rule overrides the host's own. A ``paper-<source>`` variant
+    layers each component's variant values over its ``paper`` ones. Within a layer, the values for
+    `dataset` (``train@<dataset>``, a dataset's own published schedule) override its ``train``."""
     merged: dict[str, dict[str, Any]] = {}
-    for layer in layers:
-        for target, values in layer.items():
+    for layer in _preset_layers(config):
+        for target, values in _for_dataset(layer, dataset).items():
             merged[target] = {**merged.get(target, {}), **values}
     return merged
+
+
+def _preset_layers(config: MethodConfig) -> list[dict[str, dict[str, Any]]]:
+    """The preset's layers in the order they apply (see `preset_values`)."""
+    preset, base = canonical_preset(config.preset), base_preset(config.preset)
+    components = [HOSTS.get(config.host), *(BOOSTERS.get(name) for name in config.boosters)]
+    if preset != base and not any(preset in component.presets for component in components):
+        variants = sorted({p for r in (HOSTS, BOOSTERS) for n in r.names() for p in r.get(n).presets if p.startswith(PAPER_VARIANT_PREFIX)})
+        raise ValueError(f"preset {preset!r} is not defined by {' or '.join(c.name for c in components)}; "
+                         f"the paper variants are: {', '.join(variants) or 'none'}")
+    names = (base, preset) if preset != base else (base,)
+    host = HOSTS.get(config.host)
+    variants = [v for b in config.boosters if (v := BOOSTERS.get(b).host_variants.get(base, {}).get(config.host))]
+    layers = [host.presets.get(name, {}) for name in dict.fromkeys([*names, *variants])]
+    for name in config.boosters:
+        booster = BOOSTERS.get(name)
+        for preset_name in names:
+            layers += [booster.presets.get(preset_name, {}), booster.host_presets.get(preset_name, {}).get(config.host, {})]
+    return layers
+
+
+def _for_dataset(layer: dict[str, dict[str, Any]], dataset: str | None) -> dict[str, dict[str, Any]]:
+    """`layer` with its ``train@<dataset>`` values folded into ``train`` and other datasets' dropped."""
+    folded = {target: values for target, values in layer.items() if not target.startswith(DATASET_TRAIN)}
+    if dataset is not None and f"{DATASET_TRAIN}{dataset}" in layer:
+        folded["train"] = {**folded.get("train", {}), **layer[f"{DATASET_TRAIN}{dataset}"]}
+    return folded
 
 
 def check_combination(host_name: str, booster_names: list[str]) -> None:
@@ -65,7 +104,8 @@ def check_combination(host_name: str, booster_names: list[str]) -> None:
             problems.append(f"it supports the hosts {', '.join(booster.supported_hosts)}")
         missing = booster.requires - host.capabilities
         if missing:
-            problems.append(f"it needs a host with {' and '.join(sorted(missing))}")
+            reason = f" ({booster.requires_reason})" if booster.requires_reason else ""
+            problems.append(f"it needs a host with {' and '.join(sorted(missing))}{reason}")
         if problems:
             valid = [h for h in HOSTS.names() if _booster_fits(booster, h)]
             raise ValueError(
@@ -153,6 +193,22 @@ def build_method(
     return model
 
 
+def method_label(config: MethodConfig, options: dict[str, dict[str, Any]] | None = None) -> str:
+    """The stack `config` names, in words (`stack_label`), for its resolved `options`."""
+    options = options if options is not None else resolve_method_options(config)
+    return stack_label(HOSTS.get(config.host), [BOOSTERS.get(name) for name in config.boosters], options)
+
+
+def preset_note(config: MethodConfig) -> str:
+    """Which published configuration the stack's preset reproduces, where a part has more than
+    one (CoOp under ``paper`` alone is the ctxv1 row; with SpecPL it is SpecPL's CoOp)."""
+    preset = canonical_preset(config.preset)
+    host = HOSTS.get(config.host)
+    variants = [v for b in config.boosters if (v := BOOSTERS.get(b).host_variants.get(base_preset(preset), {}).get(config.host))]
+    note = host.preset_notes.get(variants[-1] if variants else preset, "")
+    return f"{preset} preset" + (f"; {host.title or host.name}: {note}" if note else "")
+
+
 def describe_methods() -> list[dict[str, Any]]:
     """Every registered host and booster: kind, name, one line, default options and presets."""
     rows = []
@@ -162,14 +218,18 @@ def describe_methods() -> list[dict[str, Any]]:
             row = {
                 "kind": kind,
                 "name": name,
+                "title": component.label(dataclasses.asdict(component.config_class())),
                 "description": component.description,
                 "options": dataclasses.asdict(component.config_class()),
             }
-            row["presets"] = {preset: component.presets.get(preset, {}) for preset in PRESETS}
+            variants = [p for p in component.presets if p not in PRESETS]
+            row["presets"] = {preset: component.presets.get(preset, {}) for preset in [*PRESETS, *variants]}
+            row["preset_notes"] = dict(component.preset_notes)
             if kind == "host":
                 row["training"] = dict(component.training_defaults)
             else:
                 row["hosts"] = [h for h in HOSTS.names() if h != "zeroshot" and _booster_fits(component, h)]
                 row["host_presets"] = {preset: component.host_presets.get(preset, {}) for preset in PRESETS}
+                row["published_hosts"] = list(component.published_hosts)
             rows.append(row)
     return rows

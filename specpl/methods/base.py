@@ -141,6 +141,17 @@ class Component(nn.Module):
     # published value says so ("ours: ..."). `specpl methods --preset paper` shows them, and a run
     # records them in config.json; tests/test_sources.py checks that every value has one.
     sources: ClassVar[dict[str, str]] = {}
+    # the sources of a paper variant's values: {variant: {"<component>.<option>" or "train.<key>": source}}
+    variant_sources: ClassVar[dict[str, dict[str, str]]] = {}
+    # what a paper preset reproduces where a component has more than one ({preset: "which table"})
+    preset_notes: ClassVar[dict[str, str]] = {}
+    title: ClassVar[str] = ""  # the name in tables and the app ("CoOp"); `label` qualifies it by options
+
+    @classmethod
+    def label(cls, options: dict[str, Any]) -> str:
+        """The name of this component as built with `options`: a variant that is ours, or a
+        reconstruction, says so (e.g. "SpecPL (new classes unrefined, ours)")."""
+        return cls.title or cls.name
 
     def __init__(self, config: Any, context: BuildContext) -> None:
         super().__init__()
@@ -235,11 +246,18 @@ class Booster(Component):
     """A plug-in that may add tower prompts, refine text, reweight the host's loss or add terms."""
 
     requires: ClassVar[frozenset[str]] = frozenset()  # host capabilities this booster needs
+    requires_reason: ClassVar[str] = ""  # why it needs them: a refused host's error says it
     supported_hosts: ClassVar[tuple[str, ...] | None] = None  # None: any host with `requires`
     # per-host values on top of `presets`: {preset: {host: {component name or "train": values}}}
     host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {}
     # the sources of `host_presets`' paper values: {host: {"<component>.<option>" or "train.<key>": source}}
     host_sources: ClassVar[dict[str, dict[str, str]]] = {}
+    # hosts on which the booster's paper or released code reports results; any other stack is
+    # labelled "unpublished combination" wherever its results appear
+    published_hosts: ClassVar[tuple[str, ...]] = ()
+    # a host's paper variant this booster runs it in: {preset: {host: variant}} (SpecPL's CoOp is
+    # CoOp's ``paper-specpl``); the variant's values apply after the host's and before the booster's
+    host_variants: ClassVar[dict[str, dict[str, str]]] = {}
 
     @classmethod
     def option_requires(cls, config: Any) -> dict[str, frozenset[str]]:
@@ -260,6 +278,18 @@ class Booster(Component):
     def counterfactual_rows(self, model: "PromptModel", images: torch.Tensor, decomposer: nn.Module) -> dict[str, Any] | None:
         """This booster's own view of a band swap between two images (see `specpl.counterfactual`)."""
         return None
+
+
+UNPUBLISHED = "unpublished combination"
+
+
+def stack_label(host: type[Host], boosters: list[type[Booster]], options: dict[str, dict[str, Any]]) -> str:
+    """What a stack is, in words: each part's label for its resolved `options` (e.g. "MaPLe + ISP
+    (reconstructed)"), and "unpublished combination" where no paper reports this host with these
+    boosters (every stack of two boosters; a booster on a host outside its `published_hosts`)."""
+    parts = [host.label(options.get(host.name, {})), *(b.label(options.get(b.name, {})) for b in boosters)]
+    published = len(boosters) <= 1 and all(host.name in b.published_hosts for b in boosters)
+    return " + ".join(parts) + ("" if published else f" ({UNPUBLISHED})")
 
 
 def cosine_logits(image_features: torch.Tensor, text_features: torch.Tensor, scale: float) -> torch.Tensor:
@@ -325,6 +355,10 @@ class PromptModel(nn.Module):
     @property
     def preset(self) -> str:
         return self.context.preset
+
+    def label(self) -> str:
+        """The stack in words, as built (`stack_label`)."""
+        return stack_label(type(self.host), [type(b) for b in self.boosters.values()], self.resolved_options())
 
     def resolved_options(self) -> dict[str, dict[str, Any]]:
         return {c.name: c.resolved_options() for c in self.components}

@@ -2,7 +2,8 @@
 released code, overrides the paper where they differ).
 
 Phase 1, the host ``caspl-boost``: deep boosting prompts in IVLP's layout (8 text + 8 vision
-tokens per layer, depth 12 cut to the towers, N(0, 0.02) init; SGD 0.0025, batch 4, 20 epochs)
+tokens per layer, depth 12 cut to the towers, N(0, 0.02) init; SGD 0.0025, batch 4, 20 epochs;
+batch 128 on ImageNet)
 learned by distilling a larger frozen teacher CLIP's zero-shot logits on unlabeled images:
 L = T^2 * KL(softmax(f_T / T) || softmax(f_S / T)), summed over classes and averaged over the
 batch (``batchmean``), T = 1. Labels are never read.
@@ -26,16 +27,26 @@ group is inserted at layer 0 and overwritten with its own frozen tokens at every
 has. The hosts keep their own losses; PromptSRC's frozen reference stays vanilla CLIP (the
 released code's ``zero_shot_model``), since its regularisers read the bare backbone.
 
+Phase-2 host settings: the ``paper`` preset runs each host with the configuration the released
+scripts train the CasPL student with (`CasPL.host_presets`): 8 random context tokens on CoOp
+(50 epochs) and CoCoOp, 8 tokens at depth 12 on MaPLe and 8 + 8 at depth 12 on PromptSRC, each
+with its host's published schedule. The ``default`` preset keeps the host's own options.
+
 Choices and deviations (written down as the spec asks):
 - Text order: ``[SOS][adapt][boost][class]`` on every host, as in the paper and the released code:
   the boosting group is anchored at the end of the text prefix (``at="end"``), after the host's
   context and right before the class tokens.
+- Text positions (`text_positions`): ``"sequence"``, in both presets, is the released code's
+  layout, one token sequence with CLIP's positional embedding added along it: the layer-0
+  boosting tokens take the positions after the host's context and the class tokens shift by L
+  (`specpl.slots.PromptGroup.in_sequence`). ``"phase-one"`` is the layout this module used first:
+  the boosting tokens carry positions 1..L, where they sat in phase 1, and the class keeps the
+  host's positions. No measurement favoured it (the text features differ, cosine about 0.993), so
+  the default follows the released code; a phase-2 bundle written before the option existed
+  was trained with it and is rebuilt with it (`CasPL.settle_options`).
 - Vision order: the boosting tokens follow the host's (``[..., adapt, boost]``, not the paper's
   ``[..., boost, adapt]``). Prompt tokens carry no positional embedding and attention is
   permutation-equivariant, so the order changes no feature (beyond float summation order).
-- The layer-0 boosting text tokens carry the positional embeddings of positions 1..L, the ones
-  they had in phase 1 (inserted slot tokens otherwise get none); the class name keeps the
-  positions the host gives it.
 - The teacher sees the student's augmented view, resampled to its own resolution and
   normalisation when they differ.
 - A user's folder of unlabeled images is an input too: ``DataConfig.unlabeled_root`` (CLI
@@ -53,7 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from specpl.backbone import EMBEDDED_TAG, Backbone, load_backbone
-from specpl.config import BackboneConfig
+from specpl.config import BackboneConfig, check_choice
 from specpl.methods.base import Booster, BuildContext, ForwardState
 from specpl.methods.deep import IndependentPromptHost
 from specpl.methods.registry import BOOSTERS, HOSTS
@@ -65,6 +76,17 @@ TEACHER_LOGITS = "caspl_teacher"
 DEFAULT_TEACHER = ("ViT-L-14", "openai")
 PHASE_ONE = "caspl-boost"
 RANDOM_INIT = ""  # teacher_pretrained value for a randomly initialised teacher (tests only)
+SEQUENCE, PHASE_ONE_POSITIONS = "sequence", "phase-one"  # CasPLConfig.text_positions
+RELEASED = "Martinser/CasPL"  # the authors' released code, where the sources below point
+# the configuration files its base-to-new scripts train with (train_script/*/train_base_to_new.py:22-24;
+# the ImageNet one on line 23)
+BOOST_CONFIG = f"{RELEASED} configs/trainers/CasPL/vit_b16_c2_ep20_batch4_8+8ctx_l12.yaml"
+BOOST_IMAGENET_CONFIG = f"{RELEASED} configs/trainers/CasPL/vit_b16_c2_ep20_batch128_lr0025_8+8ctx_l12.yaml"
+COOP_CONFIG = f"{RELEASED} configs/trainers/CasPL_CoOp/vit_b16_ep50.yaml"
+COCOOP_CONFIG = f"{RELEASED} configs/trainers/CasPL_CoCoOp/vit_b16_c8_ep10_batch1.yaml"
+MAPLE_CONFIG = f"{RELEASED} configs/trainers/CasPL_MaPLe/vit_b16_c8_ep5_batch4_8ctx_l12.yaml"
+PROMPTSRC_CONFIG = f"{RELEASED} configs/trainers/CasPL_PromptSRC/vit_b16_c2_ep20_batch4_8+8ctx_l12.yaml"
+ONLY_FOUR = "(the released learners use CTX_INIT only up to 4 tokens; 8 start random)"
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -161,11 +183,33 @@ class CasPLBoost(IndependentPromptHost):
     docstring). Its bundle is phase 2's ``boost_bundle``; used alone it is a zero-shot model."""
 
     name = PHASE_ONE
+    title = "CasPL phase 1"
     description = "CasPL phase 1: deep boosting prompts distilled from a larger frozen CLIP on unlabeled images (ECCV 2024)"
     config_class: ClassVar[type] = CasPLBoostConfig
     accepts_boosters = False
     learns_from_labels = False
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"train@imagenet": {"batch_size": 128}}}
+    sources: ClassVar[dict[str, str]] = {
+        "n_ctx": f"{BOOST_CONFIG}:35",
+        "n_ctx_vision": f"{BOOST_CONFIG}:34",
+        "depth": f"{BOOST_CONFIG}:38-39",
+        "ctx_init": f"{RELEASED} trainers/caspl.py:107-120 {ONLY_FOUR}",
+        "init_std": f"{RELEASED} trainers/caspl.py:119",
+        "ctx_from_template": f"{RELEASED} trainers/caspl.py:107-120 (random context, no template words)",
+        "tail": f"{RELEASED} trainers/caspl.py:129",
+        "deep_text_init": f"{RELEASED} clip/model.py:234-235",
+        "teacher": f"{RELEASED} train.py:145 (ViT-L/14)",
+        "teacher_pretrained": f"{RELEASED} trainers/caspl.py:42-45 (OpenAI weights through clip._download)",
+        "teacher_template": f"{RELEASED} trainers/caspl.py:150 (CUSTOM_TEMPLATES, the dataset's template)",
+        "temperature": f"{RELEASED} train.py:146",
+        "train.epochs": f"{BOOST_CONFIG}:19",
+        "train.batch_size": f"{BOOST_CONFIG}:4",
+        "train.lr": f"{BOOST_CONFIG}:18",
+        "train.optimizer": f"{BOOST_CONFIG}:17",
+        "train.crop_scale": f"{BOOST_CONFIG}:14 (Dassl's random_resized_crop, scale 0.08-1)",
+        "train@imagenet.batch_size": f"{BOOST_IMAGENET_CONFIG}:4",
+    }
 
     def __init__(self, config: CasPLBoostConfig, context: BuildContext) -> None:
         super().__init__(config, context)
@@ -201,6 +245,12 @@ class CasPLConfig:
     # the phase-1 folder: [layers, tokens, width] of each tower's boosting prompts
     boost_text_shape: list[int] | None = None
     boost_vision_shape: list[int] | None = None
+    # "sequence": the released layout (boosting tokens at the positions after the host's context,
+    # the class shifted by L); "phase-one": the boosting tokens at positions 1..L, the class at the host's
+    text_positions: str = SEQUENCE
+
+    def __post_init__(self) -> None:
+        check_choice("caspl.text_positions", self.text_positions, (SEQUENCE, PHASE_ONE_POSITIONS))
 
 
 def read_boosting_prompts(folder: str | Path, backbone: Backbone) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -228,9 +278,67 @@ class CasPL(Booster):
     learnable prompts (see the module docstring for the layout)."""
 
     name = "caspl"
+    title = "CasPL"
     description = "CasPL phase 2: frozen boosting prompts from a caspl-boost bundle cascaded with the host's prompts (ECCV 2024)"
     config_class: ClassVar[type] = CasPLConfig
     supported_hosts: ClassVar[tuple[str, ...] | None] = ("coop", "cocoop", "maple", "promptsrc")
+    published_hosts: ClassVar[tuple[str, ...]] = ("coop", "cocoop", "maple", "promptsrc")  # the paper's main table
+    # the host configurations the released base-to-new scripts train the phase-2 student with
+    # (8 random context tokens: the released learners use CTX_INIT only up to 4 tokens)
+    host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {
+        "paper": {
+            "coop": {"coop": {"n_ctx": 8, "ctx_init": ""}, "train": {"epochs": 50, "batch_size": 32, "lr": 0.002}},
+            "cocoop": {"cocoop": {"n_ctx": 8, "ctx_init": ""}, "train": {"epochs": 10, "batch_size": 1, "lr": 0.002}},
+            "maple": {
+                "maple": {"n_ctx": 8, "ctx_init": "", "tail": "{}.", "depth": 12},
+                "train": {"epochs": 5, "batch_size": 4, "lr": 0.0035},
+            },
+            "promptsrc": {
+                "promptsrc": {"n_ctx": 8, "n_ctx_vision": 8, "ctx_init": "", "depth": 12},
+                "train": {"epochs": 20, "batch_size": 4, "lr": 0.0025},
+            },
+        },
+    }
+    sources: ClassVar[dict[str, str]] = {
+        "boost_bundle": f"{RELEASED} scripts/caspl/coop/main_student.sh:31-34 (phase 2 loads phase 1's epoch 20)",
+        "boost_text_shape": "ours: recorded at build so a phase-2 bundle loads without the phase-1 folder",
+        "boost_vision_shape": "ours: recorded at build so a phase-2 bundle loads without the phase-1 folder",
+        "text_positions": f"{RELEASED} trainers/caspl_coop.py:52,160-172 (one sequence, positions added along it)",
+    }
+    host_sources: ClassVar[dict[str, dict[str, str]]] = {
+        "coop": {
+            "coop.n_ctx": f"{COOP_CONFIG}:33",
+            "coop.ctx_init": f"{COOP_CONFIG}:34 and trainers/caspl_coop.py:101-116",
+            "train.epochs": f"{COOP_CONFIG}:18",
+            "train.batch_size": f"{COOP_CONFIG}:3",
+            "train.lr": f"{COOP_CONFIG}:17",
+        },
+        "cocoop": {
+            "cocoop.n_ctx": f"{COCOOP_CONFIG}:33",
+            "cocoop.ctx_init": f"{COCOOP_CONFIG}:34 and trainers/caspl_cocoop.py:92-96",
+            "train.epochs": f"{COCOOP_CONFIG}:18",
+            "train.batch_size": f"{COCOOP_CONFIG}:3",
+            "train.lr": f"{COCOOP_CONFIG}:17",
+        },
+        "maple": {
+            "maple.n_ctx": f"{MAPLE_CONFIG}:33",
+            "maple.ctx_init": f"{RELEASED} trainers/caspl_maple.py:89-103 {ONLY_FOUR}",
+            "maple.tail": f"{RELEASED} trainers/caspl_maple.py:130 (the class name and '.' after the context)",
+            "maple.depth": f"{MAPLE_CONFIG}:36",
+            "train.epochs": f"{MAPLE_CONFIG}:18",
+            "train.batch_size": f"{MAPLE_CONFIG}:3",
+            "train.lr": f"{MAPLE_CONFIG}:17",
+        },
+        "promptsrc": {
+            "promptsrc.n_ctx": f"{PROMPTSRC_CONFIG}:35",
+            "promptsrc.n_ctx_vision": f"{PROMPTSRC_CONFIG}:34",
+            "promptsrc.ctx_init": f"{RELEASED} trainers/caspl_promptsrc.py:100-114 {ONLY_FOUR}",
+            "promptsrc.depth": f"{PROMPTSRC_CONFIG}:38-39",
+            "train.epochs": f"{PROMPTSRC_CONFIG}:19",
+            "train.batch_size": f"{PROMPTSRC_CONFIG}:4",
+            "train.lr": f"{PROMPTSRC_CONFIG}:18",
+        },
+    }
 
     def __init__(self, config: CasPLConfig, context: BuildContext) -> None:
         super().__init__(config, context)
@@ -257,9 +365,18 @@ class CasPL(Booster):
         self.text_layers, self.vision_layers = len(text), len(vision_tokens)
         config.boost_text_shape = [len(text), *text[0].shape]
         config.boost_vision_shape = [len(vision_tokens), *vision_tokens[0].shape]
-        positions = context.backbone.model.positional_embedding[1 : 1 + text[0].shape[0]].detach()
-        self.register_buffer("text_positions", positions.float().clone(), persistent=False)
+        self.in_sequence = config.text_positions == SEQUENCE  # the text encoder then places them
+        if not self.in_sequence:
+            positions = context.backbone.model.positional_embedding[1 : 1 + text[0].shape[0]].detach()
+            self.register_buffer("phase_one_positions", positions.float().clone(), persistent=False)
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "awaiting_state", False))
+
+    @classmethod
+    def settle_options(cls, options: CasPLConfig, given: set[str]) -> None:
+        """A bundle records every option; one that records the boosting shapes but no
+        `text_positions` was written before the option existed, with the phase-one layout."""
+        if "boost_text_shape" in given and "text_positions" not in given:
+            options.text_positions = PHASE_ONE_POSITIONS
 
     @staticmethod
     def _check(layers: list[torch.Tensor], width: int, depth: int, tower: str) -> None:
@@ -276,8 +393,9 @@ class CasPL(Booster):
                 f"caspl's boosting prompts were neither read from boost_bundle ({self.config.boost_bundle}) nor loaded from a phase-2 bundle"
             )
         layers = self._layers("text", self.text_layers)
-        layers[0] = layers[0] + self.text_positions.to(layers[0].dtype)
-        return [PromptGroup(layers, first_layer=0, at=END, name="caspl.text")]
+        if not self.in_sequence:
+            layers[0] = layers[0] + self.phase_one_positions.to(layers[0].dtype)
+        return [PromptGroup(layers, first_layer=0, at=END, name="caspl.text", in_sequence=self.in_sequence)]
 
     def image_prompts(self) -> list[PromptGroup]:
         return [PromptGroup(self._layers("vision", self.vision_layers), first_layer=0, at=END, name="caspl.vision")]

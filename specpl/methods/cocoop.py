@@ -25,13 +25,15 @@ from torch import nn
 
 from specpl.config import check_choice
 from specpl.methods.base import BuildContext
-from specpl.methods.coop import ContextHost
+from specpl.methods.coop import ContextHost, context_sources
 from specpl.methods.registry import HOSTS
 from specpl.slots import PromptGroup
 from specpl.text import TextHook
 
 
 META_INITS = ("zero", "pytorch")
+
+COCOOP_CONFIG = "KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"
 
 
 @dataclass
@@ -52,11 +54,25 @@ class CoCoOpConfig:
 @HOSTS.register("cocoop")
 class CoCoOp(ContextHost):
     name = "cocoop"
+    title = "CoCoOp"
     description = "CoCoOp: CoOp's context shifted per image by a small meta-net (CVPR 2022)"
     config_class: ClassVar[type] = CoCoOpConfig
     conditions_text_on_image = True
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 1, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"cocoop": {"ctx_from_template": False, "meta_init": "pytorch"}}}
+    sources: ClassVar[dict[str, str]] = {
+        **context_sources("KaiyangZhou/CoOp trainers/cocoop.py"),
+        "n_ctx": f"{COCOOP_CONFIG} (N_CTX 4)",
+        "ctx_init": f"{COCOOP_CONFIG} (CTX_INIT 'a photo of a')",
+        "meta_reduction": "KaiyangZhou/CoOp trainers/cocoop.py (meta_net: vis_dim -> vis_dim // 16 -> ctx_dim)",
+        "eval_pairs_per_chunk": "ours: images x classes encoded at once at evaluation; memory only, changes no result",
+        "meta_init": "KaiyangZhou/CoOp trainers/cocoop.py (nn.Linear's default init)",
+        "train.epochs": f"{COCOOP_CONFIG} (MAX_EPOCH 10)",
+        "train.batch_size": f"{COCOOP_CONFIG} (BATCH_SIZE 1)",
+        "train.lr": f"{COCOOP_CONFIG} (LR 0.002)",
+        "train.optimizer": f"{COCOOP_CONFIG} (NAME sgd)",
+        "train.crop_scale": "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))",
+    }
 
     def __init__(self, config: CoCoOpConfig, context: BuildContext) -> None:
         super().__init__(config, context)

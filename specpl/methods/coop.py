@@ -11,8 +11,12 @@ Context init, the one place where the presets differ:
   template and training can only move away from it when the training loss says so. A template with
   no words before the class ("{} texture.") starts the context from `ctx_init`, or "a photo of a"
   when that is empty, and keeps the template's words after the class.
-- ``paper``: the SpecPL variant of CoOp (16 random context vectors, class name then "."), the
-  released code's settings.
+- ``paper``: the CoOp repository's ``vit_b16_ctxv1``, the configuration behind the CoOp row every
+  base-to-new table reuses (82.69 / 63.22, first in the CoCoOp paper): 4 context tokens from
+  "a photo of a", class name then ".", 200 epochs (50 on ImageNet).
+- ``paper-specpl``: the CoOp that SpecPL's paper trains and boosts (16 random context vectors,
+  100 epochs, 10 on ImageNet); it has no published plain-CoOp row of its own. SpecPL applies it as
+  its per-host rule, so ``coop+specpl`` under ``paper`` runs it too.
 """
 from __future__ import annotations
 
@@ -38,6 +42,36 @@ def template_context(template: str, fallback: str = "") -> tuple[str, str]:
         raise ValueError(f"template {template!r} needs a '{{}}' where the class name goes")
     head, tail = template.split("{}", 1)
     return head.strip() or fallback or FALLBACK_CONTEXT, "{}" + tail.rstrip()
+
+
+def context_sources(code: str) -> dict[str, str]:
+    """Sources of the context options every `ContextHost` shares; `code` is the released file
+    that builds the prompt (its ``N_CTX``/``CTX_INIT`` handling and the ``"." `` after the class)."""
+    return {
+        "n_ctx": f"{code} (N_CTX; set by the init phrase's token count when CTX_INIT is given)",
+        "ctx_init": f"{code} (CTX_INIT)",
+        "init_std": f"{code} (nn.init.normal_(ctx_vectors, std=0.02))",
+        "ctx_from_template": "ours: off in paper, where the context comes from ctx_init as in the released code",
+        "tail": f"{code} (prompts are prefix + ' ' + name + '.')",
+    }
+
+
+# The CoOp repository's vit_b16_ctxv1 (the published CoOp row) and SpecPL's CoOp; see the module doc.
+CTXV1_CONFIG = "KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16_ctxv1.yaml"
+SPECPL_COOP: dict[str, dict[str, Any]] = {
+    "coop": {"n_ctx": 16, "ctx_init": "", "ctx_from_template": False},
+    "train": {"epochs": 100},
+    "train@imagenet": {"epochs": 10},
+}
+SPECPL_COOP_SOURCES = {
+    "coop.n_ctx": "Mlrac1e/SpecPL-Prompt-Learning@eba735b scripts/coop (NCTX=16, random init)",
+    "coop.ctx_init": "Mlrac1e/SpecPL-Prompt-Learning@eba735b configs/trainers/CoOp (no CTX_INIT)",
+    "coop.ctx_from_template": "ours: off, the released context is random",
+    "train.epochs": "Mlrac1e/SpecPL-Prompt-Learning@eba735b scripts/coop (100 epochs)",
+    "train.batch_size": "Mlrac1e/SpecPL-Prompt-Learning@eba735b configs/trainers/CoOp (BATCH_SIZE 32)",
+    "train.lr": "Mlrac1e/SpecPL-Prompt-Learning@eba735b configs/trainers/CoOp (LR 0.002)",
+    "train@imagenet.epochs": "Mlrac1e/SpecPL-Prompt-Learning@eba735b scripts/coop (ImageNet: 10 epochs)",
+}
 
 
 @dataclass
@@ -109,10 +143,33 @@ class ContextHost(Host):
 @HOSTS.register("coop")
 class CoOp(ContextHost):
     name = "coop"
+    title = "CoOp"
     description = "CoOp: learned context words before the class name, cross-entropy (IJCV 2022)"
     config_class: ClassVar[type] = CoOpConfig
-    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 100, "batch_size": 32, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"coop": {"ctx_from_template": False}}}
+    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 200, "batch_size": 32, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "paper": {"coop": {"n_ctx": 4, "ctx_init": "a photo of a", "ctx_from_template": False}, "train@imagenet": {"epochs": 50}},
+        "paper-specpl": SPECPL_COOP,  # what SpecPL's paper trains as CoOp
+    }
+    sources: ClassVar[dict[str, str]] = {
+        **context_sources("KaiyangZhou/CoOp trainers/coop.py"),
+        "n_ctx": f"{CTXV1_CONFIG} (4 tokens, from CTX_INIT)",
+        "ctx_init": f"{CTXV1_CONFIG} (CTX_INIT 'a photo of a')",
+        "class_specific": "KaiyangZhou/CoOp scripts/coop/base2new_train.sh (CSC=False)",
+        "shared_prefix": "ours: encodes [SOS]+context once for all classes; exact, changes no result",
+        "train.epochs": f"{CTXV1_CONFIG} (MAX_EPOCH 200)",
+        "train@imagenet.epochs": "KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml (MAX_EPOCH 50)",
+        "train.batch_size": f"{CTXV1_CONFIG} (BATCH_SIZE 32)",
+        "train.lr": f"{CTXV1_CONFIG} (LR 0.002)",
+        "train.optimizer": f"{CTXV1_CONFIG} (NAME sgd)",
+        "train.crop_scale": "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))",
+    }
+    preset_notes: ClassVar[dict[str, str]] = {
+        "paper": "CoOp's vit_b16_ctxv1: 4 tokens from 'a photo of a', 200 epochs (the CoCoOp paper's CoOp row)",
+        "paper-specpl": "SpecPL's CoOp: 16 random tokens, 100 epochs (no published plain-CoOp row)",
+    }
+    # sources of the paper-specpl variant's values, keyed as in `Booster.host_sources`
+    variant_sources: ClassVar[dict[str, dict[str, str]]] = {"paper-specpl": SPECPL_COOP_SOURCES}
 
     def context_layout(self, config: CoOpConfig) -> dict[str, bool]:
         return {"class_specific": config.class_specific, "shared_prefix": config.shared_prefix}

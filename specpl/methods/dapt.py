@@ -6,8 +6,14 @@ same prompted image path and are L2-normalised (z_I, z_f, z_b). Two phases, swit
 epoch index `switch_epoch` (0-based):
 - triplet phase (e < switch): 0.8 * triplet(z_I, sg z_f, sg z_b; p = 2, margin 1.5);
 - alignment phase (e >= switch): 0.1 * CE(s sg(z_f) T_fg, y) + 0.5 * CE(s z_b T_bg, argmax z_b T_bg),
-  T_fg the run's class text, T_bg 32 background prompts ("a clean origami {}.").
+  T_fg the run's class text, T_bg the background prompts ("a clean origami {}.", 32 words; the
+  paper preset: the last 25, as the released code trains with).
 The host's own loss is untouched; DAPT adds nothing at test time (no prompts, no refinement).
+
+Hosts: only those with image-tower prompts (`requires`). On a host whose image path has nothing to
+learn (CoOp, CoCoOp, KgCoOp, zero-shot) z_I, z_f and z_b are fixed features: the triplet and the
+background terms carry no gradient and only the foreground term, a second text loss, is left
+(measured on the world benchmark: 0.0-0.2 points of effect), so the combination is refused.
 
 Masks (a frozen input, named ``dapt``, cached per (image, view) by the feature cache):
 - ``gradcam`` (DAPT-G): a saliency map of the *current* prompted model on the same augmented view,
@@ -17,63 +23,70 @@ Masks (a frozen input, named ``dapt``, cached per (image, view) by the feature c
   maps target the label's logit and read the patch tokens only (never [CLS] or prompt slots):
   - ``"head-gradcam"`` (default): GradCAM per attention head on the last block's values,
     sum_h |w_h . (v_hj - mean_k v_hk)|, w_h the head's gradient averaged over the patches.
-  - ``"gradcam"``: the spec's GradCAM (Selvaraju et al., ICCV 2017) on the last image block's
-    ``ln_1`` output; channel weights = gradients averaged over the patch tokens; ReLU of the
-    weighted channel sum.
+  - ``"gradcam"`` (the paper preset): the released code's GradCAM (Selvaraju et al., ICCV 2017) on
+    the last image block's ``ln_1`` output; channel weights = gradients averaged over the patch
+    tokens; ReLU of the weighted channel sum.
   - ``"grad-attention"``: the gradient-weighted attention of Chefer, Gur and Wolf (ICCV 2021,
     "Generic Attention-model Explainability"), E_h[(dy/dA_h * A_h)^+], on the last block's
     class-token row.
   - ``"rollout"``: attention rollout (Abnar and Zuidema, ACL 2020), the class-token row of
     prod_l (0.5 E_h A_l + 0.5 I) over all blocks; no backward pass, and it ignores the label.
   Measured on the pretrained world CLIP (2 heads, 4 blocks, 8x8 patches; 18 world images, one per
-  second class; threshold 0.5; mean IoU with the analytic object mask, which covers 18% of the
-  image; CoOp "a photo of a" / MaPLe at init): head-gradcam 0.67 / 0.66, rollout 0.62 / 0.61,
-  gradcam 0.22 / 0.19, grad-attention 0.16 / 0.14. At the last block, measured from the average
-  patch, the spec's ``ln_1`` GradCAM is the heads' value GradCAMs summed with their signs, up to
+  second class; threshold 0.5, maps normalised per image; mean IoU with the analytic object mask,
+  which covers 18% of the image; CoOp "a photo of a", i.e. the frozen tower's own map / MaPLe /
+  IVLP at init): head-gradcam 0.67 / 0.66 / 0.66, rollout 0.62 / 0.61 / 0.61, gradcam
+  0.22 / 0.23 / 0.09, grad-attention 0.16 / 0.17 / 0.13. At the last block, measured from the
+  average patch, the ``ln_1`` GradCAM is the heads' value GradCAMs summed with their signs, up to
   the keys of [CLS] and the prompts (the patches' key gradients nearly cancel, as softmax ignores
   a shift of all scores; measured: within 1% / 2% of the map's peak). It fails for three reasons,
-  each measured by undoing one step of head-gradcam:
+  each measured by undoing one step of head-gradcam (CoOp / MaPLe / IVLP):
   (1) a ViT token has no zero "nothing here" level, unlike a CNN's post-ReLU channel: every token
   carries a large shared part, so w . v_j is mostly a constant; measuring from the average patch
-  is the decisive step (uncentred: 0.31 / 0.28);
+  is the decisive step (uncentred: 0.31 / 0.31 / 0.32);
   (2) the patches reach the class token only through its attention, and which sign marks the
-  object changes from image to image (ReLU instead of |.|: 0.43 / 0.49);
-  (3) the heads' signed maps cancel (|signed sum over heads|, i.e. centred |.| of ``ln_1``: 0.57 / 0.51).
-  Rejected by measurement: earlier blocks (0.20-0.37 each), maps averaged over the blocks
-  (0.51 / 0.50), a contrastive target (the logit minus the classes' mean: 0.63 / 0.64; minus their
-  logsumexp: 0.65 / 0.62), each token's own gradient instead of the patch average (HiResCAM:
-  0.47 / 0.46); counting [CLS] and prompt tokens in the weights and the reference changes nothing
-  (0.67 / 0.66). On 36 held-out images (the other 18 classes) head-gradcam gives 0.63 / 0.68
-  against the rollout's 0.62 / 0.62, and after 60 steps of prompt training 0.63-0.66 against
-  0.61-0.62. It is the default because it covers the object best, and because it is what DAPT-G
-  asks for: a map of the *current* prompted model for the image's class. The rollout ignores the
-  text side, so under CoOp (a frozen image path) it never changes from epoch to epoch, and on an
-  untrained tower, whose attention is near uniform, it is flat and masks everything. Its price:
-  one backward pass per view and epoch.
+  object changes from image to image (ReLU instead of |.|: 0.43 / 0.46 / 0.43);
+  (3) the heads' signed maps cancel (|signed sum over heads|, i.e. centred |.| of ``ln_1``:
+  0.57 / 0.53 / 0.54).
+  Rejected by the first measurement (CoOp / MaPLe, not rerun since): earlier blocks (0.20-0.37
+  each), maps averaged over the blocks (0.51 / 0.50), a contrastive target (the logit minus the
+  classes' mean: 0.63 / 0.64; minus their logsumexp: 0.65 / 0.62), each token's own gradient
+  instead of the patch average (HiResCAM: 0.47 / 0.46); counting [CLS] and prompt tokens in the
+  weights and the reference changes nothing (0.67 / 0.66). On 36 held-out images (the other 18
+  classes) head-gradcam gave 0.63 / 0.68 against the rollout's 0.62 / 0.62, and after 60 steps of
+  prompt training 0.63-0.66 against 0.61-0.62. It is the default because it covers the object
+  best, and because it is what DAPT-G asks for: a map of the *current* prompted model for the
+  image's class. The rollout ignores the text side, and on an untrained tower, whose attention is
+  near uniform, it is flat and masks everything. Its price: one backward pass per view and epoch.
+  The paper preset's combination (``gradcam``, the batch maximum) masks almost nothing: over the 18
+  world images in one batch the largest map leaves 16 of them with an empty mask (MaPLe / IVLP at
+  init; mean IoU 0.00).
 - ``folder`` (DAPT-S or any segmenter): one mask file per training image under `mask_dir`, found by
   the longest matching tail of the image's path (``<class>/<stem>``, then ``<stem>``); binarised as
   the reference does (first channel, `mask_ignore_value` -> 0, any other value >= 1 -> 1). It gets
   the image's own crop and flip: the geometric part of the train transform is replayed under the
   view's seed (`AugmentedViews.draw_seed`) on the same-size mask, with nearest interpolation.
-When no trainable tensor sits in the image path (CoOp, CoCoOp, KgCoOp), z_f and z_b are frozen too
-and are computed in the same frozen input, once per view.
 
-Deviations and choices (spec §9), all behind options:
+Deviations and choices (spec §9), all behind options; the paper preset (`DAPT.presets`, sources in
+`DAPT.sources`) restores the released code wherever an option can:
 - Classification covers the C classes only: DAPT never adds columns to the host's logits, in
   training or at test (the reference appends 7 background prompts in training and on the base
   test split, and all 32 on the novel split). No legacy-slice flag: a booster cannot widen the
-  host's logits. T_bg is the clean set of all 32 background prompts.
+  host's logits. T_bg is the clean set of all 32 background prompts (`background_words`; the
+  reference's set is the last 25, which the paper preset gives).
 - The switch defaults to floor(0.7 E) instead of the reference's fixed 7 (``e > 6``), so short
-  runs (5-epoch base-to-novel) reach the alignment phase; `switch_epoch=7` reproduces the reference.
-- DAPT-G's map defaults to the per-head GradCAM on the last block's values, not the spec's
-  GradCAM on its ``ln_1`` (`cam="gradcam"` restores it): see above. Maps are normalised per
-  image (`gradcam_normalise="batch"` is the reference's maximum over the whole batch); unlike the
-  reference, the masks are what the forward pass uses.
+  runs (5-epoch base-to-novel) reach the alignment phase; `switch_epoch=7` (paper) reproduces it.
+- DAPT-G's map defaults to the per-head GradCAM on the last block's values, not the released
+  GradCAM on its ``ln_1`` (`cam="gradcam"`): see above. Maps are normalised per image
+  (`gradcam_normalise="batch"` is the reference's maximum over the batch the maps are computed
+  in: its mask loader's 50 images, here the feature cache's chunk) and upsampled with
+  `align_corners=False` (`gradcam_align_corners=True` is the reference's). Not reproduced: the
+  reference adds 1e-6 to the maximum of a map whose scale depends on its 32 leaked columns.
+  Unlike the reference, the masks are what the forward pass uses.
 - The background prompts keep the template's fixed token embeddings at layer 0 and get the host's
-  deep text slots (and every booster's text slots) from layer 1, as MaPLe does in the reference; a
-  host with more pre-placed context positions than the template has words before the background
-  word gets placeholder "X" tokens in front, so the word itself is never overwritten. On a host
-  without deep text slots (CoOp) the background text is CLIP's frozen text.
+  deep text slots (MMRL: its representation tokens) and every booster's text slots from their
+  first layer, as MaPLe does in the reference; a host with more pre-placed context positions than
+  the template has words before the background word gets placeholder "X" tokens in front, so the
+  word itself is never overwritten.
 - T_fg is the text the host classifies with (after any booster's refinement).
 - Without item labels (a frozen input called on images alone) the gradient maps target the predicted class.
 """
@@ -95,8 +108,17 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
+from specpl.config import check_choice
 from specpl.data import IMAGE_SUFFIXES, DataError, ImageItem, load_image
-from specpl.methods.base import FEATURES, Booster, BuildContext, ForwardState, PromptModel, compose_hooks
+from specpl.methods.base import (
+    FEATURES,
+    PROMPTS_IMAGE_TOWER,
+    Booster,
+    BuildContext,
+    ForwardState,
+    PromptModel,
+    compose_hooks,
+)
 from specpl.methods.prompt import PLACEHOLDER
 from specpl.methods.registry import BOOSTERS
 from specpl.slots import START, PromptGroup
@@ -105,31 +127,44 @@ from specpl.vision import PromptImageEncoder, VisionOutput
 if TYPE_CHECKING:
     from specpl.features import AugmentedViews
 
-DAPT_INPUT = "dapt"  # the frozen input's name; the batch carries dapt.mask (and dapt.fg, dapt.bg)
-MASK, FOREGROUND, BACKGROUND = "mask", "fg", "bg"
+DAPT_INPUT = "dapt"  # the frozen input's name; the batch carries dapt.mask
+MASK = "mask"
 MASK_SOURCES = ("gradcam", "folder")
+CAMS = ("head-gradcam", "rollout", "gradcam", "grad-attention")  # DAPT-G's maps (module docstring)
+CAM_NAMES = {"head-gradcam": "per-head GradCAM", "rollout": "attention rollout", "grad-attention": "gradient-weighted attention"}
+NORMALISATIONS = ("image", "batch")  # a map's maximum: its own, or the batch's (the reference's)
 GENERAL_BACKGROUNDS = (
     "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway", "railroad",
     "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street", "valley", "bridge", "sign",
 )
 FOOD_BACKGROUNDS = ("table", "forks", "tablecloth", "hands", "spoon", "glasses", "dishes")
+BACKGROUND_WORDS = (*GENERAL_BACKGROUNDS, *FOOD_BACKGROUNDS)
+# the reference trains with the last 25 only: its first 7 fall into the class slice of its logits
+REFERENCE_BACKGROUND_WORDS = BACKGROUND_WORDS[-25:]
+DAPT_REPO = "Ferenas/DAPT@e556f17"
 
 
 @dataclass
 class DAPTConfig:
     masks: str = "gradcam"  # "gradcam" (DAPT-G, from the current model) or "folder" (mask files in mask_dir)
-    cam: str = "head-gradcam"  # DAPT-G's map: "head-gradcam", "rollout", "gradcam" (the spec's) or "grad-attention"; chosen by measurement (module docstring)
+    cam: str = "head-gradcam"  # DAPT-G's map, one of CAMS; chosen by measurement (module docstring)
     mask_dir: str = ""  # the mask folder for masks="folder"
     mask_ignore_value: int | None = 255  # a mask value read as background (SEEM's ignore label)
     gradcam_threshold: float = 0.5
     gradcam_normalise: str = "image"  # "image" (per-image maximum) or "batch" (the reference's batch maximum)
+    gradcam_align_corners: bool = False  # upsample the patch grid with align_corners (the reference's: True)
     switch_epoch: int | None = None  # first epoch index (0-based) of the alignment phase; None: floor(0.7 E)
     triplet_weight: float = 0.8
     triplet_margin: float = 1.5
     foreground_weight: float = 0.1
     background_weight: float = 0.5
     background_template: str = "a clean origami {}."
-    background_words: list[str] = field(default_factory=lambda: [*GENERAL_BACKGROUNDS, *FOOD_BACKGROUNDS])
+    background_words: list[str] = field(default_factory=lambda: list(BACKGROUND_WORDS))
+
+    def __post_init__(self) -> None:
+        check_choice("dapt.masks", self.masks, MASK_SOURCES)
+        check_choice("dapt.cam", self.cam, CAMS)
+        check_choice("dapt.gradcam_normalise", self.gradcam_normalise, NORMALISATIONS)
 
 
 def switch_epoch(config: DAPTConfig, epochs: int) -> int:
@@ -247,7 +282,8 @@ def _target_logits(model: PromptModel, output: VisionOutput, labels: torch.Tenso
 
 
 def gradcam_scores(model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-    """The spec's GradCAM (B, N) over the patches, on the last image block's ``ln_1`` output."""
+    """The released code's GradCAM (B, N) over the patches, on the last image block's ``ln_1``
+    output: ReLU(sum_c a_jc w_c), w the output's gradient averaged over the patch tokens."""
     with torch.enable_grad(), _recorded_output(model.frozen_clip.visual.transformer.resblocks[-1].ln_1) as captured:
         output = _image_path(model, images.detach().requires_grad_(True))  # so a frozen image path has a gradient
         (gradients,) = torch.autograd.grad(_target_logits(model, output, labels), captured[-1])
@@ -305,30 +341,38 @@ CAM_SCORES: dict[str, Callable[[PromptModel, torch.Tensor, torch.Tensor | None],
 }
 
 
-def saliency_maps(
-    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, normalise: str = "image", cam: str = "head-gradcam"
+def normalised_maps(
+    scores: torch.Tensor, size: Sequence[int], normalise: str = "image", align_corners: bool = False
 ) -> torch.Tensor:
-    """DAPT-G maps (B, 1, H, W) in [0, 1] of the prompted `model`: the `cam` map over the patch
-    grid, bilinear to the image size, divided by its maximum (per image, or over the batch). The
-    gradient maps target `labels` (None: the predicted class). No parameter gets a gradient."""
-    if normalise not in ("image", "batch"):
-        raise ValueError(f"dapt.gradcam_normalise must be 'image' or 'batch', got {normalise!r}")
-    if cam not in CAM_SCORES:
-        raise ValueError(f"dapt.cam must be one of {', '.join(CAM_SCORES)}, got {cam!r}")
-    scores = CAM_SCORES[cam](model, images, labels)
+    """Patch scores (B, N) as maps (B, 1, H, W) in [0, 1]: bilinear from the square patch grid to
+    `size`, divided by each map's maximum (``image``) or by the whole batch's (``batch``, the
+    reference's, which lets the batch's strongest map decide every image's mask)."""
+    check_choice("dapt.gradcam_normalise", normalise, NORMALISATIONS)
     side = math.isqrt(scores.shape[1])
     if side * side != scores.shape[1]:
         raise ValueError(f"DAPT-G needs a square patch grid; the image tower has {scores.shape[1]} patch tokens")
-    scores = F.interpolate(scores.view(-1, 1, side, side), size=images.shape[-2:], mode="bilinear", align_corners=False)
-    peak = scores.amax(dim=(1, 2, 3), keepdim=True) if normalise == "image" else scores.amax()
-    return scores / peak.clamp_min(1e-12)
+    maps = F.interpolate(scores.view(-1, 1, side, side), size=tuple(size), mode="bilinear", align_corners=align_corners)
+    peak = maps.amax(dim=(1, 2, 3), keepdim=True) if normalise == "image" else maps.amax()
+    return maps / peak.clamp_min(1e-12)
+
+
+def saliency_maps(
+    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, normalise: str = "image",
+    cam: str = "head-gradcam", align_corners: bool = False,
+) -> torch.Tensor:
+    """DAPT-G maps (B, 1, H, W) in [0, 1] of the prompted `model`: the `cam` map over the patch
+    grid, as `normalised_maps` at the image size. The gradient maps target `labels` (None: the
+    predicted class). No parameter gets a gradient."""
+    check_choice("dapt.cam", cam, CAMS)
+    return normalised_maps(CAM_SCORES[cam](model, images, labels), images.shape[-2:], normalise, align_corners)
 
 
 def saliency_masks(
-    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, threshold: float = 0.5, normalise: str = "image", cam: str = "head-gradcam"
+    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, threshold: float = 0.5,
+    normalise: str = "image", cam: str = "head-gradcam", align_corners: bool = False,
 ) -> torch.Tensor:
     """Binary DAPT-G masks (B, 1, H, W): `saliency_maps` at `threshold`."""
-    return saliency_maps(model, images, labels, normalise, cam) >= threshold
+    return saliency_maps(model, images, labels, normalise, cam, align_corners) >= threshold
 
 
 # --- mask folders (DAPT-S) ---------------------------------------------------------------------
@@ -415,8 +459,7 @@ class MaskFolder:
 
 
 class DecoupledViews:
-    """The frozen input ``dapt``: the foreground mask of each view, plus the frozen z_f and z_b
-    when no trainable tensor sits in the image path."""
+    """The frozen input ``dapt``: the foreground mask of each view."""
 
     name = DAPT_INPUT
     needs_items = True
@@ -429,10 +472,11 @@ class DecoupledViews:
     @property
     def signature(self) -> str:
         config, model = self.booster.config, self.booster.model
-        views = "" if model.needs_image_grad else f"+views of {model.name}"  # a frozen image path: fixed per mask
         if self.folder is not None:
-            return f"folder:{self.folder.root.resolve()}:ignore{config.mask_ignore_value}{views}"
-        return f"gradcam:{config.cam}:{model.name}@epoch{model.epoch}:t{config.gradcam_threshold}:{config.gradcam_normalise}{views}"
+            return f"folder:{self.folder.root.resolve()}:ignore{config.mask_ignore_value}"
+        corners = ":corners" if config.gradcam_align_corners else ""
+        normalise = f"{config.gradcam_normalise}{corners}"
+        return f"gradcam:{config.cam}:{model.name}@epoch{model.epoch}:t{config.gradcam_threshold}:{normalise}"
 
     def masks(self, images: torch.Tensor, items: Sequence[ImageItem] | None, view: int | None, views: "AugmentedViews | None") -> torch.Tensor:
         if self.folder is not None:
@@ -441,32 +485,69 @@ class DecoupledViews:
             return self.folder.paired(items, view, views).to(images.device)
         config = self.booster.config
         labels = None if items is None else torch.tensor([item.label for item in items], device=images.device)
-        return saliency_masks(self.booster.model, images, labels, config.gradcam_threshold, config.gradcam_normalise, config.cam)
+        return saliency_masks(
+            self.booster.model, images, labels, config.gradcam_threshold, config.gradcam_normalise, config.cam,
+            config.gradcam_align_corners,
+        )
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, items: Sequence[ImageItem] | None = None, view: int | None = None, views: "AugmentedViews | None" = None) -> dict[str, torch.Tensor]:
-        mask = self.masks(images, items, view, views)
-        out = {MASK: mask}
-        model = self.booster.model
-        if not model.needs_image_grad:
-            foreground, background = self.booster.encode_split(images, mask)
-            out.update({FOREGROUND: foreground.float(), BACKGROUND: background.float()})
-        return out
+        return {MASK: self.masks(images, items, view, views)}
 
 
 # --- the booster -------------------------------------------------------------------------------
 @BOOSTERS.register("dapt")
 class DAPT(Booster):
     name = "dapt"
+    title = "DAPT"
     description = "DAPT: foreground/background views from masks (GradCAM or files), pull-push then alignment losses (TPAMI 2025)"
     config_class: ClassVar[type] = DAPTConfig
+    requires: ClassVar[frozenset[str]] = frozenset({PROMPTS_IMAGE_TOWER})
+    requires_reason: ClassVar[str] = (
+        "without them nothing in the image path learns, so DAPT's pull-push and background terms, which train "
+        "the image side, carry no gradient; measured effect on such hosts: 0.0-0.2 points"
+    )
+    # the released trainer is MaPLe's (trainers/maple.py); the README's table adds DAPT + PromptSRC
+    published_hosts: ClassVar[tuple[str, ...]] = ("maple", "promptsrc")
+
+    @classmethod
+    def label(cls, options: dict[str, Any]) -> str:
+        """DAPT-G (GradCAM masks) or DAPT-S (mask files); our per-head GradCAM and the two
+        other maps are ours, and the name says so."""
+        if options.get("masks", "gradcam") == "folder":
+            return "DAPT-S (mask files)"
+        cam = options.get("cam", "head-gradcam")
+        return "DAPT-G" if cam == "gradcam" else f"DAPT-G ({CAM_NAMES[cam]}, ours)"
+    # the released code (module docstring): its ln_1 GradCAM, batch maximum, corner-aligned
+    # upsampling, fixed switch and the 25 background words it trains with
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "paper": {
+            "dapt": {
+                "cam": "gradcam", "gradcam_normalise": "batch", "gradcam_align_corners": True, "switch_epoch": 7,
+                "background_words": list(REFERENCE_BACKGROUND_WORDS),
+            },
+        },
+    }
+    sources: ClassVar[dict[str, str]] = {
+        "masks": f"{DAPT_REPO} trainers/maple.py:651-654 (DAPT-G: GradCAM masks, again at :683-686 each epoch)",
+        "cam": f"{DAPT_REPO} trainers/util.py:39 (the last image block's ln_1), :202-223 (patch-mean weights, ReLU)",
+        "mask_dir": "ours: no folder, the paper preset's masks are DAPT-G maps (DAPT-S reads <dataset>/mask: "
+                    f"{DAPT_REPO} datasets/data_manager.py:293)",
+        "mask_ignore_value": f"{DAPT_REPO} datasets/new_da.py:43 (mask == 255 -> 0)",
+        "gradcam_threshold": f"{DAPT_REPO} trainers/util.py:234-236 (threshold 0.5)",
+        "gradcam_normalise": f"{DAPT_REPO} trainers/util.py:231-232 (divided by the maximum of the whole batch tensor)",
+        "gradcam_align_corners": f"{DAPT_REPO} trainers/util.py:228 (F.upsample, bilinear, align_corners=True)",
+        "switch_epoch": f"{DAPT_REPO} trainers/maple.py:330 (alignment when epoch > 6)",
+        "triplet_weight": f"{DAPT_REPO} trainers/maple.py:324 (para_vd 0.8)",
+        "triplet_margin": f"{DAPT_REPO} trainers/maple.py:308 (triplet_margin_loss, margin 1.5)",
+        "foreground_weight": f"{DAPT_REPO} trainers/maple.py:323 (para_fg 0.1)",
+        "background_weight": f"{DAPT_REPO} trainers/maple.py:322 (para_bg 0.5)",
+        "background_template": f"{DAPT_REPO} trainers/maple.py:164 ('a clean origami {{}}.')",
+        "background_words": f"{DAPT_REPO} trainers/maple.py:38-46 (32 words), :298 (it trains with the last 25)",
+    }
 
     def __init__(self, config: DAPTConfig, context: BuildContext) -> None:
         super().__init__(config, context)
-        if config.masks not in MASK_SOURCES:
-            raise ValueError(f"dapt.masks must be one of {', '.join(MASK_SOURCES)}, got {config.masks!r}")
-        if config.cam not in CAM_SCORES:
-            raise ValueError(f"dapt.cam must be one of {', '.join(CAM_SCORES)}, got {config.cam!r}")
         if config.masks == "folder" and not config.mask_dir:
             raise ValueError("dapt.masks='folder' needs dapt.mask_dir, the folder of mask files (one per training image)")
         if "{}" not in config.background_template or not config.background_words:
@@ -533,12 +614,9 @@ class DAPT(Booster):
     def losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
         batch, config = state.batch, self.config
         mask = batch.require(f"{DAPT_INPUT}.{MASK}", "DAPT")
-        if f"{DAPT_INPUT}.{FOREGROUND}" in batch.frozen:
-            foreground, background = batch.frozen[f"{DAPT_INPUT}.{FOREGROUND}"], batch.frozen[f"{DAPT_INPUT}.{BACKGROUND}"]
-        elif batch.images is not None:
-            foreground, background = self.encode_split(batch.images, mask)
-        else:
-            raise ValueError("DAPT needs the batch's images (its image path trains) or the frozen dapt.fg/dapt.bg features")
+        if batch.images is None:
+            raise ValueError("DAPT needs the batch's images: its masked views go through the trainable image path")
+        foreground, background = self.encode_split(batch.images, mask)
         if state.epoch < switch_epoch(config, state.epochs):
             return {"triplet": config.triplet_weight * triplet_pull_push(state.image_features, foreground, background, config.triplet_margin)}
         return {

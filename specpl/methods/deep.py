@@ -25,10 +25,36 @@ from torch import nn
 from specpl.config import check_choice
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
 from specpl.methods.base import CONTEXT_TOKENS, DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, BuildContext, ForwardState
-from specpl.methods.coop import ContextHost
+from specpl.methods.coop import ContextHost, context_sources
 from specpl.methods.registry import HOSTS
 from specpl.slots import END, PromptGroup
 from specpl.vision import PromptImageEncoder
+
+DASSL_CROP = "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))"
+
+
+def deep_sources(config: str, code: str, clip_model: str, n_ctx: int, n_ctx_vision: int | None, depth: int) -> dict[str, str]:
+    """Sources of the options and schedule the deep hosts share, from their released `config`
+    (yaml), `code` (the trainer) and `clip_model` (the per-layer prompt replacement)."""
+    sources = {
+        **context_sources(code),
+        "n_ctx": f"{config} (N_CTX_TEXT {n_ctx})",
+        "ctx_init": f"{config} (CTX_INIT 'a photo of a')",
+        "depth": f"{config} (PROMPT_DEPTH {depth})",
+        "deep_text_init": f"{clip_model} (deeper text prompts nn.init.normal_(std=0.02))",
+        "train.batch_size": f"{config} (BATCH_SIZE 4)",
+        "train.lr": f"{config} (LR)",
+        "train.epochs": f"{config} (MAX_EPOCH)",
+        "train.optimizer": f"{config} (NAME sgd)",
+        "train.crop_scale": DASSL_CROP,
+    }
+    if n_ctx_vision is not None:
+        sources["n_ctx_vision"] = f"{config} (N_CTX_VISION {n_ctx_vision})"
+    return sources
+
+
+PROMPTSRC_REPO = "muzairkhattak/PromptSRC"
+MAPLE_REPO = "muzairkhattak/multimodal-prompt-learning"
 
 
 @dataclass
@@ -99,10 +125,15 @@ class IVLP(IndependentPromptHost):
     """IVLP with the PromptSRC/SpecPL repos' config: 4 + 4 tokens, J = 9, SGD 0.0025, batch 4, 20 epochs."""
 
     name = "ivlp"
+    title = "IVLP"
     description = "IVLP: independent deep prompts in both towers (the MaPLe paper's baseline)"
     config_class: ClassVar[type] = DeepPromptConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"ivlp": {"ctx_from_template": False, "deep_text_init": "normal"}}}
+    sources: ClassVar[dict[str, str]] = deep_sources(
+        f"{PROMPTSRC_REPO} configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+        f"{PROMPTSRC_REPO} trainers/independentVL.py", f"{PROMPTSRC_REPO} clip/model.py", 4, 4, 9,
+    )
 
 
 COUPLING_INITS = ("independent", "shared")
@@ -130,6 +161,7 @@ class MaPLe(DeepPromptHost):
     0.0035, batch 4, 5 epochs."""
 
     name = "maple"
+    title = "MaPLe"
     description = "MaPLe: coupled deep prompts, vision prompts mapped from text prompts per layer (CVPR 2023)"
     config_class: ClassVar[type] = MaPLeConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "optimizer": "sgd", "crop_scale": 0.08}
@@ -138,6 +170,14 @@ class MaPLe(DeepPromptHost):
     # the released code's deeper maps are deep copies of one Linear (trainers/maple.py, _get_clones), so they start equal
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {"maple": {"ctx_from_template": False, "tail": "of a {}.", "deep_text_init": "normal", "coupling_init": "shared"}},
+    }
+    sources: ClassVar[dict[str, str]] = {
+        **deep_sources(f"{MAPLE_REPO} configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+                       f"{MAPLE_REPO} trainers/maple.py", f"{MAPLE_REPO} trainers/maple.py", 2, None, 9),
+        "ctx_init": f"{MAPLE_REPO} configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml (CTX_INIT 'a photo of a', "
+                    "of which N_CTX 2 tokens are learned)",
+        "tail": f"{MAPLE_REPO} trainers/maple.py (prompt_prefix = ctx_init; suffix from position 1 + n_ctx keeps 'of a')",
+        "coupling_init": f"{MAPLE_REPO} trainers/maple.py (compound_prompt_projections = _get_clones(single_layer))",
     }
 
     def __init__(self, config: MaPLeConfig, context: BuildContext) -> None:
@@ -211,12 +251,25 @@ class PromptSRC(IndependentPromptHost):
     epochs its mean defaults to 0.75 E, the paper's 15 of 20."""
 
     name = "promptsrc"
+    title = "PromptSRC"
     description = "PromptSRC: IVLP with L1/KL self-regularisation to frozen CLIP and Gaussian prompt aggregation (ICCV 2023)"
     config_class: ClassVar[type] = PromptSRCConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
     # the released code averages the templates' raw text features and normalises once
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {"promptsrc": {"ctx_from_template": False, "deep_text_init": "normal", "frozen_text_average": "raw"}},
+    }
+    sources: ClassVar[dict[str, str]] = {
+        **deep_sources(f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+                       f"{PROMPTSRC_REPO} trainers/promptsrc.py", f"{PROMPTSRC_REPO} clip/model.py", 4, 4, 9),
+        "text_l1_weight": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (TEXT_LOSS_WEIGHT 25)",
+        "image_l1_weight": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (IMAGE_LOSS_WEIGHT 10)",
+        "kl_weight": f"{PROMPTSRC_REPO} trainers/promptsrc.py (the KL term enters with weight 1)",
+        "frozen_templates": f"{PROMPTSRC_REPO} trainers/imagenet_templates.py (IMAGENET_TEMPLATES, 60 templates)",
+        "frozen_text_average": f"{PROMPTSRC_REPO} trainers/promptsrc.py (raw features stacked, mean, then normalised)",
+        "gpa_mean": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (GPA_MEAN 15 of "
+                    "20 epochs; ours: None scales it to 0.75 of the run's epochs)",
+        "gpa_std": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (GPA_STD 1)",
     }
 
     def __init__(self, config: PromptSRCConfig, context: BuildContext) -> None:

@@ -15,12 +15,15 @@ hooks (`image_hook()`, `text_hook()`):
   that layer ([SOS] and the class tokens up to its end-of-text; padding is masked), which makes
   the prompts class-specific (spec §2, "consequences");
 - text cross-structural: then P_t <- P_t + W_o'' Attn(Q = P_t, K = V = P_v^l).
-- Choices: the prompts are every token after the patches and every prefix token after [SOS]
-  (IVLP's layout, which ISP builds on), so the modules are built only on hosts with deep prompts
-  in both towers (IVLP, MaPLe, PromptSRC); on the other hosts (CoOp, CoCoOp, KgCoOp, MMRL) ISP is
-  sample probing alone with `structural="auto"` (the default), and `structural="on"` is refused
-  there with the hosts that fit. The modules act on layers 0..depth-1 (spec §7: every prompted layer), one
-  module per layer and kind, 1 head of width 64. The frozen tokens are read without gradient
+- Choices: the prompts are the host's own slot tokens, right after the patches and right after
+  [SOS] (IVLP's layout, which ISP builds on). Other boosters' slot tokens follow them at the end
+  of each sequence (CasPL's frozen boosting prompts) and pass every module unchanged: they belong
+  to a frozen model the host adapts from, not to the prompts ISP structures. The modules are built
+  only on hosts with deep prompts in both towers (IVLP, MaPLe, PromptSRC); on the other hosts
+  (CoOp, CoCoOp, KgCoOp, MMRL) ISP is sample probing alone with `structural="auto"` (the
+  default), and `structural="on"` is refused there with the hosts that fit. The modules act on
+  layers 0..depth-1 (spec §7: every prompted layer), one module per layer and kind, 1 head of
+  width 64. The frozen tokens are read without gradient
   (`detach_sources`, spec §7). E_t^l comes from a frozen pass of the run's template prompts,
   computed once per class set, so the image path never waits on the text pass. P_v^l in the text
   cross module is the host's learned vision prompt of layer l (its slot tokens), not the updated
@@ -74,6 +77,7 @@ from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
 from specpl.methods.base import DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState, PromptModel
 from specpl.methods.registry import BOOSTERS
 from specpl.methods.zeroshot import template_text_features
+from specpl.slots import END, PromptGroup
 from specpl.text import PromptTextEncoder
 from specpl.vision import PromptImageEncoder
 
@@ -83,6 +87,7 @@ ZERO_SHOT, JOINT = "zero-shot", "joint"
 LINEAR, FOCAL = "linear", "focal"
 RUN_TEMPLATE, IMAGENET_TEMPLATES = "run", "openai-imagenet"
 AUTO, ON, OFF = "auto", "on", "off"
+RECONSTRUCTED = "ours: reconstructed from the ISP abstract (arXiv 2507.05677), no released code"
 
 
 @dataclass
@@ -228,12 +233,31 @@ def probing_weights(
 @BOOSTERS.register("isp")
 class ISP(Booster):
     name = "isp"
+    title = "ISP (reconstructed)"  # no released code: the design follows the abstract (module docstring)
     description = (
         "ISP (reconstructed from the abstract): self- and cross-structural modules on the deep prompts of the image tower (both towers in the paper preset; IVLP-layout hosts), "
         "and sample probing that reweights the host's loss by frozen zero-shot CLIP difficulty (arXiv 2507.05677)"
     )
     config_class: ClassVar[type] = ISPConfig
     presets: ClassVar[dict[str, dict[str, dict[str, object]]]] = {"paper": {"isp": {"text_structural": True}}}
+    sources: ClassVar[dict[str, str]] = {
+        "structural": f"{RECONSTRUCTED}; the abstract's structural prompt, on the IVLP layout it extends",
+        "text_structural": f"{RECONSTRUCTED}; the abstract relates prompts and tokens in both branches",
+        "self_structural": f"{RECONSTRUCTED}; the abstract's self-structural module",
+        "cross_structural": f"{RECONSTRUCTED}; the abstract's cross-structural module",
+        "depth": f"{RECONSTRUCTED}; every prompted layer of IVLP (9)",
+        "attn_dim": f"{RECONSTRUCTED}; a small single-head attention (64)",
+        "heads": f"{RECONSTRUCTED}; a small single-head attention",
+        "detach_sources": f"{RECONSTRUCTED}; the frozen tokens are read, not trained through",
+        "zero_start": f"{RECONSTRUCTED}; any zero start keeps step 0 the bare host, this one trains every weight",
+        "sample_probing": f"{RECONSTRUCTED}; the abstract's sample probing module",
+        "difficulty": f"{RECONSTRUCTED}; the figure caption reads difficulty off frozen CLIP's prediction",
+        "weighting": f"{RECONSTRUCTED}; 1 + d keeps easy samples in the loss",
+        "focal_gamma": f"{RECONSTRUCTED}; the usual focal exponent, used only with weighting='focal'",
+        "normalise_weights": f"{RECONSTRUCTED}; mean 1 per batch keeps the loss scale",
+        "probe_templates": f"{RECONSTRUCTED}; the dataset's hand-crafted template",
+        "probe_logit_scale": f"{RECONSTRUCTED}; frozen CLIP's own logit scale",
+    }
 
     @classmethod
     def option_requires(cls, config: ISPConfig) -> dict[str, frozenset[str]]:
@@ -288,6 +312,15 @@ class ISP(Booster):
 
     def attach(self, model: "PromptModel") -> None:
         self.host_of_model = [model.host]  # the text cross module reads the host's vision prompts; a list keeps it out of the tree
+        self.other_boosters = [b for b in model.boosters.values() if b is not self]  # whose slot tokens pass unchanged
+
+    @staticmethod
+    def other_tokens(groups: list[PromptGroup], layer: int) -> int:
+        """How many tokens other boosters' slot `groups` hold at the end of a tower's sequence before
+        block `layer` (an inserted group stays in place after its last layer)."""
+        if any(g.at != END for g in groups):
+            raise ValueError("isp: the structural modules need other boosters' slots after the host's (end-anchored)")
+        return sum(g.length for g in groups if g.insert and g.first_layer <= layer)
 
     # --- class set ------------------------------------------------------------------------
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
@@ -305,11 +338,15 @@ class ISP(Booster):
         return self.restructure if self.layers else None
 
     def restructure(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        """Before block `layer`: the prompt tokens (after the patches) updated by the self- and
-        cross-structural modules; the [CLS] and patch tokens pass unchanged."""
-        if layer >= self.layers or x.shape[1] <= self.frozen_tokens:
+        """Before block `layer`: the host's prompt tokens (after the patches) updated by the self- and
+        cross-structural modules; the [CLS] and patch tokens, and other boosters' tokens after the
+        host's, pass unchanged."""
+        if layer >= self.layers:
             return x
-        frozen, prompts = x[:, : self.frozen_tokens], x[:, self.frozen_tokens :]
+        end = x.shape[1] - self.other_tokens([g for b in self.other_boosters for g in b.image_prompts()], layer)
+        if end <= self.frozen_tokens:
+            return x
+        frozen, prompts = x[:, : self.frozen_tokens], x[:, self.frozen_tokens : end]
         updated = prompts.float()
         if len(self.vision_self):
             sources = frozen.detach() if self.config.detach_sources else frozen
@@ -317,18 +354,22 @@ class ISP(Booster):
         if len(self.vision_cross):
             classes = self.class_states[layer].unsqueeze(0).expand(x.shape[0], -1, -1)
             updated = updated + self.vision_cross[layer](updated, classes)
-        return torch.cat([frozen, updated.to(x.dtype)], dim=1)
+        return torch.cat([frozen, updated.to(x.dtype), x[:, end:]], dim=1)
 
     def text_hook(self):
         return self.restructure_text if len(self.text_self) or len(self.text_cross) else None
 
     def restructure_text(self, layer: int, prefix: torch.Tensor, suffix: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-        """Before text block `layer`: the prompt tokens (the prefix after [SOS]) updated by the
+        """Before text block `layer`: the host's prompt tokens (the prefix after [SOS]) updated by the
         self-structural module, one prefix per class (G, N, P, W), then by the cross-structural
-        module; [SOS] and the class tokens pass unchanged."""
-        if layer >= self.layers or prefix.shape[1] <= 1:
+        module; [SOS], other boosters' tokens at the end of the prefix and the class tokens pass
+        unchanged."""
+        if layer >= self.layers:
             return prefix
-        updated = prefix[:, 1:].float()  # (G, n, W)
+        end = prefix.shape[1] - self.other_tokens([g for b in self.other_boosters for g in b.text_prompts()], layer)
+        if end <= 1:
+            return prefix
+        updated = prefix[:, 1:end].float()  # (G, n, W)
         if len(self.text_self):
             groups, classes, length = suffix.shape[:3]
             frozen = torch.cat([prefix[:, None, :1].expand(-1, classes, -1, -1), suffix], dim=2)  # [SOS] + class tokens
@@ -344,10 +385,10 @@ class ISP(Booster):
                 flat = updated.flatten(0, -3)
                 sources = vision.float().unsqueeze(0).expand(flat.shape[0], -1, -1)
                 updated = (flat + self.text_cross[layer](flat, sources)).view_as(updated)
-        head = prefix[:, :1]
+        head, tail = prefix[:, :1], prefix[:, end:]
         if updated.dim() == 4:
-            head = head.unsqueeze(1).expand(-1, updated.shape[1], -1, -1)
-        return torch.cat([head, updated.to(prefix.dtype)], dim=-2)
+            head, tail = (t.unsqueeze(1).expand(-1, updated.shape[1], -1, -1) for t in (head, tail))
+        return torch.cat([head, updated.to(prefix.dtype), tail], dim=-2)
 
     def host_vision_prompts(self, layer: int) -> torch.Tensor | None:
         """(m, W_v): the host's learned vision prompt tokens of `layer` (shared by every image)."""

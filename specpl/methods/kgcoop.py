@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from specpl.config import check_choice
 from specpl.methods.base import BuildContext, ForwardState
-from specpl.methods.coop import ContextHost
+from specpl.methods.coop import ContextHost, context_sources
 from specpl.methods.registry import HOSTS
 from specpl.methods.zeroshot import template_text_features
 
@@ -25,6 +25,8 @@ from specpl.methods.zeroshot import template_text_features
 def knowledge_guidance_loss(text: torch.Tensor, frozen_text: torch.Tensor) -> torch.Tensor:
     """1 - mean_c cos(g_c, g0_c) for prompted text (C, D) and frozen template text (C, D)."""
     return 1 - F.cosine_similarity(text, frozen_text.to(text.dtype), dim=-1).mean()
+
+KGCOOP_SCRIPT = "htyao89/KgCoOp scripts/base2new_train.sh"
 
 
 @dataclass
@@ -49,10 +51,24 @@ RELEASED_TEMPLATES = {"dtd": "a photo of a {}, a type of texture."}
 @HOSTS.register("kgcoop")
 class KgCoOp(ContextHost):
     name = "kgcoop"
+    title = "KgCoOp"
     description = "KgCoOp: CoOp plus a pull toward the hand-crafted prompt's frozen text feature (CVPR 2023)"
     config_class: ClassVar[type] = KgCoOpConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 100, "batch_size": 128, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"kgcoop": {"ctx_from_template": False, "guidance_templates": "released"}}}
+    sources: ClassVar[dict[str, str]] = {
+        **context_sources("htyao89/KgCoOp trainers/kgcoop.py"),
+        "n_ctx": f"{KGCOOP_SCRIPT} (NCTX=4)",
+        "ctx_init": "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (CTX_INIT 'a photo of a')",
+        "weight": f"{KGCOOP_SCRIPT} (WEIGHT=8.0)",
+        "template": "htyao89/KgCoOp trainers/kgcoop.py:41 (CUSTOM_TEMPLATES, the dataset's hand-crafted prompt)",
+        "guidance_templates": "htyao89/KgCoOp trainers/kgcoop.py:41 (DTD: 'a photo of a {}, a type of texture.')",
+        "train.epochs": "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (MAX_EPOCH 100)",
+        "train.batch_size": "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (BATCH_SIZE 128)",
+        "train.lr": "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (LR 0.002)",
+        "train.optimizer": "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (NAME sgd)",
+        "train.crop_scale": "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))",
+    }
 
     def __init__(self, config: KgCoOpConfig, context: BuildContext) -> None:
         super().__init__(config, context)

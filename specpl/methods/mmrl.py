@@ -70,16 +70,39 @@ def mmrl_regulariser(class_features: torch.Tensor, frozen_image: torch.Tensor, t
     return image_term + text_term
 
 
+MMRL_CONFIG = "yunncheng/MMRL configs/trainers/MMRL/vit_b16.yaml"
+
+
 @HOSTS.register("mmrl")
 class MMRL(Host):
     name = "mmrl"
+    title = "MMRL"
     description = "MMRL: a shared representation space in both towers, class and representation branches (CVPR 2025)"
     config_class: ClassVar[type] = MMRLConfig
     capabilities: ClassVar[frozenset[str]] = frozenset({PROMPTS_IMAGE_TOWER})
     fixed_logit_scale: ClassVar[float | None] = SCALE
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 4, "lr": 1e-3, "optimizer": "adamw", "crop_scale": 0.5}
     # the released config (configs/trainers/MMRL/vit_b16.yaml) sets REG_WEIGHT 1.0; the per-dataset table overrides it
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"mmrl": {"reg_weight_fallback": 1.0}}}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "paper": {"mmrl": {"reg_weight_fallback": 1.0}, "train@imagenet": {"batch_size": 32, "epochs": 5}},
+    }
+    sources: ClassVar[dict[str, str]] = {
+        "n_rep_tokens": f"{MMRL_CONFIG} (N_REP_TOKENS 5)",
+        "rep_dim": "yunncheng/MMRL trainers/config.py (REP_DIM 512; EuroSAT 2048)",
+        "rep_layers": f"{MMRL_CONFIG} (REP_LAYERS 6-12)",
+        "alpha": f"{MMRL_CONFIG} (ALPHA 0.7)",
+        "reg_weight": "yunncheng/MMRL trainers/config.py (the per-dataset REG_WEIGHT table)",
+        "reg_weight_fallback": f"{MMRL_CONFIG} (REG_WEIGHT 1.0, for a dataset outside the table)",
+        "init_std": "yunncheng/MMRL trainers/mmrl.py (nn.init.normal_(std=0.02) of the representation tokens)",
+        "template": "yunncheng/MMRL trainers/mmrl.py (the dataset's hand-crafted template)",
+        "train.epochs": f"{MMRL_CONFIG} (MAX_EPOCH 10)",
+        "train.batch_size": f"{MMRL_CONFIG} (BATCH_SIZE 4)",
+        "train.lr": f"{MMRL_CONFIG} (LR 0.001)",
+        "train.optimizer": f"{MMRL_CONFIG} (NAME adamw)",
+        "train.crop_scale": f"{MMRL_CONFIG} (RRCROP_SCALE (0.5, 1.0))",
+        "train@imagenet.batch_size": "yunncheng/MMRL configs/trainers/MMRL/vit_b16_imagenet.yaml (BATCH_SIZE 32)",
+        "train@imagenet.epochs": "yunncheng/MMRL configs/trainers/MMRL/vit_b16_imagenet.yaml (MAX_EPOCH 5)",
+    }
 
     def __init__(self, config: MMRLConfig, context: BuildContext) -> None:
         if config.rep_dim is None:

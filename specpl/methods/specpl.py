@@ -39,6 +39,7 @@ from specpl.methods.base import FEATURES, Batch, Booster, BuildContext, ForwardS
 from specpl.methods.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 from specpl.methods.registry import BOOSTERS
 
+SPECPL_REPO = "Mlrac1e/SpecPL-Prompt-Learning@eba735b"
 HOST_TAU = {"cocoop": 0.02}  # spec §2: 0.07 for every other host
 
 
@@ -114,6 +115,7 @@ class GranuleModulator(nn.Module):
 @BOOSTERS.register("specpl")
 class SpecPL(Booster):
     name = "specpl"
+    title = "SpecPL"
     description = "SpecPL: VAE band teacher, Visual Semantic Bank text refiner, counterfactual granule losses (ICML 2026)"
     config_class: ClassVar[type] = SpecPLConfig
     # the released code: a random bank (no init batches) with the LayerNorm refiner, except on MMRL,
@@ -121,6 +123,33 @@ class SpecPL(Booster):
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"specpl": {"bank_init_batches": 0, "refiner": "layernorm"}}}
     host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {
         "paper": {"mmrl": {"specpl": {"bank_init_batches": 10}}, "cocoop": {"specpl": {"test_blend": 0.5}}},
+    }
+    # SpecPL trains CoOp in its own configuration (16 random tokens, 100 epochs): CoOp's paper-specpl
+    host_variants: ClassVar[dict[str, dict[str, str]]] = {"paper": {"coop": "paper-specpl"}}
+    published_hosts: ClassVar[tuple[str, ...]] = ("coop", "cocoop", "maple", "mmrl")  # the released trainers
+
+    @classmethod
+    def label(cls, options: dict[str, Any]) -> str:
+        """The released code refines new classes too; leaving them unrefined is our variant."""
+        return cls.title if options.get("refine_novel", True) else f"{cls.title} (new classes unrefined, ours)"
+    sources: ClassVar[dict[str, str]] = {
+        "bank_size": f"{SPECPL_REPO} trainers/coop_specpl.py (ATTR_BANK_SIZE 64)",
+        "tau": f"{SPECPL_REPO} trainers (ATTR_TAU 0.07; 0.02 in trainers/cocoop_specpl.py)",
+        "bank_momentum": f"{SPECPL_REPO} trainers/coop_specpl.py (the bank's nearest-row update, momentum 0.05)",
+        "bank_init_batches": f"{SPECPL_REPO} trainers/coop_specpl.py (ATTR_INIT_BATCHES 0: the bank starts random)",
+        "lambda_sem": f"{SPECPL_REPO} trainers (ATTR_LAMBDA_SEM 0.1)",
+        "lambda_gf": f"{SPECPL_REPO} trainers (ATTR_LAMBDA_GF 0.1)",
+        "lambda_gcf": f"{SPECPL_REPO} trainers (ATTR_LAMBDA_GCF 0.1)",
+        "train_band_mlps": f"{SPECPL_REPO} clip/vae.py (the band projections are frozen)",
+        "small_init_std": f"{SPECPL_REPO} clip/vae.py (nn.init.normal_(std=1e-3))",
+        "test_blend": f"{SPECPL_REPO} trainers/coop_specpl.py (test text is the refined text alone)",
+        "refine_novel": f"{SPECPL_REPO} trainers/coop_specpl.py:447-456 (new classes are refined too)",
+        "band_stat_dim": "ours: recorded from the decomposer so a bundle loads alone; changes no result",
+        "refiner": f"{SPECPL_REPO} trainers/coop_specpl.py (normalise(LN(q + MLP([q; r]))))",
+    }
+    host_sources: ClassVar[dict[str, dict[str, str]]] = {
+        "mmrl": {"specpl.bank_init_batches": f"{SPECPL_REPO} MMRL/trainers/mmrl_specpl.py (ATTR_INIT_BATCHES 10)"},
+        "cocoop": {"specpl.test_blend": f"{SPECPL_REPO} trainers/cocoop_specpl.py:503-528 (0.5 raw + 0.5 refined)"},
     }
 
     def __init__(self, config: SpecPLConfig, context: BuildContext) -> None:

@@ -34,9 +34,15 @@ def template_text_features(backbone: Backbone, template: str, classnames: list[s
 @HOSTS.register("zeroshot")
 class ZeroShot(Host):
     name = "zeroshot"
+    title = "Zero-shot CLIP"
     description = "Zero-shot CLIP: the hand-crafted template, nothing learned (the baseline)"
     config_class: ClassVar[type] = ZeroShotConfig
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 0, "batch_size": 32, "lr": 0.0, "optimizer": "sgd"}
+    sources: ClassVar[dict[str, str]] = {
+        "template": "CLIP paper (Radford et al., ICML 2021) §3.1.4; the per-dataset templates of KaiyangZhou/CoOp "
+                    "trainers/zsclip.py (CUSTOM_TEMPLATES)",
+        **{f"train.{key}": "ours: zero-shot trains nothing" for key in ("epochs", "batch_size", "lr", "optimizer")},
+    }
 
     def __init__(self, config: ZeroShotConfig, context: BuildContext) -> None:
         super().__init__(config, context)

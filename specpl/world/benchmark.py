@@ -37,7 +37,7 @@ from specpl.data import FewShotData, base_new_split, read_fewshot_folder
 from specpl.defaults import world_backbone_config
 from specpl.evaluate import aggregate_base_new
 from specpl.inference import Predictor
-from specpl.methods import PromptModel, check_combination, resolve_method_options
+from specpl.methods import PromptModel, check_combination, method_label, preset_note, resolve_method_options
 from specpl.methods.caspl import PHASE_ONE, distillation_loss, load_teacher, resolve_teacher
 from specpl.trainer import Trainer, TrainResult
 from specpl.training_plan import resolved_training
@@ -77,6 +77,7 @@ class MethodResult:
     per_seed: list[tuple[float, float]] = field(default_factory=list)
     probes: list[dict[str, float]] = field(default_factory=list)
     baseline: str | None = None  # the row its HM is compared with (its host alone)
+    label: str = ""  # what the row's stack is, in words (`specpl.methods.method_label`)
     teacher_fit: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per seed: {split: teacher_fit(...)}
 
     def summary(self) -> dict[str, float]:
@@ -135,6 +136,13 @@ class BenchRow:
     compare_to_teacher: bool = False
 
 
+def _row_label(row: BenchRow) -> str:
+    """The row's stack in words, with its preset's note ("CoOp + SpecPL (paper preset; ...)")."""
+    if row.method is None:
+        return ""
+    return f"{method_label(row.method)} ({preset_note(row.method)})"
+
+
 def ablation_rows(config: WorldBenchConfig) -> list[BenchRow]:
     """CoOp, CoOp + SpecPL as benchmarked, then each input of SpecPL changed alone (issue: which
     input costs SpecPL its new-class accuracy): the decomposer, the augmentation, the schedule, the
@@ -150,7 +158,7 @@ def ablation_rows(config: WorldBenchConfig) -> list[BenchRow]:
         BenchRow("coop", MethodConfig(host="coop", options=row_options(config, "coop", []))),
         BenchRow("coop + specpl (as benchmarked)", specpl()),
         BenchRow("decomposer: taef2", specpl(), decomposer="taef2"),
-        BenchRow("augmentation: reference (Dassl crop 0.08-1 + flip, fresh each epoch)", specpl(), {"augment": "reference", "max_cached_views": None}),
+        BenchRow("augmentation: dassl (Dassl crop 0.08-1 + flip, fresh each epoch)", specpl(), {"augment": "dassl", "max_cached_views": None}),
         BenchRow("augmentation: clip (crop 0.9-1)", specpl(), {"augment": "clip", "max_cached_views": None}),
         BenchRow("schedule: cosine per step", specpl(), {"schedule": "step"}),
         BenchRow("bank: random (reference CoOp)", specpl(bank_init_batches=0)),
@@ -317,7 +325,7 @@ def run_world_bench(
     """Every row (default: `bench_methods`) over every seed; `workdir` receives the generated data
     and run folders; `decomposers` holds any other decomposer a row names, built."""
     methods = rows or bench_methods(config)
-    results = {row.name: MethodResult(row.name, baseline=row.baseline) for row in methods}
+    results = {row.name: MethodResult(row.name, baseline=row.baseline, label=_row_label(row)) for row in methods}
     teacher = None
     if any(row.teacher or row.compare_to_teacher for row in methods):
         teacher = load_teacher(*resolve_teacher(backbone.config, None, None), next(backbone.model.parameters()).device)
@@ -400,6 +408,8 @@ def markdown_report(
         row = summaries[result.name]
         versus = f"{row['hm'] - summaries[result.baseline]['hm']:+.2f}" if result.baseline in summaries else "—"
         lines.append(f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} | {versus} | {row['texture']:.2f} | {row['shape']:.2f} |")
+    named = [f"- {result.name}: {result.label}" for result in results if result.label]
+    lines += ["", "What each row is:", "", *named] if named else []
     skipped = skipped_pairs(config)
     if skipped:
         lines += ["", "Not run: pairs that `check_combination` refuses:", ""]
