@@ -1,4 +1,5 @@
 """SpecPL Studio, the Gradio app (also the Hugging Face Space entry): ``python app.py``."""
+
 from app.settings import AppSettings
 from app.ui import build_demo, launch_options
 

@@ -18,6 +18,7 @@ Values travel as a dict keyed like the CLI: ``train.batch_size``, ``decomposer.s
 ``train.lr``. Method options are the one ``method.options`` entry: the values the user set, keyed
 ``coop.n_ctx`` (as ``--option coop.n_ctx=4``); every other option keeps its effective value.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from specpl.bands.diffusers_vae import looks_local
-from specpl.config import DEFAULT_TEMPLATE, PRESETS, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig, canonical_preset
+from specpl.config import (
+    DEFAULT_TEMPLATE,
+    PRESETS,
+    DataConfig,
+    DecomposerConfig,
+    MethodConfig,
+    RunConfig,
+    TrainConfig,
+    canonical_preset,
+)
 from specpl.methods import BOOSTERS, HOSTS, resolve_method_options
 from specpl.training_plan import AUTO, resolved_training
 
@@ -52,7 +62,16 @@ CHOICES = {
     "data.subsample": ("all", "base", "new"),
 }
 # The form's own controls, in the order the UI passes them after the backbone (then `form_fields`).
-MAIN_KEYS = ("method.host", "method.boosters", "method.preset", "decomposer.name", "data.shots", "train.epochs", "train.lr", "data.split_ratio")
+MAIN_KEYS = (
+    "method.host",
+    "method.boosters",
+    "method.preset",
+    "decomposer.name",
+    "data.shots",
+    "train.epochs",
+    "train.lr",
+    "data.split_ratio",
+)
 OPTIONS_KEY = "method.options"  # {"coop.n_ctx": 4, ...}: the method options the user set
 PRESET_FILE = "specpl-preset.json"
 MAX_PRESET_BYTES = 256 * 1024
@@ -166,11 +185,17 @@ def effective_values(host: str, boosters: list[str], preset: str) -> dict[str, A
     except ValueError:
         options = resolve_method_options(dataclasses.replace(method, boosters=[]))
         options.update({name: dataclasses.asdict(BOOSTERS.get(name).config_class()) for name in boosters})
-    values = {field.key: field.default for field in form_fields() if field.is_option}  # components not chosen: their own defaults
-    values.update({f"{component}.{key}": value for component, settings in options.items() for key, value in settings.items()})
+    values = {
+        field.key: field.default for field in form_fields() if field.is_option
+    }  # components not chosen: their own defaults
+    values.update(
+        {f"{component}.{key}": value for component, settings in options.items() for key, value in settings.items()}
+    )
     train = resolved_training(RunConfig(method=method, train=TrainConfig(**APP_TRAIN_DEFAULTS)))
     values.update({f"train.{key}": value for key, value in train.items()})
-    values.update({f"decomposer.{f.name}": getattr(DecomposerConfig(), f.name) for f in dataclasses.fields(DecomposerConfig)})
+    values.update(
+        {f"decomposer.{f.name}": getattr(DecomposerConfig(), f.name) for f in dataclasses.fields(DecomposerConfig)}
+    )
     values.update({f"data.{f.name}": getattr(DataConfig(), f.name) for f in dataclasses.fields(DataConfig)})
     values[TEMPLATE_KEY] = DEFAULT_TEMPLATE
     return values
@@ -210,7 +235,9 @@ def run_config(values: Mapping[str, Any], backbone: Any) -> RunConfig:
     fields = form_fields()
     unknown = sorted(set(overrides) - {field.key for field in fields if field.is_option})
     if unknown:
-        raise ValueError(f"unknown method option(s) {', '.join(unknown)}; options are keyed component.name, e.g. coop.n_ctx")
+        raise ValueError(
+            f"unknown method option(s) {', '.join(unknown)}; options are keyed component.name, e.g. coop.n_ctx"
+        )
     options: dict[str, dict[str, Any]] = {}
     sections: dict[str, dict[str, Any]] = {"train": dict(APP_TRAIN_DEFAULTS), "decomposer": {}, "data": {}}
     template = DEFAULT_TEMPLATE
@@ -231,8 +258,14 @@ def run_config(values: Mapping[str, Any], backbone: Any) -> RunConfig:
         backbone=backbone,
         decomposer=DecomposerConfig(name=str(values.get("decomposer.name") or "auto"), **sections["decomposer"]),
         method=MethodConfig(host=host, boosters=boosters, options=options, preset=preset),
-        data=DataConfig(shots=shots or None, split_ratio=float(values.get("data.split_ratio") or 0.5), **sections["data"]),
-        train=TrainConfig(epochs=main_epochs(values.get("train.epochs")), lr=float(values.get("train.lr") or 0) or None, **sections["train"]),
+        data=DataConfig(
+            shots=shots or None, split_ratio=float(values.get("data.split_ratio") or 0.5), **sections["data"]
+        ),
+        train=TrainConfig(
+            epochs=main_epochs(values.get("train.epochs")),
+            lr=float(values.get("train.lr") or 0) or None,
+            **sections["train"],
+        ),
         template=template,
     )
     resolve_method_options(config.method)  # unknown methods, bad combinations and options fail here
@@ -262,12 +295,24 @@ def form_values(config: RunConfig) -> dict[str, Any]:
     values.update({f"train.{key}": value for key, value in resolved_training(config).items()})
     values.update({f"decomposer.{key}": value for key, value in dataclasses.asdict(config.decomposer).items()})
     values.update({f"data.{key}": value for key, value in dataclasses.asdict(config.data).items()})
-    values.update({
-        "method.host": method.host, "method.boosters": list(method.boosters), "method.preset": method.preset,
-        "data.shots": config.data.shots or 0, "train.lr": config.train.lr or 0, TEMPLATE_KEY: config.template,
-        "train.epochs": config.train.epochs if isinstance(config.train.epochs, int) else None,  # empty: auto (the preset's)
-        OPTIONS_KEY: {f"{component}.{key}": value for component, settings in method.options.items() for key, value in settings.items()},
-    })
+    values.update(
+        {
+            "method.host": method.host,
+            "method.boosters": list(method.boosters),
+            "method.preset": method.preset,
+            "data.shots": config.data.shots or 0,
+            "train.lr": config.train.lr or 0,
+            TEMPLATE_KEY: config.template,
+            "train.epochs": config.train.epochs
+            if isinstance(config.train.epochs, int)
+            else None,  # empty: auto (the preset's)
+            OPTIONS_KEY: {
+                f"{component}.{key}": value
+                for component, settings in method.options.items()
+                for key, value in settings.items()
+            },
+        }
+    )
     return values
 
 
@@ -275,9 +320,17 @@ def server_paths(config: RunConfig) -> list[str]:
     """The settings the user gave that name a local path ("key = value"): method options such as a
     mask folder or a teacher checkpoint, and the decomposer's source. On a shared server each one
     would let a visitor make the app read the server's files."""
-    given = {f"{component}.{key}": value for component, settings in config.method.options.items() for key, value in settings.items()}
+    given = {
+        f"{component}.{key}": value
+        for component, settings in config.method.options.items()
+        for key, value in settings.items()
+    }
     given["decomposer.source"] = config.decomposer.source
-    return [f"{key} = {value}" for key, value in given.items() if isinstance(value, str) and value.strip() and looks_local(value.strip())]
+    return [
+        f"{key} = {value}"
+        for key, value in given.items()
+        if isinstance(value, str) and value.strip() and looks_local(value.strip())
+    ]
 
 
 def preset_json(config: RunConfig) -> str:
@@ -296,7 +349,9 @@ def read_preset(path: Path, label: str) -> RunConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(raw, dict):
             raise ValueError("it is not a JSON object")
-        config = RunConfig.from_dict({k: v for k, v in raw.items() if k in ("backbone", "decomposer", "method", "data", "train", "template")})
+        config = RunConfig.from_dict(
+            {k: v for k, v in raw.items() if k in ("backbone", "decomposer", "method", "data", "train", "template")}
+        )
         resolve_method_options(config.method)
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"{label} is not a usable preset: {exc}") from None
@@ -304,6 +359,7 @@ def read_preset(path: Path, label: str) -> RunConfig:
 
 
 # ----- the CLI line --------------------------------------------------------------------------
+
 
 def cli_command(config: RunConfig, data: str = "DATASET_FOLDER", out: str = "runs/my-run") -> str:
     """The ``specpl train`` line that trains `config`. Settings the CLI has no flag for come from
@@ -338,7 +394,10 @@ def cli_command(config: RunConfig, data: str = "DATASET_FOLDER", out: str = "run
         flag("--decomposer", decomposer.name)
     if decomposer.source:
         flag("--decomposer-source", decomposer.source)
-    unflagged |= (decomposer.lowpass_kernel, decomposer.image_size) != (default.decomposer.lowpass_kernel, default.decomposer.image_size)
+    unflagged |= (decomposer.lowpass_kernel, decomposer.image_size) != (
+        default.decomposer.lowpass_kernel,
+        default.decomposer.image_size,
+    )
     data_config = config.data
     if data_config.dataset != default.data.dataset:
         flag("--dataset", data_config.dataset)
@@ -350,8 +409,16 @@ def cli_command(config: RunConfig, data: str = "DATASET_FOLDER", out: str = "run
         flag("--subsample", data_config.subsample)
     unflagged |= data_config.seed != default.data.seed
     train, base = dataclasses.asdict(config.train), dataclasses.asdict(default.train)
-    flagged = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed", "grad_accum_steps": "--grad-accum",
-               "augment": "--augment", "schedule": "--schedule", "eval_every_epochs": "--eval-every"}
+    flagged = {
+        "epochs": "--epochs",
+        "batch_size": "--batch-size",
+        "lr": "--lr",
+        "seed": "--seed",
+        "grad_accum_steps": "--grad-accum",
+        "augment": "--augment",
+        "schedule": "--schedule",
+        "eval_every_epochs": "--eval-every",
+    }
     for key, value in train.items():
         if value == base[key]:
             continue

@@ -1,5 +1,6 @@
 """Bands and Counterfactual tabs: thin calls into `specpl.visualize`, `specpl.counterfactual` and
 DAPT's public mask functions (`specpl.methods.dapt`)."""
+
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ from app.messages import first_sentence
 from app.models import ModelCache
 from specpl.bands import DECOMPOSERS, BandDecomposer, DecomposerUnavailable
 from specpl.config import DecomposerConfig, from_dict
-from specpl.counterfactual import A, A_WITH_B, B, B_WITH_A, counterfactual
+from specpl.counterfactual import A_WITH_B, B_WITH_A, A, B, counterfactual
 from specpl.data import DataError, load_image
 from specpl.inference import Predictor
 from specpl.methods.dapt import DAPTConfig, MaskFolder, saliency_maps
@@ -28,7 +29,9 @@ DAPT = "dapt"  # the DAPT booster's registered name
 MASK_IMAGES = ("saliency", "mask")
 MIN_DISPLAY_PX = 224  # smaller mask pictures (a 64 px world image) are enlarged by a whole factor to reach it
 NO_DAPT_NOTE = "This run has no DAPT booster: it trains without foreground masks, so there are none to show."
-NO_MASK_FILES_NOTE = "This run's DAPT reads its masks from a folder of files (`dapt.masks=folder`), which a shared server does not open."
+NO_MASK_FILES_NOTE = (
+    "This run's DAPT reads its masks from a folder of files (`dapt.masks=folder`), which a shared server does not open."
+)
 
 
 class FeatureUnavailable(RuntimeError):
@@ -71,29 +74,42 @@ class CounterfactualView:
     summary: str
 
 
-def counterfactual_view(cache: ModelCache, model_dir: Path, image_a: Path, image_b: Path, top_k: int) -> CounterfactualView:
+def counterfactual_view(
+    cache: ModelCache, model_dir: Path, image_a: Path, image_b: Path, top_k: int
+) -> CounterfactualView:
     """Predictions for A, B and their band swaps through the run's model and its own decomposer
     (at the resolution it was trained with, so the band statistics match training)."""
     predictor = cache.bundle_predictor(model_dir)
     config = from_dict(DecomposerConfig, predictor.config.get("decomposer") or {"name": CPU_DECOMPOSER})
     decomposer = _decomposer(cache, config)
-    result = counterfactual(predictor, load_image(image_a), load_image(image_b), decomposer, top_k=top_k, size=config.image_size)
+    result = counterfactual(
+        predictor, load_image(image_a), load_image(image_b), decomposer, top_k=top_k, size=config.image_size
+    )
     granule = result.granule_path
     embedding = {pair: dict(granule.rows[pair]) for pair in PAIRS} if granule is not None else None
     cosines = dict(granule.modulation_cosine) if granule is not None else None
-    return CounterfactualView(embedding, cosines, {pair: dict(result.image_path[pair]) for pair in PAIRS}, result.swapped_images, result.summary)
+    return CounterfactualView(
+        embedding,
+        cosines,
+        {pair: dict(result.image_path[pair]) for pair in PAIRS},
+        result.swapped_images,
+        result.summary,
+    )
 
 
 @dataclass
 class MaskView:
     """The foreground mask DAPT would train with on one image, and the map it is cut from."""
+
     saliency: np.ndarray | None  # (S, S) in [0, 1] at the model's input size; None for mask files
     mask: np.ndarray | None  # bool, True on the foreground: the thresholded map, or the mask file
     images: dict[str, Image.Image | None]  # MASK_IMAGES -> picture (None when there is nothing to show)
     note: str  # whose mask this is and how it was made, or why there is none
 
 
-def dapt_mask_view(cache: ModelCache, model_dir: Path, image_path: Path, class_name: str | None = None, read_mask_files: bool = True) -> MaskView:
+def dapt_mask_view(
+    cache: ModelCache, model_dir: Path, image_path: Path, class_name: str | None = None, read_mask_files: bool = True
+) -> MaskView:
     """DAPT's mask of `image_path` under the run's own DAPT options: its mask file (``masks="folder"``),
     else the DAPT-G map of the run's model thresholded as in training. The gradient maps target
     `class_name` (the image's dataset class) when the run knows it, else the predicted class. A run
@@ -118,13 +134,17 @@ def _saliency_view(predictor: Predictor, config: DAPTConfig, image_path: Path, c
     pixels = predictor.preprocess([image_path]).to(predictor.device)
     label, target = _target_class(predictor, pixels, class_name)
     labels = torch.tensor([label], device=predictor.device)
-    maps = saliency_maps(predictor.model, pixels, labels, config.gradcam_normalise, config.cam,
-                         config.gradcam_align_corners)
+    maps = saliency_maps(
+        predictor.model, pixels, labels, config.gradcam_normalise, config.cam, config.gradcam_align_corners
+    )
     saliency = maps[0, 0].cpu()
     mask = saliency >= config.gradcam_threshold  # exactly `saliency_masks`, as DAPT trains with
     mean, std = (torch.tensor(values).view(3, 1, 1) for values in predictor.backbone.normalization)
     seen = to_pil(pixels[0].cpu() * std + mean)
-    images = {"saliency": _enlarged(Image.blend(seen, heatmap(saliency[None]), 0.6)), "mask": _foreground(seen, mask.numpy())}
+    images = {
+        "saliency": _enlarged(Image.blend(seen, heatmap(saliency[None]), 0.6)),
+        "mask": _foreground(seen, mask.numpy()),
+    }
     covered = float(mask.float().mean()) * 100
     note = (
         f"**DAPT-G mask**: the `{config.cam}` map (`dapt.cam`) of this run's model, divided by its maximum and thresholded at "
@@ -151,7 +171,9 @@ def _mask_file_view(config: DAPTConfig, image_path: Path) -> MaskView:
         mask = np.asarray(folder.read(image_path)) > 0
         found = folder.find(image_path)
     except DataError as exc:
-        return no_masks(f"This run's DAPT reads its masks from files (`dapt.masks=folder`), and there is none to show here: {exc}.")
+        return no_masks(
+            f"This run's DAPT reads its masks from files (`dapt.masks=folder`), and there is none to show here: {exc}."
+        )
     note = (
         f"**DAPT mask file** `{found.relative_to(folder.root).as_posix()}` from `{folder.root}`, binarised as DAPT reads it; "
         f"it marks {mask.mean() * 100:.0f}% of the image as foreground (training gives it each view's crop and flip)."
@@ -169,4 +191,8 @@ def _enlarged(picture: Image.Image) -> Image.Image:
     """`picture` enlarged by the whole factor that brings its shorter side to `MIN_DISPLAY_PX`, each
     pixel a square block (the browser shows a small picture at its own size)."""
     factor = math.ceil(MIN_DISPLAY_PX / min(picture.size))
-    return picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST) if factor > 1 else picture
+    return (
+        picture.resize((picture.width * factor, picture.height * factor), Image.Resampling.NEAREST)
+        if factor > 1
+        else picture
+    )

@@ -11,6 +11,7 @@ Declared sizes are only ever a reason to refuse early, never a bound: `Extractor
 it actually writes and stops the moment an entry passes its compression-ratio cap or its declared
 size, or the archive passes the extraction limit, so a zip bomb writes at most one small chunk.
 """
+
 from __future__ import annotations
 
 import copy
@@ -178,11 +179,21 @@ class Extractor:
                     self.written += len(chunk)
                     target.write(chunk)
             if entry_written != member.info.file_size:
-                raise UploadError(f"{self.label} was rejected: entry {name!r} holds {entry_written:,} bytes but the archive declares {member.info.file_size:,}")
+                raise UploadError(
+                    f"{self.label} was rejected: entry {name!r} holds {entry_written:,} bytes but the archive declares {member.info.file_size:,}"
+                )
         except UploadError:
             destination.unlink(missing_ok=True)
             raise
-        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, NotImplementedError, EOFError, RuntimeError) as exc:
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            OSError,
+            ValueError,
+            NotImplementedError,
+            EOFError,
+            RuntimeError,
+        ) as exc:
             destination.unlink(missing_ok=True)
             raise UploadError(f"{self.label}: entry {name!r} could not be read ({exc})") from None
 
@@ -199,4 +210,6 @@ class Extractor:
                 "compression-ratio limit (a zip bomb)"
             )
         if self.written + chunk_bytes > self.limits.max_extracted_bytes:
-            raise UploadError(f"{self.label} was rejected: it expands past the {self.limits.max_extracted_bytes / MB:.0f} MB limit for extracted data")
+            raise UploadError(
+                f"{self.label} was rejected: it expands past the {self.limits.max_extracted_bytes / MB:.0f} MB limit for extracted data"
+            )

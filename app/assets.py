@@ -8,6 +8,7 @@ file once, keeps its brotli and gzip forms, and marks it immutable, so a second 
 even revalidate. Anything else (and any name that is not a plain file in the build folder) goes
 on to Gradio untouched.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -65,7 +66,9 @@ class BuildAssetCache:
             self._assets[name] = _Asset(path)
         return self._assets[name]
 
-    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+    async def __call__(
+        self, scope: Scope, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]
+    ) -> None:
         path = scope.get("path", "")
         asset = None
         if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD") and path.startswith(PREFIX):

@@ -7,6 +7,7 @@ weights are "cached" when the Hugging Face cache holds them, "downloadable" when
 and "offline" otherwise. When no pretrained model can be had, the world CLIP is the default, so the
 app works on a fresh offline machine.
 """
+
 from __future__ import annotations
 
 import os
@@ -85,7 +86,9 @@ def key_for(config: BackboneConfig) -> str:
         chosen = resolve_backbone(candidate.key)
         if (chosen.name, chosen.pretrained) == (config.name, config.pretrained):
             return candidate.key
-    raise ValueError(f"backbone {config.name} ({config.pretrained}) is not one this app offers: {', '.join(o.title for o in OPTIONS)}")
+    raise ValueError(
+        f"backbone {config.name} ({config.pretrained}) is not one this app offers: {', '.join(o.title for o in OPTIONS)}"
+    )
 
 
 def availability(key: str) -> Availability:
@@ -94,13 +97,21 @@ def availability(key: str) -> Availability:
         return Availability("built-in")
     if chosen.source == EMBEDDED:
         weights = EMBEDDED_WEIGHTS[defaults.WORLD_MODEL]
-        return Availability("embedded") if weights.is_file() else Availability("missing", f"its weights file {weights} is missing from this installation")
+        return (
+            Availability("embedded")
+            if weights.is_file()
+            else Availability("missing", f"its weights file {weights} is missing from this installation")
+        )
     if _hub_cached(config):
         return Availability("cached")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return Availability("offline", "its weights are not in the Hugging Face cache and the app is offline (HF_HUB_OFFLINE)")
+        return Availability(
+            "offline", "its weights are not in the Hugging Face cache and the app is offline (HF_HUB_OFFLINE)"
+        )
     if not hub_reachable():
-        return Availability("offline", "its weights are not in the Hugging Face cache and the Hugging Face hub can't be reached")
+        return Availability(
+            "offline", "its weights are not in the Hugging Face cache and the Hugging Face hub can't be reached"
+        )
     return Availability("downloadable", "its weights will be downloaded on first use")
 
 

@@ -5,6 +5,7 @@ those three file names, so a pickle (``.bin``, ``.pt``, ``.pkl``) is refused bef
 written, then lets the library validate the result (`specpl.checkpoint.read_bundle`) and checks
 that this installation knows the bundle's backbone and methods.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -27,7 +28,9 @@ def export_bundle_zip(model_dir: Path, exports_dir: Path, stem: str) -> Path:
     """Zip the bundle in `model_dir` to ``exports_dir/<stem>.zip`` (written whole or not at all)."""
     present = [name for name in BUNDLE_FILES if (model_dir / name).is_file()]
     if WEIGHTS_FILE not in present or CONFIG_FILE not in present:
-        raise UploadError(f"this run has no complete model bundle yet ({model_dir.name}/ lacks {WEIGHTS_FILE} or {CONFIG_FILE})")
+        raise UploadError(
+            f"this run has no complete model bundle yet ({model_dir.name}/ lacks {WEIGHTS_FILE} or {CONFIG_FILE})"
+        )
     target = exports_dir / f"{stem}.zip"
 
     def write(tmp: Path) -> None:
@@ -39,7 +42,9 @@ def export_bundle_zip(model_dir: Path, exports_dir: Path, stem: str) -> Path:
     return target
 
 
-def import_bundle_zip(zip_path: Path, staging_parent: Path, limits: Limits, label: str | None = None) -> tuple[Path, dict]:
+def import_bundle_zip(
+    zip_path: Path, staging_parent: Path, limits: Limits, label: str | None = None
+) -> tuple[Path, dict]:
     """Unpack and validate a bundle zip into a new folder under `staging_parent`.
 
     Returns (bundle folder, its config). The caller moves the folder into a run; on any problem
@@ -77,10 +82,14 @@ def _validated_config(bundle: Path, label: str) -> dict:
     if not backbone.startswith("hf-hub:") and backbone not in available_models():
         raise UploadError(f"{label}: config.json names backbone {backbone!r}, which this installation does not know")
     if method.get("host") not in HOSTS:
-        raise UploadError(f"{label}: config.json names host method {method.get('host')!r}; available: {', '.join(HOSTS.names())}")
+        raise UploadError(
+            f"{label}: config.json names host method {method.get('host')!r}; available: {', '.join(HOSTS.names())}"
+        )
     unknown = [name for name in method.get("boosters", []) if name not in BOOSTERS]
     if unknown:
-        raise UploadError(f"{label}: config.json names booster(s) {', '.join(map(repr, unknown))}; available: {', '.join(BOOSTERS.names())}")
+        raise UploadError(
+            f"{label}: config.json names booster(s) {', '.join(map(repr, unknown))}; available: {', '.join(BOOSTERS.names())}"
+        )
     if not isinstance(config["classnames"], list) or len(config["classnames"]) < 2:
         raise UploadError(f"{label}: config.json must list at least 2 class names")
     return config

@@ -1,4 +1,5 @@
 """Classify tab: top-k labels for one or many images, as a table, a captioned gallery and a CSV."""
+
 from __future__ import annotations
 
 import secrets
@@ -25,7 +26,9 @@ class Classification:
     skipped: list[str] = field(default_factory=list)
 
 
-def classify_files(predictor: Predictor, paths: list[Path], top_k: int, limits: Limits, out_dir: Path) -> Classification:
+def classify_files(
+    predictor: Predictor, paths: list[Path], top_k: int, limits: Limits, out_dir: Path
+) -> Classification:
     """Rank every usable image in `paths`; unusable ones are listed in `skipped`."""
     if not paths:
         raise UploadError("add one or more images to classify")
@@ -35,7 +38,11 @@ def classify_files(predictor: Predictor, paths: list[Path], top_k: int, limits: 
     if not usable:
         raise UploadError("no usable image: " + "; ".join(skipped))
     ranked = predictor.predict(usable, top_k=top_k)
-    rows = [(path.name, rank, label, round(prob, 6)) for path, result in zip(usable, ranked) for rank, (label, prob) in enumerate(result, 1)]
+    rows = [
+        (path.name, rank, label, round(prob, 6))
+        for path, result in zip(usable, ranked)
+        for rank, (label, prob) in enumerate(result, 1)
+    ]
     table = pd.DataFrame(rows, columns=COLUMNS)
     csv_path = out_dir / f"predictions-{secrets.token_hex(4)}.csv"
     atomic_write_text(csv_path, table.to_csv(index=False))

@@ -8,6 +8,7 @@ checked": the library still refuses it clearly when the run builds it.
 
 In hosted mode a source must be a hub id: a server path would let a visitor read the server's files.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -62,7 +63,10 @@ def status(name: str, source: str | None = None, hosted: bool = False) -> Decomp
         return DecomposerStatus(True, "fft needs no weights.")
     if name == "taef2":
         if not source:
-            return DecomposerStatus(False, f"taef2 needs local weights: set the decomposer source (Advanced) to the folder holding {' and '.join(TAEF2_FILES)}.")
+            return DecomposerStatus(
+                False,
+                f"taef2 needs local weights: set the decomposer source (Advanced) to the folder holding {' and '.join(TAEF2_FILES)}.",
+            )
         missing = [file for file in TAEF2_FILES if not (Path(source).expanduser() / file).is_file()]
         if missing:
             return DecomposerStatus(False, f"taef2: the folder {source} lacks {', '.join(missing)}.")
@@ -83,9 +87,15 @@ def _hub_vae_status(name: str, target: str) -> DecomposerStatus:
     if cached_model_folder(target) is not None:
         return DecomposerStatus(True, f"{name}: {target} is in the Hugging Face cache.")
     if hub_offline():
-        return DecomposerStatus(False, f"{name}: {target} is not in the Hugging Face cache and the app is offline (HF_HUB_OFFLINE); give a local folder as the decomposer source.")
+        return DecomposerStatus(
+            False,
+            f"{name}: {target} is not in the Hugging Face cache and the app is offline (HF_HUB_OFFLINE); give a local folder as the decomposer source.",
+        )
     if not hub_reachable():
-        return DecomposerStatus(False, f"{name}: {target} is not in the Hugging Face cache and the hub can't be reached; give a local folder as the decomposer source.")
+        return DecomposerStatus(
+            False,
+            f"{name}: {target} is not in the Hugging Face cache and the hub can't be reached; give a local folder as the decomposer source.",
+        )
     return DecomposerStatus(True, f"{name}: {target} is downloaded from the hub on first use.")
 
 

@@ -1,5 +1,6 @@
 """ZeroGPU support without a hard dependency: `gpu_task` is ``spaces.GPU`` on a Hugging Face Space
 that has the ``spaces`` package, and does nothing anywhere else. Nothing here touches CUDA."""
+
 from __future__ import annotations
 
 from typing import Callable, TypeVar

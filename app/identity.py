@@ -11,6 +11,7 @@ secret, so neither a job.json nor a folder name lets anyone act as someone else.
 served from Gradio's cache (a copy under a content hash), so nothing else in the data directory
 (runs, other visitors' uploads, bundles) may be fetched by guessing its path.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,7 +47,11 @@ def browser_token(request: Any) -> str | None:
     """The browser cookie of a `gr.Request`, when it is well formed."""
     cookies = getattr(request, "cookies", None) or {}
     token = cookies.get(COOKIE) if hasattr(cookies, "get") else None
-    return token if isinstance(token, str) and 20 <= len(token) <= 100 and token.replace("-", "").replace("_", "").isalnum() else None
+    return (
+        token
+        if isinstance(token, str) and 20 <= len(token) <= 100 and token.replace("-", "").replace("_", "").isalnum()
+        else None
+    )
 
 
 def _digest(secret: str) -> str:
@@ -73,7 +78,11 @@ class BrowserCookie:
     def __init__(self, app: Callable, cross_site: bool = False) -> None:
         self.app = app
         # Inside a Space's iframe the app is a third party, so the cookie must be SameSite=None.
-        self.attributes = "; Path=/; HttpOnly; Secure; SameSite=None; Partitioned" if cross_site else "; Path=/; HttpOnly; SameSite=Lax"
+        self.attributes = (
+            "; Path=/; HttpOnly; Secure; SameSite=None; Partitioned"
+            if cross_site
+            else "; Path=/; HttpOnly; SameSite=Lax"
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or _has_cookie(scope):

@@ -12,6 +12,7 @@ SIGTERM after a grace period, then SIGKILL. A worker that dies on its own is rec
 with its cause: its own report when it could write one (out-of-memory included), otherwise the
 signal or exit code.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,7 +81,14 @@ class _Worker:
 
 
 class JobManager:
-    def __init__(self, runs_dir: Path, slots: int = 1, stop_grace_s: float = 20.0, poll_s: float = 0.25, worker_command: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        runs_dir: Path,
+        slots: int = 1,
+        stop_grace_s: float = 20.0,
+        poll_s: float = 0.25,
+        worker_command: list[str] | None = None,
+    ) -> None:
         self.runs_dir = Path(runs_dir)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.slots = max(1, slots)
@@ -97,7 +105,11 @@ class JobManager:
 
     def run_dir(self, run_id: str) -> Path:
         """The folder of `run_id`; the id is checked, as it may come from a browser."""
-        if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or not (self.runs_dir / run_id / JOB_FILE).is_file():
+        if (
+            not isinstance(run_id, str)
+            or not _RUN_ID.match(run_id)
+            or not (self.runs_dir / run_id / JOB_FILE).is_file()
+        ):
             raise JobError(f"there is no run {run_id!r}")
         return self.runs_dir / run_id
 
@@ -139,14 +151,18 @@ class JobManager:
 
         def fill(staging: Path) -> None:
             shutil.copytree(dataset_root, staging / "data", symlinks=False)
-            atomic_write_text(staging / REQUEST_FILE, json.dumps({"config": config.to_dict(), "resume": False}, indent=2) + "\n")
+            atomic_write_text(
+                staging / REQUEST_FILE, json.dumps({"config": config.to_dict(), "resume": False}, indent=2) + "\n"
+            )
 
         return self._create(record, fill)
 
     def add_imported(self, model_dir: Path, name: str, owner: str | None = None) -> RunRecord:
         """Record a validated model bundle as a finished run (moves `model_dir` into it)."""
         now = time.time()
-        record = RunRecord(run_id=_new_run_id(), name=name, status="finished", created=now, ended=now, imported=True, owner=owner)
+        record = RunRecord(
+            run_id=_new_run_id(), name=name, status="finished", created=now, ended=now, imported=True, owner=owner
+        )
         return self._create(record, lambda staging: shutil.move(str(model_dir), staging / "model"))
 
     def stop(self, run_id: str) -> RunRecord:
@@ -171,7 +187,16 @@ class JobManager:
             run_dir = self.run_dir(run_id)
             request = json.loads((run_dir / REQUEST_FILE).read_text(encoding="utf-8"))
             atomic_write_text(run_dir / REQUEST_FILE, json.dumps({**request, "resume": True}, indent=2) + "\n")
-            return self._update(record, status="queued", queued_at=time.time(), resume=True, cause=None, ended=None, pid=None, stop_requested_at=None)
+            return self._update(
+                record,
+                status="queued",
+                queued_at=time.time(),
+                resume=True,
+                cause=None,
+                ended=None,
+                pid=None,
+                stop_requested_at=None,
+            )
 
     def delete(self, run_id: str) -> None:
         with self._lock:
@@ -224,15 +249,26 @@ class JobManager:
         run_dir = self.run_dir(record.run_id)
         for stale in (OUTCOME_FILE, STOP_FILE):
             (run_dir / stale).unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1",
+        }
         try:
             with open(run_dir / LOG_FILE, "ab") as log_file:
                 process = subprocess.Popen(
-                    [*self.worker_command, str(run_dir)], stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                    cwd=PROJECT_ROOT, env=env, start_new_session=True,
+                    [*self.worker_command, str(run_dir)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    cwd=PROJECT_ROOT,
+                    env=env,
+                    start_new_session=True,
                 )
         except OSError as exc:
-            self._update(record, status="failed", ended=time.time(), cause=f"could not start the training process: {exc}")
+            self._update(
+                record, status="failed", ended=time.time(), cause=f"could not start the training process: {exc}"
+            )
             return
         self._workers[record.run_id] = _Worker(process.pid, process)
         self._update(record, status="running", started=time.time(), pid=process.pid)
@@ -257,7 +293,10 @@ class JobManager:
         if status is None:
             status, cause = "failed", _crash_cause(run_dir, worker.pid, returncode)
             if record.stop_requested_at is not None:
-                status, cause = "cancelled", f"stopped by request; the process did not stop within {self.stop_grace_s:.0f} s and was terminated"
+                status, cause = (
+                    "cancelled",
+                    f"stopped by request; the process did not stop within {self.stop_grace_s:.0f} s and was terminated",
+                )
         elif status == "cancelled" and record.stop_requested_at is not None:
             cause = "stopped by request (a checkpoint was saved; resume continues from it)"
         self._update(record, status=status, cause=cause, ended=time.time())
@@ -325,7 +364,11 @@ def _crash_cause(run_dir: Path, pid: int, returncode: int | None) -> str:
         return f"the training process (pid {pid}) ended while the app was not watching it, without reporting a result"
     if returncode < 0:
         name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else "unknown"
-        hint = "; when nobody stopped it, this is usually the system running out of memory" if -returncode == signal.SIGKILL else ""
+        hint = (
+            "; when nobody stopped it, this is usually the system running out of memory"
+            if -returncode == signal.SIGKILL
+            else ""
+        )
         return f"killed by signal {-returncode} ({name}){hint}"
     if returncode == 0:
         return "the training process exited with code 0 without reporting a result"

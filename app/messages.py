@@ -1,4 +1,5 @@
 """Turning library errors into the one-line messages the UI shows."""
+
 from __future__ import annotations
 
 import re

@@ -2,6 +2,7 @@
 quickly while trainings run in their own processes. Inference here runs on the CPU, with an int8
 image tower unless turned off (``SPECPL_CPU_INT8=0``): about 1.9x faster for ViT-B-32 on 2 cores
 at the cost of a rare top-1 change (bench/RESULTS.md)."""
+
 from __future__ import annotations
 
 import json
@@ -73,7 +74,10 @@ class ModelCache:
 
     def zero_shot_predictor(self, config: BackboneConfig, classnames: Sequence[str], template: str) -> Predictor:
         key = ("zero-shot", config.name, config.pretrained, tuple(classnames), template)
-        return self._predictors.get(key, lambda: self._ready(Predictor.zero_shot(self.backbone(config), list(classnames), template, device=DEVICE)))
+        return self._predictors.get(
+            key,
+            lambda: self._ready(Predictor.zero_shot(self.backbone(config), list(classnames), template, device=DEVICE)),
+        )
 
     def decomposer(self, config: DecomposerConfig) -> BandDecomposer:
         key = (config.name, config.source, config.lowpass_kernel, config.image_size)

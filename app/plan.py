@@ -4,6 +4,7 @@ per class are held out for validation, all as the trainer will resolve them
 (`specpl.training_plan`), from the dataset's per-class counts (known since the upload, so nothing
 is decoded again).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,8 +27,10 @@ class TrainingPlan:
 
     def line(self) -> str:
         preset = "" if self.preset == "default" else f" ({self.preset} preset)"
-        head = (f"Training plan{preset}: {_count(self.epochs, 'epoch')} of batch {self.batch_size} ({_count(self.steps, 'step')}) "
-                f"from {_count(self.train_images, 'training image')}")
+        head = (
+            f"Training plan{preset}: {_count(self.epochs, 'epoch')} of batch {self.batch_size} ({_count(self.steps, 'step')}) "
+            f"from {_count(self.train_images, 'training image')}"
+        )
         low, high = (min(self.held_out), max(self.held_out)) if self.held_out else (0, 0)
         if not high:
             held = "nothing held out for validation"
@@ -68,5 +71,16 @@ def training_plan(config: RunConfig, per_class: list[int]) -> TrainingPlan:
     images = sum(per_class) - sum(held_out)
     train = resolved_training(config, images)
     epochs, batch = int(train["epochs"]), int(train["batch_size"])
-    steps = max(1, epochs * epoch_steps(images, batch, bool(train["drop_last"]), grad_accum=config.train.grad_accum_steps)[0])
-    return TrainingPlan(config.method.preset, epochs, batch, steps, images, held_out if any(held_out) else (), select, config.data.subsample == "base")
+    steps = max(
+        1, epochs * epoch_steps(images, batch, bool(train["drop_last"]), grad_accum=config.train.grad_accum_steps)[0]
+    )
+    return TrainingPlan(
+        config.method.preset,
+        epochs,
+        batch,
+        steps,
+        images,
+        held_out if any(held_out) else (),
+        select,
+        config.data.subsample == "base",
+    )

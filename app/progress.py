@@ -1,4 +1,5 @@
 """What the UI shows about a run, computed from its job record and the trainer's ``events.jsonl``."""
+
 from __future__ import annotations
 
 import html
@@ -15,7 +16,18 @@ from specpl.events import read_events
 from specpl.selection import BASE_NEW_NOTE
 
 MAX_CURVE_POINTS = 400  # per loss term; longer runs are thinned evenly
-SERIES_COLOURS = ("#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#ff9da6", "#9d755d", "#bab0ac")
+SERIES_COLOURS = (
+    "#4c78a8",
+    "#f58518",
+    "#e45756",
+    "#72b7b2",
+    "#54a24b",
+    "#eeca3b",
+    "#b279a2",
+    "#ff9da6",
+    "#9d755d",
+    "#bab0ac",
+)
 CHANCE_MARGIN = 5.0  # accuracy points above chance that still count as "learned nothing"
 
 
@@ -50,11 +62,20 @@ def read_progress(run_dir: Path) -> RunProgress:
             progress.epoch, progress.epochs = event["epoch"], event["epochs"]
             progress.eta_s, progress.images_per_s = event.get("eta_s"), event.get("images_per_s")
             progress.curve.append({"step": event["step"], "term": "total", "loss": event["loss"]})
-            progress.curve += [{"step": event["step"], "term": term, "loss": value} for term, value in event.get("losses", {}).items()]
+            progress.curve += [
+                {"step": event["step"], "term": term, "loss": value} for term, value in event.get("losses", {}).items()
+            ]
             if event.get("lr") is not None:
                 progress.lr.append({"step": event["step"], "lr": event["lr"]})
         elif kind == "val":
-            progress.val.append({"epoch": event["epoch"], "step": event.get("step", 0), "accuracy": event["accuracy"], "split": event.get("split", "val")})
+            progress.val.append(
+                {
+                    "epoch": event["epoch"],
+                    "step": event.get("step", 0),
+                    "accuracy": event["accuracy"],
+                    "split": event.get("split", "val"),
+                }
+            )
             if event.get("zero_shot") is not None:
                 progress.zero_shot_val = float(event["zero_shot"])
         elif kind == "decomposer":
@@ -101,10 +122,19 @@ def val_frame(progress: RunProgress) -> pd.DataFrame:
     "validation" series, and zero-shot CLIP's validation accuracy as a constant "zero-shot" series
     over the same epochs, for reference. Runs written before validation was held out scored the
     test split: their points are the "test (older run)" series."""
-    rows = [{**{k: row[k] for k in ("epoch", "step", "accuracy")}, "series": VAL_SERIES if row.get("split", "val") == "val" else OLD_TEST_SERIES} for row in progress.val]
+    rows = [
+        {
+            **{k: row[k] for k in ("epoch", "step", "accuracy")},
+            "series": VAL_SERIES if row.get("split", "val") == "val" else OLD_TEST_SERIES,
+        }
+        for row in progress.val
+    ]
     if progress.zero_shot_val is not None and rows:
         steps = {row["epoch"]: row["step"] for row in rows}
-        rows += [{"epoch": epoch, "step": step, "accuracy": progress.zero_shot_val, "series": ZERO_SHOT_SERIES} for epoch, step in sorted(steps.items())]
+        rows += [
+            {"epoch": epoch, "step": step, "accuracy": progress.zero_shot_val, "series": ZERO_SHOT_SERIES}
+            for epoch, step in sorted(steps.items())
+        ]
     return typed_frame(rows, VAL_TYPES)
 
 
@@ -148,8 +178,6 @@ def chance_note(accuracy: float, classes: int, backbone: dict[str, Any] | None) 
     return f" ⚠️ This is within {CHANCE_MARGIN:.0f} points of chance ({100.0 / classes:.0f}% for {classes} classes): the model has learned almost nothing, probably because {why}."
 
 
-
-
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -167,7 +195,9 @@ def result_text(metrics: dict[str, Any]) -> str:
     if is_base_new(metrics):
         text = f"base {metrics['base']:.1f}%, new {metrics['new']:.1f}%, HM {metrics['hm']:.1f}% on the test split"
         if all(_number(zero.get(key)) for key in ("base", "new", "hm")):
-            text += f" (zero-shot CLIP: base {zero['base']:.1f}%, new {zero['new']:.1f}%, HM {zero['hm']:.1f}%" + (f"; HM {gain:+.1f} points)" if _number(gain) else ")")
+            text += f" (zero-shot CLIP: base {zero['base']:.1f}%, new {zero['new']:.1f}%, HM {zero['hm']:.1f}%" + (
+                f"; HM {gain:+.1f} points)" if _number(gain) else ")"
+            )
         return text
     text = f"test accuracy {metrics['accuracy']:.1f}%"
     if _number(zero.get("accuracy")):
@@ -183,7 +213,9 @@ def verdict_text(metrics: dict[str, Any]) -> str:
     return text + (f" {BASE_NEW_NOTE}" if is_base_new(metrics) else "")
 
 
-def status_line(record: RunRecord, progress: RunProgress, queue_position: int | None, backbone: dict[str, Any] | None = None) -> str:
+def status_line(
+    record: RunRecord, progress: RunProgress, queue_position: int | None, backbone: dict[str, Any] | None = None
+) -> str:
     """One plain line: state, and what the user can expect next; `backbone` (the run's backbone
     config) names the likely reason for a near-chance result."""
     if record.status == "queued":
@@ -203,11 +235,18 @@ def status_line(record: RunRecord, progress: RunProgress, queue_position: int | 
         accuracy = progress.metrics.get("accuracy")
         if accuracy is None:
             return "Finished."
-        return f"Finished: {result_text(progress.metrics)}.{verdict_text(progress.metrics)}" + chance_note(accuracy, progress.classes, backbone)
+        return f"Finished: {result_text(progress.metrics)}.{verdict_text(progress.metrics)}" + chance_note(
+            accuracy, progress.classes, backbone
+        )
     return f"{record.status.capitalize()}" + (f": {record.cause}" if record.cause else ".")
 
 
-def progress_html(record: RunRecord | None, progress: RunProgress | None, queue_position: int | None, backbone: dict[str, Any] | None = None) -> str:
+def progress_html(
+    record: RunRecord | None,
+    progress: RunProgress | None,
+    queue_position: int | None,
+    backbone: dict[str, Any] | None = None,
+) -> str:
     """A progress bar and the status line, as HTML (escaped; causes may quote user file names)."""
     if record is None or progress is None:
         return "<div class='specpl-status'>No run yet. Upload a dataset and press Start.</div>"

@@ -1,5 +1,6 @@
 """A finished run's evaluation as the UI shows it (confusion matrix, per-class bars, misclassified
 images), and the compare view over several runs; all read from ``metrics.json`` and ``events.jsonl``."""
+
 from __future__ import annotations
 
 import html
@@ -9,7 +10,16 @@ from typing import Any
 
 import pandas as pd
 
-from app.progress import BASE_NEW_NOTE, RunProgress, is_base_new, loss_frame, result_text, typed_frame, val_frame, validation_only
+from app.progress import (
+    BASE_NEW_NOTE,
+    RunProgress,
+    is_base_new,
+    loss_frame,
+    result_text,
+    typed_frame,
+    val_frame,
+    validation_only,
+)
 
 # "zero-shot": zero-shot CLIP on the same test images, on the ranking's measure (HM for a base-to-new
 # run, else accuracy); "gain": the run's score on that measure minus zero-shot's, in points
@@ -53,7 +63,10 @@ def confusion_html(metrics: dict[str, Any]) -> str:
 
 
 def per_class_frame(metrics: dict[str, Any]) -> pd.DataFrame:
-    return typed_frame([{"class": name, "accuracy": value} for name, value in (metrics.get("per_class") or {}).items()], {"class": "str", "accuracy": "float64"})
+    return typed_frame(
+        [{"class": name, "accuracy": value} for name, value in (metrics.get("per_class") or {}).items()],
+        {"class": "str", "accuracy": "float64"},
+    )
 
 
 def misclassified_gallery(metrics: dict[str, Any], run_dir: Path) -> list[tuple[str, str]]:
@@ -64,7 +77,9 @@ def misclassified_gallery(metrics: dict[str, Any], run_dir: Path) -> list[tuple[
     for item in metrics.get("misclassified") or []:
         path = Path(str(item.get("path", ""))).resolve()
         if path.is_relative_to(data) and path.is_file():
-            gallery.append((str(path), f"{item.get('label')} → {item.get('predicted')} ({float(item.get('probability', 0)):.0%})"))
+            gallery.append(
+                (str(path), f"{item.get('label')} → {item.get('predicted')} ({float(item.get('probability', 0)):.0%})")
+            )
     return gallery
 
 
@@ -88,8 +103,14 @@ def compare_frames(runs: list[RunSummary]) -> tuple[pd.DataFrame, pd.DataFrame]:
     losses, vals = [], []
     for run in runs:
         loss = loss_frame(run.progress)
-        losses += [{"step": step, "run": run.label, "loss": value} for step, value in loss[loss["term"] == "total"][["step", "loss"]].itertuples(index=False)]
-        vals += [{"epoch": epoch, "run": run.label, "accuracy": value} for epoch, value in validation_only(val_frame(run.progress))[["epoch", "accuracy"]].itertuples(index=False)]
+        losses += [
+            {"step": step, "run": run.label, "loss": value}
+            for step, value in loss[loss["term"] == "total"][["step", "loss"]].itertuples(index=False)
+        ]
+        vals += [
+            {"epoch": epoch, "run": run.label, "accuracy": value}
+            for epoch, value in validation_only(val_frame(run.progress))[["epoch", "accuracy"]].itertuples(index=False)
+        ]
     return (
         typed_frame(losses, {"step": "int64", "run": "str", "loss": "float64"}),
         typed_frame(vals, {"epoch": "int64", "run": "str", "accuracy": "float64"}),
@@ -106,11 +127,23 @@ def ranking(runs: list[RunSummary]) -> pd.DataFrame:
         score = run.metrics[measure] if measure else best_val
         zero_shot = run.metrics.get("zero_shot") if isinstance(run.metrics.get("zero_shot"), dict) else {}
         gain = run.metrics.get("gain_over_zero_shot")
-        rows.append((score if score is not None else float("-inf"), [
-            run.run_id, run.name, run.method, _percent(run.metrics.get("accuracy")), _percent(zero_shot.get(measure) if measure else None),
-            f"{gain:+.1f}" if isinstance(gain, (int, float)) else "", _percent(best_val),
-            _percent(run.metrics.get("base")), _percent(run.metrics.get("new")), _percent(run.metrics.get("hm")),
-        ]))
+        rows.append(
+            (
+                score if score is not None else float("-inf"),
+                [
+                    run.run_id,
+                    run.name,
+                    run.method,
+                    _percent(run.metrics.get("accuracy")),
+                    _percent(zero_shot.get(measure) if measure else None),
+                    f"{gain:+.1f}" if isinstance(gain, (int, float)) else "",
+                    _percent(best_val),
+                    _percent(run.metrics.get("base")),
+                    _percent(run.metrics.get("new")),
+                    _percent(run.metrics.get("hm")),
+                ],
+            )
+        )
     rows.sort(key=lambda row: row[0], reverse=True)
     return pd.DataFrame([[rank, *row] for rank, (_, row) in enumerate(rows, 1)], columns=RANK_COLUMNS)
 

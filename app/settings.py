@@ -7,6 +7,7 @@ Hosted mode (`multi_user`) is on for a Hugging Face Space (``SPACE_ID`` is set t
 ``SPECPL_MULTI_USER=1`` (``0`` forces it off): each visitor then sees and controls only their own
 runs. The local single-user default shares every run with every tab, as a desktop tool does.
 """
+
 from __future__ import annotations
 
 import os

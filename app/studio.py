@@ -11,6 +11,7 @@ run that another visitor started is answered exactly like one that does not exis
 refuses what the UI hides. Uploads live in the visitor's own folder (`user_dir`), which outlives
 a reload, so a page can restore its dataset.
 """
+
 from __future__ import annotations
 
 import filecmp
@@ -27,18 +28,48 @@ import gradio as gr
 import pandas as pd
 
 from app import advanced, backbones, decomposers
-from app.analysis import BAND_VIEWS, MASK_IMAGES, PAIRS, FeatureUnavailable, MaskView, band_view, counterfactual_view, dapt_mask_view, no_masks
+from app.analysis import (
+    BAND_VIEWS,
+    MASK_IMAGES,
+    PAIRS,
+    FeatureUnavailable,
+    MaskView,
+    band_view,
+    counterfactual_view,
+    dapt_mask_view,
+    no_masks,
+)
 from app.archives import UploadError
 from app.bundles import export_bundle_zip, import_bundle_zip
 from app.classify import classify_files
+from app.hub import HubError, checkpoint_bundle, push_bundle
 from app.identity import browser_token, folder_name, install_secret, owner_key
 from app.jobs import ACTIVE, REQUEST_FILE, JobError, JobManager, RunRecord
 from app.messages import first_sentence
 from app.models import ModelCache
-from app.hub import HubError, checkpoint_bundle, push_bundle
 from app.plan import training_counts, training_plan
-from app.progress import VAL_COLOURS, RunProgress, chance_note, decomposer_line, loss_frame, lr_frame, progress_html, read_progress, series_colours, status_line, val_frame
-from app.reports import RunSummary, compare_frames, confusion_html, misclassified_gallery, per_class_frame, ranking, result_html
+from app.progress import (
+    VAL_COLOURS,
+    RunProgress,
+    chance_note,
+    decomposer_line,
+    loss_frame,
+    lr_frame,
+    progress_html,
+    read_progress,
+    series_colours,
+    status_line,
+    val_frame,
+)
+from app.reports import (
+    RunSummary,
+    compare_frames,
+    confusion_html,
+    misclassified_gallery,
+    per_class_frame,
+    ranking,
+    result_html,
+)
 from app.settings import AppSettings
 from app.uploads import DatasetSummary, add_builder_class, extract_dataset_zip, summarize_dataset
 from specpl import defaults
@@ -53,7 +84,16 @@ from specpl.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (UploadError, JobError, FeatureUnavailable, UnknownNameError, BackboneUnavailable, FileNotFoundError, HubError, ValueError)
+USER_ERRORS = (
+    UploadError,
+    JobError,
+    FeatureUnavailable,
+    UnknownNameError,
+    BackboneUnavailable,
+    FileNotFoundError,
+    HubError,
+    ValueError,
+)
 RUN_COLUMNS = ["run", "name", "status", "method", "backbone", "accuracy", "created"]
 MAX_PICKER_CHOICES = 100  # matches listed at once; the search box reaches every image
 MAX_KNOWN_DATASETS = 256  # datasets whose per-class counts are kept for the training plan
@@ -87,7 +127,11 @@ def run_curves(progress: RunProgress) -> tuple[dict, dict, dict]:
 
 def no_report() -> tuple[dict, dict, dict]:
     """Confusion matrix, per-class bars and misclassified gallery, hidden (no finished run)."""
-    return gr.update(value="", visible=False), gr.update(value=None, visible=False), gr.update(value=None, visible=False)
+    return (
+        gr.update(value="", visible=False),
+        gr.update(value=None, visible=False),
+        gr.update(value=None, visible=False),
+    )
 
 
 def markdown_text(text: str) -> str:
@@ -112,7 +156,11 @@ def user_messages(outputs: int, cleared: tuple | None = None) -> Callable:
                 log.exception("%s failed", handler.__name__)
                 first = str(exc).splitlines()[0] if str(exc) else "no details"
                 message = f"⚠️ Something went wrong ({type(exc).__name__}: {markdown_text(first)}); the server log has details."
-            return message if outputs == 1 else (*(cleared if cleared is not None else [gr.update()] * (outputs - 1)), message)
+            return (
+                message
+                if outputs == 1
+                else (*(cleared if cleared is not None else [gr.update()] * (outputs - 1)), message)
+            )
 
         return wrapper
 
@@ -153,13 +201,17 @@ class Studio:
         self.jobs = JobManager(settings.runs_dir, settings.training_slots, settings.stop_grace_s)
         self.models = ModelCache(int8=self.settings.cpu_int8)
         self._secret = install_secret(settings.data_dir)
-        self._dataset_counts: dict[str, tuple[dict[str, tuple[int, int]], bool]] = {}  # root -> (class counts, has train/ and test/)
+        self._dataset_counts: dict[
+            str, tuple[dict[str, tuple[int, int]], bool]
+        ] = {}  # root -> (class counts, has train/ and test/)
 
     # ----- who is asking ---------------------------------------------------------------------
 
     def visitor(self, request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
         """The owner key of this request: the signed-in user, else the browser, else the page session."""
-        return owner_key(getattr(profile, "username", None), browser_token(request), getattr(request, "session_hash", None))
+        return owner_key(
+            getattr(profile, "username", None), browser_token(request), getattr(request, "session_hash", None)
+        )
 
     def user_dir(self, owner: str) -> Path:
         """The visitor's own folder for uploads; it survives a reload (runs copy what they train on)."""
@@ -203,13 +255,17 @@ class Studio:
     # ----- Data & Train ----------------------------------------------------------------------
 
     @user_messages(outputs=4, cleared=DATASET_CLEARED)
-    def upload_zip(self, zip_path: str | None, split_ratio: float, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    def upload_zip(
+        self, zip_path: str | None, split_ratio: float, request: gr.Request, profile: gr.OAuthProfile | None = None
+    ) -> tuple:
         """Unpack a zipped few-shot folder into this visitor's space and summarise it. A refused
         upload clears the active dataset, so Start never trains on an earlier one by mistake."""
         if not zip_path:
             raise UploadError("choose a .zip of class folders first")
         path = Path(zip_path)
-        return self._dataset_outputs(self._unpack_zip(path, path.name, split_ratio, request, profile), f"Dataset ready: {path.name}.")
+        return self._dataset_outputs(
+            self._unpack_zip(path, path.name, split_ratio, request, profile), f"Dataset ready: {path.name}."
+        )
 
     @user_messages(outputs=4, cleared=DATASET_CLEARED)
     def use_demo_set(self, split_ratio: float, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
@@ -219,14 +275,21 @@ class Studio:
         if not path.is_file():
             raise UploadError(f"the demo set {path} is missing from this installation")
         summary = self._unpack_zip(path, "the demo set", split_ratio, request, profile)
-        return self._dataset_outputs(summary, f"Demo set ready: {len(summary.classnames)} SpectralWorld classes, which the embedded SpectralWorld CLIP knows.")
+        return self._dataset_outputs(
+            summary,
+            f"Demo set ready: {len(summary.classnames)} SpectralWorld classes, which the embedded SpectralWorld CLIP knows.",
+        )
 
-    def _unpack_zip(self, path: Path, label: str, split_ratio: float, request: gr.Request, profile: gr.OAuthProfile | None) -> DatasetSummary:
+    def _unpack_zip(
+        self, path: Path, label: str, split_ratio: float, request: gr.Request, profile: gr.OAuthProfile | None
+    ) -> DatasetSummary:
         datasets = self._fresh_user_dir(self.visitor(request, profile)) / "datasets"
         return extract_dataset_zip(path, datasets, self.settings.limits, label=label, split_ratio=split_ratio)
 
     @user_messages(outputs=2)
-    def add_class(self, class_name: str, files: list[str] | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    def add_class(
+        self, class_name: str, files: list[str] | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+    ) -> tuple:
         if not files:
             raise UploadError("add one or more images for this class")
         builder = self._fresh_user_dir(self.visitor(request, profile)) / "builder"
@@ -241,7 +304,9 @@ class Studio:
         builder = self.user_dir(self.visitor(request, profile)) / "builder"
         if not builder.is_dir():
             raise UploadError("the builder is empty: add at least 2 classes with images")
-        return self._dataset_outputs(summarize_dataset(builder, split_ratio, label="the builder"), "Using the classes built here.")
+        return self._dataset_outputs(
+            summarize_dataset(builder, split_ratio, label="the builder"), "Using the classes built here."
+        )
 
     def _dataset_outputs(self, summary: DatasetSummary, message: str) -> tuple:
         self._remember_counts(summary)
@@ -263,7 +328,9 @@ class Studio:
         known = self._dataset_counts.get(str(dataset_root))
         try:
             if known is None:  # a dataset loaded before a restart of the server: read its counts once
-                known = self._remember_counts(summarize_dataset(Path(dataset_root), config.data.split_ratio, label="the dataset"))
+                known = self._remember_counts(
+                    summarize_dataset(Path(dataset_root), config.data.split_ratio, label="the dataset")
+                )
             counts, has_splits = known
             return training_plan(config, training_counts(counts, has_splits, config.data.split_ratio)).line()
         except USER_ERRORS:
@@ -278,7 +345,11 @@ class Studio:
         """On page load: the dataset this browser had, if it is still on disk and in its own folder
         (the stored path comes from the browser, so it is checked like any input)."""
         root = Path(str((saved or {}).get("root") or ""))
-        if not (saved and root.is_dir() and root.resolve().is_relative_to(self.user_dir(self.visitor(request, profile)).resolve())):
+        if not (
+            saved
+            and root.is_dir()
+            and root.resolve().is_relative_to(self.user_dir(self.visitor(request, profile)).resolve())
+        ):
             return (*DATASET_CLEARED, "")
         try:
             summary = summarize_dataset(root, float(saved.get("split_ratio") or 0.5), label="the dataset")
@@ -287,7 +358,10 @@ class Studio:
         return self._dataset_outputs(summary, "Dataset restored from your last visit.")
 
     def backbone_note(self, key: str) -> str:
-        return backbones.unavailable_message(key) or f"{backbones.option(key).title}: {backbones.availability(key).status}."
+        return (
+            backbones.unavailable_message(key)
+            or f"{backbones.option(key).title}: {backbones.availability(key).status}."
+        )
 
     # ----- the run's settings (main form + Advanced) -------------------------------------------
 
@@ -318,10 +392,14 @@ class Studio:
             check_combination(host, boosters)
         except (ValueError, UnknownNameError) as exc:
             return f"⚠️ {exc}"
-        lines = [f"**{host}**: {HOSTS.get(host).description}"] + [f"**+ {name}**: {BOOSTERS.get(name).description}" for name in boosters]
+        lines = [f"**{host}**: {HOSTS.get(host).description}"] + [
+            f"**+ {name}**: {BOOSTERS.get(name).description}" for name in boosters
+        ]
         label = method_label(MethodConfig(host=host, boosters=boosters))
         if label.endswith(f"({UNPUBLISHED})"):
-            lines.append(f"**{label}**: no paper reports this stack; under the paper preset each part runs its own paper values")
+            lines.append(
+                f"**{label}**: no paper reports this stack; under the paper preset each part runs its own paper values"
+            )
         return "  \n".join(lines)
 
     def method_choice(self, host: str, boosters: list[str] | None, preset: str) -> tuple[dict, str]:
@@ -329,7 +407,9 @@ class Studio:
         presets = advanced.presets_of(host) if host in HOSTS else ["default"]
         return gr.update(choices=presets, value=advanced.known_preset(preset)), self.method_note(host, boosters)
 
-    def method_defaults(self, host: str, boosters: list[str] | None, preset: str, redraw: int, options: dict | None) -> list[Any]:
+    def method_defaults(
+        self, host: str, boosters: list[str] | None, preset: str, redraw: int, options: dict | None
+    ) -> list[Any]:
         """After the user picks a host or boosters: each setting takes the value it means for that
         choice (the host's training defaults, its preset's), options set for a component that is
         still chosen are kept, and the options are drawn again."""
@@ -345,7 +425,10 @@ class Studio:
         if host not in HOSTS:
             return [*(gr.update() for _ in advanced.setting_fields()), gr.update(), gr.update()]
         values = advanced.effective_values(host, list(boosters or []), preset or "default")
-        settings = [gr.update(value=shown_value(field, values.get(field.key)), info=f"default: {values.get(field.key)!r}") for field in advanced.setting_fields()]
+        settings = [
+            gr.update(value=shown_value(field, values.get(field.key)), info=f"default: {values.get(field.key)!r}")
+            for field in advanced.setting_fields()
+        ]
         return [*settings, options, (redraw or 0) + 1]
 
     @user_messages(outputs=2)
@@ -356,7 +439,10 @@ class Studio:
         folder = self._fresh_user_dir(self.visitor(request)) / "presets"
         path = folder / advanced.PRESET_FILE
         atomic_write_text(path, advanced.preset_json(config))
-        return str(path), f"Preset saved: {config.method.host}{''.join('+' + b for b in config.method.boosters)}, preset {config.method.preset}."
+        return (
+            str(path),
+            f"Preset saved: {config.method.host}{''.join('+' + b for b in config.method.boosters)}, preset {config.method.preset}.",
+        )
 
     def load_preset(self, file_path: str | None, redraw: int) -> list[Any]:
         """Fill the whole form from a preset file (and draw its options again); a bad file changes
@@ -371,7 +457,10 @@ class Studio:
             return [*keep, f"⚠️ {exc}"]
         values = advanced.form_values(config)
         fields = {field.key: field for field in advanced.setting_fields()}
-        shown = [shown_value(fields[key], values.get(key)) if key in fields else values.get(key) for key in advanced.form_keys()]
+        shown = [
+            shown_value(fields[key], values.get(key)) if key in fields else values.get(key)
+            for key in advanced.form_keys()
+        ]
         return [backbone_key, *shown, (redraw or 0) + 1, f"Preset loaded: {Path(file_path).name}."]
 
     def decomposer_note(self, name: str, source: str | None) -> tuple[dict, str]:
@@ -380,7 +469,14 @@ class Studio:
         return gr.update(choices=decomposers.dropdown_choices(source, hosted)), decomposers.note(name, source, hosted)
 
     @user_messages(outputs=3)
-    def start_training(self, dataset_root: str | None, run_config: dict | None, name: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    def start_training(
+        self,
+        dataset_root: str | None,
+        run_config: dict | None,
+        name: str,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple:
         """Queue a training of `run_config` (the form's config, or a preset file's JSON) on the
         visitor's dataset; the worker process picks it up. Returns (run id, run id to remember, message)."""
         owner = self.visitor(request, profile)
@@ -391,11 +487,13 @@ class Studio:
             raise UploadError("the run config is empty")
         if "error" in run_config:
             raise UploadError(f"fix the settings first: {run_config['error']}")
-        config = RunConfig.from_dict({
-            **run_config,
-            "data": {**(run_config.get("data") or {}), "root": str(root), "dataset": "folder"},
-            "train": {**advanced.APP_TRAIN_DEFAULTS, **(run_config.get("train") or {})},
-        })
+        config = RunConfig.from_dict(
+            {
+                **run_config,
+                "data": {**(run_config.get("data") or {}), "root": str(root), "dataset": "folder"},
+                "train": {**advanced.APP_TRAIN_DEFAULTS, **(run_config.get("train") or {})},
+            }
+        )
         backbone_key = backbones.key_for(config.backbone)
         config.backbone = backbones.resolve_backbone(backbone_key)  # only what the app offers, nothing a caller adds
         problem = backbones.unavailable_message(backbone_key)
@@ -403,20 +501,28 @@ class Studio:
             raise UploadError(problem)
         paths = advanced.server_paths(config) if self.settings.multi_user else []
         if paths:
-            raise UploadError(f"{'; '.join(paths)}: a local folder or file cannot be used on a shared server; give a Hugging Face hub id (org/name) or leave it unset")
+            raise UploadError(
+                f"{'; '.join(paths)}: a local folder or file cannot be used on a shared server; give a Hugging Face hub id (org/name) or leave it unset"
+            )
         resolve_method_options(config.method)  # unknown methods or options fail here, not in the worker
         label = name.strip() or "+".join([config.method.host, *config.method.boosters])
         record = self.jobs.submit(config, root, label, owner=owner)
         position = self.jobs.queue_position(record.run_id)
         running = sum(r.status == "running" for r in self.jobs.list())
-        waiting = f" It waits at queue position {position} while {running} training(s) run." if position and running else ""
+        waiting = (
+            f" It waits at queue position {position} while {running} training(s) run." if position and running else ""
+        )
         return record.run_id, record.run_id, f"Started run {record.run_id}.{waiting}"
 
     @user_messages(outputs=1)
     def stop_training(self, run_id: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str:
         self._owned(run_id, self.visitor(request, profile))
         record = self.jobs.stop(run_id)
-        return "Cancelled before it started." if record.status == "cancelled" else "Stopping: the run saves a checkpoint, then its process ends."
+        return (
+            "Cancelled before it started."
+            if record.status == "cancelled"
+            else "Stopping: the run saves a checkpoint, then its process ends."
+        )
 
     def run_status(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
         """Progress bar + status, the loss, validation and lr curves, the details, and once the run
@@ -427,16 +533,33 @@ class Studio:
         try:
             record = self._owned(run_id, self.visitor(request, profile))
         except JobError:
-            return f"<div class='specpl-status'>Run {html.escape(run_id)} no longer exists.</div>", *run_curves(RunProgress()), {}, *no_report()
+            return (
+                f"<div class='specpl-status'>Run {html.escape(run_id)} no longer exists.</div>",
+                *run_curves(RunProgress()),
+                {},
+                *no_report(),
+            )
         progress = read_progress(self.jobs.run_dir(run_id))
         position = self.jobs.queue_position(run_id)
         details = {
-            "run_id": run_id, "status": record.status, "cause": record.cause, "queue_position": position,
-            "step": progress.step, "total_steps": progress.total_steps, "eta_s": progress.eta_s, "metrics": progress.metrics,
-            "decomposer": progress.decomposer, "compile": progress.compiled,
+            "run_id": run_id,
+            "status": record.status,
+            "cause": record.cause,
+            "queue_position": position,
+            "step": progress.step,
+            "total_steps": progress.total_steps,
+            "eta_s": progress.eta_s,
+            "metrics": progress.metrics,
+            "decomposer": progress.decomposer,
+            "compile": progress.compiled,
         }
         backbone = self._run_config(run_id).get("backbone")
-        return progress_html(record, progress, position, backbone), *run_curves(progress), details, *self._report(record)
+        return (
+            progress_html(record, progress, position, backbone),
+            *run_curves(progress),
+            details,
+            *self._report(record),
+        )
 
     def poll_run(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
         """One tick of the status timer: `run_status`, and the timer itself, which stops once the
@@ -459,7 +582,9 @@ class Studio:
             gr.update(value=gallery, visible=bool(gallery), label=f"Misclassified test images ({len(gallery)} shown)"),
         )
 
-    def reattach(self, remembered: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str, str]:
+    def reattach(
+        self, remembered: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+    ) -> tuple[str, str]:
         """On page load: the run this browser started while it is active, else the one training
         now (hosted: only the visitor's own), else the remembered run's result."""
         owner = self.visitor(request, profile)
@@ -467,7 +592,9 @@ class Studio:
         known = next((r for r in visible if r.run_id == remembered), None) if remembered else None
         if known and known.active:
             return known.run_id, known.run_id
-        active = sorted((r for r in visible if r.active), key=lambda r: (r.status != "running", r.queued_at or r.created))
+        active = sorted(
+            (r for r in visible if r.active), key=lambda r: (r.status != "running", r.queued_at or r.created)
+        )
         chosen = active[0].run_id if active else (known.run_id if known else "")
         return chosen, chosen
 
@@ -475,8 +602,14 @@ class Studio:
 
     @user_messages(outputs=len(BAND_VIEWS) + len(MASK_IMAGES) + 2)
     def bands(
-        self, image_path: str | None, decomposer: str, size: float, run_id: str | None, picked: str | None,
-        request: gr.Request, profile: gr.OAuthProfile | None = None,
+        self,
+        image_path: str | None,
+        decomposer: str,
+        size: float,
+        run_id: str | None,
+        picked: str | None,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None = None,
     ) -> tuple:
         """The band maps of the image and, with a trained run, the foreground mask its DAPT booster
         would train with (or a note why there is none). `picked` is the dataset image last picked
@@ -485,9 +618,16 @@ class Studio:
         if not image_path:
             raise UploadError("upload an image or pick one from the dataset")
         view = band_view(self.models, Path(image_path), decomposer, int(size))
-        timing = f"{decomposer} at {int(size)} px: {view.compute_s * 1000:.0f} ms" + (f" (loading it first took {view.load_s * 1000:.0f} ms)" if view.load_s > 0.05 else "")
+        timing = f"{decomposer} at {int(size)} px: {view.compute_s * 1000:.0f} ms" + (
+            f" (loading it first took {view.load_s * 1000:.0f} ms)" if view.load_s > 0.05 else ""
+        )
         masks = self._dapt_masks(run_id, Path(image_path), picked, self.visitor(request, profile))
-        return (*[view.images[name] for name in BAND_VIEWS], *[masks.images[name] for name in MASK_IMAGES], masks.note, timing)
+        return (
+            *[view.images[name] for name in BAND_VIEWS],
+            *[masks.images[name] for name in MASK_IMAGES],
+            masks.note,
+            timing,
+        )
 
     def _dapt_masks(self, run_id: str | None, image_path: Path, picked: str | None, owner: str) -> MaskView:
         """DAPT's mask for the image under the chosen run. An image picked from a dataset is read
@@ -497,19 +637,29 @@ class Studio:
         model_dir = self._model_dir(run_id, owner)
         source = shown_pick(image_path, picked)
         class_name = class_display_name(source.parent.name) if source else None
-        return dapt_mask_view(self.models, model_dir, source or image_path, class_name, read_mask_files=not self.settings.multi_user)
+        return dapt_mask_view(
+            self.models, model_dir, source or image_path, class_name, read_mask_files=not self.settings.multi_user
+        )
 
     def dataset_images(self, root: str | None, query: str = "") -> tuple[dict, str]:
         """Picker choices ("class/file") for a dataset or run data folder: every image whose path
         contains each word of `query`, the first `MAX_PICKER_CHOICES` of them listed."""
         if not root or not Path(root).is_dir():
             return gr.update(choices=[], value=None), ""
-        files = sorted(p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = sorted(
+            p.relative_to(root).as_posix()
+            for p in Path(root).rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
         words = (query or "").lower().split()
         matches = [name for name in files if all(word in name.lower() for word in words)]
         choices = [(name, str(Path(root) / name)) for name in matches[:MAX_PICKER_CHOICES]]
         found = f"{len(matches)} of {len(files)} images match {query.strip()!r}" if words else f"{len(files)} images"
-        more = f"; the first {MAX_PICKER_CHOICES} are listed, type part of a class or file name to narrow them" if len(matches) > MAX_PICKER_CHOICES else ""
+        more = (
+            f"; the first {MAX_PICKER_CHOICES} are listed, type part of a class or file name to narrow them"
+            if len(matches) > MAX_PICKER_CHOICES
+            else ""
+        )
         return gr.update(choices=choices, value=None), f"{found}{more}."
 
     def picked_image(self, path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> str | None:
@@ -521,7 +671,11 @@ class Studio:
         if resolved.is_relative_to(self.user_dir(owner).resolve()):
             return path
         runs = self.settings.runs_dir.resolve()
-        if resolved.is_relative_to(runs) and len(resolved.relative_to(runs).parts) > 2 and resolved.relative_to(runs).parts[1] == "data":
+        if (
+            resolved.is_relative_to(runs)
+            and len(resolved.relative_to(runs).parts) > 2
+            and resolved.relative_to(runs).parts[1] == "data"
+        ):
             try:
                 self._owned(resolved.relative_to(runs).parts[0], owner)
                 return path
@@ -529,15 +683,23 @@ class Studio:
                 return None
         return None
 
-    def picked_band_image(self, path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[str | None, str | None]:
+    def picked_band_image(
+        self, path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+    ) -> tuple[str | None, str | None]:
         """A pick in the Bands tab, for the image box and kept as the image's place in its dataset
         (the box hands the handler a copy), both set at once so that a click that follows has both."""
         picked = self.picked_image(path, request, profile)
         return picked, picked
 
-    def run_images(self, run_id: str | None, query: str, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple[dict, dict, str]:
+    def run_images(
+        self, run_id: str | None, query: str, request: gr.Request, profile: gr.OAuthProfile | None = None
+    ) -> tuple[dict, dict, str]:
         try:
-            root = str(self.jobs.run_dir(self._owned(run_id, self.visitor(request, profile)).run_id) / "data") if run_id else None
+            root = (
+                str(self.jobs.run_dir(self._owned(run_id, self.visitor(request, profile)).run_id) / "data")
+                if run_id
+                else None
+            )
         except JobError:
             root = None
         picker, found = self.dataset_images(root, query)
@@ -546,24 +708,56 @@ class Studio:
     # ----- Counterfactual ----------------------------------------------------------------------
 
     @user_messages(outputs=12)
-    def counterfactual(self, run_id: str | None, image_a: str | None, image_b: str | None, top_k: float, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    def counterfactual(
+        self,
+        run_id: str | None,
+        image_a: str | None,
+        image_b: str | None,
+        top_k: float,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None = None,
+    ) -> tuple:
         """Both paths for A, B and their band swaps; the granule path's modulation cosine per pair
         (how far FiLM moves the image feature) is stated in the modulation note."""
         if not run_id:
             raise JobError("choose a finished run")
         if not image_a or not image_b:
             raise UploadError("give both image A and image B")
-        view = counterfactual_view(self.models, self._model_dir(run_id, self.visitor(request, profile)), Path(image_a), Path(image_b), int(top_k))
+        view = counterfactual_view(
+            self.models,
+            self._model_dir(run_id, self.visitor(request, profile)),
+            Path(image_a),
+            Path(image_b),
+            int(top_k),
+        )
         embedding = [view.embedding[pair] if view.embedding else None for pair in PAIRS]
-        summary = view.summary if view.embedding else f"{view.summary} (This run has no SpecPL booster, so only the image-space swap is shown.)"
-        return (*embedding, *[view.image_space[pair] for pair in PAIRS], *[view.swaps[pair] for pair in PAIRS[2:]], modulation_note(view.modulation_cosine), summary)
+        summary = (
+            view.summary
+            if view.embedding
+            else f"{view.summary} (This run has no SpecPL booster, so only the image-space swap is shown.)"
+        )
+        return (
+            *embedding,
+            *[view.image_space[pair] for pair in PAIRS],
+            *[view.swaps[pair] for pair in PAIRS[2:]],
+            modulation_note(view.modulation_cosine),
+            summary,
+        )
 
     # ----- Classify ----------------------------------------------------------------------------
 
     @user_messages(outputs=5)
     def classify(
-        self, source: str, run_id: str | None, classnames: str, backbone_key: str, template: str,
-        files: list[str] | None, top_k: float, request: gr.Request, profile: gr.OAuthProfile | None = None,
+        self,
+        source: str,
+        run_id: str | None,
+        classnames: str,
+        backbone_key: str,
+        template: str,
+        files: list[str] | None,
+        top_k: float,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None = None,
     ) -> tuple:
         """Top-k for each image, with a trained run or zero-shot CLIP on typed class names; the
         message warns when the model is known to guess (near-chance run, or the SpectralWorld CLIP)."""
@@ -581,7 +775,11 @@ class Studio:
             try:
                 predictor = self.models.zero_shot_predictor(backbone, names, template)
             except BackboneUnavailable as exc:
-                raise UploadError(backbones.unavailable_message(backbone_key, reason=f"loading failed ({first_sentence(str(exc)).rstrip('.')})")) from None
+                raise UploadError(
+                    backbones.unavailable_message(
+                        backbone_key, reason=f"loading failed ({first_sentence(str(exc)).rstrip('.')})"
+                    )
+                ) from None
             caution = WORLD_CAUTION if backbone.name == defaults.WORLD_MODEL else ""
         else:
             if not run_id:
@@ -591,14 +789,19 @@ class Studio:
         out_dir = self._fresh_user_dir(owner) / "classify"
         result = classify_files(predictor, [Path(f) for f in files or []], int(top_k), self.settings.limits, out_dir)
         note = f" Skipped: {'; '.join(result.skipped)}." if result.skipped else ""
-        message = f"Classified {len(result.gallery)} image(s) with the {predictor.precision} image tower.{note}{caution}"
+        message = (
+            f"Classified {len(result.gallery)} image(s) with the {predictor.precision} image tower.{note}{caution}"
+        )
         return result.gallery, result.table, str(result.csv_path), result.first, message
 
     def _run_caution(self, run_id: str) -> str:
         """The chance warning of a run's test accuracy, or the SpectralWorld note, for Classify."""
         metrics = self._metrics(run_id)
         backbone = self._run_config(run_id).get("backbone")
-        accuracy, classes = metrics.get("accuracy"), len(metrics.get("per_class") or self._run_config(run_id).get("classnames") or [])
+        accuracy, classes = (
+            metrics.get("accuracy"),
+            len(metrics.get("per_class") or self._run_config(run_id).get("classnames") or []),
+        )
         if isinstance(accuracy, (int, float)):
             warning = chance_note(float(accuracy), classes, backbone)
             if warning:
@@ -623,20 +826,25 @@ class Studio:
         for record in self._visible_runs(owner):
             config = self._run_config(record.run_id)
             accuracy = self._metrics(record.run_id).get("accuracy")
-            rows.append([
-                record.run_id, record.name, record.status + (" (imported)" if record.imported else ""),
-                self._method_text(config),
-                config.get("backbone", {}).get("name", "?"),
-                f"{accuracy:.1f}%" if isinstance(accuracy, (int, float)) else "",
-                pd.Timestamp(record.created, unit="s").strftime("%Y-%m-%d %H:%M"),
-            ])
+            rows.append(
+                [
+                    record.run_id,
+                    record.name,
+                    record.status + (" (imported)" if record.imported else ""),
+                    self._method_text(config),
+                    config.get("backbone", {}).get("name", "?"),
+                    f"{accuracy:.1f}%" if isinstance(accuracy, (int, float)) else "",
+                    pd.Timestamp(record.created, unit="s").strftime("%Y-%m-%d %H:%M"),
+                ]
+            )
         return pd.DataFrame(rows, columns=RUN_COLUMNS)
 
     def run_choices(self, owner: str, finished_only: bool) -> list[tuple[str, str]]:
         return [
             (f"{r.name} · {r.status} · {r.run_id}", r.run_id)
             for r in self._visible_runs(owner)
-            if not finished_only or (r.status == "finished" and (self.jobs.run_dir(r.run_id) / "model" / "config.json").is_file())
+            if not finished_only
+            or (r.status == "finished" and (self.jobs.run_dir(r.run_id) / "model" / "config.json").is_file())
         ]
 
     def refresh_runs(self, selected: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
@@ -646,8 +854,12 @@ class Studio:
         everything = self.run_choices(owner, False)
         keep = selected if selected in [v for _, v in everything] else None
         return (
-            self.runs_table(owner), gr.update(choices=everything, value=keep), gr.update(choices=finished), gr.update(choices=finished),
-            gr.update(choices=everything), gr.update(choices=finished),
+            self.runs_table(owner),
+            gr.update(choices=everything, value=keep),
+            gr.update(choices=finished),
+            gr.update(choices=finished),
+            gr.update(choices=everything),
+            gr.update(choices=finished),
         )
 
     def run_details(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
@@ -676,7 +888,9 @@ class Studio:
                     return f"Band decomposer: {decomposer.get('name')} ({record.get('decomposer_reason') or 'no reason recorded'})"
         return ""
 
-    def compare_runs(self, run_ids: list[str] | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    def compare_runs(
+        self, run_ids: list[str] | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+    ) -> tuple:
         """The picked runs' loss and validation curves overlaid, and the runs ranked (best first)."""
         owner = self.visitor(request, profile)
         summaries = []
@@ -685,10 +899,15 @@ class Studio:
                 record = self._owned(run_id, owner)
             except JobError:
                 continue  # another visitor's run, or a deleted one: as if it were not picked
-            summaries.append(RunSummary(
-                record.run_id, record.name, self._method_text(self._run_config(record.run_id)),
-                read_progress(self.jobs.run_dir(record.run_id)), self._metrics(record.run_id),
-            ))
+            summaries.append(
+                RunSummary(
+                    record.run_id,
+                    record.name,
+                    self._method_text(self._run_config(record.run_id)),
+                    read_progress(self.jobs.run_dir(record.run_id)),
+                    self._metrics(record.run_id),
+                )
+            )
         losses, vals = compare_frames(summaries)
         return plot(losses, "run"), plot(vals, "run"), ranking(summaries)
 
@@ -709,26 +928,41 @@ class Studio:
         if (run_dir / "model" / "config.json").is_file():
             return run_dir / "model", ""
         if record.status not in ("cancelled", "failed"):
-            raise JobError(f"run {run_id} is {record.status}; a bundle exists once it has finished, or has been stopped after a checkpoint")
+            raise JobError(
+                f"run {run_id} is {record.status}; a bundle exists once it has finished, or has been stopped after a checkpoint"
+            )
         bundle = checkpoint_bundle(run_dir, self.models.backbone)
         saved = json.loads((bundle / "config.json").read_text(encoding="utf-8")).get("checkpoint", {})
-        return bundle, f", from its last checkpoint (epoch {saved.get('epoch')}, step {saved.get('global_step')}), not a finished training"
+        return (
+            bundle,
+            f", from its last checkpoint (epoch {saved.get('epoch')}, step {saved.get('global_step')}), not a finished training",
+        )
 
     @user_messages(outputs=1)
     def push_to_hub(
-        self, run_id: str | None, repo_id: str, token: str, private: bool, request: gr.Request,
-        profile: gr.OAuthProfile | None = None, oauth_token: gr.OAuthToken | None = None,
+        self,
+        run_id: str | None,
+        repo_id: str,
+        token: str,
+        private: bool,
+        request: gr.Request,
+        profile: gr.OAuthProfile | None = None,
+        oauth_token: gr.OAuthToken | None = None,
     ) -> str:
         """Upload the run's bundle (with its model card) to the Hub under the user's own token:
         the one typed, else the signed-in user's. Private unless unticked."""
         if not run_id:
             raise JobError("choose a run to push")
         bundle, note = self._bundle_dir(run_id, self.visitor(request, profile))
-        url = push_bundle(bundle, repo_id, (token or "").strip() or getattr(oauth_token, "token", None), private=bool(private))
+        url = push_bundle(
+            bundle, repo_id, (token or "").strip() or getattr(oauth_token, "token", None), private=bool(private)
+        )
         return f"Pushed run {run_id} to {url} ({'private' if private else 'public'}){note}."
 
     @user_messages(outputs=2)
-    def evaluate_run(self, run_id: str | None, zip_path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
+    def evaluate_run(
+        self, run_id: str | None, zip_path: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+    ) -> tuple:
         """Accuracy of a finished run on a new test set: a zip checked exactly like a dataset
         upload, unpacked in the visitor's folder and removed afterwards. Every image counts (the
         test/ folder when the zip has train/ and test/)."""
@@ -739,12 +973,16 @@ class Studio:
         if not zip_path:
             raise UploadError("choose a .zip of class folders to evaluate on")
         path = Path(zip_path)
-        summary = extract_dataset_zip(path, self._fresh_user_dir(owner) / "testsets", self.settings.limits, label=path.name)
+        summary = extract_dataset_zip(
+            path, self._fresh_user_dir(owner) / "testsets", self.settings.limits, label=path.name
+        )
         try:
             data = read_dataset(DataConfig(root=str(summary.root), dataset="folder", shots=None))
             items = data.test if (summary.root / "test").is_dir() else [*data.train, *data.val, *data.test]
             config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-            predictor = Predictor.from_bundle(model_dir, backbone=self.models.backbone(from_dict(BackboneConfig, config["backbone"])))
+            predictor = Predictor.from_bundle(
+                model_dir, backbone=self.models.backbone(from_dict(BackboneConfig, config["backbone"]))
+            )
             trained = set(predictor.classnames)
             predictor.set_classnames(data.classnames, novel=not set(data.classnames) <= trained)
             result = predictor.evaluate(items)
@@ -768,7 +1006,9 @@ class Studio:
         record = self._owned(run_id, self.visitor(request, profile))
         if record.active:
             raise JobError(f"run {record.run_id} is {record.status}; stop it before deleting it")
-        return gr.update(visible=True), f"Delete run **{record.name}** ({record.run_id}) and all its files? This cannot be undone."
+        return gr.update(
+            visible=True
+        ), f"Delete run **{record.name}** ({record.run_id}) and all its files? This cannot be undone."
 
     @user_messages(outputs=3)
     def confirm_delete(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
@@ -817,4 +1057,6 @@ class Studio:
         if (run_dir / "metrics.json").is_file():
             return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
         bundle_config = run_dir / "model" / "config.json"
-        return json.loads(bundle_config.read_text(encoding="utf-8")).get("metrics", {}) if bundle_config.is_file() else {}
+        return (
+            json.loads(bundle_config.read_text(encoding="utf-8")).get("metrics", {}) if bundle_config.is_file() else {}
+        )

@@ -1,4 +1,5 @@
 """The Blocks layout: five tabs wired to `Studio`'s handlers. No logic lives here."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,11 @@ INTRO = (
 )
 WORLD_EXAMPLES = ", ".join(DEMO_CLASSES[:3])
 VAL_PLOT = {  # the validation curve: the run's accuracy on its held-out images, and zero-shot CLIP's on the same images
-    "x": "epoch", "y": "accuracy", "color": "series", "title": "Validation accuracy per epoch", "y_lim": [0, 100],
+    "x": "epoch",
+    "y": "accuracy",
+    "color": "series",
+    "title": "Validation accuracy per epoch",
+    "y_lim": [0, 100],
     "caption": "Epoch 0: the initial prompts, before training. Zero-shot: zero-shot CLIP on the same validation images, for reference.",
 }
 
@@ -39,11 +44,16 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
     studio = Studio(settings)
     band_decomposers = decomposer_names()
     hosts = HOSTS.names()
-    default_host, default_boosters = ("coop" if "coop" in hosts else hosts[0]), [n for n in BOOSTERS.names() if n == "specpl"]
+    default_host, default_boosters = (
+        ("coop" if "coop" in hosts else hosts[0]),
+        [n for n in BOOSTERS.names() if n == "specpl"],
+    )
     backbone_choices, default_backbone = backbones.dropdown_choices(), backbones.default_backbone_key()
     fallback = backbones.fallback_note()  # set when offline: the world CLIP is the default
 
-    with gr.Blocks(title="SpecPL Studio", delete_cache=(3600, 24 * 3600)) as demo:  # Gradio's cache: files older than a day
+    with gr.Blocks(
+        title="SpecPL Studio", delete_cache=(3600, 24 * 3600)
+    ) as demo:  # Gradio's cache: files older than a day
         demo.studio = studio  # type: ignore[attr-defined]  # for tests and app.py shutdown
         gr.Markdown(INTRO)
         if settings.oauth:
@@ -58,48 +68,113 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 gr.Markdown(fallback or "", visible=bool(fallback), elem_id="fallback-note")
                 with gr.Row():
                     with gr.Column():
-                        gr.Markdown("### 1. Data\nA `.zip` with one folder per class (`cat/1.jpg`, …), or `train/` and `test/` each holding class folders.")
+                        gr.Markdown(
+                            "### 1. Data\nA `.zip` with one folder per class (`cat/1.jpg`, …), or `train/` and `test/` each holding class folders."
+                        )
                         dataset_zip = gr.File(label="Dataset .zip", file_types=[".zip"], elem_id="dataset-zip")
-                        use_demo = gr.Button("Use the demo set (SpectralWorld images)", variant="primary" if fallback else "secondary", elem_id="use-demo")
-                        split_ratio = gr.Slider(0.1, 0.9, value=0.5, step=0.05, label="Train share per class (when there is no test/ folder)")
+                        use_demo = gr.Button(
+                            "Use the demo set (SpectralWorld images)",
+                            variant="primary" if fallback else "secondary",
+                            elem_id="use-demo",
+                        )
+                        split_ratio = gr.Slider(
+                            0.1,
+                            0.9,
+                            value=0.5,
+                            step=0.05,
+                            label="Train share per class (when there is no test/ folder)",
+                        )
                         with gr.Accordion("…or build one here, class by class", open=False):
                             class_name = gr.Textbox(label="Class name", placeholder="golden retriever")
-                            class_files = gr.File(label="Images of this class", file_count="multiple", file_types=["image"])
+                            class_files = gr.File(
+                                label="Images of this class", file_count="multiple", file_types=["image"]
+                            )
                             with gr.Row():
                                 add_class = gr.Button("Add class")
                                 use_built = gr.Button("Use these classes")
                             builder_state = gr.Markdown("No classes yet.")
                         data_message = gr.Markdown(elem_id="data-message")
                         summary = gr.Markdown(elem_id="dataset-summary")
-                        thumbnails = gr.Gallery(label="Sample images", columns=6, height=220, elem_id="thumbnails", visible=False)
+                        thumbnails = gr.Gallery(
+                            label="Sample images", columns=6, height=220, elem_id="thumbnails", visible=False
+                        )
                     with gr.Column():
                         gr.Markdown("### 2. Train")
-                        backbone = gr.Dropdown(backbone_choices, value=default_backbone, label="Backbone", elem_id="backbone")
+                        backbone = gr.Dropdown(
+                            backbone_choices, value=default_backbone, label="Backbone", elem_id="backbone"
+                        )
                         backbone_note = gr.Markdown(studio.backbone_note(default_backbone))
                         with gr.Row():
-                            host = gr.Dropdown([(HOSTS.get(n).description, n) for n in hosts], value=default_host, label="Host method", elem_id="host")
-                            boosters = gr.CheckboxGroup([(BOOSTERS.get(n).description, n) for n in BOOSTERS.names()], value=default_boosters, label="Boosters", elem_id="boosters")
-                        method_note = gr.Markdown(studio.method_note(default_host, default_boosters), elem_id="method-note")
-                        decomposer = gr.Dropdown(decomposers.dropdown_choices(None, settings.multi_user), value=CPU_DECOMPOSER, label="Band decomposer", elem_id="decomposer")
-                        decomposer_note = gr.Markdown(decomposers.note(CPU_DECOMPOSER, None, settings.multi_user), elem_id="decomposer-note")
+                            host = gr.Dropdown(
+                                [(HOSTS.get(n).description, n) for n in hosts],
+                                value=default_host,
+                                label="Host method",
+                                elem_id="host",
+                            )
+                            boosters = gr.CheckboxGroup(
+                                [(BOOSTERS.get(n).description, n) for n in BOOSTERS.names()],
+                                value=default_boosters,
+                                label="Boosters",
+                                elem_id="boosters",
+                            )
+                        method_note = gr.Markdown(
+                            studio.method_note(default_host, default_boosters), elem_id="method-note"
+                        )
+                        decomposer = gr.Dropdown(
+                            decomposers.dropdown_choices(None, settings.multi_user),
+                            value=CPU_DECOMPOSER,
+                            label="Band decomposer",
+                            elem_id="decomposer",
+                        )
+                        decomposer_note = gr.Markdown(
+                            decomposers.note(CPU_DECOMPOSER, None, settings.multi_user), elem_id="decomposer-note"
+                        )
                         with gr.Row():
-                            shots = gr.Number(16, precision=0, minimum=0, label="Shots per class (0 = all)", elem_id="shots")
-                            epochs = gr.Number(0, precision=0, minimum=0, label="Epochs (0 or empty = auto)", placeholder="auto", elem_id="epochs")
+                            shots = gr.Number(
+                                16, precision=0, minimum=0, label="Shots per class (0 = all)", elem_id="shots"
+                            )
+                            epochs = gr.Number(
+                                0,
+                                precision=0,
+                                minimum=0,
+                                label="Epochs (0 or empty = auto)",
+                                placeholder="auto",
+                                elem_id="epochs",
+                            )
                             lr = gr.Number(0, minimum=0, label="Learning rate (0 = method default)", elem_id="lr")
-                        training_plan = gr.Markdown(elem_id="training-plan")  # the epochs, batch and held-out validation the run will use
+                        training_plan = gr.Markdown(
+                            elem_id="training-plan"
+                        )  # the epochs, batch and held-out validation the run will use
                         with gr.Accordion("Advanced", open=False, elem_id="advanced") as advanced_box:
-                            preset = gr.Dropdown(advanced.presets_of(default_host), value="default", label="Preset (default: measured, validation chooses the epoch kept; paper: the published settings, the last epoch)", elem_id="preset")
-                            method_options = gr.JSON({}, visible=False, elem_id="method-options")  # the options the user set, by key
+                            preset = gr.Dropdown(
+                                advanced.presets_of(default_host),
+                                value="default",
+                                label="Preset (default: measured, validation chooses the epoch kept; paper: the published settings, the last epoch)",
+                                elem_id="preset",
+                            )
+                            method_options = gr.JSON(
+                                {}, visible=False, elem_id="method-options"
+                            )  # the options the user set, by key
                             redraw_options = gr.State(0)  # bumped when the options must be drawn again
-                            draw_method_options(host, boosters, preset, method_options, [advanced_box.expand, redraw_options.change])
+                            draw_method_options(
+                                host, boosters, preset, method_options, [advanced_box.expand, redraw_options.change]
+                            )
                             setting_fields = setting_controls(default_host, default_boosters)
                             with gr.Row():
                                 save_preset = gr.Button("Save preset", elem_id="save-preset")
-                                preset_upload = gr.File(label="Load a preset (.json)", file_types=[".json"], elem_id="preset-upload")
+                                preset_upload = gr.File(
+                                    label="Load a preset (.json)", file_types=[".json"], elem_id="preset-upload"
+                                )
                             preset_file = gr.File(label="Preset file", interactive=False, elem_id="preset-file")
                             preset_message = gr.Markdown(elem_id="preset-message")
                             run_config = gr.JSON(label="Run config (what Start trains)", elem_id="run-config")
-                            cli_command = gr.Textbox(label="CLI command (settings without a flag come from the saved preset, --config)", lines=3, interactive=False, buttons=["copy"], elem_id="cli-command")
+                            cli_command = gr.Textbox(
+                                label="CLI command (settings without a flag come from the saved preset, --config)",
+                                lines=3,
+                                interactive=False,
+                                buttons=["copy"],
+                                elem_id="cli-command",
+                            )
                         run_name = gr.Textbox(label="Run name (optional)")
                         with gr.Row():
                             start = gr.Button("Start training", variant="primary", elem_id="start")
@@ -107,10 +182,20 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                         train_message = gr.Markdown(elem_id="train-message")
                         run_id = gr.Textbox(label="Watching run", interactive=False, elem_id="run-id")
                         status = gr.HTML(elem_id="run-status", visible=False)
-                        curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="loss-curve", visible=False)
+                        curve = gr.LinePlot(
+                            x="step",
+                            y="loss",
+                            color="term",
+                            title="Loss per term",
+                            height=260,
+                            elem_id="loss-curve",
+                            visible=False,
+                        )
                         with gr.Row():
                             val_curve = gr.LinePlot(**VAL_PLOT, height=220, elem_id="val-curve", visible=False)
-                            lr_curve = gr.LinePlot(x="step", y="lr", title="Learning rate", height=220, elem_id="lr-curve", visible=False)
+                            lr_curve = gr.LinePlot(
+                                x="step", y="lr", title="Learning rate", height=220, elem_id="lr-curve", visible=False
+                            )
                         confusion, per_class, misclassified = report_components("train")
                         with gr.Accordion("Run details", open=False, visible=False) as details_box:
                             details = gr.JSON(label="Status", visible=False)
@@ -124,27 +209,54 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1):
                         band_input = gr.Image(type="filepath", label="Image", elem_id="band-image")
-                        band_search = gr.Textbox(label="Search your dataset's images", placeholder="class or file name", elem_id="band-search")
+                        band_search = gr.Textbox(
+                            label="Search your dataset's images",
+                            placeholder="class or file name",
+                            elem_id="band-search",
+                        )
                         band_pick = gr.Dropdown([], label="…or pick from your dataset", elem_id="band-pick")
-                        band_picked = gr.State(None)  # the picked image's place in its dataset (the image box holds a copy)
+                        band_picked = gr.State(
+                            None
+                        )  # the picked image's place in its dataset (the image box holds a copy)
                         band_found = gr.Markdown(elem_id="band-found")
                         band_decomposer = gr.Dropdown(band_decomposers, value=CPU_DECOMPOSER, label="Decomposer")
                         band_size = gr.Slider(64, 512, value=224, step=32, label="Resolution (px)")
-                        band_run = gr.Dropdown([], label="Trained run (for its DAPT foreground mask)", allow_custom_value=True, elem_id="band-run")
+                        band_run = gr.Dropdown(
+                            [],
+                            label="Trained run (for its DAPT foreground mask)",
+                            allow_custom_value=True,
+                            elem_id="band-run",
+                        )
                         band_go = gr.Button("Compute bands", variant="primary")
                         band_time = gr.Markdown()
                     with gr.Column(scale=3):
                         with gr.Row():
-                            band_images = [gr.Image(type="pil", label=label, interactive=False) for label in ("Original", "Low band (decoded)", "High band magnitude", "Latent channels")]
+                            band_images = [
+                                gr.Image(type="pil", label=label, interactive=False)
+                                for label in (
+                                    "Original",
+                                    "Low band (decoded)",
+                                    "High band magnitude",
+                                    "Latent channels",
+                                )
+                            ]
                         with gr.Row():
                             mask_images = [
                                 gr.Image(type="pil", label=label, interactive=False, elem_id=f"band-{name}")
-                                for name, label in zip(MASK_IMAGES, ("DAPT saliency map (as the model sees the image)", "DAPT foreground (outside the mask darkened)"))
+                                for name, label in zip(
+                                    MASK_IMAGES,
+                                    (
+                                        "DAPT saliency map (as the model sees the image)",
+                                        "DAPT foreground (outside the mask darkened)",
+                                    ),
+                                )
                             ]
                         mask_note = gr.Markdown(elem_id="band-mask-note")
 
             with gr.Tab("Counterfactual", id="counterfactual") as counterfactual_tab:
-                gr.Markdown("Swap bands between two images and watch the prediction: does the model follow the semantics (low band) or the grain (high band)?")
+                gr.Markdown(
+                    "Swap bands between two images and watch the prediction: does the model follow the semantics (low band) or the grain (high band)?"
+                )
                 cf_run = gr.Dropdown([], label="Trained run", allow_custom_value=True)
                 cf_search = gr.Textbox(label="Search the run's images", placeholder="class or file name")
                 cf_found = gr.Markdown()
@@ -170,12 +282,21 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
             with gr.Tab("Classify", id="classify") as classify_tab:
                 with gr.Row():
                     with gr.Column():
-                        source = gr.Radio([("A trained run", "run"), ("Zero-shot CLIP", "zero-shot")], value="run", label="Model")
+                        source = gr.Radio(
+                            [("A trained run", "run"), ("Zero-shot CLIP", "zero-shot")], value="run", label="Model"
+                        )
                         classify_run = gr.Dropdown([], label="Trained run", allow_custom_value=True)
-                        zs_classes = gr.Textbox(label="Class names for zero-shot (comma-separated)", placeholder=WORLD_EXAMPLES if fallback else "cat, dog, horse")
-                        zs_backbone = gr.Dropdown(backbone_choices, value=default_backbone, label="Zero-shot backbone", elem_id="zs-backbone")
+                        zs_classes = gr.Textbox(
+                            label="Class names for zero-shot (comma-separated)",
+                            placeholder=WORLD_EXAMPLES if fallback else "cat, dog, horse",
+                        )
+                        zs_backbone = gr.Dropdown(
+                            backbone_choices, value=default_backbone, label="Zero-shot backbone", elem_id="zs-backbone"
+                        )
                         zs_note = gr.Markdown(
-                            backbones.fallback_note(hint=f"type SpectralWorld class names, e.g. {WORLD_EXAMPLES}") if fallback else studio.backbone_note(default_backbone),
+                            backbones.fallback_note(hint=f"type SpectralWorld class names, e.g. {WORLD_EXAMPLES}")
+                            if fallback
+                            else studio.backbone_note(default_backbone),
                             elem_id="zs-note",
                         )
                         zs_template = gr.Textbox("a photo of a {}.", label="Prompt template")
@@ -207,18 +328,30 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 with gr.Row():
                     runs_config = gr.JSON(label="Config")
                     runs_metrics = gr.JSON(label="Metrics")
-                runs_curve = gr.LinePlot(x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="runs-curve")
+                runs_curve = gr.LinePlot(
+                    x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="runs-curve"
+                )
                 with gr.Row():
                     runs_val = gr.LinePlot(**VAL_PLOT, height=220, elem_id="runs-val")
                     runs_lr = gr.LinePlot(x="step", y="lr", title="Learning rate", height=220, elem_id="runs-lr")
                 runs_report = report_components("runs")
-                gr.Markdown("#### Evaluate on a new test set\nA `.zip` of class folders (or `train/` and `test/`), checked like a dataset upload; every image is scored (the `test/` folder when there is one).")
+                gr.Markdown(
+                    "#### Evaluate on a new test set\nA `.zip` of class folders (or `train/` and `test/`), checked like a dataset upload; every image is scored (the `test/` folder when there is one)."
+                )
                 with gr.Row():
                     eval_zip = gr.File(label="Test set .zip", file_types=[".zip"], elem_id="eval-zip")
                     eval_go = gr.Button("Evaluate the chosen run", elem_id="eval-go")
                 eval_message = gr.Markdown(elem_id="eval-message")
-                eval_per_class = gr.BarPlot(x="class", y="accuracy", title="Per-class accuracy on the new test set", height=240, elem_id="eval-per-class")
-                gr.Markdown("#### Push to the Hugging Face Hub\nUploads the chosen run's bundle and its model card with your own access token (a stopped run: its last checkpoint). The token is used for this upload only and never stored.")
+                eval_per_class = gr.BarPlot(
+                    x="class",
+                    y="accuracy",
+                    title="Per-class accuracy on the new test set",
+                    height=240,
+                    elem_id="eval-per-class",
+                )
+                gr.Markdown(
+                    "#### Push to the Hugging Face Hub\nUploads the chosen run's bundle and its model card with your own access token (a stopped run: its last checkpoint). The token is used for this upload only and never stored."
+                )
                 with gr.Row():
                     hub_repo = gr.Textbox(label="Repository (user/name)", elem_id="hub-repo")
                     hub_token = gr.Textbox(label="Access token (write)", type="password", elem_id="hub-token")
@@ -230,12 +363,25 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     "(HM when base/new was measured, else test accuracy) beside zero-shot CLIP on the same test images and the gain in points. "
                     "For base-to-new runs, validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
                 )
-                compare_pick = gr.Dropdown([], multiselect=True, allow_custom_value=True, label="Runs to compare", elem_id="compare-pick")
+                compare_pick = gr.Dropdown(
+                    [], multiselect=True, allow_custom_value=True, label="Runs to compare", elem_id="compare-pick"
+                )
                 with gr.Row():
-                    compare_loss = gr.LinePlot(x="step", y="loss", color="run", title="Total loss", height=240, elem_id="compare-loss")
-                    compare_val = gr.LinePlot(x="epoch", y="accuracy", color="run", title="Validation accuracy per epoch", height=240, elem_id="compare-val")
+                    compare_loss = gr.LinePlot(
+                        x="step", y="loss", color="run", title="Total loss", height=240, elem_id="compare-loss"
+                    )
+                    compare_val = gr.LinePlot(
+                        x="epoch",
+                        y="accuracy",
+                        color="run",
+                        title="Validation accuracy per epoch",
+                        height=240,
+                        elem_id="compare-val",
+                    )
                 compare_rank = gr.Dataframe(label="Ranking", interactive=False, elem_id="compare-rank")
-                gr.Markdown("#### Import a bundle\nA `.zip` of `model.safetensors`, `config.json` and `README.md` (as downloaded above). Pickled weights are refused.")
+                gr.Markdown(
+                    "#### Import a bundle\nA `.zip` of `model.safetensors`, `config.json` and `README.md` (as downloaded above). Pickled weights are refused."
+                )
                 import_file = gr.File(label="Bundle .zip", file_types=[".zip"])
                 import_go = gr.Button("Import")
 
@@ -247,74 +393,170 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         # Data & Train
         dataset_outputs = [dataset_root, summary, thumbnails, data_message]
         dataset_zip.upload(studio.upload_zip, [dataset_zip, split_ratio], dataset_outputs, api_name="upload_dataset")
-        add_class.click(studio.add_class, [class_name, class_files], [builder_state, data_message], api_name="add_class")
+        add_class.click(
+            studio.add_class, [class_name, class_files], [builder_state, data_message], api_name="add_class"
+        )
         use_built.click(studio.use_builder, [split_ratio], dataset_outputs, api_name="use_builder")
         use_demo.click(studio.use_demo_set, [split_ratio], dataset_outputs, api_name="use_demo_set")
-        dataset_root.change(studio.dataset_images, dataset_root, [band_pick, band_found], api_visibility="private").then(
-            studio.saved_dataset, [dataset_root, split_ratio], saved_dataset, api_visibility="private"
+        dataset_root.change(
+            studio.dataset_images, dataset_root, [band_pick, band_found], api_visibility="private"
+        ).then(studio.saved_dataset, [dataset_root, split_ratio], saved_dataset, api_visibility="private")
+        band_search.submit(
+            studio.dataset_images,
+            [dataset_root, band_search],
+            [band_pick, band_found],
+            api_name="search_dataset_images",
         )
-        band_search.submit(studio.dataset_images, [dataset_root, band_search], [band_pick, band_found], api_name="search_dataset_images")
         show_when_set(dataset_root, [thumbnails])
         backbone.change(studio.backbone_note, backbone, backbone_note, api_visibility="private")
-        form = [host, boosters, preset, decomposer, shots, epochs, lr, split_ratio, *setting_fields, method_options]  # `advanced.form_keys()` order
-        wire_method_form(studio, demo, backbone, form, redraw_options, method_note, run_config, cli_command, dataset_root, training_plan)
+        form = [
+            host,
+            boosters,
+            preset,
+            decomposer,
+            shots,
+            epochs,
+            lr,
+            split_ratio,
+            *setting_fields,
+            method_options,
+        ]  # `advanced.form_keys()` order
+        wire_method_form(
+            studio,
+            demo,
+            backbone,
+            form,
+            redraw_options,
+            method_note,
+            run_config,
+            cli_command,
+            dataset_root,
+            training_plan,
+        )
         source = setting_fields[[field.key for field in advanced.setting_fields()].index("decomposer.source")]
-        decomposer.change(lambda name, src: studio.decomposer_note(name, src)[1], [decomposer, source], decomposer_note, api_visibility="private")
-        source.change(studio.decomposer_note, [decomposer, source], [decomposer, decomposer_note], api_name="decomposer_status")
+        decomposer.change(
+            lambda name, src: studio.decomposer_note(name, src)[1],
+            [decomposer, source],
+            decomposer_note,
+            api_visibility="private",
+        )
+        source.change(
+            studio.decomposer_note, [decomposer, source], [decomposer, decomposer_note], api_name="decomposer_status"
+        )
         save_preset.click(studio.save_preset, [backbone, *form], [preset_file, preset_message], api_name="save_preset")
-        preset_upload.upload(studio.load_preset, [preset_upload, redraw_options], [backbone, *form, redraw_options, preset_message], api_name="load_preset")
+        preset_upload.upload(
+            studio.load_preset,
+            [preset_upload, redraw_options],
+            [backbone, *form, redraw_options, preset_message],
+            api_name="load_preset",
+        )
         start.click(studio.form_config, [backbone, *form], [run_config, cli_command], api_name="run_config").then(
-            studio.start_training, [dataset_root, run_config, run_name], [run_id, remembered_run, train_message], api_name="start_training",
+            studio.start_training,
+            [dataset_root, run_config, run_name],
+            [run_id, remembered_run, train_message],
+            api_name="start_training",
         ).then(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
         stop.click(studio.stop_training, run_id, train_message, api_name="stop_training")
         status_outputs = [status, curve, val_curve, lr_curve, details, confusion, per_class, misclassified]
-        timer.tick(studio.poll_run, run_id, [*status_outputs, timer, train_message], show_progress="hidden", concurrency_limit=None, api_visibility="private")
+        timer.tick(
+            studio.poll_run,
+            run_id,
+            [*status_outputs, timer, train_message],
+            show_progress="hidden",
+            concurrency_limit=None,
+            api_visibility="private",
+        )
         run_id.change(studio.run_status, run_id, status_outputs, api_name="run_status", show_progress="hidden")
         show_when_set(run_id, [status, details_box, details, timer])  # the curves show themselves once they have points
 
         # Bands
         band_pick.change(studio.picked_band_image, band_pick, [band_input, band_picked], api_visibility="private")
-        band_go.click(studio.bands, [band_input, band_decomposer, band_size, band_run, band_picked], [*band_images, *mask_images, mask_note, band_time], api_name="bands")
+        band_go.click(
+            studio.bands,
+            [band_input, band_decomposer, band_size, band_run, band_picked],
+            [*band_images, *mask_images, mask_note, band_time],
+            api_name="bands",
+        )
 
         # Counterfactual
-        cf_run.change(studio.run_images, [cf_run, cf_search], [cf_pick_a, cf_pick_b, cf_found], api_visibility="private")
-        cf_search.submit(studio.run_images, [cf_run, cf_search], [cf_pick_a, cf_pick_b, cf_found], api_name="search_run_images")
+        cf_run.change(
+            studio.run_images, [cf_run, cf_search], [cf_pick_a, cf_pick_b, cf_found], api_visibility="private"
+        )
+        cf_search.submit(
+            studio.run_images, [cf_run, cf_search], [cf_pick_a, cf_pick_b, cf_found], api_name="search_run_images"
+        )
         cf_pick_a.change(studio.picked_image, cf_pick_a, cf_a, api_visibility="private")
         cf_pick_b.change(studio.picked_image, cf_pick_b, cf_b, api_visibility="private")
-        cf_go.click(studio.counterfactual, [cf_run, cf_a, cf_b, cf_top_k], [*cf_labels, *cf_swaps, cf_modulation, cf_summary], api_name="counterfactual")
+        cf_go.click(
+            studio.counterfactual,
+            [cf_run, cf_a, cf_b, cf_top_k],
+            [*cf_labels, *cf_swaps, cf_modulation, cf_summary],
+            api_name="counterfactual",
+        )
 
         # Classify
         zs_backbone.change(studio.backbone_note, zs_backbone, zs_note, api_visibility="private")
         classify_go.click(
-            studio.classify, [source, classify_run, zs_classes, zs_backbone, zs_template, classify_files, top_k],
-            [classify_gallery, classify_table, classify_csv, top_label, classify_message], api_name="classify",
+            studio.classify,
+            [source, classify_run, zs_classes, zs_backbone, zs_template, classify_files, top_k],
+            [classify_gallery, classify_table, classify_csv, top_label, classify_message],
+            api_name="classify",
         )
 
         # Runs
-        for trigger in (refresh.click, demo.load, runs_tab.select, classify_tab.select, counterfactual_tab.select, bands_tab.select):
+        for trigger in (
+            refresh.click,
+            demo.load,
+            runs_tab.select,
+            classify_tab.select,
+            counterfactual_tab.select,
+            bands_tab.select,
+        ):
             trigger(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
         runs_plots = [runs_curve, runs_val, runs_lr]
-        runs_pick.change(lambda: [gr.update(visible=False)] * len(runs_plots), None, runs_plots, show_progress="hidden", api_visibility="private").then(  # redrawn from scratch: see `studio.curve`
-            studio.run_details, runs_pick, [runs_config, runs_metrics, *runs_plots, *runs_report, runs_status, runs_message, bundle_file], api_visibility="private"
+        runs_pick.change(
+            lambda: [gr.update(visible=False)] * len(runs_plots),
+            None,
+            runs_plots,
+            show_progress="hidden",
+            api_visibility="private",
+        ).then(  # redrawn from scratch: see `studio.curve`
+            studio.run_details,
+            runs_pick,
+            [runs_config, runs_metrics, *runs_plots, *runs_report, runs_status, runs_message, bundle_file],
+            api_visibility="private",
         )
-        compare_pick.change(studio.compare_runs, compare_pick, [compare_loss, compare_val, compare_rank], api_name="compare_runs")
-        eval_go.click(studio.evaluate_run, [runs_pick, eval_zip], [eval_per_class, eval_message], api_name="evaluate_run")
-        push.click(studio.push_to_hub, [runs_pick, hub_repo, hub_token, hub_private], hub_message, api_name="push_to_hub")
+        compare_pick.change(
+            studio.compare_runs, compare_pick, [compare_loss, compare_val, compare_rank], api_name="compare_runs"
+        )
+        eval_go.click(
+            studio.evaluate_run, [runs_pick, eval_zip], [eval_per_class, eval_message], api_name="evaluate_run"
+        )
+        push.click(
+            studio.push_to_hub, [runs_pick, hub_repo, hub_token, hub_private], hub_message, api_name="push_to_hub"
+        )
         download.click(studio.export_bundle, runs_pick, [bundle_file, runs_message], api_name="export_bundle")
-        resume.click(studio.resume_run, runs_pick, runs_message, api_name="resume_run").then(studio.refresh_runs, runs_pick, run_lists, api_visibility="private").then(
-            lambda: gr.Timer(active=True), None, timer, api_visibility="private"  # in case the watched run is the one resumed
+        resume.click(studio.resume_run, runs_pick, runs_message, api_name="resume_run").then(
+            studio.refresh_runs, runs_pick, run_lists, api_visibility="private"
+        ).then(
+            lambda: gr.Timer(active=True),
+            None,
+            timer,
+            api_visibility="private",  # in case the watched run is the one resumed
         )
         delete.click(studio.ask_delete, runs_pick, [confirm_row, confirm_text], api_visibility="private")
         cancel.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
-        confirm.click(studio.confirm_delete, runs_pick, [confirm_row, bundle_file, runs_message], api_name="delete_run").then(
-            studio.refresh_runs, runs_pick, run_lists, api_visibility="private"
-        )
+        confirm.click(
+            studio.confirm_delete, runs_pick, [confirm_row, bundle_file, runs_message], api_name="delete_run"
+        ).then(studio.refresh_runs, runs_pick, run_lists, api_visibility="private")
         import_go.click(studio.import_bundle, import_file, runs_message, api_name="import_bundle").then(
             studio.refresh_runs, runs_pick, run_lists, api_visibility="private"
         )
         demo.load(studio.reattach, remembered_run, [run_id, remembered_run], api_visibility="private")
         demo.load(studio.restore_dataset, saved_dataset, dataset_outputs, api_visibility="private")
-        remember_form(demo, {"backbone": backbone, "run_name": run_name, **dict(zip(advanced.form_keys(), form))}, saved_form)
+        remember_form(
+            demo, {"backbone": backbone, "run_name": run_name, **dict(zip(advanced.form_keys(), form))}, saved_form
+        )
         demo.unload(studio.forget_session)
     return demo
 
@@ -327,11 +569,17 @@ def setting_controls(host: str, boosters: list[str]) -> list[gr.components.Compo
     for section in [*(name for name, _ in advanced.SECTIONS), "run"]:
         with gr.Group():
             gr.Markdown(f"**{section}** settings")
-            controls += [option_control(field, values.get(field.key), values.get(field.key)) for field in advanced.setting_fields() if field.owner == section]
+            controls += [
+                option_control(field, values.get(field.key), values.get(field.key))
+                for field in advanced.setting_fields()
+                if field.owner == section
+            ]
     return controls
 
 
-def draw_method_options(host: gr.Dropdown, boosters: gr.CheckboxGroup, preset: gr.Dropdown, chosen: gr.JSON, triggers: list) -> None:
+def draw_method_options(
+    host: gr.Dropdown, boosters: gr.CheckboxGroup, preset: gr.Dropdown, chosen: gr.JSON, triggers: list
+) -> None:
     """Draw a group of controls for the chosen host and each chosen booster, generated from its
     config dataclass, when the accordion opens and when the choice changes. Only the chosen
     components are drawn: a control for every registered option made the first page load slower.
@@ -350,12 +598,24 @@ def draw_method_options(host: gr.Dropdown, boosters: gr.CheckboxGroup, preset: g
                 for field in advanced.option_fields(name):
                     value = (overrides or {}).get(field.key, effective.get(field.key))
                     control = option_control(field, value, effective.get(field.key))
-                    control.change(None, [chosen, control], chosen, js=f"(chosen, value) => ({{...(chosen || {{}}), {json.dumps(field.key)}: value}})", show_progress="hidden", api_visibility="private")
+                    control.change(
+                        None,
+                        [chosen, control],
+                        chosen,
+                        js=f"(chosen, value) => ({{...(chosen || {{}}), {json.dumps(field.key)}: value}})",
+                        show_progress="hidden",
+                        api_visibility="private",
+                    )
 
 
 def option_control(field: advanced.OptionField, value: Any, default: Any) -> gr.components.Component:
     """One control for a generated field, labelled with its key (as ``--option`` takes it) and its default."""
-    common = {"interactive": True, "label": field.key, "info": f"default: {default!r}", "elem_id": "opt-" + field.key.replace(".", "-").replace("_", "-")}
+    common = {
+        "interactive": True,
+        "label": field.key,
+        "info": f"default: {default!r}",
+        "elem_id": "opt-" + field.key.replace(".", "-").replace("_", "-"),
+    }
     shown = shown_value(field, value)
     if field.kind == "bool":
         return gr.Checkbox(bool(shown), **common)
@@ -367,8 +627,16 @@ def option_control(field: advanced.OptionField, value: Any, default: Any) -> gr.
 
 
 def wire_method_form(
-    studio: Studio, demo: gr.Blocks, backbone: gr.Dropdown, form: list, redraw: gr.State, note: gr.Markdown, run_config: gr.JSON, cli: gr.Textbox,
-    dataset_root: gr.State, plan: gr.Markdown,
+    studio: Studio,
+    demo: gr.Blocks,
+    backbone: gr.Dropdown,
+    form: list,
+    redraw: gr.State,
+    note: gr.Markdown,
+    run_config: gr.JSON,
+    cli: gr.Textbox,
+    dataset_root: gr.State,
+    plan: gr.Markdown,
 ) -> None:
     """The method picker drives the Advanced form: any change (a reload's restore included) offers
     the host's presets and describes the choice (or the library's refusal of it); a choice the user
@@ -376,21 +644,62 @@ def wire_method_form(
     the options.
     Every change of the form or the dataset redraws the run config, the CLI line and the training plan."""
     host, boosters, preset = form[:3]
-    settings, options = form[len(advanced.MAIN_KEYS):-1], form[-1]
+    settings, options = form[len(advanced.MAIN_KEYS) : -1], form[-1]
     for trigger in (host.change, boosters.change):
-        trigger(studio.method_choice, [host, boosters, preset], [preset, note], show_progress="hidden", api_visibility="private")
-    gr.on([host.input, boosters.input], studio.method_defaults, [host, boosters, preset, redraw, options], [*settings, options, redraw], show_progress="hidden", api_visibility="private")
-    preset.input(studio.preset_defaults, [host, boosters, preset, redraw], [*settings, options, redraw], show_progress="hidden", api_visibility="private")
-    gr.on([c.change for c in [backbone, *form, dataset_root]], studio.form_and_plan, [dataset_root, backbone, *form], [run_config, cli, plan], show_progress="hidden", api_visibility="private")
-    demo.load(studio.form_and_plan, [dataset_root, backbone, *form], [run_config, cli, plan], show_progress="hidden", api_visibility="private")
+        trigger(
+            studio.method_choice,
+            [host, boosters, preset],
+            [preset, note],
+            show_progress="hidden",
+            api_visibility="private",
+        )
+    gr.on(
+        [host.input, boosters.input],
+        studio.method_defaults,
+        [host, boosters, preset, redraw, options],
+        [*settings, options, redraw],
+        show_progress="hidden",
+        api_visibility="private",
+    )
+    preset.input(
+        studio.preset_defaults,
+        [host, boosters, preset, redraw],
+        [*settings, options, redraw],
+        show_progress="hidden",
+        api_visibility="private",
+    )
+    gr.on(
+        [c.change for c in [backbone, *form, dataset_root]],
+        studio.form_and_plan,
+        [dataset_root, backbone, *form],
+        [run_config, cli, plan],
+        show_progress="hidden",
+        api_visibility="private",
+    )
+    demo.load(
+        studio.form_and_plan,
+        [dataset_root, backbone, *form],
+        [run_config, cli, plan],
+        show_progress="hidden",
+        api_visibility="private",
+    )
 
 
 def report_components(prefix: str) -> tuple[gr.HTML, gr.BarPlot, gr.Gallery]:
     """A finished run's evaluation: confusion matrix, per-class accuracy bars, misclassified images."""
     return (
         gr.HTML(visible=False, elem_id=f"{prefix}-confusion"),
-        gr.BarPlot(x="class", y="accuracy", title="Per-class test accuracy", height=240, visible=False, elem_id=f"{prefix}-per-class"),
-        gr.Gallery(label="Misclassified test images", columns=6, height=240, visible=False, elem_id=f"{prefix}-misclassified"),
+        gr.BarPlot(
+            x="class",
+            y="accuracy",
+            title="Per-class test accuracy",
+            height=240,
+            visible=False,
+            elem_id=f"{prefix}-per-class",
+        ),
+        gr.Gallery(
+            label="Misclassified test images", columns=6, height=240, visible=False, elem_id=f"{prefix}-misclassified"
+        ),
     )
 
 
@@ -398,7 +707,14 @@ def remember_form(demo: gr.Blocks, form: dict[str, gr.components.Component], sav
     """Keep the form's values in the browser (any change is saved) and put them back on page load;
     a stored value the form no longer offers (a removed method) is left at its default."""
     keys, components = list(form), list(form.values())
-    gr.on([c.change for c in components], lambda *values: dict(zip(keys, values)), components, saved, show_progress="hidden", api_visibility="private")
+    gr.on(
+        [c.change for c in components],
+        lambda *values: dict(zip(keys, values)),
+        components,
+        saved,
+        show_progress="hidden",
+        api_visibility="private",
+    )
 
     def restore(values: dict | None) -> list[Any]:
         values = values if isinstance(values, dict) else {}
@@ -410,7 +726,10 @@ def remember_form(demo: gr.Blocks, form: dict[str, gr.components.Component], sav
 
 
 def _restored(component: gr.components.Component, value: Any) -> Any:
-    choices = [choice[1] if isinstance(choice, (tuple, list)) else choice for choice in getattr(component, "choices", None) or []]
+    choices = [
+        choice[1] if isinstance(choice, (tuple, list)) else choice
+        for choice in getattr(component, "choices", None) or []
+    ]
     if choices and value is not None:
         wanted = value if isinstance(value, list) else [value]
         if not all(item in choices for item in wanted):
@@ -422,11 +741,19 @@ def show_when_set(source: gr.components.Component, outputs: list[gr.components.C
     """Show `outputs` (and start the timers among them) once `source` holds a value (a dataset, a
     watched run); hide and stop them when it is cleared. Hidden components cost nothing on the first
     page load (see `load_when_opened`)."""
-    source.change(lambda value: _visibility(outputs, bool(value)), source, outputs, show_progress="hidden", api_visibility="private")
+    source.change(
+        lambda value: _visibility(outputs, bool(value)),
+        source,
+        outputs,
+        show_progress="hidden",
+        api_visibility="private",
+    )
 
 
 def _visibility(outputs: list[gr.components.Component], visible: bool) -> Any:
-    updates = [gr.Timer(active=visible) if isinstance(output, gr.Timer) else gr.update(visible=visible) for output in outputs]
+    updates = [
+        gr.Timer(active=visible) if isinstance(output, gr.Timer) else gr.update(visible=visible) for output in outputs
+    ]
     return updates[0] if len(updates) == 1 else updates  # Gradio takes one output's value unwrapped
 
 
@@ -450,7 +777,9 @@ def load_when_opened(tab: gr.blocks.BlockContext, opened: Any = None) -> None:
     hidden = [component for component in _components(tab) if component.visible is True]
     for component in hidden:
         component.visible = False
-    (opened or tab.select)(lambda: _visibility(hidden, True), None, hidden, show_progress="hidden", api_visibility="private")
+    (opened or tab.select)(
+        lambda: _visibility(hidden, True), None, hidden, show_progress="hidden", api_visibility="private"
+    )
 
 
 def launch_options(settings: AppSettings) -> dict[str, Any]:

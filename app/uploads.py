@@ -4,6 +4,7 @@ Files are checked here only for what the app must refuse before writing (size, c
 unsafe archive entries, folder layout); decoding and the dataset rules themselves are the
 library's (`specpl.data.read_fewshot_folder`), whose skipped-file list is shown as warnings.
 """
+
 from __future__ import annotations
 
 import secrets
@@ -37,7 +38,12 @@ class DatasetSummary:
     def markdown(self) -> str:
         train = sum(tr for tr, _ in self.counts.values())
         test = sum(te for _, te in self.counts.values())
-        lines = [f"**{len(self.classnames)} classes**, {train} training and {test} test images.", "", "| class | train | test |", "|---|---|---|"]
+        lines = [
+            f"**{len(self.classnames)} classes**, {train} training and {test} test images.",
+            "",
+            "| class | train | test |",
+            "|---|---|---|",
+        ]
         lines += [f"| {name} | {tr} | {te} |" for name, (tr, te) in self.counts.items()]
         if self.warnings:
             lines += ["", f"**{len(self.warnings)} file(s) skipped:**"] + [f"- {w}" for w in self.warnings[:50]]
@@ -77,7 +83,9 @@ def split_usable(paths: list[Path], limits: Limits) -> tuple[list[Path], list[st
     return usable, skipped
 
 
-def summarize_dataset(root: Path, split_ratio: float = 0.5, label: str | None = None, extra_warnings: list[str] | None = None) -> DatasetSummary:
+def summarize_dataset(
+    root: Path, split_ratio: float = 0.5, label: str | None = None, extra_warnings: list[str] | None = None
+) -> DatasetSummary:
     """Read `root` with the library and describe it; `DataError` becomes `UploadError`."""
     label = label or root.name
     try:
@@ -95,10 +103,14 @@ def summarize_dataset(root: Path, split_ratio: float = 0.5, label: str | None = 
             if column == 0 and counts[name][0] <= GALLERY_PER_CLASS:
                 gallery.append((str(item.path), name))
     skipped = [f"{_relative(s.path, root)}: {s.reason}" for s in data.skipped]
-    return DatasetSummary(root, data.classnames, {k: (v[0], v[1]) for k, v in counts.items()}, (extra_warnings or []) + skipped, gallery)
+    return DatasetSummary(
+        root, data.classnames, {k: (v[0], v[1]) for k, v in counts.items()}, (extra_warnings or []) + skipped, gallery
+    )
 
 
-def extract_dataset_zip(zip_path: Path, datasets_dir: Path, limits: Limits, label: str | None = None, split_ratio: float = 0.5) -> DatasetSummary:
+def extract_dataset_zip(
+    zip_path: Path, datasets_dir: Path, limits: Limits, label: str | None = None, split_ratio: float = 0.5
+) -> DatasetSummary:
     """Unpack a zipped few-shot folder into a new folder under `datasets_dir`, whole or not at all.
 
     Accepts ``<class>/<image>`` or ``train|test/<class>/<image>``, optionally inside one wrapping
@@ -127,7 +139,9 @@ def extract_dataset_zip(zip_path: Path, datasets_dir: Path, limits: Limits, labe
         if len(accepted) > limits.max_images:
             raise UploadError(f"{label} holds {len(accepted)} images, over the limit of {limits.max_images}")
         if not accepted:
-            raise UploadError(f"{label} has no images in class folders: {_main_reason(reasons)} (expected <class>/<image> or train/<class>/<image>)")
+            raise UploadError(
+                f"{label} has no images in class folders: {_main_reason(reasons)} (expected <class>/<image> or train/<class>/<image>)"
+            )
         datasets_dir.mkdir(parents=True, exist_ok=True)
         dataset_id = secrets.token_hex(6)
         staging = datasets_dir / f".staging-{dataset_id}"
@@ -162,10 +176,14 @@ def add_builder_class(builder_root: Path, class_name: str, image_paths: list[Pat
     folder_name = _class_folder_name(class_name)
     existing = sum(1 for p in builder_root.rglob("*") if p.is_file()) if builder_root.is_dir() else 0
     if existing + len(image_paths) > limits.max_images:
-        raise UploadError(f"the builder would hold {existing + len(image_paths)} images, over the limit of {limits.max_images}")
+        raise UploadError(
+            f"the builder would hold {existing + len(image_paths)} images, over the limit of {limits.max_images}"
+        )
     usable, skipped = split_usable(image_paths, limits)
     if not usable:
-        raise UploadError(f"no usable image for class {class_name.strip()!r}" + (f" ({'; '.join(skipped)})" if skipped else ""))
+        raise UploadError(
+            f"no usable image for class {class_name.strip()!r}" + (f" ({'; '.join(skipped)})" if skipped else "")
+        )
     target = builder_root / folder_name
     target.mkdir(parents=True, exist_ok=True)
     start = len(list(target.iterdir()))

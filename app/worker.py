@@ -4,6 +4,7 @@ The job manager (`app.jobs`) starts it and is the only writer of the run's ``job
 worker reports how it ended in ``outcome.json``, written atomically, so the manager can tell a
 clean end (finished, cancelled, or an error it could name) from a crash or a kill.
 """
+
 from __future__ import annotations
 
 import json

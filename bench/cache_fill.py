@@ -10,6 +10,7 @@ published architectures (`diffusers` configs written out below) with random weig
 Prints one markdown row per frozen input: images/s, and the naive reference (one image at a time,
 fp32, no workers) on the first 64 images for comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,12 @@ from specpl.frozen import BandStatistics, ClipImageFeatures
 from specpl.trainer import frozen_in_bf16
 
 SD_VAE = {
-    "block_out_channels": [128, 256, 512, 512], "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
 }
 
 
@@ -101,7 +106,9 @@ def main() -> None:
             started = time.perf_counter()
             naive.get(items[:64], 1)
             naive_rate = 64 / (time.perf_counter() - started)
-            print(f"| {title} | {args.model} | {device.type} | {len(items)} | {args.workers} | {rate:,.0f} | {naive_rate:,.0f} |")
+            print(
+                f"| {title} | {args.model} | {device.type} | {len(items)} | {args.workers} | {rate:,.0f} | {naive_rate:,.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ text features are computed once by a warm-up call, as in the app. Prints the med
 the fp32 image tower and for the int8 one the app uses on the CPU, then what int8 costs in accuracy
 where accuracy means something: the pretrained world CLIP on 360 fresh SpectralWorld test images.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,15 +56,21 @@ def main() -> None:
     for predictor in (fp32, int8):
         library = median_ms(lambda p=predictor: p.predict([args.image], top_k=5), args.repeats)
         app = median_ms(lambda p=predictor: classify_files(p, [args.image], 5, Limits(), out), args.repeats)
-        print(f"  {predictor.precision:8s} library Predictor.predict {library[0]:6.1f} ms (min {library[1]:.1f}), app classify_files {app[0]:6.1f} ms (min {app[1]:.1f})")
+        print(
+            f"  {predictor.precision:8s} library Predictor.predict {library[0]:6.1f} ms (min {library[1]:.1f}), app classify_files {app[0]:6.1f} ms (min {app[1]:.1f})"
+        )
     print("world-clip zero-shot, 36 classes x 10 fresh test images:")
     world = Predictor.zero_shot(load_backbone(world_backbone_config()), world_classnames(), WORLD_TEMPLATE)
-    labels = torch.tensor([world_classnames().index(name) for _, name, _, _ in fewshot_images(world_classnames(), 0, 10, seed=777)])
+    labels = torch.tensor(
+        [world_classnames().index(name) for _, name, _, _ in fewshot_images(world_classnames(), 0, 10, seed=777)]
+    )
     batch = world.preprocess([image for _, _, _, image in fewshot_images(world_classnames(), 0, 10, seed=777)])
     reference = world.logits(batch).argmax(-1)
     for predictor in (world, Predictor(world.model, world.config).use_int8_image_tower()):
         top1 = predictor.logits(batch).argmax(-1)
-        print(f"  {predictor.precision:8s} top-1 {100 * (top1 == labels).float().mean():.2f}%, same top-1 as fp32 on {100 * (top1 == reference).float().mean():.2f}%")
+        print(
+            f"  {predictor.precision:8s} top-1 {100 * (top1 == labels).float().mean():.2f}%, same top-1 as fp32 on {100 * (top1 == reference).float().mean():.2f}%"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Launches the app on localhost with a fresh data dir and, several times, opens th
 browser profile (a first visit: nothing cached) and then opens it again in that profile (a later
 visit or a reload), with Debian's chromium through Playwright. Prints the median of each.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -18,7 +19,14 @@ from playwright.sync_api import sync_playwright
 from app.settings import AppSettings
 from app.ui import build_demo, launch_options
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def main(loads: int = 6) -> None:
@@ -43,8 +51,10 @@ def main(loads: int = 6) -> None:
     finally:
         demo.studio.jobs.close()
         demo.close()
-    print(f"page load to interactive, median of {loads}: first visit {statistics.median(first_visits):.2f} s "
-          f"(all: {', '.join(f'{t:.2f}' for t in first_visits)}), later visit {statistics.median(later_visits):.2f} s")
+    print(
+        f"page load to interactive, median of {loads}: first visit {statistics.median(first_visits):.2f} s "
+        f"(all: {', '.join(f'{t:.2f}' for t in first_visits)}), later visit {statistics.median(later_visits):.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ and prints the HM of the kept epoch per row (mean over seeds) and the sum over r
 
     python bench/selection_replay.py --camera dusk --rows coop cocoop ivlp ivlp+specpl [--seeds 1 2 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,26 +81,54 @@ def main() -> None:
     backbone = load_backbone(world_backbone_config())
     decomposer_config = DecomposerConfig(name="fft", image_size=64)
     decomposer = build_decomposer(decomposer_config)
-    config = WorldBenchConfig(shots=4, test_per_class=args.test_per_class, epochs=None, batch_size=None, n_ctx=None, decomposer=decomposer_config, camera=args.camera)
+    config = WorldBenchConfig(
+        shots=4,
+        test_per_class=args.test_per_class,
+        epochs=None,
+        batch_size=None,
+        n_ctx=None,
+        decomposer=decomposer_config,
+        camera=args.camera,
+    )
     kept: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as workdir:
         for seed in args.seeds:
-            root = write_fewshot_folder(Path(workdir) / f"data-{seed}", config.shots, config.test_per_class, seed, camera=args.camera)
-            splits = {s: (read_fewshot_folder(root, shots=config.shots, seed=seed, subsample=s), s == "new") for s in ("base", "new")}
+            root = write_fewshot_folder(
+                Path(workdir) / f"data-{seed}", config.shots, config.test_per_class, seed, camera=args.camera
+            )
+            splits = {
+                s: (read_fewshot_folder(root, shots=config.shots, seed=seed, subsample=s), s == "new")
+                for s in ("base", "new")
+            }
             for index, text in enumerate(args.rows):
                 host, boosters, options = parse_ablation(text)
                 row = BenchRow(text, MethodConfig(host=host, boosters=boosters, options=options))
                 run = row_run_config(row, config, backbone, root, seed)
-                trainer = TracingTrainer(run, Path(workdir) / f"row{index}-{seed}", backbone=backbone, decomposer=decomposer, progress_bar=False, splits=splits)
+                trainer = TracingTrainer(
+                    run,
+                    Path(workdir) / f"row{index}-{seed}",
+                    backbone=backbone,
+                    decomposer=decomposer,
+                    progress_bar=False,
+                    splits=splits,
+                )
                 result = trainer.fit()
                 val_images = result.metrics["selection"]["val_images"]
                 trace = trainer.trace
-                if len(trace) != len(result.metrics["selection"]["per_epoch_val"]) + 2:  # zero-shot, initial, every epoch
-                    raise RuntimeError(f"{text}: {len(trace)} validation scores for {len(result.metrics['selection']['per_epoch_val'])} epochs")
+                if (
+                    len(trace) != len(result.metrics["selection"]["per_epoch_val"]) + 2
+                ):  # zero-shot, initial, every epoch
+                    raise RuntimeError(
+                        f"{text}: {len(trace)} validation scores for {len(result.metrics['selection']['per_epoch_val'])} epochs"
+                    )
                 for rule, epoch in replay(trace, val_images).items():
                     base, new = trace[1 + epoch][2:]
                     kept.setdefault(text, {}).setdefault(rule, []).append(harmonic_mean(base, new))
-                print(f"seed {seed} {text}: " + ", ".join(f"{rule} {values[-1]:.1f}" for rule, values in kept[text].items()), flush=True)
+                print(
+                    f"seed {seed} {text}: "
+                    + ", ".join(f"{rule} {values[-1]:.1f}" for rule, values in kept[text].items()),
+                    flush=True,
+                )
     totals = {rule: 0.0 for rule in ("best accuracy", "last", "shipped")}
     print(f"\n| row ({args.camera}, seeds {' '.join(map(str, args.seeds))}) | " + " | ".join(totals) + " |")
     print("|---" * (len(totals) + 1) + "|")

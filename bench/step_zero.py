@@ -6,6 +6,7 @@ no-op, so theirs is measured here. Images: the demo set's test split through the
 
     python bench/step_zero.py [--preset default|paper] [--boosters specpl ...]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,9 @@ def main() -> None:
     zero_shot = Predictor.zero_shot(backbone, data.classnames, "a photo of a {}.")
     images = zero_shot.preprocess(paths)
     reference = zero_shot.logits(images).softmax(-1)
-    print(f"| method ({args.preset}) | max abs probability difference | top-1 agreement with zero-shot | accuracy | zero-shot accuracy |")
+    print(
+        f"| method ({args.preset}) | max abs probability difference | top-1 agreement with zero-shot | accuracy | zero-shot accuracy |"
+    )
     print("|---|---|---|---|---|")
     labels = torch.tensor([item.label for item in data.test])
     for host in [h for h in HOSTS.names() if h != "zeroshot" and HOSTS.get(h).accepts_boosters]:
@@ -42,12 +45,16 @@ def main() -> None:
                 continue
             torch.manual_seed(0)
             method = MethodConfig(host=host, boosters=boosters, preset=args.preset)
-            model = build_method(method, backbone, data.classnames, "a photo of a {}.", DecomposerConfig(name="fft", image_size=64))
+            model = build_method(
+                method, backbone, data.classnames, "a photo of a {}.", DecomposerConfig(name="fft", image_size=64)
+            )
             logits = Predictor(model).logits(images).softmax(-1)
             gap = float((logits - reference).abs().max())
             agree = float((logits.argmax(-1) == reference.argmax(-1)).float().mean() * 100)
             accuracy = float((logits.argmax(-1) == labels).float().mean() * 100)
-            print(f"| {'+'.join([host, *boosters])} | {gap:.2e} | {agree:.1f}% | {accuracy:.1f}% | {float((reference.argmax(-1) == labels).float().mean() * 100):.1f}% |")
+            print(
+                f"| {'+'.join([host, *boosters])} | {gap:.2e} | {agree:.1f}% | {accuracy:.1f}% | {float((reference.argmax(-1) == labels).float().mean() * 100):.1f}% |"
+            )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ encoded once, bf16 autocast on a GPU.
 Weights are random (the cost is the same), so it runs offline. Prints both medians and the ratio;
 ``--markdown`` prints one table row instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,9 @@ class NaiveCoOpStep(nn.Module):
         clip = self.clip
         image_features = clip.encode_image(images.to(self.dtype))
         prompts = torch.cat([self.prefix, self.ctx.unsqueeze(0).expand(len(self.prefix), -1, -1), self.suffix], dim=1)
-        x = clip.transformer(prompts + clip.positional_embedding.to(self.dtype), attn_mask=clip.attn_mask.to(self.dtype))
+        x = clip.transformer(
+            prompts + clip.positional_embedding.to(self.dtype), attn_mask=clip.attn_mask.to(self.dtype)
+        )
         x = clip.ln_final(x)[torch.arange(len(x), device=x.device), self.eot] @ clip.text_projection
         logits = clip.logit_scale.exp() * F.normalize(image_features, dim=-1) @ F.normalize(x, dim=-1).t()
         return F.cross_entropy(logits.float(), labels)
@@ -102,13 +105,35 @@ def main() -> None:
     parser.add_argument("--n-ctx", type=int, default=16, help="CoOp's context length")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--naive-dtype", choices=["auto", "fp16", "fp32"], default="auto", help="auto: fp16 on a GPU (the reference's cast), fp32 on a CPU (no fp16 arithmetic there)")
-    parser.add_argument("--booster", action="append", default=[], help="also time ours with these boosters (e.g. specpl)")
+    parser.add_argument(
+        "--naive-dtype",
+        choices=["auto", "fp16", "fp32"],
+        default="auto",
+        help="auto: fp16 on a GPU (the reference's cast), fp32 on a CPU (no fp16 arithmetic there)",
+    )
+    parser.add_argument(
+        "--booster", action="append", default=[], help="also time ours with these boosters (e.g. specpl)"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
-    parser.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="ours as a run with this train.compile setting runs it (auto: decided for --run-steps)")
-    parser.add_argument("--run-steps", type=int, default=2500, help="steps of the run that compile=auto decides for (CoOp, 50 classes x 16 shots, 100 epochs)")
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="ours as a run with this train.compile setting runs it (auto: decided for --run-steps)",
+    )
+    parser.add_argument(
+        "--run-steps",
+        type=int,
+        default=2500,
+        help="steps of the run that compile=auto decides for (CoOp, 50 classes x 16 shots, 100 epochs)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print one markdown table row")
-    parser.add_argument("--peak-tflops", type=float, default=790.0, help="the device's dense bf16 rate, for the FLOP floor (H200/H100: about 790)")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=790.0,
+        help="the device's dense bf16 rate, for the FLOP floor (H200/H100: about 790)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -121,7 +146,9 @@ def main() -> None:
     decomposer = DecomposerConfig(name="fft", image_size=backbone.image_size)
     if "caspl" in args.booster:  # phase 2 reads a phase-1 bundle; an untrained one costs the same
         boost_bundle = Path(tempfile.mkdtemp()) / "boost"
-        build_method(MethodConfig(host=PHASE_ONE), backbone, classnames, decomposer=decomposer).save_bundle(boost_bundle)
+        build_method(MethodConfig(host=PHASE_ONE), backbone, classnames, decomposer=decomposer).save_bundle(
+            boost_bundle
+        )
         options["caspl"] = {"boost_bundle": str(boost_bundle)}
     method = MethodConfig(host=args.host, boosters=args.booster, options=options)
     held = frozen_in_bf16(backbone) if device.type == "cuda" else backbone  # as a bf16 run holds it
@@ -163,7 +190,11 @@ def main() -> None:
 
         def reference() -> None:
             with naive_autocast:
-                recomputed = Batch(labels=labels, images=images.to(naive_dtype), frozen=frozen_batch(naive_model, images.to(naive_dtype)))
+                recomputed = Batch(
+                    labels=labels,
+                    images=images.to(naive_dtype),
+                    frozen=frozen_batch(naive_model, images.to(naive_dtype)),
+                )
                 if not naive_model.needs_image_grad:  # the reference re-encodes images every step
                     recomputed.frozen.update(flatten("image", naive_model.encode_image(images.to(naive_dtype))))
                 loss = sum(naive_model(recomputed).values()).float()
@@ -181,16 +212,28 @@ def main() -> None:
     ours_times = time_steps(ours, args.steps, args.warmup, device)
     naive_times = time_steps(reference, args.steps, args.warmup, device)
     ours_ms, naive_ms = 1000 * statistics.median(ours_times), 1000 * statistics.median(naive_times)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
     name = "+".join([args.host, *args.booster])
     if args.markdown:
-        print(f"| {name} | {args.model} | {device.type} ({where}) | {args.batch} | {args.classes} | {'compiled' if compiled else 'eager'} | {naive_ms:.1f} ({args.naive_dtype}) | {ours_ms:.1f} | {naive_ms / ours_ms:.1f}x | {floor_ms:.2f} | {ours_ms / floor_ms:.1f}x | {first:.1f} s |")
+        print(
+            f"| {name} | {args.model} | {device.type} ({where}) | {args.batch} | {args.classes} | {'compiled' if compiled else 'eager'} | {naive_ms:.1f} ({args.naive_dtype}) | {ours_ms:.1f} | {naive_ms / ours_ms:.1f}x | {floor_ms:.2f} | {ours_ms / floor_ms:.1f}x | {first:.1f} s |"
+        )
         return
-    print(f"method={name} model={args.model} device={device.type} ({where}) batch={args.batch} classes={args.classes} boosters={args.booster or 'none'}")
+    print(
+        f"method={name} model={args.model} device={device.type} ({where}) batch={args.batch} classes={args.classes} boosters={args.booster or 'none'}"
+    )
     print(f"image tower trained through: {model.needs_image_grad}; frozen inputs cached: {sorted(frozen)}")
     print(f"naive ({args.naive_dtype}, everything recomputed): {naive_ms:9.1f} ms/step")
-    print(f"ours  (cached frozen inputs, truncated, shared prefix{', compiled' if compiled else ''}): {ours_ms:9.1f} ms/step ({reason}; first step {first:.1f} s)")
-    print(f"speed-up: {naive_ms / ours_ms:.1f}x; FLOP floor {floor_ms:.2f} ms at {args.peak_tflops:.0f} TFLOP/s ({ours_ms / floor_ms:.1f}x above it)")
+    print(
+        f"ours  (cached frozen inputs, truncated, shared prefix{', compiled' if compiled else ''}): {ours_ms:9.1f} ms/step ({reason}; first step {first:.1f} s)"
+    )
+    print(
+        f"speed-up: {naive_ms / ours_ms:.1f}x; FLOP floor {floor_ms:.2f} ms at {args.peak_tflops:.0f} TFLOP/s ({ours_ms / floor_ms:.1f}x above it)"
+    )
 
 
 if __name__ == "__main__":

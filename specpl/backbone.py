@@ -3,6 +3,7 @@
 The project's own JSON configs (a tiny test model, the SpectralWorld CLIP) are registered with
 open_clip at import, so every model goes through the same factory.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -139,14 +140,16 @@ def embedded_weights(name: str) -> Path:
     if name not in files:
         raise BackboneUnavailable(f"{name} has no embedded weights; embedded models: {', '.join(files)}")
     if not files[name].is_file():
-        raise BackboneUnavailable(f"the embedded weights of {name} are missing: {files[name]} (restore the repository's assets/ folder)")
+        raise BackboneUnavailable(
+            f"the embedded weights of {name} are missing: {files[name]} (restore the repository's assets/ folder)"
+        )
     return files[name]
 
 
 def _unavailable_message(config: BackboneConfig, exc: Exception) -> str:
     cache = config.cache_dir or os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     if config.name.startswith("hf-hub:"):
-        where = f"the Hugging Face hub repo {config.name[len('hf-hub:'):]} (cache: {cache})"
+        where = f"the Hugging Face hub repo {config.name[len('hf-hub:') :]} (cache: {cache})"
     elif config.pretrained and Path(config.pretrained).is_file():
         where = f"the local file {config.pretrained}"
     else:

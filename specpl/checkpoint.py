@@ -6,6 +6,7 @@
   safetensors, RNG states and counters in JSON.
 Every file is written to a temp name and renamed; a folder is swapped in whole.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,12 @@ def versions() -> dict[str, str]:
 
     from specpl import __version__
 
-    return {"specpl": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__, "python": platform.python_version()}
+    return {
+        "specpl": __version__,
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -72,8 +78,14 @@ def read_bundle(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any
     found = config.get("format") if isinstance(config, dict) else None
     if found not in UPGRADES and found != BUNDLE_FORMAT:
         newer = isinstance(found, str) and found.startswith("specpl-bundle/")
-        advice = "it was written by a newer SpecPL: upgrade with `pip install -U specpl`" if newer else "it is not a SpecPL model bundle"
-        raise ValueError(f"{config_path} has format {found!r}, this SpecPL reads {', '.join([*UPGRADES, BUNDLE_FORMAT])}; {advice}")
+        advice = (
+            "it was written by a newer SpecPL: upgrade with `pip install -U specpl`"
+            if newer
+            else "it is not a SpecPL model bundle"
+        )
+        raise ValueError(
+            f"{config_path} has format {found!r}, this SpecPL reads {', '.join([*UPGRADES, BUNDLE_FORMAT])}; {advice}"
+        )
     while config["format"] in UPGRADES:
         config = UPGRADES[config["format"]](config)
     for key in ("backbone", "method", "classnames"):
@@ -102,7 +114,10 @@ def _upgrade_v1(config: dict[str, Any]) -> dict[str, Any]:
 _V2_OPTION_VALUES = {
     "specpl": {"refiner": "layernorm"},
     "cocoop": {"meta_init": "pytorch"},
-    **{host: {"ctx_from_template": False, "tail": "{}."} for host in ("coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc", "caspl-boost")},
+    **{
+        host: {"ctx_from_template": False, "tail": "{}."}
+        for host in ("coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc", "caspl-boost")
+    },
 }
 
 
@@ -130,7 +145,10 @@ UPGRADES = {"specpl-bundle/1": _upgrade_v1, "specpl-bundle/2": _upgrade_v2}  # f
 
 
 def save_resume_state(
-    directory: Path, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, counters: dict[str, Any],
+    directory: Path,
+    model_state: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    counters: dict[str, Any],
     kept_states: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
     """Everything needed to continue a run exactly where it stopped; `kept_states` are the model
@@ -163,7 +181,9 @@ def save_resume_state(
 KEPT_STATES = ("best", "initial")  # the selection's states a checkpoint holds besides the model's
 
 
-def load_resume_state(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+def load_resume_state(
+    directory: Path, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
     """Restore the optimizer and RNG in place; return (model tensors, counters, kept states by name)."""
     tensors = load_tensors(directory / "state.safetensors")
     state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
@@ -180,7 +200,9 @@ def load_resume_state(directory: Path, optimizer: torch.optim.Optimizer) -> tupl
     if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda_states)
     model_state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    kept = {name: {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")} for name in KEPT_STATES}
+    kept = {
+        name: {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")} for name in KEPT_STATES
+    }
     return model_state, state["counters"], kept
 
 

@@ -1,4 +1,5 @@
 """Command line: ``specpl train | eval | predict | bands`` (also ``python -m specpl``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,9 @@ def _parse_option(text: str) -> tuple[str, str, Any]:
         target, value = text.split("=", 1)
         component, key = target.split(".", 1)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--option expects COMPONENT.KEY=VALUE (e.g. coop.n_ctx=4), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--option expects COMPONENT.KEY=VALUE (e.g. coop.n_ctx=4), got {text!r}"
+        ) from None
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError:
@@ -37,8 +40,15 @@ def options_by_component(parsed: list[tuple[str, str, Any]]) -> dict[str, dict[s
 def _add_backbone_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backbone")
     group.add_argument("--backbone", default=None, help="open_clip model name or hf-hub:org/repo (default ViT-B-16)")
-    group.add_argument("--pretrained", default=None, help="pretrained tag (openai), a local checkpoint file, or 'none' for random init")
-    group.add_argument("--quick-gelu", choices=["auto", "yes", "no"], default="auto", help="activation override; auto infers it from the weights' origin")
+    group.add_argument(
+        "--pretrained", default=None, help="pretrained tag (openai), a local checkpoint file, or 'none' for random init"
+    )
+    group.add_argument(
+        "--quick-gelu",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="activation override; auto infers it from the weights' origin",
+    )
 
 
 def _backbone_config(args: argparse.Namespace, base: BackboneConfig) -> BackboneConfig:
@@ -52,47 +62,114 @@ def _backbone_config(args: argparse.Namespace, base: BackboneConfig) -> Backbone
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specpl", description="Prompt learning for frozen CLIP models (CoOp + SpecPL and friends).")
+    parser = argparse.ArgumentParser(
+        prog="specpl", description="Prompt learning for frozen CLIP models (CoOp + SpecPL and friends)."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="learn prompts on a few-shot image folder", description="Train a host (+ boosters) on DATA and export a model bundle to OUT/model.")
-    train.add_argument("--data", required=False, help="folder with <class>/ sub-folders, or train/ and test/ each holding them (default: the embedded SpectralWorld demo set)")
+    train = sub.add_parser(
+        "train",
+        help="learn prompts on a few-shot image folder",
+        description="Train a host (+ boosters) on DATA and export a model bundle to OUT/model.",
+    )
+    train.add_argument(
+        "--data",
+        required=False,
+        help="folder with <class>/ sub-folders, or train/ and test/ each holding them (default: the embedded SpectralWorld demo set)",
+    )
     train.add_argument("--out", required=True, help="run folder (events.jsonl, checkpoint/, model/, metrics.json)")
     train.add_argument("--config", help="a run config JSON (e.g. a previous run's config.json); flags override it")
     _add_backbone_args(train)
     train.add_argument("--host", help="host method (default coop; `specpl methods` lists them)")
-    train.add_argument("--preset", help="default (the product's: measured, starts at zero-shot, validation chooses the epoch kept) or paper (the published settings; 'reference' is read as paper)")
-    train.add_argument("--dataset", help="a registered dataset layout for --data (default: folder; e.g. oxford_pets, imagenet)")
-    train.add_argument("--unlabeled", help="a folder of unlabeled images to train on, for a label-free host (caspl-boost)")
-    train.add_argument("--template", help="hand-crafted prompt template with {} for the class (default: the dataset's, else 'a photo of a {}.')")
-    train.add_argument("--booster", action="append", default=None, help="booster to add, repeatable (e.g. --booster specpl)")
-    train.add_argument("--option", action="append", type=_parse_option, default=[], help="method option COMPONENT.KEY=VALUE, repeatable (e.g. coop.n_ctx=4)")
-    train.add_argument("--decomposer", help="band decomposer: auto, qwen-vae, fft, taef2, taesd, sd-vae (default auto: the reference VAE when its weights can be had, else fft)")
-    train.add_argument("--augment", choices=["dassl", "clip", "none", "reference"], help="augmentation: clip (open_clip's mild crop; the default preset's), dassl (Dassl's random resized crop and flip; the paper preset's; 'reference' is read as dassl) or none")
+    train.add_argument(
+        "--preset",
+        help="default (the product's: measured, starts at zero-shot, validation chooses the epoch kept) or paper (the published settings; 'reference' is read as paper)",
+    )
+    train.add_argument(
+        "--dataset", help="a registered dataset layout for --data (default: folder; e.g. oxford_pets, imagenet)"
+    )
+    train.add_argument(
+        "--unlabeled", help="a folder of unlabeled images to train on, for a label-free host (caspl-boost)"
+    )
+    train.add_argument(
+        "--template",
+        help="hand-crafted prompt template with {} for the class (default: the dataset's, else 'a photo of a {}.')",
+    )
+    train.add_argument(
+        "--booster", action="append", default=None, help="booster to add, repeatable (e.g. --booster specpl)"
+    )
+    train.add_argument(
+        "--option",
+        action="append",
+        type=_parse_option,
+        default=[],
+        help="method option COMPONENT.KEY=VALUE, repeatable (e.g. coop.n_ctx=4)",
+    )
+    train.add_argument(
+        "--decomposer",
+        help="band decomposer: auto, qwen-vae, fft, taef2, taesd, sd-vae (default auto: the reference VAE when its weights can be had, else fft)",
+    )
+    train.add_argument(
+        "--augment",
+        choices=["dassl", "clip", "none", "reference"],
+        help="augmentation: clip (open_clip's mild crop; the default preset's), dassl (Dassl's random resized crop and flip; the paper preset's; 'reference' is read as dassl) or none",
+    )
     train.add_argument("--schedule", choices=["epoch", "step"], help="cosine stepped per epoch (reference) or per step")
-    train.add_argument("--eval-every", type=int, help="accuracy on the validation split every N epochs (the default preset scores every epoch to keep the best)")
-    train.add_argument("--select", choices=["val", "last"], help="let validation choose the epoch kept: the last unless another is clearly better (the default preset's), or keep the last (the paper preset's)")
+    train.add_argument(
+        "--eval-every",
+        type=int,
+        help="accuracy on the validation split every N epochs (the default preset scores every epoch to keep the best)",
+    )
+    train.add_argument(
+        "--select",
+        choices=["val", "last"],
+        help="let validation choose the epoch kept: the last unless another is clearly better (the default preset's), or keep the last (the paper preset's)",
+    )
     train.add_argument("--decomposer-source", help="hub id or local folder with the decomposer's weights")
     train.add_argument("--shots", type=int, help="training images per class (default 16; 0 keeps all)")
-    train.add_argument("--split-ratio", type=float, help="train share per class for a folder without train/ and test/ (default 0.5)")
-    train.add_argument("--subsample", choices=["all", "base", "new"], help="train on all classes, or the base half (reports base/new/HM)")
+    train.add_argument(
+        "--split-ratio", type=float, help="train share per class for a folder without train/ and test/ (default 0.5)"
+    )
+    train.add_argument(
+        "--subsample",
+        choices=["all", "base", "new"],
+        help="train on all classes, or the base half (reports base/new/HM)",
+    )
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int)
     train.add_argument("--grad-accum", type=int)
     train.add_argument("--no-cache", action="store_true", help="recompute frozen image features every epoch")
-    train.add_argument("--compile", nargs="?", const="on", choices=["auto", "on", "off"], help="torch.compile the training step (CUDA graphs on a GPU; the first steps compile); default auto: on a GPU when the run is long enough to pay")
-    train.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto: bf16 on a GPU (the frozen CLIP held in bf16), fp32 on a CPU")
+    train.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        choices=["auto", "on", "off"],
+        help="torch.compile the training step (CUDA graphs on a GPU; the first steps compile); default auto: on a GPU when the run is long enough to pay",
+    )
+    train.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        help="auto: bf16 on a GPU (the frozen CLIP held in bf16), fp32 on a CPU",
+    )
     train.add_argument("--optimizer", choices=["sgd", "adamw"], help="default: the host's")
-    train.add_argument("--max-cached-views", type=int, help="distinct augmentation views kept per image (default: a fresh one every epoch)")
-    train.add_argument("--workers", type=int, help="DataLoader workers that decode images for the feature cache and the image tower")
+    train.add_argument(
+        "--max-cached-views",
+        type=int,
+        help="distinct augmentation views kept per image (default: a fresh one every epoch)",
+    )
+    train.add_argument(
+        "--workers", type=int, help="DataLoader workers that decode images for the feature cache and the image tower"
+    )
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
 
     evaluate = sub.add_parser("eval", help="accuracy of a model bundle on a folder's test split")
     evaluate.add_argument("--model", required=True, help="a model bundle folder (RUN/model)")
     evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--dataset", default="folder", help="a registered dataset layout for --data (default: folder)")
+    evaluate.add_argument(
+        "--dataset", default="folder", help="a registered dataset layout for --data (default: folder)"
+    )
     evaluate.add_argument("--subsample", choices=["all", "base", "new"], default="all")
     evaluate.add_argument("--json", action="store_true", help="print the full result as JSON")
 
@@ -106,19 +183,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="every host and booster, with a line each and its defaults")
     methods.add_argument("--json", action="store_true", help="print the registry as JSON")
-    methods.add_argument("--preset", help="show every value of this preset (paper, or a paper-<source> variant) with its source")
-    methods.add_argument("--host", help="with --preset: resolve this host only (default: every host, and every booster on its first host)")
-    methods.add_argument("--booster", action="append", default=[], help="with --preset and --host: a booster to stack, repeatable")
-    methods.add_argument("--dataset", help="with --preset: the dataset whose own published schedule applies (e.g. imagenet)")
+    methods.add_argument(
+        "--preset", help="show every value of this preset (paper, or a paper-<source> variant) with its source"
+    )
+    methods.add_argument(
+        "--host",
+        help="with --preset: resolve this host only (default: every host, and every booster on its first host)",
+    )
+    methods.add_argument(
+        "--booster", action="append", default=[], help="with --preset and --host: a booster to stack, repeatable"
+    )
+    methods.add_argument(
+        "--dataset", help="with --preset: the dataset whose own published schedule applies (e.g. imagenet)"
+    )
 
-    sweep = sub.add_parser("sweep", help="the benchmark tables (base-to-new, few-shot, cross-dataset, domain generalisation): datasets x methods x seeds, resumable")
+    sweep = sub.add_parser(
+        "sweep",
+        help="the benchmark tables (base-to-new, few-shot, cross-dataset, domain generalisation): datasets x methods x seeds, resumable",
+    )
     from specpl.sweep import add_sweep_arguments
 
     add_sweep_arguments(sweep)
 
     bench = sub.add_parser("bench", help="benchmarks (offline)")
     bench_sub = bench.add_subparsers(dest="benchmark", required=True)
-    world = bench_sub.add_parser("world", help="SpectralWorld: base/new/HM per method and the granularity probe", description="Train every host alone, with each booster it accepts and in the given stacks on SpectralWorld base classes over several seeds and write a markdown table.")
+    world = bench_sub.add_parser(
+        "world",
+        help="SpectralWorld: base/new/HM per method and the granularity probe",
+        description="Train every host alone, with each booster it accepts and in the given stacks on SpectralWorld base classes over several seeds and write a markdown table.",
+    )
     world.add_argument("--shots", type=int, default=4)
     world.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     world.add_argument("--epochs", type=int, default=20)
@@ -127,23 +220,82 @@ def build_parser() -> argparse.ArgumentParser:
     world.add_argument("--decomposer", default="fft")
     world.add_argument("--decomposer-source")
     world.add_argument("--probe-pairs", type=int, default=200)
-    world.add_argument("--camera", default="default", choices=list(CAMERAS), help="downstream domain: default (as in pretraining) or sepia (unseen warm, low-contrast cast)")
-    world.add_argument("--preset", nargs="+", default=["default"], choices=["default", "paper", "reference"], help="presets to run (both: a row for each where they differ; reference reads as paper)")
-    world.add_argument("--boosters", nargs="+", default=["specpl"], help="boosters to run on each host that accepts them (default: specpl); pairs a host refuses are skipped and listed in the report")
-    world.add_argument("--stacks", nargs="+", default=[], help="host and boosters joined by '+' to run as rows, e.g. maple+caspl+specpl ivlp+dapt+specpl")
-    world.add_argument("--option", action="append", type=_parse_option, default=[], help="method option COMPONENT.KEY=VALUE on every row that has the component, repeatable (e.g. specpl.refine_novel=false)")
-    world.add_argument("--ablate", action="store_true", help="CoOp + SpecPL with each input changed alone (decomposer, augmentation, schedule, bank, refiner, losses) instead of every host")
-    world.add_argument("--taef2-source", help="with --ablate: a folder with TAEF2 weights for the decomposer row (skipped without it)")
+    world.add_argument(
+        "--camera",
+        default="default",
+        choices=list(CAMERAS),
+        help="downstream domain: default (as in pretraining) or sepia (unseen warm, low-contrast cast)",
+    )
+    world.add_argument(
+        "--preset",
+        nargs="+",
+        default=["default"],
+        choices=["default", "paper", "reference"],
+        help="presets to run (both: a row for each where they differ; reference reads as paper)",
+    )
+    world.add_argument(
+        "--boosters",
+        nargs="+",
+        default=["specpl"],
+        help="boosters to run on each host that accepts them (default: specpl); pairs a host refuses are skipped and listed in the report",
+    )
+    world.add_argument(
+        "--stacks",
+        nargs="+",
+        default=[],
+        help="host and boosters joined by '+' to run as rows, e.g. maple+caspl+specpl ivlp+dapt+specpl",
+    )
+    world.add_argument(
+        "--option",
+        action="append",
+        type=_parse_option,
+        default=[],
+        help="method option COMPONENT.KEY=VALUE on every row that has the component, repeatable (e.g. specpl.refine_novel=false)",
+    )
+    world.add_argument(
+        "--ablate",
+        action="store_true",
+        help="CoOp + SpecPL with each input changed alone (decomposer, augmentation, schedule, bank, refiner, losses) instead of every host",
+    )
+    world.add_argument(
+        "--taef2-source", help="with --ablate: a folder with TAEF2 weights for the decomposer row (skipped without it)"
+    )
     world.add_argument("--out", default="bench/WORLD.md", help="markdown report (written atomically)")
 
-    defaults = bench_sub.add_parser("defaults", help="the defaults against zero-shot: every host alone and with each booster, as `specpl train` runs them with no flag", description="Train every host alone and with each booster under the default preset, exactly as the CLI and the app do with no flag, on the demo set and on SpectralWorld under each camera, and write a markdown table against zero-shot.")
+    defaults = bench_sub.add_parser(
+        "defaults",
+        help="the defaults against zero-shot: every host alone and with each booster, as `specpl train` runs them with no flag",
+        description="Train every host alone and with each booster under the default preset, exactly as the CLI and the app do with no flag, on the demo set and on SpectralWorld under each camera, and write a markdown table against zero-shot.",
+    )
     defaults.add_argument("--hosts", nargs="+", help="hosts to run (default: every registered host)")
-    defaults.add_argument("--boosters", nargs="*", default=["specpl", "dapt", "isp"], help="boosters to run on each host that accepts them (none: the hosts alone)")
+    defaults.add_argument(
+        "--boosters",
+        nargs="*",
+        default=["specpl", "dapt", "isp"],
+        help="boosters to run on each host that accepts them (none: the hosts alone)",
+    )
     defaults.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     defaults.add_argument("--test-per-class", type=int, default=50)
-    defaults.add_argument("--domains", nargs="+", default=["demo", *CAMERAS], choices=["demo", *CAMERAS], help="the demo set and SpectralWorld cameras to run")
-    defaults.add_argument("--held-out", nargs="*", default=["haze"], choices=list(CAMERAS), help="cameras the defaults were not chosen on (they confirm them)")
-    defaults.add_argument("--ablation", nargs="*", default=[], help="extra world rows HOST+BOOSTER:COMPONENT.KEY=VALUE[,...], e.g. cocoop+specpl:specpl.refiner=layernorm")
+    defaults.add_argument(
+        "--domains",
+        nargs="+",
+        default=["demo", *CAMERAS],
+        choices=["demo", *CAMERAS],
+        help="the demo set and SpectralWorld cameras to run",
+    )
+    defaults.add_argument(
+        "--held-out",
+        nargs="*",
+        default=["haze"],
+        choices=list(CAMERAS),
+        help="cameras the defaults were not chosen on (they confirm them)",
+    )
+    defaults.add_argument(
+        "--ablation",
+        nargs="*",
+        default=[],
+        help="extra world rows HOST+BOOSTER:COMPONENT.KEY=VALUE[,...], e.g. cocoop+specpl:specpl.refiner=layernorm",
+    )
     defaults.add_argument("--out", default="bench/DEFAULTS.md", help="markdown report (written atomically)")
 
     bands = sub.add_parser("bands", help="write the low/high band maps of an image as PNGs")
@@ -196,14 +348,25 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         config.data.subsample = args.subsample
     if args.split_ratio is not None:
         config.data.split_ratio = args.split_ratio
-    for flag, field in (("epochs", "epochs"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"), ("grad_accum", "grad_accum_steps")):
+    for flag, field in (
+        ("epochs", "epochs"),
+        ("batch_size", "batch_size"),
+        ("lr", "lr"),
+        ("seed", "seed"),
+        ("grad_accum", "grad_accum_steps"),
+    ):
         if getattr(args, flag) is not None:
             setattr(config.train, field, getattr(args, flag))
     if args.no_cache:
         config.train.cache_features = False
     if args.compile:
         config.train.compile = args.compile
-    for flag, field in (("precision", "precision"), ("optimizer", "optimizer"), ("max_cached_views", "max_cached_views"), ("workers", "num_workers")):
+    for flag, field in (
+        ("precision", "precision"),
+        ("optimizer", "optimizer"),
+        ("max_cached_views", "max_cached_views"),
+        ("workers", "num_workers"),
+    ):
         if getattr(args, flag) is not None:
             setattr(config.train, field, getattr(args, flag))
     return config
@@ -235,7 +398,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = run_config_from_args(args)
     if not config.data.root:
         config.data.root = str(demo_data_dir())
-        print(f"note: no --data given; training on the embedded SpectralWorld demo set ({config.data.root})", file=sys.stderr)
+        print(
+            f"note: no --data given; training on the embedded SpectralWorld demo set ({config.data.root})",
+            file=sys.stderr,
+        )
     backbone = _default_backbone(config.backbone, _explicit_backbone(args))
     result = Trainer(config, args.out, backbone=backbone).fit(resume=args.resume)
     summary = metrics_summary(result.metrics)
@@ -268,7 +434,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         predictor = Predictor.from_bundle(args.model)
     elif args.classes:
         backbone = _default_backbone(_backbone_config(args, BackboneConfig()), _explicit_backbone(args))
-        predictor = Predictor.zero_shot(backbone, [c.strip() for c in args.classes.split(",") if c.strip()], args.template)
+        predictor = Predictor.zero_shot(
+            backbone, [c.strip() for c in args.classes.split(",") if c.strip()], args.template
+        )
     else:
         raise SystemExit("specpl predict: give --model BUNDLE, or --classes a,b,c for zero-shot")
     for path, ranked in zip(args.images, predictor.predict(args.images, top_k=args.top_k)):
@@ -281,7 +449,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_bands(args: argparse.Namespace) -> int:
     from specpl.bands import build_decomposer, save_band_pngs
 
-    decomposer = build_decomposer(DecomposerConfig(name=args.decomposer, source=args.decomposer_source, image_size=args.size))
+    decomposer = build_decomposer(
+        DecomposerConfig(name=args.decomposer, source=args.decomposer_source, image_size=args.size)
+    )
     for path in save_band_pngs(decomposer, Path(args.image), Path(args.out), args.size):
         print(path)
     return 0
@@ -311,12 +481,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
             print(f"  {'':10s} options (default preset): {options or 'none'}")
             for preset, values in row["presets"].items():
                 per_host = row.get("host_presets", {}).get(preset, {})
-                changes = "; ".join([_preset_text(values), *(f"on {host}: {_preset_text(v)}" for host, v in per_host.items())])
+                changes = "; ".join(
+                    [_preset_text(values), *(f"on {host}: {_preset_text(v)}" for host, v in per_host.items())]
+                )
                 note = f" ({row['preset_notes'][preset]})" if preset in row["preset_notes"] else ""
                 if values or per_host:
                     print(f"  {'':10s} {preset} preset{note}: {changes}")
-    print(f"training: default preset {_preset_text({'train': PRESET_TRAINING['default']})} (epochs and batch size derived from the data); "
-          f"paper preset {_preset_text({'train': PRESET_TRAINING['paper']})} with each host's paper training")
+    print(
+        f"training: default preset {_preset_text({'train': PRESET_TRAINING['default']})} (epochs and batch size derived from the data); "
+        f"paper preset {_preset_text({'train': PRESET_TRAINING['paper']})} with each host's paper training"
+    )
     return 0
 
 
@@ -343,7 +517,9 @@ def _print_preset_values(args: argparse.Namespace) -> int:
         sources = value_sources(method, dataset=args.dataset)
         values = {f"{name}.{key}": value for name, opts in options.items() for key, value in opts.items()}
         values.update({f"train.{key}": value for key, value in train.items()})
-        report["+".join([host, *boosters])] = {key: {"value": value, "source": sources.get(key, "")} for key, value in values.items()}
+        report["+".join([host, *boosters])] = {
+            key: {"value": value, "source": sources.get(key, "")} for key, value in values.items()
+        }
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -351,7 +527,9 @@ def _print_preset_values(args: argparse.Namespace) -> int:
     for stack, values in report.items():
         print(f"{stack} ({preset} preset{where}):")
         for key, entry in values.items():
-            print(f"  {key} = {entry['value']!r}  <- {entry['source'] or 'no source (only the paper preset has sources)'}")
+            print(
+                f"  {key} = {entry['value']!r}  <- {entry['source'] or 'no source (only the paper preset has sources)'}"
+            )
     return 0
 
 
@@ -387,14 +565,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
     # every host that can be boosted: not the zero-shot baseline, not a phase of a booster (CasPL's)
-    hosts = tuple(args.hosts or [name for name in HOSTS.names() if name != "zeroshot" and HOSTS.get(name).accepts_boosters])
+    hosts = tuple(
+        args.hosts or [name for name in HOSTS.names() if name != "zeroshot" and HOSTS.get(name).accepts_boosters]
+    )
     if args.benchmark == "defaults":
         return _bench_defaults(args, hosts)
     decomposer_config = DecomposerConfig(name=args.decomposer, source=args.decomposer_source, image_size=64)
     config = WorldBenchConfig(
-        shots=args.shots, seeds=tuple(args.seeds), test_per_class=args.test_per_class, epochs=args.epochs, hosts=hosts,
-        decomposer=decomposer_config, probe_pairs=args.probe_pairs, camera=args.camera, presets=tuple(args.preset),
-        boosters=tuple(args.boosters), stacks=tuple(args.stacks), options=options_by_component(args.option),
+        shots=args.shots,
+        seeds=tuple(args.seeds),
+        test_per_class=args.test_per_class,
+        epochs=args.epochs,
+        hosts=hosts,
+        decomposer=decomposer_config,
+        probe_pairs=args.probe_pairs,
+        camera=args.camera,
+        presets=tuple(args.preset),
+        boosters=tuple(args.boosters),
+        stacks=tuple(args.stacks),
+        options=options_by_component(args.option),
     )
     started = time.time()
     backbone = load_backbone(world_backbone_config())
@@ -403,7 +592,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         rows = ablation_rows(config)
         others = {}
         if args.taef2_source:
-            others["taef2"] = build_decomposer(dataclasses.replace(decomposer_config, name="taef2", source=args.taef2_source))
+            others["taef2"] = build_decomposer(
+                dataclasses.replace(decomposer_config, name="taef2", source=args.taef2_source)
+            )
         rows = [row for row in rows if row.decomposer is None or row.decomposer in others]
         with temporary_workdir() as workdir:
             results = run_world_bench(config, backbone, decomposer, Path(workdir), rows=rows, decomposers=others)
@@ -415,7 +606,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         results = run_world_bench(config, backbone, decomposer, Path(workdir))
     probe = band_linear_probe(decomposer, backbone, image_size=decomposer_config.image_size)
     ceiling = feature_ceiling(backbone, config)
-    report = markdown_report(results, config, "specpl " + " ".join(args.argv), backbone, time.time() - started, probe, ceiling)
+    report = markdown_report(
+        results, config, "specpl " + " ".join(args.argv), backbone, time.time() - started, probe, ceiling
+    )
     atomic_write_text(Path(args.out), report)
     print(report)
     return 0
@@ -431,9 +624,14 @@ def _bench_defaults(args: argparse.Namespace, hosts: tuple[str, ...]) -> int:
 
     cameras = [d for d in args.domains if d != "demo"]
     config = DefaultsBenchConfig(
-        hosts=hosts, boosters=tuple(args.boosters), seeds=tuple(args.seeds), test_per_class=args.test_per_class,
-        chosen_on=tuple(c for c in cameras if c not in args.held_out), held_out=tuple(c for c in cameras if c in args.held_out),
-        demo="demo" in args.domains, ablations=tuple(args.ablation),
+        hosts=hosts,
+        boosters=tuple(args.boosters),
+        seeds=tuple(args.seeds),
+        test_per_class=args.test_per_class,
+        chosen_on=tuple(c for c in cameras if c not in args.held_out),
+        held_out=tuple(c for c in cameras if c in args.held_out),
+        demo="demo" in args.domains,
+        ablations=tuple(args.ablation),
     )
     backbone = load_backbone(world_backbone_config())
     decomposer = build_decomposer(config.decomposer)
@@ -447,7 +645,15 @@ def _bench_defaults(args: argparse.Namespace, hosts: tuple[str, ...]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv if argv is not None else sys.argv[1:])  # recorded in reports
-    handlers = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "bands": cmd_bands, "bench": cmd_bench, "methods": cmd_methods, "sweep": cmd_sweep}
+    handlers = {
+        "train": cmd_train,
+        "eval": cmd_eval,
+        "predict": cmd_predict,
+        "bands": cmd_bands,
+        "bench": cmd_bench,
+        "methods": cmd_methods,
+        "sweep": cmd_sweep,
+    }
     from specpl.backbone import BackboneUnavailable
     from specpl.bands import DecomposerUnavailable
     from specpl.data import DataError
@@ -457,7 +663,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return handlers[args.command](args)
-    except (BackboneUnavailable, DecomposerUnavailable, DataError, UnknownNameError, FileNotFoundError, ValueError) as exc:
+    except (
+        BackboneUnavailable,
+        DecomposerUnavailable,
+        DataError,
+        UnknownNameError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
         print(f"specpl {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

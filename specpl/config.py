@@ -4,6 +4,7 @@ Method-specific options live in one dataclass per host or booster (see `specpl.m
 run config keeps them as plain dicts keyed by component name so that the JSON stays flat and a
 new method needs no change here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,10 @@ def canonical_preset(name: str) -> str:
     name = PRESET_ALIASES.get(name, name)
     if name not in PRESETS and not (name.startswith(PAPER_VARIANT_PREFIX) and len(name) > len(PAPER_VARIANT_PREFIX)):
         aliases = ", ".join(f"{a!r} reads as {b!r}" for a, b in PRESET_ALIASES.items())
-        raise ValueError(f"unknown preset {name!r}; the presets are: {', '.join(PRESETS)}, and paper-<source> "
-                         f"variants where a method defines one ({aliases})")
+        raise ValueError(
+            f"unknown preset {name!r}; the presets are: {', '.join(PRESETS)}, and paper-<source> "
+            f"variants where a method defines one ({aliases})"
+        )
     return name
 
 

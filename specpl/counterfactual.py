@@ -7,6 +7,7 @@ Two views of "A's low band with B's high band":
   is B's class; with how far the modulator moved the feature, cos(v, v');
 - the image path: the decomposer decodes low(A) + high(B) into a picture, which is classified.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,7 +50,9 @@ def _ranked(probs: torch.Tensor, classnames: list[str], top_k: int) -> Ranked:
 
 
 @torch.no_grad()
-def granule_path(predictor: Predictor, images: torch.Tensor, decomposer: BandDecomposer, top_k: int) -> GranulePath | None:
+def granule_path(
+    predictor: Predictor, images: torch.Tensor, decomposer: BandDecomposer, top_k: int
+) -> GranulePath | None:
     """The first booster's own counterfactual view of the pair (A, B) of preprocessed images."""
     model = predictor.model
     images = images.to(predictor.device)
@@ -95,16 +98,26 @@ def _image_sentence(results: dict[str, Ranked]) -> str:
 
 
 def counterfactual(
-    predictor: Predictor, image_a: Image.Image, image_b: Image.Image, decomposer: BandDecomposer, top_k: int = 5, size: int | None = None
+    predictor: Predictor,
+    image_a: Image.Image,
+    image_b: Image.Image,
+    decomposer: BandDecomposer,
+    top_k: int = 5,
+    size: int | None = None,
 ) -> CounterfactualResult:
     """Predictions for A, B and both band swaps, in the granule path and the image path.
     `size` is the decomposer's resolution (default: the backbone's input size)."""
     size = size or predictor.backbone.image_size
     size -= size % decomposer.downsample
     unit_a, unit_b = to_unit_tensor(image_a, size), to_unit_tensor(image_b, size)
-    swapped = {A_WITH_B: to_pil(decomposer.swap(unit_a, unit_b)[0]), B_WITH_A: to_pil(decomposer.swap(unit_b, unit_a)[0])}
+    swapped = {
+        A_WITH_B: to_pil(decomposer.swap(unit_a, unit_b)[0]),
+        B_WITH_A: to_pil(decomposer.swap(unit_b, unit_a)[0]),
+    }
     ranked = predictor.predict([image_a, image_b, swapped[A_WITH_B], swapped[B_WITH_A]], top_k=top_k)
     image_results = dict(zip((A, B, A_WITH_B, B_WITH_A), ranked))
     granule = granule_path(predictor, predictor.preprocess([image_a, image_b]), decomposer, top_k)
-    summary = " ".join([_granule_sentence(granule) if granule is not None else "", _image_sentence(image_results)]).strip()
+    summary = " ".join(
+        [_granule_sentence(granule) if granule is not None else "", _image_sentence(image_results)]
+    ).strip()
     return CounterfactualResult(image_results, granule, swapped, summary)

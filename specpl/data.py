@@ -3,6 +3,7 @@
 Every file is checked once when the folder is read. A file that is not an image, or that cannot be
 decoded, is skipped and reported (with its reason) instead of crashing an epoch later.
 """
+
 from __future__ import annotations
 
 import math
@@ -106,7 +107,9 @@ def read_fewshot_folder(
     if not class_dirs:
         raise DataError(f"data folder {train_root} has no class sub-folders (expected {train_root}/<class>/<image>)")
     if len(class_dirs) < 2:
-        raise DataError(f"data folder {train_root} has one class ({class_dirs[0].name}); classification needs at least 2")
+        raise DataError(
+            f"data folder {train_root} has one class ({class_dirs[0].name}); classification needs at least 2"
+        )
     if subsample not in ("all", "base", "new"):
         raise DataError(f"subsample must be 'all', 'base' or 'new', not {subsample!r}")
 
@@ -154,7 +157,10 @@ def read_unlabeled_folder(root: str | Path) -> list[ImageItem]:
     candidates = sorted(path for folder in folders for path in _image_files(folder, skipped))
     items = [ImageItem(path, -1) for path in _first_readable(candidates, None, skipped)]
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} file(s) in {root}:\n" + "\n".join(f"  {s.path}: {s.reason}" for s in skipped), stacklevel=2)
+        warnings.warn(
+            f"skipped {len(skipped)} file(s) in {root}:\n" + "\n".join(f"  {s.path}: {s.reason}" for s in skipped),
+            stacklevel=2,
+        )
     if not items:
         raise DataError(f"unlabeled image folder {root} holds no readable images")
     return items

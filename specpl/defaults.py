@@ -4,6 +4,7 @@ Used by the CLI and the app when the configured backbone cannot be loaded (no ne
 weights) or no data folder is given, so that every feature works on a fresh offline machine. The
 library itself never falls back silently: `load_backbone` raises, and callers decide.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,15 @@ from pathlib import Path
 
 import torch
 
-from specpl.backbone import EMBEDDED_TAG, EMBEDDED_WEIGHTS, WORLD_MODEL, WORLD_TEACHER_MODEL, Backbone, BackboneUnavailable, load_backbone
+from specpl.backbone import (
+    EMBEDDED_TAG,
+    EMBEDDED_WEIGHTS,
+    WORLD_MODEL,
+    WORLD_TEACHER_MODEL,
+    Backbone,
+    BackboneUnavailable,
+    load_backbone,
+)
 from specpl.config import BackboneConfig
 from specpl.world.model import WEIGHTS_PATH
 
@@ -31,7 +40,9 @@ def world_teacher_config() -> BackboneConfig:
     record the teacher as ``embedded``, so this path is resolved on each checkout)."""
     weights = EMBEDDED_WEIGHTS[WORLD_TEACHER_MODEL]
     if not weights.is_file():
-        raise BackboneUnavailable(f"the embedded weights of {WORLD_TEACHER_MODEL} are missing: {weights} (restore the repository's assets/ folder)")
+        raise BackboneUnavailable(
+            f"the embedded weights of {WORLD_TEACHER_MODEL} are missing: {weights} (restore the repository's assets/ folder)"
+        )
     return BackboneConfig(name=WORLD_TEACHER_MODEL, pretrained=str(weights), quick_gelu=False)
 
 
@@ -48,7 +59,11 @@ def load_backbone_or_world(config: BackboneConfig, device: str | torch.device = 
 def demo_data_dir(target: Path | None = None) -> Path:
     """The demo few-shot set (train/ and test/ class folders), unpacked once into `target`
     (default: the user cache, ``$XDG_CACHE_HOME/specpl/world-demo``)."""
-    target = Path(target) if target else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "specpl" / "world-demo"
+    target = (
+        Path(target)
+        if target
+        else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "specpl" / "world-demo"
+    )
     if not (target / "train").is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

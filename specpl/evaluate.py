@@ -4,6 +4,7 @@ model is `specpl.inference.score_split`.
 The aggregate HM over several datasets (or seeds) is the HM of the mean base and mean new
 accuracies, not the mean of per-dataset HMs (the convention of the published tables).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ def aggregate_base_new(pairs: Iterable[tuple[float, float]]) -> dict[str, float]
     return {"base": base, "new": new, "hm": harmonic_mean(base, new)}
 
 
-def base_new_table(seed_results: Mapping[str, Iterable[tuple[float, float]]]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+def base_new_table(
+    seed_results: Mapping[str, Iterable[tuple[float, float]]],
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """The published table's two levels: per dataset, base and new averaged over seeds and the HM
     of those means; then the average row over datasets, again the HM of the mean base and mean new
     (never a mean of HMs)."""
@@ -57,7 +60,11 @@ def base_new_table(seed_results: Mapping[str, Iterable[tuple[float, float]]]) ->
 
 
 @torch.no_grad()
-def evaluate_logits(logits_fn: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple[torch.Tensor, torch.Tensor]], classnames: Sequence[str]) -> EvalResult:
+def evaluate_logits(
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    classnames: Sequence[str],
+) -> EvalResult:
     """Run `logits_fn` over (inputs, labels) batches and score the arg-max."""
     predictions, labels = [], []
     for inputs, batch_labels in batches:

@@ -3,6 +3,7 @@
 The app reads the file from another process, so every line is flushed as it is written; a reader
 ignores a torn last line.
 """
+
 from __future__ import annotations
 
 import json

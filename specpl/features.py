@@ -25,6 +25,7 @@ sharding of each epoch's order; the full copy costs little (16 shots x 1000 Imag
 about 37 MB a view at the sizes above) and keeps batches, resume and bank initialisation identical
 to one process.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,7 +56,9 @@ def dassl_train_transform(image_size: int, mean: Sequence[float], std: Sequence[
     """Dassl's ``random_resized_crop`` (bicubic) + ``random_flip`` + CLIP normalisation."""
     return transforms.Compose(
         [
-            transforms.RandomResizedCrop(image_size, scale=(min_scale, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.RandomResizedCrop(
+                image_size, scale=(min_scale, 1.0), interpolation=transforms.InterpolationMode.BICUBIC
+            ),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             transforms.Normalize(mean, std),
@@ -162,7 +165,11 @@ class FeatureCache:
         return len(self._store)
 
     def compute(
-        self, images: torch.Tensor, items: list[ImageItem] | None = None, view: int | None = None, inputs: Sequence[FrozenInput] | None = None
+        self,
+        images: torch.Tensor,
+        items: list[ImageItem] | None = None,
+        view: int | None = None,
+        inputs: Sequence[FrozenInput] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Frozen inputs (all, or `inputs`) of a batch of preprocessed images (no caching)."""
         images = images.to(self.device, non_blocking=True)
@@ -176,7 +183,9 @@ class FeatureCache:
                 out.update(flatten(frozen_input.name, value))
         return out
 
-    def _view_batches(self, items: list[ImageItem], indices: list[int], view: int | None) -> Iterator[tuple[list[int], torch.Tensor]]:
+    def _view_batches(
+        self, items: list[ImageItem], indices: list[int], view: int | None
+    ) -> Iterator[tuple[list[int], torch.Tensor]]:
         """(chunk of indices, their stacked views), decoded in workers when asked."""
         chunks = list(_chunks(indices, self.batch_size))
         if self.workers <= 0:
@@ -185,7 +194,11 @@ class FeatureCache:
             return
         dataset = _ViewDataset(self.views, [items[i].path for i in indices], view)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, num_workers=self.workers, pin_memory=self.device.type == "cuda", persistent_workers=False
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
         )
         yield from zip(chunks, loader)
 
@@ -207,7 +220,9 @@ class FeatureCache:
             self._store[keys[name][row]] = entry
         return self._stacked([[self._store[key] for key in keys[i.name]] for i in self.inputs])
 
-    def _fill(self, items: list[ImageItem], rows: list[int], view: int | None, inputs: Sequence[FrozenInput]) -> Iterator[tuple[int, str, dict[str, torch.Tensor]]]:
+    def _fill(
+        self, items: list[ImageItem], rows: list[int], view: int | None, inputs: Sequence[FrozenInput]
+    ) -> Iterator[tuple[int, str, dict[str, torch.Tensor]]]:
         """(row, input name, its tensors on the CPU) for every row in `rows` and every input in
         `inputs`, each view decoded once. Under several processes this process computes its
         contiguous share of `rows` (padded by repeating the last row, so every share has the same

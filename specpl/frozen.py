@@ -10,6 +10,7 @@ Zero-shot logits are not an input of their own: they are ``s * cos(clip_image, g
 frozen template text g0, which a host computes from the cached `clip_image` feature exactly and
 for nothing, and which changes with the class set while the image feature does not.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
@@ -77,7 +78,9 @@ class BandStatistics(nn.Module):
 
     name = BANDS
 
-    def __init__(self, decomposer: nn.Module, normalization: tuple[tuple[float, ...], tuple[float, ...]], image_size: int) -> None:
+    def __init__(
+        self, decomposer: nn.Module, normalization: tuple[tuple[float, ...], tuple[float, ...]], image_size: int
+    ) -> None:
         super().__init__()
         self.decomposer = decomposer
         mean, std = normalization
@@ -90,7 +93,9 @@ class BandStatistics(nn.Module):
         """Undo CLIP's normalisation and resize to the decomposer's resolution (spec §1)."""
         images = (images.float() * self.std.to(images.device) + self.mean.to(images.device)).clamp(0, 1)
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+            images = F.interpolate(
+                images, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False
+            )
         return images
 
     @torch.no_grad()

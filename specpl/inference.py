@@ -4,6 +4,7 @@
 each process scores its share and the predictions are gathered with ``gather_for_metrics``, which
 drops the samples the sharded loader repeats to even out the last round.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +36,9 @@ class Predictor:
     class set (and per image only for image-conditioned hosts). Images go through the model's one
     image path (`PromptModel.encode_image`), with every host and booster prompt applied."""
 
-    def __init__(self, model: PromptModel, config: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, model: PromptModel, config: dict[str, Any] | None = None, device: str | torch.device = "cpu"
+    ) -> None:
         self.model = model.eval().to(device)
         self.config = config or {}
         self.device = torch.device(device)
@@ -55,7 +58,11 @@ class Predictor:
 
     @property
     def precision(self) -> str:
-        return "int8" if self._int8_tower is not None else str(next(self.backbone.model.parameters()).dtype).removeprefix("torch.")
+        return (
+            "int8"
+            if self._int8_tower is not None
+            else str(next(self.backbone.model.parameters()).dtype).removeprefix("torch.")
+        )
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -67,16 +74,25 @@ class Predictor:
             return self.model.encode_image(images)
 
     @classmethod
-    def from_bundle(cls, directory: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "Predictor":
+    def from_bundle(
+        cls, directory: str | Path, device: str | torch.device = "cpu", backbone: Backbone | None = None
+    ) -> "Predictor":
         """Load ``model/`` written by the trainer. The backbone is rebuilt from config.json (pass
         one to reuse an already loaded model of the same name)."""
         model, config = load_bundle(directory, device, backbone)
         return cls(model, config, device)
 
     @classmethod
-    def zero_shot(cls, backbone: Backbone, classnames: Sequence[str], template: str, device: str | torch.device = "cpu") -> "Predictor":
+    def zero_shot(
+        cls, backbone: Backbone, classnames: Sequence[str], template: str, device: str | torch.device = "cpu"
+    ) -> "Predictor":
         method = MethodConfig(host="zeroshot", options={"zeroshot": {"template": template}})
-        config = {"backbone": dataclasses.asdict(backbone.config), "method": dataclasses.asdict(method), "classnames": list(classnames), "template": template}
+        config = {
+            "backbone": dataclasses.asdict(backbone.config),
+            "method": dataclasses.asdict(method),
+            "classnames": list(classnames),
+            "template": template,
+        }
         return cls(build_method(method, backbone, list(classnames), template), config, device)
 
     @property
@@ -101,7 +117,9 @@ class Predictor:
         return self._text
 
     def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        loaded = [image.convert("RGB") if isinstance(image, Image.Image) else load_image(Path(image)) for image in images]
+        loaded = [
+            image.convert("RGB") if isinstance(image, Image.Image) else load_image(Path(image)) for image in images
+        ]
         return torch.stack([self.backbone.preprocess_eval(image) for image in loaded])
 
     def autocast(self) -> torch.autocast:
@@ -123,21 +141,27 @@ class Predictor:
         raw, refined = text if text is not None else self.model.text_features(image[FEATURES])
         return self.model.logits(image, raw, refined)
 
-    def predict(self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32) -> list[list[tuple[str, float]]]:
+    def predict(
+        self, images: Sequence[ImageInput], top_k: int = 5, batch_size: int = 32
+    ) -> list[list[tuple[str, float]]]:
         """Top-k (label, probability) per image."""
         results = []
         k = min(top_k, len(self.classnames))
         for start in range(0, len(images), batch_size):
             probs = self.logits(self.preprocess(images[start : start + batch_size])).float().softmax(dim=-1).cpu()
             values, indices = probs.topk(k, dim=-1)
-            results += [[(self.classnames[i], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values, indices)]
+            results += [
+                [(self.classnames[i], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values, indices)
+            ]
         return results
 
     def evaluate(self, items: Sequence[ImageItem], batch_size: int = 32) -> EvalResult:
         return evaluate_logits(self.logits, _batches(self, items, batch_size), self.classnames)
 
 
-def _batches(predictor: Predictor, items: Sequence[ImageItem], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _batches(
+    predictor: Predictor, items: Sequence[ImageItem], batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         yield predictor.preprocess([item.path for item in chunk]), torch.tensor([item.label for item in chunk])
@@ -158,22 +182,42 @@ class _TestImages(Dataset):
 
 
 @torch.no_grad()
-def score_split(predictor: "Predictor", items: Sequence[ImageItem], accelerator: "Accelerator | None" = None, batch_size: int = 32, workers: int = 0) -> dict[str, Any]:
+def score_split(
+    predictor: "Predictor",
+    items: Sequence[ImageItem],
+    accelerator: "Accelerator | None" = None,
+    batch_size: int = 32,
+    workers: int = 0,
+) -> dict[str, Any]:
     """Accuracy, per-class accuracy, the confusion matrix (rows: true class) and the first
     misclassified images with what they were taken for, over every image of `items` exactly once.
 
     With an `accelerator` of several processes, each process scores its share of the loader and
     every process returns the metrics of the whole split (rows put back in item order)."""
     names = predictor.classnames
-    loader = DataLoader(_TestImages(items, predictor.backbone.preprocess_eval), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(
+        _TestImages(items, predictor.backbone.preprocess_eval), batch_size=batch_size, num_workers=workers
+    )
     if accelerator is not None:
         loader = accelerator.prepare_data_loader(loader)
-    columns: list[list[torch.Tensor]] = [[], [], [], [], []]  # predicted, probability, label, index, true-class log-probability
+    columns: list[list[torch.Tensor]] = [
+        [],
+        [],
+        [],
+        [],
+        [],
+    ]  # predicted, probability, label, index, true-class log-probability
     for images, labels, indices in loader:
         log_probs = predictor.logits(images).float().log_softmax(-1)
         top = log_probs.exp().max(dim=-1)
         labels = labels.to(top.indices.device)
-        rows = (top.indices, top.values, labels, indices.to(top.indices.device), log_probs.gather(1, labels.long()[:, None])[:, 0])
+        rows = (
+            top.indices,
+            top.values,
+            labels,
+            indices.to(top.indices.device),
+            log_probs.gather(1, labels.long()[:, None])[:, 0],
+        )
         if accelerator is not None:
             rows = accelerator.gather_for_metrics(rows)
         for column, values in zip(columns, rows):
@@ -181,16 +225,38 @@ def score_split(predictor: "Predictor", items: Sequence[ImageItem], accelerator:
     if columns[0]:
         predicted, probability, labels, indices, true_log_prob = (torch.cat(column) for column in columns)
         order = indices.argsort()
-        predicted, probability, labels, true_log_prob = predicted[order], probability[order], labels[order].long(), true_log_prob[order]
+        predicted, probability, labels, true_log_prob = (
+            predicted[order],
+            probability[order],
+            labels[order].long(),
+            true_log_prob[order],
+        )
     else:
-        predicted, probability, labels, true_log_prob = torch.zeros(0, dtype=torch.long), torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0)
+        predicted, probability, labels, true_log_prob = (
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0),
+        )
     result = accuracy_from_predictions(predicted, labels, names)
     confusion = torch.zeros(len(names), len(names), dtype=torch.long)
     confusion.index_put_((labels, predicted), torch.ones_like(labels), accumulate=True)
     wrong = (predicted != labels).nonzero().flatten().tolist()[:MAX_MISCLASSIFIED]
     misclassified = [
-        {"path": str(items[i].path), "label": names[int(labels[i])], "predicted": names[int(predicted[i])], "probability": float(probability[i])}
+        {
+            "path": str(items[i].path),
+            "label": names[int(labels[i])],
+            "predicted": names[int(predicted[i])],
+            "probability": float(probability[i]),
+        }
         for i in wrong
     ]
     loss = float(-true_log_prob.mean()) if len(true_log_prob) else float("nan")
-    return {"accuracy": result.accuracy, "loss": loss, "per_class": result.per_class, "test_images": result.count, "confusion": confusion.tolist(), "misclassified": misclassified}
+    return {
+        "accuracy": result.accuracy,
+        "loss": loss,
+        "per_class": result.per_class,
+        "test_images": result.count,
+        "confusion": confusion.tolist(),
+        "misclassified": misclassified,
+    }

@@ -1,5 +1,6 @@
 """Atomic file writes: write to a temp file in the same folder, then rename, so a crash never
 leaves a half-written checkpoint or event log behind."""
+
 from __future__ import annotations
 
 import os

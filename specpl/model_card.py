@@ -1,6 +1,7 @@
 """The model card written beside every exported bundle: what the model is, how it was trained (the
 preset included), its test scores, and how it compares with zero-shot CLIP (the trainer's
 ``zero_shot``, ``gain_over_zero_shot`` and ``verdict`` metrics)."""
+
 from __future__ import annotations
 
 import json
@@ -40,11 +41,17 @@ def render_model_card(config: dict[str, Any]) -> str:
         f"Preset: `{preset}`" + (f", {PRESET_TEXT[preset]}." if preset in PRESET_TEXT else "."),
         "",
         "```json",
-        json.dumps({"train": config.get("train"), "data": config.get("data"), "decomposer": config.get("decomposer")}, indent=2),
+        json.dumps(
+            {"train": config.get("train"), "data": config.get("data"), "decomposer": config.get("decomposer")}, indent=2
+        ),
         "```",
         "",
         "## Evaluation on the run's test split",
-        *(f"- {name}: {value:.2f}" if isinstance(value, float) else f"- {name}: {value}" for name, value in metrics.items() if name not in COMPARISON_KEYS),
+        *(
+            f"- {name}: {value:.2f}" if isinstance(value, float) else f"- {name}: {value}"
+            for name, value in metrics.items()
+            if name not in COMPARISON_KEYS
+        ),
         "",
         *zero_shot_section(metrics),
         "## Use",
@@ -61,7 +68,7 @@ def render_model_card(config: dict[str, Any]) -> str:
 
 
 def zero_shot_section(metrics: dict[str, Any]) -> list[str]:
-    """"Compared with zero-shot CLIP": zero-shot CLIP's scores on the same test images, the gain in
+    """ "Compared with zero-shot CLIP": zero-shot CLIP's scores on the same test images, the gain in
     points (on the HM for a base-to-new run) and the trainer's verdict; nothing when the run has
     none of them (the paper preset does not score zero-shot; a checkpoint has no metrics)."""
     zero = metrics.get("zero_shot") if isinstance(metrics.get("zero_shot"), dict) else {}
@@ -71,7 +78,11 @@ def zero_shot_section(metrics: dict[str, Any]) -> list[str]:
     base_new = all(isinstance(metrics.get(key), (int, float)) for key in ("base", "new", "hm"))
     lines = ["## Compared with zero-shot CLIP"]
     if zero:
-        scores = ", ".join(f"{name} {zero[name]:.1f}%" for name in ("accuracy", "base", "new", "hm") if isinstance(zero.get(name), (int, float)))
+        scores = ", ".join(
+            f"{name} {zero[name]:.1f}%"
+            for name in ("accuracy", "base", "new", "hm")
+            if isinstance(zero.get(name), (int, float))
+        )
         lines.append(f"- Zero-shot CLIP (same backbone, template and test images): {scores}")
     if isinstance(gain, (int, float)):
         lines.append(f"- Gain over zero-shot: {gain:+.1f} points ({'HM' if base_new else 'accuracy'})")

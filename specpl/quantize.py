@@ -15,6 +15,7 @@ the band/counterfactual paths that need exact features. `torch.ao`'s eager dynam
 deprecated upstream in favour of torchao; it is still shipped by the torch we pin, and if a later
 torch drops it `int8_image_tower` raises `QuantizationUnavailable` so callers can stay on fp32.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,7 +40,9 @@ class SelfAttention(nn.Module):
     def __init__(self, attention: nn.MultiheadAttention) -> None:
         super().__init__()
         if not attention._qkv_same_embed_dim or attention.in_proj_bias is None or not attention.batch_first:
-            raise ValueError("SelfAttention needs a batch-first nn.MultiheadAttention with a packed, biased input projection")
+            raise ValueError(
+                "SelfAttention needs a batch-first nn.MultiheadAttention with a packed, biased input projection"
+            )
         dim = attention.embed_dim
         self.heads = attention.num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -60,7 +63,9 @@ class SelfAttention(nn.Module):
     def attend(self, states: Tensor, queries: int, attn_mask: Tensor | None = None) -> Tensor:
         """Attention output for the first `queries` tokens of `states` over all of them."""
         batch, tokens, dim = states.shape
-        q, k, v = self.qkv(states).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = (
+            self.qkv(states).view(batch, tokens, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        )
         attended = F.scaled_dot_product_attention(q[:, :, :queries], k, v, attn_mask=attn_mask)
         return self.out(attended.transpose(1, 2).reshape(batch, queries, dim))
 
@@ -79,7 +84,13 @@ class PatchLinear(nn.Module):
 
     @staticmethod
     def applies_to(conv: nn.Module) -> bool:
-        return isinstance(conv, nn.Conv2d) and conv.stride == conv.kernel_size and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1) and conv.groups == 1
+        return (
+            isinstance(conv, nn.Conv2d)
+            and conv.stride == conv.kernel_size
+            and conv.padding in ((0, 0), "valid")
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         batch, channels, height, width = images.shape
@@ -95,7 +106,9 @@ class ClassTokenBlock(nn.Module):
         super().__init__()
         self.block = block
 
-    def forward(self, q_x: Tensor, k_x: Tensor | None = None, v_x: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, q_x: Tensor, k_x: Tensor | None = None, v_x: Tensor | None = None, attn_mask: Tensor | None = None
+    ) -> Tensor:
         block = self.block
         token = q_x[:, :1] + block.ls_1(block.attn.attend(block.ln_1(q_x), 1, attn_mask))
         return token + block.ls_2(block.mlp(block.ln_2(token)))
@@ -110,9 +123,18 @@ def inference_tower(tower: nn.Module) -> nn.Module:
                 setattr(module, name, SelfAttention(child))
     if PatchLinear.applies_to(getattr(tower, "conv1", None)):
         tower.conv1 = PatchLinear(tower.conv1)
-    pools_class_token = getattr(tower, "pool_type", None) == "tok" and getattr(tower, "attn_pool", None) is None and not getattr(tower, "output_tokens", True)
+    pools_class_token = (
+        getattr(tower, "pool_type", None) == "tok"
+        and getattr(tower, "attn_pool", None) is None
+        and not getattr(tower, "output_tokens", True)
+    )
     blocks = getattr(getattr(tower, "transformer", None), "resblocks", None)
-    if pools_class_token and blocks is not None and isinstance(blocks[-1].attn, SelfAttention) and not hasattr(blocks[-1], "ln_1_kv"):
+    if (
+        pools_class_token
+        and blocks is not None
+        and isinstance(blocks[-1].attn, SelfAttention)
+        and not hasattr(blocks[-1], "ln_1_kv")
+    ):
         blocks[-1] = ClassTokenBlock(blocks[-1])
     return tower
 
@@ -128,8 +150,13 @@ def int8_image_tower(tower: nn.Module, image_size: int | None = None) -> nn.Modu
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError as exc:  # pragma: no cover - depends on the torch build
-        raise QuantizationUnavailable(f"this torch ({torch.__version__}) has no torch.ao.quantization.quantize_dynamic") from exc
-    if "x86" not in torch.backends.quantized.supported_engines and "fbgemm" not in torch.backends.quantized.supported_engines:
+        raise QuantizationUnavailable(
+            f"this torch ({torch.__version__}) has no torch.ao.quantization.quantize_dynamic"
+        ) from exc
+    if (
+        "x86" not in torch.backends.quantized.supported_engines
+        and "fbgemm" not in torch.backends.quantized.supported_engines
+    ):
         raise QuantizationUnavailable(f"this torch ({torch.__version__}) has no x86/fbgemm int8 kernels")
     if any(p.device.type != "cpu" for p in tower.parameters()):
         raise ValueError("int8 image towers run on the CPU; the tower given is on another device")

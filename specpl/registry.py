@@ -1,6 +1,7 @@
 """Name -> factory registries, in the style of timm: every host, booster and band decomposer is
 looked up by a string so that configs stay plain JSON and new methods slot in without touching
 the trainer."""
+
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar

@@ -20,6 +20,7 @@ runs). So the rule is a noise-aware one:
    so the initial state is kept.
 `verdict` says in one sentence what was kept and how it compares with zero-shot.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,8 +83,17 @@ class Selection:
         """Decide the kept epoch once `last_epoch` is scored (see the module docstring); returns
         the state to restore, or None when the model as it ends training is kept."""
         best = self.best_epoch
-        kept = last_epoch if self.scores[last_epoch] >= self.scores[best] - noise_margin(self.scores[best], self.val_images) else best
-        if 0 in self.scores and self.initial_state and kept != 0 and (self.scores[0] >= 100.0 or self._rank(kept) <= self._rank(0)):
+        kept = (
+            last_epoch
+            if self.scores[last_epoch] >= self.scores[best] - noise_margin(self.scores[best], self.val_images)
+            else best
+        )
+        if (
+            0 in self.scores
+            and self.initial_state
+            and kept != 0
+            and (self.scores[0] >= 100.0 or self._rank(kept) <= self._rank(0))
+        ):
             kept = 0
         self.kept_epoch = kept
         if kept == last_epoch:
@@ -97,8 +107,11 @@ class Selection:
     def to_record(self) -> dict[str, Any]:
         """What a checkpoint keeps besides the best state's tensors."""
         return {
-            "val_images": self.val_images, "zero_shot": self.zero_shot, "best_epoch": self.best_epoch,
-            "scores": {str(k): v for k, v in self.scores.items()}, "losses": {str(k): v for k, v in self.losses.items()},
+            "val_images": self.val_images,
+            "zero_shot": self.zero_shot,
+            "best_epoch": self.best_epoch,
+            "scores": {str(k): v for k, v in self.scores.items()},
+            "losses": {str(k): v for k, v in self.losses.items()},
         }
 
     @classmethod
@@ -107,7 +120,15 @@ class Selection:
         before the initial state was kept has none; such a run settles between best and last)."""
         scores = {int(k): float(v) for k, v in record["scores"].items()}
         losses = {int(k): float(v) for k, v in record["losses"].items()}
-        return cls(int(record["val_images"]), float(record["zero_shot"]), scores, losses, int(record["best_epoch"]), states.get("best", {}), states.get("initial", {}))
+        return cls(
+            int(record["val_images"]),
+            float(record["zero_shot"]),
+            scores,
+            losses,
+            int(record["best_epoch"]),
+            states.get("best", {}),
+            states.get("initial", {}),
+        )
 
     def summary(self, epochs: int) -> dict[str, Any]:
         """The metrics.json entry: zero-shot and per-epoch validation accuracy and the kept epoch."""
@@ -127,19 +148,29 @@ class Selection:
         }
 
 
-def verdict(selection: Selection | None, epochs: int, select: str, zero_shot_val: float | None = None, final_val: float | None = None) -> str:
+def verdict(
+    selection: Selection | None,
+    epochs: int,
+    select: str,
+    zero_shot_val: float | None = None,
+    final_val: float | None = None,
+) -> str:
     """One plain sentence on what was kept and how it compares with zero-shot on validation."""
     if selection is None:
         if select == "last" and zero_shot_val is not None and final_val is not None:
             side = "above" if final_val > zero_shot_val else "below" if final_val < zero_shot_val else "level with"
             return f"The last epoch is kept (paper preset); it is {side} zero-shot CLIP on validation ({final_val:.1f}% against {zero_shot_val:.1f}%)."
         if select == "last":
-            return "The last epoch is kept (paper preset); there is no validation split to compare it with zero-shot CLIP."
+            return (
+                "The last epoch is kept (paper preset); there is no validation split to compare it with zero-shot CLIP."
+            )
         return "No validation images could be held out (a class has fewer than 2 training images), so the last epoch is kept unchecked against zero-shot CLIP."
     kept, zero = selection.kept_accuracy, selection.zero_shot
     if selection.kept_epoch == 0:
-        return (f"Training was not seen to improve on the initial prompts on validation ({kept:.1f}%; zero-shot CLIP {zero:.1f}%), "
-                "so the exported model is the initial state.")
+        return (
+            f"Training was not seen to improve on the initial prompts on validation ({kept:.1f}%; zero-shot CLIP {zero:.1f}%), "
+            "so the exported model is the initial state."
+        )
     if kept < zero:
         return f"The kept model (epoch {selection.kept_epoch} of {epochs}) ends below zero-shot CLIP on validation: {kept:.1f}% against {zero:.1f}%."
     return f"The kept model (epoch {selection.kept_epoch} of {epochs}) scores {kept:.1f}% on validation, {kept - zero:+.1f} points over zero-shot CLIP ({zero:.1f}%)."

@@ -14,6 +14,7 @@ enters before ``ln_pre``, as in the MaPLe/IVLP reference; inserted tokens never 
 embedding (MMRL, MaPLe). A `LayerHook` sees the hidden states before every block, after the slots
 are applied, so cross-modal modules can read or rewrite them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -83,7 +84,9 @@ class SlotState:
         for index, group in enumerate(self.groups):  # groups already present in the input
             if not group.insert:
                 if group.at != START:
-                    raise ValueError(f"prompt group {group.name!r}: only start-anchored groups can be pre-placed (insert=False)")
+                    raise ValueError(
+                        f"prompt group {group.name!r}: only start-anchored groups can be pre-placed (insert=False)"
+                    )
                 self.starts[index] = offset
                 offset += group.length
 
@@ -105,8 +108,15 @@ class SlotState:
             if start is None:
                 if layer != group.first_layer or not group.insert:
                     raise AssertionError("a group is inserted only at its first layer")
-                start = x.shape[1] if group.at == END else 1 + sum(
-                    g.length for j, g in enumerate(self.groups[:index]) if g.at == START and self.starts[j] is not None
+                start = (
+                    x.shape[1]
+                    if group.at == END
+                    else 1
+                    + sum(
+                        g.length
+                        for j, g in enumerate(self.groups[:index])
+                        if g.at == START and self.starts[j] is not None
+                    )
                 )
                 x = torch.cat([x[:, :start], tokens, x[:, start:]], dim=1)
                 self.starts = [s + group.length if s is not None and s >= start else s for s in self.starts]

@@ -9,6 +9,7 @@ apply in the order the values do (`specpl.methods.preset_values`): the last laye
 names its source. `specpl methods --preset paper` prints them and a run writes them to its
 config.json; tests/test_sources.py checks that every value of every method has one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,7 @@ TRAINING_SOURCES: dict[str, str] = {
     "grad_accum_steps": "ours: 1, one optimizer step a batch as in the released code",
     "seed": "the papers average seeds 1, 2 and 3 (the released scripts' SEED loop)",
     "precision": "ours: fp32 on a CPU, bf16 autocast on a GPU with an fp32 logit scale; the released code casts "
-                 "CLIP to fp16, which this library never does",
+    "CLIP to fp16, which this library never does",
     "augment": f"{DASSL} dassl/data/transforms/transforms.py (random_resized_crop, random_flip)",
     "crop_scale": f"{DASSL} dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))",
     "schedule": f"{DASSL} dassl/optim/lr_scheduler.py (cosine stepped per epoch after the warm-up)",
@@ -55,17 +56,27 @@ def value_sources(method: MethodConfig, train: TrainConfig | None = None, datase
     variants = [preset] if preset in host.presets else []
     variants += [v for b in boosters if (v := b.host_variants.get("paper", {}).get(method.host))]
     layers: list[dict[str, str]] = [{f"train.{key}": source for key, source in TRAINING_SOURCES.items()}]
-    layers.append({(key if key.startswith(("train.", DATASET_TRAIN)) else f"{host.name}.{key}"): source for key, source in host.sources.items()})
+    layers.append(
+        {
+            (key if key.startswith(("train.", DATASET_TRAIN)) else f"{host.name}.{key}"): source
+            for key, source in host.sources.items()
+        }
+    )
     layers += [host.variant_sources.get(variant, {}) for variant in dict.fromkeys(variants)]
     for booster in boosters:
-        own = {(key if key.startswith(("train.", DATASET_TRAIN)) else f"{booster.name}.{key}"): s for key, s in booster.sources.items()}
+        own = {
+            (key if key.startswith(("train.", DATASET_TRAIN)) else f"{booster.name}.{key}"): s
+            for key, s in booster.sources.items()
+        }
         layers += [own, booster.host_sources.get(method.host, {})]
     sources: dict[str, str] = {}
     for layer in layers:
         sources.update({key: source for key, source in layer.items() if not key.startswith(DATASET_TRAIN)})
         if dataset is not None:
             prefix = f"{DATASET_TRAIN}{dataset}."
-            sources.update({f"train.{key[len(prefix):]}": source for key, source in layer.items() if key.startswith(prefix)})
+            sources.update(
+                {f"train.{key[len(prefix) :]}": source for key, source in layer.items() if key.startswith(prefix)}
+            )
     for name, options in method.options.items():
         sources.update({f"{name}.{key}": GIVEN for key in options})
     if train is not None:

@@ -26,6 +26,7 @@ specpl[ray]``). Ray only schedules: each task runs the same cell code and writes
 so local and Ray runs resume each other. On several machines, OUT and the data root must be on a
 filesystem every machine sees.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from specpl.config import DEFAULT_TEMPLATE, DataConfig, RunConfig, canonical_preset, from_dict, write_json_atomic
 from specpl.datasets import BASE_TO_NEW, DATASETS, DOMAIN_TARGETS, read_dataset
-from specpl.datasets.published import PER_DATASET_SOURCE, PublishedTransfer, published_average, published_base_new, published_transfer
+from specpl.datasets.published import (
+    PER_DATASET_SOURCE,
+    PublishedTransfer,
+    published_average,
+    published_base_new,
+    published_transfer,
+)
 from specpl.evaluate import aggregate_base_new, base_new_table, harmonic_mean, metrics_summary
 from specpl.io import atomic_write_text
 
@@ -52,7 +59,9 @@ DEFAULT_SOURCE = "imagenet"
 USER_DATASETS = ("folder", "split_json")
 
 CellRunner = Callable[[RunConfig, Path], dict[str, Any]]
-TargetEvaluator = Callable[[Path, "DatasetChoice", RunConfig], dict[str, Any]]  # (run dir, target, cell config) -> metrics
+TargetEvaluator = Callable[
+    [Path, "DatasetChoice", RunConfig], dict[str, Any]
+]  # (run dir, target, cell config) -> metrics
 
 
 class CellNotFinished(RuntimeError):
@@ -118,12 +127,20 @@ class CellStore:
 
     def save_target(self, cell: Cell, target: DatasetChoice, metrics: dict[str, Any]) -> None:
         if self.writer:
-            record = {"source": cell.dataset.label, "target": target.label, "method": cell.method, "seed": cell.seed, "metrics": metrics}
+            record = {
+                "source": cell.dataset.label,
+                "target": target.label,
+                "method": cell.method,
+                "seed": cell.seed,
+                "metrics": metrics,
+            }
             write_json_atomic(self._target_file(cell, target), record)
 
     def finished(self, cell: Cell) -> bool:
         """Trained, and evaluated on every target."""
-        return self.result(cell) is not None and all(self.target_result(cell, target) is not None for target in cell.targets)
+        return self.result(cell) is not None and all(
+            self.target_result(cell, target) is not None for target in cell.targets
+        )
 
     def _target_file(self, cell: Cell, target: DatasetChoice) -> Path:
         return self.cell_dir(cell) / "targets" / f"{target.label}.json"
@@ -158,13 +175,17 @@ def evaluate_target(run_dir: Path, target: DatasetChoice, config: RunConfig) -> 
     backbone = load_backbone(config.backbone, device=accelerator.device)
     if resolve_precision(config.train.precision) == "bf16":
         backbone = frozen_in_bf16(backbone)
-    model, _ = load_bundle(run_dir / "model", accelerator.device, backbone, data.classnames, data.template or DEFAULT_TEMPLATE)
+    model, _ = load_bundle(
+        run_dir / "model", accelerator.device, backbone, data.classnames, data.template or DEFAULT_TEMPLATE
+    )
     predictor = Predictor(model, device=accelerator.device)
     predictor.set_classnames(data.classnames, novel=True)
     return score_split(predictor, data.test, accelerator, workers=config.train.num_workers)
 
 
-def run_cell(cell: Cell, store: CellStore, runner: CellRunner, evaluator: TargetEvaluator = evaluate_target) -> dict[str, Any]:
+def run_cell(
+    cell: Cell, store: CellStore, runner: CellRunner, evaluator: TargetEvaluator = evaluate_target
+) -> dict[str, Any]:
     """Train the cell unless it has been, then evaluate its model on each target not yet
     evaluated; each record is written once its result exists, so a kill loses only the step in
     progress."""
@@ -179,28 +200,76 @@ def run_cell(cell: Cell, store: CellStore, runner: CellRunner, evaluator: Target
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--datasets", nargs="+", metavar="NAME[=ROOT]", help="base2new and fewshot: registered datasets (e.g. oxford_pets dtd); NAME=ROOT gives one its own root, e.g. folder=/data/birds for a class-folder tree")
-    parser.add_argument("--methods", nargs="+", required=True, metavar="HOST[+BOOSTER...]", help="e.g. coop coop+specpl maple+caspl")
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        metavar="NAME[=ROOT]",
+        help="base2new and fewshot: registered datasets (e.g. oxford_pets dtd); NAME=ROOT gives one its own root, e.g. folder=/data/birds for a class-folder tree",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", required=True, metavar="HOST[+BOOSTER...]", help="e.g. coop coop+specpl maple+caspl"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--data-root", default="", help="the folder holding the datasets (CoOp's $DATA, or a copy of the Hugging Face mirror)")
-    parser.add_argument("--out", required=True, help="sweep folder: cells/, RESULTS.md; rerun the same command to resume")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="base2new", help="base2new: train on base classes, report base/new/HM; fewshot: all classes, accuracy; cross-dataset and domain-generalisation: train on --source, evaluate the one model on each of --targets")
-    parser.add_argument("--source", metavar="NAME[=ROOT]", help=f"transfer protocols: the dataset to train on (default {DEFAULT_SOURCE})")
-    parser.add_argument("--targets", nargs="+", metavar="NAME[=ROOT]", help="transfer protocols: where to evaluate (default: cross-dataset the other ten datasets, domain-generalisation imagenetv2 imagenet_sketch imagenet_a imagenet_r)")
+    parser.add_argument(
+        "--data-root",
+        default="",
+        help="the folder holding the datasets (CoOp's $DATA, or a copy of the Hugging Face mirror)",
+    )
+    parser.add_argument(
+        "--out", required=True, help="sweep folder: cells/, RESULTS.md; rerun the same command to resume"
+    )
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="base2new",
+        help="base2new: train on base classes, report base/new/HM; fewshot: all classes, accuracy; cross-dataset and domain-generalisation: train on --source, evaluate the one model on each of --targets",
+    )
+    parser.add_argument(
+        "--source",
+        metavar="NAME[=ROOT]",
+        help=f"transfer protocols: the dataset to train on (default {DEFAULT_SOURCE})",
+    )
+    parser.add_argument(
+        "--targets",
+        nargs="+",
+        metavar="NAME[=ROOT]",
+        help="transfer protocols: where to evaluate (default: cross-dataset the other ten datasets, domain-generalisation imagenetv2 imagenet_sketch imagenet_a imagenet_r)",
+    )
     parser.add_argument("--shots", type=int, default=16)
-    parser.add_argument("--preset", default="paper", help="paper (default: the published settings, which the tables compare against) or default (the product's)")
-    parser.add_argument("--config", help="a run config JSON for everything else (backbone, options, training); the sweep sets data, method and seed")
+    parser.add_argument(
+        "--preset",
+        default="paper",
+        help="paper (default: the published settings, which the tables compare against) or default (the product's)",
+    )
+    parser.add_argument(
+        "--config",
+        help="a run config JSON for everything else (backbone, options, training); the sweep sets data, method and seed",
+    )
     parser.add_argument("--backbone", help="open_clip model name (default: the config's, else ViT-B-16)")
     parser.add_argument("--pretrained", help="pretrained tag or checkpoint file, or 'none' for random init")
-    parser.add_argument("--epochs", type=int, help="override every cell's epoch count (smoke runs); each host's published schedule, ImageNet's own included, applies without it")
-    parser.add_argument("--dry-run", action="store_true", help="print every cell's resolved config (options, training and where each paper value comes from) and train nothing")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        help="override every cell's epoch count (smoke runs); each host's published schedule, ImageNet's own included, applies without it",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print every cell's resolved config (options, training and where each paper value comes from) and train nothing",
+    )
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--ray", action="store_true", help="spread cells over a Ray cluster, one per GPU (pip install specpl[ray])")
+    parser.add_argument(
+        "--ray", action="store_true", help="spread cells over a Ray cluster, one per GPU (pip install specpl[ray])"
+    )
     parser.add_argument("--ray-address", help="the cluster to join (default: RAY_ADDRESS, else a local one)")
-    parser.add_argument("--gpus-per-cell", type=float, default=1.0, help="GPUs Ray reserves for each cell (0 for a CPU cluster)")
+    parser.add_argument(
+        "--gpus-per-cell", type=float, default=1.0, help="GPUs Ray reserves for each cell (0 for a CPU cluster)"
+    )
 
 
-def run_sweep(args: argparse.Namespace, runner: CellRunner = train_cell, evaluator: TargetEvaluator = evaluate_target) -> int:
+def run_sweep(
+    args: argparse.Namespace, runner: CellRunner = train_cell, evaluator: TargetEvaluator = evaluate_target
+) -> int:
     """Run every unfinished cell, then write and print the table. 0 when every cell has finished
     (for a transfer protocol: trained and evaluated on every target)."""
     cells = plan_cells(args)
@@ -215,7 +284,17 @@ def run_sweep(args: argparse.Namespace, runner: CellRunner = train_cell, evaluat
     datasets = _unique(c.dataset for c in cells)
     targets = list(cells[0].targets)
     if store.writer:
-        write_json_atomic(store.root / "sweep.json", {"datasets": [vars(d) for d in datasets], "targets": [vars(t) for t in targets], "methods": args.methods, "seeds": args.seeds, "protocol": args.protocol, **training})
+        write_json_atomic(
+            store.root / "sweep.json",
+            {
+                "datasets": [vars(d) for d in datasets],
+                "targets": [vars(t) for t in targets],
+                "methods": args.methods,
+                "seeds": args.seeds,
+                "protocol": args.protocol,
+                **training,
+            },
+        )
 
     def say(text: str) -> None:
         if store.writer:
@@ -279,7 +358,11 @@ def _process_state() -> "PartialState":
 
 def _training_record(args: argparse.Namespace) -> dict[str, Any]:
     """What decides the model a cell trains, apart from dataset, method and seed."""
-    return {"classes": "base" if args.protocol == "base2new" else "all", "shots": args.shots, "preset": canonical_preset(args.preset)}
+    return {
+        "classes": "base" if args.protocol == "base2new" else "all",
+        "shots": args.shots,
+        "preset": canonical_preset(args.preset),
+    }
 
 
 def _check_same_training(sweep_file: Path, training: dict[str, Any], protocol: str) -> None:
@@ -290,7 +373,11 @@ def _check_same_training(sweep_file: Path, training: dict[str, Any], protocol: s
     except FileNotFoundError:
         return
     # sweeps written before the presets trained the published data path: the paper preset
-    before = {"classes": previous.get("classes", "base" if previous["protocol"] == "base2new" else "all"), "shots": previous["shots"], "preset": canonical_preset(previous.get("preset", "paper"))}
+    before = {
+        "classes": previous.get("classes", "base" if previous["protocol"] == "base2new" else "all"),
+        "shots": previous["shots"],
+        "preset": canonical_preset(previous.get("preset", "paper")),
+    }
     if before != training:
         raise ValueError(
             f"{sweep_file.parent} holds a {previous['protocol']} sweep ({before['shots']} shots, trained on {before['classes']} classes, {before['preset']} preset); "
@@ -310,26 +397,40 @@ def plan_cells(args: argparse.Namespace) -> list[Cell]:
         HOSTS.get(host)
         for booster in boosters:
             BOOSTERS.get(booster)
-    return [Cell(choice, method, seed, _cell_config(base, choice, method, seed, args), targets) for choice in choices for method in args.methods for seed in args.seeds]
+    return [
+        Cell(choice, method, seed, _cell_config(base, choice, method, seed, args), targets)
+        for choice in choices
+        for method in args.methods
+        for seed in args.seeds
+    ]
 
 
 def _plan_datasets(args: argparse.Namespace) -> tuple[list[DatasetChoice], tuple[DatasetChoice, ...]]:
     """The datasets to train on and the targets to evaluate on (none outside transfer protocols)."""
     if args.protocol not in TRANSFER_PROTOCOLS:
         if args.source or args.targets:
-            raise ValueError(f"--source and --targets belong to the {' and '.join(TRANSFER_PROTOCOLS)} protocols, not {args.protocol}")
+            raise ValueError(
+                f"--source and --targets belong to the {' and '.join(TRANSFER_PROTOCOLS)} protocols, not {args.protocol}"
+            )
         if not args.datasets:
             raise ValueError(f"--protocol {args.protocol} needs --datasets")
         choices = [_dataset_choice(text, args.data_root) for text in args.datasets]
         _check_distinct([choice.label for choice in choices], "--datasets")
         return choices, ()
     if args.datasets:
-        raise ValueError(f"--protocol {args.protocol} trains on --source (default {DEFAULT_SOURCE}) and evaluates on --targets; --datasets is for base2new and fewshot")
+        raise ValueError(
+            f"--protocol {args.protocol} trains on --source (default {DEFAULT_SOURCE}) and evaluates on --targets; --datasets is for base2new and fewshot"
+        )
     source = _dataset_choice(args.source or DEFAULT_SOURCE, args.data_root)
-    targets = tuple(_dataset_choice(text, args.data_root, evaluation_only=True) for text in args.targets or default_targets(args.protocol, source.name))
+    targets = tuple(
+        _dataset_choice(text, args.data_root, evaluation_only=True)
+        for text in args.targets or default_targets(args.protocol, source.name)
+    )
     _check_distinct([target.label for target in targets], "--targets")
     if source.label in {target.label for target in targets}:
-        raise ValueError(f"{source.label} is the source; its own test split is scored when its cell trains, so leave it out of --targets")
+        raise ValueError(
+            f"{source.label} is the source; its own test split is scored when its cell trains, so leave it out of --targets"
+        )
     return [source], targets
 
 
@@ -350,7 +451,9 @@ def _dataset_choice(text: str, data_root: str, evaluation_only: bool = False) ->
     name, _, root = text.partition("=")
     source = DATASETS.get(name)()
     if getattr(source, "test_only", False) and not evaluation_only:
-        raise ValueError(f"{name} is a test-only ImageNet variant; train on imagenet and evaluate on it instead (--protocol domain-generalisation)")
+        raise ValueError(
+            f"{name} is a test-only ImageNet variant; train on imagenet and evaluate on it instead (--protocol domain-generalisation)"
+        )
     if not (root or data_root):
         raise ValueError(f"dataset {name} needs a root: pass --data-root or {name}=ROOT")
     label = Path(root).stem if root and name in USER_DATASETS else name
@@ -361,7 +464,10 @@ def _base_config(args: argparse.Namespace) -> RunConfig:
     config = RunConfig()
     if args.config:
         raw = json.loads(Path(args.config).read_text(encoding="utf-8"))
-        config = from_dict(RunConfig, {k: raw[k] for k in ("backbone", "decomposer", "method", "data", "train", "template") if k in raw})
+        config = from_dict(
+            RunConfig,
+            {k: raw[k] for k in ("backbone", "decomposer", "method", "data", "train", "template") if k in raw},
+        )
     if args.backbone:
         config.backbone.name = args.backbone
     if args.pretrained:
@@ -379,15 +485,31 @@ def _cell_config(base: RunConfig, choice: DatasetChoice, method: str, seed: int,
     host, *boosters = method.split("+")
     config = RunConfig.from_dict(base.to_dict())
     options = {name: values for name, values in base.method.options.items() if name in (host, *boosters)}
-    config.method = dataclasses.replace(config.method, host=host, boosters=boosters, options=options, preset=canonical_preset(args.preset))
+    config.method = dataclasses.replace(
+        config.method, host=host, boosters=boosters, options=options, preset=canonical_preset(args.preset)
+    )
     subsample = "base" if args.protocol == "base2new" else "all"
-    config.data = DataConfig(root=choice.root, dataset=choice.name, shots=args.shots, seed=seed, subsample=subsample, split_ratio=base.data.split_ratio)
+    config.data = DataConfig(
+        root=choice.root,
+        dataset=choice.name,
+        shots=args.shots,
+        seed=seed,
+        subsample=subsample,
+        split_ratio=base.data.split_ratio,
+    )
     config.train.seed = seed
     config.template = DATASETS.get(choice.name)().template or base.template
     return config
 
 
-def run_cells_with_ray(cells: Sequence[Cell], store: CellStore, runner: CellRunner, evaluator: TargetEvaluator, address: str | None, gpus_per_cell: float) -> list[tuple[Cell, str]]:
+def run_cells_with_ray(
+    cells: Sequence[Cell],
+    store: CellStore,
+    runner: CellRunner,
+    evaluator: TargetEvaluator,
+    address: str | None,
+    gpus_per_cell: float,
+) -> list[tuple[Cell, str]]:
     """One Ray task per cell, each reserving `gpus_per_cell` GPUs (Ray sets CUDA_VISIBLE_DEVICES for
     it); tasks record their own cells, so cells finished before a crash of the driver are kept."""
     try:
@@ -417,8 +539,12 @@ def render_table(cells: Sequence[Cell], store: CellStore, protocol: str, shots: 
     lines = [f"# Sweep results ({protocol}, {shots} shots, seeds {', '.join(map(str, seeds))})", ""]
     if protocol in TRANSFER_PROTOCOLS:
         return "\n".join(lines + _transfer_table(cells, store, protocol, len(seeds))) + "\n"
-    lines.append("Each entry: ours (published, ours minus published); a dataset's value is the mean over its finished seeds.")
-    lines.append(f"Published per-dataset numbers: {PER_DATASET_SOURCE}. Average rows are the HM of the mean base and mean new.")
+    lines.append(
+        "Each entry: ours (published, ours minus published); a dataset's value is the mean over its finished seeds."
+    )
+    lines.append(
+        f"Published per-dataset numbers: {PER_DATASET_SOURCE}. Average rows are the HM of the mean base and mean new."
+    )
     for method in _unique(cell.method for cell in cells):
         results = {}
         for cell in cells:
@@ -427,7 +553,11 @@ def render_table(cells: Sequence[Cell], store: CellStore, protocol: str, shots: 
                 results.setdefault(cell.dataset, []).append(metrics)
         lines += ["", f"## {method}: {_method_heading(next(c for c in cells if c.method == method).config)}", ""]
         datasets = _unique(cell.dataset for cell in cells if cell.method == method)
-        lines += _base_new_rows(method, datasets, results, len(seeds)) if protocol == "base2new" else _accuracy_rows(datasets, results, len(seeds))
+        lines += (
+            _base_new_rows(method, datasets, results, len(seeds))
+            if protocol == "base2new"
+            else _accuracy_rows(datasets, results, len(seeds))
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -439,20 +569,29 @@ def _method_heading(config: RunConfig) -> str:
     return f"{method_label(config.method)} ({preset_note(config.method)})"
 
 
-def _base_new_rows(method: str, datasets: list[DatasetChoice], results: dict[DatasetChoice, list[dict[str, Any]]], n_seeds: int) -> list[str]:
+def _base_new_rows(
+    method: str, datasets: list[DatasetChoice], results: dict[DatasetChoice, list[dict[str, Any]]], n_seeds: int
+) -> list[str]:
     rows = ["| Dataset | Seeds | Base | New | HM |", "|---|---|---|---|---|"]
     pairs = {d: [(m["base"], m["new"]) for m in results[d]] for d in datasets if d in results}
     ours, average = base_new_table(pairs) if pairs else ({}, None)
     for dataset in datasets:
         published = published_base_new(method, dataset.name)
-        reference = None if published is None else {"base": published[0], "new": published[1], "hm": harmonic_mean(*published)}
-        rows.append(f"| {dataset.label} | {len(results.get(dataset, []))}/{n_seeds} | {_entries(ours.get(dataset), reference)} |")
+        reference = (
+            None if published is None else {"base": published[0], "new": published[1], "hm": harmonic_mean(*published)}
+        )
+        rows.append(
+            f"| {dataset.label} | {len(results.get(dataset, []))}/{n_seeds} | {_entries(ours.get(dataset), reference)} |"
+        )
     if average is not None:
         reference = _published_average(method, list(ours))
         rows.append(f"| **Average** ({len(ours)} datasets) | | {_entries(average, reference)} |")
         only_average = published_average(method)
         if reference is None and only_average:
-            rows += ["", f"The published 11-dataset average of {method} ({only_average.source}) is compared only once all 11 datasets have run."]
+            rows += [
+                "",
+                f"The published 11-dataset average of {method} ({only_average.source}) is compared only once all 11 datasets have run.",
+            ]
     return rows
 
 
@@ -472,11 +611,15 @@ def _published_average(method: str, datasets: list[DatasetChoice]) -> dict[str, 
     return None
 
 
-def _accuracy_rows(datasets: list[DatasetChoice], results: dict[DatasetChoice, list[dict[str, Any]]], n_seeds: int) -> list[str]:
+def _accuracy_rows(
+    datasets: list[DatasetChoice], results: dict[DatasetChoice, list[dict[str, Any]]], n_seeds: int
+) -> list[str]:
     rows = ["| Dataset | Seeds | Accuracy |", "|---|---|---|"]
     means = {d: sum(m["accuracy"] for m in results[d]) / len(results[d]) for d in datasets if d in results}
     for dataset in datasets:
-        rows.append(f"| {dataset.label} | {len(results.get(dataset, []))}/{n_seeds} | {_entry(means.get(dataset), None)} |")
+        rows.append(
+            f"| {dataset.label} | {len(results.get(dataset, []))}/{n_seeds} | {_entry(means.get(dataset), None)} |"
+        )
     if means:
         rows.append(f"| **Average** ({len(means)} datasets) | | {_entry(sum(means.values()) / len(means), None)} |")
     return rows
@@ -498,7 +641,9 @@ def _transfer_table(cells: Sequence[Cell], store: CellStore, protocol: str, n_se
     for method in _unique(cell.method for cell in cells):
         own = [cell for cell in cells if cell.method == method]
         trained = [metrics["accuracy"] for cell in own if (metrics := store.result(cell)) is not None]
-        scores = {t: [m["accuracy"] for cell in own if (m := store.target_result(cell, t)) is not None] for t in targets}
+        scores = {
+            t: [m["accuracy"] for cell in own if (m := store.target_result(cell, t)) is not None] for t in targets
+        }
         published = published_transfer(protocol, method, source.name)
         means = {t: sum(v) / len(v) for t, v in scores.items() if v}
         entries = [_seeded_entry(trained, len(trained), _published_accuracy(published, source))]
@@ -510,9 +655,15 @@ def _transfer_table(cells: Sequence[Cell], store: CellStore, protocol: str, n_se
         if published is not None:
             notes.append(f"- {method}: published numbers from {published.reference}.")
             subset = [t for t in targets if t.name in published.average_over]
-            if published.average is not None and len(published.average_over) == len(subset) < len(targets) and all(t in means for t in subset):
+            if (
+                published.average is not None
+                and len(published.average_over) == len(subset) < len(targets)
+                and all(t in means for t in subset)
+            ):
                 ours = sum(means[t] for t in subset) / len(subset)
-                notes.append(f"  Its published average is over {', '.join(t.label for t in subset)} only: {published.average:.2f}; ours over the same targets: {_entry(ours, published.average)}.")
+                notes.append(
+                    f"  Its published average is over {', '.join(t.label for t in subset)} only: {published.average:.2f}; ours over the same targets: {_entry(ours, published.average)}."
+                )
     if not any(published_transfer(protocol, m, source.name) for m in _unique(c.method for c in cells)):
         notes.append(f"- The method specs publish no {protocol} numbers for these methods.")
     return lines + [""] + notes
@@ -553,4 +704,3 @@ def _entry(ours: float | None, published: float | None) -> str:
 
 def _unique(items: Any) -> list[Any]:
     return list(dict.fromkeys(items))
-

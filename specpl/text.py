@@ -19,6 +19,7 @@ It may return one prefix per class, (G, N, P, W) (a structural module whose prom
 class's own tokens): from then on every (group, class) pair is its own group with one suffix,
 which is what the encoder computes without the shared-prefix shortcut.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,7 +41,10 @@ class PromptTextEncoder(nn.Module):
 
     def __init__(self, clip_model: nn.Module) -> None:
         super().__init__()
-        if getattr(clip_model, "text_pool_type", "argmax") != "argmax" or getattr(clip_model, "attn_mask", None) is None:
+        if (
+            getattr(clip_model, "text_pool_type", "argmax") != "argmax"
+            or getattr(clip_model, "attn_mask", None) is None
+        ):
             raise ValueError(
                 "prompt learning needs a CLIP-style text tower (causal mask, end-of-text pooling); "
                 f"{type(clip_model).__name__} with pool type {getattr(clip_model, 'text_pool_type', '?')!r} is not supported"
@@ -103,7 +107,9 @@ class PromptTextEncoder(nn.Module):
             embedded = self.embed_tokens(tokens[:, :length].to(device))
         return embedded[:1, :1], embedded[:, 1:], eot.to(device) - 1
 
-    def encode_tokens(self, tokens: torch.Tensor, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()) -> torch.Tensor:
+    def encode_tokens(
+        self, tokens: torch.Tensor, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+    ) -> torch.Tensor:
         """Features of tokenised text (N, 77), truncated after the longest end-of-text; with no
         groups this equals ``model.encode_text`` (exact under the causal mask)."""
         return self.forward_shared_prefix(*self.split_tokens(tokens), groups, hooks)[0]
@@ -138,7 +144,9 @@ class PromptTextEncoder(nn.Module):
         slots = SlotState(groups, self.depth)
         x_p = prefix + pos[:p_len]
         x_s = suffix + pos[p_len + joined : p_len + joined + s_len]
-        eot_index = eot_index.expand(groups_n, -1) if eot_index.dim() == 2 else eot_index.unsqueeze(0).expand(groups_n, -1)
+        eot_index = (
+            eot_index.expand(groups_n, -1) if eot_index.dim() == 2 else eot_index.unsqueeze(0).expand(groups_n, -1)
+        )
         per_class = False  # True once a hook gave every class its own prefix
         for layer, block in enumerate(self.model.transformer.resblocks):
             if not slots.empty:
@@ -147,11 +155,17 @@ class PromptTextEncoder(nn.Module):
                 x_p = hook(layer, x_p, x_s, eot_index)
                 if x_p.dim() == 4:  # one prefix per (group, class): each pair becomes a group of one
                     per_class = True
-                    x_p, x_s, eot_index = x_p.flatten(0, 1), x_s.flatten(0, 1).unsqueeze(1), eot_index.flatten().unsqueeze(1)
+                    x_p, x_s, eot_index = (
+                        x_p.flatten(0, 1),
+                        x_s.flatten(0, 1).unsqueeze(1),
+                        eot_index.flatten().unsqueeze(1),
+                    )
             x_p, x_s = _shared_prefix_block(block, x_p, x_s)
         x_s = self.model.ln_final(x_s)
         rows = torch.arange(x_s.shape[0], device=x_s.device).unsqueeze(1)
-        pooled = x_s[rows, torch.arange(x_s.shape[1], device=x_s.device).unsqueeze(0), eot_index]  # (G, N, W) or (G*N, 1, W)
+        pooled = x_s[
+            rows, torch.arange(x_s.shape[1], device=x_s.device).unsqueeze(0), eot_index
+        ]  # (G, N, W) or (G*N, 1, W)
         if per_class:
             pooled = pooled.view(groups_n, n_cls, -1)
         return self._project(pooled)
@@ -191,8 +205,12 @@ def _shared_prefix_block(block: nn.Module, x_p: torch.Tensor, x_s: torch.Tensor)
     def split_heads(t: torch.Tensor) -> torch.Tensor:  # (..., T, W) -> (..., H, T, d)
         return t.unflatten(-1, (heads, head_dim)).transpose(-3, -2)
 
-    q_p, k_p, v_p = (split_heads(t) for t in F.linear(block.ln_1(x_p), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
-    q_s, k_s, v_s = (split_heads(t) for t in F.linear(block.ln_1(x_s), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1))
+    q_p, k_p, v_p = (
+        split_heads(t) for t in F.linear(block.ln_1(x_p), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    )
+    q_s, k_s, v_s = (
+        split_heads(t) for t in F.linear(block.ln_1(x_s), attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)
+    )
     out_p = F.scaled_dot_product_attention(q_p, k_p, v_p, is_causal=True)
     k_all = torch.cat([k_p.unsqueeze(1).expand(-1, n_cls, -1, -1, -1), k_s], dim=-2)
     v_all = torch.cat([v_p.unsqueeze(1).expand(-1, n_cls, -1, -1, -1), v_s], dim=-2)

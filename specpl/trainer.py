@@ -9,6 +9,7 @@ resume from the last checkpoint; runs under ``accelerate launch`` on several GPU
 processes share the feature-cache fill (`FeatureCache`), agree on stopping through accelerate's
 trigger, and score the test split together (`score_split`), each image once.
 """
+
 from __future__ import annotations
 
 import copy
@@ -109,7 +110,9 @@ class Trainer:
         self._backbone = backbone
         self._decomposer = decomposer
         self.progress_bar = progress_bar
-        self.log_every_steps = max(1, log_every_steps) if log_every_steps else None  # None: every step on a CPU, every 10th on a GPU
+        self.log_every_steps = (
+            max(1, log_every_steps) if log_every_steps else None
+        )  # None: every step on a CPU, every 10th on a GPU
         self.selection: Selection | None = None
         self._zero_shot_val: float | None = None
 
@@ -133,7 +136,8 @@ class Trainer:
         accelerator = Accelerator(
             # precision is this run's own autocast, not accelerate's: its setting is process-global and
             # would refuse a second run of another precision in the same process (the app, benchmarks)
-            mixed_precision="no", gradient_accumulation_steps=cfg.train.grad_accum_steps,
+            mixed_precision="no",
+            gradient_accumulation_steps=cfg.train.grad_accum_steps,
             cpu=not torch.cuda.is_available(),
         )
         set_seed(cfg.train.seed)
@@ -147,20 +151,28 @@ class Trainer:
         resolve_method_options(cfg.method)  # bad method options fail here, before anything is written
         data = read_dataset(cfg.data)
         train = recorded["resolved_train"] if recorded is not None else resolved_training(cfg)
-        if train["select"] == "val" and not data.val:  # validation comes out of the training images, never the test split
+        if (
+            train["select"] == "val" and not data.val
+        ):  # validation comes out of the training images, never the test split
             kept, held = hold_out_validation(data.train, cfg.data.seed)
             data = dataclasses.replace(data, train=kept, val=held)
         if recorded is None:
             train = resolved_training(cfg, len(data.train))
-        template = data.template if data.template and cfg.template == DEFAULT_TEMPLATE else cfg.template  # a chosen template wins
+        template = (
+            data.template if data.template and cfg.template == DEFAULT_TEMPLATE else cfg.template
+        )  # a chosen template wins
         backbone = self._backbone or load_backbone(cfg.backbone, device=accelerator.device)
         if precision == "bf16":
             backbone = frozen_in_bf16(backbone)
         decomposer_config, decomposer_reason = _resolve_decomposer(cfg, backbone)
-        model = build_method(cfg.method, backbone, data.classnames, template, decomposer_config, self._decomposer, cfg.data.dataset)
+        model = build_method(
+            cfg.method, backbone, data.classnames, template, decomposer_config, self._decomposer, cfg.data.dataset
+        )
         if cfg.data.unlabeled_root:
             if model.host.learns_from_labels:
-                raise ValueError(f"data.unlabeled_root: host {model.host.name!r} learns from labels; only a label-free host (caspl-boost) trains on an unlabeled folder")
+                raise ValueError(
+                    f"data.unlabeled_root: host {model.host.name!r} learns from labels; only a label-free host (caspl-boost) trains on an unlabeled folder"
+                )
             data = dataclasses.replace(data, train=read_unlabeled_folder(cfg.data.unlabeled_root))
             if recorded is None:
                 train = resolved_training(cfg, len(data.train))
@@ -178,7 +190,9 @@ class Trainer:
             "resolved_train": train,
             "preset": cfg.method.preset,
             # where each value of a paper run comes from (empty for the default preset)
-            "sources": recorded.get("sources", {}) if recorded is not None else value_sources(cfg.method, cfg.train, cfg.data.dataset),
+            "sources": recorded.get("sources", {})
+            if recorded is not None
+            else value_sources(cfg.method, cfg.train, cfg.data.dataset),
         }
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +203,9 @@ class Trainer:
             write_json_atomic(self.run_dir / "config.json", record)
 
         min_scale = float(train["crop_scale"])
-        views = AugmentedViews(train_transform(train["augment"], backbone, min_scale), backbone.preprocess_eval, cfg.train.seed)
+        views = AugmentedViews(
+            train_transform(train["augment"], backbone, min_scale), backbone.preprocess_eval, cfg.train.seed
+        )
         cache = FeatureCache(
             views,
             frozen_inputs,
@@ -197,12 +213,16 @@ class Trainer:
             enabled=cfg.train.cache_features,
             workers=cfg.train.num_workers,
             processes=PartialState(),
-            on_progress=lambda done, total: self.events.emit("phase", phase="frozen features", done=done, total=total) if main else None,
+            on_progress=lambda done, total: (
+                self.events.emit("phase", phase="frozen features", done=done, total=total) if main else None
+            ),
         )
         params = [p for p in model.parameters() if p.requires_grad]
         epochs = int(train["epochs"]) if params else 0  # nothing to learn (zero-shot): evaluate and export only
         batch_size = int(train["batch_size"])
-        steps_per_epoch, drop_last = epoch_steps(len(data.train), batch_size, bool(train["drop_last"]), accelerator.num_processes, cfg.train.grad_accum_steps)
+        steps_per_epoch, drop_last = epoch_steps(
+            len(data.train), batch_size, bool(train["drop_last"]), accelerator.num_processes, cfg.train.grad_accum_steps
+        )
         total_steps = max(1, epochs * steps_per_epoch)
         optimizer = _build_optimizer(params, train) if params else None
         counters = {"epoch": 0, "step_in_epoch": 0, "global_step": 0}
@@ -222,19 +242,31 @@ class Trainer:
         lr_at = _lr_schedule(train, steps_per_epoch, total_steps)
         multi_process = accelerator.num_processes > 1
         wrapped, optimizer = accelerator.prepare(model, optimizer) if optimizer else (model, None)
-        compiled, compile_reason = resolve_compile(cfg.train.compile, accelerator.device, total_steps - counters["global_step"])
+        compiled, compile_reason = resolve_compile(
+            cfg.train.compile, accelerator.device, total_steps - counters["global_step"]
+        )
         if optimizer:
             self.events.emit("compile", compiled=compiled, reason=compile_reason)
             wrapped = compiled_step(wrapped, "on" if compiled else "off", accelerator.device)
-        log_every = self.log_every_steps or (1 if accelerator.device.type == "cpu" else 10)  # a logged step reads the loss: a host sync
+        log_every = self.log_every_steps or (
+            1 if accelerator.device.type == "cpu" else 10
+        )  # a logged step reads the loss: a host sync
 
         started = time.time()
         images_seen = 0
         start_step = counters["global_step"]
-        bar = tqdm(total=total_steps, initial=counters["global_step"], disable=not (main and self.progress_bar), desc="train", unit="step")
+        bar = tqdm(
+            total=total_steps,
+            initial=counters["global_step"],
+            disable=not (main and self.progress_bar),
+            desc="train",
+            unit="step",
+        )
         for epoch in range(counters["epoch"], epochs):
             model.epoch, model.epochs = epoch, epochs
-            loader = accelerator.prepare_data_loader(self._loader(data, cache, views, epoch, batch_size, train, model, drop_last))
+            loader = accelerator.prepare_data_loader(
+                self._loader(data, cache, views, epoch, batch_size, train, model, drop_last)
+            )
             if counters["step_in_epoch"]:
                 loader = accelerator.skip_first_batches(loader, counters["step_in_epoch"] * cfg.train.grad_accum_steps)
             wrapped.train()
@@ -274,8 +306,16 @@ class Trainer:
                     terms = {k: float(v.detach()) for k, v in losses.items()}
                     bar.set_postfix(loss=f"{float(total.detach()):.4f}")
                     self.events.emit(
-                        "step", step=done, total_steps=total_steps, epoch=epoch + 1, epochs=epochs, losses=terms,
-                        loss=float(total.detach()), lr=optimizer.param_groups[0]["lr"], images_per_s=rate, eta_s=eta,
+                        "step",
+                        step=done,
+                        total_steps=total_steps,
+                        epoch=epoch + 1,
+                        epochs=epochs,
+                        losses=terms,
+                        loss=float(total.detach()),
+                        lr=optimizer.param_groups[0]["lr"],
+                        images_per_s=rate,
+                        eta_s=eta,
                     )
             counters["step_in_epoch"] = 0
             model.on_epoch_end(epoch + 1, epochs)
@@ -298,7 +338,9 @@ class Trainer:
             self.events.emit("selected", epoch=self.selection.kept_epoch, accuracy=self.selection.kept_accuracy)
         accelerator.wait_for_everyone()
         with self._autocast():
-            metrics = self._evaluate(model, data, cfg, accelerator, template, backbone, train)  # every process: the same metrics
+            metrics = self._evaluate(
+                model, data, cfg, accelerator, template, backbone, train
+            )  # every process: the same metrics
         if epochs:
             metrics["selection"] = self.selection.summary(epochs) if self.selection is not None else None
             metrics["verdict"] = verdict(self.selection, epochs, train["select"], self._zero_shot_val, final_val)
@@ -306,13 +348,20 @@ class Trainer:
                 metrics["validation_note"] = BASE_NEW_NOTE
         if main:
             summary = metrics_summary(metrics)
-            run = {"train": train, "data": dataclasses.asdict(cfg.data), "metrics": summary, "decomposer_reason": record["decomposer_reason"]}
+            run = {
+                "train": train,
+                "data": dataclasses.asdict(cfg.data),
+                "metrics": summary,
+                "decomposer_reason": record["decomposer_reason"],
+            }
             model.save_bundle(self.run_dir / "model", run)
             write_json_atomic(self.run_dir / "metrics.json", metrics)
             self.events.emit("eval", **summary)
             self.events.emit("status", status="finished", metrics=summary)
             if self.progress_bar and metrics.get("verdict"):
-                tqdm.write(" ".join(filter(None, (metrics["verdict"], metrics.get("validation_note")))), file=sys.stderr)
+                tqdm.write(
+                    " ".join(filter(None, (metrics["verdict"], metrics.get("validation_note")))), file=sys.stderr
+                )
         accelerator.wait_for_everyone()  # every process returns once the bundle and metrics are on disk
         return TrainResult("finished", self.run_dir, metrics, model)
 
@@ -322,7 +371,15 @@ class Trainer:
             scores = score_split(predictor, data.val, accelerator, workers=self.config.train.num_workers)
         return scores["accuracy"], scores["loss"]
 
-    def _start_selection(self, model: PromptModel, data: FewShotData, template: str, backbone: Backbone, train: dict[str, Any], accelerator: Accelerator) -> Selection | None:
+    def _start_selection(
+        self,
+        model: PromptModel,
+        data: FewShotData,
+        template: str,
+        backbone: Backbone,
+        train: dict[str, Any],
+        accelerator: Accelerator,
+    ) -> Selection | None:
         """Zero-shot CLIP's and the initial state's validation accuracy, before the first step; the
         initial state is the first candidate when the run selects on validation."""
         if not data.val:
@@ -332,19 +389,36 @@ class Trainer:
         self._zero_shot_val = self._validate(zero_shot, data, accelerator)[0]
         initial, loss = self._validate(Predictor(model, device=accelerator.device), data, accelerator)
         model.train()
-        self.events.emit("val", epoch=0, epochs=int(train["epochs"]), step=0, accuracy=initial, loss=loss, zero_shot=self._zero_shot_val, split="val")
+        self.events.emit(
+            "val",
+            epoch=0,
+            epochs=int(train["epochs"]),
+            step=0,
+            accuracy=initial,
+            loss=loss,
+            zero_shot=self._zero_shot_val,
+            split="val",
+        )
         if train["select"] != "val":
             return None
         selection = Selection(len(data.val), self._zero_shot_val)
         selection.offer(0, initial, model.learned_state_dict(), loss)
         return selection
 
-    def _score_epoch(self, model: PromptModel, data: FewShotData, epoch: int, epochs: int, step: int, accelerator: Accelerator) -> float:
+    def _score_epoch(
+        self, model: PromptModel, data: FewShotData, epoch: int, epochs: int, step: int, accelerator: Accelerator
+    ) -> float:
         """The validation accuracy after `epoch`, offered to the selection when the run selects."""
         accuracy, loss = self._validate(Predictor(model, device=accelerator.device), data, accelerator)
         model.train()
-        best = self.selection.offer(epoch, accuracy, model.learned_state_dict(), loss) if self.selection is not None else None
-        self.events.emit("val", epoch=epoch, epochs=epochs, step=step, accuracy=accuracy, loss=loss, split="val", best=best)
+        best = (
+            self.selection.offer(epoch, accuracy, model.learned_state_dict(), loss)
+            if self.selection is not None
+            else None
+        )
+        self.events.emit(
+            "val", epoch=epoch, epochs=epochs, step=step, accuracy=accuracy, loss=loss, split="val", best=best
+        )
         return accuracy
 
     def _view(self, epoch: int, train: dict[str, Any]) -> int:
@@ -352,7 +426,17 @@ class Trainer:
         cap = train["max_cached_views"]
         return epoch % cap if cap else epoch
 
-    def _loader(self, data: FewShotData, cache: FeatureCache, views: AugmentedViews, epoch: int, batch_size: int, train: dict[str, Any], model: PromptModel, drop_last: bool) -> DataLoader:
+    def _loader(
+        self,
+        data: FewShotData,
+        cache: FeatureCache,
+        views: AugmentedViews,
+        epoch: int,
+        batch_size: int,
+        train: dict[str, Any],
+        model: PromptModel,
+        drop_last: bool,
+    ) -> DataLoader:
         """This epoch's batches: its view of every image, in a seeded order."""
         view = self._view(epoch, train)
         items = [data.train[i] for i in self._epoch_order(len(data.train), epoch)]
@@ -362,11 +446,25 @@ class Trainer:
         # its own generator: creating the iterator must not draw from the global RNG, or a resumed
         # run would see different counterfactual permutations than an uninterrupted one
         return DataLoader(
-            dataset, batch_size=batch_size, shuffle=False, drop_last=drop_last, num_workers=self.config.train.num_workers,
-            generator=torch.Generator().manual_seed(epoch), pin_memory=torch.cuda.is_available(),
+            dataset,
+            batch_size=batch_size,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=self.config.train.num_workers,
+            generator=torch.Generator().manual_seed(epoch),
+            pin_memory=torch.cuda.is_available(),
         )
 
-    def _first_batches(self, data: FewShotData, cache: FeatureCache, views: AugmentedViews, wanted: int, batch_size: int, train: dict[str, Any], device: torch.device) -> list[Batch]:
+    def _first_batches(
+        self,
+        data: FewShotData,
+        cache: FeatureCache,
+        views: AugmentedViews,
+        wanted: int,
+        batch_size: int,
+        train: dict[str, Any],
+        device: torch.device,
+    ) -> list[Batch]:
         """The first `wanted` training batches' frozen inputs, in training order (continuing into
         later epochs' views when one epoch has fewer), for `PromptModel.prepare`."""
         batches: list[Batch] = []
@@ -380,15 +478,27 @@ class Trainer:
                 if len(batches) == wanted:
                     break
                 rows = slice(start, start + batch_size)
-                batches.append(Batch(labels[rows].to(device), frozen={k: v[rows].to(device) for k, v in frozen.items()}))
+                batches.append(
+                    Batch(labels[rows].to(device), frozen={k: v[rows].to(device) for k, v in frozen.items()})
+                )
             epoch += 1
         return batches
 
     def _epoch_order(self, count: int, epoch: int) -> list[int]:
         """The seeded sample order of an epoch (the same in every process and after a resume)."""
-        return torch.randperm(count, generator=torch.Generator().manual_seed(self.config.train.seed * 100_003 + epoch)).tolist()
+        return torch.randperm(
+            count, generator=torch.Generator().manual_seed(self.config.train.seed * 100_003 + epoch)
+        ).tolist()
 
-    def _checkpoint(self, accelerator: Accelerator, model: PromptModel, optimizer: Any, counters: dict[str, int], epoch: int, step_in_epoch: int) -> None:
+    def _checkpoint(
+        self,
+        accelerator: Accelerator,
+        model: PromptModel,
+        optimizer: Any,
+        counters: dict[str, int],
+        epoch: int,
+        step_in_epoch: int,
+    ) -> None:
         """Save where to continue: (epoch, step inside it). The optimizer is unwrapped from accelerate."""
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and optimizer is not None:
@@ -397,30 +507,56 @@ class Trainer:
             if selection is not None:
                 state["selection"] = selection.to_record()
             kept = selection.saved_states() if selection is not None else {}
-            save_resume_state(self.run_dir / "checkpoint", model.learned_state_dict(), optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer, state, kept)
+            save_resume_state(
+                self.run_dir / "checkpoint",
+                model.learned_state_dict(),
+                optimizer.optimizer if hasattr(optimizer, "optimizer") else optimizer,
+                state,
+                kept,
+            )
             self.events.emit("checkpoint", **state)
 
-    def _evaluate(self, model: PromptModel, data: FewShotData, cfg: RunConfig, accelerator: Accelerator, template: str, backbone: Backbone, train: dict[str, Any]) -> dict[str, Any]:
+    def _evaluate(
+        self,
+        model: PromptModel,
+        data: FewShotData,
+        cfg: RunConfig,
+        accelerator: Accelerator,
+        template: str,
+        backbone: Backbone,
+        train: dict[str, Any],
+    ) -> dict[str, Any]:
         """The test split's metrics (and, for a base run, the new classes' and the HM), scored by
         every process together; a run that selects on validation also scores zero-shot CLIP with
         the run's template on the same images, and the gain over it."""
         predictor = Predictor(model, device=accelerator.device)
         metrics = self._test_metrics(predictor, data, cfg, accelerator)
         if train["select"] == "val" and model.host.name != "zeroshot":
-            zero_shot = self._test_metrics(Predictor.zero_shot(backbone, data.classnames, template, device=accelerator.device), data, cfg, accelerator)
+            zero_shot = self._test_metrics(
+                Predictor.zero_shot(backbone, data.classnames, template, device=accelerator.device),
+                data,
+                cfg,
+                accelerator,
+            )
             headline = "hm" if "hm" in metrics else "accuracy"
             metrics["zero_shot"] = {k: zero_shot[k] for k in ("accuracy", "base", "new", "hm") if k in zero_shot}
             metrics["gain_over_zero_shot"] = metrics[headline] - zero_shot[headline]
         return metrics
 
-    def _test_metrics(self, predictor: Predictor, data: FewShotData, cfg: RunConfig, accelerator: Accelerator) -> dict[str, Any]:
+    def _test_metrics(
+        self, predictor: Predictor, data: FewShotData, cfg: RunConfig, accelerator: Accelerator
+    ) -> dict[str, Any]:
         metrics = score_split(predictor, data.test, accelerator, workers=cfg.train.num_workers)
         if cfg.data.subsample == "base":
             new = read_dataset(dataclasses.replace(cfg.data, subsample="new"))
             predictor.set_classnames(new.classnames, novel=True)
             new_metrics = score_split(predictor, new.test, accelerator, workers=cfg.train.num_workers)
             predictor.set_classnames(data.classnames)
-            metrics.update(base=metrics["accuracy"], new=new_metrics["accuracy"], hm=harmonic_mean(metrics["accuracy"], new_metrics["accuracy"]))
+            metrics.update(
+                base=metrics["accuracy"],
+                new=new_metrics["accuracy"],
+                hm=harmonic_mean(metrics["accuracy"], new_metrics["accuracy"]),
+            )
         return metrics
 
 
@@ -438,8 +574,10 @@ def with_recorded_settings(config: RunConfig, record: dict[str, Any]) -> RunConf
     """`config` with the method and training settings a run recorded when it started: its preset,
     every component's options as built, and its resolved training settings."""
     method = MethodConfig(
-        host=record["method"]["host"], boosters=list(record["method"]["boosters"]),
-        options=record["resolved_method_options"], preset=record.get("preset", record["method"].get("preset", "default")),
+        host=record["method"]["host"],
+        boosters=list(record["method"]["boosters"]),
+        options=record["resolved_method_options"],
+        preset=record.get("preset", record["method"].get("preset", "default")),
     )
     return dataclasses.replace(config, method=method, template=record.get("template", config.template))
 
@@ -456,7 +594,9 @@ class _EpochDataset(Dataset):
     """One epoch's samples as dicts: label, cached frozen features, and the image itself only when
     the host needs gradients through the image tower."""
 
-    def __init__(self, items: list[ImageItem], frozen: dict[str, torch.Tensor], views: AugmentedViews | None, view: int) -> None:
+    def __init__(
+        self, items: list[ImageItem], frozen: dict[str, torch.Tensor], views: AugmentedViews | None, view: int
+    ) -> None:
         self.items, self.frozen, self.views, self.view = items, frozen, views, view
 
     def __len__(self) -> int:
@@ -473,7 +613,11 @@ class _EpochDataset(Dataset):
 def _to_batch(sample: dict[str, torch.Tensor], device: torch.device) -> Batch:
     images = sample.get("images")
     frozen = {k: v.to(device, non_blocking=True) for k, v in sample.items() if k not in ("labels", "images")}
-    return Batch(labels=sample["labels"].to(device, non_blocking=True), images=None if images is None else images.to(device, non_blocking=True), frozen=frozen)
+    return Batch(
+        labels=sample["labels"].to(device, non_blocking=True),
+        images=None if images is None else images.to(device, non_blocking=True),
+        frozen=frozen,
+    )
 
 
 def frozen_in_bf16(backbone: Backbone) -> Backbone:
@@ -499,7 +643,9 @@ def _build_optimizer(params: list[torch.nn.Parameter], train: dict[str, Any]) ->
     fused = all(p.device.type == "cuda" for p in params)
     kernels = {"fused": True} if fused else {"foreach": True}
     if train["optimizer"] == "sgd":
-        return torch.optim.SGD(params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"], **kernels)
+        return torch.optim.SGD(
+            params, lr=train["lr"], momentum=train["momentum"], weight_decay=train["weight_decay"], **kernels
+        )
     if train["optimizer"] == "adamw":
         return torch.optim.AdamW(params, lr=train["lr"], weight_decay=train["weight_decay"], **kernels)
     raise ValueError(f"unknown optimizer {train['optimizer']!r}; use 'sgd' or 'adamw'")

@@ -12,6 +12,7 @@ Two presets (`specpl.config.PRESETS`):
   the last epoch kept.
 Explicit values always win; a host or booster preset's ``train`` values come next.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,14 @@ if TYPE_CHECKING:
 
 AUTO = "auto"
 PRESET_TRAINING: dict[str, dict[str, Any]] = {
-    "default": {"augment": "clip", "schedule": "step", "drop_last": True, "select": "val", "epochs": AUTO, "batch_size": AUTO},
+    "default": {
+        "augment": "clip",
+        "schedule": "step",
+        "drop_last": True,
+        "select": "val",
+        "epochs": AUTO,
+        "batch_size": AUTO,
+    },
     "paper": {"augment": "dassl", "crop_scale": 0.08, "schedule": "epoch", "drop_last": True, "select": "last"},
 }
 # The default budget: at least MIN_STEPS_PER_EPOCH steps an epoch (batch cut to fit) and about
@@ -52,7 +60,9 @@ def step_budget(train_images: int, host_batch: int, epochs: Any = AUTO, batch_si
     return min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch))), batch
 
 
-def epoch_steps(images: int, batch_size: int, drop_last: bool, processes: int = 1, grad_accum: int = 1) -> tuple[int, bool]:
+def epoch_steps(
+    images: int, batch_size: int, drop_last: bool, processes: int = 1, grad_accum: int = 1
+) -> tuple[int, bool]:
     """(optimizer steps an epoch, whether the last partial batch is dropped) for `images` training
     images: the drop applies only when a whole round of batches fits; accelerate shards whole
     batches over `processes`, and with the drop an uneven last round is dropped too."""
@@ -79,7 +89,9 @@ def resolved_training(config: "RunConfig", train_images: int | None = None) -> d
     if train["crop_scale"] is None:
         train["crop_scale"] = host.get("crop_scale", PRESET_TRAINING["paper"]["crop_scale"])
     if AUTO in (train["epochs"], train["batch_size"]) and train_images is not None:
-        train["epochs"], train["batch_size"] = step_budget(train_images, host.get("batch_size", 32), train["epochs"], train["batch_size"])
+        train["epochs"], train["batch_size"] = step_budget(
+            train_images, host.get("batch_size", 32), train["epochs"], train["batch_size"]
+        )
     return train
 
 

@@ -5,6 +5,7 @@ The loop follows open_clip's ``VisionTransformer`` (patch embedding, [CLS] + pos
 groups (`specpl.slots`) can be inserted or overwritten before any block and a hook can see every
 layer. With no groups and no hook it computes exactly what ``model.encode_image`` computes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -61,7 +62,9 @@ class PromptImageEncoder(nn.Module):
     def depth(self) -> int:
         return len(self.visual.transformer.resblocks)
 
-    def forward(self, images: torch.Tensor, groups: Sequence[PromptGroup] = (), hook: LayerHook | None = None) -> VisionOutput:
+    def forward(
+        self, images: torch.Tensor, groups: Sequence[PromptGroup] = (), hook: LayerHook | None = None
+    ) -> VisionOutput:
         visual = self.visual
         slots = SlotState(groups, self.depth)
         x = visual.conv1(images)

@@ -1,4 +1,5 @@
 """Band maps as PIL images, for the app and notebooks (the CLI writes PNGs via `specpl.bands`)."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """Shared fixtures. Tests are CPU-only, offline and deterministic."""
+
 from __future__ import annotations
 
 import os
@@ -39,8 +40,23 @@ def accelerate_launch(*command: str) -> list[str]:
     with socket.socket() as probe:  # a free rendezvous port, so runs never meet an earlier one's
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), *command]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        *command,
+    ]
 
 
 def make_image_folder(root: Path, classes: dict[str, int], size: int = 32, seed: int = 0) -> Path:

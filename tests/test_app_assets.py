@@ -1,5 +1,6 @@
 """The in-memory front-end asset cache: same bytes as the file, compressed as asked, immutable,
 and everything else passed on to Gradio."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,9 @@ import brotli
 from app.assets import BuildAssetCache
 
 
-def call(middleware, path: str, method: str = "GET", accept: str = "") -> tuple[int, dict[bytes, bytes], bytes, list[str]]:
+def call(
+    middleware, path: str, method: str = "GET", accept: str = ""
+) -> tuple[int, dict[bytes, bytes], bytes, list[str]]:
     passed: list[str] = []
     sent: list[dict] = []
 
@@ -60,7 +63,15 @@ def test_anything_but_a_plain_build_file_goes_to_gradio(tmp_path):
     (build / "sub").mkdir()
     (build / "sub" / "x.js").write_text("no")
     cache = BuildAssetCache(None, build_dir=build)
-    for path in ("/assets/../secret.js", "/assets/sub/x.js", "/assets/%2e%2e/secret.js", "/assets/missing.js", "/assets/", "/config", "/file=/etc/passwd"):
+    for path in (
+        "/assets/../secret.js",
+        "/assets/sub/x.js",
+        "/assets/%2e%2e/secret.js",
+        "/assets/missing.js",
+        "/assets/",
+        "/config",
+        "/file=/etc/passwd",
+    ):
         status, _, _, passed = call(cache, path)
         assert (status, passed) == (404, [path]), path
     status, _, _, passed = call(cache, "/assets/sub", method="POST")

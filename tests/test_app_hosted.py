@@ -4,6 +4,7 @@ Refusals are checked on the server, through the named API with two `gradio_clien
 in a real browser with two contexts (two visitors). The same browser test checks what a visitor
 sees of their own run: the loss chart draws lines while it trains, a reload keeps the dataset and
 the run, "Stopping…" does not outlive the run, and a rejected upload clears the active dataset."""
+
 from __future__ import annotations
 
 import re
@@ -15,7 +16,14 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from test_app_server import CHROMIUM, CHROMIUM_ARGS, EXPECT_TIMEOUT_MS, TINY, api_config, cifar_zip, offline_world, poll_until  # noqa: F401  (fixtures)
+from test_app_server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    EXPECT_TIMEOUT_MS,
+    TINY,
+    api_config,
+    poll_until,
+)  # noqa: F401  (fixtures)
 
 from app.identity import COOKIE, owner_key
 from app.settings import AppSettings
@@ -47,9 +55,14 @@ def test_settings_turn_hosted_mode_on_for_a_space_or_by_flag(tmp_path):
     space = AppSettings.from_env({"SPECPL_DATA_DIR": str(tmp_path), "SPACE_ID": "me/studio"})
     assert space.multi_user and space.on_space and not space.oauth
     assert AppSettings.from_env({"SPACE_ID": "me/studio", "OAUTH_CLIENT_ID": "x"}).oauth
-    assert AppSettings.from_env({"SPECPL_MULTI_USER": "1"}).multi_user and not AppSettings.from_env({"SPACE_ID": "a/b", "SPECPL_MULTI_USER": "0"}).multi_user
+    assert (
+        AppSettings.from_env({"SPECPL_MULTI_USER": "1"}).multi_user
+        and not AppSettings.from_env({"SPACE_ID": "a/b", "SPECPL_MULTI_USER": "0"}).multi_user
+    )
     assert owner_key("alice", "browser-token", "session") == "hf:alice"  # signed in: the run follows the user
-    assert owner_key(None, "browser-token", "s").startswith("browser:") and "browser-token" not in owner_key(None, "browser-token", "s")
+    assert owner_key(None, "browser-token", "s").startswith("browser:") and "browser-token" not in owner_key(
+        None, "browser-token", "s"
+    )
     assert owner_key(None, None, "s1") != owner_key(None, None, "s2")
 
 
@@ -58,7 +71,9 @@ def test_api_a_second_visitor_can_neither_see_nor_control_the_first_ones_run(hos
     owner = Client(demo.local_url, verbose=False, download_files=str(tmp_path / "a"))
     other = Client(demo.local_url, verbose=False, download_files=str(tmp_path / "b"))
     owner.predict(handle_file(cifar_zip), 0.5, api_name="/upload_dataset")
-    run_id, _, message = owner.predict(api_config(TINY, boosters=[], shots=2, epochs=LONG_EPOCHS), "mine", api_name="/start_training")
+    run_id, _, message = owner.predict(
+        api_config(TINY, boosters=[], shots=2, epochs=LONG_EPOCHS), "mine", api_name="/start_training"
+    )
     assert message.startswith(f"Started run {run_id}")
     poll_until(owner, run_id, {"running"})
 
@@ -75,18 +90,34 @@ def test_api_a_second_visitor_can_neither_see_nor_control_the_first_ones_run(hos
     assert other.predict(run_id, api_name="/delete_run")[-1] == refused
     *_, message = other.predict("run", run_id, "", TINY, "a photo of a {}.", [], 3, api_name="/classify")
     assert message == refused
-    assert other.predict(api_config(TINY, boosters=[], shots=2, epochs=1), "", api_name="/start_training")[-1] == "⚠️ upload a dataset (.zip) or build one before starting"
+    assert (
+        other.predict(api_config(TINY, boosters=[], shots=2, epochs=1), "", api_name="/start_training")[-1]
+        == "⚠️ upload a dataset (.zip) or build one before starting"
+    )
     local_source = {**api_config(TINY), "decomposer": {"name": "taef2", "source": "/etc"}}
-    assert owner.predict(local_source, "", api_name="/start_training")[-1].startswith("⚠️ decomposer.source = /etc: a local folder or file cannot be used on a shared server")
-    path_option = {**api_config(TINY), "method": {"host": "ivlp", "boosters": ["dapt"], "options": {"dapt": {"mask_dir": "/etc/masks"}}}}
-    assert owner.predict(path_option, "", api_name="/start_training")[-1].startswith("⚠️ dapt.mask_dir = /etc/masks: a local folder or file cannot be used")
+    assert owner.predict(local_source, "", api_name="/start_training")[-1].startswith(
+        "⚠️ decomposer.source = /etc: a local folder or file cannot be used on a shared server"
+    )
+    path_option = {
+        **api_config(TINY),
+        "method": {"host": "ivlp", "boosters": ["dapt"], "options": {"dapt": {"mask_dir": "/etc/masks"}}},
+    }
+    assert owner.predict(path_option, "", api_name="/start_training")[-1].startswith(
+        "⚠️ dapt.mask_dir = /etc/masks: a local folder or file cannot be used"
+    )
     foreign_backbone = {**api_config(TINY), "backbone": {"name": "ViT-B-32", "pretrained": "/etc/passwd"}}
-    assert owner.predict(foreign_backbone, "", api_name="/start_training")[-1].startswith("⚠️ backbone ViT-B-32 (/etc/passwd) is not one this app offers")
-    assert other.predict(run_id, "cat", api_name="/search_run_images")[-1] == ""  # another visitor's run has no images to search
+    assert owner.predict(foreign_backbone, "", api_name="/start_training")[-1].startswith(
+        "⚠️ backbone ViT-B-32 (/etc/passwd) is not one this app offers"
+    )
+    assert (
+        other.predict(run_id, "cat", api_name="/search_run_images")[-1] == ""
+    )  # another visitor's run has no images to search
     assert demo.studio.jobs.get(run_id).status == "running"  # untouched by all of that
 
     record = demo.studio.jobs.get(run_id)
-    assert record.owner.startswith("browser:")  # gradio_client keeps the identity cookie it was given, as a browser does
+    assert record.owner.startswith(
+        "browser:"
+    )  # gradio_client keeps the identity cookie it was given, as a browser does
     job_file = settings.runs_dir / run_id / "job.json"
     assert status_of(f"{demo.local_url}gradio_api/file={job_file}") == 403  # no file in the data dir by path
 
@@ -169,7 +200,9 @@ def test_browser_two_visitors_chart_reload_and_a_rejected_upload(hosted, cifar_z
         bob.wait_for_timeout(2000)  # the page-load events have run
         assert bob.locator("#run-id textarea").input_value() == ""
         bob.get_by_role("tab", name="Runs").click()
-        expect(bob.get_by_role("button", name="Refresh", exact=True)).to_be_visible(timeout=60_000)  # the tab loads when opened
+        expect(bob.get_by_role("button", name="Refresh", exact=True)).to_be_visible(
+            timeout=60_000
+        )  # the tab loads when opened
         bob.get_by_role("button", name="Refresh", exact=True).click()
         bob.wait_for_timeout(1000)
         assert run_id not in bob.locator("#runs-table").inner_text()
@@ -200,7 +233,9 @@ def test_browser_two_visitors_chart_reload_and_a_rejected_upload(hosted, cifar_z
         page.keyboard.press("Enter")
         expect(page.locator("#runs-status")).to_contain_text("Cancelled", timeout=30_000)
         expect(page.locator("#runs-message")).not_to_contain_text("choose a run")
-        page.wait_for_function("(s) => document.querySelector(s + ' g.mark-line path')", arg="#runs-curve", timeout=30_000)
+        page.wait_for_function(
+            "(s) => document.querySelector(s + ' g.mark-line path')", arg="#runs-curve", timeout=30_000
+        )
         assert plot_has_lines(page, "#runs-curve"), "the Runs tab's chart drew no lines"
         page.get_by_role("tab", name="Data & Train").click()
 

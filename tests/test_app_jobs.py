@@ -1,4 +1,5 @@
 """The job manager: worker processes, the on-disk queue, stop, resume, and crash causes."""
+
 from __future__ import annotations
 
 import json
@@ -77,7 +78,10 @@ def test_kill_9_is_failed_with_its_cause_and_resume_continues_from_the_checkpoin
 
     manager.stop(run)
     stopped = wait_status(manager, run, TERMINAL)
-    assert (stopped.status, stopped.cause) == ("cancelled", "stopped by request (a checkpoint was saved; resume continues from it)")
+    assert (stopped.status, stopped.cause) == (
+        "cancelled",
+        "stopped by request (a checkpoint was saved; resume continues from it)",
+    )
 
 
 def test_a_second_run_waits_in_the_queue_until_the_first_ends(manager, cifar_root):
@@ -127,14 +131,19 @@ def test_a_run_left_running_by_a_dead_app_is_failed_on_restart(tmp_path, cifar_r
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     job_file = tmp_path / "runs" / run / JOB_FILE
-    job_file.write_text(json.dumps({**json.loads(job_file.read_text()), "status": "running", "pid": gone.pid, "cause": None}))
+    job_file.write_text(
+        json.dumps({**json.loads(job_file.read_text()), "status": "running", "pid": gone.pid, "cause": None})
+    )
     restarted = JobManager(tmp_path / "runs", poll_s=0.05)
     try:
         record = restarted.get(run)
     finally:
         restarted.close()
     assert record.status == "failed"
-    assert record.cause == f"the training process (pid {gone.pid}) ended while the app was not watching it, without reporting a result"
+    assert (
+        record.cause
+        == f"the training process (pid {gone.pid}) ended while the app was not watching it, without reporting a result"
+    )
 
 
 def test_queued_runs_cancel_at_once_and_only_finished_runs_can_be_deleted(tmp_path, cifar_root):
@@ -166,6 +175,9 @@ def test_the_status_timer_ticks_only_while_the_watched_run_is_active(tmp_path, c
         studio.jobs.stop(run)
         *_, details, _, _, _, timer, _ = studio.poll_run(run, None)
         assert details["status"] == "cancelled" and timer.active is False
-        assert studio.poll_run("", None)[-2].active is False and studio.poll_run("20260101-000000-abcdef", None)[-2].active is False
+        assert (
+            studio.poll_run("", None)[-2].active is False
+            and studio.poll_run("20260101-000000-abcdef", None)[-2].active is False
+        )
     finally:
         studio.jobs.close()

@@ -1,6 +1,7 @@
 """The Bands tab's DAPT masks (`app.analysis.dapt_mask_view`): the map and the mask a run's DAPT
 would train with, under the run's own options, on a short tiny-backbone run; mask files; a run
 without DAPT; and on the pretrained world CLIP, how well the mask shown covers the object."""
+
 from __future__ import annotations
 
 import copy
@@ -36,7 +37,12 @@ def dapt_run(tmp_path_factory, cifar_root, tiny_backbone) -> Path:
         data=DataConfig(root=str(cifar_root), shots=1),
         train=TrainConfig(epochs=1, batch_size=8),
     )
-    return Trainer(config, tmp_path_factory.mktemp("dapt") / "run", backbone=tiny_backbone, progress_bar=False).fit().run_dir / "model"
+    return (
+        Trainer(config, tmp_path_factory.mktemp("dapt") / "run", backbone=tiny_backbone, progress_bar=False)
+        .fit()
+        .run_dir
+        / "model"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +60,17 @@ def test_the_mask_shown_is_the_runs_threshold_of_the_map_and_what_dapt_trains_wi
     assert (view.mask != (view.saliency >= 0.5)).any()  # the default threshold would have cut another mask
     predictor = cache.bundle_predictor(dapt_run)
     cat = torch.tensor([predictor.classnames.index("cat")])
-    trained_with = saliency_masks(predictor.model, predictor.preprocess([image]), cat, THRESHOLD, "image", "gradcam")[0, 0]
+    trained_with = saliency_masks(predictor.model, predictor.preprocess([image]), cat, THRESHOLD, "image", "gradcam")[
+        0, 0
+    ]
     np.testing.assert_array_equal(view.mask, trained_with.numpy())
-    assert {name: picture.size for name, picture in view.images.items()} == {"saliency": (224, 224), "mask": (224, 224)}  # 7x, for the browser
-    assert view.note.startswith("**DAPT-G mask**: the `gradcam` map (`dapt.cam`) of this run's model, divided by its maximum and thresholded at 0.3;")
+    assert {name: picture.size for name, picture in view.images.items()} == {
+        "saliency": (224, 224),
+        "mask": (224, 224),
+    }  # 7x, for the browser
+    assert view.note.startswith(
+        "**DAPT-G mask**: the `gradcam` map (`dapt.cam`) of this run's model, divided by its maximum and thresholded at 0.3;"
+    )
     assert view.note.endswith("A gradient map targets 'cat' (the image's class in the dataset).")
 
 
@@ -67,15 +80,24 @@ def test_without_its_dataset_class_the_map_targets_the_predicted_class(dapt_run,
     other = next(name for name in ("cat", "dog") if name != predicted)
     unlabelled = dapt_mask_view(cache, dapt_run, image)
     assert unlabelled.note.endswith(f"A gradient map targets {predicted!r} (predicted).")
-    assert not np.array_equal(dapt_mask_view(cache, dapt_run, image, other).saliency, unlabelled.saliency)  # GradCAM follows the class
+    assert not np.array_equal(
+        dapt_mask_view(cache, dapt_run, image, other).saliency, unlabelled.saliency
+    )  # GradCAM follows the class
     foreign = dapt_mask_view(cache, dapt_run, image, "golden retriever")
-    assert foreign.note.endswith(f"A gradient map targets {predicted!r} (predicted; its dataset class 'golden retriever' is not one of the run's classes).")
+    assert foreign.note.endswith(
+        f"A gradient map targets {predicted!r} (predicted; its dataset class 'golden retriever' is not one of the run's classes)."
+    )
     np.testing.assert_array_equal(foreign.saliency, unlabelled.saliency)
 
 
 def test_a_run_without_dapt_gets_a_note_not_an_error(trained_run, cache, cifar_root):
     view = dapt_mask_view(cache, trained_run.run_dir / "model", sorted((cifar_root / "test" / "cat").iterdir())[0])
-    assert (view.saliency, view.mask, view.images, view.note) == (None, None, {"saliency": None, "mask": None}, NO_DAPT_NOTE)
+    assert (view.saliency, view.mask, view.images, view.note) == (
+        None,
+        None,
+        {"saliency": None, "mask": None},
+        NO_DAPT_NOTE,
+    )
 
 
 def test_a_mask_folder_run_shows_the_images_own_mask_file_or_says_why_not(tmp_path, tiny_backbone, cache):
@@ -90,7 +112,9 @@ def test_a_mask_folder_run_shows_the_images_own_mask_file_or_says_why_not(tmp_pa
     Image.new("RGB", (48, 40)).save(unmasked)
     Image.fromarray(truth.astype(np.uint8)).save(tmp_path / "masks" / "cat" / "000.png")
     options = {"dapt": {"masks": "folder", "mask_dir": str(tmp_path / "masks")}}
-    model_dir = build_method(MethodConfig(host="ivlp", boosters=["dapt"], options=options), copy.deepcopy(tiny_backbone), ["cat", "dog"]).save_bundle(tmp_path / "model")
+    model_dir = build_method(
+        MethodConfig(host="ivlp", boosters=["dapt"], options=options), copy.deepcopy(tiny_backbone), ["cat", "dog"]
+    ).save_bundle(tmp_path / "model")
 
     view = dapt_mask_view(cache, model_dir, image, "cat")
     np.testing.assert_array_equal(view.mask, truth)
@@ -99,13 +123,20 @@ def test_a_mask_folder_run_shows_the_images_own_mask_file_or_says_why_not(tmp_pa
     assert shown.shape == (240, 288, 3)  # 6x, for the browser
     shown = shown[::6, ::6]
     assert (shown[truth] == (200, 120, 40)).all() and (shown[~truth] == (50, 30, 10)).all()  # outside: a quarter
-    assert view.note.startswith(f"**DAPT mask file** `cat/000.png` from `{tmp_path / 'masks'}`") and "it marks 16% of the image" in view.note
+    assert (
+        view.note.startswith(f"**DAPT mask file** `cat/000.png` from `{tmp_path / 'masks'}`")
+        and "it marks 16% of the image" in view.note
+    )
 
     missing = dapt_mask_view(cache, model_dir, unmasked, "dog")
     assert missing.mask is None and missing.images == {"saliency": None, "mask": None}
-    assert missing.note.startswith("This run's DAPT reads its masks from files (`dapt.masks=folder`), and there is none to show here: no mask for")
+    assert missing.note.startswith(
+        "This run's DAPT reads its masks from files (`dapt.masks=folder`), and there is none to show here: no mask for"
+    )
     assert "looked for dog/007.* and 007.*" in missing.note
-    assert dapt_mask_view(cache, model_dir, image, "cat", read_mask_files=False).note == NO_MASK_FILES_NOTE  # a shared server
+    assert (
+        dapt_mask_view(cache, model_dir, image, "cat", read_mask_files=False).note == NO_MASK_FILES_NOTE
+    )  # a shared server
 
 
 def test_on_the_world_clip_the_mask_shown_covers_the_object(tmp_path, cache):
@@ -116,7 +147,9 @@ def test_on_the_world_clip_the_mask_shown_covers_the_object(tmp_path, cache):
     from specpl.world.generator import class_of, render, sample_class, shape_mask, world_classnames
 
     classes = world_classnames()
-    model_dir = build_method(MethodConfig(host="ivlp", boosters=["dapt"]), load_backbone(world_backbone_config()), classes).save_bundle(tmp_path / "model")
+    model_dir = build_method(
+        MethodConfig(host="ivlp", boosters=["dapt"]), load_backbone(world_backbone_config()), classes
+    ).save_bundle(tmp_path / "model")
     rng = np.random.default_rng(0)
     overlaps = []
     for sample in (sample_class(rng, name, 1)[0] for name in classes[::2]):

@@ -1,4 +1,5 @@
 """Smaller parts of the app: ZeroGPU safety, backbone availability and the offline default, progress, failure causes."""
+
 from __future__ import annotations
 
 import json
@@ -50,10 +51,28 @@ def test_the_first_page_load_asks_only_for_the_data_and_train_form(tmp_path):
     config = demo.get_config_file()
     visible = {c["type"] for c in config["components"] if c["props"].get("visible", True) is not False}
     assert visible == {
-        "accordion", "browserstate", "button", "checkboxgroup", "column", "dropdown", "file", "form", "group",
-        "markdown", "number", "row", "slider", "state", "tabitem", "tabs", "textbox", "timer",
+        "accordion",
+        "browserstate",
+        "button",
+        "checkboxgroup",
+        "column",
+        "dropdown",
+        "file",
+        "form",
+        "group",
+        "markdown",
+        "number",
+        "row",
+        "slider",
+        "state",
+        "tabitem",
+        "tabs",
+        "textbox",
+        "timer",
     }
-    later_tabs = [block for block in demo.blocks.values() if isinstance(block, gr.Tab) and block.label != "Data & Train"]
+    later_tabs = [
+        block for block in demo.blocks.values() if isinstance(block, gr.Tab) and block.label != "Data & Train"
+    ]
     assert [tab.label for tab in later_tabs] == ["Bands", "Counterfactual", "Classify", "Runs"]
 
     def leaves(block):
@@ -63,10 +82,20 @@ def test_the_first_page_load_asks_only_for_the_data_and_train_form(tmp_path):
     for tab in later_tabs:
         components = list(leaves(tab))
         assert components and not any(c.visible for c in components), tab.label
-        reveal = [d for d in config["dependencies"] if [tab._id, "select"] in [list(t) for t in d["targets"]] and d["outputs"]]
+        reveal = [
+            d for d in config["dependencies"] if [tab._id, "select"] in [list(t) for t in d["targets"]] and d["outputs"]
+        ]
         shown_by_select = set().union(*(d["outputs"] for d in reveal))
-        on_demand = {c._id for c in components if c._id not in shown_by_select}  # a run's report: shown by the event that fills it
-        later = set().union(*(d["outputs"] for d in config["dependencies"] if [tab._id, "select"] not in [list(t) for t in d["targets"]]))
+        on_demand = {
+            c._id for c in components if c._id not in shown_by_select
+        }  # a run's report: shown by the event that fills it
+        later = set().union(
+            *(
+                d["outputs"]
+                for d in config["dependencies"]
+                if [tab._id, "select"] not in [list(t) for t in d["targets"]]
+            )
+        )
         assert on_demand <= later and len(on_demand) < len(components) / 2, tab.label
 
 
@@ -74,17 +103,26 @@ def test_an_offline_backbone_is_explained_in_one_sentence_with_what_is_available
     monkeypatch.setattr(backbones, "_hub_cached", lambda config: False)
     monkeypatch.setitem(EMBEDDED_WEIGHTS, defaults.WORLD_MODEL, tmp_path / "open_clip_model.safetensors")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    EMBEDDED_WEIGHTS[defaults.WORLD_MODEL].write_bytes(b"")  # availability only looks for the file; loading is tested with the app
+    EMBEDDED_WEIGHTS[defaults.WORLD_MODEL].write_bytes(
+        b""
+    )  # availability only looks for the file; loading is tested with the app
     assert backbones.unavailable_message("ViT-B-32/openai") == (
         "ViT-B-32 (openai) can't be loaded because its weights are not in the Hugging Face cache and the app is offline "
         "(HF_HUB_OFFLINE); available now: world-clip (embedded), SpectralWorld images only; "
         "specpl-tiny (random init), tiny test model, untrained."
     )
-    assert backbones.default_backbone_key() == backbones.WORLD_KEY and backbones.unavailable_message(backbones.WORLD_KEY) is None
-    assert backbones.fallback_note().startswith("No pretrained CLIP can be loaded here (offline), so the embedded SpectralWorld CLIP is selected")
+    assert (
+        backbones.default_backbone_key() == backbones.WORLD_KEY
+        and backbones.unavailable_message(backbones.WORLD_KEY) is None
+    )
+    assert backbones.fallback_note().startswith(
+        "No pretrained CLIP can be loaded here (offline), so the embedded SpectralWorld CLIP is selected"
+    )
     assert backbones.resolve_backbone(backbones.WORLD_KEY) == BackboneConfig("world-clip", "embedded", quick_gelu=False)
 
-    EMBEDDED_WEIGHTS[defaults.WORLD_MODEL].unlink()  # a broken install: still never the untrained model by default, and no fallback claim
+    EMBEDDED_WEIGHTS[
+        defaults.WORLD_MODEL
+    ].unlink()  # a broken install: still never the untrained model by default, and no fallback claim
     assert backbones.default_backbone_key() == backbones.WORLD_KEY and backbones.fallback_note() is None
     assert backbones.unavailable_message(backbones.WORLD_KEY) == (
         f"world-clip (embedded), SpectralWorld images only can't be loaded because its weights file "
@@ -113,7 +151,9 @@ def test_a_missing_demo_set_is_one_plain_sentence(monkeypatch, tmp_path):
         *_, message = studio.use_demo_set(0.5, None)
     finally:
         studio.jobs.close()
-    assert message == f"⚠️ the demo set {markdown_text(str(tmp_path / 'world-demo.zip'))} is missing from this installation"
+    assert (
+        message == f"⚠️ the demo set {markdown_text(str(tmp_path / 'world-demo.zip'))} is missing from this installation"
+    )
 
 
 def test_an_error_message_shows_its_placeholders_and_file_names_as_written():
@@ -144,10 +184,16 @@ def test_the_hub_probe_tells_a_closed_port_from_a_listening_one(monkeypatch):
 @pytest.mark.parametrize(
     "error, cause",
     [
-        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of GPU memory: CUDA out of memory. Tried to allocate 2.00 GiB"),
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+            "out of GPU memory: CUDA out of memory. Tried to allocate 2.00 GiB",
+        ),
         (MemoryError(), "out of memory: the machine ran out of RAM"),
         (BackboneUnavailable("could not load X. Reason: offline."), "backbone unavailable: could not load X."),
-        (DataError("data folder /x has one class (cat); classification needs at least 2"), "data folder /x has one class (cat); classification needs at least 2"),
+        (
+            DataError("data folder /x has one class (cat); classification needs at least 2"),
+            "data folder /x has one class (cat); classification needs at least 2",
+        ),
         (RuntimeError("boom\nsecond line"), "RuntimeError: boom second line"),
     ],
 )
@@ -161,7 +207,17 @@ def write_events(path, events, torn_tail: bool = False):
 
 
 def step(n: int, total: int = 10) -> dict:
-    return {"type": "step", "step": n, "total_steps": total, "epoch": 1, "epochs": 1, "loss": 2.0 / n, "losses": {"cls": 1.0 / n, "sem": 1.0 / n}, "eta_s": 75.0, "images_per_s": 40.0}
+    return {
+        "type": "step",
+        "step": n,
+        "total_steps": total,
+        "epoch": 1,
+        "epochs": 1,
+        "loss": 2.0 / n,
+        "losses": {"cls": 1.0 / n, "sem": 1.0 / n},
+        "eta_s": 75.0,
+        "images_per_s": 40.0,
+    }
 
 
 def test_progress_follows_the_event_log(tmp_path):
@@ -171,11 +227,16 @@ def test_progress_follows_the_event_log(tmp_path):
     assert set(loss_frame(progress)["term"]) == {"total", "cls", "sem"} and len(loss_frame(progress)) == 6
     running = RunRecord("r", "demo", "running", created=0)
     assert status_line(running, progress, None) == "Running: step 2/10, epoch 1/1, ETA 1:15, 40 images/s."
-    assert status_line(RunRecord("r", "demo", "queued", created=0), progress, 2).startswith("Queued: position 2 in line")
+    assert status_line(RunRecord("r", "demo", "queued", created=0), progress, 2).startswith(
+        "Queued: position 2 in line"
+    )
     failed = RunRecord("r", "demo", "failed", created=0, cause="killed by signal 9 (SIGKILL)")
     assert status_line(failed, progress, None) == "Failed: killed by signal 9 (SIGKILL)"
 
-    write_events(tmp_path / "events.jsonl", [step(n, 5000) for n in range(1, 5001)] + [{"type": "eval", "accuracy": 55.0, "test_images": 80}])
+    write_events(
+        tmp_path / "events.jsonl",
+        [step(n, 5000) for n in range(1, 5001)] + [{"type": "eval", "accuracy": 55.0, "test_images": 80}],
+    )
     long_run = read_progress(tmp_path)
     assert long_run.metrics == {"accuracy": 55.0, "test_images": 80}
     steps = loss_frame(long_run)["step"].unique()
@@ -183,7 +244,9 @@ def test_progress_follows_the_event_log(tmp_path):
 
 
 def test_settings_read_the_environment_and_int8_can_be_turned_off(tmp_path):
-    settings = AppSettings.from_env({"SPECPL_DATA_DIR": str(tmp_path), "SPECPL_MAX_UPLOAD_MB": "1.5", "SPECPL_CPU_INT8": "0"})
+    settings = AppSettings.from_env(
+        {"SPECPL_DATA_DIR": str(tmp_path), "SPECPL_MAX_UPLOAD_MB": "1.5", "SPECPL_CPU_INT8": "0"}
+    )
     assert settings.data_dir == tmp_path.resolve() and settings.limits.max_upload_bytes == int(1.5 * 1024 * 1024)
     assert settings.cpu_int8 is False and AppSettings.from_env({}).cpu_int8 is True
     assert settings.runs_dir.parent == settings.gradio_cache_dir.parent == tmp_path.resolve()
@@ -192,25 +255,48 @@ def test_settings_read_the_environment_and_int8_can_be_turned_off(tmp_path):
 def test_resume_clears_the_old_eta_and_near_chance_accuracy_is_flagged_with_its_reason(tmp_path):
     from app.progress import chance_note, series_colours
 
-    write_events(tmp_path / "events.jsonl", [{"type": "data", "classes": 10}, step(1), step(2), {"type": "resumed", "global_step": 2}])
+    write_events(
+        tmp_path / "events.jsonl",
+        [{"type": "data", "classes": 10}, step(1), step(2), {"type": "resumed", "global_step": 2}],
+    )
     progress = read_progress(tmp_path)
     assert progress.eta_s is None and progress.classes == 10  # no stale ETA while the resumed run warms up
-    assert status_line(RunRecord("r", "demo", "running", created=0), progress, None) == "Running: step 2/10, epoch 1/1, ETA: measuring…"
+    assert (
+        status_line(RunRecord("r", "demo", "running", created=0), progress, None)
+        == "Running: step 2/10, epoch 1/1, ETA: measuring…"
+    )
 
     progress.metrics = {"accuracy": 11.0}
     world = {"name": defaults.WORLD_MODEL, "pretrained": "embedded"}
     line = status_line(RunRecord("r", "demo", "finished", created=0), progress, None, world)
     assert line.startswith("Finished: test accuracy 11.0%. ⚠️ This is within 5 points of chance (10% for 10 classes)")
     assert "knows only SpectralWorld images" in line
-    assert chance_note(16.0, 10, world) == "" and chance_note(30.0, 4, None).startswith(" ⚠️ This is within 5 points of chance (25% for 4 classes)")
+    assert chance_note(16.0, 10, world) == "" and chance_note(30.0, 4, None).startswith(
+        " ⚠️ This is within 5 points of chance (25% for 4 classes)"
+    )
     assert "randomly initialised" in chance_note(10.0, 10, {"name": "specpl-tiny", "pretrained": None})
 
     verdict = "The kept model (epoch 3 of 8) scores 91.0% on validation, +2.0 points over zero-shot CLIP (89.0%)."
-    progress.metrics = {"accuracy": 91.5, "zero_shot": {"accuracy": 88.25}, "gain_over_zero_shot": 3.25, "verdict": verdict}
+    progress.metrics = {
+        "accuracy": 91.5,
+        "zero_shot": {"accuracy": 88.25},
+        "gain_over_zero_shot": 3.25,
+        "verdict": verdict,
+    }
     finished = RunRecord("r", "demo", "finished", created=0)
-    assert status_line(finished, progress, None) == f"Finished: test accuracy 91.5% (zero-shot CLIP 88.2%, +3.2 points). {verdict}"
-    progress.metrics = {"accuracy": 90.0, "base": 90.0, "new": 50.0, "hm": 64.3, "zero_shot": {"accuracy": 80.0, "base": 80.0, "new": 70.0, "hm": 74.7},
-                        "gain_over_zero_shot": -10.4, "verdict": verdict}
+    assert (
+        status_line(finished, progress, None)
+        == f"Finished: test accuracy 91.5% (zero-shot CLIP 88.2%, +3.2 points). {verdict}"
+    )
+    progress.metrics = {
+        "accuracy": 90.0,
+        "base": 90.0,
+        "new": 50.0,
+        "hm": 64.3,
+        "zero_shot": {"accuracy": 80.0, "base": 80.0, "new": 70.0, "hm": 74.7},
+        "gain_over_zero_shot": -10.4,
+        "verdict": verdict,
+    }
     assert status_line(finished, progress, None) == (
         "Finished: base 90.0%, new 50.0%, HM 64.3% on the test split (zero-shot CLIP: base 80.0%, new 70.0%, HM 74.7%; HM -10.4 points). "
         f"{verdict} Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
@@ -221,5 +307,7 @@ def test_resume_clears_the_old_eta_and_near_chance_accuracy_is_flagged_with_its_
 
     frame = loss_frame(read_progress(tmp_path))
     assert str(frame["step"].dtype) == "int64" and str(frame["loss"].dtype) == "float64"
-    assert str(loss_frame(type(progress)())["loss"].dtype) == "float64"  # typed even when empty: the plot keeps numeric axes
+    assert (
+        str(loss_frame(type(progress)())["loss"].dtype) == "float64"
+    )  # typed even when empty: the plot keeps numeric axes
     assert list(series_colours(frame)) == ["total", "cls", "sem"]

@@ -1,6 +1,7 @@
 """The app launched on localhost, driven through its API (gradio_client) and through a real
 browser (Playwright driving Debian's chromium). Tiny backbone on real CIFAR-10 photos, and the
 offline default: the SpectralWorld CLIP on the demo set (both stand-ins: random init, 4 classes)."""
+
 from __future__ import annotations
 
 import csv
@@ -35,8 +36,21 @@ WORLD_CLASSES = world_classnames()[:4]
 CHROMIUM = Path("/usr/bin/chromium")
 # what a person waits for a page to answer on a loaded 2-core machine (Playwright's default is 5 s)
 EXPECT_TIMEOUT_MS = 20_000
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
-TABS = {"Data & Train": "Start training", "Bands": "Compute bands", "Counterfactual": "Run counterfactual", "Classify": "Classify", "Runs": "Refresh"}  # tab: a button on it
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+TABS = {
+    "Data & Train": "Start training",
+    "Bands": "Compute bands",
+    "Counterfactual": "Run counterfactual",
+    "Classify": "Classify",
+    "Runs": "Refresh",
+}  # tab: a button on it
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +98,15 @@ def cifar_zip(cifar_root, tmp_path_factory) -> Path:
     return path
 
 
-def api_config(backbone_key: str, host: str = "coop", boosters: list[str] | None = None, shots: int = 2, epochs: int = 1, decomposer: str = "fft", **train) -> dict:
+def api_config(
+    backbone_key: str,
+    host: str = "coop",
+    boosters: list[str] | None = None,
+    shots: int = 2,
+    epochs: int = 1,
+    decomposer: str = "fft",
+    **train,
+) -> dict:
     """A run config as an API caller sends it to /start_training (the preset file's format); the
     app fills in the rest (and evaluates every epoch)."""
     backbone = backbones.resolve_backbone(backbone_key)
@@ -118,7 +140,9 @@ def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(se
     assert len(gallery) == 30  # 3 thumbnails per class
     assert any(settings.gradio_cache_dir.rglob("cifar-train.zip"))  # Gradio's upload landed in the data dir
 
-    run_id, _, message = client.predict(api_config(TINY, boosters=["specpl"], shots=2, epochs=1), "api run", api_name="/start_training")
+    run_id, _, message = client.predict(
+        api_config(TINY, boosters=["specpl"], shots=2, epochs=1), "api run", api_name="/start_training"
+    )
     assert message.startswith(f"Started run {run_id}")
     details = poll_until(client, run_id, {"finished", "failed", "cancelled"})
     assert details["status"] == "finished", details
@@ -132,19 +156,28 @@ def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(se
         rows = list(csv.DictReader(handle))
     assert message.startswith("Classified 3 image(s) with the int8 image tower.") and len(rows) == 9
     near_chance = details["metrics"]["accuracy"] <= 10 + 5  # 10 classes: the message must say so, and why
-    assert ("within 5 points of chance (10% for 10 classes)" in message and "randomly initialised" in message) == near_chance
+    assert (
+        "within 5 points of chance (10% for 10 classes)" in message and "randomly initialised" in message
+    ) == near_chance
     assert {r["image"] for r in rows} == {p.name for p in test_images}
     classes = {p.name for p in (cifar_root / "train").iterdir()}
     assert {r["label"] for r in rows} <= classes and top["label"] in classes
 
-    *band_maps, saliency, mask, mask_note, timing = client.predict(handle_file(test_images[0]), "fft", 64, run_id, api_name="/bands")
+    *band_maps, saliency, mask, mask_note, timing = client.predict(
+        handle_file(test_images[0]), "fft", 64, run_id, api_name="/bands"
+    )
     assert all(Path(path).stat().st_size > 0 for path in band_maps) and timing.startswith("fft at 64 px:")
     assert (saliency, mask, mask_note) == (None, None, NO_DAPT_NOTE)  # a CoOp + SpecPL run
 
-    *outputs, summary = client.predict(run_id, handle_file(test_images[0]), handle_file(test_images[1]), 3, api_name="/counterfactual")
+    *outputs, summary = client.predict(
+        run_id, handle_file(test_images[0]), handle_file(test_images[1]), 3, api_name="/counterfactual"
+    )
     labels, swaps, modulation = outputs[:8], outputs[8:10], outputs[10]
     assert all(len(label["confidences"]) == 3 for label in labels)  # granule path and image-space swap, 4 each
-    assert re.fullmatch(r"\*\*Modulation cosine\*\* \(image feature before vs\. after FiLM, 1 = not moved\): (.+: -?[01]\.\d{4}; ){3}.+: -?[01]\.\d{4}\.", modulation), modulation
+    assert re.fullmatch(
+        r"\*\*Modulation cosine\*\* \(image feature before vs\. after FiLM, 1 = not moved\): (.+: -?[01]\.\d{4}; ){3}.+: -?[01]\.\d{4}\.",
+        modulation,
+    ), modulation
     assert all(Path(path).stat().st_size > 0 for path in swaps)
     assert summary.startswith("With B's high band, A")
 
@@ -176,13 +209,20 @@ def component(demo, elem_id: str):
 
 def test_offline_the_world_clip_is_the_default_and_both_tabs_say_so(server):
     demo, _ = server
-    assert backbones.default_backbone_key() == component(demo, "backbone").value == component(demo, "zs-backbone").value == backbones.WORLD_KEY
+    assert (
+        backbones.default_backbone_key()
+        == component(demo, "backbone").value
+        == component(demo, "zs-backbone").value
+        == backbones.WORLD_KEY
+    )
     note = component(demo, "fallback-note")
     assert note.visible and note.value == (
         "No pretrained CLIP can be loaded here (offline), so the embedded SpectralWorld CLIP is selected; "
         "it knows only SpectralWorld images — try the demo set."
     )
-    assert component(demo, "zs-note").value.endswith("only SpectralWorld images — type SpectralWorld class names, e.g. solid circle, striped circle, barred square.")
+    assert component(demo, "zs-note").value.endswith(
+        "only SpectralWorld images — type SpectralWorld class names, e.g. solid circle, striped circle, barred square."
+    )
     assert component(demo, "use-demo").variant == "primary"
     assert "(HF_HUB_OFFLINE)" in backbones.unavailable_message("ViT-B-32/openai")  # and the UI refuses it up front
 
@@ -192,38 +232,63 @@ def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, off
     client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
 
     summary, gallery, message = client.predict(0.5, api_name="/use_demo_set")
-    assert "**4 classes**, 8 training and 8 test images" in summary and all(f"| {name} | 2 | 2 |" in summary for name in WORLD_CLASSES)
+    assert "**4 classes**, 8 training and 8 test images" in summary and all(
+        f"| {name} | 2 | 2 |" in summary for name in WORLD_CLASSES
+    )
     assert message == "Demo set ready: 4 SpectralWorld classes, which the embedded SpectralWorld CLIP knows."
     assert sorted(item["caption"] for item in gallery) == sorted(WORLD_CLASSES * 2)
 
-    run_id, _, message = client.predict(api_config(backbones.WORLD_KEY, boosters=["specpl"], shots=2, epochs=1), "world run", api_name="/start_training")
+    run_id, _, message = client.predict(
+        api_config(backbones.WORLD_KEY, boosters=["specpl"], shots=2, epochs=1), "world run", api_name="/start_training"
+    )
     assert message.startswith(f"Started run {run_id}")
     details = poll_until(client, run_id, {"finished", "failed", "cancelled"})
     assert details["status"] == "finished", details
     assert details["step"] == details["total_steps"] > 0 and 0 <= details["metrics"]["accuracy"] <= 100
 
     (tmp_path / "images").mkdir()
-    images = [Path(shutil.copy(offline_world / "test" / name / "0000.png", tmp_path / "images" / f"{name}.png")) for name in WORLD_CLASSES]
+    images = [
+        Path(shutil.copy(offline_world / "test" / name / "0000.png", tmp_path / "images" / f"{name}.png"))
+        for name in WORLD_CLASSES
+    ]
     for source, run in (("zero-shot", None), ("run", run_id)):
         _, _, csv_file, top, message = client.predict(
-            source, run, ", ".join(WORLD_CLASSES), backbones.WORLD_KEY, WORLD_TEMPLATE, [handle_file(p) for p in images], 3, api_name="/classify"
+            source,
+            run,
+            ", ".join(WORLD_CLASSES),
+            backbones.WORLD_KEY,
+            WORLD_TEMPLATE,
+            [handle_file(p) for p in images],
+            3,
+            api_name="/classify",
         )
         with open(csv_file, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        assert message.startswith("Classified 4 image(s) with the int8 image tower.") and len(rows) == 12, (source, message)
-        assert "knows only SpectralWorld images" in message  # zero-shot: the note; the run: near chance (random stand-in) or the note
+        assert message.startswith("Classified 4 image(s) with the int8 image tower.") and len(rows) == 12, (
+            source,
+            message,
+        )
+        assert (
+            "knows only SpectralWorld images" in message
+        )  # zero-shot: the note; the run: near chance (random stand-in) or the note
         assert {r["image"] for r in rows} == {p.name for p in images}
         assert {r["label"] for r in rows} <= set(WORLD_CLASSES) and top["label"] in WORLD_CLASSES
         for image in images:
             probabilities = [float(r["probability"]) for r in rows if r["image"] == image.name]
             assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
 
-    *band_maps, saliency, mask, mask_note, timing = client.predict(handle_file(images[0]), "fft", 64, None, api_name="/bands")
+    *band_maps, saliency, mask, mask_note, timing = client.predict(
+        handle_file(images[0]), "fft", 64, None, api_name="/bands"
+    )
     assert all(Path(path).stat().st_size > 0 for path in band_maps) and timing.startswith("fft at 64 px:")
     assert (saliency, mask, mask_note) == (None, None, CHOOSE_RUN_NOTE)
 
-    *outputs, summary = client.predict(run_id, handle_file(images[0]), handle_file(images[1]), 3, api_name="/counterfactual")
-    predicted = [[c["label"] for c in label["confidences"]] for label in outputs[:8]]  # embedding path and image-space swap
+    *outputs, summary = client.predict(
+        run_id, handle_file(images[0]), handle_file(images[1]), 3, api_name="/counterfactual"
+    )
+    predicted = [
+        [c["label"] for c in label["confidences"]] for label in outputs[:8]
+    ]  # embedding path and image-space swap
     assert all(len(names) == 3 and set(names) <= set(WORLD_CLASSES) for names in predicted)
     assert all(Path(path).stat().st_size > 0 for path in outputs[8:10]) and summary.startswith("With B's high band, A")
 
@@ -245,7 +310,9 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
         page.locator("#backbone input").fill("specpl-tiny")  # filter the dropdown, take the match
         page.keyboard.press("Enter")
         expect(page.locator("#backbone input")).to_have_value(re.compile("^specpl-tiny"))
-        expect(page.locator("#epochs input")).to_have_value("0")  # auto: the preset's budget, as the plan beside it says
+        expect(page.locator("#epochs input")).to_have_value(
+            "0"
+        )  # auto: the preset's budget, as the plan beside it says
         page.locator("#shots input").fill("2")
         page.locator("#shots input").press("Tab")
         # 8 training images of each class (split 0.5), 2 shots, 1 held out: 10 images; batch min(32, 10 // 4) = 2, 5 steps an epoch
@@ -254,7 +321,9 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
         )
         page.locator("#epochs input").fill("3000")
         page.locator("#epochs input").press("Tab")
-        expect(page.locator("#training-plan")).to_contain_text("Training plan: 3000 epochs of batch 2 (15000 steps) from 10 training images")  # typed wins
+        expect(page.locator("#training-plan")).to_contain_text(
+            "Training plan: 3000 epochs of batch 2 (15000 steps) from 10 training images"
+        )  # typed wins
         page.locator("#start").click()
         expect(page.locator("#run-status")).to_contain_text("Running: step", timeout=120_000)
         run_id = page.locator("#run-id textarea").input_value()
@@ -269,7 +338,9 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
         expect(page.locator("#run-status")).to_contain_text("Cancelled: stopped by request", timeout=60_000)
         for tab, button in TABS.items():
             page.get_by_role("tab", name=tab).click()
-            expect(page.get_by_role("button", name=button, exact=True)).to_be_visible()  # later tabs load when first opened
+            expect(
+                page.get_by_role("button", name=button, exact=True)
+            ).to_be_visible()  # later tabs load when first opened
             if tab == "Runs":  # the list filled while the tab's components were still hidden
                 expect(page.locator("#runs-table")).to_contain_text(run_id)
             shot = tmp_path / f"tab-{tab.split()[0].lower()}.png"
@@ -301,27 +372,46 @@ def two_runs(server, cifar_zip, tmp_path_factory):
     demo, _ = server
     client = Client(demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
     client.predict(handle_file(cifar_zip), 0.5, api_name="/upload_dataset")
-    first, *_ = client.predict(api_config(TINY, boosters=["specpl"], epochs=2, batch_size=8), "two epochs", api_name="/start_training")
+    first, *_ = client.predict(
+        api_config(TINY, boosters=["specpl"], epochs=2, batch_size=8), "two epochs", api_name="/start_training"
+    )
     second, *_ = client.predict(api_config(TINY, epochs=1, batch_size=8), "one epoch", api_name="/start_training")
     for run_id in (first, second):
         assert poll_until(client, run_id, {"finished", "failed", "cancelled"}, timeout_s=300)["status"] == "finished"
     return client, first, second
 
 
-def test_api_a_finished_run_has_validation_and_lr_curves_a_confusion_matrix_per_class_bars_and_its_mistakes(server, two_runs):
+def test_api_a_finished_run_has_validation_and_lr_curves_a_confusion_matrix_per_class_bars_and_its_mistakes(
+    server, two_runs
+):
     demo, settings = server
     client, first, _ = two_runs
     status, loss, val, lr, details, confusion, per_class, mistakes = client.predict(first, api_name="/run_status")
     metrics = json.loads((settings.runs_dir / first / "metrics.json").read_text())
     assert val["value"]["columns"] == ["epoch", "step", "accuracy", "series"]
     rows = val["value"]["data"]
-    assert [row[0] for row in rows if row[3] == "validation"] == [0, 1, 2]  # epoch 0: the initial prompts, before training
-    assert [row[2] for row in rows if row[3] == "validation"] == pytest.approx([metrics["selection"]["initial_val"], *metrics["selection"]["per_epoch_val"]])
-    assert [(row[0], row[2]) for row in rows if row[3] == "zero-shot"] == [(epoch, pytest.approx(metrics["selection"]["zero_shot_val"])) for epoch in (0, 1, 2)]
+    assert [row[0] for row in rows if row[3] == "validation"] == [
+        0,
+        1,
+        2,
+    ]  # epoch 0: the initial prompts, before training
+    assert [row[2] for row in rows if row[3] == "validation"] == pytest.approx(
+        [metrics["selection"]["initial_val"], *metrics["selection"]["per_epoch_val"]]
+    )
+    assert [(row[0], row[2]) for row in rows if row[3] == "zero-shot"] == [
+        (epoch, pytest.approx(metrics["selection"]["zero_shot_val"])) for epoch in (0, 1, 2)
+    ]
     assert all(0 <= row[2] <= 100 for row in rows)
-    assert details["metrics"]["verdict"] == metrics["verdict"] and html.escape(metrics["verdict"]) in status  # the status line ends with the verdict
-    assert f"(zero-shot CLIP {metrics['zero_shot']['accuracy']:.1f}%, {metrics['gain_over_zero_shot']:+.1f} points)" in status
-    assert "<b>Result</b>: test accuracy" in confusion["value"] and html.escape(metrics["verdict"]) in confusion["value"]
+    assert (
+        details["metrics"]["verdict"] == metrics["verdict"] and html.escape(metrics["verdict"]) in status
+    )  # the status line ends with the verdict
+    assert (
+        f"(zero-shot CLIP {metrics['zero_shot']['accuracy']:.1f}%, {metrics['gain_over_zero_shot']:+.1f} points)"
+        in status
+    )
+    assert (
+        "<b>Result</b>: test accuracy" in confusion["value"] and html.escape(metrics["verdict"]) in confusion["value"]
+    )
     steps = [row[0] for row in lr["value"]["data"]]
     assert steps == list(range(1, details["total_steps"] + 1))  # logged every step on a CPU
     assert "Band decomposer: fft (fft, as the config names it.)" in status and details["decomposer"]["name"] == "fft"
@@ -330,14 +420,19 @@ def test_api_a_finished_run_has_validation_and_lr_curves_a_confusion_matrix_per_
     assert {row[0]: row[1] for row in per_class["value"]["data"]} == pytest.approx(metrics["per_class"])
     wrong = [m for m in metrics["misclassified"]]
     assert len(mistakes) == len(wrong) and all(" → " in item["caption"] for item in mistakes)
-    assert [item["caption"] for item in mistakes][0] == f"{wrong[0]['label']} → {wrong[0]['predicted']} ({wrong[0]['probability']:.0%})"
+    assert [item["caption"] for item in mistakes][
+        0
+    ] == f"{wrong[0]['label']} → {wrong[0]['predicted']} ({wrong[0]['probability']:.0%})"
 
 
 def test_api_compare_overlays_the_runs_and_ranks_them_by_accuracy(server, two_runs):
     demo, settings = server
     client, first, second = two_runs
     loss, val, ranking = client.predict([first, second], api_name="/compare_runs")
-    accuracy = {run_id: json.loads((settings.runs_dir / run_id / "metrics.json").read_text())["accuracy"] for run_id in (first, second)}
+    accuracy = {
+        run_id: json.loads((settings.runs_dir / run_id / "metrics.json").read_text())["accuracy"]
+        for run_id in (first, second)
+    }
     expected = sorted((first, second), key=lambda run_id: -accuracy[run_id])
     assert [row[1] for row in ranking["data"]] == expected and [row[0] for row in ranking["data"]] == [1, 2]
     assert ranking["headers"][4:7] == ["test accuracy", "zero-shot", "gain"]
@@ -345,7 +440,13 @@ def test_api_compare_overlays_the_runs_and_ranks_them_by_accuracy(server, two_ru
         metrics = json.loads((settings.runs_dir / row[1] / "metrics.json").read_text())
         assert row[5:7] == [f"{metrics['zero_shot']['accuracy']:.1f}%", f"{metrics['gain_over_zero_shot']:+.1f}"]
     assert {row[1] for row in loss["value"]["data"]} == {f"two epochs ({first[-6:]})", f"one epoch ({second[-6:]})"}
-    assert sorted(row[0] for row in val["value"]["data"]) == [0, 0, 1, 1, 2]  # epochs (0: before training): two from the first run, one from the second
+    assert sorted(row[0] for row in val["value"]["data"]) == [
+        0,
+        0,
+        1,
+        1,
+        2,
+    ]  # epochs (0: before training): two from the first run, one from the second
 
 
 def test_api_evaluate_a_run_on_a_new_test_set_as_the_library_scores_it(server, two_runs, cifar_root, tmp_path):
@@ -360,14 +461,21 @@ def test_api_evaluate_a_run_on_a_new_test_set_as_the_library_scores_it(server, t
     per_class, message = client.predict(first, handle_file(archive), api_name="/evaluate_run")
     data = read_dataset(DataConfig(root=str(classes), shots=None))
     expected = Predictor.from_bundle(settings.runs_dir / first / "model").evaluate([*data.train, *data.val, *data.test])
-    assert message.startswith(f"Accuracy {expected.accuracy:.1f}% on {expected.count} images of 10 classes (new-test.zip).") and expected.count == 200
+    assert (
+        message.startswith(
+            f"Accuracy {expected.accuracy:.1f}% on {expected.count} images of 10 classes (new-test.zip)."
+        )
+        and expected.count == 200
+    )
     assert {row[0]: row[1] for row in per_class["value"]["data"]} == pytest.approx(expected.per_class)
     assert not [p for p in settings.sessions_dir.rglob("testsets/*") if p.is_dir()]  # the unpacked test set is removed
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("cat/0.png", b"\0" * (20 * 1024 * 1024))
     _, message = client.predict(first, handle_file(bomb), api_name="/evaluate_run")
-    assert message.startswith("⚠️ bomb.zip was rejected: entry 'cat/0.png' would expand") and "zip bomb" in message  # checked like any upload
+    assert (
+        message.startswith("⚠️ bomb.zip was rejected: entry 'cat/0.png' would expand") and "zip bomb" in message
+    )  # checked like any upload
 
 
 def test_api_a_stopped_run_exports_and_pushes_its_checkpoint_and_delete_removes_its_zip(server, two_runs, monkeypatch):
@@ -384,7 +492,10 @@ def test_api_a_stopped_run_exports_and_pushes_its_checkpoint_and_delete_removes_
     assert poll_until(client, run_id, {"cancelled", "failed", "finished"})["status"] == "cancelled"
 
     bundle, message = client.predict(run_id, api_name="/export_bundle")
-    assert re.fullmatch(rf"Bundle ready: specpl-{run_id}\.zip \(model\.safetensors, config\.json, README\.md\), from its last checkpoint \(epoch \d+, step \d+\), not a finished training\.", message), message
+    assert re.fullmatch(
+        rf"Bundle ready: specpl-{run_id}\.zip \(model\.safetensors, config\.json, README\.md\), from its last checkpoint \(epoch \d+, step \d+\), not a finished training\.",
+        message,
+    ), message
     with zipfile.ZipFile(bundle) as archive:
         assert sorted(archive.namelist()) == ["model/README.md", "model/config.json", "model/model.safetensors"]
     imported = client.predict(handle_file(bundle), api_name="/import_bundle")
@@ -393,9 +504,19 @@ def test_api_a_stopped_run_exports_and_pushes_its_checkpoint_and_delete_removes_
     FakeHfApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     message = client.predict(run_id, "alice/cats", "hf_secret", True, api_name="/push_to_hub")
-    assert message.startswith(f"Pushed run {run_id} to https://huggingface.co/alice/cats (private), from its last checkpoint") and "hf_secret" not in message
-    assert FakeHfApi.calls == [("create_repo", "alice/cats", True, "hf_secret"), ("upload_folder", "alice/cats", ["README.md", "config.json", "model.safetensors"])]
-    assert client.predict(run_id, "alice/cats", "", True, api_name="/push_to_hub").startswith("⚠️ give a Hugging Face access token")
+    assert (
+        message.startswith(
+            f"Pushed run {run_id} to https://huggingface.co/alice/cats (private), from its last checkpoint"
+        )
+        and "hf_secret" not in message
+    )
+    assert FakeHfApi.calls == [
+        ("create_repo", "alice/cats", True, "hf_secret"),
+        ("upload_folder", "alice/cats", ["README.md", "config.json", "model.safetensors"]),
+    ]
+    assert client.predict(run_id, "alice/cats", "", True, api_name="/push_to_hub").startswith(
+        "⚠️ give a Hugging Face access token"
+    )
 
     zip_name = f"specpl-{run_id}.zip"
     assert (settings.exports_dir / zip_name).is_file() and any(settings.gradio_cache_dir.rglob(zip_name))
@@ -411,7 +532,10 @@ def test_api_image_search_finds_every_match_in_the_dataset_and_in_a_run(server, 
     assert found == "16 of 160 images match 'cat'."
     *_, found = client.predict(first, "truck", api_name="/search_run_images")
     assert found == "16 of 160 images match 'truck'."
-    picker, _ = demo.studio.run_images(first, "truck 00", None)[0], None  # the listed choices (not part of the API value)
+    picker, _ = (
+        demo.studio.run_images(first, "truck 00", None)[0],
+        None,
+    )  # the listed choices (not part of the API value)
     assert picker["choices"] and all("truck" in label and "00" in label for label, _ in picker["choices"])
 
 
@@ -422,20 +546,43 @@ def test_api_a_preset_saved_from_the_form_loads_back_into_it(server, tmp_path):
     demo, _ = server
     client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
     values = advanced.effective_values("ivlp", [], "paper")
-    values.update({"method.host": "ivlp", "method.boosters": [], "method.preset": "paper", "decomposer.name": "fft",
-                   "data.shots": 4, "train.epochs": 2, "train.lr": 0, "data.split_ratio": 0.5, "train.batch_size": 2, advanced.OPTIONS_KEY: {"ivlp.depth": 3}})
+    values.update(
+        {
+            "method.host": "ivlp",
+            "method.boosters": [],
+            "method.preset": "paper",
+            "decomposer.name": "fft",
+            "data.shots": 4,
+            "train.epochs": 2,
+            "train.lr": 0,
+            "data.split_ratio": 0.5,
+            "train.batch_size": 2,
+            advanced.OPTIONS_KEY: {"ivlp.depth": 3},
+        }
+    )
     fields = {field.key: field for field in advanced.setting_fields()}
     args = [shown_value(fields[key], values[key]) if key in fields else values[key] for key in advanced.form_keys()]
     preset, message = client.predict(TINY, *args, api_name="/save_preset")
     assert message == "Preset saved: ivlp, preset paper."
     saved = json.loads(Path(preset).read_text())
-    assert saved["method"] == {"host": "ivlp", "boosters": [], "options": {"ivlp": {"depth": 3}}, "preset": "paper"} and saved["train"]["batch_size"] == 2
+    assert (
+        saved["method"] == {"host": "ivlp", "boosters": [], "options": {"ivlp": {"depth": 3}}, "preset": "paper"}
+        and saved["train"]["batch_size"] == 2
+    )
     backbone, *form, message = client.predict(handle_file(preset), api_name="/load_preset")
     loaded = dict(zip(advanced.form_keys(), form))
     assert backbone == TINY and message == "Preset loaded: specpl-preset.json."
-    assert (loaded["method.host"], loaded["method.preset"], loaded[advanced.OPTIONS_KEY], loaded["train.batch_size"], loaded["data.shots"]) == ("ivlp", "paper", {"ivlp.depth": 3}, 2, 4)
+    assert (
+        loaded["method.host"],
+        loaded["method.preset"],
+        loaded[advanced.OPTIONS_KEY],
+        loaded["train.batch_size"],
+        loaded["data.shots"],
+    ) == ("ivlp", "paper", {"ivlp.depth": 3}, 2, 4)
     config, line = client.predict(TINY, *args, api_name="/run_config")
-    assert config == saved and line.startswith("specpl train --data DATASET_FOLDER --out runs/my-run --backbone specpl-tiny --pretrained none --host ivlp --preset paper --option ivlp.depth=3")
+    assert config == saved and line.startswith(
+        "specpl train --data DATASET_FOLDER --out runs/my-run --backbone specpl-tiny --pretrained none --host ivlp --preset paper --option ivlp.depth=3"
+    )
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"method": {"host": "nosuch"}}))
     *_, message = client.predict(handle_file(bad), api_name="/load_preset")
@@ -465,13 +612,19 @@ def test_browser_the_advanced_form_follows_the_host_and_the_cli_line_follows_the
         page.keyboard.press("Enter")
         expect(page.locator("#opt-ivlp-depth input")).to_be_visible()
         expect(page.locator("#opt-coop-n-ctx")).to_be_hidden()
-        expect(page.locator("#opt-train-batch-size input")).to_have_value("")  # the default preset derives it from the data
+        expect(page.locator("#opt-train-batch-size input")).to_have_value(
+            ""
+        )  # the default preset derives it from the data
         expect(page.locator("#opt-train-batch-size")).to_contain_text("default: 'auto'")
         expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"--host ivlp"))
-        expect(page.locator("#cli-command textarea")).not_to_have_value(re.compile(r"--epochs|--batch-size"))  # auto: no flag
+        expect(page.locator("#cli-command textarea")).not_to_have_value(
+            re.compile(r"--epochs|--batch-size")
+        )  # auto: no flag
         page.locator("#preset input").fill("paper")
         page.keyboard.press("Enter")
-        expect(page.locator("#opt-train-batch-size input")).to_have_value("4")  # IVLP's published batch size under the paper preset
+        expect(page.locator("#opt-train-batch-size input")).to_have_value(
+            "4"
+        )  # IVLP's published batch size under the paper preset
         expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"--host ivlp --preset paper"))
         page.locator("#opt-ivlp-depth input").fill("3")
         page.locator("#opt-ivlp-depth input").press("Tab")
@@ -490,7 +643,11 @@ def world_dapt_run(server, tmp_path_factory) -> str:
     demo, _ = server
     client = Client(demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("dapt-client")))
     client.predict(0.5, api_name="/use_demo_set")
-    run_id, _, _ = client.predict(api_config(backbones.WORLD_KEY, host="ivlp", boosters=["dapt"], shots=2, epochs=1), "dapt run", api_name="/start_training")
+    run_id, _, _ = client.predict(
+        api_config(backbones.WORLD_KEY, host="ivlp", boosters=["dapt"], shots=2, epochs=1),
+        "dapt run",
+        api_name="/start_training",
+    )
     assert poll_until(client, run_id, {"finished", "failed", "cancelled"})["status"] == "finished"
     return run_id
 
@@ -500,9 +657,15 @@ def test_api_bands_show_a_dapt_runs_mask(server, world_dapt_run, offline_world, 
     demo, _ = server
     client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
     image = offline_world / "test" / WORLD_CLASSES[1] / "0000.png"
-    *band_maps, saliency, mask, mask_note, timing = client.predict(handle_file(image), "fft", 64, world_dapt_run, api_name="/bands")
-    assert all(Path(path).stat().st_size > 0 for path in [*band_maps, saliency, mask]) and timing.startswith("fft at 64 px:")
-    assert mask_note.startswith(f"**DAPT-G mask**: the `{DAPTConfig().cam}` map (`dapt.cam`) of this run's model, divided by its maximum and thresholded at 0.5;")
+    *band_maps, saliency, mask, mask_note, timing = client.predict(
+        handle_file(image), "fft", 64, world_dapt_run, api_name="/bands"
+    )
+    assert all(Path(path).stat().st_size > 0 for path in [*band_maps, saliency, mask]) and timing.startswith(
+        "fft at 64 px:"
+    )
+    assert mask_note.startswith(
+        f"**DAPT-G mask**: the `{DAPTConfig().cam}` map (`dapt.cam`) of this run's model, divided by its maximum and thresholded at 0.5;"
+    )
     assert re.search(r"A gradient map targets '[^']+' \(predicted\)\.$", mask_note), mask_note
 
 
@@ -527,5 +690,7 @@ def test_browser_bands_tab_shows_a_dapt_runs_mask_for_a_picked_image_and_its_cla
         page.get_by_role("button", name="Compute bands", exact=True).click()
         expect(page.locator("#band-mask img")).to_be_visible(timeout=60_000)
         expect(page.locator("#band-saliency img")).to_be_visible()
-        expect(page.locator("#band-mask-note")).to_contain_text(f"A gradient map targets '{WORLD_CLASSES[1]}' (the image's class in the dataset).")
+        expect(page.locator("#band-mask-note")).to_contain_text(
+            f"A gradient map targets '{WORLD_CLASSES[1]}' (the image's class in the dataset)."
+        )
         browser.close()

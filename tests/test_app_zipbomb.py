@@ -1,6 +1,7 @@
 """Zip bombs, lying archives and nested archives: each is refused with its real reason, and the
 bytes ever present under the data directory stay within a small bound (counted while extracting,
 not only after the clean-up)."""
+
 from __future__ import annotations
 
 import io
@@ -82,18 +83,26 @@ def test_a_high_ratio_entry_is_refused_before_a_byte_is_written(tmp_path, peak):
     path = dataset_zip(tmp_path / "bomb.zip", [("cat/zeros.png", bytes(BOMB_BYTES))])
     assert path.stat().st_size < 100_000  # a tiny archive ...
     message = refuse(path, data_dir)
-    assert "entry 'cat/zeros.png' would expand" in message and "over the 100x compression-ratio limit (a zip bomb)" in message
+    assert (
+        "entry 'cat/zeros.png' would expand" in message
+        and "over the 100x compression-ratio limit (a zip bomb)" in message
+    )
     assert seen[0] == 0  # ... refused from its headers: nothing was extracted at all
 
 
 def test_an_archive_that_declares_small_sizes_is_stopped_by_the_bytes_it_really_writes(tmp_path, peak):
     data_dir, seen = peak
     declared = 300_000  # 300 KB of "image" at a modest ratio, really 40 MB of zeros
-    path = declare_size(dataset_zip(tmp_path / "liar.zip", [("cat/zeros.png", bytes(BOMB_BYTES))]), "cat/zeros.png", declared)
+    path = declare_size(
+        dataset_zip(tmp_path / "liar.zip", [("cat/zeros.png", bytes(BOMB_BYTES))]), "cat/zeros.png", declared
+    )
     with zipfile.ZipFile(path) as archive:
         assert archive.getinfo("cat/zeros.png").file_size == declared  # zipfile believes the lie
     message = refuse(path, data_dir)
-    assert message == "upload.zip was rejected: entry 'cat/zeros.png' holds more data than the 300,000 bytes the archive declares for it (its sizes are false)"
+    assert (
+        message
+        == "upload.zip was rejected: entry 'cat/zeros.png' holds more data than the 300,000 bytes the archive declares for it (its sizes are false)"
+    )
     assert 0 < seen[0] <= declared + 4 * 1024  # the four real images and at most the declared bytes; never the 40 MB
 
 
@@ -114,12 +123,16 @@ def test_sizes_that_lie_low_under_the_extraction_limit_are_caught_on_the_first_c
     data_dir, seen = peak
     limits = Limits(max_extracted_bytes=250_000, max_compression_ratio=1_000_000)
     entries = [(f"cat/big{i}.png", os.urandom(100_000)) for i in range(4)]
-    assert "would expand to 0 MB, over the 0 MB limit" in refuse(dataset_zip(tmp_path / "many.zip", entries), data_dir, limits)  # declared: up front
+    assert "would expand to 0 MB, over the 0 MB limit" in refuse(
+        dataset_zip(tmp_path / "many.zip", entries), data_dir, limits
+    )  # declared: up front
 
     path = dataset_zip(tmp_path / "liar-total.zip", entries)
     for i in range(4):
         declare_size(path, f"cat/big{i}.png", 1)  # every size lies low, so the declared total passes
-    assert "entry 'cat/big0.png' holds more data than the 1 bytes the archive declares" in refuse(path, data_dir, limits)
+    assert "entry 'cat/big0.png' holds more data than the 1 bytes the archive declares" in refuse(
+        path, data_dir, limits
+    )
     assert seen[0] <= 4 * 1024  # only the real images: the first chunk of the liar was never written
 
 
@@ -127,7 +140,9 @@ def test_a_nested_zip_is_refused_by_name_not_as_missing_images(tmp_path, peak):
     data_dir, seen = peak
     inner = dataset_zip(tmp_path / "inner.zip", []).read_bytes()
     message = refuse(dataset_zip(tmp_path / "outer.zip", [("cat/more-cats.zip", inner)]), data_dir)
-    assert message.startswith("upload.zip contains another archive (cat/more-cats.zip); archives inside the zip are not unpacked")
+    assert message.startswith(
+        "upload.zip contains another archive (cat/more-cats.zip); archives inside the zip are not unpacked"
+    )
     only_nested = tmp_path / "only.zip"
     with zipfile.ZipFile(only_nested, "w") as archive:
         archive.writestr("photos.zip", inner)
@@ -139,6 +154,8 @@ def test_a_chunk_is_never_written_past_a_limit(tmp_path, peak):
     """The check runs before each chunk is written: a refused entry leaves at most its bound."""
     data_dir, seen = peak
     declared = CHUNK_BYTES + 10
-    path = declare_size(dataset_zip(tmp_path / "liar.zip", [("dog/zeros.png", bytes(5 * MB))]), "dog/zeros.png", declared)
+    path = declare_size(
+        dataset_zip(tmp_path / "liar.zip", [("dog/zeros.png", bytes(5 * MB))]), "dog/zeros.png", declared
+    )
     refuse(path, data_dir)
     assert seen[0] <= declared + 4 * 1024

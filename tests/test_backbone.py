@@ -1,4 +1,5 @@
 """Backbone loading: the QuickGELU rule, local files, and the clear offline error."""
+
 import pytest
 import torch
 from safetensors.torch import save_file

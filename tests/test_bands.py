@@ -1,4 +1,5 @@
 """Band decomposers: the low/high split, statistics, display helpers and weight loading."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The ``qwen-vae`` decomposer (the reference teacher) and the ``auto`` choice between it and ``fft``."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from specpl.bands import AUTO, BandDecomposer, DecomposerUnavailable, build_decomposer, from_diffusers_model, resolve_decomposer
+from specpl.bands import (
+    AUTO,
+    BandDecomposer,
+    DecomposerUnavailable,
+    build_decomposer,
+    from_diffusers_model,
+    resolve_decomposer,
+)
 from specpl.bands.diffusers_vae import QWEN_VAE_ID
 from specpl.config import DecomposerConfig
 
@@ -95,7 +103,9 @@ def test_qwen_loads_from_a_local_folder(tiny_qwen: BandDecomposer, tmp_path: Pat
     loaded = build_decomposer(DecomposerConfig(name="qwen-vae", source=str(tmp_path)))
     assert loaded.name == "qwen-vae" and loaded.stat_dim == 2 * Z_DIM
     x = images(5)
-    for got, want in zip(loaded.band_statistics(loaded.decompose(x)), tiny_qwen.band_statistics(tiny_qwen.decompose(x))):
+    for got, want in zip(
+        loaded.band_statistics(loaded.decompose(x)), tiny_qwen.band_statistics(tiny_qwen.decompose(x))
+    ):
         torch.testing.assert_close(got, want)
 
 
@@ -115,7 +125,9 @@ def test_auto_offline_without_a_cached_vae_is_fft_and_says_why(empty_hub_cache: 
     assert build_decomposer(DecomposerConfig(name=AUTO)).name == "fft"
 
 
-def test_auto_with_a_local_vae_folder_is_qwen_vae(tiny_qwen: BandDecomposer, tmp_path: Path, empty_hub_cache: Path) -> None:
+def test_auto_with_a_local_vae_folder_is_qwen_vae(
+    tiny_qwen: BandDecomposer, tmp_path: Path, empty_hub_cache: Path
+) -> None:
     folder = tmp_path / "qwen-vae"
     tiny_qwen.codec.model.save_pretrained(folder)
     config, reason = resolve_decomposer(DecomposerConfig(name=AUTO, source=str(folder)))
@@ -125,7 +137,9 @@ def test_auto_with_a_local_vae_folder_is_qwen_vae(tiny_qwen: BandDecomposer, tmp
     assert built.name == "qwen-vae" and built.stat_dim == 2 * Z_DIM
 
 
-def test_auto_finds_the_vae_in_the_hub_cache_without_the_network(tiny_qwen: BandDecomposer, empty_hub_cache: Path) -> None:
+def test_auto_finds_the_vae_in_the_hub_cache_without_the_network(
+    tiny_qwen: BandDecomposer, empty_hub_cache: Path
+) -> None:
     """A cache laid out as huggingface_hub writes it: refs/main -> snapshots/<commit>/<files>."""
     repo = empty_hub_cache / ("models--" + QWEN_VAE_ID.replace("/", "--"))
     commit = "0" * 40
@@ -153,7 +167,9 @@ def test_auto_online_picks_qwen_vae_to_download(empty_hub_cache: Path, monkeypat
     assert not any(empty_hub_cache.iterdir())
 
 
-def test_auto_without_network_is_fft_even_when_not_marked_offline(empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_without_network_is_fft_even_when_not_marked_offline(
+    empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_network(url: str, **kwargs: object) -> None:
         raise OSError("[Errno -2] Name or service not known")
 
@@ -175,7 +191,9 @@ def test_named_decomposers_are_kept_as_they_are() -> None:
     assert resolved == config and reason == "sd-vae, as the config names it."
 
 
-def test_auto_says_how_to_fall_back_when_the_download_fails(empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_says_how_to_fall_back_when_the_download_fails(
+    empty_hub_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from diffusers import AutoencoderKLQwenImage
 
     def no_network(*args: object, **kwargs: object) -> None:

@@ -1,5 +1,6 @@
 """CasPL: phase 1 (`caspl-boost`, distillation from a frozen teacher) and phase 2 (the `caspl`
 booster), on the tiny backbone with a tiny random teacher (offline)."""
+
 from __future__ import annotations
 
 import copy
@@ -7,10 +8,10 @@ import hashlib
 import math
 
 import pytest
-import torch
-
 import test_methods as method_checks
+import torch
 from conftest import make_image_folder
+
 from specpl.config import BackboneConfig, DecomposerConfig, MethodConfig
 from specpl.data import ImageItem
 from specpl.features import AugmentedViews, FeatureCache, dassl_train_transform
@@ -22,7 +23,9 @@ CLASSES = method_checks.CLASSES
 TINY_TEACHER = {"teacher": "specpl-tiny", "teacher_pretrained": ""}  # a random tiny teacher: offline
 
 
-def build(backbone, host: str, boosters: tuple[str, ...] = (), options: dict | None = None, seed: int = 0) -> PromptModel:
+def build(
+    backbone, host: str, boosters: tuple[str, ...] = (), options: dict | None = None, seed: int = 0
+) -> PromptModel:
     torch.manual_seed(seed)
     options = dict(options or {})
     if host == "caspl-boost":
@@ -105,9 +108,14 @@ def test_the_teacher_runs_once_per_view(backbone, tmp_path):
     teacher_input = next(i for i in model.frozen_inputs() if i.name == TEACHER_LOGITS)
     seen = []
     encode = teacher_input.teacher.model.encode_image
-    teacher_input.teacher.model.encode_image = lambda images, *a, **k: (seen.append(len(images)), encode(images, *a, **k))[1]
+    teacher_input.teacher.model.encode_image = lambda images, *a, **k: (
+        seen.append(len(images)),
+        encode(images, *a, **k),
+    )[1]
     mean, std = backbone.normalization
-    views = AugmentedViews(dassl_train_transform(backbone.image_size, mean, std, 0.08), backbone.preprocess_eval, seed=1)
+    views = AugmentedViews(
+        dassl_train_transform(backbone.image_size, mean, std, 0.08), backbone.preprocess_eval, seed=1
+    )
     cache = FeatureCache(views, [teacher_input], torch.device("cpu"), batch_size=2)
 
     first = cache.get(items, view=0)[TEACHER_LOGITS]
@@ -131,8 +139,14 @@ def test_the_teacher_sees_the_view_at_its_own_resolution(backbone):
 
 def test_the_default_teacher():
     assert resolve_teacher(BackboneConfig(name="ViT-B-16", pretrained="openai"), None, None) == ("ViT-L-14", "openai")
-    assert resolve_teacher(BackboneConfig(name="world-clip", pretrained="embedded"), None, None) == ("world-clip-large", "embedded")
-    assert resolve_teacher(BackboneConfig(name="ViT-B-16"), "ViT-B-32", "laion2b_s34b_b79k") == ("ViT-B-32", "laion2b_s34b_b79k")
+    assert resolve_teacher(BackboneConfig(name="world-clip", pretrained="embedded"), None, None) == (
+        "world-clip-large",
+        "embedded",
+    )
+    assert resolve_teacher(BackboneConfig(name="ViT-B-16"), "ViT-B-32", "laion2b_s34b_b79k") == (
+        "ViT-B-32",
+        "laion2b_s34b_b79k",
+    )
 
 
 @pytest.mark.parametrize("host", ["coop", "maple"])
@@ -219,8 +233,15 @@ def released_text_features(model, backbone) -> torch.Tensor:
     boost = [caspl.get_buffer(f"boost_text_{i}") for i in range(caspl.text_layers)]
     deep = list(host.deep_text) if isinstance(host, DeepPromptHost) else []
     length = boost[0].shape[0]
-    x = torch.cat([learner.sos_embedding.expand(classes, -1, -1), learner.ctx.expand(classes, -1, -1),
-                   boost[0].expand(classes, -1, -1), learner.suffix_embedding], dim=1)
+    x = torch.cat(
+        [
+            learner.sos_embedding.expand(classes, -1, -1),
+            learner.ctx.expand(classes, -1, -1),
+            boost[0].expand(classes, -1, -1),
+            learner.suffix_embedding,
+        ],
+        dim=1,
+    )
     x = x + clip.positional_embedding[: x.shape[1]]
     for layer, block in enumerate(clip.transformer.resblocks):
         if 0 < layer <= len(deep):
@@ -331,12 +352,16 @@ def test_every_paper_value_has_a_source():
 
 def test_promptsrc_keeps_vanilla_clip_as_its_reference(backbone, inputs, phase_one):
     images, _ = inputs
-    run_template = {"promptsrc": {"frozen_templates": "run"}}  # one template keeps it fast; the reference is what is checked
+    run_template = {
+        "promptsrc": {"frozen_templates": "run"}
+    }  # one template keeps it fast; the reference is what is checked
     bare = build(backbone, "promptsrc", options=run_template)
     boosted = build(backbone, "promptsrc", ("caspl",), {**run_template, "caspl": {"boost_bundle": str(phase_one)}})
     assert torch.equal(boosted.host.frozen_text, bare.host.frozen_text)
     frozen = {i.name: i for i in boosted.frozen_inputs()}
-    torch.testing.assert_close(frozen["clip_image"](images), backbone.model.encode_image(images).float(), rtol=0, atol=0)
+    torch.testing.assert_close(
+        frozen["clip_image"](images), backbone.model.encode_image(images).float(), rtol=0, atol=0
+    )
 
 
 def test_bad_boost_bundles_are_refused_with_the_reason(backbone, tmp_path):
@@ -347,15 +372,24 @@ def test_bad_boost_bundles_are_refused_with_the_reason(backbone, tmp_path):
     other = build(backbone, "ivlp").save_bundle(tmp_path / "ivlp")
     with pytest.raises(ValueError, match="must be a caspl-boost .phase 1. bundle, this one is 'ivlp'"):
         build(backbone, "coop", ("caspl",), {"caspl": {"boost_bundle": str(other)}})
-    with pytest.raises(ValueError, match="booster 'caspl' cannot run on host 'ivlp'.*Hosts it can boost: cocoop, coop, maple, promptsrc"):
+    with pytest.raises(
+        ValueError,
+        match="booster 'caspl' cannot run on host 'ivlp'.*Hosts it can boost: cocoop, coop, maple, promptsrc",
+    ):
         build(backbone, "ivlp", ("caspl",))
 
 
 # --- the all-methods property checks (tests/test_methods.py) for CasPL --------------------------------
-@pytest.mark.parametrize("method", [("caspl-boost", ()), *[(host, ("caspl",)) for host in ("coop", "cocoop", "maple", "promptsrc")]], ids=method_checks.method_id)
+@pytest.mark.parametrize(
+    "method",
+    [("caspl-boost", ()), *[(host, ("caspl",)) for host in ("coop", "cocoop", "maple", "promptsrc")]],
+    ids=method_checks.method_id,
+)
 def test_the_all_methods_properties_hold(method, tiny_backbone, inputs, phase_one, tmp_path, monkeypatch):
     options = {"caspl": {"boost_bundle": str(phase_one)}} if "caspl" in method[1] else {}
-    monkeypatch.setattr(method_checks, "build", lambda backbone, host, boosters, seed=0: build(backbone, host, boosters, options, seed))
+    monkeypatch.setattr(
+        method_checks, "build", lambda backbone, host, boosters, seed=0: build(backbone, host, boosters, options, seed)
+    )
     method_checks.test_every_method(method, tiny_backbone, inputs, tmp_path / "checks")
 
 
@@ -374,7 +408,9 @@ def test_phase_one_trains_on_a_users_unlabeled_folder(tmp_path, cifar_root):
     (unlabeled / "notes.txt").write_text("not an image")
     config = RunConfig(
         backbone=BackboneConfig(name="specpl-tiny", pretrained=None),
-        method=MethodConfig(host="caspl-boost", options={"caspl-boost": {"teacher": "specpl-tiny", "teacher_pretrained": ""}}),
+        method=MethodConfig(
+            host="caspl-boost", options={"caspl-boost": {"teacher": "specpl-tiny", "teacher_pretrained": ""}}
+        ),
         data=DataConfig(root=str(cifar_root), shots=1, unlabeled_root=str(tmp_path / "unlabeled")),
         train=TrainConfig(epochs=1, batch_size=2),
     )

@@ -1,8 +1,10 @@
 """CLI smoke runs on the real CIFAR-10 few-shot photos with the tiny backbone."""
+
 import json
 from pathlib import Path
 
 from conftest import accelerate_launch
+
 from specpl.cli import main
 
 TINY = ["--backbone", "specpl-tiny", "--pretrained", "none"]
@@ -10,8 +12,26 @@ TINY = ["--backbone", "specpl-tiny", "--pretrained", "none"]
 
 def test_train_eval_predict(tmp_path, cifar_root, capsys):
     run = tmp_path / "run"
-    code = main(["train", "--data", str(cifar_root), "--out", str(run), *TINY, "--booster", "specpl", "--option", "coop.n_ctx=4",
-                 "--shots", "1", "--epochs", "1", "--batch-size", "5"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(cifar_root),
+            "--out",
+            str(run),
+            *TINY,
+            "--booster",
+            "specpl",
+            "--option",
+            "coop.n_ctx=4",
+            "--shots",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "5",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["status"] == "finished" and 0 <= summary["accuracy"] <= 100
@@ -50,8 +70,24 @@ def test_two_process_distributed_run(tmp_path, cifar_root):
     import subprocess
 
     run = tmp_path / "ddp"
-    command = accelerate_launch("-m", "specpl", "train",
-               "--data", str(cifar_root), "--out", str(run), *TINY, "--shots", "2", "--epochs", "2", "--batch-size", "4", "--select", "last")
+    command = accelerate_launch(
+        "-m",
+        "specpl",
+        "train",
+        "--data",
+        str(cifar_root),
+        "--out",
+        str(run),
+        *TINY,
+        "--shots",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--select",
+        "last",
+    )
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     from specpl.events import read_events
@@ -76,13 +112,25 @@ def test_two_processes_agree_with_one_and_stop_together(tmp_path, cifar_root):
     assert main(["train", "--out", str(one), *common, "--epochs", "2", "--batch-size", "8"]) == 0
     two = tmp_path / "two"
     launch = accelerate_launch("-m", "specpl", "train")
-    done = subprocess.run([*launch, "--out", str(two), *common, "--epochs", "2", "--batch-size", "4"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [*launch, "--out", str(two), *common, "--epochs", "2", "--batch-size", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = [json.loads((run / "metrics.json").read_text()) for run in (one, two)]
     assert metrics[0]["accuracy"] == metrics[1]["accuracy"] and metrics[0]["per_class"] == metrics[1]["per_class"]
 
     stopped = tmp_path / "stopped"
-    process = subprocess.Popen([*launch, "--out", str(stopped), *common, "--epochs", "200", "--batch-size", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    process = subprocess.Popen(
+        [*launch, "--out", str(stopped), *common, "--epochs", "200", "--batch-size", "4"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and not any(e["type"] == "step" for e in read_events(stopped / "events.jsonl")):
         time.sleep(0.5)
@@ -141,13 +189,56 @@ def test_offline_default_falls_back_to_the_world_model_and_demo_data(tmp_path, m
 def test_train_flags_map_onto_the_run_config(tmp_path):
     from specpl.cli import build_parser, run_config_from_args
 
-    args = build_parser().parse_args(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *TINY, "--epochs", "3", "--grad-accum", "2", "--no-cache", "--compile"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--data",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "run"),
+            *TINY,
+            "--epochs",
+            "3",
+            "--grad-accum",
+            "2",
+            "--no-cache",
+            "--compile",
+        ]
+    )
     config = run_config_from_args(args)
-    assert (config.train.epochs, config.train.grad_accum_steps, config.train.cache_features, config.train.compile) == (3, 2, False, "on")
+    assert (config.train.epochs, config.train.grad_accum_steps, config.train.cache_features, config.train.compile) == (
+        3,
+        2,
+        False,
+        "on",
+    )
     assert run_config_from_args(build_parser().parse_args(["train", "--out", "x", *TINY])).train.compile == "auto"
-    flags = ["train", "--out", "x", *TINY, "--compile", "off", "--precision", "bf16", "--optimizer", "adamw", "--max-cached-views", "4", "--workers", "2", "--preset", "reference"]
+    flags = [
+        "train",
+        "--out",
+        "x",
+        *TINY,
+        "--compile",
+        "off",
+        "--precision",
+        "bf16",
+        "--optimizer",
+        "adamw",
+        "--max-cached-views",
+        "4",
+        "--workers",
+        "2",
+        "--preset",
+        "reference",
+    ]
     config = run_config_from_args(build_parser().parse_args(flags))
-    assert (config.train.compile, config.train.precision, config.train.optimizer, config.train.max_cached_views, config.train.num_workers) == ("off", "bf16", "adamw", 4, 2)
+    assert (
+        config.train.compile,
+        config.train.precision,
+        config.train.optimizer,
+        config.train.max_cached_views,
+        config.train.num_workers,
+    ) == ("off", "bf16", "adamw", 4, 2)
     assert config.method.preset == "paper"  # the old name reads as the new
 
 
@@ -160,11 +251,22 @@ def test_methods_lists_every_host_and_booster_with_its_line_and_defaults(capsys)
         for name in registry.names():
             assert f"  {name:10s} {registry.get(name).description}\n" in out, name
     assert "paper training: epochs 5, batch_size 4, lr 0.0035" in out  # MaPLe's published schedule
-    assert "options (default preset): n_ctx=16" in out and "hosts: cocoop, coop, maple, promptsrc; published on: coop, cocoop, maple, promptsrc" in out
-    assert "paper preset (CoOp's vit_b16_ctxv1: 4 tokens from 'a photo of a', 200 epochs (the CoCoOp paper's CoOp row)): " \
-           "coop.n_ctx=4, coop.ctx_init=a photo of a, coop.ctx_from_template=False, train@imagenet.epochs=50" in out
-    assert "paper-specpl preset (SpecPL's CoOp: 16 random tokens, 100 epochs (no published plain-CoOp row)): coop.n_ctx=16" in out
-    assert "paper preset: specpl.bank_init_batches=0, specpl.refiner=layernorm; on mmrl: specpl.bank_init_batches=10" in out
+    assert (
+        "options (default preset): n_ctx=16" in out
+        and "hosts: cocoop, coop, maple, promptsrc; published on: coop, cocoop, maple, promptsrc" in out
+    )
+    assert (
+        "paper preset (CoOp's vit_b16_ctxv1: 4 tokens from 'a photo of a', 200 epochs (the CoCoOp paper's CoOp row)): "
+        "coop.n_ctx=4, coop.ctx_init=a photo of a, coop.ctx_from_template=False, train@imagenet.epochs=50" in out
+    )
+    assert (
+        "paper-specpl preset (SpecPL's CoOp: 16 random tokens, 100 epochs (no published plain-CoOp row)): coop.n_ctx=16"
+        in out
+    )
+    assert (
+        "paper preset: specpl.bank_init_batches=0, specpl.refiner=layernorm; on mmrl: specpl.bank_init_batches=10"
+        in out
+    )
     assert "training: default preset train.augment=clip" in out and "paper preset train.augment=dassl" in out
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -1,11 +1,12 @@
 """Counterfactual predictions and band images on a trained tiny model."""
+
 import pytest
 import torch
 from PIL import Image
 
 from specpl.bands import build_decomposer
 from specpl.config import DecomposerConfig, MethodConfig
-from specpl.counterfactual import A, A_WITH_B, B, B_WITH_A, counterfactual
+from specpl.counterfactual import A_WITH_B, B_WITH_A, A, B, counterfactual
 from specpl.inference import Predictor
 from specpl.methods import build_method
 from specpl.visualize import band_images

@@ -3,6 +3,7 @@ path does not learn, its losses by hand, the phase switch, DAPT-G masks refreshe
 (attention rollout, the per-head GradCAM and the released ln_1 GradCAM by hand, how well each map
 covers the object on the world CLIP), the paper preset (batch maximum, corner-aligned upsampling,
 the last 25 background words), and user masks paired to their image's crop and flip."""
+
 from __future__ import annotations
 
 import copy
@@ -58,7 +59,9 @@ def test_alignment_losses_match_a_hand_computation_and_detach_the_foreground():
 
 
 # --- phases, GradCAM refresh, masks in use -------------------------------------------------------
-def test_the_loss_switches_at_the_configured_epoch_and_gradcam_is_refreshed_each_epoch(tmp_path, cifar_root, tiny_backbone, monkeypatch):
+def test_the_loss_switches_at_the_configured_epoch_and_gradcam_is_refreshed_each_epoch(
+    tmp_path, cifar_root, tiny_backbone, monkeypatch
+):
     import json
 
     import specpl.methods.dapt as dapt
@@ -84,7 +87,11 @@ def test_the_loss_switches_at_the_configured_epoch_and_gradcam_is_refreshed_each
     Trainer(config, tmp_path / "run", backbone=copy.deepcopy(tiny_backbone), progress_bar=False).fit()
     steps = [json.loads(line) for line in (tmp_path / "run" / "events.jsonl").read_text().splitlines()]
     terms = {(e["epoch"], frozenset(e["losses"])) for e in steps if e.get("event", e.get("type")) == "step"}
-    assert terms == {(1, frozenset({"cls", "triplet"})), (2, frozenset({"cls", "triplet"})), (3, frozenset({"cls", "foreground", "background"}))}
+    assert terms == {
+        (1, frozenset({"cls", "triplet"})),
+        (2, frozenset({"cls", "triplet"})),
+        (3, frozenset({"cls", "foreground", "background"})),
+    }
     assert sorted(set(computed_at)) == [0, 1, 2]  # before training and after each epoch but the last, once per view
 
 
@@ -96,7 +103,11 @@ def test_the_forward_pass_uses_the_batch_masks(tiny_backbone, inputs):
 
     torch.manual_seed(0)
     options = {"dapt": {"switch_epoch": 1}}  # the default map: not flat on the random tiny tower (the rollout would be)
-    model = build_method(MethodConfig(host="maple", boosters=["dapt"], options=options), copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"])
+    model = build_method(
+        MethodConfig(host="maple", boosters=["dapt"], options=options),
+        copy.deepcopy(tiny_backbone),
+        ["cat", "dog", "ship", "frog"],
+    )
     images, labels = inputs
     (views,) = [i for i in model.frozen_inputs() if i.name == "dapt"]
     frozen = flatten(views.name, views(images))
@@ -151,11 +162,15 @@ def _mask_folder_run(tmp_path, tiny_backbone, width: int = 48, height: int = 40)
             mask_path = tmp_path / "masks" / name / f"{index:03d}.png"
             image_path.parent.mkdir(parents=True, exist_ok=True)
             mask_path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.repeat(pattern[..., None] * 255, 3, axis=2).astype(np.uint8)).save(image_path.with_suffix(".jpg"), quality=100)
+            Image.fromarray(np.repeat(pattern[..., None] * 255, 3, axis=2).astype(np.uint8)).save(
+                image_path.with_suffix(".jpg"), quality=100
+            )
             Image.fromarray(pattern.astype(np.uint8)).save(mask_path)  # values 0/1, as a segmenter writes
             items.append(ImageItem(image_path.with_suffix(".jpg"), label))
     options = {"dapt": {"masks": "folder", "mask_dir": str(tmp_path / "masks")}}
-    model = build_method(MethodConfig(host="ivlp", boosters=["dapt"], options=options), copy.deepcopy(tiny_backbone), ["cat", "dog"])
+    model = build_method(
+        MethodConfig(host="ivlp", boosters=["dapt"], options=options), copy.deepcopy(tiny_backbone), ["cat", "dog"]
+    )
     return model, items
 
 
@@ -175,7 +190,9 @@ def test_a_user_mask_gets_the_same_crop_and_flip_as_its_image(tmp_path, tiny_bac
             white = (image[0] * std[0] + mean[0]) > 0.5
             agreement = (white == mask).float().mean()
             flipped = (white == mask.flip(-1)).float().mean()
-            assert agreement > 0.93, f"view {view} of {item.path.name}: the mask matches only {agreement:.2f} of the image"
+            assert agreement > 0.93, (
+                f"view {view} of {item.path.name}: the mask matches only {agreement:.2f} of the image"
+            )
             assert agreement > flipped  # over these 24 seeded draws the flip goes both ways
     eval_masks = cache.get(items, None)["dapt.mask"][:, 0]
     image = views.load(items[0].path, None)
@@ -216,14 +233,20 @@ def test_mask_folder_errors_name_the_file_and_the_reason(tmp_path, tiny_backbone
     with pytest.raises(DataError, match="dapt mask folder .*nowhere does not exist"):
         MaskFolder(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="dapt.masks='folder' needs dapt.mask_dir"):
-        build_method(MethodConfig(host="ivlp", boosters=["dapt"], options={"dapt": {"masks": "folder"}}), tiny_backbone, ["cat", "dog"])
+        build_method(
+            MethodConfig(host="ivlp", boosters=["dapt"], options={"dapt": {"masks": "folder"}}),
+            tiny_backbone,
+            ["cat", "dog"],
+        )
 
 
 # --- DAPT-G maps -------------------------------------------------------------------------------------
 def _values_by_hand(attention: torch.nn.MultiheadAttention, normed: torch.Tensor) -> torch.Tensor:
     """The per-head values (B, heads, T, W / heads) of `attention` on its block's ln_1 output."""
     width = normed.shape[-1]
-    values = torch.nn.functional.linear(normed, attention.in_proj_weight[2 * width :], attention.in_proj_bias[2 * width :])
+    values = torch.nn.functional.linear(
+        normed, attention.in_proj_weight[2 * width :], attention.in_proj_bias[2 * width :]
+    )
     return values.view(*normed.shape[:2], attention.num_heads, -1).transpose(1, 2)
 
 
@@ -235,7 +258,9 @@ def test_recorded_attention_is_pytorchs_own_and_rollout_matches_a_hand_computati
     from specpl.methods import build_method
     from specpl.methods.dapt import recorded_attention, rollout_scores
 
-    model = build_method(MethodConfig(host="ivlp", boosters=["dapt"]), copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"])
+    model = build_method(
+        MethodConfig(host="ivlp", boosters=["dapt"]), copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"]
+    )
     images, _ = inputs
     blocks = model.frozen_clip.visual.transformer.resblocks
     normed: list[torch.Tensor] = []
@@ -244,7 +269,9 @@ def test_recorded_attention_is_pytorchs_own_and_rollout_matches_a_hand_computati
         plain = model.encode_image(images)["features"]
         for handle in handles:
             handle.remove()
-        weights = [block.attn(x, x, x, need_weights=True, average_attn_weights=False)[1] for block, x in zip(blocks, normed)]
+        weights = [
+            block.attn(x, x, x, need_weights=True, average_attn_weights=False)[1] for block, x in zip(blocks, normed)
+        ]
         with recorded_attention(model) as recorded:
             explicit = model.encode_image(images)["features"]
     torch.testing.assert_close(explicit, plain, atol=1e-5, rtol=1e-5)
@@ -260,7 +287,6 @@ def test_recorded_attention_is_pytorchs_own_and_rollout_matches_a_hand_computati
     torch.testing.assert_close(rollout_scores(model, images), flow[:, 0, 1:17], atol=1e-5, rtol=1e-5)
 
 
-
 def test_recording_sees_only_its_own_threads_forwards(tiny_backbone, inputs):
     """The app serves other requests through the same frozen tower while a map is drawn: their
     forwards are neither recorded nor rerouted."""
@@ -270,7 +296,9 @@ def test_recording_sees_only_its_own_threads_forwards(tiny_backbone, inputs):
     from specpl.methods import build_method
     from specpl.methods.dapt import recorded_attention
 
-    model = build_method(MethodConfig(host="ivlp", boosters=["dapt"]), copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"])
+    model = build_method(
+        MethodConfig(host="ivlp", boosters=["dapt"]), copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"]
+    )
     images, _ = inputs
     blocks = len(model.frozen_clip.visual.transformer.resblocks)
     with torch.no_grad(), recorded_attention(model) as recorded:
@@ -291,7 +319,9 @@ def test_head_gradcam_matches_a_hand_computation_through_the_attention(tiny_back
     from specpl.methods.dapt import head_gradcam_scores, recorded_attention
 
     torch.manual_seed(0)
-    maple = MethodConfig(host="maple", boosters=["dapt"], options={"maple": {"ctx_init": "a photo"}})  # 2 tokens: 2 image prompts
+    maple = MethodConfig(
+        host="maple", boosters=["dapt"], options={"maple": {"ctx_init": "a photo"}}
+    )  # 2 tokens: 2 image prompts
     model = build_method(maple, copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"])
     images, labels = inputs
     block = model.frozen_clip.visual.transformer.resblocks[-1]
@@ -308,8 +338,12 @@ def test_head_gradcam_matches_a_hand_computation_through_the_attention(tiny_back
     x, attention = captured["normed"].detach(), recorded[-1].probabilities.detach()
     batch, tokens, _ = x.shape
     values = _values_by_hand(block.attn, x)
-    value_gradient = attention.transpose(-1, -2) @ out_gradient.view(batch, tokens, attention.shape[1], -1).transpose(1, 2)
-    patches = torch.tensor([t for t in range(tokens) if t not in (0, *range(tokens - 2, tokens))])  # [CLS] and MaPLe's 2 appended prompts
+    value_gradient = attention.transpose(-1, -2) @ out_gradient.view(batch, tokens, attention.shape[1], -1).transpose(
+        1, 2
+    )
+    patches = torch.tensor(
+        [t for t in range(tokens) if t not in (0, *range(tokens - 2, tokens))]
+    )  # [CLS] and MaPLe's 2 appended prompts
     assert model.image_prompt_groups() and len(patches) == 16  # 32 px / 8 px patches
     weights = value_gradient[:, :, patches].mean(dim=2, keepdim=True)
     deviations = values[:, :, patches] - values[:, :, patches].mean(dim=2, keepdim=True)
@@ -317,11 +351,14 @@ def test_head_gradcam_matches_a_hand_computation_through_the_attention(tiny_back
     torch.testing.assert_close(head_gradcam_scores(model, images, labels), by_hand, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("option,value,choices", [
-    ("cam", "saliency", "'head-gradcam', 'rollout', 'gradcam', 'grad-attention'"),
-    ("masks", "files", "'gradcam', 'folder'"),
-    ("gradcam_normalise", "global", "'image', 'batch'"),
-])
+@pytest.mark.parametrize(
+    "option,value,choices",
+    [
+        ("cam", "saliency", "'head-gradcam', 'rollout', 'gradcam', 'grad-attention'"),
+        ("masks", "files", "'gradcam', 'folder'"),
+        ("gradcam_normalise", "global", "'image', 'batch'"),
+    ],
+)
 def test_an_unknown_choice_is_refused_with_the_choices(option, value, choices):
     from specpl.config import MethodConfig
     from specpl.methods import resolve_method_options
@@ -360,7 +397,12 @@ def _world_masks(world_samples, host: str, options: dict, **dapt: object) -> np.
     torch.manual_seed(0)
     model = build_method(MethodConfig(host=host, options=options), backbone, classes)
     masks = saliency_masks(
-        model, images, labels, config.gradcam_threshold, config.gradcam_normalise, config.cam,
+        model,
+        images,
+        labels,
+        config.gradcam_threshold,
+        config.gradcam_normalise,
+        config.cam,
         config.gradcam_align_corners,
     )
     return masks[:, 0].numpy()
@@ -387,10 +429,13 @@ def test_dapt_g_maps_cover_the_world_object(world_samples, host, options, cam):
     assert _mean_iou(world_samples, _world_masks(world_samples, host, options, cam=cam)) >= 0.5
 
 
-@pytest.mark.xfail(strict=True, reason="measured mean IoU at threshold 0.5 (CoOp / MaPLe / IVLP): gradcam (the "
-                   "released code's, last block ln_1) 0.22 / 0.23 / 0.09; grad-attention (Chefer et al.) 0.16 / 0.17 / "
-                   "0.13: they land on the background (head-gradcam's centring, |.| and per-head maps fix it, see the "
-                   "module docstring)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured mean IoU at threshold 0.5 (CoOp / MaPLe / IVLP): gradcam (the "
+    "released code's, last block ln_1) 0.22 / 0.23 / 0.09; grad-attention (Chefer et al.) 0.16 / 0.17 / "
+    "0.13: they land on the background (head-gradcam's centring, |.| and per-head maps fix it, see the "
+    "module docstring)",
+)
 @pytest.mark.parametrize("cam", ["gradcam", "grad-attention"])
 @pytest.mark.parametrize("host,options", HOSTS)
 def test_gradient_maps_cover_the_world_object(world_samples, host, options, cam):
@@ -421,9 +466,11 @@ def test_a_host_whose_image_path_does_not_learn_is_refused_with_the_reason_and_t
     from specpl.config import MethodConfig
     from specpl.methods import build_method, check_combination
 
-    expected = (rf"booster 'dapt' cannot run on host '{host}': it needs a host with image-tower prompts \(without "
-                r"them nothing in the image path learns, so DAPT's pull-push and background terms, which train the "
-                r"image side, carry no gradient; .*\)\. Hosts it can boost: ivlp, maple, mmrl, promptsrc$")
+    expected = (
+        rf"booster 'dapt' cannot run on host '{host}': it needs a host with image-tower prompts \(without "
+        r"them nothing in the image path learns, so DAPT's pull-push and background terms, which train the "
+        r"image side, carry no gradient; .*\)\. Hosts it can boost: ivlp, maple, mmrl, promptsrc$"
+    )
     with pytest.raises(ValueError, match=expected):
         check_combination(host, ["dapt"])
     with pytest.raises(ValueError, match=expected):
@@ -439,10 +486,12 @@ def test_maps_are_upsampled_and_divided_by_the_batch_maximum_by_hand():
     from specpl.methods.dapt import normalised_maps
 
     scores = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 1.0, 0.0]])
-    upsampled = torch.tensor([
-        [[1.0, 1.5, 2.0], [2.0, 2.5, 3.0], [3.0, 3.5, 4.0]],
-        [[0.0, 0.5, 1.0], [0.5, 0.5, 0.5], [1.0, 0.5, 0.0]],
-    ]).unsqueeze(1)
+    upsampled = torch.tensor(
+        [
+            [[1.0, 1.5, 2.0], [2.0, 2.5, 3.0], [3.0, 3.5, 4.0]],
+            [[0.0, 0.5, 1.0], [0.5, 0.5, 0.5], [1.0, 0.5, 0.0]],
+        ]
+    ).unsqueeze(1)
     torch.testing.assert_close(normalised_maps(scores, (3, 3), "batch", align_corners=True), upsampled / 4)
     own_maximum = torch.tensor([4.0, 1.0]).view(2, 1, 1, 1)
     torch.testing.assert_close(normalised_maps(scores, (3, 3), "image", align_corners=True), upsampled / own_maximum)
@@ -465,8 +514,12 @@ def test_the_paper_preset_is_the_released_code_and_every_option_has_a_source(tin
     default = resolve_method_options(MethodConfig(host="maple", boosters=["dapt"]))["dapt"]
     changed = {key: (default[key], value) for key, value in paper.items() if default[key] != value}
     assert changed.pop("background_words") == (list(BACKGROUND_WORDS), list(BACKGROUND_WORDS[-25:]))
-    assert changed == {"cam": ("head-gradcam", "gradcam"), "gradcam_normalise": ("image", "batch"),
-                       "gradcam_align_corners": (False, True), "switch_epoch": (None, 7)}
+    assert changed == {
+        "cam": ("head-gradcam", "gradcam"),
+        "gradcam_normalise": ("image", "batch"),
+        "gradcam_align_corners": (False, True),
+        "switch_epoch": (None, 7),
+    }
     words = paper["background_words"]
     assert len(BACKGROUND_WORDS) == 32 and (words[0], words[-1]) == ("lake", "dishes")
     method = MethodConfig(host="maple", boosters=["dapt"], preset="paper")

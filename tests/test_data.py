@@ -1,10 +1,11 @@
 """Few-shot folders: layouts, K-shot sampling, base/new split, EXIF, and every kind of bad input."""
+
 import math
 
 import pytest
+from conftest import make_image_folder
 from PIL import Image
 
-from conftest import make_image_folder
 from specpl.data import DataError, base_new_split, load_image, read_fewshot_folder
 
 

@@ -3,6 +3,7 @@ process fills only its share of the feature cache and ends up holding all of it,
 cross-dataset cell trained and scored by two processes gives the metrics of one, every test image
 counted once (the sharded loader pads the last round by repeating images); a stop asked of one
 process stops both at the same step."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import accelerate_launch, make_image_folder
-from specpl.cli import main
-from specpl.config import RunConfig
-from specpl.events import read_events
-from specpl.trainer import Trainer
 from test_datasets import write_dataset, write_split_file_dataset
 from two_process_cell import fill_cache
 from two_process_stop import ASKED_AT_CHECK
 from two_process_stop import config as stop_config
+
+from specpl.cli import main
+from specpl.config import RunConfig
+from specpl.events import read_events
+from specpl.trainer import Trainer
 
 TESTS = Path(__file__).parent
 
@@ -31,21 +32,52 @@ def checkout_path() -> str:
 
 
 def test_two_processes_share_the_cache_fill_and_score_each_image_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the few-shot sample cache, also for the launched processes
+    monkeypatch.setenv(
+        "XDG_CACHE_HOME", str(tmp_path / "cache")
+    )  # the few-shot sample cache, also for the launched processes
     data = tmp_path / "DATA"
     write_dataset(data, "imagenet")  # 5 classes: 2 shots each to train on, 10 test images
-    write_split_file_dataset(data, "dtd", per_split={"train": 2, "val": 1, "test": 7})  # 35 test images: over one batch of 32
+    write_split_file_dataset(
+        data, "dtd", per_split={"train": 2, "val": 1, "test": 7}
+    )  # 35 test images: over one batch of 32
     images = sorted((make_image_folder(tmp_path / "seven", {"x": 7}, size=8) / "x").iterdir())
     config = RunConfig()
     config.train.augment, config.method.options = "none", {"coop": {"n_ctx": 4}}
     (tmp_path / "base.json").write_text(json.dumps(config.to_dict()))
-    sweep = ["sweep", "--protocol", "cross-dataset", "--targets", "dtd", "--methods", "coop", "--seeds", "1", "--shots", "2", "--epochs", "2",
-             "--data-root", str(data), "--backbone", "specpl-tiny", "--pretrained", "none", "--config", str(tmp_path / "base.json")]
+    sweep = [
+        "sweep",
+        "--protocol",
+        "cross-dataset",
+        "--targets",
+        "dtd",
+        "--methods",
+        "coop",
+        "--seeds",
+        "1",
+        "--shots",
+        "2",
+        "--epochs",
+        "2",
+        "--data-root",
+        str(data),
+        "--backbone",
+        "specpl-tiny",
+        "--pretrained",
+        "none",
+        "--config",
+        str(tmp_path / "base.json"),
+    ]
 
     # two processes of batch 4 make the updates of one of batch 8 (CoOp's loss is a per-sample mean)
     launch = accelerate_launch(str(TESTS / "two_process_cell.py"), str(tmp_path), str(tmp_path / "seven" / "x"))
-    done = subprocess.run([*launch, *sweep, "--out", str(tmp_path / "two"), "--batch-size", "4"], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": checkout_path()})
+    done = subprocess.run(
+        [*launch, *sweep, "--out", str(tmp_path / "two"), "--batch-size", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": checkout_path()},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert main([*sweep, "--out", str(tmp_path / "one"), "--batch-size", "8"]) == 0
 
@@ -56,12 +88,16 @@ def test_two_processes_share_the_cache_fill_and_score_each_image_once(tmp_path, 
     alone = fill_cache(images, None)
     assert alone["computed"] == names
     for rank in ranks:
-        assert rank["values"] == rank["again"] == alone["values"] and rank["entries"] == 7 and rank["computed_again"] == []
+        assert (
+            rank["values"] == rank["again"] == alone["values"] and rank["entries"] == 7 and rank["computed_again"] == []
+        )
 
     # the cell: the same source metrics and the same target metrics, each image scored once
     cell = Path("cells") / "imagenet" / "coop" / "seed1"
     source = [json.loads((tmp_path / out / cell / "run" / "metrics.json").read_text()) for out in ("one", "two")]
-    target = [json.loads((tmp_path / out / cell / "targets" / "dtd.json").read_text())["metrics"] for out in ("one", "two")]
+    target = [
+        json.loads((tmp_path / out / cell / "targets" / "dtd.json").read_text())["metrics"] for out in ("one", "two")
+    ]
     assert source[0]["test_images"] == source[1]["test_images"] == 10
     assert source[0]["accuracy"] == source[1]["accuracy"] and source[0]["confusion"] == source[1]["confusion"]
     assert target[0]["test_images"] == target[1]["test_images"] == 35 and sum(map(sum, target[1]["confusion"])) == 35
@@ -69,7 +105,11 @@ def test_two_processes_share_the_cache_fill_and_score_each_image_once(tmp_path, 
     details = [[(m["path"], m["label"], m["predicted"]) for m in t.pop("misclassified")] for t in target]
     losses = [t.pop("loss") for t in target]  # the cross-entropy is a float mean: equal up to rounding too
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
-    assert target[0] == target[1] and details[0] == details[1] and len(details[0]) == 35 - round(target[0]["accuracy"] * 35 / 100)
+    assert (
+        target[0] == target[1]
+        and details[0] == details[1]
+        and len(details[0]) == 35 - round(target[0]["accuracy"] * 35 / 100)
+    )
 
 
 def test_a_stop_seen_by_one_process_stops_both_at_the_same_step_and_resumes(tmp_path, cifar_root):
@@ -77,7 +117,14 @@ def test_a_stop_seen_by_one_process_stops_both_at_the_same_step_and_resumes(tmp_
     before the same step, the checkpoint holds that step, and a resumed run finishes from it."""
     run = tmp_path / "run"
     launch = accelerate_launch(str(TESTS / "two_process_stop.py"), str(cifar_root), str(run), str(tmp_path))
-    done = subprocess.run(launch, capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": checkout_path()})
+    done = subprocess.run(
+        launch,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": checkout_path()},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
     ranks = [json.loads((tmp_path / f"stop-rank{rank}.json").read_text()) for rank in (0, 1)]

@@ -1,5 +1,6 @@
 """The reference data path: per-epoch schedule, fresh augmentation views, inputs from the same view,
 preparation batches, and the default decomposer's choice recorded by the run."""
+
 from __future__ import annotations
 
 import json
@@ -38,21 +39,40 @@ def test_per_step_schedule_still_available():
 def test_the_paper_preset_is_the_reference_data_path():
     paper = MethodConfig(host="mmrl", preset="paper")
     train = resolved_training(RunConfig(method=paper))
-    assert (train["augment"], train["schedule"], train["drop_last"], train["crop_scale"], train["max_cached_views"]) == ("dassl", "epoch", True, 0.5, None)
-    assert (train["epochs"], train["batch_size"], train["select"]) == (10, 4, "last")  # MMRL's published schedule, the last epoch
+    assert (
+        train["augment"],
+        train["schedule"],
+        train["drop_last"],
+        train["crop_scale"],
+        train["max_cached_views"],
+    ) == ("dassl", "epoch", True, 0.5, None)
+    assert (train["epochs"], train["batch_size"], train["select"]) == (
+        10,
+        4,
+        "last",
+    )  # MMRL's published schedule, the last epoch
     assert resolved_training(RunConfig(method=MethodConfig(preset="paper")))["crop_scale"] == 0.08
 
 
 def test_the_default_preset_derives_its_budget_from_the_training_images():
     train = resolved_training(RunConfig(), train_images=54)  # CoOp: batch 32 cut to 54 // 4 = 13, 4 steps an epoch
-    assert (train["augment"], train["schedule"], train["select"], train["batch_size"], train["epochs"]) == ("clip", "step", "val", 13, 75)
+    assert (train["augment"], train["schedule"], train["select"], train["batch_size"], train["epochs"]) == (
+        "clip",
+        "step",
+        "val",
+        13,
+        75,
+    )
     assert resolved_training(RunConfig())["epochs"] == "auto"  # no data yet: the form shows it as derived
     assert step_budget(10_000, 32) == (5, 32)  # 312 steps an epoch: the 5-epoch floor
     assert step_budget(6, 128) == (50, 1)  # 6 images: batch 1, 6 steps an epoch
     assert step_budget(2, 128) == (100, 1)  # 2 images: 150 epochs would be needed, the 100-epoch ceiling
     assert step_budget(72, 1) == (5, 1)  # CoCoOp's batch 1 stays
     explicit = RunConfig(train=TrainConfig(epochs=3, batch_size=2))
-    assert (resolved_training(explicit, 54)["epochs"], resolved_training(explicit, 54)["batch_size"]) == (3, 2)  # given values win
+    assert (resolved_training(explicit, 54)["epochs"], resolved_training(explicit, 54)["batch_size"]) == (
+        3,
+        2,
+    )  # given values win
     assert resolved_training(RunConfig(train=TrainConfig(epochs=3)), 54)["batch_size"] == 13
     assert TrainConfig(augment=False).augment == "none" and TrainConfig(augment=True).augment == "clip"  # older configs
 
@@ -84,7 +104,9 @@ def tiny_run(root, **train) -> RunConfig:
     return RunConfig(
         backbone=BackboneConfig(name="specpl-tiny", pretrained=None),
         decomposer=DecomposerConfig(name="fft", image_size=32),
-        method=MethodConfig(host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}, "specpl": {"bank_init_batches": 5}}),
+        method=MethodConfig(
+            host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}, "specpl": {"bank_init_batches": 5}}
+        ),
         data=DataConfig(root=str(root), shots=2),
         train=TrainConfig(epochs=1, batch_size=8, **{"select": "last", **train}),
     )

@@ -1,5 +1,6 @@
 """The benchmark loaders on fixture datasets written in each real on-disk layout, the protocol
 (Dassl-seeded shots, the cache, base/new on label ids), the mirror archives and the errors."""
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,13 @@ SPLIT_FILE_DATASETS = {  # name: (folder, image dir, split file), as CoOp's DATA
     "ucf101": ("ucf101", "UCF-101-midframes", "split_zhou_UCF101.json"),
 }
 TEMPLATES = {  # the CoOp/CoCoOp templates per dataset
-    "oxford_pets": "a photo of a {}, a type of pet.", "oxford_flowers": "a photo of a {}, a type of flower.",
-    "fgvc_aircraft": "a photo of a {}, a type of aircraft.", "food101": "a photo of {}, a type of food.",
-    "dtd": "{} texture.", "eurosat": "a centered satellite photo of {}.", "ucf101": "a photo of a person doing {}.",
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "oxford_flowers": "a photo of a {}, a type of flower.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "food101": "a photo of {}, a type of food.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "ucf101": "a photo of a person doing {}.",
 }
 
 
@@ -142,7 +147,9 @@ def test_each_benchmark_layout_reads_with_the_protocol_shots(tmp_path, name):
     expected_names = IMAGENET_NAMES if name == "imagenet" else CLASSES
     assert data.classnames == expected_names
     assert labels_per_class(data.train) == {label: 2 for label in range(5)}
-    assert labels_per_class(data.val) == ({} if name == "imagenet" else {label: 2 for label in range(5)})  # ImageNet has no val
+    assert labels_per_class(data.val) == (
+        {} if name == "imagenet" else {label: 2 for label in range(5)}
+    )  # ImageNet has no val
     assert labels_per_class(data.test) == {label: 2 for label in range(5)}
     assert all(item.path.is_file() for item in data.train + data.val + data.test)
     assert data.template == TEMPLATES.get(name, "a photo of a {}.") == dataset_template(name)
@@ -161,9 +168,21 @@ def test_imagenet_variants_are_test_only_with_imagenet_names(tmp_path, name):
 def test_class_names_get_the_standard_clean_ups(tmp_path):
     raw = ["Apply_Eye_Makeup", "airplanes", "Faces", "SeaLake", "american_bulldog"]
     write_split_file_dataset(tmp_path, "ucf101", classes=raw)
-    assert read("ucf101", tmp_path, tmp_path / "c").classnames == ["Apply Eye Makeup", "airplanes", "Faces", "SeaLake", "american bulldog"]
+    assert read("ucf101", tmp_path, tmp_path / "c").classnames == [
+        "Apply Eye Makeup",
+        "airplanes",
+        "Faces",
+        "SeaLake",
+        "american bulldog",
+    ]
     write_split_file_dataset(tmp_path, "caltech101", classes=raw)  # Caltech's own renames apply only to it
-    assert read("caltech101", tmp_path, tmp_path / "c").classnames == ["Apply Eye Makeup", "airplane", "face", "SeaLake", "american bulldog"]
+    assert read("caltech101", tmp_path, tmp_path / "c").classnames == [
+        "Apply Eye Makeup",
+        "airplane",
+        "face",
+        "SeaLake",
+        "american bulldog",
+    ]
     write_split_file_dataset(tmp_path, "eurosat", classes=raw)
     assert read("eurosat", tmp_path, tmp_path / "c").classnames[3] == "Sea or Lake"
 
@@ -204,9 +223,15 @@ def test_base_and_new_follow_label_ids_not_folder_names(tmp_path):
     assert {i.label for i in base.train} == {0, 1, 2} and {i.label for i in new.test} == {0, 1}  # relabelled from 0
     assert all(i.path.parent.name == "kiwi" for i in new.test if i.label == 0)
     full = read("dtd", tmp_path, tmp_path / "cache")
-    assert {i.path for i in base.train} | {i.path for i in new.train} == {i.path for i in full.train}  # one sample, cut in two
+    assert {i.path for i in base.train} | {i.path for i in new.train} == {
+        i.path for i in full.train
+    }  # one sample, cut in two
     # the same classes as a class-folder tree are labelled by sorted folder name instead
-    assert read_fewshot_folder(tmp_path / "dtd" / "images", shots=1, subsample="base", split_ratio=0.5).classnames == ["apple", "banana", "kiwi"]
+    assert read_fewshot_folder(tmp_path / "dtd" / "images", shots=1, subsample="base", split_ratio=0.5).classnames == [
+        "apple",
+        "banana",
+        "kiwi",
+    ]
 
 
 def test_aircraft_labels_follow_variants_txt(tmp_path):
@@ -320,12 +345,24 @@ def relabel_entry(root: Path) -> None:
     "damage, first_problem",
     [
         (lambda root: shutil.rmtree(root / "dtd"), r"DATA has no dtd/ folder \(nor the mirror archive dtd.zip\)"),
-        (lambda root: (root / "dtd" / "split_zhou_DescribableTextures.json").unlink(), r"split file .*split_zhou_DescribableTextures.json does not exist"),
-        (lambda root: (root / "dtd" / "split_zhou_DescribableTextures.json").write_text("[1, 2]"), "must hold a JSON object"),
-        (break_split_entry, r"val\[2\] is \[\"apple/val_0.jpg\", \"1\"\], expected \[relative_path, label, classname\]"),
+        (
+            lambda root: (root / "dtd" / "split_zhou_DescribableTextures.json").unlink(),
+            r"split file .*split_zhou_DescribableTextures.json does not exist",
+        ),
+        (
+            lambda root: (root / "dtd" / "split_zhou_DescribableTextures.json").write_text("[1, 2]"),
+            "must hold a JSON object",
+        ),
+        (
+            break_split_entry,
+            r"val\[2\] is \[\"apple/val_0.jpg\", \"1\"\], expected \[relative_path, label, classname\]",
+        ),
         (relabel_entry, r"label 0 is 'zebra' and also 'lion' \(test\[0\]\)"),
         (lambda root: shutil.rmtree(root / "dtd" / "images"), r"image folder .*dtd/images does not exist"),
-        (lambda root: (root / "dtd" / "images" / "mango" / "test_1.jpg").unlink(), r"lists .*images/mango/test_1.jpg, which does not exist"),
+        (
+            lambda root: (root / "dtd" / "images" / "mango" / "test_1.jpg").unlink(),
+            r"lists .*images/mango/test_1.jpg, which does not exist",
+        ),
     ],
 )
 def test_a_wrong_layout_names_the_first_problem_and_the_expected_layout(tmp_path, damage, first_problem):
@@ -380,7 +417,9 @@ def test_a_users_split_json_needs_no_code(tmp_path):
 
 def test_a_users_split_json_errors_show_the_format(tmp_path):
     split_file = write_user_split(tmp_path, template="no placeholder")
-    with pytest.raises(DataError, match=r"'template' must be a string with a \{\} for the class name(.|\n)*Expected:\n  a JSON file"):
+    with pytest.raises(
+        DataError, match=r"'template' must be a string with a \{\} for the class name(.|\n)*Expected:\n  a JSON file"
+    ):
         read("split_json", split_file, tmp_path / "cache")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"split file .*empty/split.json does not exist"):
@@ -391,7 +430,9 @@ def test_read_dataset_dispatches_on_the_config(tmp_path, cifar_root):
     folder = read_dataset(DataConfig(root=str(cifar_root), shots=2, dataset="folder"))
     assert folder == read_fewshot_folder(cifar_root, shots=2) and folder.template is None
     write_split_file_dataset(tmp_path, "ucf101")
-    data = read_dataset(DataConfig(root=str(tmp_path), shots=1, dataset="ucf101", subsample="new"), cache_dir=tmp_path / "cache")
+    data = read_dataset(
+        DataConfig(root=str(tmp_path), shots=1, dataset="ucf101", subsample="new"), cache_dir=tmp_path / "cache"
+    )
     assert data.classnames == ["kiwi", "banana"] and data.template == "a photo of a person doing {}."
     with pytest.raises(UnknownNameError, match="unknown dataset 'cifar'; available: caltech101, dtd"):
         read_dataset(DataConfig(root=str(tmp_path), dataset="cifar"))

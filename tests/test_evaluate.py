@@ -1,4 +1,5 @@
 """Accuracy, per-class accuracy and the base/new harmonic-mean conventions."""
+
 import pytest
 import torch
 

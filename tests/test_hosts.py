@@ -1,5 +1,6 @@
 """Each host's own terms against hand computations, MMRL's branch routing, the empty prompt slots
 against the stock towers, and bundles written before the method seams."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ def test_empty_slots_reproduce_the_stock_towers(tiny_backbone):
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(PromptImageEncoder(model)(images).pooled, model.encode_image(images), rtol=0, atol=0)
     tokens = tiny_backbone.tokenizer([f"a photo of a {c}." for c in CLASSES])
-    torch.testing.assert_close(PromptTextEncoder(model).encode_tokens(tokens), model.encode_text(tokens), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        PromptTextEncoder(model).encode_tokens(tokens), model.encode_text(tokens), rtol=0, atol=1e-5
+    )
 
 
 def test_slots_insert_then_overwrite_and_shift_later_groups():
@@ -67,21 +70,36 @@ def test_promptsrc_frozen_text_averages_the_released_60_templates(tiny_backbone)
 
     model = build_method(MethodConfig(host="promptsrc"), tiny_backbone, CLASSES)
     templates = [t("{}") for t in model.host.templates]
-    assert len(templates) == len(set(templates)) == 60 and "a photo of a {}." in templates and "itap of a {}." not in templates
+    assert (
+        len(templates) == len(set(templates)) == 60
+        and "a photo of a {}." in templates
+        and "itap of a {}." not in templates
+    )
     encoder = tiny_backbone.model
-    per_template = [F.normalize(encoder.encode_text(tiny_backbone.tokenizer([t.format(c) for c in CLASSES])).float(), dim=-1) for t in templates]
+    per_template = [
+        F.normalize(encoder.encode_text(tiny_backbone.tokenizer([t.format(c) for c in CLASSES])).float(), dim=-1)
+        for t in templates
+    ]
     torch.testing.assert_close(model.host.frozen_text, F.normalize(torch.stack(per_template).mean(0), dim=-1))
-    one = build_method(MethodConfig(host="promptsrc", options={"promptsrc": {"frozen_templates": "run"}}), tiny_backbone, CLASSES)
+    one = build_method(
+        MethodConfig(host="promptsrc", options={"promptsrc": {"frozen_templates": "run"}}), tiny_backbone, CLASSES
+    )
     assert len(one.host.templates) == 1
-    with pytest.raises(ValueError, match="promptsrc.frozen_templates must be one of 'promptsrc-60', 'openai-imagenet', 'run'"):
-        build_method(MethodConfig(host="promptsrc", options={"promptsrc": {"frozen_templates": "all"}}), tiny_backbone, CLASSES)
+    with pytest.raises(
+        ValueError, match="promptsrc.frozen_templates must be one of 'promptsrc-60', 'openai-imagenet', 'run'"
+    ):
+        build_method(
+            MethodConfig(host="promptsrc", options={"promptsrc": {"frozen_templates": "all"}}), tiny_backbone, CLASSES
+        )
 
 
 def test_gpa_weights_and_aggregate(tiny_backbone):
     weights = gpa_weights(20, mean=15, std=1)
     assert sum(weights) == pytest.approx(1.0) and max(range(20), key=weights.__getitem__) == 14
     assert weights[13] / weights[14] == pytest.approx(math.exp(-0.5)) and weights[13] == pytest.approx(weights[15])
-    model = build_method(MethodConfig(host="promptsrc", options={"promptsrc": {"gpa_mean": 2.0}}), tiny_backbone, CLASSES)
+    model = build_method(
+        MethodConfig(host="promptsrc", options={"promptsrc": {"gpa_mean": 2.0}}), tiny_backbone, CLASSES
+    )
     host = model.host
     ctx = host.prompt_learner.ctx
     for epoch, value in enumerate((1.0, 2.0, 4.0), start=1):
@@ -108,7 +126,12 @@ def test_mmrl_fusion_and_regulariser_by_hand():
 
 def test_mmrl_routes_base_and_novel_classes(tiny_backbone):
     torch.manual_seed(0)
-    model = build_method(MethodConfig(host="mmrl", boosters=["specpl"]), tiny_backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32)).eval()
+    model = build_method(
+        MethodConfig(host="mmrl", boosters=["specpl"]),
+        tiny_backbone,
+        CLASSES,
+        decomposer=DecomposerConfig(name="fft", image_size=32),
+    ).eval()
     images = torch.randn(2, 3, 32, 32)
     image = model.encode_image(images)
     assert set(image) == {FEATURES, REP}
@@ -131,7 +154,12 @@ def test_mmrl_specpl_modulates_the_class_token_feature(tiny_backbone):
     from specpl.methods import Batch
 
     torch.manual_seed(0)
-    model = build_method(MethodConfig(host="mmrl", boosters=["specpl"]), tiny_backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32)).train()
+    model = build_method(
+        MethodConfig(host="mmrl", boosters=["specpl"]),
+        tiny_backbone,
+        CLASSES,
+        decomposer=DecomposerConfig(name="fft", image_size=32),
+    ).train()
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     frozen = {}
     for frozen_input in model.frozen_inputs():
@@ -159,7 +187,12 @@ def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def _saved(tiny_backbone, tmp_path):
     torch.manual_seed(0)
     options = {"coop": {"n_ctx": 4}}
-    model = build_method(MethodConfig(host="coop", boosters=["specpl"], options=options), tiny_backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32)).eval()
+    model = build_method(
+        MethodConfig(host="coop", boosters=["specpl"], options=options),
+        tiny_backbone,
+        CLASSES,
+        decomposer=DecomposerConfig(name="fft", image_size=32),
+    ).eval()
     model.save_bundle(tmp_path / "model")
     return model, tmp_path / "model" / "config.json"
 
@@ -177,7 +210,9 @@ def test_a_bundle_of_format_1_still_loads_with_identical_logits(tiny_backbone, t
     config_path.write_text(json.dumps(config))
     reloaded = PromptModel.from_bundle(tmp_path / "model", backbone=tiny_backbone).eval()
     images = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)), rtol=0, atol=0
+    )
 
 
 def test_a_bundle_from_a_newer_version_says_what_to_do(tiny_backbone, tmp_path):
@@ -185,14 +220,18 @@ def test_a_bundle_from_a_newer_version_says_what_to_do(tiny_backbone, tmp_path):
     config = json.loads(config_path.read_text())
     config["format"] = "specpl-bundle/9"
     config_path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"format 'specpl-bundle/9'.*written by a newer SpecPL: upgrade with `pip install -U specpl`"):
+    with pytest.raises(
+        ValueError, match=r"format 'specpl-bundle/9'.*written by a newer SpecPL: upgrade with `pip install -U specpl`"
+    ):
         PromptModel.from_bundle(tmp_path / "model", backbone=tiny_backbone)
 
 
 def test_cocoop_chunked_evaluation_matches_one_pass(tiny_backbone):
     torch.manual_seed(0)
     classes = [f"class {i}" for i in range(7)]
-    model = build_method(MethodConfig(host="cocoop", options={"cocoop": {"eval_pairs_per_chunk": 3}}), tiny_backbone, classes)
+    model = build_method(
+        MethodConfig(host="cocoop", options={"cocoop": {"eval_pairs_per_chunk": 3}}), tiny_backbone, classes
+    )
     features = torch.randn(5, tiny_backbone.embed_dim)
     model.train()
     whole = model.host.encode_text(features)

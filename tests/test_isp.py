@@ -1,5 +1,6 @@
 """ISP booster: the structural modules start as the bare host, the probing weights match a hand
 computation, the weights scale the host's loss only, and the all-methods properties hold."""
+
 from __future__ import annotations
 
 import math
@@ -7,6 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_methods import CLASSES, batch_for, inputs, phase_one_bundle  # noqa: F401  (`inputs` is a fixture)
+from test_methods import test_every_method as check_every_method_properties
 
 import specpl.methods.isp  # noqa: F401  (registers "isp" until the lead adds it to specpl.methods)
 from specpl.config import DecomposerConfig, MethodConfig
@@ -14,8 +17,6 @@ from specpl.frozen import CLIP_IMAGE
 from specpl.methods import Batch, ForwardState, build_method
 from specpl.methods.base import weighted_cross_entropy
 from specpl.methods.isp import ISP, ISPConfig, probing_weights
-from test_methods import CLASSES, batch_for, inputs, phase_one_bundle  # noqa: F401  (`inputs` is a fixture)
-from test_methods import test_every_method as check_every_method_properties
 
 
 def build(backbone, host: str, boosters: list[str], options: dict | None = None, seed: int = 0):
@@ -80,7 +81,9 @@ def test_the_modules_restructure_only_the_prompt_tokens_once_trained(tiny_backbo
 def test_the_text_modules_make_the_prompts_class_specific_and_read_each_class_up_to_its_end(tiny_backbone, inputs):  # noqa: F811
     images, labels = inputs
     default = build(tiny_backbone, "maple", ["isp"]).boosters["isp"]
-    assert len(default.vision_self) == default.layers > 0 and not len(default.text_self) and default.text_hook() is None  # image tower only
+    assert (
+        len(default.vision_self) == default.layers > 0 and not len(default.text_self) and default.text_hook() is None
+    )  # image tower only
     model = build(tiny_backbone, "maple", ["isp"], {"isp": {"text_structural": True}})  # the paper preset's
     isp = model.boosters["isp"]
     assert len(isp.text_self) == len(isp.text_cross) == isp.layers > 0
@@ -125,6 +128,7 @@ def test_next_to_caspl_the_modules_rewrite_only_the_hosts_prompts(tiny_backbone,
             out = hook(layer, x, *rest)
             seen[tower].append((layer, x, out))
             return out
+
         return lambda: record
 
     isp.image_hook, isp.text_hook = recording("vision", isp.restructure), recording("text", isp.restructure_text)
@@ -188,13 +192,17 @@ def test_the_booster_probes_with_frozen_zero_shot_clip(tiny_backbone):
     isp: ISP = model.boosters["isp"]
     dim = isp.probe_text.shape[1]
     # the frozen text g0 is the run's template through the frozen CLIP, unit norm
-    template = torch.stack([tiny_backbone.model.encode_text(tiny_backbone.tokenizer([f"a photo of a {c}."])).squeeze(0) for c in CLASSES])
+    template = torch.stack(
+        [tiny_backbone.model.encode_text(tiny_backbone.tokenizer([f"a photo of a {c}."])).squeeze(0) for c in CLASSES]
+    )
     torch.testing.assert_close(isp.probe_text, F.normalize(template.float(), dim=-1))
     isp.probe_text = torch.eye(len(CLASSES), dim)  # hand-chosen frozen text
     clip_image = torch.zeros(3, dim)
     clip_image[0, 0], clip_image[1, 1], clip_image[2, :2] = 2.0, 5.0, 1.0
     labels = torch.tensor([0, 1, 1])
-    state = ForwardState(Batch(labels, frozen={CLIP_IMAGE: clip_image}), {}, None, None, torch.zeros(3, len(CLASSES)), 1.0)
+    state = ForwardState(
+        Batch(labels, frozen={CLIP_IMAGE: clip_image}), {}, None, None, torch.zeros(3, len(CLASSES)), 1.0
+    )
     # four classes now: a perfect match gives 3 / (3 + 3) = 0.5, the (1, 1) image 3^.707 / (2 * 3^.707 + 2)
     p_mixed = 3**0.5**0.5 / (2 * 3**0.5**0.5 + 2)
     raw = torch.tensor([1.5, 1.5, 2 - p_mixed])
@@ -229,7 +237,11 @@ def test_isp_reweights_the_host_loss_and_leaves_specpl_terms_alone(tiny_backbone
     [
         ("difficulty", "hard", r"isp.difficulty must be one of 'zero-shot', 'joint'; got 'hard'"),
         ("zero_start", "zero", r"isp.zero_start must be one of 'initial-difference', 'output-projection'"),
-        ("probe_templates", "a photo", r"isp.probe_templates must be 'run', 'openai-imagenet' or a template with '\{\}'"),
+        (
+            "probe_templates",
+            "a photo",
+            r"isp.probe_templates must be 'run', 'openai-imagenet' or a template with '\{\}'",
+        ),
         ("heads", 3, r"isp.attn_dim \(64\) must be divisible by isp.heads \(3\)"),
     ],
 )
@@ -256,7 +268,10 @@ def test_class_states_are_the_frozen_text_towers_end_of_text_inputs(tiny_backbon
     model = tiny_backbone.model
     prompts = ["a photo of a cat.", "a photo of a big red ship."]
     captured = []
-    handles = [b.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach())) for b in model.transformer.resblocks]
+    handles = [
+        b.register_forward_pre_hook(lambda m, args: captured.append(args[0].detach()))
+        for b in model.transformer.resblocks
+    ]
     try:
         tokens = tiny_backbone.tokenizer(prompts)
         with torch.no_grad():

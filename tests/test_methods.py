@@ -1,5 +1,6 @@
 """Every registered host, alone and with every booster, on the tiny backbone (in the style of timm's
 test over all registered models): a method added later is covered by being registered."""
+
 from __future__ import annotations
 
 import atexit
@@ -15,8 +16,8 @@ import torch
 from specpl.backbone import Backbone
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.frozen import flatten
-from specpl.methods import BOOSTERS, HOSTS, Batch, PromptModel, build_method, check_combination, resolve_method_options
 from specpl.inference import Predictor
+from specpl.methods import BOOSTERS, HOSTS, Batch, PromptModel, build_method, check_combination, resolve_method_options
 from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER
 from specpl.methods.deep import DeepPromptHost
 
@@ -24,7 +25,9 @@ CLASSES = ["cat", "dog", "ship", "frog"]
 HOST_NAMES = [h for h in HOSTS.names() if h != "zeroshot"]  # the zero-shot baseline learns nothing
 # no booster, every booster alone and every stack of them (in name order: the composition order is
 # fixed by `PromptModel.forward`, not by the order boosters are listed in)
-STACKS = [stack for size in range(len(BOOSTERS.names()) + 1) for stack in itertools.combinations(BOOSTERS.names(), size)]
+STACKS = [
+    stack for size in range(len(BOOSTERS.names()) + 1) for stack in itertools.combinations(BOOSTERS.names(), size)
+]
 
 
 def _valid(host: str, stack: tuple[str, ...]) -> bool:
@@ -39,7 +42,11 @@ METHODS = [(host, stack) for host in HOST_NAMES for stack in STACKS if _valid(ho
 # the subset whose step is also traced by dynamo (`test_step_cost.py`), which costs 5-20 s a stack
 # on the CPU: every host alone and with each booster, the stacks of two on CoOp and MaPLe (the
 # text-only and the deep-prompt layouts) and every booster at once on MaPLe
-TRACED = [(h, s) for h, s in METHODS if len(s) <= 1 or (h in ("coop", "maple") and len(s) == 2) or (h == "maple" and len(s) == len(BOOSTERS.names()))]
+TRACED = [
+    (h, s)
+    for h, s in METHODS
+    if len(s) <= 1 or (h in ("coop", "maple") and len(s) == 2) or (h == "maple" and len(s) == len(BOOSTERS.names()))
+]
 # a short context keeps the tiny runs fast; CasPL's phase 1 distils from a tiny random teacher offline
 TEST_OPTIONS = {"coop": {"n_ctx": 4}, "caspl-boost": {"teacher": "specpl-tiny", "teacher_pretrained": ""}}
 _PHASE_ONE: dict[str, str] = {}
@@ -130,7 +137,9 @@ def test_every_method(method, tiny_backbone, inputs, tmp_path):
         optimizer.zero_grad()
         total = sum(model(batch).values())
         total.backward()
-        reached |= {n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0}
+        reached |= {
+            n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0
+        }
         if step == 1:  # a zero-gated branch (SpecPL's refiner, CoCoOp's meta-net) learns from the second step
             missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in reached]
             assert not missing, f"no gradient reaches {missing} in two steps"
@@ -170,48 +179,86 @@ def test_building_on_another_device_puts_every_tensor_there(tiny_backbone, host)
 def test_a_combination_that_cannot_work_lists_the_valid_ones(monkeypatch):
     booster = BOOSTERS.get("specpl")
     monkeypatch.setattr(booster, "requires", frozenset({PROMPTS_IMAGE_TOWER}))
-    with pytest.raises(ValueError, match=r"booster 'specpl' cannot run on host 'coop': it needs a host with image-tower prompts.*Hosts it can boost: .*ivlp.*maple"):
+    with pytest.raises(
+        ValueError,
+        match=r"booster 'specpl' cannot run on host 'coop': it needs a host with image-tower prompts.*Hosts it can boost: .*ivlp.*maple",
+    ):
         check_combination("coop", ["specpl"])
 
 
 @pytest.mark.parametrize("host", ["coop", "cocoop", "kgcoop", "mmrl"])
 def test_isp_structural_modules_asked_for_on_a_text_prompt_host_are_refused_with_the_hosts_that_fit(host):
     asked = MethodConfig(host=host, boosters=["isp"], options={"isp": {"structural": "on"}})
-    with pytest.raises(ValueError, match=rf"isp.structural cannot run on host '{host}': it needs a host with deep text prompts( and image-tower prompts)?. Hosts it fits: ivlp, maple, promptsrc$"):
+    with pytest.raises(
+        ValueError,
+        match=rf"isp.structural cannot run on host '{host}': it needs a host with deep text prompts( and image-tower prompts)?. Hosts it fits: ivlp, maple, promptsrc$",
+    ):
         resolve_method_options(asked)
     # the default builds them where they fit and is sample probing alone elsewhere; "on" fits maple
     assert resolve_method_options(MethodConfig(host=host, boosters=["isp"]))["isp"]["structural"] == "auto"
-    assert resolve_method_options(MethodConfig(host="maple", boosters=["isp"], options={"isp": {"structural": "on"}}))["isp"]["structural"] == "on"
+    assert (
+        resolve_method_options(MethodConfig(host="maple", boosters=["isp"], options={"isp": {"structural": "on"}}))[
+            "isp"
+        ]["structural"]
+        == "on"
+    )
     # a config written before the three-way option reads True as "auto" and False as "off"
-    assert [resolve_method_options(MethodConfig(host=host, boosters=["isp"], options={"isp": {"structural": v}}))["isp"]["structural"] for v in (True, False)] == ["auto", "off"]
+    assert [
+        resolve_method_options(MethodConfig(host=host, boosters=["isp"], options={"isp": {"structural": v}}))["isp"][
+            "structural"
+        ]
+        for v in (True, False)
+    ] == ["auto", "off"]
 
 
 def test_an_unknown_option_names_the_component_and_its_keys(tiny_backbone):
-    with pytest.raises(ValueError, match=r"unknown option\(s\) for maple: n_ctxx; maple's options are: coupling_init, ctx_from_template, ctx_init, deep_text_init, depth"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown option\(s\) for maple: n_ctxx; maple's options are: coupling_init, ctx_from_template, ctx_init, deep_text_init, depth",
+    ):
         build_method(MethodConfig(host="maple", options={"maple": {"n_ctxx": 3}}), tiny_backbone, CLASSES)
 
 
 def test_an_unknown_preset_lists_the_presets():
-    with pytest.raises(ValueError, match=r"unknown preset 'ours'; the presets are: default, paper, and paper-<source> variants "
-                                         r"where a method defines one \('reference' reads as 'paper'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown preset 'ours'; the presets are: default, paper, and paper-<source> variants "
+        r"where a method defines one \('reference' reads as 'paper'\)",
+    ):
         MethodConfig(host="maple", preset="ours")
     assert MethodConfig(host="maple", preset="reference").preset == "paper"  # configs written before the rename
-    with pytest.raises(ValueError, match=r"preset 'paper-specpl' is not defined by maple; the paper variants are: paper-specpl"):
+    with pytest.raises(
+        ValueError, match=r"preset 'paper-specpl' is not defined by maple; the paper variants are: paper-specpl"
+    ):
         resolve_method_options(MethodConfig(host="maple", preset="paper-specpl"))
 
 
 def test_paper_and_default_presets_differ_only_where_documented():
     for host, paper_bank in (("coop", 0), ("maple", 0), ("mmrl", 10)):
-        options = {p: resolve_method_options(MethodConfig(host=host, boosters=["specpl"], preset=p)) for p in ("default", "paper")}
-        assert options["paper"]["specpl"]["bank_init_batches"] == paper_bank  # SpecPL's per-host rule: its own, not the host's
+        options = {
+            p: resolve_method_options(MethodConfig(host=host, boosters=["specpl"], preset=p))
+            for p in ("default", "paper")
+        }
+        assert (
+            options["paper"]["specpl"]["bank_init_batches"] == paper_bank
+        )  # SpecPL's per-host rule: its own, not the host's
         assert options["default"]["specpl"]["bank_init_batches"] == 10
-        assert (options["default"]["specpl"]["refiner"], options["paper"]["specpl"]["refiner"]) == ("gated", "layernorm")
+        assert (options["default"]["specpl"]["refiner"], options["paper"]["specpl"]["refiner"]) == (
+            "gated",
+            "layernorm",
+        )
         changed = {k for k in options["default"][host] if options["default"][host][k] != options["paper"][host][k]}
-        expected = {"coop": {"ctx_from_template"}, "maple": {"ctx_from_template", "tail", "deep_text_init", "coupling_init"}, "mmrl": {"reg_weight_fallback"}}[host]
+        expected = {
+            "coop": {"ctx_from_template"},
+            "maple": {"ctx_from_template", "tail", "deep_text_init", "coupling_init"},
+            "mmrl": {"reg_weight_fallback"},
+        }[host]
         assert changed == expected, (host, changed)
 
 
-TEXT_ONLY_HOSTS = [h for h in HOST_NAMES if HOSTS.get(h).accepts_boosters and PROMPTS_IMAGE_TOWER not in HOSTS.get(h).capabilities]
+TEXT_ONLY_HOSTS = [
+    h for h in HOST_NAMES if HOSTS.get(h).accepts_boosters and PROMPTS_IMAGE_TOWER not in HOSTS.get(h).capabilities
+]
 
 
 @pytest.mark.parametrize("template", ["a photo of a {}.", "a photo of a {}, a type of pet.", "itap of the {} I took."])
@@ -222,13 +269,17 @@ def test_a_text_only_host_starts_as_zero_shot_with_the_run_template(tiny_backbon
     model = build_method(MethodConfig(host=host), tiny_backbone, CLASSES, template).eval()
     images, _ = inputs
     zero_shot = Predictor.zero_shot(tiny_backbone, CLASSES, template).model
-    torch.testing.assert_close(model.logits(model.encode_image(images)), zero_shot.logits(zero_shot.encode_image(images)), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        model.logits(model.encode_image(images)), zero_shot.logits(zero_shot.encode_image(images)), rtol=0, atol=1e-5
+    )
     # the template's words before the class are what learns; the rest stays frozen text
     assert model.resolved_options()[host]["ctx_init"] == template.split("{}")[0].strip()
     assert model.resolved_options()[host]["tail"] == "{}" + template.split("{}")[1]
 
 
-DEEP_HOSTS = [h for h in HOST_NAMES if issubclass(HOSTS.get(h), DeepPromptHost) and HOSTS.get(h).accepts_boosters]  # not CasPL phase 1
+DEEP_HOSTS = [
+    h for h in HOST_NAMES if issubclass(HOSTS.get(h), DeepPromptHost) and HOSTS.get(h).accepts_boosters
+]  # not CasPL phase 1
 
 
 @pytest.mark.parametrize("host", DEEP_HOSTS)
@@ -250,7 +301,10 @@ def test_an_unknown_deep_text_init_names_the_host_and_the_allowed_values(tiny_ba
 
 def test_a_template_with_no_words_before_the_class_learns_a_photo_of_a_before_it(tiny_backbone):
     model = build_method(MethodConfig(host="coop"), tiny_backbone, CLASSES, "{} texture.")
-    assert (model.resolved_options()["coop"]["ctx_init"], model.resolved_options()["coop"]["tail"]) == ("a photo of a", "{} texture.")
+    assert (model.resolved_options()["coop"]["ctx_init"], model.resolved_options()["coop"]["tail"]) == (
+        "a photo of a",
+        "{} texture.",
+    )
 
 
 def test_a_template_derived_context_rebuilds_from_its_bundle_under_another_template(tiny_backbone, inputs, tmp_path):
@@ -275,8 +329,16 @@ def test_paper_maple_learns_a_photo_and_keeps_of_a_as_frozen_words(tiny_backbone
 
 def test_a_context_the_user_sets_is_the_one_trained():
     assert resolve_method_options(MethodConfig(host="coop"))["coop"]["ctx_from_template"] is True
-    assert resolve_method_options(MethodConfig(host="coop", options={"coop": {"n_ctx": 4}}))["coop"]["ctx_from_template"] is False
-    assert resolve_method_options(MethodConfig(host="maple", options={"maple": {"ctx_init": "a photo"}}))["maple"]["ctx_from_template"] is False
+    assert (
+        resolve_method_options(MethodConfig(host="coop", options={"coop": {"n_ctx": 4}}))["coop"]["ctx_from_template"]
+        is False
+    )
+    assert (
+        resolve_method_options(MethodConfig(host="maple", options={"maple": {"ctx_init": "a photo"}}))["maple"][
+            "ctx_from_template"
+        ]
+        is False
+    )
     both = MethodConfig(host="ivlp", options={"ivlp": {"n_ctx": 4, "ctx_from_template": True}})
     assert resolve_method_options(both)["ivlp"]["ctx_from_template"] is True  # said both: as said
 
@@ -285,7 +347,9 @@ def test_paper_maple_starts_its_deeper_couplings_equal_as_the_released_code():
     from specpl.backbone import load_backbone
     from specpl.config import BackboneConfig
 
-    four_layers = load_backbone(BackboneConfig(name="world-clip", pretrained=None))  # random weights: the tiny model has 2 layers
+    four_layers = load_backbone(
+        BackboneConfig(name="world-clip", pretrained=None)
+    )  # random weights: the tiny model has 2 layers
     couplings = build_method(MethodConfig(host="maple", preset="paper"), four_layers, CLASSES).host.couplings
     assert len(couplings) == 4
     for later in couplings[2:]:  # layers 1..J-1 are copies of one Linear; layer 0 has its own
@@ -305,7 +369,9 @@ def test_paper_promptsrc_averages_the_raw_template_features_then_normalises_once
     host.templates = [t.format for t in templates]
     host.set_classnames(CLASSES)
     with torch.no_grad():
-        raw = torch.stack([model.encode_text(tiny_backbone.tokenizer([t.format(c) for c in CLASSES])).float() for t in templates])
+        raw = torch.stack(
+            [model.encode_text(tiny_backbone.tokenizer([t.format(c) for c in CLASSES])).float() for t in templates]
+        )
     torch.testing.assert_close(host.frozen_text, F.normalize(raw.mean(0), dim=-1))
     host.config.frozen_text_average = "normalised"
     host.set_classnames(CLASSES)
@@ -316,7 +382,9 @@ def test_mmrl_takes_lambda_from_the_dataset_table_and_the_paper_preset_falls_bac
     from specpl.methods.mmrl import REG_WEIGHTS
 
     def reg_weight(preset: str, dataset: str | None) -> float:
-        return build_method(MethodConfig(host="mmrl", preset=preset), tiny_backbone, CLASSES, dataset=dataset).host.config.reg_weight
+        return build_method(
+            MethodConfig(host="mmrl", preset=preset), tiny_backbone, CLASSES, dataset=dataset
+        ).host.config.reg_weight
 
     assert reg_weight("paper", "dtd") == reg_weight("default", "dtd") == REG_WEIGHTS["dtd"]
     assert (reg_weight("paper", None), reg_weight("default", None)) == (1.0, 0.5)
@@ -324,7 +392,9 @@ def test_mmrl_takes_lambda_from_the_dataset_table_and_the_paper_preset_falls_bac
 
 def test_paper_kgcoop_guides_dtd_with_the_released_codes_template(tiny_backbone):
     def guidance(preset: str, dataset: str) -> str:
-        return build_method(MethodConfig(host="kgcoop", preset=preset), tiny_backbone, CLASSES, "{} texture.", dataset=dataset).host.template
+        return build_method(
+            MethodConfig(host="kgcoop", preset=preset), tiny_backbone, CLASSES, "{} texture.", dataset=dataset
+        ).host.template
 
     assert guidance("paper", "dtd") == "a photo of a {}, a type of texture."
     assert guidance("default", "dtd") == guidance("paper", "eurosat") == "{} texture."

@@ -1,5 +1,6 @@
 """int8 image towers: the attention rewrite is exact, and int8 keeps the pretrained world CLIP's
 predictions."""
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,12 @@ def test_inference_rewrites_match_the_open_clip_tower(tiny_backbone):
     rewritten = inference_tower(tower)
     kinds = {type(m) for m in rewritten.modules()}
     assert {SelfAttention, PatchLinear, ClassTokenBlock} <= kinds
-    assert not {SelfAttention, PatchLinear, ClassTokenBlock} & {type(m) for m in tower.modules()}  # the original is untouched
-    images = torch.randn(3, 3, tiny_backbone.image_size, tiny_backbone.image_size, generator=torch.Generator().manual_seed(0))
+    assert not {SelfAttention, PatchLinear, ClassTokenBlock} & {
+        type(m) for m in tower.modules()
+    }  # the original is untouched
+    images = torch.randn(
+        3, 3, tiny_backbone.image_size, tiny_backbone.image_size, generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         torch.testing.assert_close(rewritten(images), tower(images), rtol=1e-5, atol=1e-5)
 
@@ -32,7 +37,9 @@ def test_class_token_shortcut_only_when_the_tower_pools_that_token(tiny_backbone
     tower.pool_type = "avg"  # mean of the patch tokens: every output of the last block is read
     rewritten = inference_tower(tower)
     assert not any(isinstance(m, ClassTokenBlock) for m in rewritten.modules())
-    images = torch.randn(2, 3, tiny_backbone.image_size, tiny_backbone.image_size, generator=torch.Generator().manual_seed(1))
+    images = torch.randn(
+        2, 3, tiny_backbone.image_size, tiny_backbone.image_size, generator=torch.Generator().manual_seed(1)
+    )
     with torch.no_grad():
         torch.testing.assert_close(rewritten(images), tower(images), rtol=1e-5, atol=1e-5)
 
@@ -78,7 +85,9 @@ def test_int8_tower_keeps_world_clip_predictions(world_predictor):
 
 
 def test_int8_refused_for_image_prompted_hosts_and_other_devices(world_predictor, monkeypatch):
-    monkeypatch.setattr(world_predictor.model, "image_encoder", torch.nn.Identity())  # as when a method prompts the tower
+    monkeypatch.setattr(
+        world_predictor.model, "image_encoder", torch.nn.Identity()
+    )  # as when a method prompts the tower
     with pytest.raises(ValueError, match="prompts the image tower"):
         Predictor(world_predictor.model).use_int8_image_tower()
     tower = torch.nn.Linear(2, 2, device="meta")

@@ -1,6 +1,7 @@
 """The default preset's model selection: validation held out of the training images, zero-shot and
 the initial state scored before training, the kept epoch restored exactly, the verdict sentence,
 and a resumed run that keeps the settings it started with."""
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def test_validation_size_rule():
 
 
 def test_validation_is_held_out_of_the_training_images_per_class(tmp_path):
-    train = [ImageItem(tmp_path / f"{label}-{i}.png", label) for label in range(3) for i in range(8)] + [ImageItem(tmp_path / "u.png", -1)]
+    train = [ImageItem(tmp_path / f"{label}-{i}.png", label) for label in range(3) for i in range(8)] + [
+        ImageItem(tmp_path / "u.png", -1)
+    ]
     kept, held = hold_out_validation(train, seed=1)
     assert sorted(kept + held, key=str) == sorted(train, key=str) and not set(kept) & set(held)
     assert [sum(item.label == label for item in held) for label in range(3)] == [2, 2, 2]  # 8 images: 2 each
@@ -45,12 +48,19 @@ def test_accuracy_then_cross_entropy_decide_and_exact_ties_go_to_the_later_epoch
     selection = Selection(val_images=10, zero_shot=50.0)
     state = lambda value: {"w": torch.tensor([value])}  # noqa: E731
     assert selection.offer(0, 40.0, state(0.0), loss=1.0)
-    assert selection.offer(1, 60.0, state(1.0), loss=0.8) and selection.offer(2, 60.0, state(2.0), loss=0.8)  # an exact tie: the later epoch
+    assert selection.offer(1, 60.0, state(1.0), loss=0.8) and selection.offer(
+        2, 60.0, state(2.0), loss=0.8
+    )  # an exact tie: the later epoch
     assert not selection.offer(3, 60.0, state(3.0), loss=0.9)  # the same accuracy, less sure of the right class
     assert not selection.offer(4, 55.0, state(4.0), loss=0.1)
     assert (selection.best_epoch, float(selection.best_state["w"])) == (2, 2.0)
     restored = Selection.from_record(json.loads(json.dumps(selection.to_record())), selection.best_state)
-    assert (restored.best_epoch, restored.scores, restored.losses, restored.zero_shot) == (2, selection.scores, selection.losses, 50.0)
+    assert (restored.best_epoch, restored.scores, restored.losses, restored.zero_shot) == (
+        2,
+        selection.scores,
+        selection.losses,
+        50.0,
+    )
 
 
 def test_the_noise_margin_is_one_standard_error_of_the_validation_accuracy():
@@ -90,10 +100,21 @@ def test_the_verdict_says_plainly_how_the_kept_model_compares_with_zero_shot():
         chosen.settle(max(scores))
         return chosen
 
-    assert verdict(selection({0: 50, 1: 70, 2: 40}, 55), 2, "val") == "The kept model (epoch 1 of 2) scores 70.0% on validation, +15.0 points over zero-shot CLIP (55.0%)."
-    assert verdict(selection({0: 40, 1: 45}, 55), 1, "val") == "The kept model (epoch 1 of 1) ends below zero-shot CLIP on validation: 45.0% against 55.0%."
-    assert verdict(selection({0: 55, 1: 50}, 55), 1, "val").startswith("Training was not seen to improve on the initial prompts on validation (55.0%; zero-shot CLIP 55.0%)")
-    assert verdict(None, 3, "last", 50.0, 40.0) == "The last epoch is kept (paper preset); it is below zero-shot CLIP on validation (40.0% against 50.0%)."
+    assert (
+        verdict(selection({0: 50, 1: 70, 2: 40}, 55), 2, "val")
+        == "The kept model (epoch 1 of 2) scores 70.0% on validation, +15.0 points over zero-shot CLIP (55.0%)."
+    )
+    assert (
+        verdict(selection({0: 40, 1: 45}, 55), 1, "val")
+        == "The kept model (epoch 1 of 1) ends below zero-shot CLIP on validation: 45.0% against 55.0%."
+    )
+    assert verdict(selection({0: 55, 1: 50}, 55), 1, "val").startswith(
+        "Training was not seen to improve on the initial prompts on validation (55.0%; zero-shot CLIP 55.0%)"
+    )
+    assert (
+        verdict(None, 3, "last", 50.0, 40.0)
+        == "The last epoch is kept (paper preset); it is below zero-shot CLIP on validation (40.0% against 50.0%)."
+    )
     assert "fewer than 2 training images" in verdict(None, 3, "val")
 
 
@@ -120,13 +141,18 @@ def test_the_best_epoch_is_restored_with_its_exact_logits(tmp_path, cifar_root, 
     images = sorted((cifar_root / "test" / "cat").iterdir())[:4]
     chosen = Predictor(result.model)
     reloaded = Predictor.from_bundle(tmp_path / "run" / "model", backbone=tiny_backbone)
-    torch.testing.assert_close(reloaded.logits(chosen.preprocess(images)), chosen.logits(chosen.preprocess(images)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        reloaded.logits(chosen.preprocess(images)), chosen.logits(chosen.preprocess(images)), rtol=0, atol=0
+    )
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["selection"]["best_epoch"] == 1 and metrics["selection"]["per_epoch_val"] == [70.0, 60.0, 40.0]
     assert metrics["selection"]["kept_epoch"] == 1
     assert metrics["selection"]["zero_shot_val"] == 30.0 and metrics["selection"]["initial_val"] == 20.0
-    assert metrics["verdict"] == "The kept model (epoch 1 of 3) scores 70.0% on validation, +40.0 points over zero-shot CLIP (30.0%)."
+    assert (
+        metrics["verdict"]
+        == "The kept model (epoch 1 of 3) scores 70.0% on validation, +40.0 points over zero-shot CLIP (30.0%)."
+    )
     assert metrics["gain_over_zero_shot"] == pytest.approx(metrics["accuracy"] - metrics["zero_shot"]["accuracy"])
     events = read_events(tmp_path / "run" / "events.jsonl")
     assert [e["epoch"] for e in events if e["type"] == "selected"] == [1]
@@ -135,9 +161,15 @@ def test_the_best_epoch_is_restored_with_its_exact_logits(tmp_path, cifar_root, 
     assert bundle["method"]["preset"] == "default" and bundle["metrics"]["verdict"] == metrics["verdict"]
 
 
-def test_validation_never_touches_the_test_split_and_the_held_out_images_are_not_trained_on(tmp_path, cifar_root, tiny_backbone, monkeypatch):
+def test_validation_never_touches_the_test_split_and_the_held_out_images_are_not_trained_on(
+    tmp_path, cifar_root, tiny_backbone, monkeypatch
+):
     seen: list[list[str]] = []
-    monkeypatch.setattr(Trainer, "_validate", lambda self, predictor, data, accelerator: seen.append([str(i.path) for i in data.val]) or (50.0, 1.0))
+    monkeypatch.setattr(
+        Trainer,
+        "_validate",
+        lambda self, predictor, data, accelerator: seen.append([str(i.path) for i in data.val]) or (50.0, 1.0),
+    )
     Trainer(tiny_default(cifar_root, epochs=1), tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit()
     held = set(seen[0])
     assert len(held) == 10  # 4 shots: 1 of each of the 10 classes
@@ -151,16 +183,25 @@ def test_a_paper_run_keeps_the_last_epoch_and_holds_nothing_out(tmp_path, cifar_
     config.method.preset = "paper"
     metrics = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit().metrics
     assert metrics["selection"] is None and "zero_shot" not in metrics
-    assert metrics["verdict"] == "The last epoch is kept (paper preset); there is no validation split to compare it with zero-shot CLIP."
+    assert (
+        metrics["verdict"]
+        == "The last epoch is kept (paper preset); there is no validation split to compare it with zero-shot CLIP."
+    )
     steps = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "step"]
     assert steps[0]["total_steps"] == 10  # all 40 images, batch 4
 
 
 def test_a_resumed_run_keeps_the_settings_it_started_with(tmp_path, cifar_root, tiny_backbone):
-    straight = Trainer(tiny_default(cifar_root), tmp_path / "straight", backbone=tiny_backbone, progress_bar=False).fit()
+    straight = Trainer(
+        tiny_default(cifar_root), tmp_path / "straight", backbone=tiny_backbone, progress_bar=False
+    ).fit()
     steps = []
     cancelled = Trainer(
-        tiny_default(cifar_root), tmp_path / "run", callback=steps.append, backbone=tiny_backbone, progress_bar=False,
+        tiny_default(cifar_root),
+        tmp_path / "run",
+        callback=steps.append,
+        backbone=tiny_backbone,
+        progress_bar=False,
         should_stop=lambda: sum(e["type"] == "step" for e in steps) >= 9,
     ).fit()
     assert cancelled.status == "cancelled"
@@ -182,18 +223,29 @@ def test_a_default_run_on_the_demo_set_does_not_end_below_zero_shot(tmp_path):
     """What a new user gets with no flags (the app's first run, CoOp + SpecPL): the demo set, the world CLIP."""
     from specpl.defaults import demo_data_dir, world_backbone_config
 
-    config = RunConfig(backbone=world_backbone_config(), method=MethodConfig(host="coop", boosters=["specpl"]), data=DataConfig(root=str(demo_data_dir(tmp_path / "demo"))))
+    config = RunConfig(
+        backbone=world_backbone_config(),
+        method=MethodConfig(host="coop", boosters=["specpl"]),
+        data=DataConfig(root=str(demo_data_dir(tmp_path / "demo"))),
+    )
     config.decomposer.name = "fft"
     metrics = Trainer(config, tmp_path / "run", progress_bar=False).fit().metrics
     assert metrics["selection"]["best_val"] >= metrics["selection"]["zero_shot_val"]
     assert metrics["accuracy"] >= metrics["zero_shot"]["accuracy"]
 
 
-def test_a_base_to_new_run_compares_every_split_with_zero_shot_and_says_selection_sees_only_base_classes(tmp_path, cifar_root, tiny_backbone):
+def test_a_base_to_new_run_compares_every_split_with_zero_shot_and_says_selection_sees_only_base_classes(
+    tmp_path, cifar_root, tiny_backbone
+):
     config = tiny_default(cifar_root, epochs=1)
     config.data.subsample = "base"
     metrics = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit().metrics
     assert set(metrics["zero_shot"]) == {"accuracy", "base", "new", "hm"}
     assert metrics["gain_over_zero_shot"] == pytest.approx(metrics["hm"] - metrics["zero_shot"]["hm"])
-    assert metrics["validation_note"] == "Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
-    assert "Validation holds" not in metrics["verdict"]  # the app and the model card add the note once, beside the verdict
+    assert (
+        metrics["validation_note"]
+        == "Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
+    )
+    assert (
+        "Validation holds" not in metrics["verdict"]
+    )  # the app and the model card add the note once, beside the verdict

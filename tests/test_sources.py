@@ -1,5 +1,6 @@
 """Every value of the paper preset names its source (#21): each option of every host and booster,
 each training setting, and each dataset's own schedule."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,19 @@ from specpl.methods import BOOSTERS, DATASET_TRAIN, HOSTS, describe_methods, res
 from specpl.sources import GIVEN, value_sources
 from specpl.training_plan import resolved_training
 
-DATASETS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
-            "sun397", "dtd", "eurosat", "ucf101")
+DATASETS = (
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+)
 STACKS = [(host, []) for host in HOSTS.names()] + [
     (host, [row["name"]]) for row in describe_methods() if row["kind"] == "booster" for host in row["hosts"]
 ]
@@ -49,16 +61,22 @@ def test_a_dataset_schedule_names_its_own_source_and_explicit_values_say_given()
     coop = MethodConfig(host="coop", preset="paper")
     assert "vit_b16_ep50_ctxv1" in value_sources(coop, dataset="imagenet")["train.epochs"]
     assert "vit_b16_ctxv1.yaml" in value_sources(coop, dataset="dtd")["train.epochs"]
-    given = value_sources(MethodConfig(host="coop", preset="paper", options={"coop": {"n_ctx": 8}}), TrainConfig(epochs=3))
+    given = value_sources(
+        MethodConfig(host="coop", preset="paper", options={"coop": {"n_ctx": 8}}), TrainConfig(epochs=3)
+    )
     assert given["coop.n_ctx"] == given["train.epochs"] == GIVEN
     assert value_sources(MethodConfig(host="coop")) == {}  # the default preset is ours: docs/defaults.md
 
 
 def test_the_paper_schedules_per_dataset() -> None:
     """ImageNet's published schedules differ; the other datasets keep each host's (#21 row 3)."""
+
     def plan(host: str, boosters: list[str], dataset: str, preset: str = "paper") -> tuple[int, int]:
-        train = resolved_training(RunConfig(method=MethodConfig(host=host, boosters=boosters, preset=preset),
-                                            data=DataConfig(dataset=dataset)))
+        train = resolved_training(
+            RunConfig(
+                method=MethodConfig(host=host, boosters=boosters, preset=preset), data=DataConfig(dataset=dataset)
+            )
+        )
         return train["epochs"], train["batch_size"]
 
     assert [plan("coop", [], d) for d in ("imagenet", "dtd")] == [(50, 32), (200, 32)]  # vit_b16_ctxv1
@@ -86,7 +104,10 @@ def test_names_say_what_a_row_is() -> None:
 
     assert label("maple", ["specpl"]) == "MaPLe + SpecPL"
     assert label("coop", ["specpl"], specpl={"refine_novel": False}) == "CoOp + SpecPL (new classes unrefined, ours)"
-    assert label("maple", ["dapt"]) == "MaPLe + DAPT-G (per-head GradCAM, ours)" and label("maple", ["dapt"], "paper") == "MaPLe + DAPT-G"
+    assert (
+        label("maple", ["dapt"]) == "MaPLe + DAPT-G (per-head GradCAM, ours)"
+        and label("maple", ["dapt"], "paper") == "MaPLe + DAPT-G"
+    )
     assert label("ivlp", ["specpl"]) == "IVLP + SpecPL (unpublished combination)"
     assert label("maple", ["caspl", "specpl"]).endswith("(unpublished combination)")  # no paper stacks two boosters
     assert label("maple", ["isp"]).startswith("MaPLe + ISP (reconstructed)")

@@ -1,4 +1,5 @@
 """SpecPL's loss terms against values worked out by hand on small fixed tensors."""
+
 import math
 
 import pytest
@@ -76,7 +77,9 @@ def test_bank_initialisation_fills_then_pulls_nearest_row():
 def _specpl_model(backbone, stat_dim=6):
     torch.manual_seed(0)
     options = {"coop": {"n_ctx": 4}, "specpl": {"band_stat_dim": stat_dim}}
-    return build_method(MethodConfig(host="coop", boosters=["specpl"], options=options), backbone, ["cat", "dog", "ship", "frog"])
+    return build_method(
+        MethodConfig(host="coop", boosters=["specpl"], options=options), backbone, ["cat", "dog", "ship", "frog"]
+    )
 
 
 def _batch(labels, features, low, high) -> Batch:
@@ -105,7 +108,9 @@ def test_counterfactual_uses_permuted_high_bands_and_labels(tiny_backbone):
 
 def test_specpl_total_loss_weights(tiny_backbone):
     model = _specpl_model(tiny_backbone)
-    losses = model(_batch(torch.tensor([0, 1]), torch.randn(2, tiny_backbone.embed_dim), torch.rand(2, 6), torch.rand(2, 6)))
+    losses = model(
+        _batch(torch.tensor([0, 1]), torch.randn(2, tiny_backbone.embed_dim), torch.rand(2, 6), torch.rand(2, 6))
+    )
     assert set(losses) == {"cls", "sem", "granule", "counterfactual"}
     config = model.boosters["specpl"].config
     assert (config.lambda_sem, config.lambda_gf, config.lambda_gcf) == (0.1, 0.1, 0.1)
@@ -122,7 +127,12 @@ def test_band_projections_are_frozen_and_refiner_trains(tiny_backbone):
 
 @pytest.mark.parametrize(
     "host, preset, tau, blend",
-    [("cocoop", "paper", 0.02, 0.5), ("cocoop", "default", 0.02, 1.0), ("coop", "paper", 0.07, 1.0), ("maple", "default", 0.07, 1.0)],
+    [
+        ("cocoop", "paper", 0.02, 0.5),
+        ("cocoop", "default", 0.02, 1.0),
+        ("coop", "paper", 0.07, 1.0),
+        ("maple", "default", 0.07, 1.0),
+    ],
 )
 def test_per_host_bank_temperature_and_test_blend(tiny_backbone, host, preset, tau, blend):
     """The SpecPL release (docs/methods/specpl.md): on CoCoOp the bank's tau is 0.02, and the paper preset tests it on
@@ -137,4 +147,6 @@ def test_per_host_bank_temperature_and_test_blend(tiny_backbone, host, preset, t
         specpl.train()
         torch.testing.assert_close(specpl.refine_text(raw), refined, rtol=0, atol=0)
         specpl.eval()
-        torch.testing.assert_close(specpl.refine_text(raw), F.normalize((1 - blend) * raw + blend * refined, dim=-1) if blend < 1 else refined)
+        torch.testing.assert_close(
+            specpl.refine_text(raw), F.normalize((1 - blend) * raw + blend * refined, dim=-1) if blend < 1 else refined
+        )

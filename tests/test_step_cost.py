@@ -1,18 +1,18 @@
 """CPU proxies for the GPU step cost (issue: launches are the lever on a GPU): operators one eager
 step dispatches, casts, and graph breaks under torch.compile, pinned so they cannot creep back."""
+
 from __future__ import annotations
 
 import copy
 
 import pytest
 import torch
+from test_methods import TRACED, batch_for, build, method_id
 from torch.profiler import ProfilerActivity, profile
 
 from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
 from specpl.methods import build_method
 from specpl.trainer import Trainer, frozen_in_bf16, resolve_compile
-
-from test_methods import TRACED, batch_for, build, method_id
 
 # Measured 2026-12-01 on specpl-tiny (2+2 layers), CoOp (4 ctx) + SpecPL, 10 classes, batch 8:
 # 3,104 aten operators a step with the CLIP in fp32, 2,992 with it held in bf16.
@@ -23,7 +23,9 @@ def _profiled_step(backbone) -> list:
     torch.manual_seed(0)
     model = build_method(
         MethodConfig(host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}}),
-        backbone, [f"class {i}" for i in range(10)], decomposer=DecomposerConfig(name="fft", image_size=backbone.image_size),
+        backbone,
+        [f"class {i}" for i in range(10)],
+        decomposer=DecomposerConfig(name="fft", image_size=backbone.image_size),
     )
     images = torch.randn(8, 3, backbone.image_size, backbone.image_size)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -60,7 +62,9 @@ def test_frozen_in_bf16_is_a_copy_with_fp32_norms(tiny_backbone):
     with torch.no_grad():
         tiny_backbone.model.logit_scale.fill_(torch.tensor(100.0).log())
         held = frozen_in_bf16(tiny_backbone)
-        assert held.model.logit_scale.dtype == torch.float32 and float(held.model.logit_scale.exp()) == pytest.approx(100.0, abs=1e-4)
+        assert held.model.logit_scale.dtype == torch.float32 and float(held.model.logit_scale.exp()) == pytest.approx(
+            100.0, abs=1e-4
+        )
         assert float(tiny_backbone.model.logit_scale.to(torch.bfloat16).exp()) == pytest.approx(98.9, abs=0.2)
         tiny_backbone.model.logit_scale.copy_(before["logit_scale"])
 
@@ -68,9 +72,11 @@ def test_frozen_in_bf16_is_a_copy_with_fp32_norms(tiny_backbone):
 def test_a_bf16_run_on_the_cpu_trains_and_leaves_the_callers_backbone_alone(tmp_path, cifar_root, tiny_backbone):
     before = {k: v.clone() for k, v in tiny_backbone.model.state_dict().items()}
     config = RunConfig(
-        backbone=BackboneConfig(name="specpl-tiny", pretrained=None), decomposer=DecomposerConfig(name="fft", image_size=32),
+        backbone=BackboneConfig(name="specpl-tiny", pretrained=None),
+        decomposer=DecomposerConfig(name="fft", image_size=32),
         method=MethodConfig(host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}}),
-        data=DataConfig(root=str(cifar_root), shots=2), train=TrainConfig(epochs=1, batch_size=8, precision="bf16"),
+        data=DataConfig(root=str(cifar_root), shots=2),
+        train=TrainConfig(epochs=1, batch_size=8, precision="bf16"),
     )
     result = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit()
     assert result.status == "finished" and 0 <= result.metrics["accuracy"] <= 100
@@ -79,7 +85,13 @@ def test_a_bf16_run_on_the_cpu_trains_and_leaves_the_callers_backbone_alone(tmp_
 
 @pytest.mark.parametrize(
     "setting, device, steps, compiled",
-    [("auto", "cpu", 10**6, False), ("auto", "cuda", 5_000, True), ("auto", "cuda", 100, False), ("on", "cpu", 1, True), ("off", "cuda", 10**6, False)],
+    [
+        ("auto", "cpu", 10**6, False),
+        ("auto", "cuda", 5_000, True),
+        ("auto", "cuda", 100, False),
+        ("on", "cpu", 1, True),
+        ("off", "cuda", 10**6, False),
+    ],
 )
 def test_compile_auto_compiles_on_a_gpu_when_the_steps_pay(setting, device, steps, compiled):
     used, reason = resolve_compile(setting, torch.device(device), steps)

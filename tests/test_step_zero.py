@@ -2,6 +2,7 @@
 optimizer step, host + boosters give the host's logits (fp32, within 1e-5). The branches zero-gated
 for that (SpecPL's refiner gate, CoCoOp's meta-net) still learn: each gets a gradient within two
 steps. The spec's forms stay available ("layernorm" refiner, "pytorch" meta-net init)."""
+
 from __future__ import annotations
 
 import copy
@@ -9,14 +10,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from test_methods import CLASSES, METHODS, batch_for, build, method_id
 
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.methods import build_method, resolve_method_options
 from specpl.methods.bank import VisualSemanticBank
 from specpl.methods.cocoop import CoCoOpConfig
 from specpl.methods.specpl import SpecPLConfig
-
-from test_methods import CLASSES, METHODS, batch_for, build, method_id
 
 CASPL = "caspl"  # its frozen phase-1 prompts are part of the host's starting point, not a change to it
 BOOSTED = [(host, stack) for host, stack in METHODS if stack and stack != (CASPL,)]
@@ -170,7 +170,11 @@ def test_gated_refiner_is_the_raw_direction_at_zero_and_the_spec_formula_at_one(
 
 
 def test_cocoop_test_blend_with_a_closed_gate_is_the_raw_direction(tiny_backbone):
-    specpl = _build(copy.deepcopy(tiny_backbone), "cocoop", ("specpl",), {"specpl": {"test_blend": 0.5}}).boosters["specpl"].eval()
+    specpl = (
+        _build(copy.deepcopy(tiny_backbone), "cocoop", ("specpl",), {"specpl": {"test_blend": 0.5}})
+        .boosters["specpl"]
+        .eval()
+    )
     assert specpl.test_blend == 0.5
     raw = torch.randn(2, len(CLASSES), tiny_backbone.embed_dim) * 4  # CoCoOp's per-image text
     with torch.no_grad():
@@ -179,7 +183,9 @@ def test_cocoop_test_blend_with_a_closed_gate_is_the_raw_direction(tiny_backbone
 
 def test_a_layernorm_specpl_has_the_tensors_and_draws_of_the_gated_one_but_the_gate(tiny_backbone):
     gated = _build(copy.deepcopy(tiny_backbone), "coop", ("specpl",), seed=2).learned_state_dict()
-    layernorm = _build(copy.deepcopy(tiny_backbone), "coop", ("specpl",), {"specpl": {"refiner": "layernorm"}}, seed=2).learned_state_dict()
+    layernorm = _build(
+        copy.deepcopy(tiny_backbone), "coop", ("specpl",), {"specpl": {"refiner": "layernorm"}}, seed=2
+    ).learned_state_dict()
     assert set(gated) - set(layernorm) == {"boosters.specpl.bank.gate"} and set(layernorm) <= set(gated)
     for name, value in layernorm.items():
         torch.testing.assert_close(gated[name], value, rtol=0, atol=0, msg=name)
@@ -192,7 +198,9 @@ def test_a_layernorm_specpl_has_the_tensors_and_draws_of_the_gated_one_but_the_g
         (lambda: VisualSemanticBank(4, refiner="LN"), r"specpl\.refiner must be one of 'gated', 'layernorm'; got 'LN'"),
         (lambda: CoCoOpConfig(meta_init="xavier"), r"cocoop\.meta_init must be one of 'zero', 'pytorch'; got 'xavier'"),
         (
-            lambda: resolve_method_options(MethodConfig(host="coop", boosters=["specpl"], options={"specpl": {"refiner": "none"}})),
+            lambda: resolve_method_options(
+                MethodConfig(host="coop", boosters=["specpl"], options={"specpl": {"refiner": "none"}})
+            ),
             r"specpl\.refiner must be one of 'gated', 'layernorm'; got 'none'",
         ),
         (
@@ -204,15 +212,28 @@ def test_a_layernorm_specpl_has_the_tensors_and_draws_of_the_gated_one_but_the_g
             r"maple\.coupling_init must be one of 'independent', 'shared'; got 'tied'",
         ),
         (
-            lambda: resolve_method_options(MethodConfig(host="promptsrc", options={"promptsrc": {"frozen_text_average": "mean"}})),
+            lambda: resolve_method_options(
+                MethodConfig(host="promptsrc", options={"promptsrc": {"frozen_text_average": "mean"}})
+            ),
             r"promptsrc\.frozen_text_average must be one of 'normalised', 'raw'; got 'mean'",
         ),
         (
-            lambda: resolve_method_options(MethodConfig(host="kgcoop", options={"kgcoop": {"guidance_templates": "dtd"}})),
+            lambda: resolve_method_options(
+                MethodConfig(host="kgcoop", options={"kgcoop": {"guidance_templates": "dtd"}})
+            ),
             r"kgcoop\.guidance_templates must be one of 'run', 'released'; got 'dtd'",
         ),
     ],
-    ids=["specpl-config", "bank", "cocoop-config", "specpl-option", "cocoop-option", "maple-coupling", "promptsrc-average", "kgcoop-guidance"],
+    ids=[
+        "specpl-config",
+        "bank",
+        "cocoop-config",
+        "specpl-option",
+        "cocoop-option",
+        "maple-coupling",
+        "promptsrc-average",
+        "kgcoop-guidance",
+    ],
 )
 def test_an_unknown_init_option_names_the_allowed_values(make, message):
     with pytest.raises(ValueError, match=message):

@@ -2,6 +2,7 @@
 comparison table against the published numbers, the cross-dataset and domain-generalisation
 protocols (fake runners, then real tiny runs on fixture datasets in the real layouts), one real
 tiny base-to-new run, and Ray on a local CPU cluster."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import make_image_folder
+
 from specpl.config import RunConfig
 from specpl.datasets import BASE_TO_NEW, DOMAIN_TARGETS
 from specpl.datasets.published import COLUMNS, published_base_new
@@ -23,7 +24,21 @@ from specpl.sweep import Cell, CellStore, DatasetChoice, add_sweep_arguments, pl
 def sweep_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_sweep_arguments(parser)
-    defaults = ["--datasets", "dtd", "eurosat", "--methods", "coop", "coop+specpl", "--seeds", "1", "2", "--data-root", str(tmp_path / "DATA"), "--out", str(tmp_path / "sweep")]
+    defaults = [
+        "--datasets",
+        "dtd",
+        "eurosat",
+        "--methods",
+        "coop",
+        "coop+specpl",
+        "--seeds",
+        "1",
+        "2",
+        "--data-root",
+        str(tmp_path / "DATA"),
+        "--out",
+        str(tmp_path / "sweep"),
+    ]
     return parser.parse_args(defaults + list(extra))
 
 
@@ -42,7 +57,12 @@ class FakeRunner:
         if key == self.fail_on:
             raise ValueError("out of memory")
         bonus = 5.0 * len(config.method.boosters)
-        return {"base": 70.0 + config.data.seed + bonus, "new": 60.0 + config.data.seed, "hm": 0.0, "accuracy": 50.0 + config.data.seed}
+        return {
+            "base": 70.0 + config.data.seed + bonus,
+            "new": 60.0 + config.data.seed,
+            "hm": 0.0,
+            "accuracy": 50.0 + config.data.seed,
+        }
 
 
 ALL_CELLS = [f"{d}/{m}/seed{s}" for d in ("dtd", "eurosat") for m in ("coop", "coop+specpl") for s in (1, 2)]
@@ -51,14 +71,36 @@ ALL_CELLS = [f"{d}/{m}/seed{s}" for d in ("dtd", "eurosat") for m in ("coop", "c
 def test_every_cell_runs_once_with_its_config_and_is_recorded(tmp_path, capsys):
     runner = FakeRunner()
     configs = []
-    assert run_sweep(sweep_args(tmp_path), runner=lambda config, run_dir: (configs.append(config), runner(config, run_dir))[1]) == 0
+    assert (
+        run_sweep(
+            sweep_args(tmp_path), runner=lambda config, run_dir: (configs.append(config), runner(config, run_dir))[1]
+        )
+        == 0
+    )
     assert runner.calls == ALL_CELLS
     dtd = configs[0]
-    assert (dtd.data.dataset, dtd.data.root, dtd.data.subsample, dtd.data.shots, dtd.data.seed) == ("dtd", str(tmp_path / "DATA"), "base", 16, 1)
-    assert dtd.train.seed == 1 and dtd.template == "{} texture." and configs[-1].template == "a centered satellite photo of {}."
+    assert (dtd.data.dataset, dtd.data.root, dtd.data.subsample, dtd.data.shots, dtd.data.seed) == (
+        "dtd",
+        str(tmp_path / "DATA"),
+        "base",
+        16,
+        1,
+    )
+    assert (
+        dtd.train.seed == 1
+        and dtd.template == "{} texture."
+        and configs[-1].template == "a centered satellite photo of {}."
+    )
     assert (configs[2].method.host, configs[2].method.boosters) == ("coop", ["specpl"])
-    record = json.loads((tmp_path / "sweep" / "cells" / "eurosat" / "coop+specpl" / "seed2" / "metrics.json").read_text())
-    assert record == {"dataset": "eurosat", "method": "coop+specpl", "seed": 2, "metrics": {"base": 77.0, "new": 62.0, "hm": 0.0, "accuracy": 52.0}}
+    record = json.loads(
+        (tmp_path / "sweep" / "cells" / "eurosat" / "coop+specpl" / "seed2" / "metrics.json").read_text()
+    )
+    assert record == {
+        "dataset": "eurosat",
+        "method": "coop+specpl",
+        "seed": 2,
+        "metrics": {"base": 77.0, "new": 62.0, "hm": 0.0, "accuracy": 52.0},
+    }
     table = (tmp_path / "sweep" / "RESULTS.md").read_text()
     assert table in capsys.readouterr().out
     # coop on DTD: mean base 71.5 vs published 79.44; new 61.5 vs 41.18; HM of the means vs the published HM
@@ -76,7 +118,11 @@ def test_the_base_config_carries_into_every_cell(tmp_path):
     (tmp_path / "base.json").write_text(json.dumps(base.to_dict()))
     cells = plan_cells(sweep_args(tmp_path, "--config", str(tmp_path / "base.json"), "--seeds", "1"))
     coop, booster = cells[0].config, cells[1].config
-    assert (coop.method.preset, coop.method.options, coop.train.lr) == ("paper", {"coop": {"n_ctx": 4}}, 0.01)  # only its own options
+    assert (coop.method.preset, coop.method.options, coop.train.lr) == (
+        "paper",
+        {"coop": {"n_ctx": 4}},
+        0.01,
+    )  # only its own options
     assert booster.method.options == base.method.options
     # the tables compare with published numbers, so a sweep trains the paper preset unless told otherwise
     assert plan_cells(sweep_args(tmp_path, "--seeds", "1"))[0].config.method.preset == "paper"
@@ -120,15 +166,28 @@ def test_average_only_numbers_compare_when_all_eleven_datasets_ran(tmp_path):
     for cell in cells:
         store.save(cell, {"base": 85.68, "new": 77.16})
     table = render_table(cells, store, "base2new", 16)
-    assert "| **Average** (11 datasets) | | 85.68 (85.68, +0.00) | 77.16 (77.16, +0.00) | 81.20 (81.20, +0.00) |" in table
+    assert (
+        "| **Average** (11 datasets) | | 85.68 (85.68, +0.00) | 77.16 (77.16, +0.00) | 81.20 (81.20, +0.00) |" in table
+    )
     partial = render_table(cells[:2], store, "base2new", 16)
-    assert "| **Average** (2 datasets) | | 85.68 | 77.16 | 81.20 |" in partial and "compared only once all 11 datasets have run" in partial
+    assert (
+        "| **Average** (2 datasets) | | 85.68 | 77.16 | 81.20 |" in partial
+        and "compared only once all 11 datasets have run" in partial
+    )
 
 
 def test_transcribed_numbers_reproduce_the_published_averages():
-    averages = {"zeroshot": (69.34, 74.22, 71.70), "coop": (82.69, 63.22, 71.66), "cocoop": (80.47, 71.69, 75.83), "maple": (82.28, 75.14, 78.55),
-                "promptsrc": (84.26, 76.10, 79.97), "coop+caspl": (84.78, 74.49, 79.30), "cocoop+caspl": (83.63, 78.12, 80.78),
-                "maple+caspl": (84.48, 79.59, 81.96), "promptsrc+caspl": (86.11, 79.54, 82.69)}
+    averages = {
+        "zeroshot": (69.34, 74.22, 71.70),
+        "coop": (82.69, 63.22, 71.66),
+        "cocoop": (80.47, 71.69, 75.83),
+        "maple": (82.28, 75.14, 78.55),
+        "promptsrc": (84.26, 76.10, 79.97),
+        "coop+caspl": (84.78, 74.49, 79.30),
+        "cocoop+caspl": (83.63, 78.12, 80.78),
+        "maple+caspl": (84.48, 79.59, 81.96),
+        "promptsrc+caspl": (86.11, 79.54, 82.69),
+    }
     assert set(averages) == set(COLUMNS)
     for method, expected in averages.items():
         row = aggregate_base_new(published_base_new(method, d) for d in BASE_TO_NEW)
@@ -151,7 +210,9 @@ def test_bad_plans_fail_before_anything_runs(tmp_path, extra, error, message):
 
 
 def test_a_user_folder_gets_its_own_root_and_label(tmp_path):
-    cells = plan_cells(sweep_args(tmp_path, "--datasets", "folder=/data/my_birds", "oxford_pets", "--methods", "coop", "--seeds", "3"))
+    cells = plan_cells(
+        sweep_args(tmp_path, "--datasets", "folder=/data/my_birds", "oxford_pets", "--methods", "coop", "--seeds", "3")
+    )
     assert [(c.key, c.config.data.root, c.config.template) for c in cells] == [
         ("my_birds/coop/seed3", "/data/my_birds", "a photo of a {}."),
         ("oxford_pets/coop/seed3", str(tmp_path / "DATA"), "a photo of a {}, a type of pet."),
@@ -160,15 +221,34 @@ def test_a_user_folder_gets_its_own_root_and_label(tmp_path):
 
 def test_one_real_tiny_sweep_trains_and_then_skips(tmp_path):
     tree = make_image_folder(tmp_path / "shapes", {"red": 4, "green": 4, "blue": 4, "grey": 4}, size=16)
-    args = sweep_args(tmp_path, "--datasets", f"folder={tree}", "--methods", "coop", "--seeds", "1", "--shots", "2",
-                      "--backbone", "specpl-tiny", "--pretrained", "none", "--epochs", "1", "--batch-size", "4")
+    args = sweep_args(
+        tmp_path,
+        "--datasets",
+        f"folder={tree}",
+        "--methods",
+        "coop",
+        "--seeds",
+        "1",
+        "--shots",
+        "2",
+        "--backbone",
+        "specpl-tiny",
+        "--pretrained",
+        "none",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+    )
     run_dir = tmp_path / "sweep" / "cells" / "shapes" / "coop" / "seed1" / "run"
     run_dir.mkdir(parents=True)
     (run_dir / "STOP").touch()  # the run stops at its first step, as a killed one would, leaving a checkpoint
     assert run_sweep(args) == 1 and (run_dir / "checkpoint").is_dir()
     assert not (run_dir.parent / "metrics.json").exists()
     assert run_sweep(args) == 0  # the cell resumes from its checkpoint and finishes
-    assert [e["type"] for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())].count("resumed") == 1
+    assert [e["type"] for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())].count(
+        "resumed"
+    ) == 1
     record = json.loads((run_dir.parent / "metrics.json").read_text())["metrics"]
     assert set(record) >= {"base", "new", "hm", "accuracy"} and record["base"] == record["accuracy"]
     assert (run_dir / "model").is_dir()
@@ -193,7 +273,14 @@ def crash_on_dtd_seed2(config: RunConfig, run_dir: Path) -> dict[str, float]:
 @pytest.mark.skipif(ray is None, reason="needs the optional Ray extra (pip install specpl[ray])")
 def test_ray_runs_cells_on_a_local_cpu_cluster_and_resumes_after_a_kill(tmp_path):
     tests_dir = str(Path(__file__).parent)  # the workers import this module for the runner
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}})
+    ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=False,
+        runtime_env={
+            "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [tests_dir, os.environ.get("PYTHONPATH")]))}
+        },
+    )
     try:
         args = sweep_args(tmp_path, "--methods", "coop", "--ray", "--gpus-per-cell", "0")
         assert run_sweep(args, runner=crash_on_dtd_seed2) == 1
@@ -208,6 +295,7 @@ def test_ray_runs_cells_on_a_local_cpu_cluster_and_resumes_after_a_kill(tmp_path
 
 
 # --- the transfer protocols: cross-dataset and domain generalisation --------------------------
+
 
 def parse(tmp_path: Path, *argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
@@ -243,13 +331,27 @@ TRANSFER_CELLS = [f"imagenet/{m}/seed{s}" for m in ("coop", "coop+specpl") for s
 
 def test_cross_dataset_trains_once_per_method_and_seed_and_evaluates_every_other_dataset(tmp_path, capsys):
     runner, evaluator, configs = FakeRunner(), FakeEvaluator(), []
-    code = run_sweep(transfer_args(tmp_path, "cross-dataset"), runner=lambda c, d: (configs.append(c), runner(c, d))[1], evaluator=evaluator)
+    code = run_sweep(
+        transfer_args(tmp_path, "cross-dataset"),
+        runner=lambda c, d: (configs.append(c), runner(c, d))[1],
+        evaluator=evaluator,
+    )
     assert code == 0 and runner.calls == TRANSFER_CELLS
-    assert {(c.data.dataset, c.data.subsample, c.data.shots, c.template) for c in configs} == {("imagenet", "all", 16, "a photo of a {}.")}
+    assert {(c.data.dataset, c.data.subsample, c.data.shots, c.template) for c in configs} == {
+        ("imagenet", "all", 16, "a photo of a {}.")
+    }
     others = [name for name in BASE_TO_NEW if name != "imagenet"]
     assert len(others) == 10 and evaluator.calls == [f"{cell}>{target}" for cell in TRANSFER_CELLS for target in others]
-    record = json.loads((tmp_path / "sweep" / "cells" / "imagenet" / "coop" / "seed2" / "targets" / "dtd.json").read_text())
-    assert record == {"source": "imagenet", "target": "dtd", "method": "coop", "seed": 2, "metrics": {"accuracy": 40.0, "test_images": 10}}
+    record = json.loads(
+        (tmp_path / "sweep" / "cells" / "imagenet" / "coop" / "seed2" / "targets" / "dtd.json").read_text()
+    )
+    assert record == {
+        "source": "imagenet",
+        "target": "dtd",
+        "method": "coop",
+        "seed": 2,
+        "metrics": {"accuracy": 40.0, "test_images": 10},
+    }
     table = (tmp_path / "sweep" / "RESULTS.md").read_text()
     assert table in capsys.readouterr().out
     assert "| Method | Seeds | imagenet (source) | " + " | ".join(others) + " | Average |" in table
@@ -273,16 +375,29 @@ def test_a_killed_transfer_sweep_evaluates_only_the_missing_targets(tmp_path):
 
 
 def test_domain_generalisation_table_compares_with_the_published_numbers(tmp_path):
-    evaluator = FakeEvaluator(accuracy={"imagenetv2": 64.0, "imagenet_sketch": 50.0, "imagenet_a": 51.0, "imagenet_r": 79.0})
-    args = parse(tmp_path, "--protocol", "domain-generalisation", "--methods", "mmrl", "promptsrc", "coop", "--seeds", "1", "2")
+    evaluator = FakeEvaluator(
+        accuracy={"imagenetv2": 64.0, "imagenet_sketch": 50.0, "imagenet_a": 51.0, "imagenet_r": 79.0}
+    )
+    args = parse(
+        tmp_path, "--protocol", "domain-generalisation", "--methods", "mmrl", "promptsrc", "coop", "--seeds", "1", "2"
+    )
     assert run_sweep(args, runner=FakeRunner(), evaluator=evaluator) == 0
     table = (tmp_path / "sweep" / "RESULTS.md").read_text()
-    assert "| Method | Seeds | imagenet (source) | imagenetv2 | imagenet_sketch | imagenet_a | imagenet_r | Average |" in table
+    assert (
+        "| Method | Seeds | imagenet (source) | imagenetv2 | imagenet_sketch | imagenet_a | imagenet_r | Average |"
+        in table
+    )
     # MMRL (docs/methods/mmrl.md): IN 72.03, V2 64.47, S 49.17, A 51.20, R 77.53; their average 60.59; ours (64 + 50 + 51 + 79) / 4 = 61
-    assert "| mmrl | 2/2 | 51.50 (72.03, -20.53) | 64.00 (64.47, -0.47) | 50.00 (49.17, +0.83) | 51.00 (51.20, -0.20) | 79.00 (77.53, +1.47) | 61.00 (60.59, +0.41) |" in table
+    assert (
+        "| mmrl | 2/2 | 51.50 (72.03, -20.53) | 64.00 (64.47, -0.47) | 50.00 (49.17, +0.83) | 51.00 (51.20, -0.20) | 79.00 (77.53, +1.47) | 61.00 (60.59, +0.41) |"
+        in table
+    )
     # CasPL publishes PromptSRC's ImageNet accuracy and an average over V2, Sketch and R only (63.90)
     assert "| promptsrc | 2/2 | 51.50 (71.27, -19.77) | 64.00 | 50.00 | 51.00 | 79.00 | 61.00 |" in table
-    assert "over imagenetv2, imagenet_sketch, imagenet_r only: 63.90; ours over the same targets: 64.33 (63.90, +0.43)." in table
+    assert (
+        "over imagenetv2, imagenet_sketch, imagenet_r only: 63.90; ours over the same targets: 64.33 (63.90, +0.43)."
+        in table
+    )
     assert "| coop | 2/2 | 51.50 | 64.00 | 50.00 | 51.00 | 79.00 | 61.00 |" in table
 
 
@@ -300,21 +415,39 @@ def test_transfer_protocols_share_trained_cells_and_a_base_to_new_out_is_refused
     assert run_sweep(fewshot, runner=FakeRunner()) == 0
     runner = FakeRunner()
     cross = parse(tmp_path, "--protocol", "cross-dataset", "--methods", "coop", "--seeds", "1", "--targets", "dtd")
-    assert run_sweep(cross, runner=runner, evaluator=FakeEvaluator()) == 0 and runner.calls == []  # the same model: not trained again
+    assert (
+        run_sweep(cross, runner=runner, evaluator=FakeEvaluator()) == 0 and runner.calls == []
+    )  # the same model: not trained again
     base_to_new = argparse.Namespace(**{**vars(sweep_args(tmp_path)), "out": str(tmp_path / "b2n")})
     assert run_sweep(base_to_new, runner=FakeRunner()) == 0
-    with pytest.raises(ValueError, match=r"b2n holds a base2new sweep \(16 shots, trained on base classes, paper preset\); this cross-dataset sweep trains on all classes"):
-        run_sweep(argparse.Namespace(**{**vars(cross), "out": base_to_new.out}), runner=FakeRunner(), evaluator=FakeEvaluator())
+    with pytest.raises(
+        ValueError,
+        match=r"b2n holds a base2new sweep \(16 shots, trained on base classes, paper preset\); this cross-dataset sweep trains on all classes",
+    ):
+        run_sweep(
+            argparse.Namespace(**{**vars(cross), "out": base_to_new.out}),
+            runner=FakeRunner(),
+            evaluator=FakeEvaluator(),
+        )
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--protocol", "cross-dataset", "--datasets", "dtd"], "trains on --source \\(default imagenet\\) and evaluates on --targets"),
+        (
+            ["--protocol", "cross-dataset", "--datasets", "dtd"],
+            "trains on --source \\(default imagenet\\) and evaluates on --targets",
+        ),
         (["--protocol", "cross-dataset", "--source", "imagenet_a"], "imagenet_a is a test-only ImageNet variant"),
         (["--protocol", "domain-generalisation", "--targets", "imagenet_a", "imagenet"], "imagenet is the source"),
-        (["--protocol", "domain-generalisation", "--targets", "imagenet_a", "imagenet_a"], "two datasets share a name in --targets"),
-        (["--protocol", "fewshot", "--datasets", "dtd", "--targets", "eurosat"], "--source and --targets belong to the cross-dataset and domain-generalisation protocols"),
+        (
+            ["--protocol", "domain-generalisation", "--targets", "imagenet_a", "imagenet_a"],
+            "two datasets share a name in --targets",
+        ),
+        (
+            ["--protocol", "fewshot", "--datasets", "dtd", "--targets", "eurosat"],
+            "--source and --targets belong to the cross-dataset and domain-generalisation protocols",
+        ),
         (["--protocol", "base2new"], "--protocol base2new needs --datasets"),
     ],
 )
@@ -328,23 +461,40 @@ def test_real_transfer_runs_score_one_model_with_each_targets_names_and_template
     """Zero-shot CLIP as the cell (nothing to train, so fast and deterministic): each target's
     record must equal zero-shot CLIP scored directly with that target's class names and template;
     ImageNet-A and -R classify among only the classes they hold."""
+    from test_datasets import IMAGENET_NAMES, write_dataset
+
     from specpl.backbone import load_backbone
     from specpl.config import BackboneConfig, DataConfig
     from specpl.datasets import read_dataset
     from specpl.inference import Predictor, score_split
-    from test_datasets import IMAGENET_NAMES, write_dataset
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the few-shot sample cache
     data = tmp_path / "DATA"
     for name in ("imagenet", "dtd", "eurosat", *DOMAIN_TARGETS):
         write_dataset(data, name)
-    tiny = ["--methods", "zeroshot", "--seeds", "1", "--shots", "2", "--backbone", "specpl-tiny", "--pretrained", "none"]
+    tiny = [
+        "--methods",
+        "zeroshot",
+        "--seeds",
+        "1",
+        "--shots",
+        "2",
+        "--backbone",
+        "specpl-tiny",
+        "--pretrained",
+        "none",
+    ]
     assert run_sweep(parse(tmp_path, "--protocol", "domain-generalisation", *tiny)) == 0
 
     def no_training(config: RunConfig, run_dir: Path) -> dict[str, float]:
         raise AssertionError(f"{run_dir} has trained already")
 
-    assert run_sweep(parse(tmp_path, "--protocol", "cross-dataset", "--targets", "dtd", "eurosat", *tiny), runner=no_training) == 0
+    assert (
+        run_sweep(
+            parse(tmp_path, "--protocol", "cross-dataset", "--targets", "dtd", "eurosat", *tiny), runner=no_training
+        )
+        == 0
+    )
     cell = tmp_path / "sweep" / "cells" / "imagenet" / "zeroshot" / "seed1"
     backbone = load_backbone(BackboneConfig(name="specpl-tiny", pretrained=None))
     scored = {}
@@ -354,8 +504,14 @@ def test_real_transfer_runs_score_one_model_with_each_targets_names_and_template
         expected = score_split(Predictor.zero_shot(backbone, target.classnames, target.template), target.test)
         assert scored[name] == json.loads(json.dumps(expected)), name
     plain = read_dataset(DataConfig(root=str(data), dataset="dtd", shots=None))
-    assert score_split(Predictor.zero_shot(backbone, plain.classnames, "a photo of a {}."), plain.test)["confusion"] != scored["dtd"]["confusion"]
-    assert set(scored["imagenet_a"]["per_class"]) == {IMAGENET_NAMES[1], IMAGENET_NAMES[3]} and scored["imagenet_a"]["test_images"] == 4
+    assert (
+        score_split(Predictor.zero_shot(backbone, plain.classnames, "a photo of a {}."), plain.test)["confusion"]
+        != scored["dtd"]["confusion"]
+    )
+    assert (
+        set(scored["imagenet_a"]["per_class"]) == {IMAGENET_NAMES[1], IMAGENET_NAMES[3]}
+        and scored["imagenet_a"]["test_images"] == 4
+    )
     assert len(scored["imagenet_r"]["confusion"]) == 3 and scored["dtd"]["test_images"] == 10
     assert "| zeroshot | 1/1 |" in (tmp_path / "sweep" / "RESULTS.md").read_text()
 
@@ -367,13 +523,20 @@ def test_a_dry_run_resolves_every_datasets_paper_schedule_with_no_extra_flags(tm
 
     for name in BASE_TO_NEW:
         write_dataset(tmp_path / "DATA", name)
-    args = sweep_args(tmp_path, "--datasets", *BASE_TO_NEW, "--methods", "coop", "coop+specpl", "mmrl", "--seeds", "1", "--dry-run")
+    args = sweep_args(
+        tmp_path, "--datasets", *BASE_TO_NEW, "--methods", "coop", "coop+specpl", "mmrl", "--seeds", "1", "--dry-run"
+    )
     assert run_sweep(args, runner=FakeRunner()) == 0
     cells = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    schedule = {(c["dataset"], c["cell"].split("/")[1]): (c["train"]["epochs"], c["train"]["batch_size"]) for c in cells}
+    schedule = {
+        (c["dataset"], c["cell"].split("/")[1]): (c["train"]["epochs"], c["train"]["batch_size"]) for c in cells
+    }
     assert len(cells) == 33 and not (tmp_path / "sweep").exists()
     assert schedule["imagenet", "coop"] == (50, 32) and schedule["dtd", "coop"] == (200, 32)
     assert schedule["imagenet", "coop+specpl"] == (10, 32) and schedule["eurosat", "coop+specpl"] == (100, 32)
     assert schedule["imagenet", "mmrl"] == (5, 32) and schedule["ucf101", "mmrl"] == (10, 4)
     assert all(c["preset"] == "paper" and c["train_images"] > 0 and c["sources"]["train.epochs"] for c in cells)
-    assert "vit_b16_ep50_ctxv1" in next(c for c in cells if c["cell"].startswith("imagenet/coop/"))["sources"]["train.epochs"]
+    assert (
+        "vit_b16_ep50_ctxv1"
+        in next(c for c in cells if c["cell"].startswith("imagenet/coop/"))["sources"]["train.epochs"]
+    )

@@ -1,4 +1,5 @@
 """The two text-encoder shortcuts are exact: truncation and the shared prefix."""
+
 import torch
 
 from specpl.methods.prompt import PromptLearner

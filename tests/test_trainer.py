@@ -1,4 +1,5 @@
 """The trainer end to end on the tiny backbone and real CIFAR-10 photos."""
+
 import json
 
 import pytest
@@ -48,7 +49,13 @@ def test_train_save_reload_gives_identical_logits(trained_run, cifar_root):
 
 def test_events_log_progress(tmp_path, cifar_root, tiny_backbone):
     seen = []
-    Trainer(tiny_config(cifar_root, epochs=1), tmp_path / "run", callback=seen.append, backbone=tiny_backbone, progress_bar=False).fit()
+    Trainer(
+        tiny_config(cifar_root, epochs=1),
+        tmp_path / "run",
+        callback=seen.append,
+        backbone=tiny_backbone,
+        progress_bar=False,
+    ).fit()
     events = read_events(tmp_path / "run" / "events.jsonl")
     assert [e["type"] for e in events] == [e["type"] for e in seen]
     steps = [e for e in events if e["type"] == "step"]
@@ -62,7 +69,12 @@ def test_events_log_progress(tmp_path, cifar_root, tiny_backbone):
 def test_cached_and_uncached_training_agree(tmp_path, cifar_root, tiny_backbone):
     runs = []
     for cache in (True, False):
-        result = Trainer(tiny_config(cifar_root, cache_features=cache), tmp_path / f"run{cache}", backbone=tiny_backbone, progress_bar=False).fit()
+        result = Trainer(
+            tiny_config(cifar_root, cache_features=cache),
+            tmp_path / f"run{cache}",
+            backbone=tiny_backbone,
+            progress_bar=False,
+        ).fit()
         runs.append(learned(result.model))
     for key in runs[0]:
         torch.testing.assert_close(runs[0][key], runs[1][key], rtol=0, atol=1e-6)
@@ -103,18 +115,26 @@ def test_specpl_training_step_traces_as_one_graph(tmp_path, cifar_root, tiny_bac
 
 
 def test_cancel_saves_checkpoint_and_resume_matches_uninterrupted(tmp_path, cifar_root, tiny_backbone):
-    straight = Trainer(tiny_config(cifar_root, epochs=2), tmp_path / "straight", backbone=tiny_backbone, progress_bar=False).fit()
+    straight = Trainer(
+        tiny_config(cifar_root, epochs=2), tmp_path / "straight", backbone=tiny_backbone, progress_bar=False
+    ).fit()
 
     steps = []
     cancelled = Trainer(
-        tiny_config(cifar_root, epochs=2), tmp_path / "run", callback=steps.append, backbone=tiny_backbone, progress_bar=False,
+        tiny_config(cifar_root, epochs=2),
+        tmp_path / "run",
+        callback=steps.append,
+        backbone=tiny_backbone,
+        progress_bar=False,
         should_stop=lambda: sum(e["type"] == "step" for e in steps) >= 3,
     ).fit()
     assert cancelled.status == "cancelled"
     assert (tmp_path / "run" / "checkpoint" / "state.safetensors").exists()
     assert not (tmp_path / "run" / "model").exists()
 
-    resumed = Trainer(tiny_config(cifar_root, epochs=2), tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit(resume=True)
+    resumed = Trainer(
+        tiny_config(cifar_root, epochs=2), tmp_path / "run", backbone=tiny_backbone, progress_bar=False
+    ).fit(resume=True)
     assert resumed.status == "finished"
     events = read_events(tmp_path / "run" / "events.jsonl")
     assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4]
@@ -130,7 +150,9 @@ def test_stop_file_cancels_from_another_process(tmp_path, cifar_root, tiny_backb
         if event["type"] == "step":
             (run / "STOP").touch()
 
-    result = Trainer(tiny_config(cifar_root), run, callback=stop_after_first_step, backbone=tiny_backbone, progress_bar=False).fit()
+    result = Trainer(
+        tiny_config(cifar_root), run, callback=stop_after_first_step, backbone=tiny_backbone, progress_bar=False
+    ).fit()
     assert result.status == "cancelled"
 
 
@@ -144,11 +166,19 @@ def test_base_to_new_protocol_reports_hm(tmp_path, cifar_root, tiny_backbone):
 @pytest.mark.parametrize(
     "change, error, message",
     [
-        (lambda c: setattr(c.method, "host", "coopp"), UnknownNameError, "unknown host method 'coopp'; available: caspl-boost, cocoop, coop, ivlp, kgcoop, maple, mmrl, promptsrc, zeroshot"),
+        (
+            lambda c: setattr(c.method, "host", "coopp"),
+            UnknownNameError,
+            "unknown host method 'coopp'; available: caspl-boost, cocoop, coop, ivlp, kgcoop, maple, mmrl, promptsrc, zeroshot",
+        ),
         (lambda c: setattr(c.method, "boosters", ["specpl", "magic"]), UnknownNameError, "unknown booster 'magic'"),
         (lambda c: setattr(c.data, "root", "/nonexistent/data"), ValueError, "/nonexistent/data does not exist"),
         (lambda c: setattr(c.backbone, "name", "ViT-Q-99"), UnknownNameError, "unknown backbone 'ViT-Q-99'"),
-        (lambda c: c.method.options.update(coop={"n_ctxx": 3}), ValueError, "unknown option\\(s\\) for coop: n_ctxx; coop's options are: class_specific, ctx_from_template, ctx_init"),
+        (
+            lambda c: c.method.options.update(coop={"n_ctxx": 3}),
+            ValueError,
+            "unknown option\\(s\\) for coop: n_ctxx; coop's options are: class_specific, ctx_from_template, ctx_init",
+        ),
     ],
 )
 def test_bad_config_fails_before_writing_anything(tmp_path, cifar_root, change, error, message):
@@ -166,10 +196,21 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, cifar_root, ti
     whole.train.batch_size = 10
     split = tiny_config(cifar_root, boosters=(), epochs=2, grad_accum_steps=2)
     split.train.batch_size = 5
-    results = [Trainer(c, tmp_path / name, backbone=tiny_backbone, progress_bar=False).fit() for name, c in (("whole", whole), ("split", split))]
-    steps = [[e["step"] for e in read_events(tmp_path / name / "events.jsonl") if e["type"] == "step"] for name in ("whole", "split")]
+    results = [
+        Trainer(c, tmp_path / name, backbone=tiny_backbone, progress_bar=False).fit()
+        for name, c in (("whole", whole), ("split", split))
+    ]
+    steps = [
+        [e["step"] for e in read_events(tmp_path / name / "events.jsonl") if e["type"] == "step"]
+        for name in ("whole", "split")
+    ]
     assert steps[0] == steps[1] == [1, 2, 3, 4]
-    torch.testing.assert_close(learned(results[1].model)["host.prompt_learner.ctx"], learned(results[0].model)["host.prompt_learner.ctx"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        learned(results[1].model)["host.prompt_learner.ctx"],
+        learned(results[0].model)["host.prompt_learner.ctx"],
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_stop_requested_before_the_first_step_is_honoured(tmp_path, cifar_root, tiny_backbone):

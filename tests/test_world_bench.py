@@ -74,7 +74,9 @@ def test_band_images_are_the_decoded_low_band_and_the_rest_around_mid_grey(fft):
     assert low.shape == high.shape == images.shape
     assert torch.allclose(low + high - 0.5, images, atol=1e-5)
     flat = torch.full((1, 3, 32, 32), 0.3)
-    assert torch.allclose(fft.band_images(flat)[1], torch.full_like(flat, 0.5), atol=1e-5)  # a flat image has no high band
+    assert torch.allclose(
+        fft.band_images(flat)[1], torch.full_like(flat, 0.5), atol=1e-5
+    )  # a flat image has no high band
     assert all(torch.equal(a, b) for a, b in zip(fft.band_images(images, fft.decompose(images)), (low, high)))
 
 
@@ -95,9 +97,13 @@ def test_short_coop_run_on_base_classes_beats_zero_shot_under_an_unseen_camera(t
     base = read_fewshot_folder(root, shots=4, seed=1, subsample="base")
     zero_shot = Predictor.zero_shot(backbone, base.classnames, WORLD_TEMPLATE).evaluate(base.test).accuracy
     run = RunConfig(
-        backbone=backbone.config, method=MethodConfig(host="coop", options={"coop": {"n_ctx": 4}}), template=WORLD_TEMPLATE,
+        backbone=backbone.config,
+        method=MethodConfig(host="coop", options={"coop": {"n_ctx": 4}}),
+        template=WORLD_TEMPLATE,
         data=DataConfig(root=str(root), shots=4, subsample="base", seed=1),
-        train=TrainConfig(epochs=10, batch_size=16, seed=1, augment=False, max_cached_views=1, schedule="epoch", select="last"),
+        train=TrainConfig(
+            epochs=10, batch_size=16, seed=1, augment=False, max_cached_views=1, schedule="epoch", select="last"
+        ),
     )
     trained = Trainer(run, tmp_path / "run", backbone=backbone, progress_bar=False).fit()
     coop = Predictor(trained.model).evaluate(base.test).accuracy
@@ -134,8 +140,12 @@ def test_the_refiner_can_leave_new_classes_alone(tiny_backbone):
     from specpl.methods import build_method
 
     model = build_method(
-        MethodConfig(host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}, "specpl": {"refine_novel": False}}),
-        tiny_backbone, ["cat", "dog"], decomposer=DecomposerConfig(name="fft", image_size=32),
+        MethodConfig(
+            host="coop", boosters=["specpl"], options={"coop": {"n_ctx": 4}, "specpl": {"refine_novel": False}}
+        ),
+        tiny_backbone,
+        ["cat", "dog"],
+        decomposer=DecomposerConfig(name="fft", image_size=32),
     ).eval()
     raw, refined = model.text_features()
     assert not torch.allclose(raw, refined)  # trained classes are refined
@@ -160,13 +170,20 @@ def test_default_rows_are_each_host_alone_and_with_specpl():
 def test_boosters_a_host_refuses_are_skipped_and_listed_and_stacks_follow_the_hosts():
     from specpl.world.benchmark import PHASE_ONE_ROW, ZERO_SHOT, WorldBenchConfig, bench_methods, skipped_pairs
 
-    config = WorldBenchConfig(hosts=("coop", "ivlp"), boosters=("caspl", "dapt"), stacks=("maple+caspl+specpl", "ivlp+dapt+specpl"))
+    config = WorldBenchConfig(
+        hosts=("coop", "ivlp"), boosters=("caspl", "dapt"), stacks=("maple+caspl+specpl", "ivlp+dapt+specpl")
+    )
     rows = bench_methods(config)
     assert _names(rows) == [
-        ZERO_SHOT, "teacher zero-shot (world-clip-large)", PHASE_ONE_ROW,
-        "coop", "coop + caspl",  # coop + dapt is refused: DAPT needs image-tower prompts
-        "ivlp", "ivlp + dapt",  # ivlp + caspl is refused: CasPL boosts coop, cocoop, maple and promptsrc
-        "maple + caspl + specpl", "ivlp + dapt + specpl",
+        ZERO_SHOT,
+        "teacher zero-shot (world-clip-large)",
+        PHASE_ONE_ROW,
+        "coop",
+        "coop + caspl",  # coop + dapt is refused: DAPT needs image-tower prompts
+        "ivlp",
+        "ivlp + dapt",  # ivlp + caspl is refused: CasPL boosts coop, cocoop, maple and promptsrc
+        "maple + caspl + specpl",
+        "ivlp + dapt + specpl",
     ]
     assert list(skipped_pairs(config)) == [("coop", "dapt"), ("ivlp", "caspl")]
     assert "Hosts it can boost: cocoop, coop, maple, promptsrc" in skipped_pairs(config)[("ivlp", "caspl")]
@@ -184,15 +201,25 @@ def test_a_booster_row_under_a_second_preset_is_compared_with_its_own_presets_ho
 
     rows = bench_methods(WorldBenchConfig(hosts=("coop",), presets=("default", "paper")))
     # the presets train differently (augmentation, schedule, selection), so coop alone runs under both
-    assert _names(rows) == ["zero-shot", "coop [default]", "coop + specpl [default]", "coop [paper]", "coop + specpl [paper]"]
+    assert _names(rows) == [
+        "zero-shot",
+        "coop [default]",
+        "coop + specpl [default]",
+        "coop [paper]",
+        "coop + specpl [paper]",
+    ]
     assert rows[-1].baseline == "coop [paper]"
 
 
 def test_options_apply_to_the_rows_that_have_the_component_and_single_preset_rows_are_named():
     from specpl.world.benchmark import MethodResult, WorldBenchConfig, _single_preset_note, bench_methods
 
-    config = WorldBenchConfig(hosts=("coop", "mmrl"), stacks=("mmrl+dapt+specpl",), presets=("default", "reference"),
-                              options={"specpl": {"refine_novel": False}})
+    config = WorldBenchConfig(
+        hosts=("coop", "mmrl"),
+        stacks=("mmrl+dapt+specpl",),
+        presets=("default", "reference"),
+        options={"specpl": {"refine_novel": False}},
+    )
     rows = bench_methods(config)
     options = {row.name: row.method.options for row in rows if row.method is not None}
     assert options["coop [default]"] == {"coop": {"n_ctx": 4}}  # no SpecPL in the row: its option does not apply
@@ -203,7 +230,9 @@ def test_options_apply_to_the_rows_that_have_the_component_and_single_preset_row
     assert by_name["coop + specpl [reference]"].baseline == "coop [reference]"
     # the presets train differently (augmentation, schedule, budget, selection), so every method runs under both
     assert _single_preset_note([MethodResult(row.name) for row in rows], config) == []
-    same_training = WorldBenchConfig(hosts=("coop",), presets=("default", "reference"), epochs=2, batch_size=4, augment="none")
+    same_training = WorldBenchConfig(
+        hosts=("coop",), presets=("default", "reference"), epochs=2, batch_size=4, augment="none"
+    )
     assert {row.name for row in bench_methods(same_training)} >= {"coop [default]", "coop [reference]"}
     assert _single_preset_note([MethodResult(row.name) for row in rows], WorldBenchConfig(hosts=("coop",))) == []
     # the ablation rows change one SpecPL input on top of the options given
@@ -211,7 +240,10 @@ def test_options_apply_to_the_rows_that_have_the_component_and_single_preset_row
 
     ablation = {row.name: row.method for row in ablation_rows(config) if row.method is not None}
     assert ablation["coop"].options == {"coop": {"n_ctx": 4}}
-    assert ablation["bank: random (reference CoOp)"].options["specpl"] == {"refine_novel": False, "bank_init_batches": 0}
+    assert ablation["bank: random (reference CoOp)"].options["specpl"] == {
+        "refine_novel": False,
+        "bank_init_batches": 0,
+    }
 
 
 def test_bad_stacks_and_boosters_are_refused_with_the_reason():
@@ -221,7 +253,10 @@ def test_bad_stacks_and_boosters_are_refused_with_the_reason():
     assert parse_stack(" maple + caspl+specpl") == ("maple", ["caspl", "specpl"])
     with pytest.raises(ValueError, match=r"^stack 'maple': expected a host and one or more boosters joined by '\+'"):
         parse_stack("maple")
-    with pytest.raises(ValueError, match=r"^stack 'ivlp\+caspl': booster 'caspl' cannot run on host 'ivlp'.*Hosts it can boost: cocoop, coop, maple, promptsrc$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^stack 'ivlp\+caspl': booster 'caspl' cannot run on host 'ivlp'.*Hosts it can boost: cocoop, coop, maple, promptsrc$",
+    ):
         bench_methods(WorldBenchConfig(hosts=("coop",), stacks=("ivlp+caspl",)))
     with pytest.raises(UnknownNameError, match="nosuch"):
         bench_methods(WorldBenchConfig(hosts=("coop",), boosters=("nosuch",)))
@@ -257,16 +292,28 @@ class FakeTrainer:
 
         FakeTrainer.runs.append((self.config.train.seed, self.config.method, self.run_dir))
         zero_shot = MethodConfig(host="zeroshot", options={"zeroshot": {"template": WORLD_TEMPLATE}})
-        return TrainResult("finished", self.run_dir, {}, build_method(zero_shot, self.backbone, world_classnames(), WORLD_TEMPLATE))
+        return TrainResult(
+            "finished", self.run_dir, {}, build_method(zero_shot, self.backbone, world_classnames(), WORLD_TEMPLATE)
+        )
 
 
-def test_phase_one_trains_once_per_seed_and_every_caspl_row_gets_that_seeds_bundle(monkeypatch, tmp_path, world_clip, fft):
+def test_phase_one_trains_once_per_seed_and_every_caspl_row_gets_that_seeds_bundle(
+    monkeypatch, tmp_path, world_clip, fft
+):
     from specpl.world import benchmark
     from specpl.world.benchmark import PHASE_ONE_ROW, ZERO_SHOT, WorldBenchConfig, run_world_bench
 
     monkeypatch.setattr(benchmark, "Trainer", FakeTrainer)
     monkeypatch.setattr(FakeTrainer, "runs", [])
-    config = WorldBenchConfig(shots=1, seeds=(1, 2), test_per_class=1, hosts=("coop",), boosters=("caspl",), stacks=("coop+caspl+specpl",), probe_pairs=2)
+    config = WorldBenchConfig(
+        shots=1,
+        seeds=(1, 2),
+        test_per_class=1,
+        hosts=("coop",),
+        boosters=("caspl",),
+        stacks=("coop+caspl+specpl",),
+        probe_pairs=2,
+    )
     results = run_world_bench(config, world_clip, fft, tmp_path, log=lambda line: None)
     for seed in (1, 2):
         runs = [(method, run_dir) for run_seed, method, run_dir in FakeTrainer.runs if run_seed == seed]
@@ -280,7 +327,9 @@ def test_phase_one_trains_once_per_seed_and_every_caspl_row_gets_that_seeds_bund
     assert [len(result.per_seed) for result in results] == [2] * len(results)
     assert {name for name, result in by_name.items() if result.teacher_fit} == {ZERO_SHOT, PHASE_ONE_ROW}
     fit = by_name[ZERO_SHOT].teacher_fit[0]
-    assert set(fit) == {"base", "new"} and all(0.0 <= split["agreement"] <= 100.0 and split["kl"] >= 0.0 for split in fit.values())
+    assert set(fit) == {"base", "new"} and all(
+        0.0 <= split["agreement"] <= 100.0 and split["kl"] >= 0.0 for split in fit.values()
+    )
 
 
 def test_report_gives_each_booster_row_its_hm_against_its_host_and_the_phase_one_section(tiny_backbone):
@@ -294,8 +343,18 @@ def test_report_gives_each_booster_row_its_hm_against_its_host_and_the_phase_one
         MethodResult("coop + specpl", [(70.0, 50.0)], probe, baseline="coop"),  # HM 58.33
     ]
     config = WorldBenchConfig(seeds=(1,), hosts=("coop", "ivlp"), boosters=("specpl", "caspl"))
-    report = markdown_report(results, config, "specpl bench world", tiny_backbone, 60.0, {}, {"shots": 4, "linear_probe": 70.0, "zero_shot": 50.0})
-    assert "| Method | Base | New | HM | HM vs host | Probe: texture follows high | Probe: shape follows low |" in report
+    report = markdown_report(
+        results,
+        config,
+        "specpl bench world",
+        tiny_backbone,
+        60.0,
+        {},
+        {"shots": 4, "linear_probe": 70.0, "zero_shot": 50.0},
+    )
+    assert (
+        "| Method | Base | New | HM | HM vs host | Probe: texture follows high | Probe: shape follows low |" in report
+    )
     assert "| coop + specpl | 70.00 | 50.00 | 58.33 | +10.33 | 0.50 | 0.25 |" in report
     assert "| coop | 60.00 | 40.00 | 48.00 | — | 0.50 | 0.25 |" in report
     assert "- ivlp + caspl: booster 'caspl' cannot run on host 'ivlp'" in report

@@ -1,5 +1,6 @@
 """world-CLIP: the open_clip config builds, and the committed weights load with stock open_clip and
 solve the world zero-shot."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """SpectralWorld generator: determinism, coverage, captions, and that texture really is high-frequency."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -125,7 +126,9 @@ def test_textured_surface_has_far_more_high_band_energy_than_solid():
 
 def test_brightest_texture_never_clips():
     """Clipping at 255 would give textured objects a different mean colour than solid ones."""
-    brightest_level = 1 + gen.TEXTURE_CONTRAST * max(gen.pattern_mean(t, p) for t, ps in gen.TEXTURE_PERIODS.items() for p in ps)
+    brightest_level = 1 + gen.TEXTURE_CONTRAST * max(
+        gen.pattern_mean(t, p) for t, ps in gen.TEXTURE_PERIODS.items() for p in ps
+    )
     assert max(max(c) for c in gen.COLOURS.values()) * gen.BRIGHTNESS_RANGE[1] * brightest_level <= 255
 
 

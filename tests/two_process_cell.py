@@ -4,6 +4,7 @@ CPU): fill a feature cache whose input records the images it is given, then run 
 usage: python two_process_cell.py OUT IMAGE_FOLDER SWEEP_ARGS...
 Each process writes OUT/cache-rank<k>.json with the images it computed and the cache it holds.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,9 @@ class RecordingInput:
     def __init__(self) -> None:
         self.seen: list[str] = []
 
-    def __call__(self, images: torch.Tensor, items: list[ImageItem], view: int | None, views: AugmentedViews) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, items: list[ImageItem], view: int | None, views: AugmentedViews
+    ) -> torch.Tensor:
         self.seen += [item.path.name for item in items]
         return images.mean(dim=(1, 2, 3))
 
@@ -38,12 +41,20 @@ def fill_cache(images: list[Path], processes: PartialState | None) -> dict[str, 
     and the values it holds."""
     recorder = RecordingInput()
     to_tensor = transforms.ToTensor()
-    cache = FeatureCache(AugmentedViews(to_tensor, to_tensor, seed=1), [recorder], torch.device("cpu"), batch_size=2, processes=processes)
+    cache = FeatureCache(
+        AugmentedViews(to_tensor, to_tensor, seed=1), [recorder], torch.device("cpu"), batch_size=2, processes=processes
+    )
     items = [ImageItem(path, 0) for path in images]
     values = cache.get(items, 0)["mean"].tolist()
     computed = list(recorder.seen)
     again = cache.get(items, 0)["mean"].tolist()
-    return {"computed": computed, "computed_again": recorder.seen[len(computed):], "values": values, "again": again, "entries": len(cache)}
+    return {
+        "computed": computed,
+        "computed_again": recorder.seen[len(computed) :],
+        "values": values,
+        "again": again,
+        "entries": len(cache),
+    }
 
 
 if __name__ == "__main__":

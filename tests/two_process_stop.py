@@ -5,6 +5,7 @@ through accelerate's trigger, or rank 0 waits forever in the next gradient all-r
 usage: python two_process_stop.py DATA RUN_DIR OUT
 Each process writes OUT/stop-rank<k>.json with its status and the step it stopped at.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,5 +45,7 @@ if __name__ == "__main__":
             stopped_at.append(event["step"])
 
     result = Trainer(config(data), run_dir, callback=record, should_stop=asked, progress_bar=False).fit()
-    Path(out, f"stop-rank{rank}.json").write_text(json.dumps({"status": result.status, "checks": checks[0], "stopped_at": stopped_at}))
+    Path(out, f"stop-rank{rank}.json").write_text(
+        json.dumps({"status": result.status, "checks": checks[0], "stopped_at": stopped_at})
+    )
     sys.exit(0)

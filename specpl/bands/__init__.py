@@ -5,10 +5,12 @@
 folder; ``qwen-vae`` is the reference teacher). ``auto`` is first resolved by
 `resolve_decomposer` to ``qwen-vae`` when its weights can be had, else ``fft``.
 """
+
 from __future__ import annotations
 
 import torch
 
+from specpl.bands.auto import AUTO, resolve_decomposer
 from specpl.bands.base import (
     DECOMPOSERS,
     BandDecomposer,
@@ -19,7 +21,7 @@ from specpl.bands.base import (
     LatentCodec,
     lowpass,
 )
-from specpl.bands.auto import AUTO, resolve_decomposer
+
 # importing each backend module registers its decomposer(s) in DECOMPOSERS
 from specpl.bands.diffusers_vae import DiffusersVAECodec, from_diffusers_model
 from specpl.bands.display import save_band_pngs

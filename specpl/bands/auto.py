@@ -8,6 +8,7 @@ there because a machine without network but without ``HF_HUB_OFFLINE`` would oth
 VAE and then fail its download after half a minute of retries. The one-sentence reason is meant
 to be recorded with the run and shown to the user.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -77,10 +78,16 @@ def resolve_decomposer(config: DecomposerConfig) -> tuple[DecomposerConfig, str]
                 f"(CLI --decomposer-source), but it holds no {CONFIG_FILE}: point it at a saved "
                 f"AutoencoderKLQwenImage folder (e.g. `hf download {QWEN_VAE_ID} --local-dir DIR`) or leave it unset."
             )
-        return reference, f"{REFERENCE_DECOMPOSER} (the reference VAE), because its weights are in the local folder {folder}."
+        return (
+            reference,
+            f"{REFERENCE_DECOMPOSER} (the reference VAE), because its weights are in the local folder {folder}.",
+        )
     cached = cached_model_folder(target)
     if cached is not None:
-        return reference, f"{REFERENCE_DECOMPOSER} (the reference VAE), because {target} is in the Hugging Face cache at {cached}."
+        return (
+            reference,
+            f"{REFERENCE_DECOMPOSER} (the reference VAE), because {target} is in the Hugging Face cache at {cached}.",
+        )
     cache = _hub_cache_dir()
     offline = hub_offline()
     unreachable = None if offline else hub_unreachable_because(target)

@@ -5,6 +5,7 @@ A `BandDecomposer` is assembled from two parts rather than subclassed per backen
 filtered latent and the high band the residual, so ``low + high == latent`` up to float rounding,
 and the statistics, display maps and band swaps are written once here for all backends.
 """
+
 from __future__ import annotations
 
 import math
@@ -154,9 +155,7 @@ class BandDecomposer(nn.Module):
             raise ValueError(f"{self.name}: expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         h, w = images.shape[-2:]
         if h % self.downsample or w % self.downsample:
-            raise ValueError(
-                f"{self.name}: image size {h}x{w} must be divisible by {self.downsample}; resize first"
-            )
+            raise ValueError(f"{self.name}: image size {h}x{w} must be divisible by {self.downsample}; resize first")
         dtype, device = self._dtype_device()
         return images.to(device=device, dtype=dtype).clamp(0, 1)
 

@@ -19,6 +19,7 @@ Any failure to get them becomes one `DecomposerUnavailable` saying where we look
 supply a folder, and with ``HF_HUB_OFFLINE`` set nothing but the local cache is tried, so an
 offline run fails fast.
 """
+
 from __future__ import annotations
 
 import os

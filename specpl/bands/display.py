@@ -1,4 +1,5 @@
 """PNG export of the band maps, for ``specpl bands`` and for looking at what a teacher sees."""
+
 from __future__ import annotations
 
 import io

@@ -18,6 +18,7 @@ box low-pass leaves much of it in the low band. Measured with `band_linear_probe
 128 px (600/300 images, band-image reading, low vs high): kernel 3 gave texture 0.52 vs 0.64;
 the spec's kernel 7 (56 px) also blurred shape out of the low band, 0.36 vs 0.81.
 """
+
 from __future__ import annotations
 
 import math

@@ -11,6 +11,7 @@ choices scored 18-27 dB):
   with 4 groups -> ReLU -> conv1x1 (256->64), applied per pixel to the block *input* and added
   to the conv path and the skip before the block's final ReLU.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,9 +39,7 @@ class _Block(nn.Module):
 
     def __init__(self, pooled: bool) -> None:
         super().__init__()
-        self.conv = nn.Sequential(
-            _conv(WIDTH, WIDTH), nn.ReLU(), _conv(WIDTH, WIDTH), nn.ReLU(), _conv(WIDTH, WIDTH)
-        )
+        self.conv = nn.Sequential(_conv(WIDTH, WIDTH), nn.ReLU(), _conv(WIDTH, WIDTH), nn.ReLU(), _conv(WIDTH, WIDTH))
         self.pool = (
             nn.Sequential(
                 nn.Conv2d(WIDTH, POOL_WIDTH, 1, bias=False),

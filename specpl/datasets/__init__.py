@@ -6,6 +6,7 @@ a benchmark: the ``$DATA`` folder holding CoOp's dataset folders, the dataset fo
 local copy of the Hugging Face mirror's archives). Shots, seed and base/new follow the published
 protocol (`specpl.datasets.protocol`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,15 @@ from specpl.datasets.custom import FolderDataset, SplitJsonDataset
 from specpl.datasets.standard import BASE_TO_NEW, DOMAIN_TARGETS, STANDARD_DATASETS, StandardDataset
 from specpl.registry import Registry
 
-__all__ = ["BASE_TO_NEW", "DATASETS", "DOMAIN_TARGETS", "DatasetSource", "StandardDataset", "dataset_template", "read_dataset"]
+__all__ = [
+    "BASE_TO_NEW",
+    "DATASETS",
+    "DOMAIN_TARGETS",
+    "DatasetSource",
+    "StandardDataset",
+    "dataset_template",
+    "read_dataset",
+]
 
 
 class DatasetSource(Protocol):

@@ -8,6 +8,7 @@
   JSON file's folder. It follows the full protocol of the standard datasets: Dassl-seeded shots,
   the cache, and base/new on label ids.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,6 +51,15 @@ class SplitJsonDataset:
         try:
             reader = partial(read_split_json, split_file, split_file.parent, required=("train", "test"))
             # the file's stem keeps the few-shot caches of two split files in one folder apart
-            return fewshot_data(f"{self.name}-{split_file.stem}", split_file.parent, reader, config.shots, config.seed, config.subsample, None, cache_dir)
+            return fewshot_data(
+                f"{self.name}-{split_file.stem}",
+                split_file.parent,
+                reader,
+                config.shots,
+                config.seed,
+                config.subsample,
+                None,
+                cache_dir,
+            )
         except DataError as exc:
             raise DataError(f"{exc}.\nExpected:\n{SPLIT_JSON_LAYOUT}") from None

@@ -10,6 +10,7 @@ Every reader checks the layout as it goes and raises `DataError` at the first th
 Images are checked for existence, not decoded: the reference sets are curated, and decoding a
 100k-image test split up front would cost minutes.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,13 +59,19 @@ def read_split_json(
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"split file {split_file} is not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
-        raise DataError(f"split file {split_file} must hold a JSON object with {', '.join(map(repr, required))}, not {type(raw).__name__}")
+        raise DataError(
+            f"split file {split_file} must hold a JSON object with {', '.join(map(repr, required))}, not {type(raw).__name__}"
+        )
     for name in required:
         if name not in raw:
-            raise DataError(f"split file {split_file} has no {name!r} list (keys: {', '.join(map(repr, raw)) or 'none'})")
+            raise DataError(
+                f"split file {split_file} has no {name!r} list (keys: {', '.join(map(repr, raw)) or 'none'})"
+            )
     template = raw.get("template")
     if template is not None and (not isinstance(template, str) or "{}" not in template):
-        raise DataError(f"split file {split_file}: 'template' must be a string with a {{}} for the class name, not {template!r}")
+        raise DataError(
+            f"split file {split_file}: 'template' must be a string with a {{}} for the class name, not {template!r}"
+        )
 
     names_by_label: dict[int, str] = {}
     entries: dict[str, list[tuple[str, int]]] = {}
@@ -74,25 +81,40 @@ def read_split_json(
             raise DataError(f"split file {split_file}: {split!r} must be a list of [relative_path, label, classname]")
         parsed = []
         for index, row in enumerate(rows):
-            if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[1], int) and not isinstance(row[1], bool) and isinstance(row[2], str)):
-                raise DataError(f"split file {split_file}: {split}[{index}] is {json.dumps(row)[:120]}, expected [relative_path, label, classname]")
+            if not (
+                isinstance(row, list)
+                and len(row) == 3
+                and isinstance(row[0], str)
+                and isinstance(row[1], int)
+                and not isinstance(row[1], bool)
+                and isinstance(row[2], str)
+            ):
+                raise DataError(
+                    f"split file {split_file}: {split}[{index}] is {json.dumps(row)[:120]}, expected [relative_path, label, classname]"
+                )
             relative, label, classname = row
             if label < 0:
                 raise DataError(f"split file {split_file}: {split}[{index}] has a negative label {label}")
             known = names_by_label.setdefault(label, classname)
             if known != classname:
-                raise DataError(f"split file {split_file}: label {label} is {known!r} and also {classname!r} ({split}[{index}])")
+                raise DataError(
+                    f"split file {split_file}: label {label} is {known!r} and also {classname!r} ({split}[{index}])"
+                )
             parsed.append((relative, label))
         entries[split] = parsed
     if not names_by_label:
         raise DataError(f"split file {split_file} lists no images")
     missing_labels = sorted(set(range(max(names_by_label) + 1)) - set(names_by_label))
     if missing_labels:
-        raise DataError(f"split file {split_file}: labels must run 0..{max(names_by_label)}, but label {missing_labels[0]} has no image")
+        raise DataError(
+            f"split file {split_file}: labels must run 0..{max(names_by_label)}, but label {missing_labels[0]} has no image"
+        )
     if not image_root.is_dir():
         raise DataError(f"image folder {image_root} does not exist")
 
-    splits = LabelledSplits([clean_classname(names_by_label[i], renames) for i in range(len(names_by_label))], template=template)
+    splits = LabelledSplits(
+        [clean_classname(names_by_label[i], renames) for i in range(len(names_by_label))], template=template
+    )
     for split in wanted:
         items = [ImageItem(image_root / relative, label) for relative, label in entries[split]]
         check_images_exist(items, f"split file {split_file} ({split})")
@@ -164,7 +186,9 @@ def read_imagenet(folder: Path, wanted: Collection[str] = SPLITS) -> LabelledSpl
     return splits
 
 
-def read_imagenet_variant(folder: Path, image_dir: str, numbered_folders: bool, classnames_files: Iterable[Path]) -> LabelledSplits:
+def read_imagenet_variant(
+    folder: Path, image_dir: str, numbered_folders: bool, classnames_files: Iterable[Path]
+) -> LabelledSplits:
     """A test-only ImageNet variant with ImageNet's class names.
 
     ImageNet-V2 has folders ``0``..``999`` named by label; -Sketch, -A and -R have ``<wnid>``
@@ -210,4 +234,6 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(Path(entry.path) for entry in os.scandir(folder) if entry.is_file() and not entry.name.startswith("."))
+    return sorted(
+        Path(entry.path) for entry in os.scandir(folder) if entry.is_file() and not entry.name.startswith(".")
+    )

@@ -16,6 +16,7 @@ So a downloaded copy is a folder of these archives; each extracts to the CoOp la
 take either form: an extracted folder is used as is, and an archive found in its place is extracted
 once, next to it (``<name>.tar.gz`` copies of the same archives are accepted too).
 """
+
 from __future__ import annotations
 
 import logging

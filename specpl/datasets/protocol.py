@@ -14,6 +14,7 @@ Samples are cached as JSON per (dataset folder, K, seed), as CoOp caches ``split
 so that every method in a sweep trains on the same images; the cache lives outside the (possibly
 read-only) dataset folder.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -48,14 +49,18 @@ def sample_per_label(items: list[ImageItem], shots: int, rng: random.Random) -> 
     return sampled
 
 
-def sample_fewshot(train: list[ImageItem], val: list[ImageItem], shots: int, seed: int) -> tuple[list[ImageItem], list[ImageItem]]:
+def sample_fewshot(
+    train: list[ImageItem], val: list[ImageItem], shots: int, seed: int
+) -> tuple[list[ImageItem], list[ImageItem]]:
     """K shots per class from train, then min(K, 4) from val, from one generator seeded with `seed`."""
     rng = random.Random(seed)
     sampled_train = sample_per_label(train, shots, rng)
     return sampled_train, sample_per_label(val, min(shots, VAL_SHOTS_CAP), rng)
 
 
-def subsample_classes(classnames: list[str], splits: dict[str, list[ImageItem]], subsample: str, present: Collection[int]) -> tuple[list[str], dict[str, list[ImageItem]]]:
+def subsample_classes(
+    classnames: list[str], splits: dict[str, list[ImageItem]], subsample: str, present: Collection[int]
+) -> tuple[list[str], dict[str, list[ImageItem]]]:
     """Keep ``all`` classes, or the ``base`` / ``new`` half of the sorted label ids in `present`,
     relabelled from 0."""
     if subsample == "all":
@@ -64,7 +69,10 @@ def subsample_classes(classnames: list[str], splits: dict[str, list[ImageItem]],
     n_base = math.ceil(len(labels) / 2)
     kept = {"base": labels[:n_base], "new": labels[n_base:]}[subsample]
     relabel = {old: new for new, old in enumerate(kept)}
-    kept_splits = {name: [ImageItem(item.path, relabel[item.label]) for item in items if item.label in relabel] for name, items in splits.items()}
+    kept_splits = {
+        name: [ImageItem(item.path, relabel[item.label]) for item in items if item.label in relabel]
+        for name, items in splits.items()
+    }
     return [classnames[label] for label in kept], kept_splits
 
 
@@ -95,8 +103,16 @@ def fewshot_data(
     else:
         train, val = splits.train, splits.val
     present = {item.label for item in train} or range(len(splits.classnames))  # test-only sets: every class
-    classnames, kept = subsample_classes(splits.classnames, {"train": train, "val": val, "test": splits.test}, subsample, present)
-    return FewShotData(classnames=classnames, train=kept["train"], test=kept["test"], val=kept["val"], template=splits.template or template)
+    classnames, kept = subsample_classes(
+        splits.classnames, {"train": train, "val": val, "test": splits.test}, subsample, present
+    )
+    return FewShotData(
+        classnames=classnames,
+        train=kept["train"],
+        test=kept["test"],
+        val=kept["val"],
+        template=splits.template or template,
+    )
 
 
 def _cache_file(cache_dir: Path, name: str, folder: Path, shots: int, seed: int) -> Path:
@@ -105,11 +121,24 @@ def _cache_file(cache_dir: Path, name: str, folder: Path, shots: int, seed: int)
     return cache_dir / f"{name}-{digest}" / f"shot_{shots}-seed_{seed}.json"
 
 
-def _write_cache(path: Path, folder: Path, name: str, shots: int, seed: int, train: list[ImageItem], val: list[ImageItem]) -> None:
+def _write_cache(
+    path: Path, folder: Path, name: str, shots: int, seed: int, train: list[ImageItem], val: list[ImageItem]
+) -> None:
     def rows(items: list[ImageItem]) -> list[list[object]]:
         return [[Path(os.path.relpath(item.path, folder)).as_posix(), item.label] for item in items]
 
-    write_json_atomic(path, {"format": CACHE_FORMAT, "dataset": name, "folder": str(folder.resolve()), "shots": shots, "seed": seed, "train": rows(train), "val": rows(val)})
+    write_json_atomic(
+        path,
+        {
+            "format": CACHE_FORMAT,
+            "dataset": name,
+            "folder": str(folder.resolve()),
+            "shots": shots,
+            "seed": seed,
+            "train": rows(train),
+            "val": rows(val),
+        },
+    )
 
 
 def _read_cache(path: Path, folder: Path, name: str, shots: int, seed: int) -> tuple[list[ImageItem], list[ImageItem]]:
@@ -117,9 +146,13 @@ def _read_cache(path: Path, folder: Path, name: str, shots: int, seed: int) -> t
         raw = json.loads(path.read_text(encoding="utf-8"))
         if (raw["format"], raw["dataset"], raw["shots"], raw["seed"]) != (CACHE_FORMAT, name, shots, seed):
             raise ValueError("it was written for another dataset, K or seed")
-        train, val = ([ImageItem(folder / relative, int(label)) for relative, label in raw[split]] for split in ("train", "val"))
+        train, val = (
+            [ImageItem(folder / relative, int(label)) for relative, label in raw[split]] for split in ("train", "val")
+        )
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"few-shot cache {path} cannot be used ({type(exc).__name__}: {exc}); delete it to draw the sample again") from None
+        raise DataError(
+            f"few-shot cache {path} cannot be used ({type(exc).__name__}: {exc}); delete it to draw the sample again"
+        ) from None
     check_images_exist(train + val, f"few-shot cache {path} (delete it to draw the sample again)")
     return train, val
 
@@ -127,4 +160,6 @@ def _read_cache(path: Path, folder: Path, name: str, shots: int, seed: int) -> t
 def _check_labels(items: list[ImageItem], num_classes: int, source: Path) -> None:
     bad = next((item for item in items if not 0 <= item.label < num_classes), None)
     if bad is not None:
-        raise DataError(f"few-shot cache {source} has label {bad.label} for {bad.path}, but the dataset has {num_classes} classes; delete it to draw the sample again")
+        raise DataError(
+            f"few-shot cache {source} has label {bad.label} for {bad.path}, but the dataset has {num_classes} classes; delete it to draw the sample again"
+        )

@@ -10,11 +10,22 @@ Transfer (a model trained on ImageNet, evaluated elsewhere): the specs hold doma
 numbers only, and no per-target cross-dataset numbers. the SpecPL paper's "ImageNet cross-dataset
 source accuracy of 72.12" names no host and is unverified, so it is left out.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-COLUMNS = ("zeroshot", "coop", "coop+caspl", "cocoop", "cocoop+caspl", "maple", "maple+caspl", "promptsrc", "promptsrc+caspl")
+COLUMNS = (
+    "zeroshot",
+    "coop",
+    "coop+caspl",
+    "cocoop",
+    "cocoop+caspl",
+    "maple",
+    "maple+caspl",
+    "promptsrc",
+    "promptsrc+caspl",
+)
 PER_DATASET_SOURCE = "CasPL paper main table (= PromptSRC paper for the host columns)"
 
 # dataset: one value per COLUMNS entry
@@ -97,7 +108,13 @@ TRANSFER = {
         "promptsrc": PublishedTransfer({"imagenet": 71.27}, "the CasPL paper", 63.90, CASPL_DG_TARGETS),
         "promptsrc+caspl": PublishedTransfer({"imagenet": 72.80}, "the CasPL paper", 64.44, CASPL_DG_TARGETS),
         "mmrl": PublishedTransfer(
-            {"imagenet": 72.03, "imagenetv2": 64.47, "imagenet_sketch": 49.17, "imagenet_a": 51.20, "imagenet_r": 77.53},
+            {
+                "imagenet": 72.03,
+                "imagenetv2": 64.47,
+                "imagenet_sketch": 49.17,
+                "imagenet_a": 51.20,
+                "imagenet_r": 77.53,
+            },
             "a third-party (VaMP) summary, unverified (docs/methods/mmrl.md)",
         ),
     },

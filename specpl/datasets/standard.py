@@ -6,6 +6,7 @@ here unchanged. The Hugging Face mirror's archives extract to the same folders (
 Templates are the hand-crafted per-dataset ones (CoOp's ``CUSTOM_TEMPLATES``, also used by
 KgCoOp, CasPL and MMRL).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,9 +28,14 @@ Reader = Callable[[Path, Collection[str]], LabelledSplits]
 # fixed names, so these matter only for a split file regenerated from the raw folders.
 CALTECH_RENAMES = {"airplanes": "airplane", "Faces": "face", "Leopards": "leopard", "Motorbikes": "motorbike"}
 EUROSAT_RENAMES = {
-    "AnnualCrop": "Annual Crop Land", "HerbaceousVegetation": "Herbaceous Vegetation Land", "Highway": "Highway or Road",
-    "Industrial": "Industrial Buildings", "Pasture": "Pasture Land", "PermanentCrop": "Permanent Crop Land",
-    "Residential": "Residential Buildings", "SeaLake": "Sea or Lake",
+    "AnnualCrop": "Annual Crop Land",
+    "HerbaceousVegetation": "Herbaceous Vegetation Land",
+    "Highway": "Highway or Road",
+    "Industrial": "Industrial Buildings",
+    "Pasture": "Pasture Land",
+    "PermanentCrop": "Permanent Crop Land",
+    "Residential": "Residential Buildings",
+    "SeaLake": "Sea or Lake",
 }
 
 
@@ -68,7 +74,16 @@ class StandardDataset:
         root = Path(config.root).expanduser()
         folder = self.locate(root)
         try:
-            return fewshot_data(self.name, folder, partial(self.reader, folder), config.shots, config.seed, config.subsample, self.template, cache_dir)
+            return fewshot_data(
+                self.name,
+                folder,
+                partial(self.reader, folder),
+                config.shots,
+                config.seed,
+                config.subsample,
+                self.template,
+                cache_dir,
+            )
         except DataError as exc:
             raise self.error(str(exc), root) from None
 
@@ -76,12 +91,21 @@ class StandardDataset:
         return DataError(f"{self.title} ({self.name}): {problem}.\nExpected under the data root {root}:\n{self.layout}")
 
 
-def _split_file_dataset(name: str, title: str, folder: str, image_dir: str, split_file: str, template: str, renames: dict[str, str] | None = None, archive: str | None = None) -> StandardDataset:
+def _split_file_dataset(
+    name: str,
+    title: str,
+    folder: str,
+    image_dir: str,
+    split_file: str,
+    template: str,
+    renames: dict[str, str] | None = None,
+    archive: str | None = None,
+) -> StandardDataset:
     """The common case: images under ``<folder>/<image_dir>`` and CoOp's ``split_zhou_*.json``."""
     image_root = f"{folder}/{image_dir}/" if image_dir else f"{folder}/"
     layout = (
         f"  {image_root}...  the images; paths in the split file are relative to {image_root}\n"
-        f"  {folder}/{split_file}  {{\"train\"|\"val\"|\"test\": [[relative_path, label, classname], ...]}}"
+        f'  {folder}/{split_file}  {{"train"|"val"|"test": [[relative_path, label, classname], ...]}}'
     )
 
     def reader(path: Path, wanted: Collection[str]) -> LabelledSplits:
@@ -90,7 +114,9 @@ def _split_file_dataset(name: str, title: str, folder: str, image_dir: str, spli
     return StandardDataset(name, title, folder, template, layout, reader, marker=split_file, archive=archive or folder)
 
 
-def _imagenet_variant(name: str, title: str, folder: str, image_dir: str, numbered: bool, archive: str) -> StandardDataset:
+def _imagenet_variant(
+    name: str, title: str, folder: str, image_dir: str, numbered: bool, archive: str
+) -> StandardDataset:
     classes = "0/ .. 999/ (folder = label)" if numbered else "<wnid>/ (labels in sorted folder order)"
     layout = f"  {folder}/\n    {image_dir}/{classes}\n    classnames.txt  (ImageNet's; imagenet/classnames.txt is used when absent)"
 
@@ -98,30 +124,85 @@ def _imagenet_variant(name: str, title: str, folder: str, image_dir: str, number
         candidates = (path / "classnames.txt", path.parent / "imagenet" / "classnames.txt")
         return read_imagenet_variant(path, image_dir, numbered, candidates)
 
-    return StandardDataset(name, title, folder, PLAIN_TEMPLATE, layout, reader, marker=image_dir, archive=archive, test_only=True)
+    return StandardDataset(
+        name, title, folder, PLAIN_TEMPLATE, layout, reader, marker=image_dir, archive=archive, test_only=True
+    )
 
 
 STANDARD_DATASETS: tuple[StandardDataset, ...] = (
     StandardDataset(
-        "imagenet", "ImageNet", "imagenet", PLAIN_TEMPLATE,
+        "imagenet",
+        "ImageNet",
+        "imagenet",
+        PLAIN_TEMPLATE,
         "  imagenet/\n    classnames.txt  one '<wnid> <class name>' per line, in label order\n    images/train/<wnid>/*.JPEG\n    images/val/<wnid>/*.JPEG  (the test split)",
-        read_imagenet, marker="classnames.txt",
+        read_imagenet,
+        marker="classnames.txt",
     ),
-    _split_file_dataset("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories", "split_zhou_Caltech101.json", PLAIN_TEMPLATE, CALTECH_RENAMES),
-    _split_file_dataset("oxford_pets", "OxfordPets", "oxford_pets", "images", "split_zhou_OxfordPets.json", "a photo of a {}, a type of pet."),
-    _split_file_dataset("stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", PLAIN_TEMPLATE),
-    _split_file_dataset("oxford_flowers", "Flowers102", "oxford_flowers", "jpg", "split_zhou_OxfordFlowers.json", "a photo of a {}, a type of flower."),
-    _split_file_dataset("food101", "Food101", "food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food.", archive="food101"),
+    _split_file_dataset(
+        "caltech101",
+        "Caltech101",
+        "caltech-101",
+        "101_ObjectCategories",
+        "split_zhou_Caltech101.json",
+        PLAIN_TEMPLATE,
+        CALTECH_RENAMES,
+    ),
+    _split_file_dataset(
+        "oxford_pets",
+        "OxfordPets",
+        "oxford_pets",
+        "images",
+        "split_zhou_OxfordPets.json",
+        "a photo of a {}, a type of pet.",
+    ),
+    _split_file_dataset(
+        "stanford_cars", "StanfordCars", "stanford_cars", "", "split_zhou_StanfordCars.json", PLAIN_TEMPLATE
+    ),
+    _split_file_dataset(
+        "oxford_flowers",
+        "Flowers102",
+        "oxford_flowers",
+        "jpg",
+        "split_zhou_OxfordFlowers.json",
+        "a photo of a {}, a type of flower.",
+    ),
+    _split_file_dataset(
+        "food101",
+        "Food101",
+        "food-101",
+        "images",
+        "split_zhou_Food101.json",
+        "a photo of {}, a type of food.",
+        archive="food101",
+    ),
     StandardDataset(
-        "fgvc_aircraft", "FGVCAircraft", "fgvc_aircraft", "a photo of a {}, a type of aircraft.",
+        "fgvc_aircraft",
+        "FGVCAircraft",
+        "fgvc_aircraft",
+        "a photo of a {}, a type of aircraft.",
         "  fgvc_aircraft/\n    images/<image id>.jpg\n    variants.txt  one variant per line; label = line number\n    images_variant_train.txt, images_variant_val.txt, images_variant_test.txt  '<image id> <variant>' per line",
-        read_aircraft, marker="variants.txt", archive="fgvc_aircraft",
+        read_aircraft,
+        marker="variants.txt",
+        archive="fgvc_aircraft",
     ),
     _split_file_dataset("sun397", "SUN397", "sun397", "SUN397", "split_zhou_SUN397.json", PLAIN_TEMPLATE),
     _split_file_dataset("dtd", "DTD", "dtd", "images", "split_zhou_DescribableTextures.json", "{} texture."),
-    _split_file_dataset("eurosat", "EuroSAT", "eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}.", EUROSAT_RENAMES),
-    _split_file_dataset("ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "a photo of a person doing {}."),
-    _imagenet_variant("imagenetv2", "ImageNet-V2", "imagenetv2", "imagenetv2-matched-frequency-format-val", True, "imagenetv2"),
+    _split_file_dataset(
+        "eurosat",
+        "EuroSAT",
+        "eurosat",
+        "2750",
+        "split_zhou_EuroSAT.json",
+        "a centered satellite photo of {}.",
+        EUROSAT_RENAMES,
+    ),
+    _split_file_dataset(
+        "ucf101", "UCF101", "ucf101", "UCF-101-midframes", "split_zhou_UCF101.json", "a photo of a person doing {}."
+    ),
+    _imagenet_variant(
+        "imagenetv2", "ImageNet-V2", "imagenetv2", "imagenetv2-matched-frequency-format-val", True, "imagenetv2"
+    ),
     _imagenet_variant("imagenet_sketch", "ImageNet-Sketch", "imagenet-sketch", "images", False, "imagenet-sketch"),
     _imagenet_variant("imagenet_a", "ImageNet-A", "imagenet-adversarial", "imagenet-a", False, "imagenet-adversarial"),
     _imagenet_variant("imagenet_r", "ImageNet-R", "imagenet-rendition", "imagenet-r", False, "imagenet-rendition"),

@@ -4,6 +4,7 @@ Options resolve in three layers, later ones winning: each component's dataclass 
 product's), the named preset (``default`` or ``paper``, `specpl.config.PRESETS`; the host's values,
 then each booster's), and the options the user gave.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +24,17 @@ from specpl.config import (
     from_dict,
 )
 from specpl.methods import caspl, cocoop, coop, dapt, deep, isp, kgcoop, mmrl, specpl, zeroshot  # noqa: F401  (registration side effects)
-from specpl.methods.base import UNPUBLISHED, Batch, Booster, BuildContext, ForwardState, Host, PromptModel, cosine_logits, stack_label
+from specpl.methods.base import (
+    UNPUBLISHED,
+    Batch,
+    Booster,
+    BuildContext,
+    ForwardState,
+    Host,
+    PromptModel,
+    cosine_logits,
+    stack_label,
+)
 from specpl.methods.registry import BOOSTERS, HOSTS
 
 DATASET_TRAIN = "train@"  # a preset target holding one dataset's training values, e.g. "train@imagenet"
@@ -68,9 +79,19 @@ def _preset_layers(config: MethodConfig) -> list[dict[str, dict[str, Any]]]:
     preset, base = canonical_preset(config.preset), base_preset(config.preset)
     components = [HOSTS.get(config.host), *(BOOSTERS.get(name) for name in config.boosters)]
     if preset != base and not any(preset in component.presets for component in components):
-        variants = sorted({p for r in (HOSTS, BOOSTERS) for n in r.names() for p in r.get(n).presets if p.startswith(PAPER_VARIANT_PREFIX)})
-        raise ValueError(f"preset {preset!r} is not defined by {' or '.join(c.name for c in components)}; "
-                         f"the paper variants are: {', '.join(variants) or 'none'}")
+        variants = sorted(
+            {
+                p
+                for r in (HOSTS, BOOSTERS)
+                for n in r.names()
+                for p in r.get(n).presets
+                if p.startswith(PAPER_VARIANT_PREFIX)
+            }
+        )
+        raise ValueError(
+            f"preset {preset!r} is not defined by {' or '.join(c.name for c in components)}; "
+            f"the paper variants are: {', '.join(variants) or 'none'}"
+        )
     names = (base, preset) if preset != base else (base,)
     host = HOSTS.get(config.host)
     variants = [v for b in config.boosters if (v := BOOSTERS.get(b).host_variants.get(base, {}).get(config.host))]
@@ -78,7 +99,10 @@ def _preset_layers(config: MethodConfig) -> list[dict[str, dict[str, Any]]]:
     for name in config.boosters:
         booster = BOOSTERS.get(name)
         for preset_name in names:
-            layers += [booster.presets.get(preset_name, {}), booster.host_presets.get(preset_name, {}).get(config.host, {})]
+            layers += [
+                booster.presets.get(preset_name, {}),
+                booster.host_presets.get(preset_name, {}).get(config.host, {}),
+            ]
     return layers
 
 
@@ -96,7 +120,9 @@ def check_combination(host_name: str, booster_names: list[str]) -> None:
     if len(set(booster_names)) != len(booster_names):
         raise ValueError(f"a booster is listed twice: {booster_names}")
     if booster_names and not host.accepts_boosters:
-        raise ValueError(f"host {host_name!r} takes no boosters (it is a phase of one); boost a host such as coop or maple instead")
+        raise ValueError(
+            f"host {host_name!r} takes no boosters (it is a phase of one); boost a host such as coop or maple instead"
+        )
     for name in booster_names:
         booster = BOOSTERS.get(name)
         problems = []
@@ -116,7 +142,11 @@ def check_combination(host_name: str, booster_names: list[str]) -> None:
 
 def _booster_fits(booster: type, host_name: str) -> bool:
     host = HOSTS.get(host_name)
-    return host.accepts_boosters and (booster.supported_hosts is None or host_name in booster.supported_hosts) and booster.requires <= host.capabilities
+    return (
+        host.accepts_boosters
+        and (booster.supported_hosts is None or host_name in booster.supported_hosts)
+        and booster.requires <= host.capabilities
+    )
 
 
 def resolve_method_options(config: MethodConfig) -> dict[str, dict[str, Any]]:
@@ -135,7 +165,9 @@ def resolve_method_options(config: MethodConfig) -> dict[str, dict[str, Any]]:
         known = {f.name for f in dataclasses.fields(component.config_class)}
         bad = sorted(set(given) - known)
         if bad:
-            raise ValueError(f"unknown option(s) for {name}: {', '.join(bad)}; {name}'s options are: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown option(s) for {name}: {', '.join(bad)}; {name}'s options are: {', '.join(sorted(known))}"
+            )
         built = from_dict(component.config_class, given)
         component.settle_options(built, set(config.options.get(name, {})))
         if name != config.host:
@@ -204,7 +236,9 @@ def preset_note(config: MethodConfig) -> str:
     one (CoOp under ``paper`` alone is the ctxv1 row; with SpecPL it is SpecPL's CoOp)."""
     preset = canonical_preset(config.preset)
     host = HOSTS.get(config.host)
-    variants = [v for b in config.boosters if (v := BOOSTERS.get(b).host_variants.get(base_preset(preset), {}).get(config.host))]
+    variants = [
+        v for b in config.boosters if (v := BOOSTERS.get(b).host_variants.get(base_preset(preset), {}).get(config.host))
+    ]
     note = host.preset_notes.get(variants[-1] if variants else preset, "")
     return f"{preset} preset" + (f"; {host.title or host.name}: {note}" if note else "")
 

@@ -18,6 +18,7 @@ The gate is a parameter only in the gated form: a bank of the spec's form has th
 before the option existed. This module defaults to the spec's form; SpecPL's option picks one
 (`specpl.methods.specpl.SpecPLConfig.refiner`, "gated" by default).
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,7 +36,9 @@ def check_refiner(refiner: str) -> str:
 
 
 class VisualSemanticBank(nn.Module):
-    def __init__(self, dim: int, size: int = 64, tau: float = 0.07, momentum: float = 0.05, refiner: str = "layernorm") -> None:
+    def __init__(
+        self, dim: int, size: int = 64, tau: float = 0.07, momentum: float = 0.05, refiner: str = "layernorm"
+    ) -> None:
         super().__init__()
         self.tau = tau
         self.momentum = momentum

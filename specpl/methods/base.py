@@ -15,6 +15,7 @@ The seams, all optional for a component:
   own loss with them, then every booster adds its terms on top (unweighted). So a booster that
   reweights the host's loss (ISP) and one that adds terms (SpecPL) compose in a fixed order.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,7 +56,9 @@ class Batch:
 
     def require(self, name: str, who: str) -> torch.Tensor:
         if name not in self.frozen:
-            raise ValueError(f"{who} needs the frozen input {name!r}, which this batch lacks (has: {sorted(self.frozen) or 'none'})")
+            raise ValueError(
+                f"{who} needs the frozen input {name!r}, which this batch lacks (has: {sorted(self.frozen) or 'none'})"
+            )
         return self.frozen[name]
 
 
@@ -114,7 +117,9 @@ class BuildContext:
         """The run's band decomposer, built once and shared by every component that needs it."""
         if not self._decomposer_module:
             if self.decomposer is None:
-                raise ValueError(f"{self.host_name}+{'+'.join(self.booster_names)} needs a band decomposer, and none is configured")
+                raise ValueError(
+                    f"{self.host_name}+{'+'.join(self.booster_names)} needs a band decomposer, and none is configured"
+                )
             from specpl.bands import build_decomposer
 
             device = self.backbone.model.logit_scale.device
@@ -219,7 +224,10 @@ class Host(Component):
         raise NotImplementedError
 
     def encode_text(
-        self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+        self,
+        image_features: torch.Tensor | None = None,
+        groups: Sequence[PromptGroup] = (),
+        hooks: Sequence[TextHook] = (),
     ) -> torch.Tensor:
         """Raw prompted text features: (C, D), or (B, C, D) for image-conditioned hosts. `groups`
         are boosters' text prompt slots, placed after the host's own; `hooks` their text hooks."""
@@ -229,11 +237,15 @@ class Host(Component):
         """What the image tower gives this host: by default the pooled feature alone."""
         return {FEATURES: output.pooled}
 
-    def logits(self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, refined_text: torch.Tensor, scale: float) -> torch.Tensor:
+    def logits(
+        self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, refined_text: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         """The host's class logits; by default s*cos(image, refined text)."""
         return cosine_logits(image[FEATURES], refined_text, scale)
 
-    def anchor_logits(self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, scale: float) -> torch.Tensor | None:
+    def anchor_logits(
+        self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, scale: float
+    ) -> torch.Tensor | None:
         """Logits for boosters' label-free terms when they differ from `logits` (else None)."""
         return None
 
@@ -275,7 +287,9 @@ class Booster(Component):
     def losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
         return {}
 
-    def counterfactual_rows(self, model: "PromptModel", images: torch.Tensor, decomposer: nn.Module) -> dict[str, Any] | None:
+    def counterfactual_rows(
+        self, model: "PromptModel", images: torch.Tensor, decomposer: nn.Module
+    ) -> dict[str, Any] | None:
         """This booster's own view of a band swap between two images (see `specpl.counterfactual`)."""
         return None
 
@@ -327,7 +341,9 @@ def compose_hooks(hooks: list[LayerHook]) -> LayerHook | None:
 class PromptModel(nn.Module):
     """Host + boosters over one frozen CLIP. ``forward(batch)`` returns the weighted loss terms."""
 
-    def __init__(self, context: BuildContext, host: Host, boosters: list[Booster], options: dict[str, dict[str, Any]]) -> None:
+    def __init__(
+        self, context: BuildContext, host: Host, boosters: list[Booster], options: dict[str, dict[str, Any]]
+    ) -> None:
         super().__init__()
         self.context = context
         self.backbone = context.backbone
@@ -336,7 +352,11 @@ class PromptModel(nn.Module):
         self.boosters = nn.ModuleDict({b.name: b for b in boosters})
         clip_scale = context.backbone.model.logit_scale.detach().exp()
         # a 0-d buffer, not a Python float: no host sync to read it, and it moves with the model
-        self.register_buffer("logit_scale", clip_scale.new_tensor(host.fixed_logit_scale) if host.fixed_logit_scale else clip_scale.clone(), persistent=False)
+        self.register_buffer(
+            "logit_scale",
+            clip_scale.new_tensor(host.fixed_logit_scale) if host.fixed_logit_scale else clip_scale.clone(),
+            persistent=False,
+        )
         self.image_encoder = PromptImageEncoder(context.backbone.model) if self._prompts_image_tower() else None
         self.method_options = options  # as requested; `resolved_options` adds build-time values
         self.epoch, self.epochs = 0, 1
@@ -427,13 +447,17 @@ class PromptModel(nn.Module):
             refined = booster.refine_text(refined)
         return raw, refined
 
-    def logits(self, image: dict[str, torch.Tensor], raw: torch.Tensor | None = None, refined: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(
+        self, image: dict[str, torch.Tensor], raw: torch.Tensor | None = None, refined: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if raw is None or refined is None:
             raw, refined = self.text_features(image[FEATURES] if self.host.conditions_text_on_image else None)
         return self.host.logits(image, raw, refined, self.logit_scale)
 
     def image_from_batch(self, batch: Batch) -> dict[str, torch.Tensor]:
-        cached = {k[len(IMAGE_FEATURES) + 1 :]: v for k, v in batch.frozen.items() if k.startswith(IMAGE_FEATURES + ".")}
+        cached = {
+            k[len(IMAGE_FEATURES) + 1 :]: v for k, v in batch.frozen.items() if k.startswith(IMAGE_FEATURES + ".")
+        }
         if cached:
             return cached
         if batch.images is None:
@@ -478,7 +502,9 @@ class PromptModel(nn.Module):
         return save_bundle(self, Path(directory), run)
 
     @classmethod
-    def from_bundle(cls, directory: "str | Path", device: str | torch.device = "cpu", backbone: Backbone | None = None) -> "PromptModel":
+    def from_bundle(
+        cls, directory: "str | Path", device: str | torch.device = "cpu", backbone: Backbone | None = None
+    ) -> "PromptModel":
         from specpl.bundle import load_bundle
 
         return load_bundle(directory, device, backbone)[0]
@@ -493,5 +519,6 @@ class PromptModel(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("frozen_clip.")]
         if missing or unexpected:
-            raise ValueError(f"checkpoint does not match the method: missing {missing[:5]}, unexpected {unexpected[:5]}")
-
+            raise ValueError(
+                f"checkpoint does not match the method: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )

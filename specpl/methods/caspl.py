@@ -52,6 +52,7 @@ Choices and deviations (written down as the spec asks):
 - A user's folder of unlabeled images is an input too: ``DataConfig.unlabeled_root`` (CLI
   ``--unlabeled DIR``) trains phase 1 on it, with the dataset's class names for the teacher.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -89,7 +90,9 @@ PROMPTSRC_CONFIG = f"{RELEASED} configs/trainers/CasPL_PromptSRC/vit_b16_c2_ep20
 ONLY_FOUR = "(the released learners use CTX_INIT only up to 4 tokens; 8 start random)"
 
 
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, weights: torch.Tensor | None = None) -> torch.Tensor:
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """T^2 * KL(softmax(teacher/T) || softmax(student/T)), summed over classes and averaged over the
     batch (``batchmean``), or (1/B) sum_i w_i KL_i with per-sample weights (as `weighted_cross_entropy`)."""
     log_student = F.log_softmax(student / temperature, dim=-1)
@@ -106,7 +109,9 @@ def resolve_teacher(student: BackboneConfig, teacher: str | None, pretrained: st
     from specpl import defaults
 
     if teacher is None:
-        teacher, default_pretrained = (defaults.WORLD_TEACHER_MODEL, EMBEDDED_TAG) if student.name == defaults.WORLD_MODEL else DEFAULT_TEACHER
+        teacher, default_pretrained = (
+            (defaults.WORLD_TEACHER_MODEL, EMBEDDED_TAG) if student.name == defaults.WORLD_MODEL else DEFAULT_TEACHER
+        )
         return teacher, default_pretrained if pretrained is None else pretrained
     if pretrained is None:
         pretrained = EMBEDDED_TAG if teacher == defaults.WORLD_TEACHER_MODEL else "openai"
@@ -121,7 +126,9 @@ def load_teacher(name: str, pretrained: str, device: torch.device) -> Backbone:
 
     if pretrained == EMBEDDED_TAG:
         if name != defaults.WORLD_TEACHER_MODEL:
-            raise ValueError(f"caspl-boost: only {defaults.WORLD_TEACHER_MODEL} has embedded teacher weights, not {name}")
+            raise ValueError(
+                f"caspl-boost: only {defaults.WORLD_TEACHER_MODEL} has embedded teacher weights, not {name}"
+            )
         config = defaults.world_teacher_config()
     else:
         config = BackboneConfig(name=name, pretrained=pretrained or None)
@@ -149,7 +156,9 @@ class TeacherLogits:
         pixels = (images.float() * std + mean).clamp(0, 1)
         size = self.teacher.image_size
         if pixels.shape[-2:] != (size, size):
-            pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+            pixels = F.interpolate(
+                pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False
+            ).clamp(0, 1)
         mean, std = (torch.tensor(v, device=images.device).view(1, 3, 1, 1) for v in self.teacher.normalization)
         return ((pixels - mean) / std).to(images.dtype)
 
@@ -157,7 +166,9 @@ class TeacherLogits:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         model = self.teacher.model
         features = model.encode_image(self.to_teacher_input(images).to(model.logit_scale.device))
-        logits = model.logit_scale.exp().float() * F.normalize(features.float(), dim=-1) @ self.text.to(features.device).t()
+        logits = (
+            model.logit_scale.exp().float() * F.normalize(features.float(), dim=-1) @ self.text.to(features.device).t()
+        )
         return logits.to(images.device)
 
 
@@ -184,11 +195,19 @@ class CasPLBoost(IndependentPromptHost):
 
     name = PHASE_ONE
     title = "CasPL phase 1"
-    description = "CasPL phase 1: deep boosting prompts distilled from a larger frozen CLIP on unlabeled images (ECCV 2024)"
+    description = (
+        "CasPL phase 1: deep boosting prompts distilled from a larger frozen CLIP on unlabeled images (ECCV 2024)"
+    )
     config_class: ClassVar[type] = CasPLBoostConfig
     accepts_boosters = False
     learns_from_labels = False
-    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
+    training_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 20,
+        "batch_size": 4,
+        "lr": 0.0025,
+        "optimizer": "sgd",
+        "crop_scale": 0.08,
+    }
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"train@imagenet": {"batch_size": 128}}}
     sources: ClassVar[dict[str, str]] = {
         "n_ctx": f"{BOOST_CONFIG}:35",
@@ -214,7 +233,9 @@ class CasPLBoost(IndependentPromptHost):
     def __init__(self, config: CasPLBoostConfig, context: BuildContext) -> None:
         super().__init__(config, context)
         self.context = [context]  # a list keeps it out of the module tree
-        self.teacher_name, self.teacher_pretrained = resolve_teacher(context.backbone.config, config.teacher, config.teacher_pretrained)
+        self.teacher_name, self.teacher_pretrained = resolve_teacher(
+            context.backbone.config, config.teacher, config.teacher_pretrained
+        )
         self.teacher_template = config.teacher_template or context.template
         self._teacher: list[Backbone] = []  # loaded on first use: inference never needs it
 
@@ -226,7 +247,11 @@ class CasPLBoost(IndependentPromptHost):
     def teacher(self) -> Backbone:
         if not self._teacher:
             device = self.context[0].backbone.model.token_embedding.weight.device
-            self._teacher.append(load_teacher(self.teacher_name, self.teacher_pretrained, torch.device("cpu") if device.type == "meta" else device))
+            self._teacher.append(
+                load_teacher(
+                    self.teacher_name, self.teacher_pretrained, torch.device("cpu") if device.type == "meta" else device
+                )
+            )
         return self._teacher[0]
 
     def frozen_inputs(self) -> list:
@@ -261,10 +286,14 @@ def read_boosting_prompts(folder: str | Path, backbone: Backbone) -> tuple[list[
     tensors, config = read_bundle(Path(folder))
     where = Path(folder) / "config.json"
     if config["method"].get("host") != PHASE_ONE:
-        raise ValueError(f"{where}: caspl.boost_bundle must be a {PHASE_ONE} (phase 1) bundle, this one is {config['method'].get('host')!r}")
+        raise ValueError(
+            f"{where}: caspl.boost_bundle must be a {PHASE_ONE} (phase 1) bundle, this one is {config['method'].get('host')!r}"
+        )
     trained_on = (config["backbone"].get("name"), config["backbone"].get("pretrained"))
     if trained_on != (backbone.config.name, backbone.config.pretrained):
-        raise ValueError(f"{where}: the boosting prompts were learned on {trained_on[0]} ({trained_on[1]}), this run's backbone is {backbone.describe()}")
+        raise ValueError(
+            f"{where}: the boosting prompts were learned on {trained_on[0]} ({trained_on[1]}), this run's backbone is {backbone.describe()}"
+        )
     prefix = "host."
     text = [tensors[f"{prefix}prompt_learner.ctx"]]
     text += [tensors[f"{prefix}deep_text.{i}"] for i in range(len(tensors)) if f"{prefix}deep_text.{i}" in tensors]
@@ -279,7 +308,9 @@ class CasPL(Booster):
 
     name = "caspl"
     title = "CasPL"
-    description = "CasPL phase 2: frozen boosting prompts from a caspl-boost bundle cascaded with the host's prompts (ECCV 2024)"
+    description = (
+        "CasPL phase 2: frozen boosting prompts from a caspl-boost bundle cascaded with the host's prompts (ECCV 2024)"
+    )
     config_class: ClassVar[type] = CasPLConfig
     supported_hosts: ClassVar[tuple[str, ...] | None] = ("coop", "cocoop", "maple", "promptsrc")
     published_hosts: ClassVar[tuple[str, ...]] = ("coop", "cocoop", "maple", "promptsrc")  # the paper's main table
@@ -352,9 +383,13 @@ class CasPL(Booster):
             text = [torch.zeros(config.boost_text_shape[1:]) for _ in range(config.boost_text_shape[0])]
             vision_tokens = [torch.zeros(config.boost_vision_shape[1:]) for _ in range(config.boost_vision_shape[0])]
         elif config.boost_bundle is None:
-            raise ValueError("caspl needs boost_bundle: the folder of a caspl-boost (phase 1) bundle; train one with host 'caspl-boost'")
+            raise ValueError(
+                "caspl needs boost_bundle: the folder of a caspl-boost (phase 1) bundle; train one with host 'caspl-boost'"
+            )
         else:
-            raise FileNotFoundError(f"caspl.boost_bundle {config.boost_bundle}: no bundle there ({Path(config.boost_bundle) / 'config.json'} is missing)")
+            raise FileNotFoundError(
+                f"caspl.boost_bundle {config.boost_bundle}: no bundle there ({Path(config.boost_bundle) / 'config.json'} is missing)"
+            )
         self._check(text, text_width, len(context.backbone.model.transformer.resblocks), "text")
         self._check(vision_tokens, vision.width, vision.depth, "vision")
         self.awaiting_state = not found  # placeholders until a phase-2 bundle's tensors are loaded
@@ -382,7 +417,9 @@ class CasPL(Booster):
     def _check(layers: list[torch.Tensor], width: int, depth: int, tower: str) -> None:
         if not layers or layers[0].shape[-1] != width or len(layers) > depth:
             shape = [len(layers), *layers[0].shape] if layers else []
-            raise ValueError(f"caspl: the {tower} boosting prompts {shape} do not fit this backbone ({tower} width {width}, depth {depth})")
+            raise ValueError(
+                f"caspl: the {tower} boosting prompts {shape} do not fit this backbone ({tower} width {width}, depth {depth})"
+            )
 
     def _layers(self, kind: str, count: int) -> list[torch.Tensor]:
         return [self.get_buffer(f"boost_{kind}_{i}") for i in range(count)]

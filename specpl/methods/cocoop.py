@@ -14,6 +14,7 @@ with every class prompt moved by a random per-image shift; the last layer learns
 step, the first layer from the second. "pytorch" keeps PyTorch's default init, as the released
 code does. Both draw the same random numbers, so the context is the same for a given seed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ from specpl.methods.registry import HOSTS
 from specpl.slots import PromptGroup
 from specpl.text import TextHook
 
-
 META_INITS = ("zero", "pytorch")
 
 COCOOP_CONFIG = "KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"
@@ -45,7 +45,9 @@ class CoCoOpConfig:
     tail: str = "{}."  # the frozen text after the context, {} = the class name
     meta_reduction: int = 16  # meta-net hidden width = feature dim / this
     eval_pairs_per_chunk: int = 4096  # images x classes encoded at once at evaluation
-    meta_init: str = "zero"  # "zero": the meta-net's last layer starts at 0 (CoCoOp starts as CoOp); "pytorch": the released code's
+    meta_init: str = (
+        "zero"  # "zero": the meta-net's last layer starts at 0 (CoCoOp starts as CoOp); "pytorch": the released code's
+    )
 
     def __post_init__(self) -> None:
         check_choice("cocoop.meta_init", self.meta_init, META_INITS)
@@ -58,8 +60,16 @@ class CoCoOp(ContextHost):
     description = "CoCoOp: CoOp's context shifted per image by a small meta-net (CVPR 2022)"
     config_class: ClassVar[type] = CoCoOpConfig
     conditions_text_on_image = True
-    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 1, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"cocoop": {"ctx_from_template": False, "meta_init": "pytorch"}}}
+    training_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 10,
+        "batch_size": 1,
+        "lr": 0.002,
+        "optimizer": "sgd",
+        "crop_scale": 0.08,
+    }
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "paper": {"cocoop": {"ctx_from_template": False, "meta_init": "pytorch"}}
+    }
     sources: ClassVar[dict[str, str]] = {
         **context_sources("KaiyangZhou/CoOp trainers/cocoop.py"),
         "n_ctx": f"{COCOOP_CONFIG} (N_CTX 4)",
@@ -84,7 +94,10 @@ class CoCoOp(ContextHost):
             nn.init.zeros_(self.meta_net[-1].bias)
 
     def encode_text(
-        self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+        self,
+        image_features: torch.Tensor | None = None,
+        groups: Sequence[PromptGroup] = (),
+        hooks: Sequence[TextHook] = (),
     ) -> torch.Tensor:
         """(B, C, D): the prompts of every class conditioned on each image."""
         if image_features is None:
@@ -104,5 +117,13 @@ class CoCoOp(ContextHost):
         rows = []
         for start in range(0, shift.shape[0], images):
             block = shift[start : start + images]
-            rows.append(torch.cat([self.prompt_learner(block, groups, slice(c, c + classes), hooks) for c in range(0, n_cls, classes)], dim=1))
+            rows.append(
+                torch.cat(
+                    [
+                        self.prompt_learner(block, groups, slice(c, c + classes), hooks)
+                        for c in range(0, n_cls, classes)
+                    ],
+                    dim=1,
+                )
+            )
         return torch.cat(rows, dim=0)

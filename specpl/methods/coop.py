@@ -18,6 +18,7 @@ Context init, the one place where the presets differ:
   100 epochs, 10 on ImageNet); it has no published plain-CoOp row of its own. SpecPL applies it as
   its per-host rule, so ``coop+specpl`` under ``paper`` runs it too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -81,8 +82,12 @@ class CoOpConfig:
     class_specific: bool = False  # CSC: one context per class (cannot transfer to new classes)
     init_std: float = 0.02
     shared_prefix: bool = True  # encode [SOS]+context once for all classes (exact; faster)
-    ctx_from_template: bool = True  # the template's words before the class are the context, the rest stays (see the module doc)
-    tail: str = "{}."  # the frozen text after the context, {} = the class name (set from the template by ctx_from_template)
+    ctx_from_template: bool = (
+        True  # the template's words before the class are the context, the rest stays (see the module doc)
+    )
+    tail: str = (
+        "{}."  # the frozen text after the context, {} = the class name (set from the template by ctx_from_template)
+    )
 
 
 class ContextHost(Host):
@@ -135,7 +140,10 @@ class ContextHost(Host):
         return []
 
     def encode_text(
-        self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+        self,
+        image_features: torch.Tensor | None = None,
+        groups: Sequence[PromptGroup] = (),
+        hooks: Sequence[TextHook] = (),
     ) -> torch.Tensor:
         return self.prompt_learner(None, [*self.deep_text_prompts(), *groups], hooks=hooks)
 
@@ -146,9 +154,18 @@ class CoOp(ContextHost):
     title = "CoOp"
     description = "CoOp: learned context words before the class name, cross-entropy (IJCV 2022)"
     config_class: ClassVar[type] = CoOpConfig
-    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 200, "batch_size": 32, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
+    training_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 200,
+        "batch_size": 32,
+        "lr": 0.002,
+        "optimizer": "sgd",
+        "crop_scale": 0.08,
+    }
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
-        "paper": {"coop": {"n_ctx": 4, "ctx_init": "a photo of a", "ctx_from_template": False}, "train@imagenet": {"epochs": 50}},
+        "paper": {
+            "coop": {"n_ctx": 4, "ctx_init": "a photo of a", "ctx_from_template": False},
+            "train@imagenet": {"epochs": 50},
+        },
         "paper-specpl": SPECPL_COOP,  # what SpecPL's paper trains as CoOp
     }
     sources: ClassVar[dict[str, str]] = {

@@ -90,6 +90,7 @@ Deviations and choices (spec §9), all behind options; the paper preset (`DAPT.p
 - T_fg is the text the host classifies with (after any booster's refinement).
 - Without item labels (a frozen input called on images alone) the gradient maps target the predicted class.
 """
+
 from __future__ import annotations
 
 import copy
@@ -131,11 +132,38 @@ DAPT_INPUT = "dapt"  # the frozen input's name; the batch carries dapt.mask
 MASK = "mask"
 MASK_SOURCES = ("gradcam", "folder")
 CAMS = ("head-gradcam", "rollout", "gradcam", "grad-attention")  # DAPT-G's maps (module docstring)
-CAM_NAMES = {"head-gradcam": "per-head GradCAM", "rollout": "attention rollout", "grad-attention": "gradient-weighted attention"}
+CAM_NAMES = {
+    "head-gradcam": "per-head GradCAM",
+    "rollout": "attention rollout",
+    "grad-attention": "gradient-weighted attention",
+}
 NORMALISATIONS = ("image", "batch")  # a map's maximum: its own, or the batch's (the reference's)
 GENERAL_BACKGROUNDS = (
-    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway", "railroad",
-    "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street", "valley", "bridge", "sign",
+    "ground",
+    "land",
+    "grass",
+    "tree",
+    "building",
+    "wall",
+    "sky",
+    "lake",
+    "water",
+    "river",
+    "sea",
+    "railway",
+    "railroad",
+    "keyboard",
+    "helmet",
+    "cloud",
+    "house",
+    "mountain",
+    "ocean",
+    "road",
+    "rock",
+    "street",
+    "valley",
+    "bridge",
+    "sign",
 )
 FOOD_BACKGROUNDS = ("table", "forks", "tablecloth", "hands", "spoon", "glasses", "dishes")
 BACKGROUND_WORDS = (*GENERAL_BACKGROUNDS, *FOOD_BACKGROUNDS)
@@ -172,14 +200,18 @@ def switch_epoch(config: DAPTConfig, epochs: int) -> int:
     return config.switch_epoch if config.switch_epoch is not None else math.floor(0.7 * epochs)
 
 
-def triplet_pull_push(full: torch.Tensor, foreground: torch.Tensor, background: torch.Tensor, margin: float) -> torch.Tensor:
+def triplet_pull_push(
+    full: torch.Tensor, foreground: torch.Tensor, background: torch.Tensor, margin: float
+) -> torch.Tensor:
     """mean max(|z_I - sg z_f| - |z_I - sg z_b| + margin, 0) on unit vectors (PyTorch's triplet loss, p = 2)."""
     full = F.normalize(full, dim=-1)
     positive, negative = F.normalize(foreground.detach(), dim=-1), F.normalize(background.detach(), dim=-1)
     return F.triplet_margin_loss(full, positive.to(full.dtype), negative.to(full.dtype), margin=margin, p=2)
 
 
-def foreground_alignment(foreground: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+def foreground_alignment(
+    foreground: torch.Tensor, class_text: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | float
+) -> torch.Tensor:
     """CE(s sg(z_f) T_fg, y): the image is detached, so only the text and prompt side learns.
     `class_text` is (C, D), or (B, C, D) for image-conditioned hosts."""
     image = F.normalize(foreground.detach(), dim=-1).to(class_text.dtype)
@@ -188,7 +220,9 @@ def foreground_alignment(foreground: torch.Tensor, class_text: torch.Tensor, lab
     return F.cross_entropy(scale * logits, labels)
 
 
-def background_alignment(background: torch.Tensor, background_text: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+def background_alignment(
+    background: torch.Tensor, background_text: torch.Tensor, scale: torch.Tensor | float
+) -> torch.Tensor:
     """CE(s z_b T_bg, argmax z_b T_bg): both the image and the text branch learn."""
     similarity = F.normalize(background, dim=-1).to(background_text.dtype) @ F.normalize(background_text, dim=-1).t()
     return F.cross_entropy(scale * similarity, similarity.argmax(dim=-1).detach())
@@ -216,17 +250,24 @@ class AttentionRecord(NamedTuple):
     values: torch.Tensor
 
 
-def _explicit_self_attention(module: nn.Module, args: tuple, kwargs: dict, store: list[AttentionRecord]) -> tuple[torch.Tensor, None]:
+def _explicit_self_attention(
+    module: nn.Module, args: tuple, kwargs: dict, store: list[AttentionRecord]
+) -> tuple[torch.Tensor, None]:
     """What `module` (an ``nn.MultiheadAttention`` called as self-attention) computes, with its
     probabilities and per-head values formed explicitly and appended to `store`, so that a
     gradient can reach them (PyTorch's fused kernel never forms them). CLIP's attention has no dropout."""
     query, key, value = (args[i] if i < len(args) else kwargs[name] for i, name in enumerate(("query", "key", "value")))
     plain = query is key is value and kwargs.get("attn_mask") is None and kwargs.get("key_padding_mask") is None
     if not plain or module.in_proj_weight is None or module.bias_k is not None:
-        raise ValueError("DAPT's attention maps need plain self-attention (no masks, one input projection, no key/value bias tokens)")
+        raise ValueError(
+            "DAPT's attention maps need plain self-attention (no masks, one input projection, no key/value bias tokens)"
+        )
     x = query if module.batch_first else query.transpose(0, 1)
     batch, tokens, width = x.shape
-    q, k, v = (part.reshape(batch, tokens, module.num_heads, -1).transpose(1, 2) for part in F.linear(x, module.in_proj_weight, module.in_proj_bias).chunk(3, dim=-1))
+    q, k, v = (
+        part.reshape(batch, tokens, module.num_heads, -1).transpose(1, 2)
+        for part in F.linear(x, module.in_proj_weight, module.in_proj_bias).chunk(3, dim=-1)
+    )
     probabilities = torch.softmax(q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, dim=-1)
     store.append(AttentionRecord(probabilities, v))
     out = module.out_proj((probabilities @ v).transpose(1, 2).reshape(batch, tokens, width))
@@ -241,9 +282,14 @@ def recorded_attention(model: PromptModel) -> Iterator[list[AttentionRecord]]:
     store: list[AttentionRecord] = []
     owner = threading.get_ident()
     attentions = [block.attn for block in model.frozen_clip.visual.transformer.resblocks]
-    unsupported = [type(attention).__name__ for attention in attentions if not isinstance(attention, nn.MultiheadAttention)]
+    unsupported = [
+        type(attention).__name__ for attention in attentions if not isinstance(attention, nn.MultiheadAttention)
+    ]
     if unsupported:
-        raise ValueError(f"DAPT's attention maps need nn.MultiheadAttention blocks; the image tower has {unsupported[0]}")
+        raise ValueError(
+            f"DAPT's attention maps need nn.MultiheadAttention blocks; the image tower has {unsupported[0]}"
+        )
+
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         return _explicit_self_attention(module, args, kwargs, store) if threading.get_ident() == owner else None
 
@@ -260,7 +306,9 @@ def _recorded_output(module: nn.Module) -> Iterator[list[torch.Tensor]]:
     """`module`'s outputs in this thread's forwards while open (as `recorded_attention`)."""
     store: list[torch.Tensor] = []
     owner = threading.get_ident()
-    handle = module.register_forward_hook(lambda module, inputs, output: store.append(output) if threading.get_ident() == owner else None)
+    handle = module.register_forward_hook(
+        lambda module, inputs, output: store.append(output) if threading.get_ident() == owner else None
+    )
     try:
         yield store
     finally:
@@ -293,7 +341,9 @@ def gradcam_scores(model: PromptModel, images: torch.Tensor, labels: torch.Tenso
     return F.relu((activations * weights).sum(dim=-1))
 
 
-def _last_attention_gradient(model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, part: str) -> tuple[VisionOutput, torch.Tensor, torch.Tensor]:
+def _last_attention_gradient(
+    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, part: str
+) -> tuple[VisionOutput, torch.Tensor, torch.Tensor]:
     """The image path's output, the last block's recorded `part` (an `AttentionRecord` field) and
     the target logits' gradient with respect to it."""
     with torch.enable_grad(), recorded_attention(model) as attention:
@@ -337,7 +387,10 @@ def rollout_scores(model: PromptModel, images: torch.Tensor, labels: torch.Tenso
 
 
 CAM_SCORES: dict[str, Callable[[PromptModel, torch.Tensor, torch.Tensor | None], torch.Tensor]] = {
-    "head-gradcam": head_gradcam_scores, "rollout": rollout_scores, "gradcam": gradcam_scores, "grad-attention": grad_attention_scores,
+    "head-gradcam": head_gradcam_scores,
+    "rollout": rollout_scores,
+    "gradcam": gradcam_scores,
+    "grad-attention": grad_attention_scores,
 }
 
 
@@ -357,8 +410,12 @@ def normalised_maps(
 
 
 def saliency_maps(
-    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, normalise: str = "image",
-    cam: str = "head-gradcam", align_corners: bool = False,
+    model: PromptModel,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    normalise: str = "image",
+    cam: str = "head-gradcam",
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """DAPT-G maps (B, 1, H, W) in [0, 1] of the prompted `model`: the `cam` map over the patch
     grid, as `normalised_maps` at the image size. The gradient maps target `labels` (None: the
@@ -368,18 +425,37 @@ def saliency_maps(
 
 
 def saliency_masks(
-    model: PromptModel, images: torch.Tensor, labels: torch.Tensor | None, threshold: float = 0.5,
-    normalise: str = "image", cam: str = "head-gradcam", align_corners: bool = False,
+    model: PromptModel,
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    threshold: float = 0.5,
+    normalise: str = "image",
+    cam: str = "head-gradcam",
+    align_corners: bool = False,
 ) -> torch.Tensor:
     """Binary DAPT-G masks (B, 1, H, W): `saliency_maps` at `threshold`."""
     return saliency_maps(model, images, labels, normalise, cam, align_corners) >= threshold
 
 
 # --- mask folders (DAPT-S) ---------------------------------------------------------------------
-GEOMETRIC = (transforms.RandomResizedCrop, transforms.Resize, transforms.CenterCrop, transforms.RandomCrop, transforms.RandomHorizontalFlip, transforms.RandomVerticalFlip)
+GEOMETRIC = (
+    transforms.RandomResizedCrop,
+    transforms.Resize,
+    transforms.CenterCrop,
+    transforms.RandomCrop,
+    transforms.RandomHorizontalFlip,
+    transforms.RandomVerticalFlip,
+)
 RESAMPLING = (transforms.RandomResizedCrop, transforms.Resize)
 # deterministic format steps: they draw no random numbers and move no pixel
-NOT_GEOMETRIC = (transforms.ToTensor, transforms.Normalize, transforms.PILToTensor, transforms.ConvertImageDtype, MaybeConvertMode, MaybeToTensor)
+NOT_GEOMETRIC = (
+    transforms.ToTensor,
+    transforms.Normalize,
+    transforms.PILToTensor,
+    transforms.ConvertImageDtype,
+    MaybeConvertMode,
+    MaybeToTensor,
+)
 
 
 def geometric_part(transform: Callable) -> transforms.Compose:
@@ -397,7 +473,9 @@ def geometric_part(transform: Callable) -> transforms.Compose:
         elif isinstance(step, GEOMETRIC):
             kept.append(step)
         elif not isinstance(step, NOT_GEOMETRIC) and step is not _convert_to_rgb:
-            raise ValueError(f"DAPT cannot pair masks with the image transform step {step!r}: only crops, resizes, flips and tensor conversion are supported")
+            raise ValueError(
+                f"DAPT cannot pair masks with the image transform step {step!r}: only crops, resizes, flips and tensor conversion are supported"
+            )
     return transforms.Compose(kept)
 
 
@@ -423,7 +501,9 @@ class MaskFolder:
         for key in tried:
             if key in self.index:
                 return self.index[key]
-        raise DataError(f"no mask for {image} in {self.root}: looked for {tried[-2] if len(tried) > 1 else tried[-1]}.* and {tried[-1]}.* (any image suffix)")
+        raise DataError(
+            f"no mask for {image} in {self.root}: looked for {tried[-2] if len(tried) > 1 else tried[-1]}.* and {tried[-1]}.* (any image suffix)"
+        )
 
     def read(self, image: Path) -> Image.Image:
         """The binary mask (mode L, values 0/255) of `image`, checked to have the image's size."""
@@ -439,7 +519,9 @@ class MaskFolder:
             binary &= values != self.ignore_value
         size = load_image(image).size  # as the image is decoded: EXIF orientation applied
         if (binary.shape[1], binary.shape[0]) != size:
-            raise DataError(f"{path}: mask is {binary.shape[1]}x{binary.shape[0]} but its image {image} is {size[0]}x{size[1]}")
+            raise DataError(
+                f"{path}: mask is {binary.shape[1]}x{binary.shape[0]} but its image {image} is {size[0]}x{size[1]}"
+            )
         return Image.fromarray((binary * 255).astype(np.uint8))
 
     def paired(self, items: Sequence[ImageItem], view: int | None, views: "AugmentedViews") -> torch.Tensor:
@@ -478,20 +560,35 @@ class DecoupledViews:
         normalise = f"{config.gradcam_normalise}{corners}"
         return f"gradcam:{config.cam}:{model.name}@epoch{model.epoch}:t{config.gradcam_threshold}:{normalise}"
 
-    def masks(self, images: torch.Tensor, items: Sequence[ImageItem] | None, view: int | None, views: "AugmentedViews | None") -> torch.Tensor:
+    def masks(
+        self, images: torch.Tensor, items: Sequence[ImageItem] | None, view: int | None, views: "AugmentedViews | None"
+    ) -> torch.Tensor:
         if self.folder is not None:
             if items is None or views is None:
-                raise ValueError("dapt masks from a folder need the images' items and views (the feature cache passes them)")
+                raise ValueError(
+                    "dapt masks from a folder need the images' items and views (the feature cache passes them)"
+                )
             return self.folder.paired(items, view, views).to(images.device)
         config = self.booster.config
         labels = None if items is None else torch.tensor([item.label for item in items], device=images.device)
         return saliency_masks(
-            self.booster.model, images, labels, config.gradcam_threshold, config.gradcam_normalise, config.cam,
+            self.booster.model,
+            images,
+            labels,
+            config.gradcam_threshold,
+            config.gradcam_normalise,
+            config.cam,
             config.gradcam_align_corners,
         )
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, items: Sequence[ImageItem] | None = None, view: int | None = None, views: "AugmentedViews | None" = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        images: torch.Tensor,
+        items: Sequence[ImageItem] | None = None,
+        view: int | None = None,
+        views: "AugmentedViews | None" = None,
+    ) -> dict[str, torch.Tensor]:
         return {MASK: self.masks(images, items, view, views)}
 
 
@@ -500,7 +597,9 @@ class DecoupledViews:
 class DAPT(Booster):
     name = "dapt"
     title = "DAPT"
-    description = "DAPT: foreground/background views from masks (GradCAM or files), pull-push then alignment losses (TPAMI 2025)"
+    description = (
+        "DAPT: foreground/background views from masks (GradCAM or files), pull-push then alignment losses (TPAMI 2025)"
+    )
     config_class: ClassVar[type] = DAPTConfig
     requires: ClassVar[frozenset[str]] = frozenset({PROMPTS_IMAGE_TOWER})
     requires_reason: ClassVar[str] = (
@@ -518,12 +617,16 @@ class DAPT(Booster):
             return "DAPT-S (mask files)"
         cam = options.get("cam", "head-gradcam")
         return "DAPT-G" if cam == "gradcam" else f"DAPT-G ({CAM_NAMES[cam]}, ours)"
+
     # the released code (module docstring): its ln_1 GradCAM, batch maximum, corner-aligned
     # upsampling, fixed switch and the 25 background words it trains with
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {
             "dapt": {
-                "cam": "gradcam", "gradcam_normalise": "batch", "gradcam_align_corners": True, "switch_epoch": 7,
+                "cam": "gradcam",
+                "gradcam_normalise": "batch",
+                "gradcam_align_corners": True,
+                "switch_epoch": 7,
                 "background_words": list(REFERENCE_BACKGROUND_WORDS),
             },
         },
@@ -532,7 +635,7 @@ class DAPT(Booster):
         "masks": f"{DAPT_REPO} trainers/maple.py:651-654 (DAPT-G: GradCAM masks, again at :683-686 each epoch)",
         "cam": f"{DAPT_REPO} trainers/util.py:39 (the last image block's ln_1), :202-223 (patch-mean weights, ReLU)",
         "mask_dir": "ours: no folder, the paper preset's masks are DAPT-G maps (DAPT-S reads <dataset>/mask: "
-                    f"{DAPT_REPO} datasets/data_manager.py:293)",
+        f"{DAPT_REPO} datasets/data_manager.py:293)",
         "mask_ignore_value": f"{DAPT_REPO} datasets/new_da.py:43 (mask == 255 -> 0)",
         "gradcam_threshold": f"{DAPT_REPO} trainers/util.py:234-236 (threshold 0.5)",
         "gradcam_normalise": f"{DAPT_REPO} trainers/util.py:231-232 (divided by the maximum of the whole batch tensor)",
@@ -549,7 +652,9 @@ class DAPT(Booster):
     def __init__(self, config: DAPTConfig, context: BuildContext) -> None:
         super().__init__(config, context)
         if config.masks == "folder" and not config.mask_dir:
-            raise ValueError("dapt.masks='folder' needs dapt.mask_dir, the folder of mask files (one per training image)")
+            raise ValueError(
+                "dapt.masks='folder' needs dapt.mask_dir, the folder of mask files (one per training image)"
+            )
         if "{}" not in config.background_template or not config.background_words:
             raise ValueError("dapt.background_template must contain '{}' and dapt.background_words must not be empty")
         self.tokenizer = context.backbone.tokenizer
@@ -563,7 +668,9 @@ class DAPT(Booster):
     @property
     def model(self) -> PromptModel:
         if not self._model:
-            raise RuntimeError("the dapt booster is not attached to a PromptModel (build it with specpl.methods.build_method)")
+            raise RuntimeError(
+                "the dapt booster is not attached to a PromptModel (build it with specpl.methods.build_method)"
+            )
         return self._model[0]
 
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
@@ -589,7 +696,11 @@ class DAPT(Booster):
         """T_bg (N, D): the background prompts through the host's text tower, with the host's and
         every booster's text slots (fixed template embeddings at layer 0)."""
         return self.model.host.text_encoder.forward_shared_prefix(
-            self.background_prefix, self.background_suffix, self.background_eot, self._text_slots(), self.model.text_hooks()
+            self.background_prefix,
+            self.background_suffix,
+            self.background_eot,
+            self._text_slots(),
+            self.model.text_hooks(),
         )[0]
 
     def _embed_background_prompts(self) -> None:
@@ -600,7 +711,9 @@ class DAPT(Booster):
         head = config.background_template.split("{}")[0].strip()
         head_tokens = int(self.tokenizer([head])[0].argmax()) - 1 if head else 0
         padding = " ".join([PLACEHOLDER] * max(0, placed - head_tokens))
-        tokens = self.tokenizer([f"{padding} {config.background_template.format(word)}".strip() for word in config.background_words])
+        tokens = self.tokenizer(
+            [f"{padding} {config.background_template.format(word)}".strip() for word in config.background_words]
+        )
         eot = tokens.argmax(dim=-1)
         device = text_encoder.model.token_embedding.weight.device
         with torch.no_grad():
@@ -618,10 +731,15 @@ class DAPT(Booster):
             raise ValueError("DAPT needs the batch's images: its masked views go through the trainable image path")
         foreground, background = self.encode_split(batch.images, mask)
         if state.epoch < switch_epoch(config, state.epochs):
-            return {"triplet": config.triplet_weight * triplet_pull_push(state.image_features, foreground, background, config.triplet_margin)}
+            return {
+                "triplet": config.triplet_weight
+                * triplet_pull_push(state.image_features, foreground, background, config.triplet_margin)
+            }
         return {
-            "foreground": config.foreground_weight * foreground_alignment(foreground, state.refined_text, batch.labels, state.logit_scale),
-            "background": config.background_weight * background_alignment(background, self.background_text(), state.logit_scale),
+            "foreground": config.foreground_weight
+            * foreground_alignment(foreground, state.refined_text, batch.labels, state.logit_scale),
+            "background": config.background_weight
+            * background_alignment(background, self.background_text(), state.logit_scale),
         }
 
 

@@ -10,6 +10,7 @@ towers' depth for small backbones.
   CLIP's template-averaged text, L1 of the normalised image feature to the frozen image feature,
   and a KL from the zero-shot logits; then Gaussian prompt aggregation (GPA) over epochs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,7 +34,9 @@ from specpl.vision import PromptImageEncoder
 DASSL_CROP = "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))"
 
 
-def deep_sources(config: str, code: str, clip_model: str, n_ctx: int, n_ctx_vision: int | None, depth: int) -> dict[str, str]:
+def deep_sources(
+    config: str, code: str, clip_model: str, n_ctx: int, n_ctx_vision: int | None, depth: int
+) -> dict[str, str]:
     """Sources of the options and schedule the deep hosts share, from their released `config`
     (yaml), `code` (the trainer) and `clip_model` (the per-layer prompt replacement)."""
     sources = {
@@ -66,7 +69,9 @@ class DeepPromptConfig:
     init_std: float = 0.02
     ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
     tail: str = "{}."  # the frozen text after the context, {} = the class name
-    deep_text_init: str = "template"  # "template": the frozen tower's own states (text starts at zero-shot); "normal": N(0, init_std)
+    deep_text_init: str = (
+        "template"  # "template": the frozen tower's own states (text starts at zero-shot); "normal": N(0, init_std)
+    )
 
 
 DEEP_TEXT_INITS = ("template", "normal")
@@ -94,7 +99,9 @@ class DeepPromptHost(ContextHost):
             states = self.prompt_learner.context_states(self.depth)
             self.deep_text = nn.ParameterList([nn.Parameter(state) for state in states])
         else:
-            self.deep_text = nn.ParameterList([_normal(n_text, width, config.init_std, device) for _ in range(self.depth - 1)])
+            self.deep_text = nn.ParameterList(
+                [_normal(n_text, width, config.init_std, device) for _ in range(self.depth - 1)]
+            )
 
     def deep_text_prompts(self) -> list[PromptGroup]:
         if not len(self.deep_text):
@@ -114,7 +121,9 @@ class IndependentPromptHost(DeepPromptHost):
     def __init__(self, config: DeepPromptConfig, context: BuildContext) -> None:
         super().__init__(config, context)
         device = self.prompt_learner.device
-        self.vision = nn.ParameterList([_normal(config.n_ctx_vision, self.vision_width, config.init_std, device) for _ in range(self.depth)])
+        self.vision = nn.ParameterList(
+            [_normal(config.n_ctx_vision, self.vision_width, config.init_std, device) for _ in range(self.depth)]
+        )
 
     def vision_tokens(self) -> list[torch.Tensor]:
         return list(self.vision)
@@ -128,11 +137,23 @@ class IVLP(IndependentPromptHost):
     title = "IVLP"
     description = "IVLP: independent deep prompts in both towers (the MaPLe paper's baseline)"
     config_class: ClassVar[type] = DeepPromptConfig
-    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"ivlp": {"ctx_from_template": False, "deep_text_init": "normal"}}}
+    training_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 20,
+        "batch_size": 4,
+        "lr": 0.0025,
+        "optimizer": "sgd",
+        "crop_scale": 0.08,
+    }
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "paper": {"ivlp": {"ctx_from_template": False, "deep_text_init": "normal"}}
+    }
     sources: ClassVar[dict[str, str]] = deep_sources(
         f"{PROMPTSRC_REPO} configs/trainers/IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
-        f"{PROMPTSRC_REPO} trainers/independentVL.py", f"{PROMPTSRC_REPO} clip/model.py", 4, 4, 9,
+        f"{PROMPTSRC_REPO} trainers/independentVL.py",
+        f"{PROMPTSRC_REPO} clip/model.py",
+        4,
+        4,
+        9,
     )
 
 
@@ -164,18 +185,37 @@ class MaPLe(DeepPromptHost):
     title = "MaPLe"
     description = "MaPLe: coupled deep prompts, vision prompts mapped from text prompts per layer (CVPR 2023)"
     config_class: ClassVar[type] = MaPLeConfig
-    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 5, "batch_size": 4, "lr": 0.0035, "optimizer": "sgd", "crop_scale": 0.08}
+    training_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 5,
+        "batch_size": 4,
+        "lr": 0.0035,
+        "optimizer": "sgd",
+        "crop_scale": 0.08,
+    }
     # the released code learns "a photo" of "a photo of a" and keeps "of a" as frozen words
     # (trainers/maple.py: the prompt is ctx_init + class, the suffix taken from position 1 + n_ctx)
     # the released code's deeper maps are deep copies of one Linear (trainers/maple.py, _get_clones), so they start equal
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
-        "paper": {"maple": {"ctx_from_template": False, "tail": "of a {}.", "deep_text_init": "normal", "coupling_init": "shared"}},
+        "paper": {
+            "maple": {
+                "ctx_from_template": False,
+                "tail": "of a {}.",
+                "deep_text_init": "normal",
+                "coupling_init": "shared",
+            }
+        },
     }
     sources: ClassVar[dict[str, str]] = {
-        **deep_sources(f"{MAPLE_REPO} configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
-                       f"{MAPLE_REPO} trainers/maple.py", f"{MAPLE_REPO} trainers/maple.py", 2, None, 9),
+        **deep_sources(
+            f"{MAPLE_REPO} configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+            f"{MAPLE_REPO} trainers/maple.py",
+            f"{MAPLE_REPO} trainers/maple.py",
+            2,
+            None,
+            9,
+        ),
         "ctx_init": f"{MAPLE_REPO} configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml (CTX_INIT 'a photo of a', "
-                    "of which N_CTX 2 tokens are learned)",
+        "of which N_CTX 2 tokens are learned)",
         "tail": f"{MAPLE_REPO} trainers/maple.py (prompt_prefix = ctx_init; suffix from position 1 + n_ctx keeps 'of a')",
         "coupling_init": f"{MAPLE_REPO} trainers/maple.py (compound_prompt_projections = _get_clones(single_layer))",
     }
@@ -225,7 +265,12 @@ def gpa_weights(epochs: int, mean: float, std: float) -> list[float]:
 
 
 def self_regulating_losses(
-    text: torch.Tensor, frozen_text: torch.Tensor, image: torch.Tensor, frozen_image: torch.Tensor, logits: torch.Tensor, scale: float
+    text: torch.Tensor,
+    frozen_text: torch.Tensor,
+    image: torch.Tensor,
+    frozen_image: torch.Tensor,
+    logits: torch.Tensor,
+    scale: float,
 ) -> dict[str, torch.Tensor]:
     """PromptSRC's three terms, unweighted: L1(norm text, g0), L1(norm image, norm f0), and
     KL(zero-shot || prompted) summed over the logits and divided by their number (T = 1)."""
@@ -233,7 +278,10 @@ def self_regulating_losses(
     frozen_image = F.normalize(frozen_image.to(image.dtype), dim=-1)
     frozen_text = frozen_text.to(text.dtype)
     zero_shot = scale * frozen_image @ frozen_text.t()
-    kl = F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(zero_shot, dim=-1), reduction="sum", log_target=True) / logits.numel()
+    kl = (
+        F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(zero_shot, dim=-1), reduction="sum", log_target=True)
+        / logits.numel()
+    )
     return {"text_l1": F.l1_loss(text, frozen_text), "image_l1": F.l1_loss(image, frozen_image), "kl": kl}
 
 
@@ -252,23 +300,37 @@ class PromptSRC(IndependentPromptHost):
 
     name = "promptsrc"
     title = "PromptSRC"
-    description = "PromptSRC: IVLP with L1/KL self-regularisation to frozen CLIP and Gaussian prompt aggregation (ICCV 2023)"
+    description = (
+        "PromptSRC: IVLP with L1/KL self-regularisation to frozen CLIP and Gaussian prompt aggregation (ICCV 2023)"
+    )
     config_class: ClassVar[type] = PromptSRCConfig
-    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
+    training_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 20,
+        "batch_size": 4,
+        "lr": 0.0025,
+        "optimizer": "sgd",
+        "crop_scale": 0.08,
+    }
     # the released code averages the templates' raw text features and normalises once
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {"promptsrc": {"ctx_from_template": False, "deep_text_init": "normal", "frozen_text_average": "raw"}},
     }
     sources: ClassVar[dict[str, str]] = {
-        **deep_sources(f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
-                       f"{PROMPTSRC_REPO} trainers/promptsrc.py", f"{PROMPTSRC_REPO} clip/model.py", 4, 4, 9),
+        **deep_sources(
+            f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+            f"{PROMPTSRC_REPO} trainers/promptsrc.py",
+            f"{PROMPTSRC_REPO} clip/model.py",
+            4,
+            4,
+            9,
+        ),
         "text_l1_weight": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (TEXT_LOSS_WEIGHT 25)",
         "image_l1_weight": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (IMAGE_LOSS_WEIGHT 10)",
         "kl_weight": f"{PROMPTSRC_REPO} trainers/promptsrc.py (the KL term enters with weight 1)",
         "frozen_templates": f"{PROMPTSRC_REPO} trainers/imagenet_templates.py (IMAGENET_TEMPLATES, 60 templates)",
         "frozen_text_average": f"{PROMPTSRC_REPO} trainers/promptsrc.py (raw features stacked, mean, then normalised)",
         "gpa_mean": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (GPA_MEAN 15 of "
-                    "20 epochs; ours: None scales it to 0.75 of the run's epochs)",
+        "20 epochs; ours: None scales it to 0.75 of the run's epochs)",
         "gpa_std": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (GPA_STD 1)",
     }
 
@@ -276,7 +338,9 @@ class PromptSRC(IndependentPromptHost):
         super().__init__(config, context)
         self.backbone = [context.backbone]
         if config.frozen_templates not in FROZEN_TEMPLATES:
-            raise ValueError(f"promptsrc.frozen_templates must be one of {', '.join(map(repr, FROZEN_TEMPLATES))}, got {config.frozen_templates!r}")
+            raise ValueError(
+                f"promptsrc.frozen_templates must be one of {', '.join(map(repr, FROZEN_TEMPLATES))}, got {config.frozen_templates!r}"
+            )
         self.templates = FROZEN_TEMPLATES[config.frozen_templates] or [context.template.format]
         self._aggregated = [name for name, p in self.named_parameters() if p.requires_grad]
         for name in self._aggregated:
@@ -287,7 +351,9 @@ class PromptSRC(IndependentPromptHost):
         model, tokenizer = self.backbone[0].model, self.backbone[0].tokenizer
         device = model.token_embedding.weight.device
         with torch.no_grad():
-            per_template = torch.stack([model.encode_text(tokenizer([t(c) for c in classnames]).to(device)).float() for t in self.templates])
+            per_template = torch.stack(
+                [model.encode_text(tokenizer([t(c) for c in classnames]).to(device)).float() for t in self.templates]
+            )
         if self.config.frozen_text_average == "normalised":
             per_template = F.normalize(per_template, dim=-1)
         self.register_buffer("frozen_text", F.normalize(per_template.mean(0), dim=-1), persistent=False)
@@ -297,9 +363,20 @@ class PromptSRC(IndependentPromptHost):
 
     def host_losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
         losses = super().host_losses(state)
-        terms = self_regulating_losses(state.raw_text, self.frozen_text, state.image_features, state.batch.require(CLIP_IMAGE, "PromptSRC"), state.logits, state.logit_scale)
+        terms = self_regulating_losses(
+            state.raw_text,
+            self.frozen_text,
+            state.image_features,
+            state.batch.require(CLIP_IMAGE, "PromptSRC"),
+            state.logits,
+            state.logit_scale,
+        )
         c = self.config
-        losses.update(text_l1=c.text_l1_weight * terms["text_l1"], image_l1=c.image_l1_weight * terms["image_l1"], kl=c.kl_weight * terms["kl"])
+        losses.update(
+            text_l1=c.text_l1_weight * terms["text_l1"],
+            image_l1=c.image_l1_weight * terms["image_l1"],
+            kl=c.kl_weight * terms["kl"],
+        )
         return losses
 
     @torch.no_grad()

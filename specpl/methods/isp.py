@@ -60,6 +60,7 @@ computes its own loss with them (for MMRL both its cross-entropies); then every 
 SpecPL's granule, counterfactual or semantic-anchor terms, whatever the order the boosters are
 listed in.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -92,7 +93,9 @@ RECONSTRUCTED = "ours: reconstructed from the ISP abstract (arXiv 2507.05677), n
 
 @dataclass
 class ISPConfig:
-    structural: Literal["auto", "on", "off"] = AUTO  # the structural modules: auto builds them where the host has IVLP-layout prompts, on requires such a host
+    structural: Literal["auto", "on", "off"] = (
+        AUTO  # the structural modules: auto builds them where the host has IVLP-layout prompts, on requires such a host
+    )
     text_structural: bool = False  # also in the text tower (the paper preset; see the module docstring)
     self_structural: bool = True  # vision prompts attend to that layer's [CLS] + patch tokens
     cross_structural: bool = True  # vision prompts attend to the class prompts' end-of-text states
@@ -123,7 +126,9 @@ class StructuralAttention(nn.Module):
     """W_o Attn(LN(queries) W_q, LN(sources) W_k, LN(sources) W_v): the update one set of prompt
     tokens gets from the tokens it attends to (spec §2)."""
 
-    def __init__(self, query_width: int, source_width: int, dim: int, heads: int, device: torch.device | None = None) -> None:
+    def __init__(
+        self, query_width: int, source_width: int, dim: int, heads: int, device: torch.device | None = None
+    ) -> None:
         super().__init__()
         self.heads = heads
         self.query_norm = nn.LayerNorm(query_width, device=device)
@@ -133,7 +138,9 @@ class StructuralAttention(nn.Module):
         self.value = nn.Linear(source_width, dim, device=device)
         self.output = nn.Linear(dim, query_width, device=device)
 
-    def forward(self, queries: torch.Tensor, sources: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, sources: torch.Tensor, visible: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """queries (B, n, Wq), sources (B, m, Ws), `visible` (B, m) the sources each row may attend
         to (None: all) -> the update (B, n, Wq)."""
 
@@ -166,7 +173,9 @@ class ZeroStart(nn.Module):
             for name, parameter in module.named_parameters():
                 self.initial.register_buffer(_buffer_name(name), parameter.detach().clone())
 
-    def forward(self, queries: torch.Tensor, sources: torch.Tensor, visible: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, queries: torch.Tensor, sources: torch.Tensor, visible: torch.Tensor | None = None
+    ) -> torch.Tensor:
         out = self.module(queries, sources, visible)
         if self.mode == INITIAL_DIFFERENCE:
             initial = {name: self.initial.get_buffer(_buffer_name(name)) for name, _ in self.module.named_parameters()}
@@ -202,9 +211,14 @@ def end_of_text_states(backbone: Backbone, prompts: list[str], layers: int) -> t
 def probe_text_features(backbone: Backbone, templates: str, run_template: str, classnames: list[str]) -> torch.Tensor:
     """Unit-norm frozen text g0 (C, D) of the probing templates (see `ISPConfig.probe_templates`)."""
     if templates == IMAGENET_TEMPLATES:
-        per_template = [F.normalize(template_text_features(backbone, t("{}"), classnames), dim=-1) for t in OPENAI_IMAGENET_TEMPLATES]
+        per_template = [
+            F.normalize(template_text_features(backbone, t("{}"), classnames), dim=-1)
+            for t in OPENAI_IMAGENET_TEMPLATES
+        ]
         return F.normalize(torch.stack(per_template).mean(0), dim=-1)
-    return F.normalize(template_text_features(backbone, run_template if templates == RUN_TEMPLATE else templates, classnames), dim=-1)
+    return F.normalize(
+        template_text_features(backbone, run_template if templates == RUN_TEMPLATE else templates, classnames), dim=-1
+    )
 
 
 def probing_weights(
@@ -311,7 +325,9 @@ class ISP(Booster):
             self.layers = 0
 
     def attach(self, model: "PromptModel") -> None:
-        self.host_of_model = [model.host]  # the text cross module reads the host's vision prompts; a list keeps it out of the tree
+        self.host_of_model = [
+            model.host
+        ]  # the text cross module reads the host's vision prompts; a list keeps it out of the tree
         self.other_boosters = [b for b in model.boosters.values() if b is not self]  # whose slot tokens pass unchanged
 
     @staticmethod
@@ -359,7 +375,9 @@ class ISP(Booster):
     def text_hook(self):
         return self.restructure_text if len(self.text_self) or len(self.text_cross) else None
 
-    def restructure_text(self, layer: int, prefix: torch.Tensor, suffix: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    def restructure_text(
+        self, layer: int, prefix: torch.Tensor, suffix: torch.Tensor, eot: torch.Tensor
+    ) -> torch.Tensor:
         """Before text block `layer`: the host's prompt tokens (the prefix after [SOS]) updated by the
         self-structural module, one prefix per class (G, N, P, W), then by the cross-structural
         module; [SOS], other boosters' tokens at the end of the prefix and the class tokens pass
@@ -412,4 +430,6 @@ class ISP(Booster):
             return None
         zero_shot = self.zero_shot_logits(state.batch.require(CLIP_IMAGE, "ISP's sample probing"))
         c = self.config
-        return probing_weights(zero_shot, state.batch.labels, c.difficulty, c.weighting, c.focal_gamma, state.logits, c.normalise_weights)
+        return probing_weights(
+            zero_shot, state.batch.labels, c.difficulty, c.weighting, c.focal_gamma, state.logits, c.normalise_weights
+        )

@@ -7,6 +7,7 @@ one; under the paper preset the released code's own where it differs: DTD's
 a booster's refinement (SpecPL) does not change what it regularises. Defaults: 4 context tokens
 from "a photo of a", batch 128, SGD 0.002, 100 epochs. Inference costs what CoOp's does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ def knowledge_guidance_loss(text: torch.Tensor, frozen_text: torch.Tensor) -> to
     """1 - mean_c cos(g_c, g0_c) for prompted text (C, D) and frozen template text (C, D)."""
     return 1 - F.cosine_similarity(text, frozen_text.to(text.dtype), dim=-1).mean()
 
+
 KGCOOP_SCRIPT = "htyao89/KgCoOp scripts/base2new_train.sh"
 
 
@@ -37,8 +39,12 @@ class KgCoOpConfig:
     ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
     tail: str = "{}."  # the frozen text after the context, {} = the class name
     weight: float = 8.0  # lambda
-    template: str | None = None  # None: the run's (the dataset's) hand-crafted template, or the released code's (guidance_templates)
-    guidance_templates: str = "run"  # "run": the run's template; "released": KgCoOp's own where it differs (DTD), the paper preset's
+    template: str | None = (
+        None  # None: the run's (the dataset's) hand-crafted template, or the released code's (guidance_templates)
+    )
+    guidance_templates: str = (
+        "run"  # "run": the run's template; "released": KgCoOp's own where it differs (DTD), the paper preset's
+    )
 
     def __post_init__(self) -> None:
         check_choice("kgcoop.guidance_templates", self.guidance_templates, ("run", "released"))
@@ -54,8 +60,16 @@ class KgCoOp(ContextHost):
     title = "KgCoOp"
     description = "KgCoOp: CoOp plus a pull toward the hand-crafted prompt's frozen text feature (CVPR 2023)"
     config_class: ClassVar[type] = KgCoOpConfig
-    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 100, "batch_size": 128, "lr": 0.002, "optimizer": "sgd", "crop_scale": 0.08}
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"kgcoop": {"ctx_from_template": False, "guidance_templates": "released"}}}
+    training_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 100,
+        "batch_size": 128,
+        "lr": 0.002,
+        "optimizer": "sgd",
+        "crop_scale": 0.08,
+    }
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "paper": {"kgcoop": {"ctx_from_template": False, "guidance_templates": "released"}}
+    }
     sources: ClassVar[dict[str, str]] = {
         **context_sources("htyao89/KgCoOp trainers/kgcoop.py"),
         "n_ctx": f"{KGCOOP_SCRIPT} (NCTX=4)",
@@ -78,7 +92,9 @@ class KgCoOp(ContextHost):
 
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
         super().set_classnames(classnames, novel)
-        self.register_buffer("frozen_text", template_text_features(self.backbone[0], self.template, classnames), persistent=False)
+        self.register_buffer(
+            "frozen_text", template_text_features(self.backbone[0], self.template, classnames), persistent=False
+        )
 
     def host_losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
         losses = super().host_losses(state)

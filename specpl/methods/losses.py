@@ -1,4 +1,5 @@
 """SpecPL's loss terms as plain functions of tensors, so each can be checked by hand (spec §3)."""
+
 from __future__ import annotations
 
 import torch

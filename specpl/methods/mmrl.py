@@ -18,6 +18,7 @@ bank starts from 10 batches in both presets (the released code's ATTR_INIT_BATCH
 Choice (an ambiguity of the released code): the frozen f0 and g0 come from a pass through the same frozen towers with no
 representation tokens, which replaces the reference's second model copy exactly.
 """
+
 from __future__ import annotations
 
 import copy
@@ -40,8 +41,17 @@ REP = "rep"
 SCALE = 100.0
 # lambda per dataset (the released trainers/config.py; CoOp's dataset names, see specpl.datasets); others use `reg_weight`
 REG_WEIGHTS = {
-    "stanford_cars": 7.0, "fgvc_aircraft": 6.0, "sun397": 6.0, "dtd": 6.0, "food101": 5.0, "oxford_flowers": 4.0,
-    "ucf101": 3.0, "imagenet": 0.5, "caltech101": 0.5, "oxford_pets": 0.2, "eurosat": 0.01,
+    "stanford_cars": 7.0,
+    "fgvc_aircraft": 6.0,
+    "sun397": 6.0,
+    "dtd": 6.0,
+    "food101": 5.0,
+    "oxford_flowers": 4.0,
+    "ucf101": 3.0,
+    "imagenet": 0.5,
+    "caltech101": 0.5,
+    "oxford_pets": 0.2,
+    "eurosat": 0.01,
 }
 WIDE_REP_DATASETS = {"eurosat": 2048}
 
@@ -53,17 +63,29 @@ class MMRLConfig:
     rep_layers: int = 7  # the last blocks that carry the tokens (6-12 of 12)
     alpha: float = 0.7
     reg_weight: float | None = None  # lambda; None: the dataset's (REG_WEIGHTS), else reg_weight_fallback
-    reg_weight_fallback: float = 0.5  # lambda for a dataset outside REG_WEIGHTS (the paper preset: the released yaml's 1.0)
+    reg_weight_fallback: float = (
+        0.5  # lambda for a dataset outside REG_WEIGHTS (the paper preset: the released yaml's 1.0)
+    )
     init_std: float = 0.02
     template: str | None = None  # None: the run's (the dataset's) hand-crafted template
 
 
-def mmrl_logits(class_features: torch.Tensor, rep_features: torch.Tensor, raw_text: torch.Tensor, refined_text: torch.Tensor, alpha: float) -> torch.Tensor:
+def mmrl_logits(
+    class_features: torch.Tensor,
+    rep_features: torch.Tensor,
+    raw_text: torch.Tensor,
+    refined_text: torch.Tensor,
+    alpha: float,
+) -> torch.Tensor:
     """alpha * 100 cos(f_c, g) + (1 - alpha) * 100 cos(f_r, g~) (g~ = g without a booster)."""
-    return alpha * cosine_logits(class_features, raw_text, SCALE) + (1 - alpha) * cosine_logits(rep_features, refined_text, SCALE)
+    return alpha * cosine_logits(class_features, raw_text, SCALE) + (1 - alpha) * cosine_logits(
+        rep_features, refined_text, SCALE
+    )
 
 
-def mmrl_regulariser(class_features: torch.Tensor, frozen_image: torch.Tensor, text: torch.Tensor, frozen_text: torch.Tensor) -> torch.Tensor:
+def mmrl_regulariser(
+    class_features: torch.Tensor, frozen_image: torch.Tensor, text: torch.Tensor, frozen_text: torch.Tensor
+) -> torch.Tensor:
     """(1 - mean_b cos(f_c, f0)) + (1 - mean_c cos(g_c, g0_c)), before the shared weight lambda."""
     image_term = 1 - F.cosine_similarity(class_features, frozen_image.to(class_features.dtype), dim=-1).mean()
     text_term = 1 - F.cosine_similarity(text, frozen_text.to(text.dtype), dim=-1).mean()
@@ -81,7 +103,13 @@ class MMRL(Host):
     config_class: ClassVar[type] = MMRLConfig
     capabilities: ClassVar[frozenset[str]] = frozenset({PROMPTS_IMAGE_TOWER})
     fixed_logit_scale: ClassVar[float | None] = SCALE
-    training_defaults: ClassVar[dict[str, Any]] = {"epochs": 10, "batch_size": 4, "lr": 1e-3, "optimizer": "adamw", "crop_scale": 0.5}
+    training_defaults: ClassVar[dict[str, Any]] = {
+        "epochs": 10,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "optimizer": "adamw",
+        "crop_scale": 0.5,
+    }
     # the released config (configs/trainers/MMRL/vit_b16.yaml) sets REG_WEIGHT 1.0; the per-dataset table overrides it
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {"mmrl": {"reg_weight_fallback": 1.0}, "train@imagenet": {"batch_size": 32, "epochs": 5}},
@@ -116,10 +144,14 @@ class MMRL(Host):
         layers = max(1, min(config.rep_layers, vision.depth, self.text_encoder.depth))
         self.first_vision_layer, self.first_text_layer = vision.depth - layers, self.text_encoder.depth - layers
         device = context.backbone.model.token_embedding.weight.device
-        self.representation = nn.Parameter(torch.randn(config.n_rep_tokens, config.rep_dim, device=device) * config.init_std)
+        self.representation = nn.Parameter(
+            torch.randn(config.n_rep_tokens, config.rep_dim, device=device) * config.init_std
+        )
         vision_aligner = nn.Linear(config.rep_dim, vision.width, device=device)
         text_aligner = nn.Linear(config.rep_dim, self.text_encoder.width, device=device)
-        self.vision_aligners = nn.ModuleList([copy.deepcopy(vision_aligner) for _ in range(layers)])  # identical at init, as released
+        self.vision_aligners = nn.ModuleList(
+            [copy.deepcopy(vision_aligner) for _ in range(layers)]
+        )  # identical at init, as released
         self.text_aligners = nn.ModuleList([copy.deepcopy(text_aligner) for _ in range(layers)])
         self.proj_rep = nn.Parameter(torch.randn(vision.width, context.embed_dim, device=device) * vision.width**-0.5)
         self.image_encoder = [vision]
@@ -142,16 +174,25 @@ class MMRL(Host):
         self.register_buffer("text_prefix", prefix.float(), persistent=False)
         self.register_buffer("text_suffix", suffix.float(), persistent=False)
         self.register_buffer("text_eot", eot, persistent=False)
-        self.register_buffer("frozen_text", template_text_features(self.backbone[0], self.template, classnames), persistent=False)
+        self.register_buffer(
+            "frozen_text", template_text_features(self.backbone[0], self.template, classnames), persistent=False
+        )
         self.classnames, self.novel = list(classnames), novel
 
     def encode_text(
-        self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+        self,
+        image_features: torch.Tensor | None = None,
+        groups: Sequence[PromptGroup] = (),
+        hooks: Sequence[TextHook] = (),
     ) -> torch.Tensor:
         groups = [*self.text_prompts_of_host(), *groups]
-        return self.text_encoder.forward_shared_prefix(self.text_prefix, self.text_suffix, self.text_eot, groups, hooks)[0]
+        return self.text_encoder.forward_shared_prefix(
+            self.text_prefix, self.text_suffix, self.text_eot, groups, hooks
+        )[0]
 
-    def logits(self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, refined_text: torch.Tensor, scale: float) -> torch.Tensor:
+    def logits(
+        self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, refined_text: torch.Tensor, scale: float
+    ) -> torch.Tensor:
         if self.novel:
             return cosine_logits(image[FEATURES], raw_text, SCALE)
         return mmrl_logits(image[FEATURES], image[REP], raw_text, refined_text, self.config.alpha)
@@ -168,7 +209,9 @@ class MMRL(Host):
         labels, weights, alpha = state.batch.labels, state.sample_weights, self.config.alpha
         class_logits = cosine_logits(state.image[FEATURES], state.raw_text, SCALE)
         rep_logits = cosine_logits(state.image[REP], state.refined_text, SCALE)
-        regulariser = mmrl_regulariser(state.image[FEATURES], state.batch.require(CLIP_IMAGE, "MMRL"), state.raw_text, self.frozen_text)
+        regulariser = mmrl_regulariser(
+            state.image[FEATURES], state.batch.require(CLIP_IMAGE, "MMRL"), state.raw_text, self.frozen_text
+        )
         return {
             "cls": alpha * weighted_cross_entropy(class_logits, labels, weights),
             "rep": (1 - alpha) * weighted_cross_entropy(rep_logits, labels, weights),

@@ -6,6 +6,7 @@ cut right after the longest prompt's end-of-text token (exact under the causal m
 context is shared by all classes the ``[SOS] v_1 .. v_M`` prefix is encoded once for all classes
 (see `specpl.text`).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -126,7 +127,9 @@ class PromptLearner(nn.Module):
                 [prefix.unsqueeze(1).expand(-1, n_cls, -1, -1), suffix.unsqueeze(0).expand(n_groups, -1, -1, -1)],
                 dim=2,
             )
-            out = self.text_encoder(full.flatten(0, 1), eot.repeat(n_groups), groups, hooks, prefix.shape[1]).unflatten(0, (n_groups, n_cls))
+            out = self.text_encoder(full.flatten(0, 1), eot.repeat(n_groups), groups, hooks, prefix.shape[1]).unflatten(
+                0, (n_groups, n_cls)
+            )
         return out[0] if ctx_shift is None else out
 
     def _full(self, ctx: torch.Tensor, groups: Sequence[PromptGroup], hooks: Sequence[TextHook]) -> torch.Tensor:

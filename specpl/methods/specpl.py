@@ -24,6 +24,7 @@ class branch's logits, and FiLM acts on the class-token feature (what `ForwardSt
 The band teacher is the run's decomposer (`specpl.bands`), a named frozen input computed once per
 view; its statistic size is recorded in the options so a bundle loads without the decomposer.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from specpl.methods.bank import VisualSemanticBank, check_refiner
 from specpl.frozen import BANDS, BandStatistics
+from specpl.methods.bank import VisualSemanticBank, check_refiner
 from specpl.methods.base import FEATURES, Batch, Booster, BuildContext, ForwardState
 from specpl.methods.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 from specpl.methods.registry import BOOSTERS
@@ -57,7 +58,9 @@ class SpecPLConfig:
     test_blend: float = 1.0  # share of the refined text at test (1: refined only; the paper preset's CoCoOp: 0.5)
     refine_novel: bool = True  # False: classes marked novel keep their raw text at test (MMRL's routing, on any host)
     band_stat_dim: int | None = None  # None: the run's decomposer says (recorded once built)
-    refiner: str = "gated"  # "gated": zero-init gate, identity at step 0; "layernorm": the spec's form (see the module docstring)
+    refiner: str = (
+        "gated"  # "gated": zero-init gate, identity at step 0; "layernorm": the spec's form (see the module docstring)
+    )
 
     def __post_init__(self) -> None:
         check_refiner(self.refiner)
@@ -116,11 +119,15 @@ class GranuleModulator(nn.Module):
 class SpecPL(Booster):
     name = "specpl"
     title = "SpecPL"
-    description = "SpecPL: VAE band teacher, Visual Semantic Bank text refiner, counterfactual granule losses (ICML 2026)"
+    description = (
+        "SpecPL: VAE band teacher, Visual Semantic Bank text refiner, counterfactual granule losses (ICML 2026)"
+    )
     config_class: ClassVar[type] = SpecPLConfig
     # the released code: a random bank (no init batches) with the LayerNorm refiner, except on MMRL,
     # whose code initialises the bank from 10 low-band batches (ATTR_INIT_BATCHES)
-    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"specpl": {"bank_init_batches": 0, "refiner": "layernorm"}}}
+    presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
+        "paper": {"specpl": {"bank_init_batches": 0, "refiner": "layernorm"}}
+    }
     host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {
         "paper": {"mmrl": {"specpl": {"bank_init_batches": 10}}, "cocoop": {"specpl": {"test_blend": 0.5}}},
     }
@@ -132,6 +139,7 @@ class SpecPL(Booster):
     def label(cls, options: dict[str, Any]) -> str:
         """The released code refines new classes too; leaving them unrefined is our variant."""
         return cls.title if options.get("refine_novel", True) else f"{cls.title} (new classes unrefined, ours)"
+
     sources: ClassVar[dict[str, str]] = {
         "bank_size": f"{SPECPL_REPO} trainers/coop_specpl.py (ATTR_BANK_SIZE 64)",
         "tau": f"{SPECPL_REPO} trainers (ATTR_TAU 0.07; 0.02 in trainers/cocoop_specpl.py)",
@@ -202,7 +210,12 @@ class SpecPL(Booster):
         return self.modulator(F.normalize(image_features, dim=-1), cond)
 
     def modulated_logits(
-        self, image_features: torch.Tensor, shared_text: torch.Tensor, granule: torch.Tensor, refined_text: torch.Tensor, scale: float
+        self,
+        image_features: torch.Tensor,
+        shared_text: torch.Tensor,
+        granule: torch.Tensor,
+        refined_text: torch.Tensor,
+        scale: float,
     ) -> torch.Tensor:
         """Granule-path logits: the image FiLM-modulated by (shared semantic factor, granule)."""
         return granule_logits(self.modulate(image_features, shared_text, granule), refined_text, scale)
@@ -214,7 +227,9 @@ class SpecPL(Booster):
         shared = state.raw_text[rows, labels] if state.raw_text.dim() == 3 else state.raw_text[labels]
         factual = self.modulated_logits(state.image_features, shared, high, state.refined_text, state.logit_scale)
         perm = counterfactual_permutation(labels.shape[0], device=labels.device)
-        counterfactual = self.modulated_logits(state.image_features, shared, high[perm], state.refined_text, state.logit_scale)
+        counterfactual = self.modulated_logits(
+            state.image_features, shared, high[perm], state.refined_text, state.logit_scale
+        )
         state.extras["counterfactual_permutation"] = perm
         c = self.config
         return {
@@ -224,7 +239,9 @@ class SpecPL(Booster):
         }
 
     @torch.no_grad()
-    def counterfactual_rows(self, model, images: torch.Tensor, decomposer: nn.Module) -> dict[str, tuple[torch.Tensor, float]]:
+    def counterfactual_rows(
+        self, model, images: torch.Tensor, decomposer: nn.Module
+    ) -> dict[str, tuple[torch.Tensor, float]]:
         """The granule path for a pair (A, B) of preprocessed images, as SpecPL trains it: image X's
         feature FiLM-modulated by X's semantic factor (its predicted class text) and image Y's
         high-band embedding, for every (X, Y). Returns {(X, Y): (logits (C,), cos(v, v'))}; with
@@ -232,7 +249,9 @@ class SpecPL(Booster):
         image = model.encode_image(images)
         features = image[FEATURES]
         size = self.context[0].decomposer.image_size if self.context[0].decomposer else None
-        stats = BandStatistics(decomposer, model.backbone.normalization, size or model.backbone.image_size).to(images.device)(images)
+        stats = BandStatistics(decomposer, model.backbone.normalization, size or model.backbone.image_size).to(
+            images.device
+        )(images)
         _, high = self.band_embeddings(stats)
         raw, refined = model.text_features(features if model.host.conditions_text_on_image else None)
         predicted = model.logits(image, raw, refined).argmax(dim=-1)
@@ -243,6 +262,8 @@ class SpecPL(Booster):
             for granule in range(images.shape[0]):
                 text = refined[semantic] if refined.dim() == 3 else refined
                 modulated = self.modulate(features[[semantic]], shared[[semantic]], high[[granule]])
-                cosine = float(F.cosine_similarity(modulated, F.normalize(features[[semantic]], dim=-1)).clamp(-1.0, 1.0).item())  # rounding can pass 1
+                cosine = float(
+                    F.cosine_similarity(modulated, F.normalize(features[[semantic]], dim=-1)).clamp(-1.0, 1.0).item()
+                )  # rounding can pass 1
                 out[(semantic, granule)] = (granule_logits(modulated, text, model.logit_scale)[0], cosine)
         return out

@@ -3,6 +3,7 @@
 It gives the zero-shot baseline through the same evaluation path as every trained method, and
 lets the app classify with class names typed in.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ def template_text_features(backbone: Backbone, template: str, classnames: list[s
         raise ValueError(f"template {template!r} needs a '{{}}' where the class name goes")
     device = backbone.model.token_embedding.weight.device
     with torch.no_grad():
-        return backbone.model.encode_text(backbone.tokenizer([template.format(c) for c in classnames]).to(device)).float()
+        return backbone.model.encode_text(
+            backbone.tokenizer([template.format(c) for c in classnames]).to(device)
+        ).float()
 
 
 @HOSTS.register("zeroshot")
@@ -40,7 +43,7 @@ class ZeroShot(Host):
     training_defaults: ClassVar[dict[str, Any]] = {"epochs": 0, "batch_size": 32, "lr": 0.0, "optimizer": "sgd"}
     sources: ClassVar[dict[str, str]] = {
         "template": "CLIP paper (Radford et al., ICML 2021) §3.1.4; the per-dataset templates of KaiyangZhou/CoOp "
-                    "trainers/zsclip.py (CUSTOM_TEMPLATES)",
+        "trainers/zsclip.py (CUSTOM_TEMPLATES)",
         **{f"train.{key}": "ours: zero-shot trains nothing" for key in ("epochs", "batch_size", "lr", "optimizer")},
     }
 
@@ -54,8 +57,13 @@ class ZeroShot(Host):
         self.classnames, self.novel = list(classnames), novel
 
     def encode_text(
-        self, image_features: torch.Tensor | None = None, groups: Sequence[PromptGroup] = (), hooks: Sequence[TextHook] = ()
+        self,
+        image_features: torch.Tensor | None = None,
+        groups: Sequence[PromptGroup] = (),
+        hooks: Sequence[TextHook] = (),
     ) -> torch.Tensor:
         if groups or hooks:
-            return self.text_encoder.encode_tokens(self.backbone.tokenizer([self.template.format(c) for c in self.classnames]), groups, hooks)
+            return self.text_encoder.encode_tokens(
+                self.backbone.tokenizer([self.template.format(c) for c in self.classnames]), groups, hooks
+            )
         return self.text

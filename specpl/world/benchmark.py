@@ -15,6 +15,7 @@ then each chosen stack (``maple+caspl+specpl``). Where a row uses CasPL, its pha
 too: the teacher's zero-shot, phase 1 alone, and how far phase 1 moves the student toward the
 teacher (agreement and KL on the test images).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,7 +43,14 @@ from specpl.methods.caspl import PHASE_ONE, distillation_loss, load_teacher, res
 from specpl.trainer import Trainer, TrainResult
 from specpl.training_plan import resolved_training
 from specpl.visualize import to_pil, to_unit_tensor
-from specpl.world.generator import fewshot_images, render, sample_class, split_classname, world_classnames, write_fewshot_folder
+from specpl.world.generator import (
+    fewshot_images,
+    render,
+    sample_class,
+    split_classname,
+    world_classnames,
+    write_fewshot_folder,
+)
 from specpl.world.zeroshot import WORLD_TEMPLATE
 
 ZERO_SHOT = "zero-shot"
@@ -68,7 +76,9 @@ class WorldBenchConfig:
     presets: tuple[str, ...] = ("default",)  # each host's named presets to run ("default", "reference")
     boosters: tuple[str, ...] = ("specpl",)  # each host is run alone and with each of these it accepts
     stacks: tuple[str, ...] = ()  # host and boosters joined by "+", e.g. "maple+caspl+specpl"
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # {component: {key: value}}, on every row that has it
+    options: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # {component: {key: value}}, on every row that has it
 
 
 @dataclass
@@ -100,7 +110,9 @@ def probe_pairs(count: int, seed: int) -> list[tuple[str, str]]:
     return pairs
 
 
-def granularity_probe(predictor: Predictor, decomposer: BandDecomposer, pairs: int, seed: int, camera: str = "default") -> dict[str, float]:
+def granularity_probe(
+    predictor: Predictor, decomposer: BandDecomposer, pairs: int, seed: int, camera: str = "default"
+) -> dict[str, float]:
     """Fractions in [0, 1] of band-swapped images whose predicted texture is the high band's and
     whose predicted shape is the low band's, over the full class set."""
     rng = np.random.default_rng([seed, 13])
@@ -151,14 +163,20 @@ def ablation_rows(config: WorldBenchConfig) -> list[BenchRow]:
     boosted = row_options(config, "coop", ["specpl"])  # `config.options` under each row's change
 
     def specpl(**changes: object) -> MethodConfig:
-        return MethodConfig(host="coop", boosters=["specpl"], options={**boosted, "specpl": {**boosted.get("specpl", {}), **changes}})
+        return MethodConfig(
+            host="coop", boosters=["specpl"], options={**boosted, "specpl": {**boosted.get("specpl", {}), **changes}}
+        )
 
     rows = [
         BenchRow(ZERO_SHOT, None),
         BenchRow("coop", MethodConfig(host="coop", options=row_options(config, "coop", []))),
         BenchRow("coop + specpl (as benchmarked)", specpl()),
         BenchRow("decomposer: taef2", specpl(), decomposer="taef2"),
-        BenchRow("augmentation: dassl (Dassl crop 0.08-1 + flip, fresh each epoch)", specpl(), {"augment": "dassl", "max_cached_views": None}),
+        BenchRow(
+            "augmentation: dassl (Dassl crop 0.08-1 + flip, fresh each epoch)",
+            specpl(),
+            {"augment": "dassl", "max_cached_views": None},
+        ),
         BenchRow("augmentation: clip (crop 0.9-1)", specpl(), {"augment": "clip", "max_cached_views": None}),
         BenchRow("schedule: cosine per step", specpl(), {"schedule": "step"}),
         BenchRow("bank: random (reference CoOp)", specpl(bank_init_batches=0)),
@@ -174,7 +192,9 @@ def parse_stack(text: str) -> tuple[str, list[str]]:
     valid hosts) when the combination cannot work."""
     host, *boosters = [part.strip() for part in text.split("+")]
     if not host or not boosters or not all(boosters):
-        raise ValueError(f"stack {text!r}: expected a host and one or more boosters joined by '+', e.g. maple+caspl+specpl")
+        raise ValueError(
+            f"stack {text!r}: expected a host and one or more boosters joined by '+', e.g. maple+caspl+specpl"
+        )
     try:
         check_combination(host, boosters)
     except ValueError as exc:
@@ -212,7 +232,9 @@ def bench_methods(config: WorldBenchConfig) -> list[BenchRow]:
     whose resolved options equal an earlier row's (a host alone under both presets) is run once.
     When any row uses CasPL, the teacher's zero-shot and CasPL phase 1 alone follow zero-shot."""
     skipped = skipped_pairs(config)
-    groups = [[(host, []), *[(host, [b]) for b in config.boosters if (host, b) not in skipped]] for host in config.hosts]
+    groups = [
+        [(host, []), *[(host, [b]) for b in config.boosters if (host, b) not in skipped]] for host in config.hosts
+    ]
     groups += [[parse_stack(text)] for text in config.stacks]
     uses_caspl = any(CASPL in boosters for group in groups for _, boosters in group)
     methods = [BenchRow(ZERO_SHOT, None, compare_to_teacher=uses_caspl)]
@@ -222,7 +244,9 @@ def bench_methods(config: WorldBenchConfig) -> list[BenchRow]:
     for group in groups:
         for preset in config.presets:
             for host, boosters in group:
-                method = MethodConfig(host=host, boosters=boosters, options=row_options(config, host, boosters), preset=preset)
+                method = MethodConfig(
+                    host=host, boosters=boosters, options=row_options(config, host, boosters), preset=preset
+                )
                 key = _resolved_key(method)
                 if key in seen:
                     continue
@@ -246,21 +270,37 @@ def row_options(config: WorldBenchConfig, host: str, boosters: list[str]) -> dic
 
 def _resolved_key(method: MethodConfig) -> str:
     """What a row runs: every component's options and the preset's training settings."""
-    return json.dumps({"method": resolve_method_options(method), "train": resolved_training(RunConfig(method=method))}, sort_keys=True, default=str)
+    return json.dumps(
+        {"method": resolve_method_options(method), "train": resolved_training(RunConfig(method=method))},
+        sort_keys=True,
+        default=str,
+    )
 
 
 def with_boost_bundle(method: MethodConfig, bundle: Path) -> MethodConfig:
     """`method` with its caspl booster reading the boosting prompts of the phase-1 `bundle`."""
-    return dataclasses.replace(method, options={**method.options, CASPL: {**method.options.get(CASPL, {}), "boost_bundle": str(bundle)}})
+    return dataclasses.replace(
+        method, options={**method.options, CASPL: {**method.options.get(CASPL, {}), "boost_bundle": str(bundle)}}
+    )
 
 
 def row_run_config(row: BenchRow, config: WorldBenchConfig, backbone: Backbone, root: Path, seed: int) -> RunConfig:
     """The training run of a row on one seed's base classes."""
-    chosen = {"epochs": config.epochs, "batch_size": config.batch_size, "augment": config.augment, "max_cached_views": config.max_cached_views}
+    chosen = {
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "augment": config.augment,
+        "max_cached_views": config.max_cached_views,
+    }
     train = {**{k: v for k, v in chosen.items() if v is not None}, "seed": seed, **row.train}
-    decomposer = config.decomposer if row.decomposer is None else dataclasses.replace(config.decomposer, name=row.decomposer)
+    decomposer = (
+        config.decomposer if row.decomposer is None else dataclasses.replace(config.decomposer, name=row.decomposer)
+    )
     return RunConfig(
-        backbone=backbone.config, decomposer=decomposer, method=row.method, template=WORLD_TEMPLATE,
+        backbone=backbone.config,
+        decomposer=decomposer,
+        method=row.method,
+        template=WORLD_TEMPLATE,
         data=DataConfig(root=str(root), shots=config.shots, subsample="base", seed=seed),
         train=TrainConfig(**train),
     )
@@ -273,8 +313,14 @@ class SeedRuns:
     of every caspl row of the seed."""
 
     def __init__(
-        self, config: WorldBenchConfig, backbone: Backbone, decomposer: BandDecomposer, decomposers: dict[str, BandDecomposer],
-        root: Path, seed: int, workdir: Path,
+        self,
+        config: WorldBenchConfig,
+        backbone: Backbone,
+        decomposer: BandDecomposer,
+        decomposers: dict[str, BandDecomposer],
+        root: Path,
+        seed: int,
+        workdir: Path,
     ) -> None:
         self.config, self.backbone, self.decomposer, self.decomposers = config, backbone, decomposer, decomposers
         self.root, self.seed, self.workdir = root, seed, workdir
@@ -310,7 +356,12 @@ def _test_logits(predictor: Predictor, data: FewShotData, novel: bool, batch_siz
     """Logits (N, C) of `data`'s test images over its classes."""
     predictor.set_classnames(data.classnames, novel=novel)
     paths = [item.path for item in data.test]
-    return torch.cat([predictor.logits(predictor.preprocess(paths[start : start + batch_size])) for start in range(0, len(paths), batch_size)]).cpu()
+    return torch.cat(
+        [
+            predictor.logits(predictor.preprocess(paths[start : start + batch_size]))
+            for start in range(0, len(paths), batch_size)
+        ]
+    ).cpu()
 
 
 def run_world_bench(
@@ -330,7 +381,9 @@ def run_world_bench(
     if any(row.teacher or row.compare_to_teacher for row in methods):
         teacher = load_teacher(*resolve_teacher(backbone.config, None, None), next(backbone.model.parameters()).device)
     for seed in config.seeds:
-        root = write_fewshot_folder(workdir / f"data-seed{seed}", config.shots, config.test_per_class, seed, camera=config.camera)
+        root = write_fewshot_folder(
+            workdir / f"data-seed{seed}", config.shots, config.test_per_class, seed, camera=config.camera
+        )
         base = read_fewshot_folder(root, shots=config.shots, seed=seed, subsample="base")
         new = read_fewshot_folder(root, shots=config.shots, seed=seed, subsample="new")
         splits = {"base": (base, False), "new": (new, True)}
@@ -350,12 +403,19 @@ def run_world_bench(
                 predictor.set_classnames(data.classnames, novel=novel)
                 accuracy[split] = predictor.evaluate(data.test).accuracy
             if row.compare_to_teacher:
-                results[name].teacher_fit.append({split: teacher_fit(_test_logits(predictor, data, novel), reference[split]) for split, (data, novel) in splits.items()})
+                results[name].teacher_fit.append(
+                    {
+                        split: teacher_fit(_test_logits(predictor, data, novel), reference[split])
+                        for split, (data, novel) in splits.items()
+                    }
+                )
             results[name].per_seed.append((accuracy["base"], accuracy["new"]))
             if config.probe_pairs:
                 probe = granularity_probe(predictor, decomposer, config.probe_pairs, seed, config.camera)
                 results[name].probes.append(probe)
-                log(f"seed {seed} {name:16s} base {accuracy['base']:6.2f} new {accuracy['new']:6.2f} probe texture {probe['texture']:.2f} shape {probe['shape']:.2f}")
+                log(
+                    f"seed {seed} {name:16s} base {accuracy['base']:6.2f} new {accuracy['new']:6.2f} probe texture {probe['texture']:.2f} shape {probe['shape']:.2f}"
+                )
             else:
                 log(f"seed {seed} {name:16s} base {accuracy['base']:6.2f} new {accuracy['new']:6.2f}")
     return list(results.values())
@@ -378,11 +438,18 @@ def _single_preset_note(results: list[MethodResult], config: WorldBenchConfig) -
 
 
 def _options_text(options: dict[str, dict[str, Any]]) -> str:
-    return ", ".join(f"{component}.{key}={json.dumps(value)}" for component, keys in options.items() for key, value in keys.items())
+    return ", ".join(
+        f"{component}.{key}={json.dumps(value)}" for component, keys in options.items() for key, value in keys.items()
+    )
 
 
 def markdown_report(
-    results: list[MethodResult], config: WorldBenchConfig, command: str, backbone: Backbone, seconds: float, band_probe: dict[str, dict[str, dict[str, float]]],
+    results: list[MethodResult],
+    config: WorldBenchConfig,
+    command: str,
+    backbone: Backbone,
+    seconds: float,
+    band_probe: dict[str, dict[str, dict[str, float]]],
     ceiling: dict[str, float],
 ) -> str:
     lines = [
@@ -392,9 +459,13 @@ def markdown_report(
         f"- Backbone: {backbone.describe()}; decomposer: {config.decomposer.name}; {config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
         f"{config.epochs} epochs, {config.test_per_class} test images per class; camera: {config.camera}; wall time {seconds / 60:.1f} min",
         f"- Boosters: {', '.join(config.boosters) or 'none'}; stacks: {', '.join(config.stacks) or 'none'}",
-        *([f"- Options on every row that has the component: {_options_text(config.options)}"] if config.options else []),
+        *(
+            [f"- Options on every row that has the component: {_options_text(config.options)}"]
+            if config.options
+            else []
+        ),
         "",
-        "Base/new: 36 \"<texture> <shape>\" classes, the first 18 (sorted) are base. HM is the HM of the mean base and mean new accuracy.",
+        'Base/new: 36 "<texture> <shape>" classes, the first 18 (sorted) are base. HM is the HM of the mean base and mean new accuracy.',
         "HM vs host: the row's HM minus its host's alone (same preset); above zero, the boosters raise their host's HM.",
         "Probe: images with one image's low band and another's high band (different texture and shape);",
         "`texture` = share predicted with the high band's texture, `shape` = share predicted with the low band's shape.",
@@ -407,7 +478,9 @@ def markdown_report(
     for result in results:
         row = summaries[result.name]
         versus = f"{row['hm'] - summaries[result.baseline]['hm']:+.2f}" if result.baseline in summaries else "—"
-        lines.append(f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} | {versus} | {row['texture']:.2f} | {row['shape']:.2f} |")
+        lines.append(
+            f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} | {versus} | {row['texture']:.2f} | {row['shape']:.2f} |"
+        )
     named = [f"- {result.name}: {result.label}" for result in results if result.label]
     lines += ["", "What each row is:", "", *named] if named else []
     skipped = skipped_pairs(config)
@@ -416,7 +489,10 @@ def markdown_report(
         lines += [f"- {host} + {booster}: {reason}" for (host, booster), reason in skipped.items()]
     lines += ["", "Per seed (base / new):", ""]
     for result in results:
-        lines.append(f"- {result.name}: " + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed)))
+        lines.append(
+            f"- {result.name}: "
+            + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed))
+        )
     lines += _phase_one_section(results, config)
     lines += [
         "",
@@ -440,7 +516,9 @@ def markdown_report(
     titles = {"image": "band image", "statistic": "SpecPL statistic"}
     for reading, bands in band_probe.items():
         for band, accuracy in bands.items():
-            lines.append(f"| {titles[reading]} | {band} | {accuracy['texture']:.2f} | {accuracy['shape']:.2f} | {accuracy['colour']:.2f} |")
+            lines.append(
+                f"| {titles[reading]} | {band} | {accuracy['texture']:.2f} | {accuracy['shape']:.2f} | {accuracy['colour']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -464,14 +542,24 @@ def _phase_one_section(results: list[MethodResult], config: WorldBenchConfig) ->
         "|---|---|---|---|---|",
     ]
     for result in measured:
-        mean = {split: {key: float(np.mean([seed[split][key] for seed in result.teacher_fit])) for key in ("agreement", "kl")} for split in ("base", "new")}
-        lines.append(f"| {result.name} | {mean['base']['agreement']:.2f} | {mean['base']['kl']:.3f} | {mean['new']['agreement']:.2f} | {mean['new']['kl']:.3f} |")
+        mean = {
+            split: {
+                key: float(np.mean([seed[split][key] for seed in result.teacher_fit])) for key in ("agreement", "kl")
+            }
+            for split in ("base", "new")
+        }
+        lines.append(
+            f"| {result.name} | {mean['base']['agreement']:.2f} | {mean['base']['kl']:.3f} | {mean['new']['agreement']:.2f} | {mean['new']['kl']:.3f} |"
+        )
     lines += ["", "Per seed (agreement / KL):", ""]
     for result in measured:
-        lines.append(f"- {result.name}: " + "; ".join(
-            f"seed {s}: base {fit['base']['agreement']:.2f} / {fit['base']['kl']:.3f}, new {fit['new']['agreement']:.2f} / {fit['new']['kl']:.3f}"
-            for s, fit in zip(config.seeds, result.teacher_fit)
-        ))
+        lines.append(
+            f"- {result.name}: "
+            + "; ".join(
+                f"seed {s}: base {fit['base']['agreement']:.2f} / {fit['base']['kl']:.3f}, new {fit['new']['agreement']:.2f} / {fit['new']['kl']:.3f}"
+                for s, fit in zip(config.seeds, result.teacher_fit)
+            )
+        )
     return lines
 
 
@@ -485,7 +573,9 @@ def _provenance(command: str) -> list[str]:
     ]
 
 
-def ablation_report(results: list[MethodResult], config: WorldBenchConfig, command: str, backbone: Backbone, seconds: float) -> str:
+def ablation_report(
+    results: list[MethodResult], config: WorldBenchConfig, command: str, backbone: Backbone, seconds: float
+) -> str:
     """Base/new/HM of each ablation row, and its HM against CoOp alone and against SpecPL as benchmarked."""
     rows = {r.name: r.summary() for r in results}
     coop, benchmarked = rows["coop"]["hm"], rows["coop + specpl (as benchmarked)"]["hm"]
@@ -503,10 +593,15 @@ def ablation_report(results: list[MethodResult], config: WorldBenchConfig, comma
     ]
     for result in results:
         row = rows[result.name]
-        lines.append(f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} | {row['hm'] - coop:+.2f} | {row['hm'] - benchmarked:+.2f} |")
+        lines.append(
+            f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} | {row['hm'] - coop:+.2f} | {row['hm'] - benchmarked:+.2f} |"
+        )
     lines += ["", "Per seed (base / new):", ""]
     for result in results:
-        lines.append(f"- {result.name}: " + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed)))
+        lines.append(
+            f"- {result.name}: "
+            + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed))
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -517,12 +612,21 @@ def temporary_workdir() -> tempfile.TemporaryDirectory:
 FACTORS = ("texture", "shape", "colour")
 
 
-def _ridge_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, classes: int, ridge: float = 1e-2) -> float:
+def _ridge_accuracy(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    classes: int,
+    ridge: float = 1e-2,
+) -> float:
     """A closed-form ridge-regression linear probe on one-hot targets; accuracy in [0, 1]."""
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
     design = torch.cat([(train_x - mean) / std, torch.ones(len(train_x), 1)], dim=1).double()
     targets = torch.nn.functional.one_hot(train_y, classes).double()
-    weights = torch.linalg.solve(design.T @ design + ridge * len(train_x) * torch.eye(design.shape[1], dtype=torch.float64), design.T @ targets)
+    weights = torch.linalg.solve(
+        design.T @ design + ridge * len(train_x) * torch.eye(design.shape[1], dtype=torch.float64), design.T @ targets
+    )
     test = torch.cat([(test_x - mean) / std, torch.ones(len(test_x), 1)], dim=1).double()
     return float(((test @ weights).argmax(1) == test_y).double().mean())
 
@@ -540,13 +644,22 @@ def feature_ceiling(backbone: Backbone, config: WorldBenchConfig, shots: int = 2
         splits[split][1].append(classnames.index(classname))
     features = {split: _image_features(backbone, images) for split, (images, _) in splits.items()}
     labels = {split: torch.tensor(targets) for split, (_, targets) in splits.items()}
-    zero_shot = (predictor.logits_from_features({"features": features["test"]}).argmax(-1) == labels["test"]).double().mean()
-    probe = _ridge_accuracy(features["train"], labels["train"], features["test"], labels["test"], len(classnames), ridge=0.1)
+    zero_shot = (
+        (predictor.logits_from_features({"features": features["test"]}).argmax(-1) == labels["test"]).double().mean()
+    )
+    probe = _ridge_accuracy(
+        features["train"], labels["train"], features["test"], labels["test"], len(classnames), ridge=0.1
+    )
     return {"shots": shots, "linear_probe": 100 * probe, "zero_shot": 100 * float(zero_shot)}
 
 
 def band_linear_probe(
-    decomposer: BandDecomposer, backbone: Backbone, embed_dim: int | None = None, train: int = 1200, test: int = 600, seed: int = 0,
+    decomposer: BandDecomposer,
+    backbone: Backbone,
+    embed_dim: int | None = None,
+    train: int = 1200,
+    test: int = 600,
+    seed: int = 0,
     image_size: int = 64,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Held-out linear-probe accuracy of each world factor from each band, in two readings:
@@ -577,14 +690,20 @@ def band_linear_probe(
     embed = {"low": BandEmbedding(low.shape[1], embed_dim, 1e-3), "high": BandEmbedding(high.shape[1], embed_dim, 1e-3)}
     with torch.no_grad():
         features = {
-            "image": {band: _image_features(backbone, [to_pil(image) for pair in band_images for image in pair[i]]) for i, band in enumerate(("low", "high"))},
+            "image": {
+                band: _image_features(backbone, [to_pil(image) for pair in band_images for image in pair[i]])
+                for i, band in enumerate(("low", "high"))
+            },
             "statistic": {"low": embed["low"](low), "high": embed["high"](high)},
         }
     vocab = {"texture": TEXTURES, "shape": SHAPES, "colour": tuple(COLOURS)}
     labels = {factor: torch.tensor([vocab[factor].index(getattr(s, factor)) for s in samples]) for factor in FACTORS}
     return {
         reading: {
-            band: {factor: _ridge_accuracy(x[:train], y[:train], x[train:], y[train:], len(vocab[factor]), ridge=0.1) for factor, y in labels.items()}
+            band: {
+                factor: _ridge_accuracy(x[:train], y[:train], x[train:], y[train:], len(vocab[factor]), ridge=0.1)
+                for factor, y in labels.items()
+            }
             for band, x in by_band.items()
         }
         for reading, by_band in features.items()
@@ -597,6 +716,8 @@ def _image_features(backbone: Backbone, images: list[Image.Image], batch: int = 
     parameter = next(backbone.model.parameters())
     features = []
     for start in range(0, len(images), batch):
-        pixels = torch.stack([backbone.preprocess_eval(image) for image in images[start : start + batch]]).to(parameter.device, parameter.dtype)
+        pixels = torch.stack([backbone.preprocess_eval(image) for image in images[start : start + batch]]).to(
+            parameter.device, parameter.dtype
+        )
         features.append(torch.nn.functional.normalize(backbone.model.encode_image(pixels).float(), dim=-1))
     return torch.cat(features)

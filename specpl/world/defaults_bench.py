@@ -11,6 +11,7 @@ Cameras are split into the ones the defaults were chosen on and the ones held ou
 and the report says which is which. A row is marked when it loses to zero-shot, and a booster when
 it loses to its host alone by more than one seed standard deviation (the pooled one of the two rows).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -100,21 +101,53 @@ def default_rows(config: DefaultsBenchConfig) -> list[BenchRow]:
         host, boosters, options = parse_ablation(text)
         check_combination(host, boosters)
         alone = " + ".join([host, *boosters])
-        rows.append(BenchRow(f"{alone} [{text.partition(':')[2]}]", MethodConfig(host=host, boosters=boosters, options=options), baseline=alone))
+        rows.append(
+            BenchRow(
+                f"{alone} [{text.partition(':')[2]}]",
+                MethodConfig(host=host, boosters=boosters, options=options),
+                baseline=alone,
+            )
+        )
     return rows
 
 
-def run_world_domain(config: DefaultsBenchConfig, rows: list[BenchRow], camera: str, backbone: Backbone, decomposer: BandDecomposer, workdir: Path, log: Callable[[str], None]) -> list[DomainRow]:
+def run_world_domain(
+    config: DefaultsBenchConfig,
+    rows: list[BenchRow],
+    camera: str,
+    backbone: Backbone,
+    decomposer: BandDecomposer,
+    workdir: Path,
+    log: Callable[[str], None],
+) -> list[DomainRow]:
     world = WorldBenchConfig(
-        shots=config.shots, seeds=config.seeds, test_per_class=config.test_per_class, epochs=None, batch_size=None,
-        hosts=config.hosts, n_ctx=None, decomposer=config.decomposer, probe_pairs=0, camera=camera, boosters=config.boosters,
+        shots=config.shots,
+        seeds=config.seeds,
+        test_per_class=config.test_per_class,
+        epochs=None,
+        batch_size=None,
+        hosts=config.hosts,
+        n_ctx=None,
+        decomposer=config.decomposer,
+        probe_pairs=0,
+        camera=camera,
+        boosters=config.boosters,
     )
-    results = run_world_bench(world, backbone, decomposer, workdir, log=lambda line: log(f"[{camera}] {line}"), rows=rows)
+    results = run_world_bench(
+        world, backbone, decomposer, workdir, log=lambda line: log(f"[{camera}] {line}"), rows=rows
+    )
     by_name = {row.name: row for row in rows}
     return [DomainRow(r.name, by_name[r.name].baseline, [tuple(pair) for pair in r.per_seed]) for r in results]
 
 
-def run_demo_domain(config: DefaultsBenchConfig, rows: list[BenchRow], backbone: Backbone, decomposer: BandDecomposer, workdir: Path, log: Callable[[str], None]) -> list[DomainRow]:
+def run_demo_domain(
+    config: DefaultsBenchConfig,
+    rows: list[BenchRow],
+    backbone: Backbone,
+    decomposer: BandDecomposer,
+    workdir: Path,
+    log: Callable[[str], None],
+) -> list[DomainRow]:
     """Each row on the demo set (all classes, test accuracy), as the CLI trains it with no flag."""
     root = demo_data_dir(workdir / "demo")
     results = []
@@ -129,7 +162,17 @@ def run_demo_domain(config: DefaultsBenchConfig, rows: list[BenchRow], backbone:
             else:
                 run = RunConfig(backbone=backbone.config, decomposer=config.decomposer, method=row.method, data=data)
                 run.train.seed = seed
-                accuracy = Trainer(run, workdir / f"demo-row{index}-seed{seed}", backbone=backbone, decomposer=decomposer, progress_bar=False).fit().metrics["accuracy"]
+                accuracy = (
+                    Trainer(
+                        run,
+                        workdir / f"demo-row{index}-seed{seed}",
+                        backbone=backbone,
+                        decomposer=decomposer,
+                        progress_bar=False,
+                    )
+                    .fit()
+                    .metrics["accuracy"]
+                )
             result.per_seed.append((accuracy,))
             log(f"[{DEMO}] seed {seed} {row.name:16s} accuracy {accuracy:6.2f}")
         results.append(result)
@@ -141,8 +184,17 @@ def domain_table(domain: str, rows: list[DomainRow], role: str) -> list[str]:
     zero = next(row for row in rows if row.name == ZERO_SHOT)
     by_name = {row.name: row for row in rows}
     base_to_new = len(zero.per_seed[0]) == 2
-    head = "| Method | Base | New | HM | HM sd | vs zero-shot | Marks |" if base_to_new else "| Method | Accuracy | sd | vs zero-shot | Marks |"
-    lines = [f"### {domain} ({role})", "", head, "|---|---|---|---|---|---|---|" if base_to_new else "|---|---|---|---|---|"]
+    head = (
+        "| Method | Base | New | HM | HM sd | vs zero-shot | Marks |"
+        if base_to_new
+        else "| Method | Accuracy | sd | vs zero-shot | Marks |"
+    )
+    lines = [
+        f"### {domain} ({role})",
+        "",
+        head,
+        "|---|---|---|---|---|---|---|" if base_to_new else "|---|---|---|---|---|",
+    ]
     for row in rows:
         marks = []
         if row.name != ZERO_SHOT and row.mean < zero.mean:
@@ -156,13 +208,21 @@ def domain_table(domain: str, rows: list[DomainRow], role: str) -> list[str]:
         if base_to_new:
             base = statistics.fmean(p[0] for p in row.per_seed)
             new = statistics.fmean(p[1] for p in row.per_seed)
-            lines.append(f"| {row.name} | {base:.2f} | {new:.2f} | {row.mean:.2f} | {row.sd:.2f} | {versus} | {' '.join(marks)} |")
+            lines.append(
+                f"| {row.name} | {base:.2f} | {new:.2f} | {row.mean:.2f} | {row.sd:.2f} | {versus} | {' '.join(marks)} |"
+            )
         else:
             lines.append(f"| {row.name} | {row.mean:.2f} | {row.sd:.2f} | {versus} | {' '.join(marks)} |")
     return [*lines, ""]
 
 
-def defaults_report(domains: dict[str, tuple[str, list[DomainRow]]], config: DefaultsBenchConfig, command: str, backbone: Backbone, seconds: float) -> str:
+def defaults_report(
+    domains: dict[str, tuple[str, list[DomainRow]]],
+    config: DefaultsBenchConfig,
+    command: str,
+    backbone: Backbone,
+    seconds: float,
+) -> str:
     lines = [
         "# The product's defaults, measured",
         "",
@@ -181,11 +241,21 @@ def defaults_report(domains: dict[str, tuple[str, list[DomainRow]]], config: Def
     lines += ["Per seed (base / new, or accuracy):", ""]
     for domain, (_, rows) in domains.items():
         for row in rows:
-            lines.append(f"- {domain}, {row.name}: " + "; ".join(" / ".join(f"{v:.2f}" for v in values) for values in row.per_seed))
+            lines.append(
+                f"- {domain}, {row.name}: "
+                + "; ".join(" / ".join(f"{v:.2f}" for v in values) for values in row.per_seed)
+            )
     return "\n".join(lines) + "\n"
 
 
-def run_defaults_bench(config: DefaultsBenchConfig, backbone: Backbone, decomposer: BandDecomposer, workdir: Path, command: str, log: Callable[[str], None] = print) -> str:
+def run_defaults_bench(
+    config: DefaultsBenchConfig,
+    backbone: Backbone,
+    decomposer: BandDecomposer,
+    workdir: Path,
+    command: str,
+    log: Callable[[str], None] = print,
+) -> str:
     started = time.time()
     rows = default_rows(config)
     domains: dict[str, tuple[str, list[DomainRow]]] = {}
@@ -194,5 +264,8 @@ def run_defaults_bench(config: DefaultsBenchConfig, backbone: Backbone, decompos
         domains[DEMO] = ("the app's first run", run_demo_domain(config, demo_rows, backbone, decomposer, workdir, log))
     for camera in (*config.chosen_on, *config.held_out):
         role = "held out: confirms the defaults" if camera in config.held_out else "the defaults were chosen on it"
-        domains[f"SpectralWorld, camera {camera}"] = (role, run_world_domain(config, rows, camera, backbone, decomposer, workdir / camera, log))
+        domains[f"SpectralWorld, camera {camera}"] = (
+            role,
+            run_world_domain(config, rows, camera, backbone, decomposer, workdir / camera, log),
+        )
     return defaults_report(domains, config, command, backbone, time.time() - started)

@@ -6,6 +6,7 @@ The zip holds `train/<class>/NNNN.png` and `test/<class>/NNNN.png` (class folder
 class names, spaces included). Entries are written in a fixed order with a fixed timestamp, so
 the same arguments always give the same bytes.
 """
+
 from __future__ import annotations
 
 import argparse

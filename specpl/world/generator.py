@@ -9,6 +9,7 @@ both bands, which is what makes the world a controlled test bed for spectral pro
 Only numpy and PIL are used, and masks are computed analytically (no rasteriser), so the seed
 alone fixes every pixel.
 """
+
 from __future__ import annotations
 
 import math
@@ -88,7 +89,10 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
 CAMERAS: dict[str, tuple[float, tuple[int, int, int]]] = {
     "default": (0.0, (0, 0, 0)),
     "sepia": (0.45, (200, 120, 40)),
-    "dusk": (0.5, (40, 60, 120)),  # a cold, dark cast: held out in the first round of choosing the defaults (bench/DEFAULTS.md)
+    "dusk": (
+        0.5,
+        (40, 60, 120),
+    ),  # a cold, dark cast: held out in the first round of choosing the defaults (bench/DEFAULTS.md)
     "haze": (0.4, (175, 195, 175)),  # a pale, washed-out cast: held out in the second round
 }
 
@@ -348,7 +352,9 @@ def write_fewshot_folder(
 ) -> Path:
     """Write `root/{train,test}/<class name>/NNNN.png`; class folders are the exact class names."""
     root = Path(root)
-    for split, classname, index, image in fewshot_images(classnames or world_classnames(), shots, test_per_class, seed, camera):
+    for split, classname, index, image in fewshot_images(
+        classnames or world_classnames(), shots, test_per_class, seed, camera
+    ):
         folder = root / split / classname
         folder.mkdir(parents=True, exist_ok=True)
         image.save(folder / f"{index:04d}.png")

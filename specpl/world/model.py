@@ -1,4 +1,5 @@
 """Where the world-CLIP config and weights live, and how to load them with stock open_clip."""
+
 from __future__ import annotations
 
 from pathlib import Path

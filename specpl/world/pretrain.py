@@ -13,6 +13,7 @@ shallower model's weights (its blocks interleaved with new identity blocks, so s
 exactly what the shallower model computes), and ``--cast-prob`` shows a share of the images
 through a random colour cast (a wider training distribution, as a larger CLIP has seen more).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,7 +32,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from specpl.world.generator import BACKGROUNDS, COLOURS, SHAPES, TEXTURES, describe, render, sample_world, world_classnames
+from specpl.world.generator import (
+    BACKGROUNDS,
+    COLOURS,
+    SHAPES,
+    TEXTURES,
+    describe,
+    render,
+    sample_world,
+    world_classnames,
+)
 from specpl.world.model import MODEL_NAME, load_world_clip, register_config
 from specpl.world.zeroshot import WORLD_TEMPLATE, world_test_set, zero_shot_accuracy
 
@@ -48,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=100, help="linear warm-up steps before cosine decay")
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument(
-        "--aux-steps", type=int, default=None,
+        "--aux-steps",
+        type=int,
+        default=None,
         help="steps over which the factor-prediction weight falls from 1 to 0 (default: half the run)",
     )
     # One thread by default: on a small shared machine, OpenMP threads that wait on an
@@ -56,14 +68,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--eval-per-class", type=int, default=50, help="test images per class for the final score")
-    parser.add_argument("--eval-seed", type=int, default=1, help="seed of the few-shot world whose test split is scored")
+    parser.add_argument(
+        "--eval-seed", type=int, default=1, help="seed of the few-shot world whose test split is scored"
+    )
     parser.add_argument("--model", default=MODEL_NAME, help="open_clip config in specpl/model_configs to train")
     parser.add_argument(
-        "--init-from", type=Path, default=None,
+        "--init-from",
+        type=Path,
+        default=None,
         help="safetensors of a shallower model of the same width to start from (blocks interleaved with identity blocks)",
     )
     parser.add_argument(
-        "--cast-prob", type=float, default=0.0,
+        "--cast-prob",
+        type=float,
+        default=0.0,
         help="share of training images seen through a random colour cast (strength 0-0.5, random tint)",
     )
     args = parser.parse_args(argv)
@@ -120,7 +138,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, truth: torch.Tensor
+) -> torch.Tensor:
     """Symmetric CLIP loss with every true (image, caption) pair as a positive.
 
     `truth[i, j]` says whether caption j correctly describes image i. "a photo of a striped circle."
@@ -177,7 +197,9 @@ def world_batch(
     (a `cast_prob` share of the images seen through a random colour cast)."""
     samples = sample_world(rng, size)
     captions = [describe(sample, rng) for sample in samples]
-    truth = torch.tensor([[c.holds_for(described, image) for c, described in zip(captions, samples)] for image in samples])
+    truth = torch.tensor(
+        [[c.holds_for(described, image) for c, described in zip(captions, samples)] for image in samples]
+    )
     rendered = [render(sample) for sample in samples]
     if cast_prob > 0:  # no draws at all when off, so the default run's random stream is unchanged
         rendered = [random_cast(image, rng) if rng.uniform() < cast_prob else image for image in rendered]
@@ -260,9 +282,9 @@ def model_card(args: argparse.Namespace, history: list[tuple[int, float, float]]
 {intro}
 
 ## Architecture
-open_clip `CLIP`, config `specpl/model_configs/{args.model}.json`: {stats['arch']}.
-{stats['params'] / 1e6:.2f} M parameters; the file stores the open_clip state dict in float32
-safetensors ({stats['size_mb']:.1f} MB).
+open_clip `CLIP`, config `specpl/model_configs/{args.model}.json`: {stats["arch"]}.
+{stats["params"] / 1e6:.2f} M parameters; the file stores the open_clip state dict in float32
+safetensors ({stats["size_mb"]:.1f} MB).
 
 ```python
 import open_clip
@@ -277,15 +299,15 @@ Fresh (image, caption) pairs every step, {args.steps} steps x {args.batch_size} 
 ({args.steps * args.batch_size:,} pairs, none repeated). Images are 64x64 RGB: a shape (6) in a
 colour (6) on a muted background (4) with position, scale, brightness and lighting jitter, and a
 surface texture (6) with a period of 1-4 pixels. Captions come from several templates mixing the
-factors; every caption names the texture and the shape.{stats.get('data_extra', '')}
+factors; every caption names the texture and the shape.{stats.get("data_extra", "")}
 
 ## Training
 Symmetric contrastive loss in which every true (image, caption) pair of the batch is a positive
 (a caption is true of an image when the image agrees on every factor the caption names).
 {AUX_NOTE.format(aux_steps=args.aux_steps) if args.aux_steps > 0 else "No auxiliary loss."}
-{stats.get('init', 'The patch embedding starts as a luminance 8x8 DCT filter bank (plus damped random weights).')}
+{stats.get("init", "The patch embedding starts as a luminance 8x8 DCT filter bank (plus damped random weights).")}
 AdamW (betas 0.9/0.98, weight decay {args.weight_decay} on matrices), peak lr {args.lr},
-{args.warmup} warm-up steps then cosine decay, learnable temperature, {'random colour casts as above' if args.cast_prob else 'no augmentation'}.
+{args.warmup} warm-up steps then cosine decay, learnable temperature, {"random colour casts as above" if args.cast_prob else "no augmentation"}.
 
 Exact command (seed {args.seed}):
 
@@ -293,7 +315,7 @@ Exact command (seed {args.seed}):
 {command_line(args)}
 ```
 
-Wall time {stats['wall_min']:.1f} min on {stats['machine']} with {args.threads} torch thread(s)
+Wall time {stats["wall_min"]:.1f} min on {stats["machine"]} with {args.threads} torch thread(s)
 (torch {torch.__version__}, open_clip {open_clip.__version__}).
 
 | step | loss (incl. auxiliary term) | zero-shot (10/class) |
@@ -304,7 +326,7 @@ Wall time {stats['wall_min']:.1f} min on {stats['machine']} with {args.threads} 
 Zero-shot top-1 over all {len(world_classnames())} "<texture> <shape>" classes with the template
 `{WORLD_TEMPLATE!r}`, on the test split of the few-shot world with seed {args.eval_seed}
 ({args.eval_per_class} images per class), using the weights as written and open_clip's eval
-preprocessing: **{stats['accuracy']:.1%}**.
+preprocessing: **{stats["accuracy"]:.1%}**.
 
 Reproduce with `specpl.world.zeroshot.world_zero_shot_accuracy(model, tokenizer, preprocess,
 per_class={args.eval_per_class}, seed={args.eval_seed})`.
@@ -330,7 +352,9 @@ def main(argv: list[str] | None = None) -> float:
     heads = FactorHeads(model.text_projection.shape[1])
     optimizer = torch.optim.AdamW(
         param_groups(model, args.weight_decay) + param_groups(heads, args.weight_decay),
-        lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
     rng = np.random.default_rng([args.seed, 2])  # its own stream, apart from the few-shot splits
     probe_images, probe_labels = world_test_set(10, args.eval_seed, preprocess)
@@ -417,7 +441,9 @@ def main(argv: list[str] | None = None) -> float:
     tmp = card.with_name(".README.md.tmp")
     tmp.write_text(model_card(args, history, stats))
     os.replace(tmp, card)
-    print(f"zero-shot top-1 {accuracy:.1%} ({args.eval_per_class}/class), wall {wall_min:.1f} min, {stats['size_mb']:.1f} MB -> {weights}")
+    print(
+        f"zero-shot top-1 {accuracy:.1%} ({args.eval_per_class}/class), wall {wall_min:.1f} min, {stats['size_mb']:.1f} MB -> {weights}"
+    )
     return accuracy
 
 

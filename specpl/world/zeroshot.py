@@ -1,4 +1,5 @@
 """Zero-shot "<texture> <shape>" classification, shared by the pretraining script, tests and benchmarks."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
