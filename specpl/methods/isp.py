@@ -188,6 +188,12 @@ def _buffer_name(parameter: str) -> str:
 
 
 @torch.no_grad()
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in fp32 when it is in a half type (a bf16 frozen tower), else as it is: ISP's modules
+    compute in their own precision, fp32 in training and fp64 in the equivalence test."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def end_of_text_states(backbone: Backbone, prompts: list[str], layers: int) -> torch.Tensor:
     """(layers, N, W): the hidden state at each prompt's end-of-text token entering text blocks
     0..layers-1 of the frozen CLIP (sequences cut after the longest end-of-text: exact under the
@@ -205,7 +211,7 @@ def end_of_text_states(backbone: Backbone, prompts: list[str], layers: int) -> t
     for block in model.transformer.resblocks[:layers]:
         states.append(x[rows, eot])
         x = block(x, attn_mask=mask)
-    return torch.stack(states).float()
+    return at_least_fp32(torch.stack(states))
 
 
 def probe_text_features(backbone: Backbone, templates: str, run_template: str, classnames: list[str]) -> torch.Tensor:
@@ -234,11 +240,11 @@ def probing_weights(
     (spec §3). ``linear``: (1 + d) / mean(1 + d); ``focal``: d ** gamma / mean(d ** gamma);
     `normalise=False` leaves out the division by the batch mean."""
     rows = torch.arange(labels.shape[0], device=labels.device)
-    confidence = zero_shot_logits.detach().float().softmax(dim=-1)[rows, labels]
+    confidence = at_least_fp32(zero_shot_logits.detach()).softmax(dim=-1)[rows, labels]
     if difficulty == JOINT:
         if prompted_logits is None:
             raise ValueError("isp.difficulty='joint' needs the prompted model's logits")
-        confidence = confidence * prompted_logits.detach().float().softmax(dim=-1)[rows, labels]
+        confidence = confidence * at_least_fp32(prompted_logits.detach()).softmax(dim=-1)[rows, labels]
     hardness = 1 - confidence
     weights = 1 + hardness if weighting == LINEAR else hardness.pow(focal_gamma)
     return weights / weights.mean().clamp_min(1e-12) if normalise else weights
@@ -363,10 +369,10 @@ class ISP(Booster):
         if end <= self.frozen_tokens:
             return x
         frozen, prompts = x[:, : self.frozen_tokens], x[:, self.frozen_tokens : end]
-        updated = prompts.float()
+        updated = at_least_fp32(prompts)
         if len(self.vision_self):
             sources = frozen.detach() if self.config.detach_sources else frozen
-            updated = updated + self.vision_self[layer](updated, sources.float())
+            updated = updated + self.vision_self[layer](updated, at_least_fp32(sources))
         if len(self.vision_cross):
             classes = self.class_states[layer].unsqueeze(0).expand(x.shape[0], -1, -1)
             updated = updated + self.vision_cross[layer](updated, classes)
@@ -387,7 +393,7 @@ class ISP(Booster):
         end = prefix.shape[1] - self.other_tokens([g for b in self.other_boosters for g in b.text_prompts()], layer)
         if end <= 1:
             return prefix
-        updated = prefix[:, 1:end].float()  # (G, n, W)
+        updated = at_least_fp32(prefix[:, 1:end])  # (G, n, W)
         if len(self.text_self):
             groups, classes, length = suffix.shape[:3]
             frozen = torch.cat([prefix[:, None, :1].expand(-1, classes, -1, -1), suffix], dim=2)  # [SOS] + class tokens
@@ -395,13 +401,13 @@ class ISP(Booster):
             positions = torch.arange(length + 1, device=suffix.device)
             visible = positions <= (eot + 1).unsqueeze(-1)  # up to each class's end-of-text
             queries = updated.unsqueeze(1).expand(-1, classes, -1, -1).flatten(0, 1)
-            delta = self.text_self[layer](queries, frozen.flatten(0, 1).float(), visible.flatten(0, 1))
+            delta = self.text_self[layer](queries, at_least_fp32(frozen.flatten(0, 1)), visible.flatten(0, 1))
             updated = (queries + delta).unflatten(0, (groups, classes))
         if len(self.text_cross):
             vision = self.host_vision_prompts(layer)
             if vision is not None:
                 flat = updated.flatten(0, -3)
-                sources = vision.float().unsqueeze(0).expand(flat.shape[0], -1, -1)
+                sources = at_least_fp32(vision).unsqueeze(0).expand(flat.shape[0], -1, -1)
                 updated = (flat + self.text_cross[layer](flat, sources)).view_as(updated)
         head, tail = prefix[:, :1], prefix[:, end:]
         if updated.dim() == 4:
@@ -423,7 +429,7 @@ class ISP(Booster):
 
     def zero_shot_logits(self, clip_image: torch.Tensor) -> torch.Tensor:
         """s0 * cos(f0, g0) over the current classes, at CLIP's own scale unless set."""
-        return self.probe_scale * F.normalize(clip_image.float(), dim=-1) @ self.probe_text.t()
+        return self.probe_scale * F.normalize(clip_image.to(self.probe_text.dtype), dim=-1) @ self.probe_text.t()
 
     def sample_weights(self, state: ForwardState) -> torch.Tensor | None:
         if not self.config.sample_probing:
