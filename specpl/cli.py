@@ -471,6 +471,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
         print(f"{kind}s:")
         for row in (r for r in rows if r["kind"] == kind):
             print(f"  {row['name']:10s} {row['description']}")
+            names = row["names"]
+            shown = (
+                names["default"] if len(set(names.values())) == 1 else "; ".join(f"{p}: {n}" for p, n in names.items())
+            )
+            print(f"  {'':10s} name in tables: {shown}")
             if kind == "host":
                 training = ", ".join(f"{k} {v}" for k, v in row["training"].items())
                 print(f"  {'':10s} paper training: {training}")

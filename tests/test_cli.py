@@ -277,3 +277,10 @@ def test_methods_lists_every_host_and_booster_with_its_line_and_defaults(capsys)
     assert out.startswith("maple (paper preset on imagenet):\n")
     assert "  maple.tail = 'of a {}.'  <- muzairkhattak/multimodal-prompt-learning trainers/maple.py" in out
     assert "  train.epochs = 5  <- muzairkhattak/multimodal-prompt-learning configs/trainers/MaPLe/" in out
+
+
+def test_methods_names_each_component_as_the_tables_do(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "name in tables: default: DAPT-G (per-head GradCAM, ours); paper: DAPT-G\n" in out
+    assert "name in tables: ISP (reconstructed)\n" in out and "name in tables: CoOp\n" in out

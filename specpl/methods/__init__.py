@@ -249,10 +249,14 @@ def describe_methods() -> list[dict[str, Any]]:
     for kind, registry in (("host", HOSTS), ("booster", BOOSTERS)):
         for name in registry.names():
             component = registry.get(name)
+            defaults = dataclasses.asdict(component.config_class())
             row = {
                 "kind": kind,
                 "name": name,
-                "title": component.label(dataclasses.asdict(component.config_class())),
+                # its name as each preset builds it (DAPT's default masks are ours: "DAPT-G (per-head GradCAM, ours)")
+                "names": {
+                    p: component.label({**defaults, **component.presets.get(p, {}).get(name, {})}) for p in PRESETS
+                },
                 "description": component.description,
                 "options": dataclasses.asdict(component.config_class()),
             }
