@@ -41,7 +41,8 @@ from specpl.config import (
     TrainConfig,
     canonical_preset,
 )
-from specpl.methods import BOOSTERS, HOSTS, resolve_method_options
+from specpl.factory import resolve_method_options
+from specpl.methods import BOOSTERS, HOSTS
 from specpl.training_plan import AUTO, resolved_training
 
 APP_TRAIN_DEFAULTS = {"eval_every_epochs": 1}  # the app evaluates every epoch: the validation curve needs it

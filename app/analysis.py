@@ -147,8 +147,9 @@ def _saliency_view(predictor: Predictor, config: DAPTConfig, image_path: Path, c
     }
     covered = float(mask.float().mean()) * 100
     note = (
-        f"**DAPT-G mask**: the `{config.cam}` map (`dapt.cam`) of this run's model, divided by its maximum and thresholded at "
-        f"{config.gradcam_threshold:g}; it marks {covered:.0f}% of the image as foreground. A gradient map targets {target}."
+        f"**DAPT-G mask**: the `{config.cam}` map (`dapt.cam`) of this run's model, divided by its maximum and "
+        f"thresholded at {config.gradcam_threshold:g}; it marks {covered:.0f}% of the image as foreground. "
+        f"A gradient map targets {target}."
     )
     return MaskView(saliency.numpy(), mask.numpy(), images, note)
 
@@ -175,7 +176,8 @@ def _mask_file_view(config: DAPTConfig, image_path: Path) -> MaskView:
             f"This run's DAPT reads its masks from files (`dapt.masks=folder`), and there is none to show here: {exc}."
         )
     note = (
-        f"**DAPT mask file** `{found.relative_to(folder.root).as_posix()}` from `{folder.root}`, binarised as DAPT reads it; "
+        f"**DAPT mask file** `{found.relative_to(folder.root).as_posix()}` from `{folder.root}`, "
+        "binarised as DAPT reads it; "
         f"it marks {mask.mean() * 100:.0f}% of the image as foreground (training gives it each view's crop and flip)."
     )
     return MaskView(None, mask, {"saliency": None, "mask": _foreground(load_image(image_path), mask)}, note)

@@ -123,8 +123,10 @@ def checked_members(archive: zipfile.ZipFile, label: str, limits: Limits, min_de
             continue
         if info.file_size > member.ratio_cap(limits, archive_bytes):
             raise UploadError(
-                f"{label} was rejected: entry {info.filename!r} would expand {info.file_size / max(1, info.compress_size):,.0f} times "
-                f"(to {info.file_size / MB:,.1f} MB), over the {limits.max_compression_ratio}x compression-ratio limit (a zip bomb)"
+                f"{label} was rejected: entry {info.filename!r} would expand "
+                f"{info.file_size / max(1, info.compress_size):,.0f} times "
+                f"(to {info.file_size / MB:,.1f} MB), over the {limits.max_compression_ratio}x "
+                "compression-ratio limit (a zip bomb)"
             )
         files.append(member)
     if not files:
@@ -180,7 +182,8 @@ class Extractor:
                     target.write(chunk)
             if entry_written != member.info.file_size:
                 raise UploadError(
-                    f"{self.label} was rejected: entry {name!r} holds {entry_written:,} bytes but the archive declares {member.info.file_size:,}"
+                    f"{self.label} was rejected: entry {name!r} holds {entry_written:,} bytes "
+                    f"but the archive declares {member.info.file_size:,}"
                 )
         except UploadError:
             destination.unlink(missing_ok=True)
@@ -211,5 +214,6 @@ class Extractor:
             )
         if self.written + chunk_bytes > self.limits.max_extracted_bytes:
             raise UploadError(
-                f"{self.label} was rejected: it expands past the {self.limits.max_extracted_bytes / MB:.0f} MB limit for extracted data"
+                f"{self.label} was rejected: it expands past the "
+                f"{self.limits.max_extracted_bytes / MB:.0f} MB limit for extracted data"
             )

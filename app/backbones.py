@@ -87,7 +87,8 @@ def key_for(config: BackboneConfig) -> str:
         if (chosen.name, chosen.pretrained) == (config.name, config.pretrained):
             return candidate.key
     raise ValueError(
-        f"backbone {config.name} ({config.pretrained}) is not one this app offers: {', '.join(o.title for o in OPTIONS)}"
+        f"backbone {config.name} ({config.pretrained}) is not one this app offers: "
+        f"{', '.join(o.title for o in OPTIONS)}"
     )
 
 
@@ -138,7 +139,10 @@ def unavailable_message(key: str, reason: str | None = None) -> str | None:
     if state.usable and reason is None:
         return None
     usable = [o.title for o in OPTIONS if o.key != key and availability(o.key).usable]
-    return f"{option(key).title} can't be loaded because {reason or state.reason}; available now: {'; '.join(usable) or 'none'}."
+    return (
+        f"{option(key).title} can't be loaded because {reason or state.reason}; "
+        f"available now: {'; '.join(usable) or 'none'}."
+    )
 
 
 def _hub_cached(config: BackboneConfig) -> bool:

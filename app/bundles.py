@@ -2,7 +2,7 @@
 
 Export zips a run's ``model/`` folder (safetensors + config.json + model card). Import accepts only
 those three file names, so a pickle (``.bin``, ``.pt``, ``.pkl``) is refused before anything is
-written, then lets the library validate the result (`specpl.checkpoint.read_bundle`) and checks
+written, then lets the library validate the result (`specpl.bundle.read_bundle`) and checks
 that this installation knows the bundle's backbone and methods.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from app.archives import Extractor, UploadError, checked_members, open_zip
 from app.settings import Limits
 from specpl.backbone import available_models
-from specpl.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_bundle
+from specpl.bundle import CONFIG_FILE, WEIGHTS_FILE, read_bundle
 from specpl.io import atomic_write
 from specpl.methods import BOOSTERS, HOSTS
 
@@ -88,7 +88,8 @@ def _validated_config(bundle: Path, label: str) -> dict:
     unknown = [name for name in method.get("boosters", []) if name not in BOOSTERS]
     if unknown:
         raise UploadError(
-            f"{label}: config.json names booster(s) {', '.join(map(repr, unknown))}; available: {', '.join(BOOSTERS.names())}"
+            f"{label}: config.json names booster(s) {', '.join(map(repr, unknown))}; "
+            f"available: {', '.join(BOOSTERS.names())}"
         )
     if not isinstance(config["classnames"], list) or len(config["classnames"]) < 2:
         raise UploadError(f"{label}: config.json must list at least 2 class names")

@@ -40,11 +40,11 @@ def classify_files(
     ranked = predictor.predict(usable, top_k=top_k)
     rows = [
         (path.name, rank, label, round(prob, 6))
-        for path, result in zip(usable, ranked)
+        for path, result in zip(usable, ranked, strict=True)
         for rank, (label, prob) in enumerate(result, 1)
     ]
     table = pd.DataFrame(rows, columns=COLUMNS)
     csv_path = out_dir / f"predictions-{secrets.token_hex(4)}.csv"
     atomic_write_text(csv_path, table.to_csv(index=False))
-    gallery = [(str(path), f"{result[0][0]} ({result[0][1]:.0%})") for path, result in zip(usable, ranked)]
+    gallery = [(str(path), f"{result[0][0]} ({result[0][1]:.0%})") for path, result in zip(usable, ranked, strict=True)]
     return Classification(table, gallery, csv_path, dict(ranked[0]), skipped)

@@ -65,7 +65,8 @@ def status(name: str, source: str | None = None, hosted: bool = False) -> Decomp
         if not source:
             return DecomposerStatus(
                 False,
-                f"taef2 needs local weights: set the decomposer source (Advanced) to the folder holding {' and '.join(TAEF2_FILES)}.",
+                "taef2 needs local weights: set the decomposer source (Advanced) to the folder holding "
+                f"{' and '.join(TAEF2_FILES)}.",
             )
         missing = [file for file in TAEF2_FILES if not (Path(source).expanduser() / file).is_file()]
         if missing:
@@ -89,12 +90,14 @@ def _hub_vae_status(name: str, target: str) -> DecomposerStatus:
     if hub_offline():
         return DecomposerStatus(
             False,
-            f"{name}: {target} is not in the Hugging Face cache and the app is offline (HF_HUB_OFFLINE); give a local folder as the decomposer source.",
+            f"{name}: {target} is not in the Hugging Face cache and the app is offline (HF_HUB_OFFLINE); "
+            "give a local folder as the decomposer source.",
         )
     if not hub_reachable():
         return DecomposerStatus(
             False,
-            f"{name}: {target} is not in the Hugging Face cache and the hub can't be reached; give a local folder as the decomposer source.",
+            f"{name}: {target} is not in the Hugging Face cache and the hub can't be reached; "
+            "give a local folder as the decomposer source.",
         )
     return DecomposerStatus(True, f"{name}: {target} is downloaded from the hub on first use.")
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from specpl.backbone import Backbone
-from specpl.checkpoint import CONFIG_FILE, load_tensors
+from specpl.bundle import CONFIG_FILE, load_tensors
 from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, from_dict
 from specpl.datasets import read_dataset
-from specpl.methods import build_method
+from specpl.factory import build_method
 
 CHECKPOINT_BUNDLE = "checkpoint-model"  # beside model/, so a later finished model never mixes with it
 _REPO_ID = re.compile(

@@ -28,14 +28,18 @@ class TrainingPlan:
     def line(self) -> str:
         preset = "" if self.preset == "default" else f" ({self.preset} preset)"
         head = (
-            f"Training plan{preset}: {_count(self.epochs, 'epoch')} of batch {self.batch_size} ({_count(self.steps, 'step')}) "
+            f"Training plan{preset}: {_count(self.epochs, 'epoch')} of batch {self.batch_size} "
+            f"({_count(self.steps, 'step')}) "
             f"from {_count(self.train_images, 'training image')}"
         )
         low, high = (min(self.held_out), max(self.held_out)) if self.held_out else (0, 0)
         if not high:
             held = "nothing held out for validation"
             if self.select == "val":
-                return f"{head}; {held} (a class needs 2 training images to give one), so the last epoch is kept unchecked."
+                return (
+                    f"{head}; {held} (a class needs 2 training images to give one), "
+                    "so the last epoch is kept unchecked."
+                )
         else:
             held = f"{low if low == high else f'{low}–{high}'} per class held out for validation"
             if self.base_only:

@@ -170,12 +170,18 @@ def chance_note(accuracy: float, classes: int, backbone: dict[str, Any] | None) 
         return ""
     name = (backbone or {}).get("name")
     if name == defaults.WORLD_MODEL:
-        why = "the embedded SpectralWorld CLIP knows only SpectralWorld images, so on other images it has nothing to go on; use a pretrained CLIP for photos"
+        why = (
+            "the embedded SpectralWorld CLIP knows only SpectralWorld images, "
+            "so on other images it has nothing to go on; use a pretrained CLIP for photos"
+        )
     elif backbone is not None and not backbone.get("pretrained"):
         why = f"the {name} backbone is randomly initialised, not pretrained"
     else:
         why = "the backbone cannot tell these classes apart from so few images, or the training was too short"
-    return f" ⚠️ This is within {CHANCE_MARGIN:.0f} points of chance ({100.0 / classes:.0f}% for {classes} classes): the model has learned almost nothing, probably because {why}."
+    return (
+        f" ⚠️ This is within {CHANCE_MARGIN:.0f} points of chance ({100.0 / classes:.0f}% for {classes} classes): "
+        f"the model has learned almost nothing, probably because {why}."
+    )
 
 
 def _number(value: Any) -> bool:
@@ -226,7 +232,10 @@ def status_line(
         if not progress.total_steps:
             return "Running: loading the backbone and reading the data…"
         if progress.eta_s is None:
-            return f"Running: step {progress.step}/{progress.total_steps}, epoch {progress.epoch}/{progress.epochs}, ETA: measuring…"
+            return (
+                f"Running: step {progress.step}/{progress.total_steps}, epoch {progress.epoch}/{progress.epochs}, "
+                "ETA: measuring…"
+            )
         return (
             f"Running: step {progress.step}/{progress.total_steps}, epoch {progress.epoch}/{progress.epochs}, "
             f"ETA {format_duration(progress.eta_s)}, {progress.images_per_s or 0:.0f} images/s."
@@ -265,7 +274,10 @@ def decomposer_line(progress: RunProgress) -> str:
     """Which band decomposer the run uses and why ("" when no component needs one)."""
     if not progress.decomposer:
         return ""
-    return f"Band decomposer: {progress.decomposer.get('name')} ({progress.decomposer.get('reason') or 'no reason recorded'})"
+    return (
+        f"Band decomposer: {progress.decomposer.get('name')} "
+        f"({progress.decomposer.get('reason') or 'no reason recorded'})"
+    )
 
 
 def decomposer_html(progress: RunProgress) -> str:

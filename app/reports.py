@@ -49,10 +49,11 @@ def confusion_html(metrics: dict[str, Any]) -> str:
         return ""
     head = "".join(f"<th title='{html.escape(name)}'>{html.escape(name[:12])}</th>" for name in names)
     rows = []
-    for name, row in zip(names, matrix):
+    for name, row in zip(names, matrix, strict=True):
         total = max(1, sum(row))
         cells = "".join(
-            f"<td style='background:rgba(99,102,241,{count / total:.2f});color:{'#fff' if count / total > 0.5 else 'inherit'}'>{count}</td>"
+            f"<td style='background:rgba(99,102,241,{count / total:.2f});"
+            f"color:{'#fff' if count / total > 0.5 else 'inherit'}'>{count}</td>"
             for count in row
         )
         rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")

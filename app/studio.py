@@ -77,9 +77,10 @@ from specpl.backbone import BackboneUnavailable
 from specpl.config import BackboneConfig, DataConfig, MethodConfig, RunConfig, from_dict
 from specpl.data import IMAGE_SUFFIXES, class_display_name
 from specpl.datasets import read_dataset
+from specpl.factory import check_combination, method_label, resolve_method_options
 from specpl.inference import Predictor
 from specpl.io import atomic_write_text
-from specpl.methods import BOOSTERS, HOSTS, UNPUBLISHED, check_combination, method_label, resolve_method_options
+from specpl.methods import BOOSTERS, HOSTS, UNPUBLISHED
 from specpl.registry import UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,11 @@ RUN_COLUMNS = ["run", "name", "status", "method", "backbone", "accuracy", "creat
 MAX_PICKER_CHOICES = 100  # matches listed at once; the search box reaches every image
 MAX_KNOWN_DATASETS = 256  # datasets whose per-class counts are kept for the training plan
 USER_DIR_TTL_S = 7 * 24 * 3600  # a visitor's uploads are removed after a week without use
-DATASET_CLEARED = (None, "", None)
-WORLD_CAUTION = " ⚠️ The SpectralWorld CLIP knows only SpectralWorld images: on photos its labels and probabilities are guesses, however confident they look."  # dataset root, summary, thumbnails: what a failed upload leaves
+DATASET_CLEARED = (None, "", None)  # dataset root, summary, thumbnails: what a failed upload leaves
+WORLD_CAUTION = (
+    " ⚠️ The SpectralWorld CLIP knows only SpectralWorld images: "
+    "on photos its labels and probabilities are guesses, however confident they look."
+)
 CHOOSE_RUN_NOTE = "Choose a trained run to see the foreground mask its DAPT booster trains with."
 
 
@@ -155,7 +159,10 @@ def user_messages(outputs: int, cleared: tuple | None = None) -> Callable:
             except Exception as exc:  # noqa: BLE001 - the UI gets one line; the log keeps the traceback
                 log.exception("%s failed", handler.__name__)
                 first = str(exc).splitlines()[0] if str(exc) else "no details"
-                message = f"⚠️ Something went wrong ({type(exc).__name__}: {markdown_text(first)}); the server log has details."
+                message = (
+                    f"⚠️ Something went wrong ({type(exc).__name__}: {markdown_text(first)}); "
+                    "the server log has details."
+                )
             return (
                 message
                 if outputs == 1
@@ -277,7 +284,8 @@ class Studio:
         summary = self._unpack_zip(path, "the demo set", split_ratio, request, profile)
         return self._dataset_outputs(
             summary,
-            f"Demo set ready: {len(summary.classnames)} SpectralWorld classes, which the embedded SpectralWorld CLIP knows.",
+            f"Demo set ready: {len(summary.classnames)} SpectralWorld classes, "
+            "which the embedded SpectralWorld CLIP knows.",
         )
 
     def _unpack_zip(
@@ -366,7 +374,7 @@ class Studio:
     # ----- the run's settings (main form + Advanced) -------------------------------------------
 
     def _form(self, values: tuple) -> dict[str, Any]:
-        return dict(zip(advanced.form_keys(), values))
+        return dict(zip(advanced.form_keys(), values, strict=True))
 
     def form_config(self, backbone_key: str, *values: Any) -> tuple[dict, str]:
         """The run config the form describes, and its ``specpl train`` line. A setting the library
@@ -441,7 +449,8 @@ class Studio:
         atomic_write_text(path, advanced.preset_json(config))
         return (
             str(path),
-            f"Preset saved: {config.method.host}{''.join('+' + b for b in config.method.boosters)}, preset {config.method.preset}.",
+            f"Preset saved: {config.method.host}{''.join('+' + b for b in config.method.boosters)}, "
+            f"preset {config.method.preset}.",
         )
 
     def load_preset(self, file_path: str | None, redraw: int) -> list[Any]:
@@ -502,7 +511,8 @@ class Studio:
         paths = advanced.server_paths(config) if self.settings.multi_user else []
         if paths:
             raise UploadError(
-                f"{'; '.join(paths)}: a local folder or file cannot be used on a shared server; give a Hugging Face hub id (org/name) or leave it unset"
+                f"{'; '.join(paths)}: a local folder or file cannot be used on a shared server; "
+                "give a Hugging Face hub id (org/name) or leave it unset"
             )
         resolve_method_options(config.method)  # unknown methods or options fail here, not in the worker
         label = name.strip() or "+".join([config.method.host, *config.method.boosters])
@@ -848,7 +858,8 @@ class Studio:
         ]
 
     def refresh_runs(self, selected: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
-        """The runs table and the run pickers (Runs and Compare: all runs; Classify, Counterfactual, Bands: finished)."""
+        """The runs table and the run pickers (Runs and Compare: all runs; Classify, Counterfactual,
+        Bands: finished)."""
         owner = self.visitor(request, profile)
         finished = self.run_choices(owner, True)
         everything = self.run_choices(owner, False)
@@ -885,7 +896,10 @@ class Studio:
                 record = json.loads(path.read_text(encoding="utf-8"))
                 decomposer = record.get("decomposer")
                 if isinstance(decomposer, dict):
-                    return f"Band decomposer: {decomposer.get('name')} ({record.get('decomposer_reason') or 'no reason recorded'})"
+                    return (
+                        f"Band decomposer: {decomposer.get('name')} "
+                        f"({record.get('decomposer_reason') or 'no reason recorded'})"
+                    )
         return ""
 
     def compare_runs(
@@ -929,13 +943,15 @@ class Studio:
             return run_dir / "model", ""
         if record.status not in ("cancelled", "failed"):
             raise JobError(
-                f"run {run_id} is {record.status}; a bundle exists once it has finished, or has been stopped after a checkpoint"
+                f"run {run_id} is {record.status}; a bundle exists once it has finished, "
+                "or has been stopped after a checkpoint"
             )
         bundle = checkpoint_bundle(run_dir, self.models.backbone)
         saved = json.loads((bundle / "config.json").read_text(encoding="utf-8")).get("checkpoint", {})
         return (
             bundle,
-            f", from its last checkpoint (epoch {saved.get('epoch')}, step {saved.get('global_step')}), not a finished training",
+            f", from its last checkpoint (epoch {saved.get('epoch')}, step {saved.get('global_step')}), "
+            "not a finished training",
         )
 
     @user_messages(outputs=1)
@@ -992,7 +1008,10 @@ class Studio:
         note = f" Classes the run was not trained on: {', '.join(unseen)}." if unseen else ""
         warning = chance_note(result.accuracy, len(data.classnames), config.get("backbone"))
         frame = per_class_frame({"per_class": result.per_class})
-        message = f"Accuracy {result.accuracy:.1f}% on {result.count} images of {len(data.classnames)} classes ({path.name}).{note}{warning}"
+        message = (
+            f"Accuracy {result.accuracy:.1f}% on {result.count} images of {len(data.classnames)} classes "
+            f"({path.name}).{note}{warning}"
+        )
         return gr.update(value=frame, visible=not frame.empty), message
 
     @user_messages(outputs=1)
@@ -1032,7 +1051,10 @@ class Studio:
         staging_parent.mkdir(parents=True, exist_ok=True)
         bundle, config = import_bundle_zip(path, staging_parent, self.settings.limits, label=path.name)
         record = self.jobs.add_imported(bundle, name=f"imported {path.stem}", owner=self.visitor(request, profile))
-        return f"Imported {path.name} as run {record.run_id} ({len(config['classnames'])} classes, {config['method']['host']})."
+        return (
+            f"Imported {path.name} as run {record.run_id} "
+            f"({len(config['classnames'])} classes, {config['method']['host']})."
+        )
 
     # ----- helpers -----------------------------------------------------------------------------
 

@@ -31,7 +31,10 @@ VAL_PLOT = {  # the validation curve: the run's accuracy on its held-out images,
     "color": "series",
     "title": "Validation accuracy per epoch",
     "y_lim": [0, 100],
-    "caption": "Epoch 0: the initial prompts, before training. Zero-shot: zero-shot CLIP on the same validation images, for reference.",
+    "caption": (
+        "Epoch 0: the initial prompts, before training. "
+        "Zero-shot: zero-shot CLIP on the same validation images, for reference."
+    ),
 }
 
 
@@ -69,7 +72,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column():
                         gr.Markdown(
-                            "### 1. Data\nA `.zip` with one folder per class (`cat/1.jpg`, …), or `train/` and `test/` each holding class folders."
+                            "### 1. Data\nA `.zip` with one folder per class (`cat/1.jpg`, …), "
+                            "or `train/` and `test/` each holding class folders."
                         )
                         dataset_zip = gr.File(label="Dataset .zip", file_types=[".zip"], elem_id="dataset-zip")
                         use_demo = gr.Button(
@@ -149,7 +153,10 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                             preset = gr.Dropdown(
                                 advanced.presets_of(default_host),
                                 value="default",
-                                label="Preset (default: measured, validation chooses the epoch kept; paper: the published settings, the last epoch)",
+                                label=(
+                                    "Preset (default: measured, validation chooses the epoch kept; "
+                                    "paper: the published settings, the last epoch)"
+                                ),
                                 elem_id="preset",
                             )
                             method_options = gr.JSON(
@@ -203,7 +210,8 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
 
             with gr.Tab("Bands", id="bands") as bands_tab:
                 gr.Markdown(
-                    "The low band carries the semantics, the high band the fine grain. Pick an image and a decomposer (`fft` is weight-free and fast on CPU). "
+                    "The low band carries the semantics, the high band the fine grain. "
+                    "Pick an image and a decomposer (`fft` is weight-free and fast on CPU). "
                     "With a trained run chosen, DAPT's foreground mask for the image is shown too."
                 )
                 with gr.Row():
@@ -249,13 +257,15 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                                         "DAPT saliency map (as the model sees the image)",
                                         "DAPT foreground (outside the mask darkened)",
                                     ),
+                                    strict=True,
                                 )
                             ]
                         mask_note = gr.Markdown(elem_id="band-mask-note")
 
             with gr.Tab("Counterfactual", id="counterfactual") as counterfactual_tab:
                 gr.Markdown(
-                    "Swap bands between two images and watch the prediction: does the model follow the semantics (low band) or the grain (high band)?"
+                    "Swap bands between two images and watch the prediction: "
+                    "does the model follow the semantics (low band) or the grain (high band)?"
                 )
                 cf_run = gr.Dropdown([], label="Trained run", allow_custom_value=True)
                 cf_search = gr.Textbox(label="Search the run's images", placeholder="class or file name")
@@ -336,7 +346,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     runs_lr = gr.LinePlot(x="step", y="lr", title="Learning rate", height=220, elem_id="runs-lr")
                 runs_report = report_components("runs")
                 gr.Markdown(
-                    "#### Evaluate on a new test set\nA `.zip` of class folders (or `train/` and `test/`), checked like a dataset upload; every image is scored (the `test/` folder when there is one)."
+                    "#### Evaluate on a new test set\n"
+                    "A `.zip` of class folders (or `train/` and `test/`), checked like a dataset upload; "
+                    "every image is scored (the `test/` folder when there is one)."
                 )
                 with gr.Row():
                     eval_zip = gr.File(label="Test set .zip", file_types=[".zip"], elem_id="eval-zip")
@@ -350,7 +362,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     elem_id="eval-per-class",
                 )
                 gr.Markdown(
-                    "#### Push to the Hugging Face Hub\nUploads the chosen run's bundle and its model card with your own access token (a stopped run: its last checkpoint). The token is used for this upload only and never stored."
+                    "#### Push to the Hugging Face Hub\n"
+                    "Uploads the chosen run's bundle and its model card with your own access token "
+                    "(a stopped run: its last checkpoint). The token is used for this upload only and never stored."
                 )
                 with gr.Row():
                     hub_repo = gr.Textbox(label="Repository (user/name)", elem_id="hub-repo")
@@ -359,9 +373,12 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                 push = gr.Button("Push to the Hub", elem_id="hub-push")
                 hub_message = gr.Markdown(elem_id="hub-message")
                 gr.Markdown(
-                    "#### Compare runs\nOverlay the curves of the runs you pick (validation accuracy per epoch, 0: before training); the table ranks them "
-                    "(HM when base/new was measured, else test accuracy) beside zero-shot CLIP on the same test images and the gain in points. "
-                    "For base-to-new runs, validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
+                    "#### Compare runs\n"
+                    "Overlay the curves of the runs you pick (validation accuracy per epoch, 0: before training); "
+                    "the table ranks them (HM when base/new was measured, else test accuracy) "
+                    "beside zero-shot CLIP on the same test images and the gain in points. "
+                    "For base-to-new runs, validation holds only the training (base) classes, "
+                    "so choosing the kept epoch on it cannot protect new-class accuracy."
                 )
                 compare_pick = gr.Dropdown(
                     [], multiselect=True, allow_custom_value=True, label="Runs to compare", elem_id="compare-pick"
@@ -380,7 +397,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
                     )
                 compare_rank = gr.Dataframe(label="Ranking", interactive=False, elem_id="compare-rank")
                 gr.Markdown(
-                    "#### Import a bundle\nA `.zip` of `model.safetensors`, `config.json` and `README.md` (as downloaded above). Pickled weights are refused."
+                    "#### Import a bundle\n"
+                    "A `.zip` of `model.safetensors`, `config.json` and `README.md` (as downloaded above). "
+                    "Pickled weights are refused."
                 )
                 import_file = gr.File(label="Bundle .zip", file_types=[".zip"])
                 import_go = gr.Button("Import")
@@ -555,7 +574,9 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
         demo.load(studio.reattach, remembered_run, [run_id, remembered_run], api_visibility="private")
         demo.load(studio.restore_dataset, saved_dataset, dataset_outputs, api_visibility="private")
         remember_form(
-            demo, {"backbone": backbone, "run_name": run_name, **dict(zip(advanced.form_keys(), form))}, saved_form
+            demo,
+            {"backbone": backbone, "run_name": run_name, **dict(zip(advanced.form_keys(), form, strict=True))},
+            saved_form,
         )
         demo.unload(studio.forget_session)
     return demo
@@ -709,7 +730,7 @@ def remember_form(demo: gr.Blocks, form: dict[str, gr.components.Component], sav
     keys, components = list(form), list(form.values())
     gr.on(
         [c.change for c in components],
-        lambda *values: dict(zip(keys, values)),
+        lambda *values: dict(zip(keys, values, strict=True)),
         components,
         saved,
         show_progress="hidden",

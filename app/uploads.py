@@ -140,7 +140,8 @@ def extract_dataset_zip(
             raise UploadError(f"{label} holds {len(accepted)} images, over the limit of {limits.max_images}")
         if not accepted:
             raise UploadError(
-                f"{label} has no images in class folders: {_main_reason(reasons)} (expected <class>/<image> or train/<class>/<image>)"
+                f"{label} has no images in class folders: {_main_reason(reasons)} "
+                "(expected <class>/<image> or train/<class>/<image>)"
             )
         datasets_dir.mkdir(parents=True, exist_ok=True)
         dataset_id = secrets.token_hex(6)

@@ -107,7 +107,8 @@ def main() -> None:
             naive.get(items[:64], 1)
             naive_rate = 64 / (time.perf_counter() - started)
             print(
-                f"| {title} | {args.model} | {device.type} | {len(items)} | {args.workers} | {rate:,.0f} | {naive_rate:,.0f} |"
+                f"| {title} | {args.model} | {device.type} | {len(items)} | {args.workers} | "
+                f"{rate:,.0f} | {naive_rate:,.0f} |"
             )
 
 

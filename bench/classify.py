@@ -57,7 +57,8 @@ def main() -> None:
         library = median_ms(lambda p=predictor: p.predict([args.image], top_k=5), args.repeats)
         app = median_ms(lambda p=predictor: classify_files(p, [args.image], 5, Limits(), out), args.repeats)
         print(
-            f"  {predictor.precision:8s} library Predictor.predict {library[0]:6.1f} ms (min {library[1]:.1f}), app classify_files {app[0]:6.1f} ms (min {app[1]:.1f})"
+            f"  {predictor.precision:8s} library Predictor.predict {library[0]:6.1f} ms (min {library[1]:.1f}), "
+            f"app classify_files {app[0]:6.1f} ms (min {app[1]:.1f})"
         )
     print("world-clip zero-shot, 36 classes x 10 fresh test images:")
     world = Predictor.zero_shot(load_backbone(world_backbone_config()), world_classnames(), WORLD_TEMPLATE)
@@ -69,7 +70,8 @@ def main() -> None:
     for predictor in (world, Predictor(world.model, world.config).use_int8_image_tower()):
         top1 = predictor.logits(batch).argmax(-1)
         print(
-            f"  {predictor.precision:8s} top-1 {100 * (top1 == labels).float().mean():.2f}%, same top-1 as fp32 on {100 * (top1 == reference).float().mean():.2f}%"
+            f"  {predictor.precision:8s} top-1 {100 * (top1 == labels).float().mean():.2f}%, "
+            f"same top-1 as fp32 on {100 * (top1 == reference).float().mean():.2f}%"
         )
 
 

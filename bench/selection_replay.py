@@ -119,7 +119,8 @@ def main() -> None:
                     len(trace) != len(result.metrics["selection"]["per_epoch_val"]) + 2
                 ):  # zero-shot, initial, every epoch
                     raise RuntimeError(
-                        f"{text}: {len(trace)} validation scores for {len(result.metrics['selection']['per_epoch_val'])} epochs"
+                        f"{text}: {len(trace)} validation scores for "
+                        f"{len(result.metrics['selection']['per_epoch_val'])} epochs"
                     )
                 for rule, epoch in replay(trace, val_images).items():
                     base, new = trace[1 + epoch][2:]

@@ -17,8 +17,9 @@ from specpl.backbone import load_backbone
 from specpl.config import DataConfig, DecomposerConfig, MethodConfig
 from specpl.datasets import read_dataset
 from specpl.defaults import demo_data_dir, world_backbone_config
+from specpl.factory import build_method, check_combination
 from specpl.inference import Predictor
-from specpl.methods import HOSTS, build_method, check_combination
+from specpl.methods import HOSTS
 
 
 def main() -> None:
@@ -33,7 +34,8 @@ def main() -> None:
     images = zero_shot.preprocess(paths)
     reference = zero_shot.logits(images).softmax(-1)
     print(
-        f"| method ({args.preset}) | max abs probability difference | top-1 agreement with zero-shot | accuracy | zero-shot accuracy |"
+        f"| method ({args.preset}) | max abs probability difference | top-1 agreement with zero-shot | "
+        "accuracy | zero-shot accuracy |"
     )
     print("|---|---|---|---|---|")
     labels = torch.tensor([item.label for item in data.test])
@@ -53,7 +55,8 @@ def main() -> None:
             agree = float((logits.argmax(-1) == reference.argmax(-1)).float().mean() * 100)
             accuracy = float((logits.argmax(-1) == labels).float().mean() * 100)
             print(
-                f"| {'+'.join([host, *boosters])} | {gap:.2e} | {agree:.1f}% | {accuracy:.1f}% | {float((reference.argmax(-1) == labels).float().mean() * 100):.1f}% |"
+                f"| {'+'.join([host, *boosters])} | {gap:.2e} | {agree:.1f}% | {accuracy:.1f}% | "
+                f"{float((reference.argmax(-1) == labels).float().mean() * 100):.1f}% |"
             )
 
 

@@ -12,8 +12,10 @@ encoded once, bf16 autocast on a GPU.
     python bench/train_step.py --model ViT-B-32 --device cpu
     python bench/train_step.py --model ViT-B-16 --device cuda --booster specpl
     python bench/train_step.py --model ViT-B-16 --device cuda --host maple --booster specpl --batch 4
-    python bench/train_step.py --model ViT-B-16 --device cuda --host maple --booster caspl --batch 4  # an untrained phase-1 bundle
-    python bench/train_step.py --model ViT-B-16 --device cuda --compile off   # ours eager (default: auto, as a run decides)
+    # an untrained phase-1 bundle:
+    python bench/train_step.py --model ViT-B-16 --device cuda --host maple --booster caspl --batch 4
+    # ours eager (default: auto, as a run decides):
+    python bench/train_step.py --model ViT-B-16 --device cuda --compile off
 
 Weights are random (the cost is the same), so it runs offline. Prints both medians and the ratio;
 ``--markdown`` prints one table row instead.
@@ -37,8 +39,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from specpl.backbone import load_backbone
 from specpl.config import BackboneConfig, DecomposerConfig, MethodConfig
+from specpl.factory import build_method
 from specpl.frozen import flatten
-from specpl.methods import Batch, build_method
+from specpl.methods import Batch
 from specpl.methods.caspl import PHASE_ONE
 from specpl.trainer import _build_optimizer, compiled_step, frozen_in_bf16, resolve_compile
 
@@ -220,19 +223,24 @@ def main() -> None:
     name = "+".join([args.host, *args.booster])
     if args.markdown:
         print(
-            f"| {name} | {args.model} | {device.type} ({where}) | {args.batch} | {args.classes} | {'compiled' if compiled else 'eager'} | {naive_ms:.1f} ({args.naive_dtype}) | {ours_ms:.1f} | {naive_ms / ours_ms:.1f}x | {floor_ms:.2f} | {ours_ms / floor_ms:.1f}x | {first:.1f} s |"
+            f"| {name} | {args.model} | {device.type} ({where}) | {args.batch} | {args.classes} | "
+            f"{'compiled' if compiled else 'eager'} | {naive_ms:.1f} ({args.naive_dtype}) | {ours_ms:.1f} | "
+            f"{naive_ms / ours_ms:.1f}x | {floor_ms:.2f} | {ours_ms / floor_ms:.1f}x | {first:.1f} s |"
         )
         return
     print(
-        f"method={name} model={args.model} device={device.type} ({where}) batch={args.batch} classes={args.classes} boosters={args.booster or 'none'}"
+        f"method={name} model={args.model} device={device.type} ({where}) batch={args.batch} "
+        f"classes={args.classes} boosters={args.booster or 'none'}"
     )
     print(f"image tower trained through: {model.needs_image_grad}; frozen inputs cached: {sorted(frozen)}")
     print(f"naive ({args.naive_dtype}, everything recomputed): {naive_ms:9.1f} ms/step")
     print(
-        f"ours  (cached frozen inputs, truncated, shared prefix{', compiled' if compiled else ''}): {ours_ms:9.1f} ms/step ({reason}; first step {first:.1f} s)"
+        f"ours  (cached frozen inputs, truncated, shared prefix{', compiled' if compiled else ''}): "
+        f"{ours_ms:9.1f} ms/step ({reason}; first step {first:.1f} s)"
     )
     print(
-        f"speed-up: {naive_ms / ours_ms:.1f}x; FLOP floor {floor_ms:.2f} ms at {args.peak_tflops:.0f} TFLOP/s ({ours_ms / floor_ms:.1f}x above it)"
+        f"speed-up: {naive_ms / ours_ms:.1f}x; FLOP floor {floor_ms:.2f} ms at {args.peak_tflops:.0f} TFLOP/s "
+        f"({ours_ms / floor_ms:.1f}x above it)"
     )
 
 

@@ -1,85 +1,154 @@
-"""The model bundle's schema, owned by the method: what `PromptModel.save_bundle` writes and
-`PromptModel.from_bundle` reads. File handling (atomic folders, format upgrades) is in
-`specpl.checkpoint`; this module decides what goes into ``config.json``.
+"""The model bundle on disk, without pickle: ``model.safetensors`` with the method's tensors (never
+the frozen CLIP), ``config.json`` with everything needed to rebuild it, and a model-card
+``README.md``. Every file is written to a temp name and renamed, and a folder is swapped in whole.
+Older formats are upgraded on reading (`UPGRADES`).
+
+What goes into ``config.json`` is the model's business (`specpl.model.PromptModel.save_bundle`);
+rebuilding a model from a bundle is the factory's (`specpl.factory.load_bundle`).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
+import platform
+import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from specpl.backbone import Backbone, load_backbone
-from specpl.checkpoint import read_bundle, versions, write_bundle
-from specpl.config import DEFAULT_TEMPLATE, BackboneConfig, DecomposerConfig, MethodConfig, from_dict
-from specpl.model_card import render_model_card
+from specpl.config import PRESET_ALIASES
+from specpl.io import atomic_write, atomic_write_text
 
-if TYPE_CHECKING:
-    from specpl.methods.base import PromptModel
+BUNDLE_FORMAT = "specpl-bundle/3"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
 
 
-def bundle_config(model: "PromptModel", run: dict[str, Any]) -> dict[str, Any]:
-    """config.json of `model`: everything needed to rebuild it, plus the run's record (`run`:
-    train settings, data, metrics, ...)."""
-    backbone = model.backbone
-    preprocessing = dict(getattr(backbone.model.visual, "preprocess_cfg", {}) or {})
-    preprocessing.update(
-        image_size=backbone.image_size, mean=list(backbone.normalization[0]), std=list(backbone.normalization[1])
-    )
-    decomposer = model.context.decomposer
+def versions() -> dict[str, str]:
+    import open_clip
+
+    from specpl import __version__
+
     return {
-        "backbone": dataclasses.asdict(backbone.config),
-        "method": {
-            "host": model.host.name,
-            "boosters": list(model.boosters),
-            "preset": model.preset,
-            "options": model.resolved_options(),
-        },
-        "label": model.label(),
-        "decomposer": dataclasses.asdict(decomposer) if decomposer is not None else None,
-        "classnames": list(model.classnames),
-        "template": model.context.template,
-        "preprocessing": preprocessing,
-        **run,
-        "versions": versions(),
+        "specpl": __version__,
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "python": platform.python_version(),
     }
 
 
-def save_bundle(model: "PromptModel", directory: Path, run: dict[str, Any] | None = None) -> Path:
-    config = bundle_config(model, run or {})
-    return write_bundle(Path(directory), model.learned_state_dict(), config, render_model_card(config))
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
 
 
-def load_bundle(
-    directory: str | Path,
-    device: str | torch.device = "cpu",
-    backbone: Backbone | None = None,
-    classnames: list[str] | None = None,
-    template: str | None = None,
-) -> tuple["PromptModel", dict[str, Any]]:
-    """Rebuild the method of a bundle over its backbone (loaded, or the one given if it matches);
-    `classnames` and `template` build it for another class set with its own template (a
-    cross-dataset target), where the bundle's would otherwise be used."""
-    from specpl.methods import build_method
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse failure means a bad file
+        raise ValueError(f"{path} is not a valid safetensors file: {exc}") from exc
 
-    tensors, config = read_bundle(Path(directory))
-    backbone_config = from_dict(BackboneConfig, config["backbone"])
-    if backbone is None:
-        backbone = load_backbone(backbone_config, device=device)
-    elif (backbone.config.name, backbone.config.pretrained) != (backbone_config.name, backbone_config.pretrained):
-        raise ValueError(
-            f"bundle needs backbone {backbone_config.name} ({backbone_config.pretrained}), got {backbone.describe()}"
+
+def write_bundle(directory: Path, tensors: dict[str, torch.Tensor], config: dict[str, Any], card: str) -> Path:
+    """Write a complete bundle into `directory`, replacing any previous one atomically."""
+    staging = directory.with_name(f".{directory.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    save_tensors(staging / WEIGHTS_FILE, tensors, {"format": BUNDLE_FORMAT})
+    atomic_write_text(staging / CONFIG_FILE, json.dumps({"format": BUNDLE_FORMAT, **config}, indent=2) + "\n")
+    atomic_write_text(staging / "README.md", card)
+    swap_in(staging, directory)
+    return directory
+
+
+def read_bundle(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and validate a bundle; errors name the file and the reason."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing: not a SpecPL model bundle")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_path} is not valid JSON: {exc}") from exc
+    found = config.get("format") if isinstance(config, dict) else None
+    if found not in UPGRADES and found != BUNDLE_FORMAT:
+        newer = isinstance(found, str) and found.startswith("specpl-bundle/")
+        advice = (
+            "it was written by a newer SpecPL: upgrade with `pip install -U specpl`"
+            if newer
+            else "it is not a SpecPL model bundle"
         )
-    method = from_dict(MethodConfig, config["method"])
-    decomposer = from_dict(DecomposerConfig, config["decomposer"]) if config.get("decomposer") else None
-    model = build_method(
-        method,
-        backbone,
-        list(classnames or config["classnames"]),
-        template or config.get("template") or DEFAULT_TEMPLATE,
-        decomposer,
-    )
-    model.load_learned_state_dict(tensors)
-    return model, config
+        raise ValueError(
+            f"{config_path} has format {found!r}, this SpecPL reads {', '.join([*UPGRADES, BUNDLE_FORMAT])}; {advice}"
+        )
+    while config["format"] in UPGRADES:
+        config = UPGRADES[config["format"]](config)
+    for key in ("backbone", "method", "classnames"):
+        if key not in config:
+            raise ValueError(f"{config_path} lacks the {key!r} entry")
+    return load_tensors(directory / WEIGHTS_FILE), config
+
+
+def _upgrade_v1(config: dict[str, Any]) -> dict[str, Any]:
+    """specpl-bundle/1 (before the method seams) kept SpecPL's band statistic size at the top
+    level and the zero-shot template only in the run; both now live in the method options."""
+    config = dict(config)
+    method = dict(config["method"])
+    options = {name: dict(values) for name, values in (method.get("options") or {}).items()}
+    stat_dim = config.pop("band_stat_dim", None)
+    if "specpl" in options and stat_dim is not None:
+        options["specpl"].setdefault("band_stat_dim", stat_dim)
+    method["options"] = options
+    method.setdefault("preset", "default")
+    config["method"] = method
+    config["format"] = "specpl-bundle/2"
+    return config
+
+
+# options added with the step-0 identity defaults, and the value every earlier bundle was built with
+_V2_OPTION_VALUES = {
+    "specpl": {"refiner": "layernorm"},
+    "cocoop": {"meta_init": "pytorch"},
+    **{
+        host: {"ctx_from_template": False, "tail": "{}."}
+        for host in ("coop", "cocoop", "kgcoop", "ivlp", "maple", "promptsrc", "caspl-boost")
+    },
+}
+
+
+def _upgrade_v2(config: dict[str, Any]) -> dict[str, Any]:
+    """specpl-bundle/2 (before the step-0 identity defaults) was built with SpecPL's LayerNorm
+    refiner, CoCoOp's PyTorch-initialised meta-net and the context followed by the class name and
+    "."; options it lacks take those values, so it rebuilds the model it was trained as."""
+    config = dict(config)
+    method = dict(config["method"])
+    options = {name: dict(values) for name, values in (method.get("options") or {}).items()}
+    for name, values in options.items():
+        for key, value in _V2_OPTION_VALUES.get(name, {}).items():
+            values.setdefault(key, value)
+    if "specpl" in options and options["specpl"].get("test_blend") is None:  # None was 0.5 on CoCoOp, 1 elsewhere
+        options["specpl"]["test_blend"] = 0.5 if method.get("host") == "cocoop" else 1.0
+    method["options"] = options
+    preset = method.get("preset", "default")
+    method["preset"] = PRESET_ALIASES.get(preset, preset)
+    config["method"] = method
+    config["format"] = "specpl-bundle/3"
+    return config
+
+
+UPGRADES = {"specpl-bundle/1": _upgrade_v1, "specpl-bundle/2": _upgrade_v2}  # format -> step to the next format
+
+
+def swap_in(staging: Path, directory: Path) -> None:
+    """Replace `directory` by `staging` so that a reader sees the old or the new folder, whole."""
+    retired = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(retired, ignore_errors=True)
+    if directory.exists():
+        directory.rename(retired)
+    staging.rename(directory)
+    shutil.rmtree(retired, ignore_errors=True)

@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--data",
         required=False,
-        help="folder with <class>/ sub-folders, or train/ and test/ each holding them (default: the embedded SpectralWorld demo set)",
+        help=(
+            "folder with <class>/ sub-folders, or train/ and test/ each holding them "
+            "(default: the embedded SpectralWorld demo set)"
+        ),
     )
     train.add_argument("--out", required=True, help="run folder (events.jsonl, checkpoint/, model/, metrics.json)")
     train.add_argument("--config", help="a run config JSON (e.g. a previous run's config.json); flags override it")
@@ -83,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--host", help="host method (default coop; `specpl methods` lists them)")
     train.add_argument(
         "--preset",
-        help="default (the product's: measured, starts at zero-shot, validation chooses the epoch kept) or paper (the published settings; 'reference' is read as paper)",
+        help=(
+            "default (the product's: measured, starts at zero-shot, validation chooses the epoch kept) "
+            "or paper (the published settings; 'reference' is read as paper)"
+        ),
     )
     train.add_argument(
         "--dataset", help="a registered dataset layout for --data (default: folder; e.g. oxford_pets, imagenet)"
@@ -107,12 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--decomposer",
-        help="band decomposer: auto, qwen-vae, fft, taef2, taesd, sd-vae (default auto: the reference VAE when its weights can be had, else fft)",
+        help=(
+            "band decomposer: auto, qwen-vae, fft, taef2, taesd, sd-vae "
+            "(default auto: the reference VAE when its weights can be had, else fft)"
+        ),
     )
     train.add_argument(
         "--augment",
         choices=["dassl", "clip", "none", "reference"],
-        help="augmentation: clip (open_clip's mild crop; the default preset's), dassl (Dassl's random resized crop and flip; the paper preset's; 'reference' is read as dassl) or none",
+        help=(
+            "augmentation: clip (open_clip's mild crop; the default preset's), "
+            "dassl (Dassl's random resized crop and flip; the paper preset's; 'reference' is read as dassl) or none"
+        ),
     )
     train.add_argument("--schedule", choices=["epoch", "step"], help="cosine stepped per epoch (reference) or per step")
     train.add_argument(
@@ -123,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--select",
         choices=["val", "last"],
-        help="let validation choose the epoch kept: the last unless another is clearly better (the default preset's), or keep the last (the paper preset's)",
+        help=(
+            "let validation choose the epoch kept: the last unless another is clearly better "
+            "(the default preset's), or keep the last (the paper preset's)"
+        ),
     )
     train.add_argument("--decomposer-source", help="hub id or local folder with the decomposer's weights")
     train.add_argument("--shots", type=int, help="training images per class (default 16; 0 keeps all)")
@@ -146,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="on",
         choices=["auto", "on", "off"],
-        help="torch.compile the training step (CUDA graphs on a GPU; the first steps compile); default auto: on a GPU when the run is long enough to pay",
+        help=(
+            "torch.compile the training step (CUDA graphs on a GPU; the first steps compile); "
+            "default auto: on a GPU when the run is long enough to pay"
+        ),
     )
     train.add_argument(
         "--precision",
@@ -199,7 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser(
         "sweep",
-        help="the benchmark tables (base-to-new, few-shot, cross-dataset, domain generalisation): datasets x methods x seeds, resumable",
+        help=(
+            "the benchmark tables (base-to-new, few-shot, cross-dataset, domain generalisation): "
+            "datasets x methods x seeds, resumable"
+        ),
     )
     from specpl.sweep import add_sweep_arguments
 
@@ -210,7 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     world = bench_sub.add_parser(
         "world",
         help="SpectralWorld: base/new/HM per method and the granularity probe",
-        description="Train every host alone, with each booster it accepts and in the given stacks on SpectralWorld base classes over several seeds and write a markdown table.",
+        description=(
+            "Train every host alone, with each booster it accepts and in the given stacks "
+            "on SpectralWorld base classes over several seeds and write a markdown table."
+        ),
     )
     world.add_argument("--shots", type=int, default=4)
     world.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -237,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--boosters",
         nargs="+",
         default=["specpl"],
-        help="boosters to run on each host that accepts them (default: specpl); pairs a host refuses are skipped and listed in the report",
+        help=(
+            "boosters to run on each host that accepts them (default: specpl); "
+            "pairs a host refuses are skipped and listed in the report"
+        ),
     )
     world.add_argument(
         "--stacks",
@@ -250,12 +277,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_parse_option,
         default=[],
-        help="method option COMPONENT.KEY=VALUE on every row that has the component, repeatable (e.g. specpl.refine_novel=false)",
+        help=(
+            "method option COMPONENT.KEY=VALUE on every row that has the component, repeatable "
+            "(e.g. specpl.refine_novel=false)"
+        ),
     )
     world.add_argument(
         "--ablate",
         action="store_true",
-        help="CoOp + SpecPL with each input changed alone (decomposer, augmentation, schedule, bank, refiner, losses) instead of every host",
+        help=(
+            "CoOp + SpecPL with each input changed alone "
+            "(decomposer, augmentation, schedule, bank, refiner, losses) instead of every host"
+        ),
     )
     world.add_argument(
         "--taef2-source", help="with --ablate: a folder with TAEF2 weights for the decomposer row (skipped without it)"
@@ -264,8 +297,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     defaults = bench_sub.add_parser(
         "defaults",
-        help="the defaults against zero-shot: every host alone and with each booster, as `specpl train` runs them with no flag",
-        description="Train every host alone and with each booster under the default preset, exactly as the CLI and the app do with no flag, on the demo set and on SpectralWorld under each camera, and write a markdown table against zero-shot.",
+        help=(
+            "the defaults against zero-shot: every host alone and with each booster, "
+            "as `specpl train` runs them with no flag"
+        ),
+        description=(
+            "Train every host alone and with each booster under the default preset, "
+            "exactly as the CLI and the app do with no flag, "
+            "on the demo set and on SpectralWorld under each camera, and write a markdown table against zero-shot."
+        ),
     )
     defaults.add_argument("--hosts", nargs="+", help="hosts to run (default: every registered host)")
     defaults.add_argument(
@@ -439,7 +479,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     else:
         raise SystemExit("specpl predict: give --model BUNDLE, or --classes a,b,c for zero-shot")
-    for path, ranked in zip(args.images, predictor.predict(args.images, top_k=args.top_k)):
+    for path, ranked in zip(args.images, predictor.predict(args.images, top_k=args.top_k), strict=True):
         print(path)
         for label, prob in ranked:
             print(f"  {prob:7.2%}  {label}")
@@ -458,7 +498,7 @@ def cmd_bands(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from specpl.methods import describe_methods
+    from specpl.factory import describe_methods
     from specpl.training_plan import PRESET_TRAINING
 
     if args.preset:
@@ -493,7 +533,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
                 if values or per_host:
                     print(f"  {'':10s} {preset} preset{note}: {changes}")
     print(
-        f"training: default preset {_preset_text({'train': PRESET_TRAINING['default']})} (epochs and batch size derived from the data); "
+        f"training: default preset {_preset_text({'train': PRESET_TRAINING['default']})} "
+        "(epochs and batch size derived from the data); "
         f"paper preset {_preset_text({'train': PRESET_TRAINING['paper']})} with each host's paper training"
     )
     return 0
@@ -503,7 +544,8 @@ def _print_preset_values(args: argparse.Namespace) -> int:
     """Every value a preset resolves to, for a host alone and every booster on a host it fits (or
     the one stack `--host`/`--booster` names), each with its source (`specpl.sources`)."""
     from specpl.config import DataConfig, MethodConfig, RunConfig, canonical_preset
-    from specpl.methods import HOSTS, describe_methods, resolve_method_options
+    from specpl.factory import describe_methods, resolve_method_options
+    from specpl.methods import HOSTS
     from specpl.sources import value_sources
     from specpl.training_plan import resolved_training
 

@@ -46,7 +46,7 @@ class CounterfactualResult:
 
 def _ranked(probs: torch.Tensor, classnames: list[str], top_k: int) -> Ranked:
     values, indices = probs.topk(min(top_k, len(classnames)))
-    return [(classnames[i], float(v)) for v, i in zip(values, indices)]
+    return [(classnames[i], float(v)) for v, i in zip(values, indices, strict=True)]
 
 
 @torch.no_grad()
@@ -78,7 +78,10 @@ def _granule_sentence(path: GranulePath) -> str:
     if before == after:
         verdict = f"With B's high band, A's granule-path prediction stays '{before}' ({p_before:.0%} -> {p_after:.0%})"
     else:
-        verdict = f"With B's high band, A's granule-path prediction changes from '{before}' ({p_before:.0%}) to '{after}' ({p_after:.0%})"
+        verdict = (
+            f"With B's high band, A's granule-path prediction changes from '{before}' ({p_before:.0%}) "
+            f"to '{after}' ({p_after:.0%})"
+        )
     reached = "and reaches" if after == target else "and does not reach"
     cosine = path.modulation_cosine[A_WITH_B]
     strength = (
@@ -93,8 +96,14 @@ def _granule_sentence(path: GranulePath) -> str:
 def _image_sentence(results: dict[str, Ranked]) -> str:
     (before, p_before), (after, p_after) = results[A][0], results[A_WITH_B][0]
     if before == after:
-        return f"With B's high band, the swapped picture of A is still '{before}' ({p_before:.0%} -> {p_after:.0%}): its granularity did not decide the label."
-    return f"With B's high band, the swapped picture of A changes from '{before}' ({p_before:.0%}) to '{after}' ({p_after:.0%}): the label follows the granular detail."
+        return (
+            f"With B's high band, the swapped picture of A is still '{before}' ({p_before:.0%} -> {p_after:.0%}): "
+            "its granularity did not decide the label."
+        )
+    return (
+        f"With B's high band, the swapped picture of A changes from '{before}' ({p_before:.0%}) "
+        f"to '{after}' ({p_after:.0%}): the label follows the granular detail."
+    )
 
 
 def counterfactual(
@@ -115,7 +124,7 @@ def counterfactual(
         B_WITH_A: to_pil(decomposer.swap(unit_b, unit_a)[0]),
     }
     ranked = predictor.predict([image_a, image_b, swapped[A_WITH_B], swapped[B_WITH_A]], top_k=top_k)
-    image_results = dict(zip((A, B, A_WITH_B, B_WITH_A), ranked))
+    image_results = dict(zip((A, B, A_WITH_B, B_WITH_A), ranked, strict=True))
     granule = granule_path(predictor, predictor.preprocess([image_a, image_b]), decomposer, top_k)
     summary = " ".join(
         [_granule_sentence(granule) if granule is not None else "", _image_sentence(image_results)]

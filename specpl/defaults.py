@@ -41,7 +41,8 @@ def world_teacher_config() -> BackboneConfig:
     weights = EMBEDDED_WEIGHTS[WORLD_TEACHER_MODEL]
     if not weights.is_file():
         raise BackboneUnavailable(
-            f"the embedded weights of {WORLD_TEACHER_MODEL} are missing: {weights} (restore the repository's assets/ folder)"
+            f"the embedded weights of {WORLD_TEACHER_MODEL} are missing: {weights} "
+            "(restore the repository's assets/ folder)"
         )
     return BackboneConfig(name=WORLD_TEACHER_MODEL, pretrained=str(weights), quick_gelu=False)
 
@@ -52,7 +53,10 @@ def load_backbone_or_world(config: BackboneConfig, device: str | torch.device = 
         return load_backbone(config, device=device), None
     except BackboneUnavailable as exc:
         reason = str(exc).split(": looked in")[0]
-        note = f"{reason}; using the embedded SpectralWorld CLIP ({WORLD_MODEL}) instead, which knows only SpectralWorld images."
+        note = (
+            f"{reason}; using the embedded SpectralWorld CLIP ({WORLD_MODEL}) instead, "
+            "which knows only SpectralWorld images."
+        )
         return load_backbone(world_backbone_config(), device=device), note
 
 

@@ -176,7 +176,7 @@ class FeatureCache:
         out: dict[str, torch.Tensor] = {}
         with torch.no_grad():
             for frozen_input in self.inputs if inputs is None else inputs:
-                if getattr(frozen_input, "needs_items", False):
+                if frozen_input.needs_items:
                     value = frozen_input(images, items=items, view=view, views=self.views)
                 else:
                     value = frozen_input(images)
@@ -200,7 +200,7 @@ class FeatureCache:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        yield from zip(chunks, loader)
+        yield from zip(chunks, loader, strict=True)
 
     def get(self, items: list[ImageItem], view: int | None) -> dict[str, torch.Tensor]:
         """Stacked inputs for `items` (in order); computes only the inputs missing for some image,

@@ -13,7 +13,8 @@ for nothing, and which changes with the class set while the image feature does n
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,16 +22,27 @@ from torch import nn
 
 from specpl.backbone import Backbone
 
-if TYPE_CHECKING:
-    from specpl.methods.base import PromptModel
-
 CLIP_IMAGE = "clip_image"
 BANDS = "bands"
 
 
+class ViewSource(Protocol):
+    """How the feature cache draws the views of an image (`specpl.features.AugmentedViews`): what a
+    frozen input that needs the batch's items is given, to follow a view's geometry."""
+
+    preprocess_train: Callable
+    preprocess_eval: Callable
+
+    def draw_seed(self, path: Path, view: int) -> int: ...
+
+
 class FrozenInput(Protocol):
+    """A per-image output of a frozen model. `needs_items`: it is also called with the batch's
+    items, the view number and the `ViewSource` (DAPT's mask files follow each view's crop)."""
+
     name: str
     signature: str
+    needs_items: bool
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]: ...
 
@@ -42,26 +54,12 @@ def flatten(name: str, value: torch.Tensor | dict[str, torch.Tensor]) -> dict[st
     return {name: value}
 
 
-class ImageOutputs:
-    """The method's own image outputs when no trainable tensor is in the image path (CoOp, KgCoOp,
-    CoCoOp): computed once per view instead of every step."""
-
-    name = "image"
-
-    def __init__(self, model: "PromptModel") -> None:
-        self.model = model
-        self.signature = f"image path of {model.name}"
-
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: v.float() for k, v in self.model.encode_image(images).items()}
-
-
 class ClipImageFeatures:
     """f0: the frozen CLIP's own image feature of the same view (PromptSRC's and MMRL's
     regularisers, and the zero-shot logits derived from it)."""
 
     name = CLIP_IMAGE
+    needs_items = False
 
     def __init__(self, backbone: Backbone) -> None:
         self.model = backbone.model
@@ -77,6 +75,7 @@ class BandStatistics(nn.Module):
     (B, 2, stat_dim): row 0 the low band, row 1 the high band."""
 
     name = BANDS
+    needs_items = False
 
     def __init__(
         self, decomposer: nn.Module, normalization: tuple[tuple[float, ...], tuple[float, ...]], image_size: int

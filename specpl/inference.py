@@ -16,12 +16,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from specpl.backbone import Backbone
-from specpl.bundle import load_bundle
 from specpl.config import MethodConfig
 from specpl.data import ImageItem, load_image
 from specpl.evaluate import EvalResult, accuracy_from_predictions, evaluate_logits
-from specpl.methods import PromptModel, build_method
+from specpl.factory import build_method, load_bundle
 from specpl.methods.base import FEATURES
+from specpl.model import PromptModel
 from specpl.quantize import int8_image_tower
 
 if TYPE_CHECKING:
@@ -151,7 +151,8 @@ class Predictor:
             probs = self.logits(self.preprocess(images[start : start + batch_size])).float().softmax(dim=-1).cpu()
             values, indices = probs.topk(k, dim=-1)
             results += [
-                [(self.classnames[i], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values, indices)
+                [(self.classnames[i], float(v)) for v, i in zip(row_v, row_i, strict=True)]
+                for row_v, row_i in zip(values, indices, strict=True)
             ]
         return results
 
@@ -220,7 +221,7 @@ def score_split(
         )
         if accelerator is not None:
             rows = accelerator.gather_for_metrics(rows)
-        for column, values in zip(columns, rows):
+        for column, values in zip(columns, rows, strict=True):
             column.append(values.cpu())
     if columns[0]:
         predicted, probability, labels, indices, true_log_prob = (torch.cat(column) for column in columns)

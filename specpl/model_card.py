@@ -12,7 +12,12 @@ from specpl.selection import BASE_NEW_NOTE
 
 # What each preset means (`specpl.config.PRESETS`); configs written before 2026-12-05 say "reference" for "paper"
 PRESET_TEXT = {
-    "default": "the product's settings, chosen by measurement: the training budget derived from the number of training images, and the epoch kept chosen on held-out validation images: the last, unless validation shows an earlier one (the initial prompts included) clearly better",
+    "default": (
+        "the product's settings, chosen by measurement: "
+        "the training budget derived from the number of training images, "
+        "and the epoch kept chosen on held-out validation images: "
+        "the last, unless validation shows an earlier one (the initial prompts included) clearly better"
+    ),
     "paper": "the published papers' settings: each host's published epochs and batch size, and the last epoch kept",
 }
 COMPARISON_KEYS = ("zero_shot", "gain_over_zero_shot", "verdict", "validation_note")
@@ -28,13 +33,19 @@ def render_model_card(config: dict[str, Any]) -> str:
         f"# SpecPL Studio model: {method['host']} + {boosters}",
         "",
         *([f"Method: {config['label']}.", ""] if config.get("label") else []),
-        f"Prompts learned for a frozen CLIP **{backbone['name']}** (pretrained: `{backbone['pretrained']}`, QuickGELU: {backbone['quick_gelu']}).",
+        (
+            f"Prompts learned for a frozen CLIP **{backbone['name']}** "
+            f"(pretrained: `{backbone['pretrained']}`, QuickGELU: {backbone['quick_gelu']})."
+        ),
         "",
         "## Classes",
         ", ".join(config["classnames"]),
         "",
         "## Files",
-        "- `model.safetensors`: the method's own tensors (prompts, bank, refiner, fusion); the frozen CLIP is not included.",
+        (
+            "- `model.safetensors`: the method's own tensors (prompts, bank, refiner, fusion); "
+            "the frozen CLIP is not included."
+        ),
         "- `config.json`: backbone, full method config, ordered class names, template, preprocessing, versions.",
         "",
         "## Training",

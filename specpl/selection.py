@@ -29,7 +29,10 @@ from typing import Any
 
 import torch
 
-BASE_NEW_NOTE = "Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
+BASE_NEW_NOTE = (
+    "Validation holds only the training (base) classes, "
+    "so choosing the kept epoch on it cannot protect new-class accuracy."
+)
 
 
 def noise_margin(accuracy: float, images: int) -> float:
@@ -159,18 +162,31 @@ def verdict(
     if selection is None:
         if select == "last" and zero_shot_val is not None and final_val is not None:
             side = "above" if final_val > zero_shot_val else "below" if final_val < zero_shot_val else "level with"
-            return f"The last epoch is kept (paper preset); it is {side} zero-shot CLIP on validation ({final_val:.1f}% against {zero_shot_val:.1f}%)."
+            return (
+                f"The last epoch is kept (paper preset); it is {side} zero-shot CLIP on validation "
+                f"({final_val:.1f}% against {zero_shot_val:.1f}%)."
+            )
         if select == "last":
             return (
                 "The last epoch is kept (paper preset); there is no validation split to compare it with zero-shot CLIP."
             )
-        return "No validation images could be held out (a class has fewer than 2 training images), so the last epoch is kept unchecked against zero-shot CLIP."
+        return (
+            "No validation images could be held out (a class has fewer than 2 training images), "
+            "so the last epoch is kept unchecked against zero-shot CLIP."
+        )
     kept, zero = selection.kept_accuracy, selection.zero_shot
     if selection.kept_epoch == 0:
         return (
-            f"Training was not seen to improve on the initial prompts on validation ({kept:.1f}%; zero-shot CLIP {zero:.1f}%), "
+            "Training was not seen to improve on the initial prompts on validation "
+            f"({kept:.1f}%; zero-shot CLIP {zero:.1f}%), "
             "so the exported model is the initial state."
         )
     if kept < zero:
-        return f"The kept model (epoch {selection.kept_epoch} of {epochs}) ends below zero-shot CLIP on validation: {kept:.1f}% against {zero:.1f}%."
-    return f"The kept model (epoch {selection.kept_epoch} of {epochs}) scores {kept:.1f}% on validation, {kept - zero:+.1f} points over zero-shot CLIP ({zero:.1f}%)."
+        return (
+            f"The kept model (epoch {selection.kept_epoch} of {epochs}) ends below zero-shot CLIP on validation: "
+            f"{kept:.1f}% against {zero:.1f}%."
+        )
+    return (
+        f"The kept model (epoch {selection.kept_epoch} of {epochs}) scores {kept:.1f}% on validation, "
+        f"{kept - zero:+.1f} points over zero-shot CLIP ({zero:.1f}%)."
+    )

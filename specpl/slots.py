@@ -77,7 +77,8 @@ class SlotState:
         for group in self.groups:
             if group.last_layer >= depth:
                 raise ValueError(
-                    f"prompt group {group.name!r} has tokens up to layer {group.last_layer}, but the tower has {depth} blocks"
+                    f"prompt group {group.name!r} has tokens up to layer {group.last_layer}, but the tower has "
+                    f"{depth} blocks"
                 )
         self.starts: list[int | None] = [None] * len(self.groups)
         offset = 1
@@ -127,7 +128,7 @@ class SlotState:
 
     def position(self, group_name: str) -> slice:
         """Where the named group sits now (after the last block: its final hidden states)."""
-        for group, start in zip(self.groups, self.starts):
+        for group, start in zip(self.groups, self.starts, strict=True):
             if group.name == group_name and start is not None:
                 return slice(start, start + group.length)
         raise KeyError(f"no placed prompt group named {group_name!r}")

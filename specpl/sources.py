@@ -16,7 +16,8 @@ import dataclasses
 from typing import Any
 
 from specpl.config import MethodConfig, TrainConfig, base_preset, canonical_preset
-from specpl.methods import BOOSTERS, DATASET_TRAIN, HOSTS
+from specpl.factory import DATASET_TRAIN
+from specpl.methods import BOOSTERS, HOSTS
 
 DASSL = "KaiyangZhou/Dassl.pytorch"
 ENGINEERING = "ours: an engineering setting that changes no result"

@@ -166,7 +166,7 @@ def evaluate_target(run_dir: Path, target: DatasetChoice, config: RunConfig) -> 
     from accelerate import Accelerator
 
     from specpl.backbone import load_backbone
-    from specpl.bundle import load_bundle
+    from specpl.factory import load_bundle
     from specpl.inference import Predictor, score_split
     from specpl.trainer import frozen_in_bf16, resolve_precision
 
@@ -204,7 +204,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "--datasets",
         nargs="+",
         metavar="NAME[=ROOT]",
-        help="base2new and fewshot: registered datasets (e.g. oxford_pets dtd); NAME=ROOT gives one its own root, e.g. folder=/data/birds for a class-folder tree",
+        help=(
+            "base2new and fewshot: registered datasets (e.g. oxford_pets dtd); "
+            "NAME=ROOT gives one its own root, e.g. folder=/data/birds for a class-folder tree"
+        ),
     )
     parser.add_argument(
         "--methods", nargs="+", required=True, metavar="HOST[+BOOSTER...]", help="e.g. coop coop+specpl maple+caspl"
@@ -222,7 +225,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "--protocol",
         choices=PROTOCOLS,
         default="base2new",
-        help="base2new: train on base classes, report base/new/HM; fewshot: all classes, accuracy; cross-dataset and domain-generalisation: train on --source, evaluate the one model on each of --targets",
+        help=(
+            "base2new: train on base classes, report base/new/HM; fewshot: all classes, accuracy; "
+            "cross-dataset and domain-generalisation: train on --source, evaluate the one model on each of --targets"
+        ),
     )
     parser.add_argument(
         "--source",
@@ -233,7 +239,10 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "--targets",
         nargs="+",
         metavar="NAME[=ROOT]",
-        help="transfer protocols: where to evaluate (default: cross-dataset the other ten datasets, domain-generalisation imagenetv2 imagenet_sketch imagenet_a imagenet_r)",
+        help=(
+            "transfer protocols: where to evaluate (default: cross-dataset the other ten datasets, "
+            "domain-generalisation imagenetv2 imagenet_sketch imagenet_a imagenet_r)"
+        ),
     )
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument(
@@ -243,19 +252,27 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--config",
-        help="a run config JSON for everything else (backbone, options, training); the sweep sets data, method and seed",
+        help=(
+            "a run config JSON for everything else (backbone, options, training); the sweep sets data, method and seed"
+        ),
     )
     parser.add_argument("--backbone", help="open_clip model name (default: the config's, else ViT-B-16)")
     parser.add_argument("--pretrained", help="pretrained tag or checkpoint file, or 'none' for random init")
     parser.add_argument(
         "--epochs",
         type=int,
-        help="override every cell's epoch count (smoke runs); each host's published schedule, ImageNet's own included, applies without it",
+        help=(
+            "override every cell's epoch count (smoke runs); "
+            "each host's published schedule, ImageNet's own included, applies without it"
+        ),
     )
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print every cell's resolved config (options, training and where each paper value comes from) and train nothing",
+        help=(
+            "print every cell's resolved config (options, training and where each paper value comes from) "
+            "and train nothing"
+        ),
     )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument(
@@ -328,7 +345,7 @@ def resolved_cell(config: RunConfig) -> dict[str, Any]:
     """What a cell would train with: its preset, every option, the training settings for its
     dataset's training images (read from its layout, so a bad layout shows before a long sweep)
     and, for a paper preset, each value's source."""
-    from specpl.methods import resolve_method_options
+    from specpl.factory import resolve_method_options
     from specpl.sources import value_sources
     from specpl.training_plan import hold_out_validation, resolved_training
 
@@ -380,8 +397,10 @@ def _check_same_training(sweep_file: Path, training: dict[str, Any], protocol: s
     }
     if before != training:
         raise ValueError(
-            f"{sweep_file.parent} holds a {previous['protocol']} sweep ({before['shots']} shots, trained on {before['classes']} classes, {before['preset']} preset); "
-            f"this {protocol} sweep trains on {training['classes']} classes with {training['shots']} shots, {training['preset']} preset: give it another --out"
+            f"{sweep_file.parent} holds a {previous['protocol']} sweep "
+            f"({before['shots']} shots, trained on {before['classes']} classes, {before['preset']} preset); "
+            f"this {protocol} sweep trains on {training['classes']} classes with {training['shots']} shots, "
+            f"{training['preset']} preset: give it another --out"
         )
 
 
@@ -410,7 +429,8 @@ def _plan_datasets(args: argparse.Namespace) -> tuple[list[DatasetChoice], tuple
     if args.protocol not in TRANSFER_PROTOCOLS:
         if args.source or args.targets:
             raise ValueError(
-                f"--source and --targets belong to the {' and '.join(TRANSFER_PROTOCOLS)} protocols, not {args.protocol}"
+                f"--source and --targets belong to the {' and '.join(TRANSFER_PROTOCOLS)} protocols, "
+                f"not {args.protocol}"
             )
         if not args.datasets:
             raise ValueError(f"--protocol {args.protocol} needs --datasets")
@@ -419,7 +439,8 @@ def _plan_datasets(args: argparse.Namespace) -> tuple[list[DatasetChoice], tuple
         return choices, ()
     if args.datasets:
         raise ValueError(
-            f"--protocol {args.protocol} trains on --source (default {DEFAULT_SOURCE}) and evaluates on --targets; --datasets is for base2new and fewshot"
+            f"--protocol {args.protocol} trains on --source (default {DEFAULT_SOURCE}) and evaluates on --targets; "
+            "--datasets is for base2new and fewshot"
         )
     source = _dataset_choice(args.source or DEFAULT_SOURCE, args.data_root)
     targets = tuple(
@@ -429,7 +450,8 @@ def _plan_datasets(args: argparse.Namespace) -> tuple[list[DatasetChoice], tuple
     _check_distinct([target.label for target in targets], "--targets")
     if source.label in {target.label for target in targets}:
         raise ValueError(
-            f"{source.label} is the source; its own test split is scored when its cell trains, so leave it out of --targets"
+            f"{source.label} is the source; its own test split is scored when its cell trains, "
+            "so leave it out of --targets"
         )
     return [source], targets
 
@@ -452,7 +474,8 @@ def _dataset_choice(text: str, data_root: str, evaluation_only: bool = False) ->
     source = DATASETS.get(name)()
     if getattr(source, "test_only", False) and not evaluation_only:
         raise ValueError(
-            f"{name} is a test-only ImageNet variant; train on imagenet and evaluate on it instead (--protocol domain-generalisation)"
+            f"{name} is a test-only ImageNet variant; "
+            "train on imagenet and evaluate on it instead (--protocol domain-generalisation)"
         )
     if not (root or data_root):
         raise ValueError(f"dataset {name} needs a root: pass --data-root or {name}=ROOT")
@@ -564,7 +587,7 @@ def render_table(cells: Sequence[Cell], store: CellStore, protocol: str, shots: 
 def _method_heading(config: RunConfig) -> str:
     """A method's heading: what the stack is (an unpublished combination says so) and which
     published configuration its preset ran."""
-    from specpl.methods import method_label, preset_note
+    from specpl.factory import method_label, preset_note
 
     return f"{method_label(config.method)} ({preset_note(config.method)})"
 
@@ -581,7 +604,8 @@ def _base_new_rows(
             None if published is None else {"base": published[0], "new": published[1], "hm": harmonic_mean(*published)}
         )
         rows.append(
-            f"| {dataset.label} | {len(results.get(dataset, []))}/{n_seeds} | {_entries(ours.get(dataset), reference)} |"
+            f"| {dataset.label} | {len(results.get(dataset, []))}/{n_seeds} "
+            f"| {_entries(ours.get(dataset), reference)} |"
         )
     if average is not None:
         reference = _published_average(method, list(ours))
@@ -590,7 +614,10 @@ def _base_new_rows(
         if reference is None and only_average:
             rows += [
                 "",
-                f"The published 11-dataset average of {method} ({only_average.source}) is compared only once all 11 datasets have run.",
+                (
+                    f"The published 11-dataset average of {method} ({only_average.source}) "
+                    "is compared only once all 11 datasets have run."
+                ),
             ]
     return rows
 
@@ -630,8 +657,14 @@ def _transfer_table(cells: Sequence[Cell], store: CellStore, protocol: str, n_se
     published tables take it); a row per method."""
     source, targets = cells[0].dataset, list(cells[0].targets)
     lines = [
-        f"Trained on {source.label} (all classes); each target is the trained model on its full test split with its own class names and template.",
-        "Each entry: ours (published, ours minus published), the mean over the seeds evaluated; [k/n]: only k of the n trained seeds so far.",
+        (
+            f"Trained on {source.label} (all classes); "
+            "each target is the trained model on its full test split with its own class names and template."
+        ),
+        (
+            "Each entry: ours (published, ours minus published), the mean over the seeds evaluated; "
+            "[k/n]: only k of the n trained seeds so far."
+        ),
         "Average: the mean over the targets, the source excluded.",
         "",
         "| Method | Seeds | " + " | ".join([f"{source.label} (source)", *(t.label for t in targets), "Average"]) + " |",
@@ -662,7 +695,8 @@ def _transfer_table(cells: Sequence[Cell], store: CellStore, protocol: str, n_se
             ):
                 ours = sum(means[t] for t in subset) / len(subset)
                 notes.append(
-                    f"  Its published average is over {', '.join(t.label for t in subset)} only: {published.average:.2f}; ours over the same targets: {_entry(ours, published.average)}."
+                    f"  Its published average is over {', '.join(t.label for t in subset)} only: "
+                    f"{published.average:.2f}; ours over the same targets: {_entry(ours, published.average)}."
                 )
     if not any(published_transfer(protocol, m, source.name) for m in _unique(c.method for c in cells)):
         notes.append(f"- The method specs publish no {protocol} numbers for these methods.")

@@ -47,7 +47,8 @@ class PromptTextEncoder(nn.Module):
         ):
             raise ValueError(
                 "prompt learning needs a CLIP-style text tower (causal mask, end-of-text pooling); "
-                f"{type(clip_model).__name__} with pool type {getattr(clip_model, 'text_pool_type', '?')!r} is not supported"
+                f"{type(clip_model).__name__} with pool type {getattr(clip_model, 'text_pool_type', '?')!r} is not "
+                "supported"
             )
         self.clip = [clip_model]  # a list keeps the frozen model out of this module's state_dict
 

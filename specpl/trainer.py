@@ -35,9 +35,11 @@ from specpl.data import FewShotData, ImageItem, read_unlabeled_folder
 from specpl.datasets import read_dataset
 from specpl.evaluate import harmonic_mean, metrics_summary
 from specpl.events import EventCallback, EventLog
+from specpl.factory import build_method, resolve_method_options
 from specpl.features import AugmentedViews, FeatureCache, train_transform
 from specpl.inference import Predictor, score_split
-from specpl.methods import Batch, PromptModel, build_method, resolve_method_options
+from specpl.methods import Batch
+from specpl.model import PromptModel
 from specpl.selection import BASE_NEW_NOTE, Selection, verdict
 from specpl.sources import value_sources
 from specpl.training_plan import epoch_steps, hold_out_validation, resolved_training
@@ -171,7 +173,8 @@ class Trainer:
         if cfg.data.unlabeled_root:
             if model.host.learns_from_labels:
                 raise ValueError(
-                    f"data.unlabeled_root: host {model.host.name!r} learns from labels; only a label-free host (caspl-boost) trains on an unlabeled folder"
+                    f"data.unlabeled_root: host {model.host.name!r} learns from labels; "
+                    "only a label-free host (caspl-boost) trains on an unlabeled folder"
                 )
             data = dataclasses.replace(data, train=read_unlabeled_folder(cfg.data.unlabeled_root))
             if recorded is None:
@@ -234,7 +237,7 @@ class Trainer:
             self.selection = Selection.from_record(kept, kept_states) if kept else None
             self.events.emit("resumed", **counters)
         elif epochs:
-            wanted = max((getattr(c.config, "bank_init_batches", 0) for c in model.components), default=0)
+            wanted = max((c.wants_first_batches() for c in model.components), default=0)
             model.prepare(self._first_batches(data, cache, views, wanted, batch_size, train, accelerator.device))
         if epochs and counters["global_step"] == 0:
             self.selection = self._start_selection(model, data, template, backbone, train, accelerator)

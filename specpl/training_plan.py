@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from specpl.config import base_preset
 from specpl.data import ImageItem
-from specpl.methods import HOSTS, preset_values
+from specpl.factory import preset_values
+from specpl.methods import HOSTS
 
 if TYPE_CHECKING:
     from specpl.config import RunConfig

@@ -20,8 +20,9 @@ from app.studio import shown_value
 from specpl.cli import build_parser, run_config_from_args
 from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
 from specpl.datasets import read_dataset
+from specpl.factory import resolve_method_options
 from specpl.inference import Predictor
-from specpl.methods import BOOSTERS, HOSTS, Booster, resolve_method_options
+from specpl.methods import BOOSTERS, HOSTS, Booster
 from specpl.training_plan import hold_out_validation, resolved_training
 
 TINY = BackboneConfig(name="specpl-tiny", pretrained=None)
@@ -153,10 +154,11 @@ def test_the_training_plan_line_states_what_the_trainer_will_resolve(tmp_path, c
                 *[form(**{"train.epochs": None, **changes}).get(key) for key in advanced.form_keys()],
             )[2]
 
-        # 8 shots: 2 of each class held out, 60 left; CoOp's batch 32 cut to 60 // 4 = 15, so 4 steps an epoch and 300 / 4 = 75 epochs
-        assert (
-            plan(**{"data.shots": 8})
-            == "Training plan: 75 epochs of batch 15 (300 steps) from 60 training images; 2 per class held out for validation; epoch kept by validation."
+        # 8 shots: 2 of each class held out, 60 left; CoOp's batch 32 cut to 60 // 4 = 15, so 4 steps an epoch and
+        # 300 / 4 = 75 epochs
+        assert plan(**{"data.shots": 8}) == (
+            "Training plan: 75 epochs of batch 15 (300 steps) from 60 training images; "
+            "2 per class held out for validation; epoch kept by validation."
         )
         config = advanced.run_config(form(**{"train.epochs": None, "data.shots": 8}), TINY)
         config.data.root = root
@@ -170,18 +172,21 @@ def test_the_training_plan_line_states_what_the_trainer_will_resolve(tmp_path, c
         }
         assert (
             plan(**{"data.shots": 8, "train.epochs": 3})
-            == "Training plan: 3 epochs of batch 15 (12 steps) from 60 training images; 2 per class held out for validation; epoch kept by validation."
+            == "Training plan: 3 epochs of batch 15 (12 steps) from 60 training images; "
+            "2 per class held out for validation; epoch kept by validation."
         )
         assert plan(**{"data.shots": 0}).startswith(
             "Training plan: 75 epochs of batch 30 (300 steps) from 120 training images; 4 per class held out"
         )  # all 16
         assert plan(**{"data.shots": 1}).endswith(
-            "from 10 training images; nothing held out for validation (a class needs 2 training images to give one), so the last epoch is kept unchecked."
+            "from 10 training images; nothing held out for validation (a class needs 2 training images to give one), "
+            "so the last epoch is kept unchecked."
         )
         paper = form("coop", ("specpl",), "paper", **{"train.epochs": None, "data.shots": 8})
         epochs = 100  # with SpecPL, CoOp runs as SpecPL's paper trained it (CoOp's paper-specpl), not its own 200
         assert studio.form_and_plan(root, "specpl-tiny/none", *[paper.get(key) for key in advanced.form_keys()])[2] == (
-            f"Training plan (paper preset): {epochs} epochs of batch 32 ({epochs * 2} steps) from 80 training images; nothing held out for validation; last epoch kept."
+            f"Training plan (paper preset): {epochs} epochs of batch 32 ({epochs * 2} steps) from 80 training images; "
+            "nothing held out for validation; last epoch kept."
         )
         assert (
             plan(**{"data.shots": 8, "coop.n_ctx": 2.5}) == ""
@@ -207,9 +212,9 @@ def test_the_plan_matches_the_steps_and_validation_of_a_real_run(tmp_path, cifar
     )
     summary = summarize_dataset(cifar_root)
     plan = training_plan(config, training_counts(summary.counts, True, 0.5))
-    assert (
-        plan.line()
-        == "Training plan: 1 epoch of batch 2 (5 steps) from 10 training images; 1 per class held out for validation; epoch kept by validation."
+    assert plan.line() == (
+        "Training plan: 1 epoch of batch 2 (5 steps) from 10 training images; "
+        "1 per class held out for validation; epoch kept by validation."
     )
     result = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit()
     events = list(read_events(tmp_path / "run" / "events.jsonl"))
@@ -290,7 +295,10 @@ def test_a_preset_file_round_trips_and_a_bad_one_says_why(tmp_path, monkeypatch)
     path.write_text(json.dumps({"method": {"host": "coop", "boosters": ["picky"]}}))
     with pytest.raises(
         ValueError,
-        match=r"^preset.json is not a usable preset: booster 'picky' cannot run on host 'coop': it supports the hosts ivlp. Hosts it can boost: ivlp$",
+        match=(
+            r"^preset.json is not a usable preset: booster 'picky' cannot run on host 'coop': "
+            r"it supports the hosts ivlp. Hosts it can boost: ivlp$"
+        ),
     ):
         advanced.read_preset(path, "preset.json")
     path.write_text(json.dumps({"method": {"host": "coop", "boosters": ["nosuch"]}}))
@@ -443,12 +451,14 @@ def test_validation_and_lr_curves_and_the_report_come_from_the_run(tmp_path):
     report = result_html(
         summaries[2].metrics
         | {
-            "verdict": "The kept model (epoch 2 of 2) scores 55.0% on validation, +10.0 points over zero-shot CLIP (45.0%)."
+            "verdict": (
+                "The kept model (epoch 2 of 2) scores 55.0% on validation, +10.0 points over zero-shot CLIP (45.0%)."
+            )
         }
     )
     assert (
-        "base 90.0%, new 10.0%, HM 18.0% on the test split (zero-shot CLIP: base 80.0%, new 60.0%, HM 68.6%; HM -50.6 points)"
-        in report
+        "base 90.0%, new 10.0%, HM 18.0% on the test split "
+        "(zero-shot CLIP: base 80.0%, new 60.0%, HM 68.6%; HM -50.6 points)" in report
     )
     assert "+10.0 points over zero-shot CLIP (45.0%)" in report and "cannot protect new-class accuracy" in report
     assert result_html({}) == "" and "cannot protect" not in result_html(summaries[1].metrics)
@@ -482,7 +492,9 @@ def test_the_model_card_compares_the_run_with_zero_shot_and_names_its_preset(tra
             "hm": 53.3,
             "zero_shot": {"accuracy": 70.0, "base": 70.0, "new": 70.0, "hm": 70.0},
             "gain_over_zero_shot": -16.7,
-            "verdict": "The kept model (epoch 3 of 8) scores 91.0% on validation, +2.0 points over zero-shot CLIP (89.0%).",
+            "verdict": (
+                "The kept model (epoch 3 of 8) scores 91.0% on validation, +2.0 points over zero-shot CLIP (89.0%)."
+            ),
         },
     }
     card = render_model_card(base_new)
@@ -491,8 +503,8 @@ def test_the_model_card_compares_the_run_with_zero_shot_and_names_its_preset(tra
         "accuracy 70.0%, base 70.0%, new 70.0%, hm 70.0%" in card and "- Gain over zero-shot: -16.7 points (HM)" in card
     )
     assert (
-        "- Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
-        in card
+        "- Validation holds only the training (base) classes, "
+        "so choosing the kept epoch on it cannot protect new-class accuracy." in card
     )
     assert "Compared with zero-shot" not in render_model_card({**config, "metrics": {}})  # a stopped run's checkpoint
 
@@ -609,7 +621,8 @@ def test_the_method_picker_describes_each_choice_and_refuses_a_combination_with_
             "paper-specpl",
         ]  # CoOp's two papers
         assert studio.method_note("ivlp", ["specpl"]).endswith(
-            "**IVLP + SpecPL (unpublished combination)**: no paper reports this stack; under the paper preset each part runs its own paper values"
+            "**IVLP + SpecPL (unpublished combination)**: no paper reports this stack; "
+            "under the paper preset each part runs its own paper values"
         )
         *settings, options, redraw = studio.method_defaults(
             "ivlp", ["specpl"], "default", 4, {"coop.n_ctx": 4, "specpl.lambda_sem": 0.5}

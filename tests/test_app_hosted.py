@@ -137,7 +137,10 @@ def plot_has_lines(page, selector: str) -> bool:
             const root = document.querySelector(selector);
             if (!root) return false;
             const paths = [...root.querySelectorAll('g.mark-line path, path[aria-roledescription="line mark"]')];
-            const stroked = (p) => { const c = p.getAttribute('stroke') || getComputedStyle(p).stroke; return c && c !== 'none' && c !== 'transparent' && !c.startsWith('rgba(0, 0, 0, 0'); };
+            const stroked = (p) => {
+                const c = p.getAttribute('stroke') || getComputedStyle(p).stroke;
+                return c && c !== 'none' && c !== 'transparent' && !c.startsWith('rgba(0, 0, 0, 0');
+            };
             if (paths.some(p => (p.getAttribute('d') || '').length > 20 && stroked(p))) return true;
             for (const canvas of root.querySelectorAll('canvas')) {
                 const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;

@@ -17,7 +17,7 @@ from app.analysis import NO_DAPT_NOTE, NO_MASK_FILES_NOTE, dapt_mask_view
 from app.models import ModelCache
 from app.studio import shown_pick
 from specpl.config import MethodConfig
-from specpl.methods import build_method
+from specpl.factory import build_method
 from specpl.methods.dapt import saliency_masks
 
 THRESHOLD = 0.3  # not DAPT's default (0.5): the view must use the run's own
@@ -69,7 +69,8 @@ def test_the_mask_shown_is_the_runs_threshold_of_the_map_and_what_dapt_trains_wi
         "mask": (224, 224),
     }  # 7x, for the browser
     assert view.note.startswith(
-        "**DAPT-G mask**: the `gradcam` map (`dapt.cam`) of this run's model, divided by its maximum and thresholded at 0.3;"
+        "**DAPT-G mask**: the `gradcam` map (`dapt.cam`) of this run's model, "
+        "divided by its maximum and thresholded at 0.3;"
     )
     assert view.note.endswith("A gradient map targets 'cat' (the image's class in the dataset).")
 
@@ -85,7 +86,8 @@ def test_without_its_dataset_class_the_map_targets_the_predicted_class(dapt_run,
     )  # GradCAM follows the class
     foreign = dapt_mask_view(cache, dapt_run, image, "golden retriever")
     assert foreign.note.endswith(
-        f"A gradient map targets {predicted!r} (predicted; its dataset class 'golden retriever' is not one of the run's classes)."
+        f"A gradient map targets {predicted!r} "
+        "(predicted; its dataset class 'golden retriever' is not one of the run's classes)."
     )
     np.testing.assert_array_equal(foreign.saliency, unlabelled.saliency)
 

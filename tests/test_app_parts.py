@@ -107,8 +107,8 @@ def test_an_offline_backbone_is_explained_in_one_sentence_with_what_is_available
         b""
     )  # availability only looks for the file; loading is tested with the app
     assert backbones.unavailable_message("ViT-B-32/openai") == (
-        "ViT-B-32 (openai) can't be loaded because its weights are not in the Hugging Face cache and the app is offline "
-        "(HF_HUB_OFFLINE); available now: world-clip (embedded), SpectralWorld images only; "
+        "ViT-B-32 (openai) can't be loaded because its weights are not in the Hugging Face cache "
+        "and the app is offline (HF_HUB_OFFLINE); available now: world-clip (embedded), SpectralWorld images only; "
         "specpl-tiny (random init), tiny test model, untrained."
     )
     assert (
@@ -126,7 +126,8 @@ def test_an_offline_backbone_is_explained_in_one_sentence_with_what_is_available
     assert backbones.default_backbone_key() == backbones.WORLD_KEY and backbones.fallback_note() is None
     assert backbones.unavailable_message(backbones.WORLD_KEY) == (
         f"world-clip (embedded), SpectralWorld images only can't be loaded because its weights file "
-        f"{EMBEDDED_WEIGHTS[defaults.WORLD_MODEL]} is missing from this installation; available now: specpl-tiny (random init), tiny test model, untrained."
+        f"{EMBEDDED_WEIGHTS[defaults.WORLD_MODEL]} is missing from this installation; "
+        "available now: specpl-tiny (random init), tiny test model, untrained."
     )
 
     monkeypatch.delenv("HF_HUB_OFFLINE")
@@ -298,8 +299,10 @@ def test_resume_clears_the_old_eta_and_near_chance_accuracy_is_flagged_with_its_
         "verdict": verdict,
     }
     assert status_line(finished, progress, None) == (
-        "Finished: base 90.0%, new 50.0%, HM 64.3% on the test split (zero-shot CLIP: base 80.0%, new 70.0%, HM 74.7%; HM -10.4 points). "
-        f"{verdict} Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
+        "Finished: base 90.0%, new 50.0%, HM 64.3% on the test split "
+        "(zero-shot CLIP: base 80.0%, new 70.0%, HM 74.7%; HM -10.4 points). "
+        f"{verdict} Validation holds only the training (base) classes, "
+        "so choosing the kept epoch on it cannot protect new-class accuracy."
     )
     paper = "The last epoch is kept (paper preset); there is no validation split to compare it with zero-shot CLIP."
     progress.metrics = {"accuracy": 91.5, "verdict": paper}  # the paper preset scores no zero-shot

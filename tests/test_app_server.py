@@ -175,7 +175,8 @@ def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(se
     labels, swaps, modulation = outputs[:8], outputs[8:10], outputs[10]
     assert all(len(label["confidences"]) == 3 for label in labels)  # granule path and image-space swap, 4 each
     assert re.fullmatch(
-        r"\*\*Modulation cosine\*\* \(image feature before vs\. after FiLM, 1 = not moved\): (.+: -?[01]\.\d{4}; ){3}.+: -?[01]\.\d{4}\.",
+        r"\*\*Modulation cosine\*\* \(image feature before vs\. after FiLM, 1 = not moved\): "
+        r"(.+: -?[01]\.\d{4}; ){3}.+: -?[01]\.\d{4}\.",
         modulation,
     ), modulation
     assert all(Path(path).stat().st_size > 0 for path in swaps)
@@ -315,9 +316,11 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
         )  # auto: the preset's budget, as the plan beside it says
         page.locator("#shots input").fill("2")
         page.locator("#shots input").press("Tab")
-        # 8 training images of each class (split 0.5), 2 shots, 1 held out: 10 images; batch min(32, 10 // 4) = 2, 5 steps an epoch
+        # 8 training images of each class (split 0.5), 2 shots, 1 held out: 10 images; batch min(32, 10 // 4) = 2,
+        # 5 steps an epoch
         expect(page.locator("#training-plan")).to_contain_text(
-            "Training plan: 60 epochs of batch 2 (300 steps) from 10 training images; 1 per class held out for validation; epoch kept by validation."
+            "Training plan: 60 epochs of batch 2 (300 steps) from 10 training images; "
+            "1 per class held out for validation; epoch kept by validation."
         )
         page.locator("#epochs input").fill("3000")
         page.locator("#epochs input").press("Tab")
@@ -493,7 +496,8 @@ def test_api_a_stopped_run_exports_and_pushes_its_checkpoint_and_delete_removes_
 
     bundle, message = client.predict(run_id, api_name="/export_bundle")
     assert re.fullmatch(
-        rf"Bundle ready: specpl-{run_id}\.zip \(model\.safetensors, config\.json, README\.md\), from its last checkpoint \(epoch \d+, step \d+\), not a finished training\.",
+        rf"Bundle ready: specpl-{run_id}\.zip \(model\.safetensors, config\.json, README\.md\), "
+        r"from its last checkpoint \(epoch \d+, step \d+\), not a finished training\.",
         message,
     ), message
     with zipfile.ZipFile(bundle) as archive:
@@ -570,7 +574,7 @@ def test_api_a_preset_saved_from_the_form_loads_back_into_it(server, tmp_path):
         and saved["train"]["batch_size"] == 2
     )
     backbone, *form, message = client.predict(handle_file(preset), api_name="/load_preset")
-    loaded = dict(zip(advanced.form_keys(), form))
+    loaded = dict(zip(advanced.form_keys(), form, strict=True))
     assert backbone == TINY and message == "Preset loaded: specpl-preset.json."
     assert (
         loaded["method.host"],
@@ -581,7 +585,8 @@ def test_api_a_preset_saved_from_the_form_loads_back_into_it(server, tmp_path):
     ) == ("ivlp", "paper", {"ivlp.depth": 3}, 2, 4)
     config, line = client.predict(TINY, *args, api_name="/run_config")
     assert config == saved and line.startswith(
-        "specpl train --data DATASET_FOLDER --out runs/my-run --backbone specpl-tiny --pretrained none --host ivlp --preset paper --option ivlp.depth=3"
+        "specpl train --data DATASET_FOLDER --out runs/my-run --backbone specpl-tiny --pretrained none "
+        "--host ivlp --preset paper --option ivlp.depth=3"
     )
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"method": {"host": "nosuch"}}))
@@ -664,7 +669,8 @@ def test_api_bands_show_a_dapt_runs_mask(server, world_dapt_run, offline_world, 
         "fft at 64 px:"
     )
     assert mask_note.startswith(
-        f"**DAPT-G mask**: the `{DAPTConfig().cam}` map (`dapt.cam`) of this run's model, divided by its maximum and thresholded at 0.5;"
+        f"**DAPT-G mask**: the `{DAPTConfig().cam}` map (`dapt.cam`) of this run's model, "
+        "divided by its maximum and thresholded at 0.5;"
     )
     assert re.search(r"A gradient map targets '[^']+' \(predicted\)\.$", mask_note), mask_note
 

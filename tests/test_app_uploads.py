@@ -20,7 +20,7 @@ from app.archives import UploadError
 from app.bundles import import_bundle_zip
 from app.settings import Limits
 from app.uploads import add_builder_class, extract_dataset_zip, summarize_dataset
-from specpl.checkpoint import write_bundle
+from specpl.bundle import write_bundle
 
 LIMITS = Limits()
 Entry = tuple[str | zipfile.ZipInfo, bytes]

@@ -99,9 +99,9 @@ def test_an_archive_that_declares_small_sizes_is_stopped_by_the_bytes_it_really_
     with zipfile.ZipFile(path) as archive:
         assert archive.getinfo("cat/zeros.png").file_size == declared  # zipfile believes the lie
     message = refuse(path, data_dir)
-    assert (
-        message
-        == "upload.zip was rejected: entry 'cat/zeros.png' holds more data than the 300,000 bytes the archive declares for it (its sizes are false)"
+    assert message == (
+        "upload.zip was rejected: entry 'cat/zeros.png' holds more data than the 300,000 bytes "
+        "the archive declares for it (its sizes are false)"
     )
     assert 0 < seen[0] <= declared + 4 * 1024  # the four real images and at most the declared bytes; never the 40 MB
 

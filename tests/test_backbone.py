@@ -40,7 +40,7 @@ def test_local_checkpoint_loads_same_weights(tmp_path, tiny_backbone):
 
 def test_random_init_is_reproducible(tiny_backbone):
     again = load_backbone(BackboneConfig("specpl-tiny", None))
-    for a, b in zip(again.model.parameters(), tiny_backbone.model.parameters()):
+    for a, b in zip(again.model.parameters(), tiny_backbone.model.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

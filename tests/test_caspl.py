@@ -14,10 +14,11 @@ from conftest import make_image_folder
 
 from specpl.config import BackboneConfig, DecomposerConfig, MethodConfig
 from specpl.data import ImageItem
+from specpl.factory import build_method, load_bundle
 from specpl.features import AugmentedViews, FeatureCache, dassl_train_transform
-from specpl.methods import PromptModel, build_method
 from specpl.methods.caspl import TEACHER_LOGITS, TeacherLogits, distillation_loss, resolve_teacher
 from specpl.methods.deep import DeepPromptHost
+from specpl.model import PromptModel
 
 CLASSES = method_checks.CLASSES
 TINY_TEACHER = {"teacher": "specpl-tiny", "teacher_pretrained": ""}  # a random tiny teacher: offline
@@ -75,9 +76,9 @@ def test_the_kl_matches_a_hand_computation():
         return [e / sum(exps) for e in exps]
 
     per_sample = []
-    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+    for s_row, t_row in zip(student.tolist(), teacher.tolist(), strict=True):
         p, q = softmax(t_row), softmax(s_row)
-        per_sample.append(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)))
+        per_sample.append(sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True)))
     expected = sum(per_sample) / 2  # batchmean: summed over classes, averaged over the batch
     assert distillation_loss(student, teacher).item() == pytest.approx(expected, rel=1e-6)
     # T^2 * KL at T = 2 on the halved logits is the same number times 4
@@ -151,7 +152,7 @@ def test_the_default_teacher():
 
 @pytest.mark.parametrize("host", ["coop", "maple"])
 def test_phase_two_leaves_the_phase_one_prompts_bit_identical(backbone, inputs, phase_one, host, tmp_path):
-    from specpl.checkpoint import read_bundle
+    from specpl.bundle import read_bundle
 
     stored, _ = read_bundle(phase_one)
     file_hash = hashlib.sha256((phase_one / "model.safetensors").read_bytes()).hexdigest()
@@ -173,7 +174,7 @@ def test_phase_two_leaves_the_phase_one_prompts_bit_identical(backbone, inputs, 
     model.save_bundle(tmp_path / "phase2")
     (phase_one / "model.safetensors").unlink()
     (phase_one / "config.json").unlink()
-    reloaded = PromptModel.from_bundle(tmp_path / "phase2", backbone=backbone).eval()
+    reloaded = load_bundle(tmp_path / "phase2", backbone=backbone)[0].eval()
     torch.testing.assert_close(reloaded.logits(reloaded.encode_image(images)), expected, rtol=0, atol=0)
 
 
@@ -292,7 +293,8 @@ def test_the_paper_preset_runs_each_host_as_the_released_scripts(host, options, 
     """Under the paper preset a CasPL run uses the released phase-2 host configuration; the default
     preset keeps the host's own options, and a value the user gives wins in both."""
     from specpl.config import RunConfig
-    from specpl.methods import HOSTS, resolve_method_options
+    from specpl.factory import resolve_method_options
+    from specpl.methods import HOSTS
     from specpl.training_plan import resolved_training
 
     caspl = {"caspl": {"boost_bundle": "unused"}}
@@ -322,7 +324,7 @@ def test_a_bundle_from_before_text_positions_keeps_its_layout(backbone, inputs, 
     config = json.loads(config_file.read_text())
     del config["method"]["options"]["caspl"]["text_positions"]
     config_file.write_text(json.dumps(config))
-    reloaded = PromptModel.from_bundle(folder, backbone=backbone).eval()
+    reloaded = load_bundle(folder, backbone=backbone)[0].eval()
     assert reloaded.boosters["caspl"].config.text_positions == "phase-one"
     torch.testing.assert_close(reloaded.logits(reloaded.encode_image(images)), expected, rtol=0, atol=0)
     sequence = build(backbone, "coop", ("caspl",), {"caspl": {"boost_bundle": str(phase_one)}}).eval()

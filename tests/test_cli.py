@@ -93,7 +93,8 @@ def test_two_process_distributed_run(tmp_path, cifar_root):
     from specpl.events import read_events
 
     steps = [e for e in read_events(run / "events.jsonl") if e["type"] == "step"]
-    # 20 images = 5 whole batches of 4 an epoch; over 2 processes the uneven fifth is dropped, as one process drops a partial batch
+    # 20 images = 5 whole batches of 4 an epoch; over 2 processes the uneven fifth is dropped, as one process drops a
+    # partial batch
     assert [e["step"] for e in steps] == [1, 2, 3, 4] and steps[0]["total_steps"] == 4
     assert (run / "model" / "model.safetensors").exists()
 

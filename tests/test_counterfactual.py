@@ -7,8 +7,8 @@ from PIL import Image
 from specpl.bands import build_decomposer
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.counterfactual import A_WITH_B, B_WITH_A, A, B, counterfactual
+from specpl.factory import build_method
 from specpl.inference import Predictor
-from specpl.methods import build_method
 from specpl.visualize import band_images
 
 

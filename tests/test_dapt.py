@@ -97,8 +97,9 @@ def test_the_loss_switches_at_the_configured_epoch_and_gradcam_is_refreshed_each
 
 def test_the_forward_pass_uses_the_batch_masks(tiny_backbone, inputs):
     from specpl.config import MethodConfig
+    from specpl.factory import build_method
     from specpl.frozen import flatten
-    from specpl.methods import Batch, build_method
+    from specpl.methods import Batch
     from specpl.methods.dapt import triplet_pull_push
 
     torch.manual_seed(0)
@@ -124,7 +125,7 @@ def test_the_forward_pass_uses_the_batch_masks(tiny_backbone, inputs):
 
 def test_background_text_gets_the_hosts_deep_prompts_but_not_its_context(tiny_backbone):
     from specpl.config import MethodConfig
-    from specpl.methods import build_method
+    from specpl.factory import build_method
 
     torch.manual_seed(0)
     model = build_method(MethodConfig(host="maple", boosters=["dapt"]), copy.deepcopy(tiny_backbone), ["cat", "dog"])
@@ -152,7 +153,7 @@ def _mask_folder_run(tmp_path, tiny_backbone, width: int = 48, height: int = 40)
 
     from specpl.config import MethodConfig
     from specpl.data import ImageItem
-    from specpl.methods import build_method
+    from specpl.factory import build_method
 
     items = []
     for label, name in enumerate(["cat", "dog"]):
@@ -185,7 +186,7 @@ def test_a_user_mask_gets_the_same_crop_and_flip_as_its_image(tmp_path, tiny_bac
     cache = FeatureCache(views, model.frozen_inputs(), torch.device("cpu"))
     for view in range(6):
         masks = cache.get(items, view)["dapt.mask"][:, 0]
-        for item, mask in zip(items, masks):
+        for item, mask in zip(items, masks, strict=True):
             image = views.load(item.path, view)
             white = (image[0] * std[0] + mean[0]) > 0.5
             agreement = (white == mask).float().mean()
@@ -218,7 +219,7 @@ def test_mask_folder_errors_name_the_file_and_the_reason(tmp_path, tiny_backbone
 
     from specpl.config import MethodConfig
     from specpl.data import DataError
-    from specpl.methods import build_method
+    from specpl.factory import build_method
     from specpl.methods.dapt import MaskFolder
 
     _mask_folder_run(tmp_path, tiny_backbone)
@@ -255,7 +256,7 @@ def test_recorded_attention_is_pytorchs_own_and_rollout_matches_a_hand_computati
     through the value projection, and it leaves the features unchanged; the rollout is the
     class-token row of prod (0.5 mean_h A + 0.5 I) over the patches (not IVLP's image prompts)."""
     from specpl.config import MethodConfig
-    from specpl.methods import build_method
+    from specpl.factory import build_method
     from specpl.methods.dapt import recorded_attention, rollout_scores
 
     model = build_method(
@@ -270,13 +271,14 @@ def test_recorded_attention_is_pytorchs_own_and_rollout_matches_a_hand_computati
         for handle in handles:
             handle.remove()
         weights = [
-            block.attn(x, x, x, need_weights=True, average_attn_weights=False)[1] for block, x in zip(blocks, normed)
+            block.attn(x, x, x, need_weights=True, average_attn_weights=False)[1]
+            for block, x in zip(blocks, normed, strict=True)
         ]
         with recorded_attention(model) as recorded:
             explicit = model.encode_image(images)["features"]
     torch.testing.assert_close(explicit, plain, atol=1e-5, rtol=1e-5)
     assert len(recorded) == len(blocks)
-    for (probabilities, values), theirs, block, x in zip(recorded, weights, blocks, normed):
+    for (probabilities, values), theirs, block, x in zip(recorded, weights, blocks, normed, strict=True):
         torch.testing.assert_close(probabilities, theirs, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(values, _values_by_hand(block.attn, x), atol=1e-6, rtol=1e-5)
     tokens = weights[0].shape[-1]
@@ -293,7 +295,7 @@ def test_recording_sees_only_its_own_threads_forwards(tiny_backbone, inputs):
     import threading
 
     from specpl.config import MethodConfig
-    from specpl.methods import build_method
+    from specpl.factory import build_method
     from specpl.methods.dapt import recorded_attention
 
     model = build_method(
@@ -315,7 +317,7 @@ def test_head_gradcam_matches_a_hand_computation_through_the_attention(tiny_back
     by the chain rule through the attention (dy/dv_h = A_h^T dy/do_h, o_h the head's output), one
     weight per head channel averaged over the patches, sum_h |w_h . (v_hj - mean_k v_hk)|."""
     from specpl.config import MethodConfig
-    from specpl.methods import build_method
+    from specpl.factory import build_method
     from specpl.methods.dapt import head_gradcam_scores, recorded_attention
 
     torch.manual_seed(0)
@@ -361,7 +363,7 @@ def test_head_gradcam_matches_a_hand_computation_through_the_attention(tiny_back
 )
 def test_an_unknown_choice_is_refused_with_the_choices(option, value, choices):
     from specpl.config import MethodConfig
-    from specpl.methods import resolve_method_options
+    from specpl.factory import resolve_method_options
 
     with pytest.raises(ValueError, match=f"dapt.{option} must be one of {choices}; got '{value}'"):
         resolve_method_options(MethodConfig(host="ivlp", boosters=["dapt"], options={"dapt": {option: value}}))
@@ -389,7 +391,7 @@ def _world_masks(world_samples, host: str, options: dict, **dapt: object) -> np.
     model's own (DAPT adds nothing to the image path or the logits), so the model is built without
     DAPT: CoOp's, whose image path is the frozen tower's, stands for the pretrained model's map."""
     from specpl.config import MethodConfig
-    from specpl.methods import build_method
+    from specpl.factory import build_method
     from specpl.methods.dapt import DAPTConfig, saliency_masks
 
     backbone, classes, images, labels, _ = world_samples
@@ -411,7 +413,9 @@ def _world_masks(world_samples, host: str, options: dict, **dapt: object) -> np.
 def _mean_iou(world_samples, masks: np.ndarray) -> float:
     """Mean IoU of `masks` with the analytic object masks."""
     truths = world_samples[-1]
-    return float(np.mean([(mask & truth).sum() / (mask | truth).sum() for mask, truth in zip(masks, truths)]))
+    return float(
+        np.mean([(mask & truth).sum() / (mask | truth).sum() for mask, truth in zip(masks, truths, strict=True)])
+    )
 
 
 HOSTS = [
@@ -464,7 +468,7 @@ def test_the_default_switch_is_seven_tenths_of_the_epochs_and_seven_reproduces_t
 @pytest.mark.parametrize("host", ["coop", "cocoop", "kgcoop", "zeroshot"])
 def test_a_host_whose_image_path_does_not_learn_is_refused_with_the_reason_and_the_hosts(host, tiny_backbone):
     from specpl.config import MethodConfig
-    from specpl.methods import build_method, check_combination
+    from specpl.factory import build_method, check_combination
 
     expected = (
         rf"booster 'dapt' cannot run on host '{host}': it needs a host with image-tower prompts \(without "
@@ -507,7 +511,8 @@ def test_the_paper_preset_is_the_released_code_and_every_option_has_a_source(tin
     import dataclasses
 
     from specpl.config import MethodConfig
-    from specpl.methods import BOOSTERS, build_method, resolve_method_options
+    from specpl.factory import build_method, resolve_method_options
+    from specpl.methods import BOOSTERS
     from specpl.methods.dapt import BACKGROUND_WORDS, DAPTConfig
 
     paper = resolve_method_options(MethodConfig(host="maple", boosters=["dapt"], preset="paper"))["dapt"]
@@ -540,7 +545,7 @@ def test_the_paper_gradcam_is_the_released_ln1_gradcam_by_hand(tiny_backbone, in
 
     from specpl.config import MethodConfig
     from specpl.data import ImageItem
-    from specpl.methods import build_method
+    from specpl.factory import build_method
 
     torch.manual_seed(0)
     method = MethodConfig(host="ivlp", boosters=["dapt"], preset="paper")

@@ -85,7 +85,7 @@ def write_aircraft(root: Path, variants: list[str]) -> Path:
 
 def write_classnames(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{w} {n}\n" for w, n in zip(WNIDS, IMAGENET_NAMES)))
+    path.write_text("".join(f"{w} {n}\n" for w, n in zip(WNIDS, IMAGENET_NAMES, strict=True)))
 
 
 def write_imagenet(root: Path) -> Path:

@@ -33,11 +33,13 @@ from torch import Tensor
 
 from specpl.backbone import Backbone, load_backbone
 from specpl.config import BackboneConfig, MethodConfig
+from specpl.factory import build_method
 from specpl.frozen import CLIP_IMAGE, flatten
-from specpl.methods import HOSTS, Batch, PromptModel, build_method
+from specpl.methods import HOSTS, Batch
 from specpl.methods.base import IMAGE_FEATURES
 from specpl.methods.caspl import PHASE_ONE, TEACHER_LOGITS
 from specpl.methods.deep import gpa_weights
+from specpl.model import PromptModel
 
 MODEL = "specpl-equivalence-12"
 MODEL_CONFIG = {

@@ -36,10 +36,12 @@ import specpl.methods.specpl as specpl_module
 from specpl.backbone import Backbone
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.data import ImageItem
+from specpl.factory import build_method
 from specpl.frozen import BANDS, flatten
-from specpl.methods import BOOSTERS, HOSTS, Batch, PromptModel, build_method
+from specpl.methods import BOOSTERS, HOSTS, Batch
 from specpl.methods.base import IMAGE_FEATURES
 from specpl.methods.caspl import PHASE_ONE
+from specpl.model import PromptModel
 
 HOST = "maple"
 MAPLE_PREFIX = "a photo of a"  # the paper preset's MaPLe learns "a photo" and keeps "of a" (trainers/maple.py)

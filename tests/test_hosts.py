@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from specpl.config import DecomposerConfig, MethodConfig
-from specpl.methods import PromptModel, build_method
+from specpl.factory import build_method, load_bundle
 from specpl.methods.base import FEATURES
 from specpl.methods.deep import gpa_weights, self_regulating_losses
 from specpl.methods.kgcoop import knowledge_guidance_loss
@@ -208,7 +208,7 @@ def test_a_bundle_of_format_1_still_loads_with_identical_logits(tiny_backbone, t
     config["method"].pop("preset")
     config["format"] = "specpl-bundle/1"
     config_path.write_text(json.dumps(config))
-    reloaded = PromptModel.from_bundle(tmp_path / "model", backbone=tiny_backbone).eval()
+    reloaded = load_bundle(tmp_path / "model", backbone=tiny_backbone)[0].eval()
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(
         reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)), rtol=0, atol=0
@@ -223,7 +223,7 @@ def test_a_bundle_from_a_newer_version_says_what_to_do(tiny_backbone, tmp_path):
     with pytest.raises(
         ValueError, match=r"format 'specpl-bundle/9'.*written by a newer SpecPL: upgrade with `pip install -U specpl`"
     ):
-        PromptModel.from_bundle(tmp_path / "model", backbone=tiny_backbone)
+        load_bundle(tmp_path / "model", backbone=tiny_backbone)
 
 
 def test_cocoop_chunked_evaluation_matches_one_pass(tiny_backbone):

@@ -13,8 +13,9 @@ from test_methods import test_every_method as check_every_method_properties
 
 import specpl.methods.isp  # noqa: F401  (registers "isp" until the lead adds it to specpl.methods)
 from specpl.config import DecomposerConfig, MethodConfig
+from specpl.factory import build_method
 from specpl.frozen import CLIP_IMAGE
-from specpl.methods import Batch, ForwardState, build_method
+from specpl.methods import Batch, ForwardState
 from specpl.methods.base import weighted_cross_entropy
 from specpl.methods.isp import ISP, ISPConfig, probing_weights
 
@@ -57,7 +58,7 @@ def test_step_zero_is_the_bare_host(tiny_backbone, inputs, host, zero_start):  #
     for model in (bare, boosted):
         model.zero_grad()
         F.cross_entropy(model.logits(model.encode_image(images)), labels).backward()
-    for (name, p), (_, q) in zip(bare.host.named_parameters(), boosted.host.named_parameters()):
+    for (name, p), (_, q) in zip(bare.host.named_parameters(), boosted.host.named_parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, msg=name, **exact)
 
 

@@ -15,11 +15,13 @@ import torch
 
 from specpl.backbone import Backbone
 from specpl.config import DecomposerConfig, MethodConfig
+from specpl.factory import build_method, check_combination, load_bundle, resolve_method_options
 from specpl.frozen import flatten
 from specpl.inference import Predictor
-from specpl.methods import BOOSTERS, HOSTS, Batch, PromptModel, build_method, check_combination, resolve_method_options
+from specpl.methods import BOOSTERS, HOSTS, Batch
 from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER
 from specpl.methods.deep import DeepPromptHost
+from specpl.model import PromptModel
 
 CLASSES = ["cat", "dog", "ship", "frog"]
 HOST_NAMES = [h for h in HOSTS.names() if h != "zeroshot"]  # the zero-shot baseline learns nothing
@@ -163,7 +165,7 @@ def test_every_method(method, tiny_backbone, inputs, tmp_path):
     model.eval()
     expected = model.logits(model.encode_image(images))
     model.save_bundle(tmp_path / "model")
-    reloaded = PromptModel.from_bundle(tmp_path / "model", backbone=backbone).eval()
+    reloaded = load_bundle(tmp_path / "model", backbone=backbone)[0].eval()
     torch.testing.assert_close(reloaded.logits(reloaded.encode_image(images)), expected, rtol=0, atol=0)
 
 
@@ -181,7 +183,10 @@ def test_a_combination_that_cannot_work_lists_the_valid_ones(monkeypatch):
     monkeypatch.setattr(booster, "requires", frozenset({PROMPTS_IMAGE_TOWER}))
     with pytest.raises(
         ValueError,
-        match=r"booster 'specpl' cannot run on host 'coop': it needs a host with image-tower prompts.*Hosts it can boost: .*ivlp.*maple",
+        match=(
+            r"booster 'specpl' cannot run on host 'coop': it needs a host with image-tower prompts"
+            r".*Hosts it can boost: .*ivlp.*maple"
+        ),
     ):
         check_combination("coop", ["specpl"])
 
@@ -191,7 +196,10 @@ def test_isp_structural_modules_asked_for_on_a_text_prompt_host_are_refused_with
     asked = MethodConfig(host=host, boosters=["isp"], options={"isp": {"structural": "on"}})
     with pytest.raises(
         ValueError,
-        match=rf"isp.structural cannot run on host '{host}': it needs a host with deep text prompts( and image-tower prompts)?. Hosts it fits: ivlp, maple, promptsrc$",
+        match=(
+            rf"isp.structural cannot run on host '{host}': it needs a host with deep text prompts"
+            r"( and image-tower prompts)?. Hosts it fits: ivlp, maple, promptsrc$"
+        ),
     ):
         resolve_method_options(asked)
     # the default builds them where they fit and is sample probing alone elsewhere; "on" fits maple
@@ -214,7 +222,10 @@ def test_isp_structural_modules_asked_for_on_a_text_prompt_host_are_refused_with
 def test_an_unknown_option_names_the_component_and_its_keys(tiny_backbone):
     with pytest.raises(
         ValueError,
-        match=r"unknown option\(s\) for maple: n_ctxx; maple's options are: coupling_init, ctx_from_template, ctx_init, deep_text_init, depth",
+        match=(
+            r"unknown option\(s\) for maple: n_ctxx; "
+            r"maple's options are: coupling_init, ctx_from_template, ctx_init, deep_text_init, depth"
+        ),
     ):
         build_method(MethodConfig(host="maple", options={"maple": {"n_ctxx": 3}}), tiny_backbone, CLASSES)
 
@@ -312,7 +323,6 @@ def test_a_template_derived_context_rebuilds_from_its_bundle_under_another_templ
     images, _ = inputs
     expected = model.logits(model.encode_image(images))
     model.save_bundle(tmp_path / "model")
-    from specpl.bundle import load_bundle
 
     reloaded, _ = load_bundle(tmp_path / "model", backbone=tiny_backbone, template="a centered satellite photo of {}.")
     torch.testing.assert_close(reloaded.eval().logits(reloaded.encode_image(images)), expected, rtol=0, atol=0)

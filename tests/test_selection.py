@@ -242,9 +242,9 @@ def test_a_base_to_new_run_compares_every_split_with_zero_shot_and_says_selectio
     metrics = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit().metrics
     assert set(metrics["zero_shot"]) == {"accuracy", "base", "new", "hm"}
     assert metrics["gain_over_zero_shot"] == pytest.approx(metrics["hm"] - metrics["zero_shot"]["hm"])
-    assert (
-        metrics["validation_note"]
-        == "Validation holds only the training (base) classes, so choosing the kept epoch on it cannot protect new-class accuracy."
+    assert metrics["validation_note"] == (
+        "Validation holds only the training (base) classes, "
+        "so choosing the kept epoch on it cannot protect new-class accuracy."
     )
     assert (
         "Validation holds" not in metrics["verdict"]

@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 
 from specpl.config import DataConfig, MethodConfig, RunConfig, TrainConfig
-from specpl.methods import BOOSTERS, DATASET_TRAIN, HOSTS, describe_methods, resolve_method_options
+from specpl.factory import DATASET_TRAIN, describe_methods, resolve_method_options
+from specpl.methods import BOOSTERS, HOSTS
 from specpl.sources import GIVEN, value_sources
 from specpl.training_plan import resolved_training
 
@@ -97,7 +98,7 @@ def test_coop_paper_is_the_published_ctxv1_row_and_specpl_runs_its_own_coop() ->
 
 def test_names_say_what_a_row_is() -> None:
     """Our variants, reconstructions and unpublished stacks say so wherever results appear (#21 item 4)."""
-    from specpl.methods import method_label
+    from specpl.factory import method_label
 
     def label(host: str, boosters: list[str], preset: str = "default", **options: dict) -> str:
         return method_label(MethodConfig(host=host, boosters=boosters, preset=preset, options=options))

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from specpl.config import MethodConfig
-from specpl.methods import Batch, build_method
+from specpl.factory import build_method
+from specpl.methods import Batch
 from specpl.methods.bank import VisualSemanticBank
 from specpl.methods.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 from specpl.methods.specpl import GranuleModulator

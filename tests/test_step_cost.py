@@ -11,7 +11,7 @@ from test_methods import TRACED, batch_for, build, method_id
 from torch.profiler import ProfilerActivity, profile
 
 from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
-from specpl.methods import build_method
+from specpl.factory import build_method
 from specpl.trainer import Trainer, frozen_in_bf16, resolve_compile
 
 # Measured 2026-12-01 on specpl-tiny (2+2 layers), CoOp (4 ctx) + SpecPL, 10 classes, batch 8:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_methods import CLASSES, METHODS, batch_for, build, method_id
 
 from specpl.config import DecomposerConfig, MethodConfig
-from specpl.methods import build_method, resolve_method_options
+from specpl.factory import build_method, resolve_method_options
 from specpl.methods.bank import VisualSemanticBank
 from specpl.methods.cocoop import CoCoOpConfig
 from specpl.methods.specpl import SpecPLConfig

@@ -387,10 +387,11 @@ def test_domain_generalisation_table_compares_with_the_published_numbers(tmp_pat
         "| Method | Seeds | imagenet (source) | imagenetv2 | imagenet_sketch | imagenet_a | imagenet_r | Average |"
         in table
     )
-    # MMRL (docs/methods/mmrl.md): IN 72.03, V2 64.47, S 49.17, A 51.20, R 77.53; their average 60.59; ours (64 + 50 + 51 + 79) / 4 = 61
+    # MMRL (docs/methods/mmrl.md): IN 72.03, V2 64.47, S 49.17, A 51.20, R 77.53; their average 60.59;
+    # ours (64 + 50 + 51 + 79) / 4 = 61
     assert (
-        "| mmrl | 2/2 | 51.50 (72.03, -20.53) | 64.00 (64.47, -0.47) | 50.00 (49.17, +0.83) | 51.00 (51.20, -0.20) | 79.00 (77.53, +1.47) | 61.00 (60.59, +0.41) |"
-        in table
+        "| mmrl | 2/2 | 51.50 (72.03, -20.53) | 64.00 (64.47, -0.47) | 50.00 (49.17, +0.83) | 51.00 (51.20, -0.20) "
+        "| 79.00 (77.53, +1.47) | 61.00 (60.59, +0.41) |" in table
     )
     # CasPL publishes PromptSRC's ImageNet accuracy and an average over V2, Sketch and R only (63.90)
     assert "| promptsrc | 2/2 | 51.50 (71.27, -19.77) | 64.00 | 50.00 | 51.00 | 79.00 | 61.00 |" in table
@@ -422,7 +423,10 @@ def test_transfer_protocols_share_trained_cells_and_a_base_to_new_out_is_refused
     assert run_sweep(base_to_new, runner=FakeRunner()) == 0
     with pytest.raises(
         ValueError,
-        match=r"b2n holds a base2new sweep \(16 shots, trained on base classes, paper preset\); this cross-dataset sweep trains on all classes",
+        match=(
+            r"b2n holds a base2new sweep \(16 shots, trained on base classes, paper preset\); "
+            r"this cross-dataset sweep trains on all classes"
+        ),
     ):
         run_sweep(
             argparse.Namespace(**{**vars(cross), "out": base_to_new.out}),

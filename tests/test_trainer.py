@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from specpl.checkpoint import read_bundle
+from specpl.bundle import read_bundle
 from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
 from specpl.events import read_events
 from specpl.inference import Predictor
@@ -169,7 +169,8 @@ def test_base_to_new_protocol_reports_hm(tmp_path, cifar_root, tiny_backbone):
         (
             lambda c: setattr(c.method, "host", "coopp"),
             UnknownNameError,
-            "unknown host method 'coopp'; available: caspl-boost, cocoop, coop, ivlp, kgcoop, maple, mmrl, promptsrc, zeroshot",
+            "unknown host method 'coopp'; available: "
+            "caspl-boost, cocoop, coop, ivlp, kgcoop, maple, mmrl, promptsrc, zeroshot",
         ),
         (lambda c: setattr(c.method, "boosters", ["specpl", "magic"]), UnknownNameError, "unknown booster 'magic'"),
         (lambda c: setattr(c.data, "root", "/nonexistent/data"), ValueError, "/nonexistent/data does not exist"),

@@ -77,7 +77,9 @@ def test_band_images_are_the_decoded_low_band_and_the_rest_around_mid_grey(fft):
     assert torch.allclose(
         fft.band_images(flat)[1], torch.full_like(flat, 0.5), atol=1e-5
     )  # a flat image has no high band
-    assert all(torch.equal(a, b) for a, b in zip(fft.band_images(images, fft.decompose(images)), (low, high)))
+    assert all(
+        torch.equal(a, b) for a, b in zip(fft.band_images(images, fft.decompose(images)), (low, high), strict=True)
+    )
 
 
 def test_short_coop_run_on_base_classes_beats_zero_shot_under_an_unseen_camera(tmp_path):
@@ -137,7 +139,7 @@ def test_each_ablation_row_changes_one_input_of_the_benchmarked_specpl():
 
 def test_the_refiner_can_leave_new_classes_alone(tiny_backbone):
     from specpl.config import DecomposerConfig, MethodConfig
-    from specpl.methods import build_method
+    from specpl.factory import build_method
 
     model = build_method(
         MethodConfig(
@@ -255,7 +257,10 @@ def test_bad_stacks_and_boosters_are_refused_with_the_reason():
         parse_stack("maple")
     with pytest.raises(
         ValueError,
-        match=r"^stack 'ivlp\+caspl': booster 'caspl' cannot run on host 'ivlp'.*Hosts it can boost: cocoop, coop, maple, promptsrc$",
+        match=(
+            r"^stack 'ivlp\+caspl': booster 'caspl' cannot run on host 'ivlp'"
+            r".*Hosts it can boost: cocoop, coop, maple, promptsrc$"
+        ),
     ):
         bench_methods(WorldBenchConfig(hosts=("coop",), stacks=("ivlp+caspl",)))
     with pytest.raises(UnknownNameError, match="nosuch"):
@@ -287,7 +292,7 @@ class FakeTrainer:
 
     def fit(self):
         from specpl.config import MethodConfig
-        from specpl.methods import build_method
+        from specpl.factory import build_method
         from specpl.trainer import TrainResult
 
         FakeTrainer.runs.append((self.config.train.seed, self.config.method, self.run_dir))

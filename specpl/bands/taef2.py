@@ -117,7 +117,7 @@ class TAEF2Codec(nn.Module):
                 f"taef2 weights not found: looked for {', '.join(str(p) for p in paths)}; missing {', '.join(missing)}"
             )
         codec = cls()
-        for module, path in zip((codec.encoder, codec.decoder), paths):
+        for module, path in zip((codec.encoder, codec.decoder), paths, strict=True):
             state = torch.load(path, map_location="cpu", weights_only=True)
             module.load_state_dict({k: v.float() for k, v in state.items()})
         return codec

@@ -60,7 +60,8 @@ def read_split_json(
         raise DataError(f"split file {split_file} is not valid JSON ({exc})") from None
     if not isinstance(raw, dict):
         raise DataError(
-            f"split file {split_file} must hold a JSON object with {', '.join(map(repr, required))}, not {type(raw).__name__}"
+            f"split file {split_file} must hold a JSON object with {', '.join(map(repr, required))}, "
+            f"not {type(raw).__name__}"
         )
     for name in required:
         if name not in raw:
@@ -90,7 +91,8 @@ def read_split_json(
                 and isinstance(row[2], str)
             ):
                 raise DataError(
-                    f"split file {split_file}: {split}[{index}] is {json.dumps(row)[:120]}, expected [relative_path, label, classname]"
+                    f"split file {split_file}: {split}[{index}] is {json.dumps(row)[:120]}, "
+                    "expected [relative_path, label, classname]"
                 )
             relative, label, classname = row
             if label < 0:
@@ -107,7 +109,8 @@ def read_split_json(
     missing_labels = sorted(set(range(max(names_by_label) + 1)) - set(names_by_label))
     if missing_labels:
         raise DataError(
-            f"split file {split_file}: labels must run 0..{max(names_by_label)}, but label {missing_labels[0]} has no image"
+            f"split file {split_file}: labels must run 0..{max(names_by_label)}, "
+            f"but label {missing_labels[0]} has no image"
         )
     if not image_root.is_dir():
         raise DataError(f"image folder {image_root} does not exist")

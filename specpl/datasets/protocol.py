@@ -161,5 +161,6 @@ def _check_labels(items: list[ImageItem], num_classes: int, source: Path) -> Non
     bad = next((item for item in items if not 0 <= item.label < num_classes), None)
     if bad is not None:
         raise DataError(
-            f"few-shot cache {source} has label {bad.label} for {bad.path}, but the dataset has {num_classes} classes; delete it to draw the sample again"
+            f"few-shot cache {source} has label {bad.label} for {bad.path}, "
+            f"but the dataset has {num_classes} classes; delete it to draw the sample again"
         )

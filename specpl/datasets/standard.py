@@ -118,7 +118,10 @@ def _imagenet_variant(
     name: str, title: str, folder: str, image_dir: str, numbered: bool, archive: str
 ) -> StandardDataset:
     classes = "0/ .. 999/ (folder = label)" if numbered else "<wnid>/ (labels in sorted folder order)"
-    layout = f"  {folder}/\n    {image_dir}/{classes}\n    classnames.txt  (ImageNet's; imagenet/classnames.txt is used when absent)"
+    layout = (
+        f"  {folder}/\n    {image_dir}/{classes}\n"
+        "    classnames.txt  (ImageNet's; imagenet/classnames.txt is used when absent)"
+    )
 
     def reader(path: Path, wanted: Collection[str]) -> LabelledSplits:
         candidates = (path / "classnames.txt", path.parent / "imagenet" / "classnames.txt")
@@ -135,7 +138,12 @@ STANDARD_DATASETS: tuple[StandardDataset, ...] = (
         "ImageNet",
         "imagenet",
         PLAIN_TEMPLATE,
-        "  imagenet/\n    classnames.txt  one '<wnid> <class name>' per line, in label order\n    images/train/<wnid>/*.JPEG\n    images/val/<wnid>/*.JPEG  (the test split)",
+        (
+            "  imagenet/\n"
+            "    classnames.txt  one '<wnid> <class name>' per line, in label order\n"
+            "    images/train/<wnid>/*.JPEG\n"
+            "    images/val/<wnid>/*.JPEG  (the test split)"
+        ),
         read_imagenet,
         marker="classnames.txt",
     ),
@@ -181,7 +189,13 @@ STANDARD_DATASETS: tuple[StandardDataset, ...] = (
         "FGVCAircraft",
         "fgvc_aircraft",
         "a photo of a {}, a type of aircraft.",
-        "  fgvc_aircraft/\n    images/<image id>.jpg\n    variants.txt  one variant per line; label = line number\n    images_variant_train.txt, images_variant_val.txt, images_variant_test.txt  '<image id> <variant>' per line",
+        (
+            "  fgvc_aircraft/\n"
+            "    images/<image id>.jpg\n"
+            "    variants.txt  one variant per line; label = line number\n"
+            "    images_variant_train.txt, images_variant_val.txt, images_variant_test.txt  "
+            "'<image id> <variant>' per line"
+        ),
         read_aircraft,
         marker="variants.txt",
         archive="fgvc_aircraft",

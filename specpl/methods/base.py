@@ -1,8 +1,9 @@
 """The pieces every method composes: a host (how prompts produce text and image features, and its
 own loss) and any number of boosters (plug-ins that add tower prompts, refine text, reweight or add
-losses). `PromptModel` wires them together over one frozen CLIP; the trainer, the feature cache,
-the predictor and the counterfactual only ever talk to `PromptModel`, so a new host or booster is
-one module that never touches them.
+losses). `specpl.model.PromptModel` wires them together over one frozen CLIP (a `model` argument
+below is one); the trainer, the feature cache, the predictor and the counterfactual only ever talk
+to it, so a new host or booster is one module that never touches them. This module holds only
+these contracts: composing (`specpl.factory`) and the composite (`specpl.model`) live apart.
 
 The seams, all optional for a component:
 - tower prompts: `text_prompts()` / `image_prompts()` return `specpl.slots.PromptGroup`s, and
@@ -20,8 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from torch import nn
 from specpl.backbone import Backbone
 from specpl.slots import LayerHook, PromptGroup
 from specpl.text import PromptTextEncoder, TextHook
-from specpl.vision import PromptImageEncoder, VisionOutput
+from specpl.vision import VisionOutput
 
 if TYPE_CHECKING:
     from specpl.config import DecomposerConfig
@@ -102,6 +102,9 @@ class BuildContext:
     capabilities: frozenset[str] = frozenset()
     dataset: str | None = None  # the registered dataset name, for per-dataset defaults
     preset: str = "default"  # the named option set the options were resolved with (recorded in bundles)
+    # builds the band decomposer of a config on a device (`specpl.bands.build_decomposer`, given by
+    # the factory): a component asks for it by need, and the contracts know no decomposer
+    make_decomposer: Callable[[DecomposerConfig, torch.device], nn.Module] | None = field(default=None, repr=False)
     _decomposer_module: list[nn.Module] = field(default_factory=list, repr=False)
 
     @property
@@ -116,16 +119,14 @@ class BuildContext:
     def build_decomposer(self) -> nn.Module:
         """The run's band decomposer, built once and shared by every component that needs it."""
         if not self._decomposer_module:
-            if self.decomposer is None:
+            if self.decomposer is None or self.make_decomposer is None:
                 raise ValueError(
                     f"{self.host_name}+{'+'.join(self.booster_names)} needs a band decomposer, and none is configured"
                 )
-            from specpl.bands import build_decomposer
-
             device = self.backbone.model.logit_scale.device
             if device.type == "meta":
                 device = torch.device("cpu")
-            self._decomposer_module.append(build_decomposer(self.decomposer, device=device))
+            self._decomposer_module.append(self.make_decomposer(self.decomposer, device))
         return self._decomposer_module[0]
 
 
@@ -136,6 +137,9 @@ class Component(nn.Module):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     config_class: ClassVar[type]
+    # a trainable tensor in the image path that no prompt group shows (then images are encoded
+    # with gradients every step instead of being cached per view)
+    trains_image_path: ClassVar[bool] = False
     # Named option sets (`specpl.config.PRESETS`): {preset: {component name or "train": values}}. The
     # options dataclass's defaults are the product's; a preset names only what it changes, for this
     # component or another (a host's training schedule, a booster's values for itself).
@@ -172,10 +176,18 @@ class Component(nn.Module):
         what the user gave by name in `given`: an explicit choice that another option would
         silently override turns that one off (a context host's explicit context)."""
 
-    def attach(self, model: "PromptModel") -> None:
+    def attach(self, model: nn.Module) -> None:
         """Called once by the `PromptModel` this component is composed into, before the class
         names are set; a component that needs the whole model (DAPT encodes masked views through
         it) keeps a reference here, outside its module tree."""
+
+    def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
+        """Called whenever the class set changes; `novel` marks classes the model was not trained
+        on. A host builds its class prompts here; a booster that depends on the classes rebuilds."""
+
+    def wants_first_batches(self) -> int:
+        """How many training batches `prepare` wants before the first step (SpecPL's bank init)."""
+        return 0
 
     def text_prompts(self) -> list[PromptGroup]:
         return []
@@ -233,6 +245,12 @@ class Host(Component):
         are boosters' text prompt slots, placed after the host's own; `hooks` their text hooks."""
         raise NotImplementedError
 
+    def own_text_prompts(self) -> list[PromptGroup]:
+        """The host's own text slots beyond its context (deep prompts, representation tokens), which
+        its class prompts get before any booster's; a booster that encodes extra text through the
+        host (DAPT's background prompts) passes them on."""
+        return []
+
     def image_outputs(self, output: VisionOutput) -> dict[str, torch.Tensor]:
         """What the image tower gives this host: by default the pooled feature alone."""
         return {FEATURES: output.pooled}
@@ -288,7 +306,7 @@ class Booster(Component):
         return {}
 
     def counterfactual_rows(
-        self, model: "PromptModel", images: torch.Tensor, decomposer: nn.Module
+        self, model: nn.Module, images: torch.Tensor, decomposer: nn.Module
     ) -> dict[str, Any] | None:
         """This booster's own view of a band swap between two images (see `specpl.counterfactual`)."""
         return None
@@ -336,189 +354,3 @@ def compose_hooks(hooks: list[LayerHook]) -> LayerHook | None:
         return x
 
     return hook
-
-
-class PromptModel(nn.Module):
-    """Host + boosters over one frozen CLIP. ``forward(batch)`` returns the weighted loss terms."""
-
-    def __init__(
-        self, context: BuildContext, host: Host, boosters: list[Booster], options: dict[str, dict[str, Any]]
-    ) -> None:
-        super().__init__()
-        self.context = context
-        self.backbone = context.backbone
-        self.frozen_clip = context.backbone.model  # registered so .to(device) moves it; excluded from checkpoints
-        self.host = host
-        self.boosters = nn.ModuleDict({b.name: b for b in boosters})
-        clip_scale = context.backbone.model.logit_scale.detach().exp()
-        # a 0-d buffer, not a Python float: no host sync to read it, and it moves with the model
-        self.register_buffer(
-            "logit_scale",
-            clip_scale.new_tensor(host.fixed_logit_scale) if host.fixed_logit_scale else clip_scale.clone(),
-            persistent=False,
-        )
-        self.image_encoder = PromptImageEncoder(context.backbone.model) if self._prompts_image_tower() else None
-        self.method_options = options  # as requested; `resolved_options` adds build-time values
-        self.epoch, self.epochs = 0, 1
-        for component in self.components:
-            component.attach(self)
-
-    # --- structure -------------------------------------------------------------------------
-    @property
-    def components(self) -> list[Component]:
-        return [self.host, *self.boosters.values()]
-
-    @property
-    def name(self) -> str:
-        return "+".join(c.name for c in self.components)
-
-    @property
-    def preset(self) -> str:
-        return self.context.preset
-
-    def label(self) -> str:
-        """The stack in words, as built (`stack_label`)."""
-        return stack_label(type(self.host), [type(b) for b in self.boosters.values()], self.resolved_options())
-
-    def resolved_options(self) -> dict[str, dict[str, Any]]:
-        return {c.name: c.resolved_options() for c in self.components}
-
-    def _prompts_image_tower(self) -> bool:
-        return any(c.image_prompts() or c.image_hook() is not None for c in self.components)
-
-    def image_prompt_groups(self) -> list[PromptGroup]:
-        return [g for c in self.components for g in c.image_prompts()]
-
-    @property
-    def needs_image_grad(self) -> bool:
-        """Whether any trainable tensor sits in the image path (then images are encoded every step
-        with gradients; otherwise image outputs are a frozen input, cached per view)."""
-        with torch.enable_grad():
-            if any(t.requires_grad for g in self.image_prompt_groups() for t in g.tokens):
-                return True
-        return any(getattr(c, "trains_image_path", False) for c in self.components)
-
-    @property
-    def classnames(self) -> list[str]:
-        return self.host.classnames
-
-    def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
-        """Build the class prompts; `novel` marks classes the model was not trained on (MMRL sends
-        them through its class branch only)."""
-        self.host.set_classnames(list(classnames), novel=novel)
-        for booster in self.boosters.values():
-            if hasattr(booster, "set_classnames"):
-                booster.set_classnames(list(classnames), novel=novel)
-
-    def frozen_inputs(self) -> list["FrozenInput"]:
-        """Every frozen per-image input the components need, once each by name; plus the image
-        outputs themselves when no trainable tensor sits in the image path."""
-        from specpl.frozen import ImageOutputs
-
-        found: dict[str, "FrozenInput"] = {}
-        for component in self.components:
-            for item in component.frozen_inputs():
-                if item.name in found and found[item.name].signature != item.signature:
-                    raise ValueError(f"two components need the frozen input {item.name!r} computed differently")
-                found.setdefault(item.name, item)
-        if not self.needs_image_grad:
-            found[IMAGE_FEATURES] = ImageOutputs(self)
-        return list(found.values())
-
-    # --- encoding ---------------------------------------------------------------------------
-    def encode_image(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Image outputs with every component's image prompts and hooks applied."""
-        if self.image_encoder is None:
-            return {FEATURES: self.frozen_clip.encode_image(images)}
-        hooks = [c.image_hook() for c in self.components]
-        hook = compose_hooks([h for h in hooks if h is not None])
-        return self.host.image_outputs(self.image_encoder(images, self.image_prompt_groups(), hook))
-
-    def text_hooks(self) -> list[TextHook]:
-        hooks = [c.text_hook() for c in self.components]
-        return [h for h in hooks if h is not None]
-
-    def text_features(self, image_features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(raw, refined) text features; refinement applies every booster in order."""
-        groups = [g for b in self.boosters.values() for g in b.text_prompts()]
-        raw = self.host.encode_text(image_features, groups, self.text_hooks())
-        refined = raw
-        for booster in self.boosters.values():
-            refined = booster.refine_text(refined)
-        return raw, refined
-
-    def logits(
-        self, image: dict[str, torch.Tensor], raw: torch.Tensor | None = None, refined: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        if raw is None or refined is None:
-            raw, refined = self.text_features(image[FEATURES] if self.host.conditions_text_on_image else None)
-        return self.host.logits(image, raw, refined, self.logit_scale)
-
-    def image_from_batch(self, batch: Batch) -> dict[str, torch.Tensor]:
-        cached = {
-            k[len(IMAGE_FEATURES) + 1 :]: v for k, v in batch.frozen.items() if k.startswith(IMAGE_FEATURES + ".")
-        }
-        if cached:
-            return cached
-        if batch.images is None:
-            raise ValueError("the batch has neither images nor cached image outputs")
-        return self.encode_image(batch.images)
-
-    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        image = self.image_from_batch(batch)
-        raw, refined = self.text_features(image[FEATURES] if self.host.conditions_text_on_image else None)
-        logits = self.host.logits(image, raw, refined, self.logit_scale)
-        state = ForwardState(batch, image, raw, refined, logits, self.logit_scale, self.epoch, self.epochs)
-        state.anchor = self.host.anchor_logits(image, raw, self.logit_scale)
-        for booster in self.boosters.values():
-            weights = booster.sample_weights(state)
-            if weights is not None:
-                state.sample_weights = weights if state.sample_weights is None else state.sample_weights * weights
-        losses = self.host.host_losses(state)
-        for booster in self.boosters.values():
-            losses.update({f"{booster.name}.{k}" if k in losses else k: v for k, v in booster.losses(state).items()})
-        return losses
-
-    # --- lifecycle --------------------------------------------------------------------------
-    def prepare(self, batches: list[Batch]) -> None:
-        with torch.no_grad():
-            for component in self.components:
-                component.prepare(batches)
-
-    def on_epoch_end(self, epoch: int, epochs: int) -> None:
-        self.epoch, self.epochs = epoch, epochs
-        for component in self.components:
-            component.on_epoch_end(epoch, epochs)
-
-    def finalise(self) -> None:
-        for component in self.components:
-            component.finalise()
-
-    # --- bundle -----------------------------------------------------------------------------
-    def save_bundle(self, directory: "str | Path", run: dict[str, Any] | None = None) -> "Path":
-        """Write the exported model (tensors, config.json, model card); see `specpl.bundle`."""
-        from specpl.bundle import save_bundle
-
-        return save_bundle(self, Path(directory), run)
-
-    @classmethod
-    def from_bundle(
-        cls, directory: "str | Path", device: str | torch.device = "cpu", backbone: Backbone | None = None
-    ) -> "PromptModel":
-        from specpl.bundle import load_bundle
-
-        return load_bundle(directory, device, backbone)[0]
-
-    # --- state ------------------------------------------------------------------------------
-    def learned_state_dict(self) -> dict[str, torch.Tensor]:
-        """The method's own tensors (prompts, bank, refiner, fusion, ...), never the frozen CLIP."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("frozen_clip.")}
-
-    def load_learned_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load tensors saved by `learned_state_dict`; any mismatch is an error."""
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("frozen_clip.")]
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint does not match the method: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )

@@ -140,6 +140,7 @@ class TeacherLogits:
     cosine of its image feature with its template text of every class."""
 
     name = TEACHER_LOGITS
+    needs_items = False
 
     def __init__(self, teacher: Backbone, student: Backbone, classnames: list[str], template: str, label: str) -> None:
         self.teacher, self.student = teacher, student
@@ -281,18 +282,20 @@ class CasPLConfig:
 def read_boosting_prompts(folder: str | Path, backbone: Backbone) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(text, vision) boosting prompts per layer from a caspl-boost bundle, checked against the
     run's backbone."""
-    from specpl.checkpoint import read_bundle
+    from specpl.bundle import read_bundle
 
     tensors, config = read_bundle(Path(folder))
     where = Path(folder) / "config.json"
     if config["method"].get("host") != PHASE_ONE:
         raise ValueError(
-            f"{where}: caspl.boost_bundle must be a {PHASE_ONE} (phase 1) bundle, this one is {config['method'].get('host')!r}"
+            f"{where}: caspl.boost_bundle must be a {PHASE_ONE} (phase 1) bundle, this one is "
+            f"{config['method'].get('host')!r}"
         )
     trained_on = (config["backbone"].get("name"), config["backbone"].get("pretrained"))
     if trained_on != (backbone.config.name, backbone.config.pretrained):
         raise ValueError(
-            f"{where}: the boosting prompts were learned on {trained_on[0]} ({trained_on[1]}), this run's backbone is {backbone.describe()}"
+            f"{where}: the boosting prompts were learned on {trained_on[0]} ({trained_on[1]}), this run's backbone is "
+            f"{backbone.describe()}"
         )
     prefix = "host."
     text = [tensors[f"{prefix}prompt_learner.ctx"]]
@@ -384,11 +387,13 @@ class CasPL(Booster):
             vision_tokens = [torch.zeros(config.boost_vision_shape[1:]) for _ in range(config.boost_vision_shape[0])]
         elif config.boost_bundle is None:
             raise ValueError(
-                "caspl needs boost_bundle: the folder of a caspl-boost (phase 1) bundle; train one with host 'caspl-boost'"
+                "caspl needs boost_bundle: the folder of a caspl-boost (phase 1) bundle; train one with host "
+                "'caspl-boost'"
             )
         else:
             raise FileNotFoundError(
-                f"caspl.boost_bundle {config.boost_bundle}: no bundle there ({Path(config.boost_bundle) / 'config.json'} is missing)"
+                f"caspl.boost_bundle {config.boost_bundle}: no bundle there "
+                f"({Path(config.boost_bundle) / 'config.json'} is missing)"
             )
         self._check(text, text_width, len(context.backbone.model.transformer.resblocks), "text")
         self._check(vision_tokens, vision.width, vision.depth, "vision")
@@ -418,7 +423,8 @@ class CasPL(Booster):
         if not layers or layers[0].shape[-1] != width or len(layers) > depth:
             shape = [len(layers), *layers[0].shape] if layers else []
             raise ValueError(
-                f"caspl: the {tower} boosting prompts {shape} do not fit this backbone ({tower} width {width}, depth {depth})"
+                f"caspl: the {tower} boosting prompts {shape} do not fit this backbone ({tower} width {width}, depth "
+                f"{depth})"
             )
 
     def _layers(self, kind: str, count: int) -> list[torch.Tensor]:
@@ -427,7 +433,8 @@ class CasPL(Booster):
     def text_prompts(self) -> list[PromptGroup]:
         if self.awaiting_state:  # every logit goes through the text: checked once here
             raise RuntimeError(
-                f"caspl's boosting prompts were neither read from boost_bundle ({self.config.boost_bundle}) nor loaded from a phase-2 bundle"
+                f"caspl's boosting prompts were neither read from boost_bundle ({self.config.boost_bundle}) nor "
+                "loaded from a phase-2 bundle"
             )
         layers = self._layers("text", self.text_layers)
         if not self.in_sequence:

@@ -103,7 +103,7 @@ class CoCoOp(ContextHost):
         if image_features is None:
             raise ValueError("CoCoOp's text depends on the image: pass the image features")
         shift = self.meta_net(F.normalize(image_features, dim=-1).to(self.meta_net[0].weight.dtype))
-        groups = [*self.deep_text_prompts(), *groups]
+        groups = [*self.own_text_prompts(), *groups]
         if self.training:
             return self.prompt_learner(shift, groups, hooks=hooks)
         return self._chunked(shift, groups, hooks)

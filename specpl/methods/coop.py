@@ -135,17 +135,13 @@ class ContextHost(Host):
         self.prompt_learner.set_classnames(classnames)
         self.classnames, self.novel = list(classnames), novel
 
-    def deep_text_prompts(self) -> list[PromptGroup]:
-        """The host's own text slots beyond layer 0 (deep hosts)."""
-        return []
-
     def encode_text(
         self,
         image_features: torch.Tensor | None = None,
         groups: Sequence[PromptGroup] = (),
         hooks: Sequence[TextHook] = (),
     ) -> torch.Tensor:
-        return self.prompt_learner(None, [*self.deep_text_prompts(), *groups], hooks=hooks)
+        return self.prompt_learner(None, [*self.own_text_prompts(), *groups], hooks=hooks)
 
 
 @HOSTS.register("coop")

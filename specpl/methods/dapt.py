@@ -64,7 +64,7 @@ Masks (a frozen input, named ``dapt``, cached per (image, view) by the feature c
   the longest matching tail of the image's path (``<class>/<stem>``, then ``<stem>``); binarised as
   the reference does (first channel, `mask_ignore_value` -> 0, any other value >= 1 -> 1). It gets
   the image's own crop and flip: the geometric part of the train transform is replayed under the
-  view's seed (`AugmentedViews.draw_seed`) on the same-size mask, with nearest interpolation.
+  view's seed (`ViewSource.draw_seed`, the feature cache's) on the same-size mask, with nearest interpolation.
 
 Deviations and choices (spec §9), all behind options; the paper preset (`DAPT.presets`, sources in
 `DAPT.sources`) restores the released code wherever an option can:
@@ -111,22 +111,15 @@ from torchvision import transforms
 
 from specpl.config import check_choice
 from specpl.data import IMAGE_SUFFIXES, DataError, ImageItem, load_image
-from specpl.methods.base import (
-    FEATURES,
-    PROMPTS_IMAGE_TOWER,
-    Booster,
-    BuildContext,
-    ForwardState,
-    PromptModel,
-    compose_hooks,
-)
+from specpl.frozen import ViewSource
+from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState, compose_hooks
 from specpl.methods.prompt import PLACEHOLDER
 from specpl.methods.registry import BOOSTERS
 from specpl.slots import START, PromptGroup
 from specpl.vision import PromptImageEncoder, VisionOutput
 
-if TYPE_CHECKING:
-    from specpl.features import AugmentedViews
+if TYPE_CHECKING:  # the composite this booster is attached to; it imports the contracts, not this
+    from specpl.model import PromptModel
 
 DAPT_INPUT = "dapt"  # the frozen input's name; the batch carries dapt.mask
 MASK = "mask"
@@ -233,7 +226,7 @@ def _patch_positions(groups: Sequence[PromptGroup], starts: Sequence[int | None]
     """Indices of the patch tokens among `tokens` final positions: all but [CLS] and the prompt slots."""
     taken = torch.zeros(tokens, dtype=torch.bool)
     taken[0] = True
-    for group, start in zip(groups, starts):
+    for group, start in zip(groups, starts, strict=True):
         if start is not None:
             taken[start : start + group.length] = True
     return (~taken).nonzero().flatten()
@@ -474,7 +467,8 @@ def geometric_part(transform: Callable) -> transforms.Compose:
             kept.append(step)
         elif not isinstance(step, NOT_GEOMETRIC) and step is not _convert_to_rgb:
             raise ValueError(
-                f"DAPT cannot pair masks with the image transform step {step!r}: only crops, resizes, flips and tensor conversion are supported"
+                f"DAPT cannot pair masks with the image transform step {step!r}: only crops, resizes, flips and "
+                "tensor conversion are supported"
             )
     return transforms.Compose(kept)
 
@@ -502,7 +496,8 @@ class MaskFolder:
             if key in self.index:
                 return self.index[key]
         raise DataError(
-            f"no mask for {image} in {self.root}: looked for {tried[-2] if len(tried) > 1 else tried[-1]}.* and {tried[-1]}.* (any image suffix)"
+            f"no mask for {image} in {self.root}: looked for {tried[-2] if len(tried) > 1 else tried[-1]}.* and "
+            f"{tried[-1]}.* (any image suffix)"
         )
 
     def read(self, image: Path) -> Image.Image:
@@ -524,7 +519,7 @@ class MaskFolder:
             )
         return Image.fromarray((binary * 255).astype(np.uint8))
 
-    def paired(self, items: Sequence[ImageItem], view: int | None, views: "AugmentedViews") -> torch.Tensor:
+    def paired(self, items: Sequence[ImageItem], view: int | None, views: "ViewSource") -> torch.Tensor:
         """(B, 1, H, W) bool masks with each image's crop and flip of view `view`."""
         geometry = geometric_part(views.preprocess_train if view is not None else views.preprocess_eval)
         masks = []
@@ -561,7 +556,7 @@ class DecoupledViews:
         return f"gradcam:{config.cam}:{model.name}@epoch{model.epoch}:t{config.gradcam_threshold}:{normalise}"
 
     def masks(
-        self, images: torch.Tensor, items: Sequence[ImageItem] | None, view: int | None, views: "AugmentedViews | None"
+        self, images: torch.Tensor, items: Sequence[ImageItem] | None, view: int | None, views: "ViewSource | None"
     ) -> torch.Tensor:
         if self.folder is not None:
             if items is None or views is None:
@@ -587,7 +582,7 @@ class DecoupledViews:
         images: torch.Tensor,
         items: Sequence[ImageItem] | None = None,
         view: int | None = None,
-        views: "AugmentedViews | None" = None,
+        views: "ViewSource | None" = None,
     ) -> dict[str, torch.Tensor]:
         return {MASK: self.masks(images, items, view, views)}
 
@@ -659,6 +654,9 @@ class DAPT(Booster):
             raise ValueError("dapt.background_template must contain '{}' and dapt.background_words must not be empty")
         self.tokenizer = context.backbone.tokenizer
         self._model: list[PromptModel] = []
+        # the background prompts' embeddings, made once the model is attached (`_embed_background_prompts`)
+        for name in ("background_prefix", "background_suffix", "background_eot"):
+            self.register_buffer(name, None, persistent=False)
 
     def attach(self, model: PromptModel) -> None:
         """Keep the composing model: the masked views go through its prompted image path, and
@@ -669,12 +667,12 @@ class DAPT(Booster):
     def model(self) -> PromptModel:
         if not self._model:
             raise RuntimeError(
-                "the dapt booster is not attached to a PromptModel (build it with specpl.methods.build_method)"
+                "the dapt booster is not attached to a PromptModel (build it with specpl.factory.build_method)"
             )
         return self._model[0]
 
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
-        if self._model and not hasattr(self, "background_prefix"):
+        if self._model and self.background_prefix is None:
             self._embed_background_prompts()
 
     def frozen_inputs(self) -> list:
@@ -690,7 +688,8 @@ class DAPT(Booster):
     def _text_slots(self) -> list[PromptGroup]:
         """The slots the host's class prompts get: the host's own, then every booster's."""
         model = self.model
-        return [*_host_text_slots(model.host), *(g for b in model.boosters.values() for g in b.text_prompts())]
+        host = [g for g in model.host.own_text_prompts() if g.at == START]
+        return [*host, *(g for b in model.boosters.values() for g in b.text_prompts())]
 
     def background_text(self) -> torch.Tensor:
         """T_bg (N, D): the background prompts through the host's text tower, with the host's and
@@ -719,9 +718,9 @@ class DAPT(Booster):
         with torch.no_grad():
             embedded = text_encoder.embed_tokens(tokens[:, : int(eot.max()) + 1].to(device)).float()
         cut = 1 + placed
-        self.register_buffer("background_prefix", embedded[:1, :cut].clone(), persistent=False)
-        self.register_buffer("background_suffix", embedded[:, cut:].clone(), persistent=False)
-        self.register_buffer("background_eot", (eot - cut).to(device), persistent=False)
+        self.background_prefix = embedded[:1, :cut].clone()
+        self.background_suffix = embedded[:, cut:].clone()
+        self.background_eot = (eot - cut).to(device)
 
     # --- losses -------------------------------------------------------------------------------
     def losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
@@ -741,12 +740,3 @@ class DAPT(Booster):
             "background": config.background_weight
             * background_alignment(background, self.background_text(), state.logit_scale),
         }
-
-
-def _host_text_slots(host: Any) -> list[PromptGroup]:
-    """The host's own text slots, which its class prompts get before any booster's: deep context
-    (IVLP, MaPLe, PromptSRC) or representation tokens (MMRL); none for CoOp-style hosts."""
-    for method in ("deep_text_prompts", "text_prompts_of_host"):
-        if hasattr(host, method):
-            return [g for g in getattr(host, method)() if g.at == START]
-    return []

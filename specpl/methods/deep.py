@@ -1,4 +1,5 @@
-"""Deep prompting hosts: IVLP, MaPLe and PromptSRC (docs/methods/ivlp.md, maple.md, promptsrc.md), on the towers' prompt slots.
+"""Deep prompting hosts: IVLP, MaPLe and PromptSRC (docs/methods/ivlp.md, maple.md, promptsrc.md), on the towers'
+prompt slots.
 
 All three learn text context after [SOS] (layer 0, initialised from a phrase) and, for layers
 1..J-1, text prompts that overwrite those positions; and vision prompts appended after the patch
@@ -103,7 +104,7 @@ class DeepPromptHost(ContextHost):
                 [_normal(n_text, width, config.init_std, device) for _ in range(self.depth - 1)]
             )
 
-    def deep_text_prompts(self) -> list[PromptGroup]:
+    def own_text_prompts(self) -> list[PromptGroup]:
         if not len(self.deep_text):
             return []
         return [PromptGroup(list(self.deep_text), first_layer=1, insert=False, name=f"{self.name}.text")]
@@ -169,7 +170,8 @@ class MaPLeConfig:
     ctx_from_template: bool = True  # start from the run's template words (see specpl.methods.coop)
     tail: str = "{}."  # the frozen text after the context, {} = the class name
     deep_text_init: str = "template"  # see DeepPromptConfig
-    coupling_init: str = "independent"  # "independent": each layer's map drawn on its own; "shared": layers 1..J-1 start as copies of one
+    # "independent": each layer's map drawn on its own; "shared": layers 1..J-1 start as copies of one
+    coupling_init: str = "independent"
 
     def __post_init__(self) -> None:
         check_choice("maple.coupling_init", self.coupling_init, COUPLING_INITS)
@@ -194,7 +196,8 @@ class MaPLe(DeepPromptHost):
     }
     # the released code learns "a photo" of "a photo of a" and keeps "of a" as frozen words
     # (trainers/maple.py: the prompt is ctx_init + class, the suffix taken from position 1 + n_ctx)
-    # the released code's deeper maps are deep copies of one Linear (trainers/maple.py, _get_clones), so they start equal
+    # the released code's deeper maps are deep copies of one Linear (trainers/maple.py, _get_clones), so they
+    # start equal
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {
             "maple": {
@@ -216,7 +219,8 @@ class MaPLe(DeepPromptHost):
         ),
         "ctx_init": f"{MAPLE_REPO} configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml (CTX_INIT 'a photo of a', "
         "of which N_CTX 2 tokens are learned)",
-        "tail": f"{MAPLE_REPO} trainers/maple.py (prompt_prefix = ctx_init; suffix from position 1 + n_ctx keeps 'of a')",
+        "tail": f"{MAPLE_REPO} trainers/maple.py (prompt_prefix = ctx_init; suffix from position 1 + n_ctx keeps 'of "
+        "a')",
         "coupling_init": f"{MAPLE_REPO} trainers/maple.py (compound_prompt_projections = _get_clones(single_layer))",
     }
 
@@ -232,7 +236,7 @@ class MaPLe(DeepPromptHost):
 
     def vision_tokens(self) -> list[torch.Tensor]:
         text = [self.prompt_learner.ctx, *self.deep_text]
-        return [coupling(prompt) for coupling, prompt in zip(self.couplings, text)]
+        return [coupling(prompt) for coupling, prompt in zip(self.couplings, text, strict=True)]
 
 
 @dataclass
@@ -241,7 +245,9 @@ class PromptSRCConfig(DeepPromptConfig):
     image_l1_weight: float = 10.0  # lambda_v
     kl_weight: float = 1.0
     frozen_templates: str = "promptsrc-60"  # "promptsrc-60", "openai-imagenet" (all 80) or "run" (the run's template)
-    frozen_text_average: str = "normalised"  # "normalised": each template's feature normalised, then averaged (CLIP's ensembling); "raw": raw features averaged (the released code)
+    # "normalised": each template's feature normalised, then averaged (CLIP's ensembling); "raw": raw
+    # features averaged, then normalised once (the released code)
+    frozen_text_average: str = "normalised"
     gpa_mean: float | None = None  # None: 0.75 of the epochs (15 of 20, the paper's)
     gpa_std: float = 1.0
 
@@ -324,8 +330,10 @@ class PromptSRC(IndependentPromptHost):
             4,
             9,
         ),
-        "text_l1_weight": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (TEXT_LOSS_WEIGHT 25)",
-        "image_l1_weight": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml (IMAGE_LOSS_WEIGHT 10)",
+        "text_l1_weight": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml "
+        "(TEXT_LOSS_WEIGHT 25)",
+        "image_l1_weight": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml "
+        "(IMAGE_LOSS_WEIGHT 10)",
         "kl_weight": f"{PROMPTSRC_REPO} trainers/promptsrc.py (the KL term enters with weight 1)",
         "frozen_templates": f"{PROMPTSRC_REPO} trainers/imagenet_templates.py (IMAGENET_TEMPLATES, 60 templates)",
         "frozen_text_average": f"{PROMPTSRC_REPO} trainers/promptsrc.py (raw features stacked, mean, then normalised)",
@@ -339,7 +347,8 @@ class PromptSRC(IndependentPromptHost):
         self.backbone = [context.backbone]
         if config.frozen_templates not in FROZEN_TEMPLATES:
             raise ValueError(
-                f"promptsrc.frozen_templates must be one of {', '.join(map(repr, FROZEN_TEMPLATES))}, got {config.frozen_templates!r}"
+                f"promptsrc.frozen_templates must be one of {', '.join(map(repr, FROZEN_TEMPLATES))}, got "
+                f"{config.frozen_templates!r}"
             )
         self.templates = FROZEN_TEMPLATES[config.frozen_templates] or [context.template.format]
         self._aggregated = [name for name, p in self.named_parameters() if p.requires_grad]

@@ -64,7 +64,7 @@ listed in.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -75,12 +75,15 @@ from torch.func import functional_call
 from specpl.backbone import Backbone
 from specpl.config import check_choice
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
-from specpl.methods.base import DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState, PromptModel
+from specpl.methods.base import DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState
 from specpl.methods.registry import BOOSTERS
 from specpl.methods.zeroshot import template_text_features
 from specpl.slots import END, PromptGroup
 from specpl.text import PromptTextEncoder
 from specpl.vision import PromptImageEncoder
+
+if TYPE_CHECKING:  # the composite this booster is attached to; it imports the contracts, not this
+    from specpl.model import PromptModel
 
 IVLP_LAYOUT = frozenset({PROMPTS_IMAGE_TOWER, DEEP_TEXT_PROMPTS})  # hosts whose vision prompts follow the patches
 OUTPUT_PROJECTION, INITIAL_DIFFERENCE = "output-projection", "initial-difference"
@@ -255,7 +258,8 @@ class ISP(Booster):
     name = "isp"
     title = "ISP (reconstructed)"  # no released code: the design follows the abstract (module docstring)
     description = (
-        "ISP (reconstructed from the abstract): self- and cross-structural modules on the deep prompts of the image tower (both towers in the paper preset; IVLP-layout hosts), "
+        "ISP (reconstructed from the abstract): self- and cross-structural modules on the deep prompts of the image "
+        "tower (both towers in the paper preset; IVLP-layout hosts), "
         "and sample probing that reweights the host's loss by frozen zero-shot CLIP difficulty (arXiv 2507.05677)"
     )
     config_class: ClassVar[type] = ISPConfig
@@ -290,7 +294,8 @@ class ISP(Booster):
         _choice("weighting", config.weighting, (LINEAR, FOCAL))
         if config.probe_templates not in (RUN_TEMPLATE, IMAGENET_TEMPLATES) and "{}" not in config.probe_templates:
             raise ValueError(
-                f"isp.probe_templates must be 'run', 'openai-imagenet' or a template with '{{}}'; got {config.probe_templates!r}"
+                f"isp.probe_templates must be 'run', 'openai-imagenet' or a template with '{{}}'; got "
+                f"{config.probe_templates!r}"
             )
         if config.attn_dim % config.heads:
             raise ValueError(f"isp.attn_dim ({config.attn_dim}) must be divisible by isp.heads ({config.heads})")

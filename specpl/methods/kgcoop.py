@@ -3,7 +3,8 @@
 L = CE + lambda * (1 - mean_c cos(g_c, g0_c)), lambda = 8, where g0_c is the frozen CLIP text
 feature of the run's hand-crafted template for class c (the dataset's template when the data names
 one; under the paper preset the released code's own where it differs: DTD's
-"a photo of a {}, a type of texture." instead of "{} texture."), computed once per class set. The term reads the host's raw prompted text, so
+"a photo of a {}, a type of texture." instead of "{} texture."), computed once per class set. The term reads the
+host's raw prompted text, so
 a booster's refinement (SpecPL) does not change what it regularises. Defaults: 4 context tokens
 from "a photo of a", batch 128, SGD 0.002, 100 epochs. Inference costs what CoOp's does.
 """

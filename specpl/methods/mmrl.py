@@ -39,7 +39,8 @@ from specpl.vision import PromptImageEncoder, VisionOutput
 
 REP = "rep"
 SCALE = 100.0
-# lambda per dataset (the released trainers/config.py; CoOp's dataset names, see specpl.datasets); others use `reg_weight`
+# lambda per dataset (the released trainers/config.py; CoOp's dataset names, see specpl.datasets); others use
+# `reg_weight`
 REG_WEIGHTS = {
     "stanford_cars": 7.0,
     "fgvc_aircraft": 6.0,
@@ -160,7 +161,7 @@ class MMRL(Host):
         tokens = [aligner(self.representation) for aligner in self.vision_aligners]
         return [PromptGroup(tokens, first_layer=self.first_vision_layer, name=REP)]
 
-    def text_prompts_of_host(self) -> list[PromptGroup]:
+    def own_text_prompts(self) -> list[PromptGroup]:
         tokens = [aligner(self.representation) for aligner in self.text_aligners]
         return [PromptGroup(tokens, first_layer=self.first_text_layer, name=REP)]
 
@@ -185,7 +186,7 @@ class MMRL(Host):
         groups: Sequence[PromptGroup] = (),
         hooks: Sequence[TextHook] = (),
     ) -> torch.Tensor:
-        groups = [*self.text_prompts_of_host(), *groups]
+        groups = [*self.own_text_prompts(), *groups]
         return self.text_encoder.forward_shared_prefix(
             self.text_prefix, self.text_suffix, self.text_eot, groups, hooks
         )[0]

@@ -79,7 +79,8 @@ class PromptLearner(nn.Module):
             self.ctx = nn.Parameter(self.ctx.detach().unsqueeze(0).repeat(len(classnames), 1, 1))
         if self.class_specific and self.ctx.shape[0] != len(classnames):
             raise ValueError(
-                f"class-specific context was learned for {self.ctx.shape[0]} classes and cannot be applied to {len(classnames)}"
+                f"class-specific context was learned for {self.ctx.shape[0]} classes and cannot be applied to "
+                f"{len(classnames)}"
             )
         prompts = [" ".join([PLACEHOLDER] * self.n_ctx) + " " + self.tail.format(name) for name in classnames]
         tokens = self.tokenizer(prompts)

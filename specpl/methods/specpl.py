@@ -19,7 +19,8 @@ takes text = normalise(0.5 raw + 0.5 refined) with the raw feature unnormalised,
 code does; CLIP's raw text norms are far above 1, so that blend is close to the raw direction, and
 the model is tested on text it was not trained with (the refined text). That mismatch was the cause
 of CoCoOp + SpecPL losing to CoCoOp (bench/DEFAULTS.md: the ``test_blend=1`` ablation row), so the
-``default`` preset tests CoCoOp on the refined text it trained on, as every other host. On MMRL the host routes refined text to its representation branch only, L_sem reads the
+``default`` preset tests CoCoOp on the refined text it trained on, as every other host. On MMRL the host routes
+refined text to its representation branch only, L_sem reads the
 class branch's logits, and FiLM acts on the class-token feature (what `ForwardState` carries).
 The band teacher is the run's decomposer (`specpl.bands`), a named frozen input computed once per
 view; its statistic size is recorded in the options so a bundle loads without the decomposer.
@@ -162,6 +163,7 @@ class SpecPL(Booster):
 
     def __init__(self, config: SpecPLConfig, context: BuildContext) -> None:
         super().__init__(config, context)
+        self.novel = False  # the current classes are new ones (`set_classnames`)
         self.context = [context]  # a list keeps it out of the module tree
         if config.band_stat_dim is None:
             config.band_stat_dim = int(context.build_decomposer().stat_dim)
@@ -185,8 +187,11 @@ class SpecPL(Booster):
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
         self.novel = novel
 
+    def wants_first_batches(self) -> int:
+        return self.config.bank_init_batches
+
     def refine_text(self, text: torch.Tensor) -> torch.Tensor:
-        if getattr(self, "novel", False) and not self.config.refine_novel:
+        if self.novel and not self.config.refine_novel:
             return text
         refined = self.bank(text)
         if self.training or self.test_blend >= 1.0:

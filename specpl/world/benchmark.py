@@ -37,9 +37,10 @@ from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig,
 from specpl.data import FewShotData, base_new_split, read_fewshot_folder
 from specpl.defaults import world_backbone_config
 from specpl.evaluate import aggregate_base_new
+from specpl.factory import check_combination, method_label, preset_note, resolve_method_options
 from specpl.inference import Predictor
-from specpl.methods import PromptModel, check_combination, method_label, preset_note, resolve_method_options
 from specpl.methods.caspl import PHASE_ONE, distillation_loss, load_teacher, resolve_teacher
+from specpl.model import PromptModel
 from specpl.trainer import Trainer, TrainResult
 from specpl.training_plan import resolved_training
 from specpl.visualize import to_pil, to_unit_tensor
@@ -125,7 +126,7 @@ def granularity_probe(
         swapped.append(to_pil(decomposer.swap(to_unit_tensor(low_image, size), to_unit_tensor(high_image, size))[0]))
     predictions = [ranked[0][0] for ranked in predictor.predict(swapped, top_k=1)]
     texture = shape = 0
-    for (low_class, high_class), predicted in zip(chosen, predictions):
+    for (low_class, high_class), predicted in zip(chosen, predictions, strict=True):
         texture += split_classname(predicted)[0] == split_classname(high_class)[0]
         shape += split_classname(predicted)[1] == split_classname(low_class)[1]
     return {"texture": texture / len(chosen), "shape": shape / len(chosen)}
@@ -414,7 +415,8 @@ def run_world_bench(
                 probe = granularity_probe(predictor, decomposer, config.probe_pairs, seed, config.camera)
                 results[name].probes.append(probe)
                 log(
-                    f"seed {seed} {name:16s} base {accuracy['base']:6.2f} new {accuracy['new']:6.2f} probe texture {probe['texture']:.2f} shape {probe['shape']:.2f}"
+                    f"seed {seed} {name:16s} base {accuracy['base']:6.2f} new {accuracy['new']:6.2f} "
+                    f"probe texture {probe['texture']:.2f} shape {probe['shape']:.2f}"
                 )
             else:
                 log(f"seed {seed} {name:16s} base {accuracy['base']:6.2f} new {accuracy['new']:6.2f}")
@@ -432,7 +434,8 @@ def _single_preset_note(results: list[MethodResult], config: WorldBenchConfig) -
     if not once:
         return []
     return [
-        f"Presets: a method is run once, under [{first}], where its resolved options and preset training settings are the same "
+        f"Presets: a method is run once, under [{first}], "
+        "where its resolved options and preset training settings are the same "
         f"under {', '.join(f'[{o}]' for o in others)}: {', '.join(once)}."
     ]
 
@@ -456,8 +459,12 @@ def markdown_report(
         "# SpectralWorld benchmark",
         "",
         *_provenance(command),
-        f"- Backbone: {backbone.describe()}; decomposer: {config.decomposer.name}; {config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
-        f"{config.epochs} epochs, {config.test_per_class} test images per class; camera: {config.camera}; wall time {seconds / 60:.1f} min",
+        (
+            f"- Backbone: {backbone.describe()}; decomposer: {config.decomposer.name}; "
+            f"{config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
+            f"{config.epochs} epochs, {config.test_per_class} test images per class; "
+            f"camera: {config.camera}; wall time {seconds / 60:.1f} min"
+        ),
         f"- Boosters: {', '.join(config.boosters) or 'none'}; stacks: {', '.join(config.stacks) or 'none'}",
         *(
             [f"- Options on every row that has the component: {_options_text(config.options)}"]
@@ -465,10 +472,19 @@ def markdown_report(
             else []
         ),
         "",
-        'Base/new: 36 "<texture> <shape>" classes, the first 18 (sorted) are base. HM is the HM of the mean base and mean new accuracy.',
-        "HM vs host: the row's HM minus its host's alone (same preset); above zero, the boosters raise their host's HM.",
+        (
+            'Base/new: 36 "<texture> <shape>" classes, the first 18 (sorted) are base. '
+            "HM is the HM of the mean base and mean new accuracy."
+        ),
+        (
+            "HM vs host: the row's HM minus its host's alone (same preset); "
+            "above zero, the boosters raise their host's HM."
+        ),
         "Probe: images with one image's low band and another's high band (different texture and shape);",
-        "`texture` = share predicted with the high band's texture, `shape` = share predicted with the low band's shape.",
+        (
+            "`texture` = share predicted with the high band's texture, "
+            "`shape` = share predicted with the low band's shape."
+        ),
         *_single_preset_note(results, config),
         "",
         "| Method | Base | New | HM | HM vs host | Probe: texture follows high | Probe: shape follows low |",
@@ -479,7 +495,8 @@ def markdown_report(
         row = summaries[result.name]
         versus = f"{row['hm'] - summaries[result.baseline]['hm']:+.2f}" if result.baseline in summaries else "—"
         lines.append(
-            f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} | {versus} | {row['texture']:.2f} | {row['shape']:.2f} |"
+            f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} | {versus} "
+            f"| {row['texture']:.2f} | {row['shape']:.2f} |"
         )
     named = [f"- {result.name}: {result.label}" for result in results if result.label]
     lines += ["", "What each row is:", "", *named] if named else []
@@ -491,24 +508,35 @@ def markdown_report(
     for result in results:
         lines.append(
             f"- {result.name}: "
-            + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed))
+            + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed, strict=True))
         )
     lines += _phase_one_section(results, config)
     lines += [
         "",
         "## Room above zero-shot",
         "",
-        f"A ridge linear probe on the frozen, L2-normalised image features of the base classes with {ceiling['shots']:.0f} images per class "
-        f"(camera: {config.camera}, same test images): {ceiling['linear_probe']:.2f}%, against zero-shot {ceiling['zero_shot']:.2f}%. "
-        "Where the probe is not above zero-shot, the image features, not the prompt, limit what a prompt method can add.",
+        (
+            "A ridge linear probe on the frozen, L2-normalised image features of the base classes "
+            f"with {ceiling['shots']:.0f} images per class "
+            f"(camera: {config.camera}, same test images): {ceiling['linear_probe']:.2f}%, "
+            f"against zero-shot {ceiling['zero_shot']:.2f}%. "
+            "Where the probe is not above zero-shot, the image features, not the prompt, "
+            "limit what a prompt method can add."
+        ),
         "",
         "## Band check",
         "",
-        f"Linear probes (ridge, held-out accuracy) of each factor from each band of random world images (default camera, {config.decomposer.name} decomposer); "
-        "chance is 1/6 for each factor. *Band image*: the band rendered as an image (the decoded low band; the rest of the image "
-        "around mid-grey) and embedded by the frozen CLIP image tower, i.e. what the band holds. *SpecPL statistic*: the spec's "
-        "per-channel mean |.| through the frozen band MLP, i.e. what the booster sees of the band; it pools away where things are, "
-        "so shape shows only through edge statistics.",
+        (
+            "Linear probes (ridge, held-out accuracy) of each factor from each band of random world images "
+            f"(default camera, {config.decomposer.name} decomposer); "
+            "chance is 1/6 for each factor. "
+            "*Band image*: the band rendered as an image (the decoded low band; the rest of the image "
+            "around mid-grey) and embedded by the frozen CLIP image tower, i.e. what the band holds. "
+            "*SpecPL statistic*: the spec's "
+            "per-channel mean |.| through the frozen band MLP, i.e. what the booster sees of the band; "
+            "it pools away where things are, "
+            "so shape shows only through edge statistics."
+        ),
         "",
         "| Reading | Band | Texture | Shape | Colour |",
         "|---|---|---|---|---|",
@@ -517,7 +545,8 @@ def markdown_report(
     for reading, bands in band_probe.items():
         for band, accuracy in bands.items():
             lines.append(
-                f"| {titles[reading]} | {band} | {accuracy['texture']:.2f} | {accuracy['shape']:.2f} | {accuracy['colour']:.2f} |"
+                f"| {titles[reading]} | {band} | {accuracy['texture']:.2f} | {accuracy['shape']:.2f} "
+                f"| {accuracy['colour']:.2f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -531,12 +560,21 @@ def _phase_one_section(results: list[MethodResult], config: WorldBenchConfig) ->
         "",
         "## CasPL phase 1: does the student move toward the teacher?",
         "",
-        f"Phase 1 (`{PHASE_ONE}`) trains once per seed, on that seed's base-class training images with their labels unused, "
-        "and its bundle is the `boost_bundle` of every `caspl` row of the seed. That is the non-transductive choice: the paper "
-        "(and its released code) distils on the training images of all classes with every class name, which is transductive "
-        "toward the new classes. The teacher's and phase 1's base/new accuracies are their rows in the table above.",
-        "Agreement: share of test images whose top class is the teacher's. KL: mean KL(teacher || student) at T = 1 over the "
-        "test images (the phase-1 loss). Phase 1 moves the student toward the teacher where agreement rises and KL falls.",
+        (
+            f"Phase 1 (`{PHASE_ONE}`) trains once per seed, "
+            "on that seed's base-class training images with their labels unused, "
+            "and its bundle is the `boost_bundle` of every `caspl` row of the seed. "
+            "That is the non-transductive choice: the paper "
+            "(and its released code) distils on the training images of all classes with every class name, "
+            "which is transductive toward the new classes. "
+            "The teacher's and phase 1's base/new accuracies are their rows in the table above."
+        ),
+        (
+            "Agreement: share of test images whose top class is the teacher's. "
+            "KL: mean KL(teacher || student) at T = 1 over the "
+            "test images (the phase-1 loss). "
+            "Phase 1 moves the student toward the teacher where agreement rises and KL falls."
+        ),
         "",
         "| Student | Base agreement | Base KL | New agreement | New KL |",
         "|---|---|---|---|---|",
@@ -549,15 +587,17 @@ def _phase_one_section(results: list[MethodResult], config: WorldBenchConfig) ->
             for split in ("base", "new")
         }
         lines.append(
-            f"| {result.name} | {mean['base']['agreement']:.2f} | {mean['base']['kl']:.3f} | {mean['new']['agreement']:.2f} | {mean['new']['kl']:.3f} |"
+            f"| {result.name} | {mean['base']['agreement']:.2f} | {mean['base']['kl']:.3f} "
+            f"| {mean['new']['agreement']:.2f} | {mean['new']['kl']:.3f} |"
         )
     lines += ["", "Per seed (agreement / KL):", ""]
     for result in measured:
         lines.append(
             f"- {result.name}: "
             + "; ".join(
-                f"seed {s}: base {fit['base']['agreement']:.2f} / {fit['base']['kl']:.3f}, new {fit['new']['agreement']:.2f} / {fit['new']['kl']:.3f}"
-                for s, fit in zip(config.seeds, result.teacher_fit)
+                f"seed {s}: base {fit['base']['agreement']:.2f} / {fit['base']['kl']:.3f}, "
+                f"new {fit['new']['agreement']:.2f} / {fit['new']['kl']:.3f}"
+                for s, fit in zip(config.seeds, result.teacher_fit, strict=True)
             )
         )
     return lines
@@ -583,10 +623,18 @@ def ablation_report(
         "# SpectralWorld ablation: which input of SpecPL moves its new-class accuracy",
         "",
         *_provenance(command),
-        f"- Backbone: {backbone.describe()}; CoOp with {config.n_ctx} context tokens; {config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
-        f"{config.epochs} epochs, batch {config.batch_size}, {config.test_per_class} test images per class; camera: {config.camera}; wall time {seconds / 60:.1f} min",
-        f"- As benchmarked: decomposer {config.decomposer.name} at {config.decomposer.image_size} px, no resampling crop (the eval transform), "
-        "cosine per epoch after one warm-up epoch, the last partial batch dropped, bank from 10 low-band batches. Each row below changes one input.",
+        (
+            f"- Backbone: {backbone.describe()}; CoOp with {config.n_ctx} context tokens; "
+            f"{config.shots} shots, seeds {', '.join(map(str, config.seeds))}, "
+            f"{config.epochs} epochs, batch {config.batch_size}, {config.test_per_class} test images per class; "
+            f"camera: {config.camera}; wall time {seconds / 60:.1f} min"
+        ),
+        (
+            f"- As benchmarked: decomposer {config.decomposer.name} at {config.decomposer.image_size} px, "
+            "no resampling crop (the eval transform), "
+            "cosine per epoch after one warm-up epoch, the last partial batch dropped, "
+            "bank from 10 low-band batches. Each row below changes one input."
+        ),
         "",
         "| Row | Base | New | HM | HM vs CoOp | HM vs SpecPL as benchmarked |",
         "|---|---|---|---|---|---|",
@@ -594,13 +642,14 @@ def ablation_report(
     for result in results:
         row = rows[result.name]
         lines.append(
-            f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} | {row['hm'] - coop:+.2f} | {row['hm'] - benchmarked:+.2f} |"
+            f"| {result.name} | {row['base']:.2f} | {row['new']:.2f} | {row['hm']:.2f} "
+            f"| {row['hm'] - coop:+.2f} | {row['hm'] - benchmarked:+.2f} |"
         )
     lines += ["", "Per seed (base / new):", ""]
     for result in results:
         lines.append(
             f"- {result.name}: "
-            + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed))
+            + "; ".join(f"seed {s}: {b:.2f} / {n:.2f}" for s, (b, n) in zip(config.seeds, result.per_seed, strict=True))
         )
     return "\n".join(lines) + "\n"
 
@@ -682,7 +731,7 @@ def band_linear_probe(
     images = torch.cat([to_unit_tensor(render(s), size) for s in samples])
     chunks = images.split(128)
     bands = [decomposer.decompose(chunk) for chunk in chunks]
-    band_images = [decomposer.band_images(chunk, chunk_bands) for chunk, chunk_bands in zip(chunks, bands)]
+    band_images = [decomposer.band_images(chunk, chunk_bands) for chunk, chunk_bands in zip(chunks, bands, strict=True)]
     stats = [decomposer.band_statistics(chunk_bands) for chunk_bands in bands]
     low, high = torch.cat([s[0] for s in stats]).float(), torch.cat([s[1] for s in stats]).float()
     torch.manual_seed(seed)

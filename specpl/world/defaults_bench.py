@@ -26,8 +26,8 @@ from specpl.config import DEFAULT_TEMPLATE, DataConfig, DecomposerConfig, Method
 from specpl.datasets import read_dataset
 from specpl.defaults import demo_data_dir
 from specpl.evaluate import harmonic_mean
+from specpl.factory import check_combination
 from specpl.inference import Predictor
-from specpl.methods import check_combination
 from specpl.trainer import Trainer
 from specpl.world.benchmark import ZERO_SHOT, BenchRow, WorldBenchConfig, _provenance, bench_methods, run_world_bench
 
@@ -209,7 +209,8 @@ def domain_table(domain: str, rows: list[DomainRow], role: str) -> list[str]:
             base = statistics.fmean(p[0] for p in row.per_seed)
             new = statistics.fmean(p[1] for p in row.per_seed)
             lines.append(
-                f"| {row.name} | {base:.2f} | {new:.2f} | {row.mean:.2f} | {row.sd:.2f} | {versus} | {' '.join(marks)} |"
+                f"| {row.name} | {base:.2f} | {new:.2f} | {row.mean:.2f} | {row.sd:.2f} "
+                f"| {versus} | {' '.join(marks)} |"
             )
         else:
             lines.append(f"| {row.name} | {row.mean:.2f} | {row.sd:.2f} | {versus} | {' '.join(marks)} |")
@@ -227,13 +228,26 @@ def defaults_report(
         "# The product's defaults, measured",
         "",
         *_provenance(command),
-        f"- Backbone: {backbone.describe()}; decomposer: {config.decomposer.name}; seeds {', '.join(map(str, config.seeds))}; wall time {seconds / 60:.1f} min",
-        f"- World domains: {config.shots} shots of the 18 base classes (the default preset holds 1 per class out for validation), "
-        f"{config.test_per_class} test images per class; HM of the mean base and mean new accuracy per seed, then averaged over seeds (sd: across seeds).",
-        "- Every row is `specpl train` with no flag beyond the method: the default preset (open_clip's mild crop, a per-step cosine, "
-        "epochs and batch size derived from the training images, validation choosing the epoch kept).",
+        (
+            f"- Backbone: {backbone.describe()}; decomposer: {config.decomposer.name}; "
+            f"seeds {', '.join(map(str, config.seeds))}; wall time {seconds / 60:.1f} min"
+        ),
+        (
+            f"- World domains: {config.shots} shots of the 18 base classes "
+            "(the default preset holds 1 per class out for validation), "
+            f"{config.test_per_class} test images per class; "
+            "HM of the mean base and mean new accuracy per seed, then averaged over seeds (sd: across seeds)."
+        ),
+        (
+            "- Every row is `specpl train` with no flag beyond the method: "
+            "the default preset (open_clip's mild crop, a per-step cosine, "
+            "epochs and batch size derived from the training images, validation choosing the epoch kept)."
+        ),
         "- Validation holds only the base classes, so selection cannot protect new-class accuracy.",
-        f"- Cameras the defaults were chosen on: {', '.join(config.chosen_on) or 'none'}; held out to confirm them: {', '.join(config.held_out) or 'none'}.",
+        (
+            f"- Cameras the defaults were chosen on: {', '.join(config.chosen_on) or 'none'}; "
+            f"held out to confirm them: {', '.join(config.held_out) or 'none'}."
+        ),
         "",
     ]
     for domain, (role, rows) in domains.items():

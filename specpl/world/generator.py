@@ -187,7 +187,7 @@ def sample_class(rng: np.random.Generator | int, classname: str, n: int) -> list
 def _polygon_mask(vertices: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Even-odd point-in-polygon test, vectorised over pixel centres."""
     inside = np.zeros(x.shape, dtype=bool)
-    for (x0, y0), (x1, y1) in zip(vertices, np.roll(vertices, -1, axis=0)):
+    for (x0, y0), (x1, y1) in zip(vertices, np.roll(vertices, -1, axis=0), strict=True):
         if y0 == y1:
             continue
         crosses = (y0 > y) != (y1 > y)

@@ -76,7 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--init-from",
         type=Path,
         default=None,
-        help="safetensors of a shallower model of the same width to start from (blocks interleaved with identity blocks)",
+        help=(
+            "safetensors of a shallower model of the same width to start from (blocks interleaved with identity blocks)"
+        ),
     )
     parser.add_argument(
         "--cast-prob",
@@ -95,7 +97,8 @@ def command_line(args: argparse.Namespace) -> str:
     return (
         f"python -m specpl.world.pretrain --out {args.out} --seed {args.seed} --steps {args.steps} "
         f"--batch-size {args.batch_size} --lr {args.lr} --warmup {args.warmup} "
-        f"--weight-decay {args.weight_decay} --aux-steps {args.aux_steps} --threads {args.threads} --eval-every {args.eval_every} "
+        f"--weight-decay {args.weight_decay} --aux-steps {args.aux_steps} --threads {args.threads} "
+        f"--eval-every {args.eval_every} "
         f"--eval-per-class {args.eval_per_class} --eval-seed {args.eval_seed}"
         + (f" --model {args.model}" if args.model != MODEL_NAME else "")
         + (f" --init-from {args.init_from}" if args.init_from else "")
@@ -198,7 +201,7 @@ def world_batch(
     samples = sample_world(rng, size)
     captions = [describe(sample, rng) for sample in samples]
     truth = torch.tensor(
-        [[c.holds_for(described, image) for c, described in zip(captions, samples)] for image in samples]
+        [[c.holds_for(described, image) for c, described in zip(captions, samples, strict=True)] for image in samples]
     )
     rendered = [render(sample) for sample in samples]
     if cast_prob > 0:  # no draws at all when off, so the default run's random stream is unchanged
@@ -273,10 +276,14 @@ DEFAULT_INTRO = """A tiny CLIP trained from scratch by this project on SpectralW
 world in `specpl/world/generator.py`. It is the default embedded backbone: small enough to ship,
 and trained on images whose low- and high-frequency content is known by construction."""
 
+DEFAULT_INIT = "The patch embedding starts as a luminance 8x8 DCT filter bank (plus damped random weights)."
+
 
 def model_card(args: argparse.Namespace, history: list[tuple[int, float, float]], stats: dict) -> str:
     rows = "\n".join(f"| {step} | {loss:.3f} | {acc:.1%} |" for step, loss, acc in history)
     intro = stats.get("intro", DEFAULT_INTRO)
+    init = stats.get("init", DEFAULT_INIT)
+    augmentation = "random colour casts as above" if args.cast_prob else "no augmentation"
     return f"""# {args.model}
 
 {intro}
@@ -305,9 +312,9 @@ factors; every caption names the texture and the shape.{stats.get("data_extra", 
 Symmetric contrastive loss in which every true (image, caption) pair of the batch is a positive
 (a caption is true of an image when the image agrees on every factor the caption names).
 {AUX_NOTE.format(aux_steps=args.aux_steps) if args.aux_steps > 0 else "No auxiliary loss."}
-{stats.get("init", "The patch embedding starts as a luminance 8x8 DCT filter bank (plus damped random weights).")}
+{init}
 AdamW (betas 0.9/0.98, weight decay {args.weight_decay} on matrices), peak lr {args.lr},
-{args.warmup} warm-up steps then cosine decay, learnable temperature, {"random colour casts as above" if args.cast_prob else "no augmentation"}.
+{args.warmup} warm-up steps then cosine decay, learnable temperature, {augmentation}.
 
 Exact command (seed {args.seed}):
 
@@ -410,7 +417,8 @@ def main(argv: list[str] | None = None) -> float:
         "arch": (
             f"ViT vision tower {vision['image_size']} px, patch {vision['patch_size']}, width {vision['width']}, "
             f"{vision['layers']} layers, {vision['width'] // vision['head_width']} heads, class-token pooling, "
-            f"{vision.get('pos_embed_type', 'learnable')} position embedding; text transformer width {text['width']}, {text['layers']} layers, "
+            f"{vision.get('pos_embed_type', 'learnable')} position embedding; "
+            f"text transformer width {text['width']}, {text['layers']} layers, "
             f"{text['heads']} heads, context {text['context_length']}, CLIP BPE vocabulary {text['vocab_size']}; "
             f"embedding dim {cfg['embed_dim']}, GELU"
         ),
@@ -422,9 +430,9 @@ def main(argv: list[str] | None = None) -> float:
     }
     if args.model != MODEL_NAME:
         stats["intro"] = (
-            f"A larger SpectralWorld CLIP ({vision['layers']} + {text['layers']} blocks against world-clip's 4 + 4), trained by "
-            "this project as CasPL's offline teacher (`specpl.methods.caspl`): the world's stand-in for CLIP ViT-L/14 "
-            "teaching ViT-B/16."
+            f"A larger SpectralWorld CLIP ({vision['layers']} + {text['layers']} blocks against world-clip's 4 + 4), "
+            "trained by this project as CasPL's offline teacher (`specpl.methods.caspl`): "
+            "the world's stand-in for CLIP ViT-L/14 teaching ViT-B/16."
         )
     if args.init_from is not None:
         stats["init"] = (
@@ -442,7 +450,8 @@ def main(argv: list[str] | None = None) -> float:
     tmp.write_text(model_card(args, history, stats))
     os.replace(tmp, card)
     print(
-        f"zero-shot top-1 {accuracy:.1%} ({args.eval_per_class}/class), wall {wall_min:.1f} min, {stats['size_mb']:.1f} MB -> {weights}"
+        f"zero-shot top-1 {accuracy:.1%} ({args.eval_per_class}/class), wall {wall_min:.1f} min, "
+        f"{stats['size_mb']:.1f} MB -> {weights}"
     )
     return accuracy
 
