@@ -16,14 +16,16 @@ from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
-from test_app_server import (
+from test_app_server import (  # noqa: F401  (cifar_zip and offline_world are fixtures)
     CHROMIUM,
     CHROMIUM_ARGS,
     EXPECT_TIMEOUT_MS,
     TINY,
     api_config,
+    cifar_zip,
+    offline_world,
     poll_until,
-)  # noqa: F401  (fixtures)
+)
 
 from app.identity import COOKIE, owner_key
 from app.settings import AppSettings

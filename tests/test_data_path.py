@@ -80,7 +80,7 @@ def test_the_default_preset_derives_its_budget_from_the_training_images():
 class Pixels:
     """A frozen input that returns the view itself, to see what the other inputs were computed on."""
 
-    name, signature = "pixels", "identity"
+    name, signature, needs_items = "pixels", "identity", False
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return images.clone()
@@ -145,6 +145,7 @@ class Counting:
 
     def __init__(self, name: str) -> None:
         self.name, self.signature, self.calls = name, "v1", 0
+        self.needs_items = False
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self.calls += images.shape[0]
