@@ -6,7 +6,7 @@ newly registered booster shows up with its options.
 The form shows *effective* values: the component's dataclass default, then the chosen preset's
 (``default`` or ``paper``, `specpl.config.PRESETS`), and for training the preset's settings and the
 host's published ones in the preset's order, as the trainer resolves them
-(`specpl.training_plan.resolved_training`). Under ``default`` the epochs and batch size are
+(`specpl.resolve.resolve_run`, as the trainer resolves them). Under ``default`` the epochs and batch size are
 ``auto``, derived from the number of training images when the run starts: their number boxes are
 left empty (the main form's Epochs box: 0 or empty), and `app.plan` states the values beside it. A
 run's config keeps only what the user changed from those, so presets keep working and the CLI line
@@ -41,9 +41,9 @@ from specpl.config import (
     TrainConfig,
     canonical_preset,
 )
-from specpl.factory import resolve_method_options
 from specpl.methods import BOOSTERS, HOSTS
-from specpl.training_plan import AUTO, resolved_training
+from specpl.resolve import resolve_run
+from specpl.training_plan import AUTO
 
 APP_TRAIN_DEFAULTS = {"eval_every_epochs": 1}  # the app evaluates every epoch: the validation curve needs it
 MAIN_FORM = {  # set by the main form's own controls, so left out of the accordion
@@ -181,19 +181,20 @@ def effective_values(host: str, boosters: list[str], preset: str) -> dict[str, A
     combination still gets values (each booster's own defaults), so the form can show them
     while the method note explains the refusal."""
     method = MethodConfig(host=host, boosters=list(boosters), preset=known_preset(preset))
+    train = TrainConfig(**APP_TRAIN_DEFAULTS)
     try:
-        options = resolve_method_options(method)
-    except ValueError:
-        options = resolve_method_options(dataclasses.replace(method, boosters=[]))
-        options.update({name: dataclasses.asdict(BOOSTERS.get(name).config_class()) for name in boosters})
+        resolved = resolve_run(RunConfig(method=method, train=train))
+    except ValueError:  # the host's values, and each booster's own defaults
+        resolved = resolve_run(RunConfig(method=dataclasses.replace(method, boosters=[]), train=train))
+        resolved.options.update({name: dataclasses.asdict(BOOSTERS.get(name).config_class()) for name in boosters})
+    options = resolved.options
     values = {
         field.key: field.default for field in form_fields() if field.is_option
     }  # components not chosen: their own defaults
     values.update(
         {f"{component}.{key}": value for component, settings in options.items() for key, value in settings.items()}
     )
-    train = resolved_training(RunConfig(method=method, train=TrainConfig(**APP_TRAIN_DEFAULTS)))
-    values.update({f"train.{key}": value for key, value in train.items()})
+    values.update({f"train.{key}": value for key, value in resolved.training.items()})
     values.update(
         {f"decomposer.{f.name}": getattr(DecomposerConfig(), f.name) for f in dataclasses.fields(DecomposerConfig)}
     )
@@ -269,7 +270,7 @@ def run_config(values: Mapping[str, Any], backbone: Any) -> RunConfig:
         ),
         template=template,
     )
-    resolve_method_options(config.method)  # unknown methods, bad combinations and options fail here
+    resolve_run(config)  # unknown methods, bad combinations and options fail here, as in the trainer
     return config
 
 
@@ -293,7 +294,7 @@ def form_values(config: RunConfig) -> dict[str, Any]:
     """The inverse of `run_config`: every key's value for a loaded preset (the backbone aside)."""
     method = config.method
     values = effective_values(method.host, method.boosters, method.preset)
-    values.update({f"train.{key}": value for key, value in resolved_training(config).items()})
+    values.update({f"train.{key}": value for key, value in resolve_run(config).training.items()})
     values.update({f"decomposer.{key}": value for key, value in dataclasses.asdict(config.decomposer).items()})
     values.update({f"data.{key}": value for key, value in dataclasses.asdict(config.data).items()})
     values.update(
@@ -353,7 +354,7 @@ def read_preset(path: Path, label: str) -> RunConfig:
         config = RunConfig.from_dict(
             {k: v for k, v in raw.items() if k in ("backbone", "decomposer", "method", "data", "train", "template")}
         )
-        resolve_method_options(config.method)
+        resolve_run(config)
     except (UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError, KeyError) as exc:
         raise ValueError(f"{label} is not a usable preset: {exc}") from None
     return config

@@ -342,26 +342,12 @@ def run_sweep(
 
 
 def resolved_cell(config: RunConfig) -> dict[str, Any]:
-    """What a cell would train with: its preset, every option, the training settings for its
-    dataset's training images (read from its layout, so a bad layout shows before a long sweep)
-    and, for a paper preset, each value's source."""
-    from specpl.factory import resolve_method_options
-    from specpl.sources import value_sources
-    from specpl.training_plan import hold_out_validation, resolved_training
+    """What a cell would train with, as the trainer resolves it (`specpl.resolve`): its preset,
+    every option, the training settings for its dataset's training images (read from its layout,
+    so a bad layout shows before a long sweep) and, for a paper preset, each value's source."""
+    from specpl.resolve import resolve_run
 
-    data = read_dataset(config.data)
-    train = data.train
-    if resolved_training(config)["select"] == "val" and not data.val:  # as the trainer: validation comes out of train
-        train, _ = hold_out_validation(train, config.data.seed)
-    return {
-        "preset": config.method.preset,
-        "dataset": config.data.dataset,
-        "template": config.template,
-        "train_images": len(train),
-        "options": resolve_method_options(config.method),
-        "train": resolved_training(config, len(train)),
-        "sources": value_sources(config.method, config.train, config.data.dataset),
-    }
+    return {"dataset": config.data.dataset, **resolve_run(config, read_dataset(config.data)).record()}
 
 
 def _process_state() -> "PartialState":

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from specpl.backbone import Backbone, load_backbone
 from specpl.checkpoint import load_resume_state, save_resume_state
-from specpl.config import DEFAULT_TEMPLATE, MethodConfig, RunConfig, write_json_atomic
+from specpl.config import MethodConfig, RunConfig, TrainConfig, from_dict, write_json_atomic
 from specpl.data import FewShotData, ImageItem, read_unlabeled_folder
 from specpl.datasets import read_dataset
 from specpl.evaluate import harmonic_mean, metrics_summary
@@ -40,9 +40,9 @@ from specpl.features import AugmentedViews, FeatureCache, train_transform
 from specpl.inference import Predictor, score_split
 from specpl.methods import Batch
 from specpl.model import PromptModel
+from specpl.resolve import resolve_run, run_decomposer
 from specpl.selection import BASE_NEW_NOTE, Selection, verdict
-from specpl.sources import value_sources
-from specpl.training_plan import epoch_steps, hold_out_validation, resolved_training
+from specpl.training_plan import epoch_steps, resolved_training
 
 STOP_FILE = "STOP"  # another process asks a run to stop by creating this file in its run dir; the run removes it
 
@@ -150,23 +150,14 @@ class Trainer:
         main = accelerator.is_main_process
         if not main:
             self.events.path = None  # one writer: the main process
-        resolve_method_options(cfg.method)  # bad method options fail here, before anything is written
-        data = read_dataset(cfg.data)
-        train = recorded["resolved_train"] if recorded is not None else resolved_training(cfg)
-        if (
-            train["select"] == "val" and not data.val
-        ):  # validation comes out of the training images, never the test split
-            kept, held = hold_out_validation(data.train, cfg.data.seed)
-            data = dataclasses.replace(data, train=kept, val=held)
-        if recorded is None:
-            train = resolved_training(cfg, len(data.train))
-        template = (
-            data.template if data.template and cfg.template == DEFAULT_TEMPLATE else cfg.template
-        )  # a chosen template wins
+        resolve_method_options(cfg.method)  # bad method options fail here, before any data is read
+        # validation is held out of the training images, never the test split (`specpl.resolve`)
+        resolved = resolve_run(cfg, read_dataset(cfg.data))
+        data, train, template = resolved.data, resolved.training, resolved.template
         backbone = self._backbone or load_backbone(cfg.backbone, device=accelerator.device)
         if precision == "bf16":
             backbone = frozen_in_bf16(backbone)
-        decomposer_config, decomposer_reason = _resolve_decomposer(cfg, backbone)
+        decomposer_config, decomposer_reason = run_decomposer(cfg, backbone.image_size)
         model = build_method(
             cfg.method, backbone, data.classnames, template, decomposer_config, self._decomposer, cfg.data.dataset
         )
@@ -193,9 +184,7 @@ class Trainer:
             "resolved_train": train,
             "preset": cfg.method.preset,
             # where each value of a paper run comes from (empty for the default preset)
-            "sources": recorded.get("sources", {})
-            if recorded is not None
-            else value_sources(cfg.method, cfg.train, cfg.data.dataset),
+            "sources": recorded.get("sources", {}) if recorded is not None else resolved.sources,
         }
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -575,22 +564,17 @@ def recorded_run(run_dir: Path) -> dict[str, Any] | None:
 
 def with_recorded_settings(config: RunConfig, record: dict[str, Any]) -> RunConfig:
     """`config` with the method and training settings a run recorded when it started: its preset,
-    every component's options as built, and its resolved training settings."""
+    every component's options as built, and its resolved training settings (all explicit, so they
+    resolve to themselves)."""
     method = MethodConfig(
         host=record["method"]["host"],
         boosters=list(record["method"]["boosters"]),
         options=record["resolved_method_options"],
         preset=record.get("preset", record["method"].get("preset", "default")),
     )
-    return dataclasses.replace(config, method=method, template=record.get("template", config.template))
-
-
-def _resolve_decomposer(config: RunConfig, backbone: Backbone) -> tuple[Any, str]:
-    """The concrete decomposer config for this run (``auto`` resolved) and why it was chosen."""
-    from specpl.bands import resolve_decomposer
-
-    decomposer = dataclasses.replace(config.decomposer, image_size=config.decomposer.image_size or backbone.image_size)
-    return resolve_decomposer(decomposer)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    train = from_dict(TrainConfig, {k: v for k, v in record["resolved_train"].items() if k in known})
+    return dataclasses.replace(config, method=method, train=train, template=record.get("template", config.template))
 
 
 class _EpochDataset(Dataset):

@@ -533,7 +533,7 @@ def test_a_dry_run_resolves_every_datasets_paper_schedule_with_no_extra_flags(tm
     assert run_sweep(args, runner=FakeRunner()) == 0
     cells = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     schedule = {
-        (c["dataset"], c["cell"].split("/")[1]): (c["train"]["epochs"], c["train"]["batch_size"]) for c in cells
+        (c["dataset"], c["cell"].split("/")[1]): (c["training"]["epochs"], c["training"]["batch_size"]) for c in cells
     }
     assert len(cells) == 33 and not (tmp_path / "sweep").exists()
     assert schedule["imagenet", "coop"] == (50, 32) and schedule["dtd", "coop"] == (200, 32)

@@ -243,3 +243,18 @@ def test_incremental_event_reading(tmp_path):
     log.emit("b")
     events, _ = read_new_events(path, offset)
     assert [e["type"] for e in events] == ["torn", "b"]
+
+
+def test_what_a_run_recorded_is_what_the_one_resolver_says(trained_run):
+    """The trainer, the app's form, the sweep's dry run and the benchmarks share `resolve_run`: a
+    run's recorded training settings and template are exactly what it returns for that config."""
+    from specpl.config import RunConfig
+    from specpl.datasets import read_dataset
+    from specpl.resolve import resolve_run
+
+    record = json.loads((trained_run.run_dir / "config.json").read_text(encoding="utf-8"))
+    config = RunConfig.from_dict({k: record[k] for k in ("method", "data", "train")})
+    resolved = resolve_run(config, read_dataset(config.data))
+    assert resolved.training == record["resolved_train"] and resolved.template == record["template"]
+    assert resolved.sources == record["sources"] == {}  # the default preset is ours: no paper sources
+    assert len(resolved.data.train) + len(resolved.data.val) == len(read_dataset(config.data).train)

@@ -37,12 +37,12 @@ from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig,
 from specpl.data import FewShotData, base_new_split, read_fewshot_folder
 from specpl.defaults import world_backbone_config
 from specpl.evaluate import aggregate_base_new
-from specpl.factory import check_combination, method_label, preset_note, resolve_method_options
+from specpl.factory import check_combination, method_label, preset_note
 from specpl.inference import Predictor
 from specpl.methods.caspl import PHASE_ONE, distillation_loss, load_teacher, resolve_teacher
 from specpl.model import PromptModel
+from specpl.resolve import resolve_run
 from specpl.trainer import Trainer, TrainResult
-from specpl.training_plan import resolved_training
 from specpl.visualize import to_pil, to_unit_tensor
 from specpl.world.generator import (
     fewshot_images,
@@ -271,8 +271,9 @@ def row_options(config: WorldBenchConfig, host: str, boosters: list[str]) -> dic
 
 def _resolved_key(method: MethodConfig) -> str:
     """What a row runs: every component's options and the preset's training settings."""
+    resolved = resolve_run(RunConfig(method=method))
     return json.dumps(
-        {"method": resolve_method_options(method), "train": resolved_training(RunConfig(method=method))},
+        {"method": resolved.options, "train": resolved.training},
         sort_keys=True,
         default=str,
     )
