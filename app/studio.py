@@ -20,6 +20,7 @@ import html
 import json
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -77,11 +78,12 @@ from specpl.backbone import BackboneUnavailable
 from specpl.config import BackboneConfig, DataConfig, MethodConfig, RunConfig, from_dict
 from specpl.data import IMAGE_SUFFIXES, class_display_name
 from specpl.datasets import read_dataset
-from specpl.factory import check_combination, method_label, resolve_method_options
+from specpl.factory import check_combination, method_label
 from specpl.inference import Predictor
 from specpl.io import atomic_write_text
 from specpl.methods import BOOSTERS, HOSTS, UNPUBLISHED
 from specpl.registry import UnknownNameError
+from specpl.resolve import resolve_run
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,7 @@ RUN_COLUMNS = ["run", "name", "status", "method", "backbone", "accuracy", "creat
 MAX_PICKER_CHOICES = 100  # matches listed at once; the search box reaches every image
 MAX_KNOWN_DATASETS = 256  # datasets whose per-class counts are kept for the training plan
 USER_DIR_TTL_S = 7 * 24 * 3600  # a visitor's uploads are removed after a week without use
+DOUBLE_START_S = 2.0  # the same visitor's identical Start this soon after the last is one click, not a second run
 DATASET_CLEARED = (None, "", None)  # dataset root, summary, thumbnails: what a failed upload leaves
 WORLD_CAUTION = (
     " ⚠️ The SpectralWorld CLIP knows only SpectralWorld images: "
@@ -211,6 +214,8 @@ class Studio:
         self._dataset_counts: dict[
             str, tuple[dict[str, tuple[int, int]], bool]
         ] = {}  # root -> (class counts, has train/ and test/)
+        self._last_start: dict[str, tuple[str, float, str]] = {}  # owner -> (request, time, run id)
+        self._start_lock = threading.Lock()
 
     # ----- who is asking ---------------------------------------------------------------------
 
@@ -514,9 +519,15 @@ class Studio:
                 f"{'; '.join(paths)}: a local folder or file cannot be used on a shared server; "
                 "give a Hugging Face hub id (org/name) or leave it unset"
             )
-        resolve_method_options(config.method)  # unknown methods or options fail here, not in the worker
+        resolve_run(config)  # unknown methods or options fail here, not in the worker
         label = name.strip() or "+".join([config.method.host, *config.method.boosters])
-        record = self.jobs.submit(config, root, label, owner=owner)
+        request_key = json.dumps([config.to_dict(), label], sort_keys=True, default=str)
+        with self._start_lock:  # a double click sends the same request twice: one run, answered twice
+            key, when, run_id = self._last_start.get(owner, ("", 0.0, ""))
+            if key == request_key and time.monotonic() - when < DOUBLE_START_S:
+                return run_id, run_id, f"Started run {run_id}."
+            record = self.jobs.submit(config, root, label, owner=owner)
+            self._last_start[owner] = (request_key, time.monotonic(), record.run_id)
         position = self.jobs.queue_position(record.run_id)
         running = sum(r.status == "running" for r in self.jobs.list())
         waiting = (

@@ -144,6 +144,11 @@ def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(se
         api_config(TINY, boosters=["specpl"], shots=2, epochs=1), "api run", api_name="/start_training"
     )
     assert message.startswith(f"Started run {run_id}")
+    again, _, message = client.predict(  # a double click: the same request again within 2 s starts no second run
+        api_config(TINY, boosters=["specpl"], shots=2, epochs=1), "api run", api_name="/start_training"
+    )
+    assert again == run_id and message == f"Started run {run_id}."
+    assert sum(r.name == "api run" for r in demo.studio.jobs.list()) == 1
     details = poll_until(client, run_id, {"finished", "failed", "cancelled"})
     assert details["status"] == "finished", details
     assert details["step"] == details["total_steps"] > 0 and 0 <= details["metrics"]["accuracy"] <= 100
