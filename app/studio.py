@@ -37,7 +37,7 @@ from app.analysis import (
     MaskView,
     band_view,
     counterfactual_view,
-    dapt_mask_view,
+    image_view,
     no_masks,
 )
 from app.archives import UploadError
@@ -642,7 +642,7 @@ class Studio:
         timing = f"{decomposer} at {int(size)} px: {view.compute_s * 1000:.0f} ms" + (
             f" (loading it first took {view.load_s * 1000:.0f} ms)" if view.load_s > 0.05 else ""
         )
-        masks = self._dapt_masks(run_id, Path(image_path), picked, self.visitor(request, profile))
+        masks = self._image_view(run_id, Path(image_path), picked, self.visitor(request, profile))
         return (
             *[view.images[name] for name in BAND_VIEWS],
             *[masks.images[name] for name in MASK_IMAGES],
@@ -650,15 +650,15 @@ class Studio:
             timing,
         )
 
-    def _dapt_masks(self, run_id: str | None, image_path: Path, picked: str | None, owner: str) -> MaskView:
-        """DAPT's mask for the image under the chosen run. An image picked from a dataset is read
-        at its place there, which gives its class (its folder) and its mask file's name."""
+    def _image_view(self, run_id: str | None, image_path: Path, picked: str | None, owner: str) -> MaskView:
+        """The chosen run's image view (DAPT's mask) of the image. An image picked from a dataset is
+        read at its place there, which gives its class (its folder) and its mask file's name."""
         if not run_id:
             return no_masks(CHOOSE_RUN_NOTE)
         model_dir = self._model_dir(run_id, owner)
         source = shown_pick(image_path, picked)
         class_name = class_display_name(source.parent.name) if source else None
-        return dapt_mask_view(
+        return image_view(
             self.models, model_dir, source or image_path, class_name, read_mask_files=not self.settings.multi_user
         )
 

@@ -1,4 +1,4 @@
-"""The Bands tab's DAPT masks (`app.analysis.dapt_mask_view`): the map and the mask a run's DAPT
+"""The Bands tab's DAPT masks (`app.analysis.image_view`): the map and the mask a run's DAPT
 would train with, under the run's own options, on a short tiny-backbone run; mask files; a run
 without DAPT; and on the pretrained world CLIP, how well the mask shown covers the object."""
 
@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from app.analysis import NO_DAPT_NOTE, NO_MASK_FILES_NOTE, dapt_mask_view
+from app.analysis import NO_VIEW_NOTE, image_view
 from app.models import ModelCache
 from app.studio import shown_pick
 from specpl.config import MethodConfig
 from specpl.factory import build_method
-from specpl.methods.dapt import saliency_masks
+from specpl.methods.dapt import NO_MASK_FILES_NOTE, saliency_masks
 
 THRESHOLD = 0.3  # not DAPT's default (0.5): the view must use the run's own
 
@@ -52,7 +52,7 @@ def cache() -> ModelCache:
 
 def test_the_mask_shown_is_the_runs_threshold_of_the_map_and_what_dapt_trains_with(dapt_run, cache, cifar_root):
     image = sorted((cifar_root / "test" / "cat").iterdir())[0]
-    view = dapt_mask_view(cache, dapt_run, image, "cat")
+    view = image_view(cache, dapt_run, image, "cat")
     assert view.saliency.shape == view.mask.shape == (32, 32) and view.mask.dtype == bool  # the tiny tower's input size
     assert view.saliency.min() >= 0 and view.saliency.max() == pytest.approx(1.0)
     assert 0 < view.mask.sum() < view.mask.size
@@ -79,12 +79,12 @@ def test_without_its_dataset_class_the_map_targets_the_predicted_class(dapt_run,
     image = sorted((cifar_root / "test" / "cat").iterdir())[0]
     predicted = cache.bundle_predictor(dapt_run).predict([image], top_k=1)[0][0][0]
     other = next(name for name in ("cat", "dog") if name != predicted)
-    unlabelled = dapt_mask_view(cache, dapt_run, image)
+    unlabelled = image_view(cache, dapt_run, image)
     assert unlabelled.note.endswith(f"A gradient map targets {predicted!r} (predicted).")
     assert not np.array_equal(
-        dapt_mask_view(cache, dapt_run, image, other).saliency, unlabelled.saliency
+        image_view(cache, dapt_run, image, other).saliency, unlabelled.saliency
     )  # GradCAM follows the class
-    foreign = dapt_mask_view(cache, dapt_run, image, "golden retriever")
+    foreign = image_view(cache, dapt_run, image, "golden retriever")
     assert foreign.note.endswith(
         f"A gradient map targets {predicted!r} "
         "(predicted; its dataset class 'golden retriever' is not one of the run's classes)."
@@ -93,12 +93,12 @@ def test_without_its_dataset_class_the_map_targets_the_predicted_class(dapt_run,
 
 
 def test_a_run_without_dapt_gets_a_note_not_an_error(trained_run, cache, cifar_root):
-    view = dapt_mask_view(cache, trained_run.run_dir / "model", sorted((cifar_root / "test" / "cat").iterdir())[0])
+    view = image_view(cache, trained_run.run_dir / "model", sorted((cifar_root / "test" / "cat").iterdir())[0])
     assert (view.saliency, view.mask, view.images, view.note) == (
         None,
         None,
         {"saliency": None, "mask": None},
-        NO_DAPT_NOTE,
+        NO_VIEW_NOTE,
     )
 
 
@@ -118,7 +118,7 @@ def test_a_mask_folder_run_shows_the_images_own_mask_file_or_says_why_not(tmp_pa
         MethodConfig(host="ivlp", boosters=["dapt"], options=options), copy.deepcopy(tiny_backbone), ["cat", "dog"]
     ).save_bundle(tmp_path / "model")
 
-    view = dapt_mask_view(cache, model_dir, image, "cat")
+    view = image_view(cache, model_dir, image, "cat")
     np.testing.assert_array_equal(view.mask, truth)
     assert view.saliency is None and view.images["saliency"] is None
     shown = np.asarray(view.images["mask"])
@@ -130,14 +130,14 @@ def test_a_mask_folder_run_shows_the_images_own_mask_file_or_says_why_not(tmp_pa
         and "it marks 16% of the image" in view.note
     )
 
-    missing = dapt_mask_view(cache, model_dir, unmasked, "dog")
+    missing = image_view(cache, model_dir, unmasked, "dog")
     assert missing.mask is None and missing.images == {"saliency": None, "mask": None}
     assert missing.note.startswith(
         "This run's DAPT reads its masks from files (`dapt.masks=folder`), and there is none to show here: no mask for"
     )
     assert "looked for dog/007.* and 007.*" in missing.note
     assert (
-        dapt_mask_view(cache, model_dir, image, "cat", read_mask_files=False).note == NO_MASK_FILES_NOTE
+        image_view(cache, model_dir, image, "cat", read_mask_files=False).note == NO_MASK_FILES_NOTE
     )  # a shared server
 
 
@@ -158,7 +158,7 @@ def test_on_the_world_clip_the_mask_shown_covers_the_object(tmp_path, cache):
         path = tmp_path / "data" / class_of(sample) / "0000.png"
         path.parent.mkdir(parents=True)
         render(sample).save(path)
-        view = dapt_mask_view(cache, model_dir, path, class_of(sample))
+        view = image_view(cache, model_dir, path, class_of(sample))
         truth = shape_mask(sample)
         assert view.mask.shape == truth.shape  # the world images are the tower's input size: no crop
         overlaps.append((view.mask & truth).sum() / (view.mask | truth).sum())

@@ -20,7 +20,7 @@ from gradio_client import Client, handle_file
 from safetensors.torch import save_file
 
 from app import backbones
-from app.analysis import NO_DAPT_NOTE
+from app.analysis import NO_VIEW_NOTE
 from app.settings import AppSettings
 from app.studio import CHOOSE_RUN_NOTE
 from app.ui import build_demo, launch_options
@@ -172,7 +172,7 @@ def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(se
         handle_file(test_images[0]), "fft", 64, run_id, api_name="/bands"
     )
     assert all(Path(path).stat().st_size > 0 for path in band_maps) and timing.startswith("fft at 64 px:")
-    assert (saliency, mask, mask_note) == (None, None, NO_DAPT_NOTE)  # a CoOp + SpecPL run
+    assert (saliency, mask, mask_note) == (None, None, NO_VIEW_NOTE)  # a CoOp + SpecPL run
 
     *outputs, summary = client.predict(
         run_id, handle_file(test_images[0]), handle_file(test_images[1]), 3, api_name="/counterfactual"

@@ -213,3 +213,20 @@ def test_a_new_host_and_booster_need_no_edit_elsewhere(monkeypatch, tiny_backbon
         model.boosters["shift"].offset.fill_(0.1)
     reloaded, _ = load_bundle(model.save_bundle(tmp_path / "model"), backbone=tiny_backbone)
     torch.testing.assert_close(reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)))
+
+
+def test_the_app_names_no_booster():
+    """The app draws whatever image view a component gives (`Component.image_view`) and imports no
+    booster's module, so a new booster's view reaches the Bands tab with no edit there."""
+    from specpl.methods import BOOSTERS
+
+    booster_modules = {BOOSTERS.get(name).__module__ for name in BOOSTERS.names()}
+    graph = import_graph()
+    reaches = [
+        (name, target)
+        for name, targets in graph.items()
+        if name.startswith("app")
+        for target in targets
+        if target in booster_modules
+    ]
+    assert reaches == []

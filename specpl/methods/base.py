@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -130,6 +132,17 @@ class BuildContext:
         return self._decomposer_module[0]
 
 
+@dataclass
+class ImageView:
+    """What a component shows of one image, for any interface: the image as the model sees it
+    (H, W, 3 uint8), maps over it by name (a float map in [0, 1] is a heat map, a bool map a region
+    kept), and a note in Markdown. With no `image` there is only the note (why nothing is shown)."""
+
+    note: str
+    image: np.ndarray | None = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 class Component(nn.Module):
     """What hosts and boosters share: a name, an options dataclass, a one-line description, and
     every seam with a do-nothing default."""
@@ -203,6 +216,14 @@ class Component(nn.Module):
 
     def frozen_inputs(self) -> list["FrozenInput"]:
         return []
+
+    def image_view(
+        self, model: nn.Module, image_path: Path, class_name: str | None, read_files: bool
+    ) -> ImageView | None:
+        """This component's view of one image under the trained `model` (DAPT: the foreground mask
+        it trains with), or None when it has none. `class_name` is the image's class when known;
+        without `read_files` (a shared server) it opens no file its options name."""
+        return None
 
     def prepare(self, batches: list[Batch]) -> None:
         """Called once before training with the first frozen batches."""

@@ -112,7 +112,15 @@ from torchvision import transforms
 from specpl.config import check_choice
 from specpl.data import IMAGE_SUFFIXES, DataError, ImageItem, load_image
 from specpl.frozen import ViewSource
-from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState, compose_hooks
+from specpl.methods.base import (
+    FEATURES,
+    PROMPTS_IMAGE_TOWER,
+    Booster,
+    BuildContext,
+    ForwardState,
+    ImageView,
+    compose_hooks,
+)
 from specpl.methods.prompt import PLACEHOLDER
 from specpl.methods.registry import BOOSTERS
 from specpl.slots import START, PromptGroup
@@ -122,6 +130,9 @@ if TYPE_CHECKING:  # the composite this booster is attached to; it imports the c
     from specpl.model import PromptModel
 
 DAPT_INPUT = "dapt"  # the frozen input's name; the batch carries dapt.mask
+NO_MASK_FILES_NOTE = (
+    "This run's DAPT reads its masks from a folder of files (`dapt.masks=folder`), which a shared server does not open."
+)
 MASK = "mask"
 MASK_SOURCES = ("gradcam", "folder")
 CAMS = ("head-gradcam", "rollout", "gradcam", "grad-attention")  # DAPT-G's maps (module docstring)
@@ -678,6 +689,51 @@ class DAPT(Booster):
     def frozen_inputs(self) -> list:
         return [DecoupledViews(self)]
 
+    def image_view(
+        self, model: PromptModel, image_path: Path, class_name: str | None, read_files: bool
+    ) -> ImageView | None:
+        """The foreground mask this run trains with on one image: its mask file (``masks="folder"``,
+        over the whole image), else the DAPT-G map of the trained model thresholded as in training,
+        on the image as the model sees it (its evaluation crop). A gradient map targets `class_name`
+        when the run has that class, else the predicted one."""
+        config = self.config
+        if config.masks == "folder":
+            return self._mask_file_view(image_path) if read_files else ImageView(NO_MASK_FILES_NOTE)
+        device = model.logit_scale.device
+        pixels = model.backbone.preprocess_eval(load_image(image_path)).unsqueeze(0).to(device)
+        label, target = _target_class(model, pixels, class_name)
+        labels = torch.tensor([label], device=device)
+        maps = saliency_maps(model, pixels, labels, config.gradcam_normalise, config.cam, config.gradcam_align_corners)
+        saliency = maps[0, 0].float().cpu().numpy()
+        mask = saliency >= config.gradcam_threshold  # exactly `saliency_masks`, as DAPT trains with
+        mean, std = (torch.tensor(values).view(3, 1, 1) for values in model.backbone.normalization)
+        seen = ((pixels[0].float().cpu() * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+        note = (
+            f"**DAPT-G mask**: the `{config.cam}` map (`dapt.cam`) of this run's model, divided by its maximum and "
+            f"thresholded at {config.gradcam_threshold:g}; it marks {float(mask.mean()) * 100:.0f}% of the image "
+            f"as foreground. A gradient map targets {target}."
+        )
+        return ImageView(note, seen, {"saliency": saliency, "mask": mask})
+
+    def _mask_file_view(self, image_path: Path) -> ImageView:
+        """The user's mask file for the image, binarised as DAPT reads it, over the whole image."""
+        try:
+            folder = MaskFolder(self.config.mask_dir, self.config.mask_ignore_value)
+            mask = np.asarray(folder.read(image_path)) > 0
+            found = folder.find(image_path)
+        except DataError as exc:
+            return ImageView(
+                "This run's DAPT reads its masks from files (`dapt.masks=folder`), and there is none to show here: "
+                f"{exc}."
+            )
+        note = (
+            f"**DAPT mask file** `{found.relative_to(folder.root).as_posix()}` from `{folder.root}`, "
+            "binarised as DAPT reads it; "
+            f"it marks {mask.mean() * 100:.0f}% of the image as foreground (training gives it each view's crop and "
+            "flip)."
+        )
+        return ImageView(note, np.asarray(load_image(image_path)), {"mask": mask})
+
     # --- views and text -----------------------------------------------------------------------
     def encode_split(self, images: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(z_f, z_b) of x * m and x * (1 - m), in one pass through the model's image path."""
@@ -740,3 +796,16 @@ class DAPT(Booster):
             "background": config.background_weight
             * background_alignment(background, self.background_text(), state.logit_scale),
         }
+
+
+def _target_class(model: PromptModel, pixels: torch.Tensor, class_name: str | None) -> tuple[int, str]:
+    """The class a gradient map targets, and how it was chosen: the image's dataset class when the
+    run has it, else the class the model predicts."""
+    classnames = model.classnames
+    if class_name in classnames:
+        return classnames.index(class_name), f"{class_name!r} (the image's class in the dataset)"
+    bf16 = next(model.backbone.model.parameters()).dtype == torch.bfloat16  # as the predictor runs a bf16 CLIP
+    with torch.no_grad(), torch.autocast(pixels.device.type, dtype=torch.bfloat16, enabled=bf16):
+        label = int(model.logits(model.encode_image(pixels)).argmax(dim=-1)[0])
+    unknown = f"; its dataset class {class_name!r} is not one of the run's classes" if class_name else ""
+    return label, f"{classnames[label]!r} (predicted{unknown})"
