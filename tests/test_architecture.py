@@ -230,3 +230,27 @@ def test_the_app_names_no_booster():
         if target in booster_modules
     ]
     assert reaches == []
+
+
+def test_outside_the_methods_a_booster_is_used_only_through_what_it_exports():
+    """A booster module says what it offers (`__all__`); the library, the app and the benchmarks
+    import nothing else from it, so its insides can change without an edit elsewhere."""
+    from specpl.methods import BOOSTERS
+
+    exports = {}
+    for name in BOOSTERS.names():
+        module = BOOSTERS.get(name).__module__
+        exported = __import__(module, fromlist=["__all__"]).__dict__.get("__all__")
+        assert exported, f"{module} declares no __all__"
+        exports[module] = set(exported)
+    files = [*module_files().values(), *sorted((ROOT / "bench").glob("*.py"))]
+    reached = [
+        f"{path.relative_to(ROOT)}: {node.module}.{alias.name}"
+        for path in files
+        if "methods" not in path.relative_to(ROOT).parts
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ImportFrom) and node.module in exports
+        for alias in node.names
+        if alias.name not in exports[node.module]
+    ]
+    assert reached == []

@@ -73,6 +73,19 @@ from specpl.methods.zeroshot import template_text_features
 from specpl.slots import END, PromptGroup
 from specpl.vision import PromptImageEncoder
 
+# what other modules (the benchmarks, the app) may import from this booster
+__all__ = [
+    "PHASE_ONE",
+    "CasPL",
+    "CasPLBoost",
+    "CasPLBoostConfig",
+    "CasPLConfig",
+    "distillation_loss",
+    "load_teacher",
+    "read_boosting_prompts",
+    "resolve_teacher",
+]
+
 TEACHER_LOGITS = "caspl_teacher"
 DEFAULT_TEACHER = ("ViT-L-14", "openai")
 PHASE_ONE = "caspl-boost"

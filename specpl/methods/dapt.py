@@ -129,6 +129,18 @@ from specpl.vision import PromptImageEncoder, VisionOutput
 if TYPE_CHECKING:  # the composite this booster is attached to; it imports the contracts, not this
     from specpl.model import PromptModel
 
+# what other modules (the benchmarks, the app) may import from this booster
+__all__ = [
+    "BACKGROUND_WORDS",
+    "NO_MASK_FILES_NOTE",
+    "REFERENCE_BACKGROUND_WORDS",
+    "DAPT",
+    "DAPTConfig",
+    "MaskFolder",
+    "saliency_maps",
+    "saliency_masks",
+]
+
 DAPT_INPUT = "dapt"  # the frozen input's name; the batch carries dapt.mask
 NO_MASK_FILES_NOTE = (
     "This run's DAPT reads its masks from a folder of files (`dapt.masks=folder`), which a shared server does not open."

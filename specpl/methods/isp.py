@@ -85,6 +85,9 @@ from specpl.vision import PromptImageEncoder
 if TYPE_CHECKING:  # the composite this booster is attached to; it imports the contracts, not this
     from specpl.model import PromptModel
 
+# what other modules (the benchmarks, the app) may import from this booster
+__all__ = ["ISP", "ISPConfig", "probing_weights"]
+
 IVLP_LAYOUT = frozenset({PROMPTS_IMAGE_TOWER, DEEP_TEXT_PROMPTS})  # hosts whose vision prompts follow the patches
 OUTPUT_PROJECTION, INITIAL_DIFFERENCE = "output-projection", "initial-difference"
 ZERO_SHOT, JOINT = "zero-shot", "joint"

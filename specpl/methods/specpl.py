@@ -41,6 +41,9 @@ from specpl.methods.base import FEATURES, Batch, Booster, BuildContext, ForwardS
 from specpl.methods.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 from specpl.methods.registry import BOOSTERS
 
+# what other modules (the benchmarks, the app) may import from this booster
+__all__ = ["BandEmbedding", "GranuleModulator", "SharedIndividualFusion", "SpecPL", "SpecPLConfig"]
+
 SPECPL_REPO = "Mlrac1e/SpecPL-Prompt-Learning@eba735b"
 HOST_TAU = {"cocoop": 0.02}  # spec §2: 0.07 for every other host
 
