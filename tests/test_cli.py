@@ -64,44 +64,10 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "unknown host method 'nope'" in capsys.readouterr().err
 
 
-def test_two_process_distributed_run(tmp_path, cifar_root):
-    """The same command under `accelerate launch` on two processes, with gloo on CPU:
-    batches are sharded over the two processes and only the main process writes."""
-    import subprocess
-
-    run = tmp_path / "ddp"
-    command = accelerate_launch(
-        "-m",
-        "specpl",
-        "train",
-        "--data",
-        str(cifar_root),
-        "--out",
-        str(run),
-        *TINY,
-        "--shots",
-        "2",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "4",
-        "--select",
-        "last",
-    )
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
-    from specpl.events import read_events
-
-    steps = [e for e in read_events(run / "events.jsonl") if e["type"] == "step"]
-    # 20 images = 5 whole batches of 4 an epoch; over 2 processes the uneven fifth is dropped, as one process drops a
-    # partial batch
-    assert [e["step"] for e in steps] == [1, 2, 3, 4] and steps[0]["total_steps"] == 4
-    assert (run / "model" / "model.safetensors").exists()
-
-
 def test_two_processes_agree_with_one_and_stop_together(tmp_path, cifar_root):
-    """CoOp's loss is a per-sample mean, so two processes with batch 4 (gradients averaged by DDP)
-    make the same updates as one with batch 8: the same metrics. A stop request reaches both: they
+    """The same command under `accelerate launch` on two processes, with gloo on the CPU. CoOp's loss
+    is a per-sample mean, so two processes with batch 4 (gradients averaged by DDP) make the same
+    updates as one with batch 8: the same metrics. A stop request reaches both: they
     agree on it through accelerate's trigger, save a checkpoint and exit cleanly."""
     import subprocess
     import time
@@ -123,6 +89,11 @@ def test_two_processes_agree_with_one_and_stop_together(tmp_path, cifar_root):
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = [json.loads((run / "metrics.json").read_text()) for run in (one, two)]
     assert metrics[0]["accuracy"] == metrics[1]["accuracy"] and metrics[0]["per_class"] == metrics[1]["per_class"]
+    # batches are sharded over the processes and only the main one writes: 10 training images (one of
+    # each class's 2 held out for validation) give one round of 2 x 4 an epoch, the uneven rest dropped
+    steps = [e for e in read_events(two / "events.jsonl") if e["type"] == "step"]
+    assert [e["step"] for e in steps] == [1, 2] and steps[0]["total_steps"] == 2
+    assert (two / "model" / "model.safetensors").exists()
 
     stopped = tmp_path / "stopped"
     process = subprocess.Popen(
