@@ -103,7 +103,7 @@ def checked_members(archive: zipfile.ZipFile, label: str, limits: Limits, min_de
             "for extracted data"
         )
     archive_bytes = _archive_size(archive)
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # case-folded name -> the entry's own name
     files: list[ArchiveFile] = []
     folders: list[ArchiveFile] = []
     for info in infos:
@@ -112,9 +112,15 @@ def checked_members(archive: zipfile.ZipFile, label: str, limits: Limits, min_de
             raise UploadError(f"{label} was rejected: entry {info.filename!r} is unsafe because {problem}")
         path = PurePosixPath(info.filename)
         key = str(path).casefold()
+        if key in seen and seen[key] != str(path):
+            raise UploadError(
+                f"{label} was rejected: entries {seen[key]!r} and {info.filename!r} differ only in upper and lower "
+                "case, which most disks (Windows, macOS) cannot keep apart; rename one (class folders such as "
+                "Cat/ and cat/ must differ by more than case)"
+            )
         if key in seen:
             raise UploadError(f"{label} was rejected: entry {info.filename!r} appears twice")
-        seen.add(key)
+        seen[key] = str(path)
         if _is_junk(path) or not path.parts:
             continue
         member = ArchiveFile(path, info)

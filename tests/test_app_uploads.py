@@ -160,7 +160,13 @@ REJECTED: list[tuple[str, Callable[[Path], Path], str, Limits]] = [
         "entry 'cat/0.png' appears twice",
         LIMITS,
     ),
-    ("duplicate by case", lambda p: write_zip(p, two_classes([("CAT/0.PNG", png())])), "appears twice", LIMITS),
+    (
+        "duplicate by case",
+        lambda p: write_zip(p, two_classes([("CAT/0.PNG", png())])),
+        "entries 'cat/0.png' and 'CAT/0.PNG' differ only in upper and lower case, which most disks (Windows, macOS) "
+        "cannot keep apart; rename one (class folders such as Cat/ and cat/ must differ by more than case)",
+        LIMITS,
+    ),
     (
         "over upload size",
         lambda p: write_zip(p, two_classes()),
