@@ -544,10 +544,9 @@ def _print_preset_values(args: argparse.Namespace) -> int:
     """Every value a preset resolves to, for a host alone and every booster on a host it fits (or
     the one stack `--host`/`--booster` names), each with its source (`specpl.sources`)."""
     from specpl.config import DataConfig, MethodConfig, RunConfig, canonical_preset
-    from specpl.factory import describe_methods, resolve_method_options
+    from specpl.factory import describe_methods
     from specpl.methods import HOSTS
-    from specpl.sources import value_sources
-    from specpl.training_plan import resolved_training
+    from specpl.resolve import resolve_run
 
     preset = canonical_preset(args.preset)
     if args.host:
@@ -559,13 +558,11 @@ def _print_preset_values(args: argparse.Namespace) -> int:
     report = {}
     for host, boosters in stacks:
         method = MethodConfig(host=host, boosters=boosters, preset=preset)
-        options = resolve_method_options(method)
-        train = resolved_training(RunConfig(method=method, data=DataConfig(dataset=args.dataset or "folder")))
-        sources = value_sources(method, dataset=args.dataset)
-        values = {f"{name}.{key}": value for name, opts in options.items() for key, value in opts.items()}
-        values.update({f"train.{key}": value for key, value in train.items()})
+        resolved = resolve_run(RunConfig(method=method, data=DataConfig(dataset=args.dataset or "folder")))
+        values = {f"{name}.{key}": value for name, opts in resolved.options.items() for key, value in opts.items()}
+        values.update({f"train.{key}": value for key, value in resolved.training.items()})
         report["+".join([host, *boosters])] = {
-            key: {"value": value, "source": sources.get(key, "")} for key, value in values.items()
+            key: {"value": value, "source": resolved.sources.get(key, "")} for key, value in values.items()
         }
     if args.json:
         print(json.dumps(report, indent=2))

@@ -71,8 +71,7 @@ def _preset_layers(config: MethodConfig) -> list[dict[str, dict[str, Any]]]:
         )
     names = (base, preset) if preset != base else (base,)
     host = HOSTS.get(config.host)
-    variants = [v for b in config.boosters if (v := BOOSTERS.get(b).host_variants.get(base, {}).get(config.host))]
-    layers = [host.presets.get(name, {}) for name in dict.fromkeys([*names, *variants])]
+    layers = [host.presets.get(name, {}) for name in host_preset_names(config)]
     for name in config.boosters:
         booster = BOOSTERS.get(name)
         for preset_name in names:
@@ -81,6 +80,14 @@ def _preset_layers(config: MethodConfig) -> list[dict[str, dict[str, Any]]]:
                 booster.host_presets.get(preset_name, {}).get(config.host, {}),
             ]
     return layers
+
+
+def host_preset_names(config: MethodConfig) -> list[str]:
+    """The host's presets that apply, in order: the base preset, the ``paper-<source>`` variant
+    asked for, then each variant a booster runs this host in (SpecPL's CoOp is ``paper-specpl``)."""
+    preset, base = canonical_preset(config.preset), base_preset(config.preset)
+    variants = [v for b in config.boosters if (v := BOOSTERS.get(b).host_variants.get(base, {}).get(config.host))]
+    return list(dict.fromkeys([base, preset, *variants]))
 
 
 def _for_dataset(layer: dict[str, dict[str, Any]], dataset: str | None) -> dict[str, dict[str, Any]]:
@@ -210,16 +217,14 @@ def method_label(config: MethodConfig, options: dict[str, dict[str, Any]] | None
     return stack_label(HOSTS.get(config.host), [BOOSTERS.get(name) for name in config.boosters], options)
 
 
-def preset_note(config: MethodConfig) -> str:
-    """Which published configuration the stack's preset reproduces, where a part has more than
-    one (CoOp under ``paper`` alone is the ctxv1 row; with SpecPL it is SpecPL's CoOp)."""
+def describe_stack(config: MethodConfig) -> str:
+    """A stack in words (`method_label`) and its preset, with the published configuration that
+    preset runs where a part has more than one (CoOp under ``paper`` alone is the ctxv1 row; with
+    SpecPL it is SpecPL's CoOp): the heading of its rows in the sweep tables and world reports."""
     preset = canonical_preset(config.preset)
     host = HOSTS.get(config.host)
-    variants = [
-        v for b in config.boosters if (v := BOOSTERS.get(b).host_variants.get(base_preset(preset), {}).get(config.host))
-    ]
-    note = host.preset_notes.get(variants[-1] if variants else preset, "")
-    return f"{preset} preset" + (f"; {host.title or host.name}: {note}" if note else "")
+    note = host.preset_notes.get(host_preset_names(config)[-1], "")
+    return f"{method_label(config)} ({preset} preset" + (f"; {host.title or host.name}: {note})" if note else ")")
 
 
 def describe_methods() -> list[dict[str, Any]]:

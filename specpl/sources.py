@@ -16,8 +16,9 @@ import dataclasses
 from typing import Any
 
 from specpl.config import MethodConfig, TrainConfig, base_preset, canonical_preset
-from specpl.factory import DATASET_TRAIN
+from specpl.factory import DATASET_TRAIN, host_preset_names
 from specpl.methods import BOOSTERS, HOSTS
+from specpl.methods.sourcing import DASSL_CROP
 
 DASSL = "KaiyangZhou/Dassl.pytorch"
 ENGINEERING = "ours: an engineering setting that changes no result"
@@ -31,7 +32,7 @@ TRAINING_SOURCES: dict[str, str] = {
     "precision": "ours: fp32 on a CPU, bf16 autocast on a GPU with an fp32 logit scale; the released code casts "
     "CLIP to fp16, which this library never does",
     "augment": f"{DASSL} dassl/data/transforms/transforms.py (random_resized_crop, random_flip)",
-    "crop_scale": f"{DASSL} dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))",
+    "crop_scale": DASSL_CROP,
     "schedule": f"{DASSL} dassl/optim/lr_scheduler.py (cosine stepped per epoch after the warm-up)",
     "drop_last": f"{DASSL} dassl/data/data_manager.py (the training loader drops the last partial batch)",
     "select": "the released test scripts load the last epoch (LOADEP = MAX_EPOCH)",
@@ -54,22 +55,12 @@ def value_sources(method: MethodConfig, train: TrainConfig | None = None, datase
         return {}
     host = HOSTS.get(method.host)
     boosters = [BOOSTERS.get(name) for name in method.boosters]
-    variants = [preset] if preset in host.presets else []
-    variants += [v for b in boosters if (v := b.host_variants.get("paper", {}).get(method.host))]
+    variants = host_preset_names(method)[1:]  # the paper variants the host runs in
     layers: list[dict[str, str]] = [{f"train.{key}": source for key, source in TRAINING_SOURCES.items()}]
-    layers.append(
-        {
-            (key if key.startswith(("train.", DATASET_TRAIN)) else f"{host.name}.{key}"): source
-            for key, source in host.sources.items()
-        }
-    )
-    layers += [host.variant_sources.get(variant, {}) for variant in dict.fromkeys(variants)]
+    layers.append(_keyed(host))
+    layers += [host.variant_sources.get(variant, {}) for variant in variants]
     for booster in boosters:
-        own = {
-            (key if key.startswith(("train.", DATASET_TRAIN)) else f"{booster.name}.{key}"): s
-            for key, s in booster.sources.items()
-        }
-        layers += [own, booster.host_sources.get(method.host, {})]
+        layers += [_keyed(booster), booster.host_sources.get(method.host, {})]
     sources: dict[str, str] = {}
     for layer in layers:
         sources.update({key: source for key, source in layer.items() if not key.startswith(DATASET_TRAIN)})
@@ -83,6 +74,14 @@ def value_sources(method: MethodConfig, train: TrainConfig | None = None, datase
     if train is not None:
         sources.update({f"train.{f.name}": GIVEN for f in dataclasses.fields(train) if _given(train, f)})
     return dict(sorted(sources.items()))
+
+
+def _keyed(component: type) -> dict[str, str]:
+    """`component.sources` keyed as the run's values are: an option under its component's name."""
+    return {
+        (key if key.startswith(("train.", DATASET_TRAIN)) else f"{component.name}.{key}"): source
+        for key, source in component.sources.items()
+    }
 
 
 def _given(train: TrainConfig, field: dataclasses.Field) -> bool:

@@ -543,7 +543,9 @@ def run_cells_with_ray(
 
 def render_table(cells: Sequence[Cell], store: CellStore, protocol: str, shots: int) -> str:
     """One markdown table per method (a transfer protocol: one table, a row per method); every
-    number as ``ours (published, difference)``."""
+    number as ``ours (published, difference)``; each method headed by what it is (`describe_stack`)."""
+    from specpl.factory import describe_stack
+
     seeds = sorted({cell.seed for cell in cells})
     lines = [f"# Sweep results ({protocol}, {shots} shots, seeds {', '.join(map(str, seeds))})", ""]
     if protocol in TRANSFER_PROTOCOLS:
@@ -560,7 +562,7 @@ def render_table(cells: Sequence[Cell], store: CellStore, protocol: str, shots: 
             metrics = store.result(cell) if cell.method == method else None
             if metrics is not None:
                 results.setdefault(cell.dataset, []).append(metrics)
-        lines += ["", f"## {method}: {_method_heading(next(c for c in cells if c.method == method).config)}", ""]
+        lines += ["", f"## {method}: {describe_stack(next(c for c in cells if c.method == method).config.method)}", ""]
         datasets = _unique(cell.dataset for cell in cells if cell.method == method)
         lines += (
             _base_new_rows(method, datasets, results, len(seeds))
@@ -568,14 +570,6 @@ def render_table(cells: Sequence[Cell], store: CellStore, protocol: str, shots: 
             else _accuracy_rows(datasets, results, len(seeds))
         )
     return "\n".join(lines) + "\n"
-
-
-def _method_heading(config: RunConfig) -> str:
-    """A method's heading: what the stack is (an unpublished combination says so) and which
-    published configuration its preset ran."""
-    from specpl.factory import method_label, preset_note
-
-    return f"{method_label(config.method)} ({preset_note(config.method)})"
 
 
 def _base_new_rows(
@@ -640,7 +634,9 @@ def _accuracy_rows(
 
 def _transfer_table(cells: Sequence[Cell], store: CellStore, protocol: str, n_seeds: int) -> list[str]:
     """Columns: the source, each target and the targets' average (the source excluded, as the
-    published tables take it); a row per method."""
+    published tables take it); a row per method, and a note of what each is (`describe_stack`)."""
+    from specpl.factory import describe_stack
+
     source, targets = cells[0].dataset, list(cells[0].targets)
     lines = [
         (
@@ -670,7 +666,7 @@ def _transfer_table(cells: Sequence[Cell], store: CellStore, protocol: str, n_se
         average = sum(means.values()) / len(means) if targets and len(means) == len(targets) else None
         entries.append(_entry(average, _published_transfer_average(published, targets)))
         lines.append(f"| {method} | {len(trained)}/{n_seeds} | " + " | ".join(entries) + " |")
-        notes.append(f"- {method}: {_method_heading(own[0].config)}.")
+        notes.append(f"- {method}: {describe_stack(own[0].config.method)}.")
         if published is not None:
             notes.append(f"- {method}: published numbers from {published.reference}.")
             subset = [t for t in targets if t.name in published.average_over]

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from specpl.backbone import EMBEDDED_TAG, Backbone, load_backbone
 from specpl.config import BackboneConfig, check_choice
 from specpl.methods.base import Booster, BuildContext, ForwardState
-from specpl.methods.deep import IndependentPromptHost
+from specpl.methods.deep import IVLP_SCHEDULE, IndependentPromptHost
 from specpl.methods.registry import BOOSTERS, HOSTS
 from specpl.methods.zeroshot import template_text_features
 from specpl.slots import END, PromptGroup
@@ -215,13 +215,7 @@ class CasPLBoost(IndependentPromptHost):
     config_class: ClassVar[type] = CasPLBoostConfig
     accepts_boosters = False
     learns_from_labels = False
-    training_defaults: ClassVar[dict[str, Any]] = {
-        "epochs": 20,
-        "batch_size": 4,
-        "lr": 0.0025,
-        "optimizer": "sgd",
-        "crop_scale": 0.08,
-    }
+    training_defaults: ClassVar[dict[str, Any]] = IVLP_SCHEDULE
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {"paper": {"train@imagenet": {"batch_size": 128}}}
     sources: ClassVar[dict[str, str]] = {
         "n_ctx": f"{BOOST_CONFIG}:35",
@@ -329,7 +323,7 @@ class CasPL(Booster):
     )
     config_class: ClassVar[type] = CasPLConfig
     supported_hosts: ClassVar[tuple[str, ...] | None] = ("coop", "cocoop", "maple", "promptsrc")
-    published_hosts: ClassVar[tuple[str, ...]] = ("coop", "cocoop", "maple", "promptsrc")  # the paper's main table
+    published_hosts: ClassVar[tuple[str, ...]] = supported_hosts  # every one is in the paper's main table
     # the host configurations the released base-to-new scripts train the phase-2 student with
     # (8 random context tokens: the released learners use CTX_INIT only up to 4 tokens)
     host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {

@@ -26,8 +26,9 @@ from torch import nn
 
 from specpl.config import check_choice
 from specpl.methods.base import BuildContext
-from specpl.methods.coop import ContextHost, context_sources
+from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
+from specpl.methods.sourcing import context_sources, schedule_sources
 from specpl.slots import PromptGroup
 from specpl.text import TextHook
 
@@ -72,16 +73,12 @@ class CoCoOp(ContextHost):
     }
     sources: ClassVar[dict[str, str]] = {
         **context_sources("KaiyangZhou/CoOp trainers/cocoop.py"),
+        **schedule_sources(COCOOP_CONFIG, training_defaults),
         "n_ctx": f"{COCOOP_CONFIG} (N_CTX 4)",
         "ctx_init": f"{COCOOP_CONFIG} (CTX_INIT 'a photo of a')",
         "meta_reduction": "KaiyangZhou/CoOp trainers/cocoop.py (meta_net: vis_dim -> vis_dim // 16 -> ctx_dim)",
         "eval_pairs_per_chunk": "ours: images x classes encoded at once at evaluation; memory only, changes no result",
         "meta_init": "KaiyangZhou/CoOp trainers/cocoop.py (nn.Linear's default init)",
-        "train.epochs": f"{COCOOP_CONFIG} (MAX_EPOCH 10)",
-        "train.batch_size": f"{COCOOP_CONFIG} (BATCH_SIZE 1)",
-        "train.lr": f"{COCOOP_CONFIG} (LR 0.002)",
-        "train.optimizer": f"{COCOOP_CONFIG} (NAME sgd)",
-        "train.crop_scale": "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))",
     }
 
     def __init__(self, config: CoCoOpConfig, context: BuildContext) -> None:

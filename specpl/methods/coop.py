@@ -29,6 +29,7 @@ import torch
 from specpl.methods.base import CONTEXT_TOKENS, BuildContext, Host
 from specpl.methods.prompt import PromptLearner
 from specpl.methods.registry import HOSTS
+from specpl.methods.sourcing import context_sources, schedule_sources
 from specpl.slots import PromptGroup
 from specpl.text import TextHook
 
@@ -43,18 +44,6 @@ def template_context(template: str, fallback: str = "") -> tuple[str, str]:
         raise ValueError(f"template {template!r} needs a '{{}}' where the class name goes")
     head, tail = template.split("{}", 1)
     return head.strip() or fallback or FALLBACK_CONTEXT, "{}" + tail.rstrip()
-
-
-def context_sources(code: str) -> dict[str, str]:
-    """Sources of the context options every `ContextHost` shares; `code` is the released file
-    that builds the prompt (its ``N_CTX``/``CTX_INIT`` handling and the ``"." `` after the class)."""
-    return {
-        "n_ctx": f"{code} (N_CTX; set by the init phrase's token count when CTX_INIT is given)",
-        "ctx_init": f"{code} (CTX_INIT)",
-        "init_std": f"{code} (nn.init.normal_(ctx_vectors, std=0.02))",
-        "ctx_from_template": "ours: off in paper, where the context comes from ctx_init as in the released code",
-        "tail": f"{code} (prompts are prefix + ' ' + name + '.')",
-    }
 
 
 # The CoOp repository's vit_b16_ctxv1 (the published CoOp row) and SpecPL's CoOp; see the module doc.
@@ -166,16 +155,12 @@ class CoOp(ContextHost):
     }
     sources: ClassVar[dict[str, str]] = {
         **context_sources("KaiyangZhou/CoOp trainers/coop.py"),
+        **schedule_sources(CTXV1_CONFIG, training_defaults),
         "n_ctx": f"{CTXV1_CONFIG} (4 tokens, from CTX_INIT)",
         "ctx_init": f"{CTXV1_CONFIG} (CTX_INIT 'a photo of a')",
         "class_specific": "KaiyangZhou/CoOp scripts/coop/base2new_train.sh (CSC=False)",
         "shared_prefix": "ours: encodes [SOS]+context once for all classes; exact, changes no result",
-        "train.epochs": f"{CTXV1_CONFIG} (MAX_EPOCH 200)",
         "train@imagenet.epochs": "KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml (MAX_EPOCH 50)",
-        "train.batch_size": f"{CTXV1_CONFIG} (BATCH_SIZE 32)",
-        "train.lr": f"{CTXV1_CONFIG} (LR 0.002)",
-        "train.optimizer": f"{CTXV1_CONFIG} (NAME sgd)",
-        "train.crop_scale": "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))",
     }
     preset_notes: ClassVar[dict[str, str]] = {
         "paper": "CoOp's vit_b16_ctxv1: 4 tokens from 'a photo of a', 200 epochs (the CoCoOp paper's CoOp row)",

@@ -27,30 +27,34 @@ from torch import nn
 from specpl.config import check_choice
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
 from specpl.methods.base import CONTEXT_TOKENS, DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, BuildContext, ForwardState
-from specpl.methods.coop import ContextHost, context_sources
+from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
+from specpl.methods.sourcing import context_sources, schedule_sources
 from specpl.slots import END, PromptGroup
 from specpl.vision import PromptImageEncoder
 
-DASSL_CROP = "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))"
+# the IVLP layout's published schedule (PromptSRC's and SpecPL's IVLP configs, PromptSRC, CasPL phase 1)
+IVLP_SCHEDULE: dict[str, Any] = {"epochs": 20, "batch_size": 4, "lr": 0.0025, "optimizer": "sgd", "crop_scale": 0.08}
 
 
 def deep_sources(
-    config: str, code: str, clip_model: str, n_ctx: int, n_ctx_vision: int | None, depth: int
+    config: str,
+    code: str,
+    clip_model: str,
+    n_ctx: int,
+    n_ctx_vision: int | None,
+    depth: int,
+    training: dict[str, Any],
 ) -> dict[str, str]:
-    """Sources of the options and schedule the deep hosts share, from their released `config`
-    (yaml), `code` (the trainer) and `clip_model` (the per-layer prompt replacement)."""
+    """Sources of the options and schedule (`training`) the deep hosts share, from their released
+    `config` (yaml), `code` (the trainer) and `clip_model` (the per-layer prompt replacement)."""
     sources = {
         **context_sources(code),
+        **schedule_sources(config, training),
         "n_ctx": f"{config} (N_CTX_TEXT {n_ctx})",
         "ctx_init": f"{config} (CTX_INIT 'a photo of a')",
         "depth": f"{config} (PROMPT_DEPTH {depth})",
         "deep_text_init": f"{clip_model} (deeper text prompts nn.init.normal_(std=0.02))",
-        "train.batch_size": f"{config} (BATCH_SIZE 4)",
-        "train.lr": f"{config} (LR)",
-        "train.epochs": f"{config} (MAX_EPOCH)",
-        "train.optimizer": f"{config} (NAME sgd)",
-        "train.crop_scale": DASSL_CROP,
     }
     if n_ctx_vision is not None:
         sources["n_ctx_vision"] = f"{config} (N_CTX_VISION {n_ctx_vision})"
@@ -138,13 +142,7 @@ class IVLP(IndependentPromptHost):
     title = "IVLP"
     description = "IVLP: independent deep prompts in both towers (the MaPLe paper's baseline)"
     config_class: ClassVar[type] = DeepPromptConfig
-    training_defaults: ClassVar[dict[str, Any]] = {
-        "epochs": 20,
-        "batch_size": 4,
-        "lr": 0.0025,
-        "optimizer": "sgd",
-        "crop_scale": 0.08,
-    }
+    training_defaults: ClassVar[dict[str, Any]] = IVLP_SCHEDULE
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {"ivlp": {"ctx_from_template": False, "deep_text_init": "normal"}}
     }
@@ -155,6 +153,7 @@ class IVLP(IndependentPromptHost):
         4,
         4,
         9,
+        training_defaults,
     )
 
 
@@ -216,6 +215,7 @@ class MaPLe(DeepPromptHost):
             2,
             None,
             9,
+            training_defaults,
         ),
         "ctx_init": f"{MAPLE_REPO} configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml (CTX_INIT 'a photo of a', "
         "of which N_CTX 2 tokens are learned)",
@@ -310,13 +310,7 @@ class PromptSRC(IndependentPromptHost):
         "PromptSRC: IVLP with L1/KL self-regularisation to frozen CLIP and Gaussian prompt aggregation (ICCV 2023)"
     )
     config_class: ClassVar[type] = PromptSRCConfig
-    training_defaults: ClassVar[dict[str, Any]] = {
-        "epochs": 20,
-        "batch_size": 4,
-        "lr": 0.0025,
-        "optimizer": "sgd",
-        "crop_scale": 0.08,
-    }
+    training_defaults: ClassVar[dict[str, Any]] = IVLP_SCHEDULE
     # the released code averages the templates' raw text features and normalises once
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {"promptsrc": {"ctx_from_template": False, "deep_text_init": "normal", "frozen_text_average": "raw"}},
@@ -329,6 +323,7 @@ class PromptSRC(IndependentPromptHost):
             4,
             4,
             9,
+            training_defaults,
         ),
         "text_l1_weight": f"{PROMPTSRC_REPO} configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml "
         "(TEXT_LOSS_WEIGHT 25)",

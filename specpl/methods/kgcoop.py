@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 from specpl.config import check_choice
 from specpl.methods.base import BuildContext, ForwardState
-from specpl.methods.coop import ContextHost, context_sources
+from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
+from specpl.methods.sourcing import context_sources, schedule_sources
 from specpl.methods.zeroshot import template_text_features
 
 
@@ -30,6 +31,7 @@ def knowledge_guidance_loss(text: torch.Tensor, frozen_text: torch.Tensor) -> to
 
 
 KGCOOP_SCRIPT = "htyao89/KgCoOp scripts/base2new_train.sh"
+KGCOOP_CONFIG = "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml"
 
 
 @dataclass
@@ -73,16 +75,12 @@ class KgCoOp(ContextHost):
     }
     sources: ClassVar[dict[str, str]] = {
         **context_sources("htyao89/KgCoOp trainers/kgcoop.py"),
+        **schedule_sources(KGCOOP_CONFIG, training_defaults),
         "n_ctx": f"{KGCOOP_SCRIPT} (NCTX=4)",
-        "ctx_init": "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (CTX_INIT 'a photo of a')",
+        "ctx_init": f"{KGCOOP_CONFIG} (CTX_INIT 'a photo of a')",
         "weight": f"{KGCOOP_SCRIPT} (WEIGHT=8.0)",
         "template": "htyao89/KgCoOp trainers/kgcoop.py:41 (CUSTOM_TEMPLATES, the dataset's hand-crafted prompt)",
         "guidance_templates": "htyao89/KgCoOp trainers/kgcoop.py:41 (DTD: 'a photo of a {}, a type of texture.')",
-        "train.epochs": "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (MAX_EPOCH 100)",
-        "train.batch_size": "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (BATCH_SIZE 128)",
-        "train.lr": "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (LR 0.002)",
-        "train.optimizer": "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml (NAME sgd)",
-        "train.crop_scale": "KaiyangZhou/Dassl.pytorch dassl/config/defaults.py (INPUT.RRCROP_SCALE (0.08, 1.0))",
     }
 
     def __init__(self, config: KgCoOpConfig, context: BuildContext) -> None:

@@ -32,6 +32,7 @@ from torch import nn
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
 from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER, BuildContext, ForwardState, Host, cosine_logits
 from specpl.methods.registry import HOSTS
+from specpl.methods.sourcing import schedule_sources
 from specpl.methods.zeroshot import template_text_features
 from specpl.slots import PromptGroup
 from specpl.text import TextHook
@@ -124,11 +125,7 @@ class MMRL(Host):
         "reg_weight_fallback": f"{MMRL_CONFIG} (REG_WEIGHT 1.0, for a dataset outside the table)",
         "init_std": "yunncheng/MMRL trainers/mmrl.py (nn.init.normal_(std=0.02) of the representation tokens)",
         "template": "yunncheng/MMRL trainers/mmrl.py (the dataset's hand-crafted template)",
-        "train.epochs": f"{MMRL_CONFIG} (MAX_EPOCH 10)",
-        "train.batch_size": f"{MMRL_CONFIG} (BATCH_SIZE 4)",
-        "train.lr": f"{MMRL_CONFIG} (LR 0.001)",
-        "train.optimizer": f"{MMRL_CONFIG} (NAME adamw)",
-        "train.crop_scale": f"{MMRL_CONFIG} (RRCROP_SCALE (0.5, 1.0))",
+        **schedule_sources(MMRL_CONFIG, training_defaults, crop=f"{MMRL_CONFIG} (RRCROP_SCALE (0.5, 1.0))"),
         "train@imagenet.batch_size": "yunncheng/MMRL configs/trainers/MMRL/vit_b16_imagenet.yaml (BATCH_SIZE 32)",
         "train@imagenet.epochs": "yunncheng/MMRL configs/trainers/MMRL/vit_b16_imagenet.yaml (MAX_EPOCH 5)",
     }

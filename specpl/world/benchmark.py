@@ -37,7 +37,7 @@ from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig,
 from specpl.data import FewShotData, base_new_split, read_fewshot_folder
 from specpl.defaults import world_backbone_config
 from specpl.evaluate import aggregate_base_new
-from specpl.factory import check_combination, method_label, preset_note
+from specpl.factory import check_combination, describe_stack
 from specpl.inference import Predictor
 from specpl.methods.caspl import PHASE_ONE, distillation_loss, load_teacher, resolve_teacher
 from specpl.model import PromptModel
@@ -88,7 +88,7 @@ class MethodResult:
     per_seed: list[tuple[float, float]] = field(default_factory=list)
     probes: list[dict[str, float]] = field(default_factory=list)
     baseline: str | None = None  # the row its HM is compared with (its host alone)
-    label: str = ""  # what the row's stack is, in words (`specpl.methods.method_label`)
+    label: str = ""  # what the row's stack is, in words (`specpl.factory.describe_stack`)
     teacher_fit: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per seed: {split: teacher_fit(...)}
 
     def summary(self) -> dict[str, float]:
@@ -147,13 +147,6 @@ class BenchRow:
     baseline: str | None = None
     teacher: bool = False
     compare_to_teacher: bool = False
-
-
-def _row_label(row: BenchRow) -> str:
-    """The row's stack in words, with its preset's note ("CoOp + SpecPL (paper preset; ...)")."""
-    if row.method is None:
-        return ""
-    return f"{method_label(row.method)} ({preset_note(row.method)})"
 
 
 def ablation_rows(config: WorldBenchConfig) -> list[BenchRow]:
@@ -378,7 +371,10 @@ def run_world_bench(
     """Every row (default: `bench_methods`) over every seed; `workdir` receives the generated data
     and run folders; `decomposers` holds any other decomposer a row names, built."""
     methods = rows or bench_methods(config)
-    results = {row.name: MethodResult(row.name, baseline=row.baseline, label=_row_label(row)) for row in methods}
+    results = {
+        row.name: MethodResult(row.name, baseline=row.baseline, label=describe_stack(row.method) if row.method else "")
+        for row in methods
+    }
     teacher = None
     if any(row.teacher or row.compare_to_teacher for row in methods):
         teacher = load_teacher(*resolve_teacher(backbone.config, None, None), next(backbone.model.parameters()).device)
