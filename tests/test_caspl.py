@@ -16,11 +16,15 @@ from specpl.config import BackboneConfig, DecomposerConfig, MethodConfig
 from specpl.data import ImageItem
 from specpl.factory import build_method, load_bundle
 from specpl.features import AugmentedViews, FeatureCache, dassl_train_transform
-from specpl.methods.caspl import TEACHER_LOGITS, TeacherLogits, distillation_loss, resolve_teacher
+from specpl.methods import HOSTS
+from specpl.methods.base import CONTEXT_TOKENS
+from specpl.methods.caspl import distillation_loss, resolve_teacher
+from specpl.methods.caspl.teacher import TEACHER_LOGITS, TeacherLogits
 from specpl.methods.deep import DeepPromptHost
 from specpl.model import PromptModel
 
 CLASSES = method_checks.CLASSES
+CASPL_HOSTS = [host for host in HOSTS.names() if method_checks._valid(host, ("caspl",))]  # every host it boosts
 TINY_TEACHER = {"teacher": "specpl-tiny", "teacher_pretrained": ""}  # a random tiny teacher: offline
 
 
@@ -189,7 +193,7 @@ def test_the_boosting_prompts_change_the_hosts_features(backbone, inputs, phase_
 
 
 @pytest.mark.parametrize("layout", ["sequence", "phase-one"])
-@pytest.mark.parametrize("host", ["coop", "cocoop", "maple", "promptsrc"])
+@pytest.mark.parametrize("host", CASPL_HOSTS)
 def test_the_text_reads_sos_adapt_boost_class(backbone, phase_one, host, layout):
     """The paper's and the released code's text order on every host, [SOS][adapt][boost][class],
     and the positions each part takes entering the first block: along one sequence, as the
@@ -366,6 +370,19 @@ def test_promptsrc_keeps_vanilla_clip_as_its_reference(backbone, inputs, phase_o
     )
 
 
+def test_caspl_boosts_every_host_with_a_learned_context_and_labels_those_outside_the_paper():
+    """What phase 2 needs is a place between the host's context and the class name (`requires`),
+    not a list of hosts: a host that declares a learned context is boosted with no edit to CasPL."""
+    from specpl.factory import method_label
+
+    for name in HOSTS.names():
+        host = HOSTS.get(name)
+        assert (name in CASPL_HOSTS) == (host.accepts_boosters and CONTEXT_TOKENS in host.capabilities), name
+    assert {"ivlp", "kgcoop"} <= set(CASPL_HOSTS) and not {"mmrl", "zeroshot", "caspl-boost"} & set(CASPL_HOSTS)
+    assert method_label(MethodConfig(host="maple", boosters=["caspl"])) == "MaPLe + CasPL"
+    assert method_label(MethodConfig(host="ivlp", boosters=["caspl"])) == "IVLP + CasPL (unpublished combination)"
+
+
 def test_bad_boost_bundles_are_refused_with_the_reason(backbone, tmp_path):
     with pytest.raises(ValueError, match="caspl needs boost_bundle"):
         build(backbone, "coop", ("caspl",))
@@ -376,9 +393,13 @@ def test_bad_boost_bundles_are_refused_with_the_reason(backbone, tmp_path):
         build(backbone, "coop", ("caspl",), {"caspl": {"boost_bundle": str(other)}})
     with pytest.raises(
         ValueError,
-        match="booster 'caspl' cannot run on host 'ivlp'.*Hosts it can boost: cocoop, coop, maple, promptsrc",
+        match=(
+            r"booster 'caspl' cannot run on host 'mmrl': it needs a host with a learned text context "
+            r"\(its frozen boosting prompts go between the host's context and the class name.*\)\. "
+            r"Hosts it can boost: cocoop, coop, ivlp, kgcoop, maple, promptsrc$"
+        ),
     ):
-        build(backbone, "ivlp", ("caspl",))
+        build(backbone, "mmrl", ("caspl",))
 
 
 # --- the all-methods property checks (tests/test_methods.py) for CasPL --------------------------------

@@ -225,7 +225,7 @@ def test_methods_lists_every_host_and_booster_with_its_line_and_defaults(capsys)
     assert "paper training: epochs 5, batch_size 4, lr 0.0035" in out  # MaPLe's published schedule
     assert (
         "options (default preset): n_ctx=16" in out
-        and "hosts: cocoop, coop, maple, promptsrc; published on: coop, cocoop, maple, promptsrc" in out
+        and "hosts: cocoop, coop, ivlp, kgcoop, maple, promptsrc; published on: coop, cocoop, maple, promptsrc" in out
     )
     assert (
         "paper preset (CoOp's vit_b16_ctxv1: 4 tokens from 'a photo of a', 200 epochs (the CoCoOp paper's CoOp row)): "

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-import specpl.methods.dapt  # noqa: F401  (registers the booster until the lead imports it in methods/__init__)
 from tests import test_methods as shared  # a module import, so pytest does not collect its tests here
 
 
@@ -29,7 +28,7 @@ def test_dapt_has_every_method_property(host, tiny_backbone, inputs, tmp_path):
 
 # --- losses by hand -------------------------------------------------------------------------------
 def test_triplet_pull_push_matches_a_hand_computation():
-    from specpl.methods.dapt import triplet_pull_push
+    from specpl.methods.dapt.losses import triplet_pull_push
 
     generator = torch.Generator().manual_seed(0)
     full, fg, bg = (torch.randn(5, 8, generator=generator) for _ in range(3))
@@ -39,7 +38,7 @@ def test_triplet_pull_push_matches_a_hand_computation():
 
 
 def test_alignment_losses_match_a_hand_computation_and_detach_the_foreground():
-    from specpl.methods.dapt import background_alignment, foreground_alignment
+    from specpl.methods.dapt.losses import background_alignment, foreground_alignment
 
     generator = torch.Generator().manual_seed(0)
     fg = torch.randn(3, 8, generator=generator, requires_grad=True)
@@ -64,19 +63,19 @@ def test_the_loss_switches_at_the_configured_epoch_and_gradcam_is_refreshed_each
 ):
     import json
 
-    import specpl.methods.dapt as dapt
+    import specpl.methods.dapt.masks as dapt_masks
     from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
     from specpl.trainer import Trainer
 
     computed_at: list[int] = []
-    original = dapt.saliency_masks
+    original = dapt_masks.saliency_masks
 
     def counting(model, images, labels, *args):
         computed_at.append(model.epoch)
         assert labels is not None  # the cache passes the items, so GradCAM targets the true class
         return original(model, images, labels, *args)
 
-    monkeypatch.setattr(dapt, "saliency_masks", counting)
+    monkeypatch.setattr(dapt_masks, "saliency_masks", counting)
     config = RunConfig(
         backbone=BackboneConfig(name="specpl-tiny", pretrained=None),
         decomposer=DecomposerConfig(name="fft", image_size=32),
@@ -100,7 +99,7 @@ def test_the_forward_pass_uses_the_batch_masks(tiny_backbone, inputs):
     from specpl.factory import build_method
     from specpl.frozen import flatten
     from specpl.methods import Batch
-    from specpl.methods.dapt import triplet_pull_push
+    from specpl.methods.dapt.losses import triplet_pull_push
 
     torch.manual_seed(0)
     options = {"dapt": {"switch_epoch": 1}}  # the default map: not flat on the random tiny tower (the rollout would be)
@@ -257,7 +256,7 @@ def test_recorded_attention_is_pytorchs_own_and_rollout_matches_a_hand_computati
     class-token row of prod (0.5 mean_h A + 0.5 I) over the patches (not IVLP's image prompts)."""
     from specpl.config import MethodConfig
     from specpl.factory import build_method
-    from specpl.methods.dapt import recorded_attention, rollout_scores
+    from specpl.methods.dapt.saliency import recorded_attention, rollout_scores
 
     model = build_method(
         MethodConfig(host="ivlp", boosters=["dapt"]), copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"]
@@ -296,7 +295,7 @@ def test_recording_sees_only_its_own_threads_forwards(tiny_backbone, inputs):
 
     from specpl.config import MethodConfig
     from specpl.factory import build_method
-    from specpl.methods.dapt import recorded_attention
+    from specpl.methods.dapt.saliency import recorded_attention
 
     model = build_method(
         MethodConfig(host="ivlp", boosters=["dapt"]), copy.deepcopy(tiny_backbone), ["cat", "dog", "ship", "frog"]
@@ -318,7 +317,7 @@ def test_head_gradcam_matches_a_hand_computation_through_the_attention(tiny_back
     weight per head channel averaged over the patches, sum_h |w_h . (v_hj - mean_k v_hk)|."""
     from specpl.config import MethodConfig
     from specpl.factory import build_method
-    from specpl.methods.dapt import head_gradcam_scores, recorded_attention
+    from specpl.methods.dapt.saliency import head_gradcam_scores, recorded_attention
 
     torch.manual_seed(0)
     maple = MethodConfig(
@@ -458,7 +457,7 @@ def test_the_paper_masks_leave_most_of_a_world_batch_without_foreground(world_sa
 
 
 def test_the_default_switch_is_seven_tenths_of_the_epochs_and_seven_reproduces_the_reference():
-    from specpl.methods.dapt import DAPTConfig, switch_epoch
+    from specpl.methods.dapt.config import DAPTConfig, switch_epoch
 
     assert [switch_epoch(DAPTConfig(), epochs) for epochs in (1, 5, 10, 20)] == [0, 3, 7, 14]
     assert switch_epoch(DAPTConfig(switch_epoch=7), 5) == 7  # the reference's `e > 6` (never reached in 5 epochs)
@@ -487,7 +486,7 @@ def test_maps_are_upsampled_and_divided_by_the_batch_maximum_by_hand():
     """Two 2x2 patch grids to 3x3: with corners aligned the grid values sit on the corners, the
     edge midpoints average two of them and the centre all four; ``batch`` divides both maps by the
     batch's maximum (4), ``image`` each by its own. To 4x4, corner alignment changes the samples."""
-    from specpl.methods.dapt import normalised_maps
+    from specpl.methods.dapt.saliency import normalised_maps
 
     scores = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.0, 1.0, 1.0, 0.0]])
     upsampled = torch.tensor(

@@ -37,7 +37,8 @@ from specpl.factory import build_method
 from specpl.frozen import CLIP_IMAGE, flatten
 from specpl.methods import HOSTS, Batch
 from specpl.methods.base import IMAGE_FEATURES
-from specpl.methods.caspl import PHASE_ONE, TEACHER_LOGITS
+from specpl.methods.caspl import PHASE_ONE
+from specpl.methods.caspl.teacher import TEACHER_LOGITS
 from specpl.methods.deep import gpa_weights
 from specpl.model import PromptModel
 

@@ -32,7 +32,7 @@ import torch
 from test_equivalence import CLASSNAMES, TEMPLATE, TOLERANCE, backbone, layers, linears, relative_error  # noqa: F401
 from torch import Tensor
 
-import specpl.methods.specpl as specpl_module
+import specpl.methods.specpl.booster as specpl_module
 from specpl.backbone import Backbone
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.data import ImageItem

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from test_methods import CLASSES, batch_for, inputs, phase_one_bundle  # noqa: F401  (`inputs` is a fixture)
 from test_methods import test_every_method as check_every_method_properties
 
-import specpl.methods.isp  # noqa: F401  (registers "isp" until the lead adds it to specpl.methods)
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.factory import build_method
 from specpl.frozen import CLIP_IMAGE
@@ -264,7 +263,7 @@ def test_every_method_property_holds_for_isp(method, tiny_backbone, inputs, tmp_
 
 
 def test_class_states_are_the_frozen_text_towers_end_of_text_inputs(tiny_backbone):
-    from specpl.methods.isp import end_of_text_states
+    from specpl.methods.isp.structural import end_of_text_states
 
     model = tiny_backbone.model
     prompts = ["a photo of a cat.", "a photo of a big red ship."]

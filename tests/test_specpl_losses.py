@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from specpl.config import MethodConfig
 from specpl.factory import build_method
 from specpl.methods import Batch
-from specpl.methods.bank import VisualSemanticBank
-from specpl.methods.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 from specpl.methods.specpl import GranuleModulator
+from specpl.methods.specpl.bank import VisualSemanticBank
+from specpl.methods.specpl.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 
 
 def test_semantic_anchor_loss_by_hand():

@@ -14,9 +14,9 @@ from test_methods import CLASSES, METHODS, batch_for, build, method_id
 
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.factory import build_method, resolve_method_options
-from specpl.methods.bank import VisualSemanticBank
 from specpl.methods.cocoop import CoCoOpConfig
 from specpl.methods.specpl import SpecPLConfig
+from specpl.methods.specpl.bank import VisualSemanticBank
 
 CASPL = "caspl"  # its frozen phase-1 prompts are part of the host's starting point, not a change to it
 BOOSTED = [(host, stack) for host, stack in METHODS if stack and stack != (CASPL,)]

@@ -173,7 +173,7 @@ def test_boosters_a_host_refuses_are_skipped_and_listed_and_stacks_follow_the_ho
     from specpl.world.benchmark import PHASE_ONE_ROW, ZERO_SHOT, WorldBenchConfig, bench_methods, skipped_pairs
 
     config = WorldBenchConfig(
-        hosts=("coop", "ivlp"), boosters=("caspl", "dapt"), stacks=("maple+caspl+specpl", "ivlp+dapt+specpl")
+        hosts=("coop", "mmrl"), boosters=("caspl", "dapt"), stacks=("maple+caspl+specpl", "mmrl+dapt+specpl")
     )
     rows = bench_methods(config)
     assert _names(rows) == [
@@ -182,16 +182,18 @@ def test_boosters_a_host_refuses_are_skipped_and_listed_and_stacks_follow_the_ho
         PHASE_ONE_ROW,
         "coop",
         "coop + caspl",  # coop + dapt is refused: DAPT needs image-tower prompts
-        "ivlp",
-        "ivlp + dapt",  # ivlp + caspl is refused: CasPL boosts coop, cocoop, maple and promptsrc
+        "mmrl",
+        "mmrl + dapt",  # mmrl + caspl is refused: CasPL needs a learned text context
         "maple + caspl + specpl",
-        "ivlp + dapt + specpl",
+        "mmrl + dapt + specpl",
     ]
-    assert list(skipped_pairs(config)) == [("coop", "dapt"), ("ivlp", "caspl")]
-    assert "Hosts it can boost: cocoop, coop, maple, promptsrc" in skipped_pairs(config)[("ivlp", "caspl")]
+    assert list(skipped_pairs(config)) == [("coop", "dapt"), ("mmrl", "caspl")]
+    assert (
+        "Hosts it can boost: cocoop, coop, ivlp, kgcoop, maple, promptsrc" in skipped_pairs(config)[("mmrl", "caspl")]
+    )
     assert "Hosts it can boost: ivlp, maple, mmrl, promptsrc" in skipped_pairs(config)[("coop", "dapt")]
     by_name = {row.name: row for row in rows}
-    assert by_name["ivlp + dapt + specpl"].baseline == "ivlp"
+    assert by_name["mmrl + dapt + specpl"].baseline == "mmrl"
     assert by_name["maple + caspl + specpl"].baseline is None  # maple alone is not a row here
     assert by_name["maple + caspl + specpl"].method.boosters == ["caspl", "specpl"]
     assert [row.name for row in rows if row.compare_to_teacher] == [ZERO_SHOT, PHASE_ONE_ROW]
@@ -258,11 +260,11 @@ def test_bad_stacks_and_boosters_are_refused_with_the_reason():
     with pytest.raises(
         ValueError,
         match=(
-            r"^stack 'ivlp\+caspl': booster 'caspl' cannot run on host 'ivlp'"
-            r".*Hosts it can boost: cocoop, coop, maple, promptsrc$"
+            r"^stack 'mmrl\+caspl': booster 'caspl' cannot run on host 'mmrl'"
+            r".*Hosts it can boost: cocoop, coop, ivlp, kgcoop, maple, promptsrc$"
         ),
     ):
-        bench_methods(WorldBenchConfig(hosts=("coop",), stacks=("ivlp+caspl",)))
+        bench_methods(WorldBenchConfig(hosts=("coop",), stacks=("mmrl+caspl",)))
     with pytest.raises(UnknownNameError, match="nosuch"):
         bench_methods(WorldBenchConfig(hosts=("coop",), boosters=("nosuch",)))
 
@@ -347,7 +349,7 @@ def test_report_gives_each_booster_row_its_hm_against_its_host_and_the_phase_one
         MethodResult("coop", [(60.0, 40.0)], probe),  # HM 48
         MethodResult("coop + specpl", [(70.0, 50.0)], probe, baseline="coop"),  # HM 58.33
     ]
-    config = WorldBenchConfig(seeds=(1,), hosts=("coop", "ivlp"), boosters=("specpl", "caspl"))
+    config = WorldBenchConfig(seeds=(1,), hosts=("coop", "mmrl"), boosters=("specpl", "caspl"))
     report = markdown_report(
         results,
         config,
@@ -362,6 +364,6 @@ def test_report_gives_each_booster_row_its_hm_against_its_host_and_the_phase_one
     )
     assert "| coop + specpl | 70.00 | 50.00 | 58.33 | +10.33 | 0.50 | 0.25 |" in report
     assert "| coop | 60.00 | 40.00 | 48.00 | — | 0.50 | 0.25 |" in report
-    assert "- ivlp + caspl: booster 'caspl' cannot run on host 'ivlp'" in report
+    assert "- mmrl + caspl: booster 'caspl' cannot run on host 'mmrl'" in report
     assert "| zero-shot | 75.00 | 0.500 | 50.00 | 1.250 |" in report
     assert "transductive toward the new classes" in report

@@ -2,7 +2,7 @@
 own loss) and any number of boosters (plug-ins that add tower prompts, refine text, reweight or add
 losses). `specpl.model.PromptModel` wires them together over one frozen CLIP (a `model` argument
 below is one); the trainer, the feature cache, the predictor and the counterfactual only ever talk
-to it, so a new host or booster is one module that never touches them. This module holds only
+to it, so a new host (a module) or booster (a package) never touches them. This module holds only
 these contracts: composing (`specpl.factory`) and the composite (`specpl.model`) live apart.
 
 The seams, all optional for a component:

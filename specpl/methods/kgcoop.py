@@ -22,7 +22,7 @@ from specpl.methods.base import BuildContext, ForwardState
 from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
 from specpl.methods.sourcing import context_sources, schedule_sources
-from specpl.methods.zeroshot import template_text_features
+from specpl.methods.templates import template_text_features
 
 
 def knowledge_guidance_loss(text: torch.Tensor, frozen_text: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
 from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER, BuildContext, ForwardState, Host, cosine_logits
 from specpl.methods.registry import HOSTS
 from specpl.methods.sourcing import schedule_sources
-from specpl.methods.zeroshot import template_text_features
+from specpl.methods.templates import template_text_features
 from specpl.slots import PromptGroup
 from specpl.text import TextHook
 from specpl.vision import PromptImageEncoder, VisionOutput

@@ -11,9 +11,9 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from specpl.backbone import Backbone
 from specpl.methods.base import BuildContext, Host
 from specpl.methods.registry import HOSTS
+from specpl.methods.templates import template_text_features
 from specpl.slots import PromptGroup
 from specpl.text import TextHook
 
@@ -21,17 +21,6 @@ from specpl.text import TextHook
 @dataclass
 class ZeroShotConfig:
     template: str | None = None  # None: the run's template
-
-
-def template_text_features(backbone: Backbone, template: str, classnames: list[str]) -> torch.Tensor:
-    """Frozen CLIP text features (C, D) of ``template.format(name)`` for each class."""
-    if "{}" not in template:
-        raise ValueError(f"template {template!r} needs a '{{}}' where the class name goes")
-    device = backbone.model.token_embedding.weight.device
-    with torch.no_grad():
-        return backbone.model.encode_text(
-            backbone.tokenizer([template.format(c) for c in classnames]).to(device)
-        ).float()
 
 
 @HOSTS.register("zeroshot")

@@ -35,23 +35,10 @@ hooks (`image_hook()`, `text_hook()`):
   collapse (dusk camera: seeds 1 and 3 ended 16 and 23 HM below MaPLe; on seed 1 validation fell
   from 50 % to 22 % in the second epoch at lr 0.0035), and without them ISP + MaPLe trains as
   MaPLe does (bench/DEFAULTS.md).
-- Zero start: with ``zero_start="output-projection"`` W_o is zero-initialised, as in the spec; the
-  default ``"initial-difference"`` subtracts the same module at its initial weights (a frozen
-  copy), f_theta(x) - f_theta0(x). Both are exactly zero at step 0, so step 0 gives the bare
-  host's logits exactly, and its gradients (exactly with a zero W_o; with the difference the two
-  input gradients cancel up to the order of summation). The default also lets every weight of the
-  module learn from the first step, where a zero W_o gives the inner projections no gradient until
-  W_o moves (and the all-methods test asks every learned tensor for a first-step gradient).
+- The modules themselves, and their zero start: `specpl.methods.isp.structural`.
 
-Sample probing (spec §3) reweights the host's loss per sample by its difficulty under frozen
-zero-shot CLIP: p0_i = softmax(s0 cos(f0_i, g0))_{y_i}, f0 the frozen CLIP feature of the same
-augmented view (the cached frozen input "clip_image"), g0 the frozen text of the run's template
-(the dataset's CoOp template), s0 CLIP's own logit scale; d_i = 1 - p0_i, w_i = (1 + d_i) /
-mean_batch(1 + d), detached. Options: `difficulty="joint"` uses d_i = 1 - p0_i p_i with the
-prompted model's p_i; `weighting="focal"` uses w_i = d_i^gamma; `probe_templates` picks the frozen
-text; `normalise_weights=False` keeps the raw 1 + d_i (spec §7's alternative). The host's weighted
-loss is (1/B) sum_i w_i CE_i, so the mean-normalised weights keep the loss scale unchanged.
-Weights apply at training only; evaluation has no loss.
+Sample probing (spec §3, `specpl.methods.isp.probing`) reweights the host's loss per sample by its
+difficulty under frozen zero-shot CLIP.
 
 How ISP composes with SpecPL (or any booster that adds terms): `PromptModel.forward` fixes the
 order. Every booster's `sample_weights` is collected first (several multiply); the host then
@@ -63,21 +50,33 @@ listed in.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
-from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from torch import nn
-from torch.func import functional_call
 
-from specpl.backbone import Backbone
-from specpl.config import check_choice
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
-from specpl.methods.base import DEEP_TEXT_PROMPTS, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState
+from specpl.methods.base import Booster, BuildContext, ForwardState
+from specpl.methods.isp.config import (
+    FOCAL,
+    IMAGENET_TEMPLATES,
+    INITIAL_DIFFERENCE,
+    IVLP_LAYOUT,
+    JOINT,
+    LINEAR,
+    OFF,
+    ON,
+    OUTPUT_PROJECTION,
+    RUN_TEMPLATE,
+    ZERO_SHOT,
+    ISPConfig,
+    at_least_fp32,
+    check_isp_choice,
+)
+from specpl.methods.isp.probing import probe_text_features, probing_weights
+from specpl.methods.isp.structural import StructuralAttention, ZeroStart, end_of_text_states
 from specpl.methods.registry import BOOSTERS
-from specpl.methods.zeroshot import template_text_features
 from specpl.slots import END, PromptGroup
 from specpl.text import PromptTextEncoder
 from specpl.vision import PromptImageEncoder
@@ -85,175 +84,7 @@ from specpl.vision import PromptImageEncoder
 if TYPE_CHECKING:  # the composite this booster is attached to; it imports the contracts, not this
     from specpl.model import PromptModel
 
-# what other modules (the benchmarks, the app) may import from this booster
-__all__ = ["ISP", "ISPConfig", "probing_weights"]
-
-IVLP_LAYOUT = frozenset({PROMPTS_IMAGE_TOWER, DEEP_TEXT_PROMPTS})  # hosts whose vision prompts follow the patches
-OUTPUT_PROJECTION, INITIAL_DIFFERENCE = "output-projection", "initial-difference"
-ZERO_SHOT, JOINT = "zero-shot", "joint"
-LINEAR, FOCAL = "linear", "focal"
-RUN_TEMPLATE, IMAGENET_TEMPLATES = "run", "openai-imagenet"
-AUTO, ON, OFF = "auto", "on", "off"
 RECONSTRUCTED = "ours: reconstructed from the ISP abstract (arXiv 2507.05677), no released code"
-
-
-@dataclass
-class ISPConfig:
-    structural: Literal["auto", "on", "off"] = (
-        AUTO  # the structural modules: auto builds them where the host has IVLP-layout prompts, on requires such a host
-    )
-    text_structural: bool = False  # also in the text tower (the paper preset; see the module docstring)
-    self_structural: bool = True  # vision prompts attend to that layer's [CLS] + patch tokens
-    cross_structural: bool = True  # vision prompts attend to the class prompts' end-of-text states
-    depth: int = 9  # layers 0..depth-1 carry modules (cut to the towers' depth)
-    attn_dim: int = 64  # d of the query/key/value projections
-    heads: int = 1
-    detach_sources: bool = True  # read the frozen tokens without gradient (spec §7)
-    zero_start: str = INITIAL_DIFFERENCE  # or "output-projection" (W_o = 0, the spec's)
-    sample_probing: bool = True
-    difficulty: str = ZERO_SHOT  # "zero-shot": 1 - p0; "joint": 1 - p0 * p (prompted model)
-    weighting: str = LINEAR  # "linear": 1 + d, mean-normalised; "focal": d ** focal_gamma
-    focal_gamma: float = 2.0
-    normalise_weights: bool = True  # mean 1 per batch (spec §7's recommendation); False: the raw 1 + d (or d ** gamma)
-    probe_templates: str = RUN_TEMPLATE  # "run", "openai-imagenet" (80, averaged) or a template with "{}"
-    probe_logit_scale: float | None = None  # None: the frozen CLIP's own exp(logit_scale)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.structural, bool):  # bundles written before "auto": True meant auto
-            self.structural = AUTO if self.structural else OFF
-        _choice("structural", self.structural, (AUTO, ON, OFF))
-
-
-def _choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
-    check_choice(f"isp.{option}", value, allowed)
-
-
-class StructuralAttention(nn.Module):
-    """W_o Attn(LN(queries) W_q, LN(sources) W_k, LN(sources) W_v): the update one set of prompt
-    tokens gets from the tokens it attends to (spec §2)."""
-
-    def __init__(
-        self, query_width: int, source_width: int, dim: int, heads: int, device: torch.device | None = None
-    ) -> None:
-        super().__init__()
-        self.heads = heads
-        self.query_norm = nn.LayerNorm(query_width, device=device)
-        self.source_norm = nn.LayerNorm(source_width, device=device)
-        self.query = nn.Linear(query_width, dim, device=device)
-        self.key = nn.Linear(source_width, dim, device=device)
-        self.value = nn.Linear(source_width, dim, device=device)
-        self.output = nn.Linear(dim, query_width, device=device)
-
-    def forward(
-        self, queries: torch.Tensor, sources: torch.Tensor, visible: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """queries (B, n, Wq), sources (B, m, Ws), `visible` (B, m) the sources each row may attend
-        to (None: all) -> the update (B, n, Wq)."""
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
-
-        sources = self.source_norm(sources)
-        q = split(self.query(self.query_norm(queries)))
-        k, v = split(self.key(sources)), split(self.value(sources))
-        mask = None if visible is None else visible[:, None, None, :]
-        return self.output(F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).flatten(-2))
-
-
-class ZeroStart(nn.Module):
-    """A `StructuralAttention` whose output is exactly zero before training.
-
-    ``output-projection``: W_o starts at zero. ``initial-difference``: the output is f_theta(x) -
-    f_theta0(x), theta0 a frozen copy of the initial weights; gradients still flow into x through
-    both terms, so at step 0 the inputs' gradients cancel too."""
-
-    def __init__(self, module: StructuralAttention, mode: str) -> None:
-        super().__init__()
-        self.module = module
-        self.mode = mode
-        if mode == OUTPUT_PROJECTION:
-            nn.init.zeros_(module.output.weight)
-            nn.init.zeros_(module.output.bias)
-        else:
-            self.initial = nn.Module()  # persistent buffers: the output depends on them
-            for name, parameter in module.named_parameters():
-                self.initial.register_buffer(_buffer_name(name), parameter.detach().clone())
-
-    def forward(
-        self, queries: torch.Tensor, sources: torch.Tensor, visible: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        out = self.module(queries, sources, visible)
-        if self.mode == INITIAL_DIFFERENCE:
-            initial = {name: self.initial.get_buffer(_buffer_name(name)) for name, _ in self.module.named_parameters()}
-            out = out - functional_call(self.module, initial, (queries, sources, visible))
-        return out
-
-
-def _buffer_name(parameter: str) -> str:
-    return parameter.replace(".", "__")
-
-
-@torch.no_grad()
-def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
-    """`tensor` in fp32 when it is in a half type (a bf16 frozen tower), else as it is: ISP's modules
-    compute in their own precision, fp32 in training and fp64 in the equivalence test."""
-    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
-
-
-def end_of_text_states(backbone: Backbone, prompts: list[str], layers: int) -> torch.Tensor:
-    """(layers, N, W): the hidden state at each prompt's end-of-text token entering text blocks
-    0..layers-1 of the frozen CLIP (sequences cut after the longest end-of-text: exact under the
-    causal mask)."""
-    model = backbone.model
-    device = model.token_embedding.weight.device
-    tokens = backbone.tokenizer(prompts)
-    eot = tokens.argmax(dim=-1)
-    length = int(eot.max()) + 1  # read on the host: the model may sit on any device
-    x = model.token_embedding(tokens[:, :length].to(device)) + model.positional_embedding[:length]
-    eot = eot.to(device)
-    mask = model.attn_mask[:length, :length]
-    rows = torch.arange(len(prompts), device=device)
-    states = []
-    for block in model.transformer.resblocks[:layers]:
-        states.append(x[rows, eot])
-        x = block(x, attn_mask=mask)
-    return at_least_fp32(torch.stack(states))
-
-
-def probe_text_features(backbone: Backbone, templates: str, run_template: str, classnames: list[str]) -> torch.Tensor:
-    """Unit-norm frozen text g0 (C, D) of the probing templates (see `ISPConfig.probe_templates`)."""
-    if templates == IMAGENET_TEMPLATES:
-        per_template = [
-            F.normalize(template_text_features(backbone, t("{}"), classnames), dim=-1)
-            for t in OPENAI_IMAGENET_TEMPLATES
-        ]
-        return F.normalize(torch.stack(per_template).mean(0), dim=-1)
-    return F.normalize(
-        template_text_features(backbone, run_template if templates == RUN_TEMPLATE else templates, classnames), dim=-1
-    )
-
-
-def probing_weights(
-    zero_shot_logits: torch.Tensor,
-    labels: torch.Tensor,
-    difficulty: str = ZERO_SHOT,
-    weighting: str = LINEAR,
-    focal_gamma: float = 2.0,
-    prompted_logits: torch.Tensor | None = None,
-    normalise: bool = True,
-) -> torch.Tensor:
-    """Per-sample loss coefficients (B,), detached: harder samples under frozen CLIP weigh more
-    (spec §3). ``linear``: (1 + d) / mean(1 + d); ``focal``: d ** gamma / mean(d ** gamma);
-    `normalise=False` leaves out the division by the batch mean."""
-    rows = torch.arange(labels.shape[0], device=labels.device)
-    confidence = at_least_fp32(zero_shot_logits.detach()).softmax(dim=-1)[rows, labels]
-    if difficulty == JOINT:
-        if prompted_logits is None:
-            raise ValueError("isp.difficulty='joint' needs the prompted model's logits")
-        confidence = confidence * at_least_fp32(prompted_logits.detach()).softmax(dim=-1)[rows, labels]
-    hardness = 1 - confidence
-    weights = 1 + hardness if weighting == LINEAR else hardness.pow(focal_gamma)
-    return weights / weights.mean().clamp_min(1e-12) if normalise else weights
 
 
 @BOOSTERS.register("isp")
@@ -292,9 +123,9 @@ class ISP(Booster):
 
     def __init__(self, config: ISPConfig, context: BuildContext) -> None:
         super().__init__(config, context)
-        _choice("zero_start", config.zero_start, (INITIAL_DIFFERENCE, OUTPUT_PROJECTION))
-        _choice("difficulty", config.difficulty, (ZERO_SHOT, JOINT))
-        _choice("weighting", config.weighting, (LINEAR, FOCAL))
+        check_isp_choice("zero_start", config.zero_start, (INITIAL_DIFFERENCE, OUTPUT_PROJECTION))
+        check_isp_choice("difficulty", config.difficulty, (ZERO_SHOT, JOINT))
+        check_isp_choice("weighting", config.weighting, (LINEAR, FOCAL))
         if config.probe_templates not in (RUN_TEMPLATE, IMAGENET_TEMPLATES) and "{}" not in config.probe_templates:
             raise ValueError(
                 f"isp.probe_templates must be 'run', 'openai-imagenet' or a template with '{{}}'; got "

@@ -12,7 +12,7 @@ Documented in docs/methods/specpl.md. Where the spec lists an ambiguity we take 
   (with the spec's form LN acts on the residual path and turns the text however the MLP starts);
   g learns from the first step, the MLP and LN from the second. ``refiner="layernorm"`` is the
   spec's form, normalise(LN(q + MLP([q; r]))), with no gate parameter, for the paper preset
-  (`specpl.methods.bank`);
+  (`specpl.methods.specpl.bank`);
 - with batch size 1 the counterfactual loss reduces to the factual one, as in the reference code.
 Per host (spec §2, §4; the released MMRL + SpecPL code): tau 0.02 on CoCoOp. At test the ``paper`` preset's CoCoOp
 takes text = normalise(0.5 raw + 0.5 refined) with the raw feature unnormalised, as the released
@@ -28,7 +28,6 @@ view; its statistic size is recorded in the options so a bundle loads without th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -36,87 +35,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from specpl.frozen import BANDS, BandStatistics
-from specpl.methods.bank import VisualSemanticBank, check_refiner
 from specpl.methods.base import FEATURES, Batch, Booster, BuildContext, ForwardState
-from specpl.methods.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 from specpl.methods.registry import BOOSTERS
-
-# what other modules (the benchmarks, the app) may import from this booster
-__all__ = ["BandEmbedding", "GranuleModulator", "SharedIndividualFusion", "SpecPL", "SpecPLConfig"]
+from specpl.methods.specpl.bank import VisualSemanticBank
+from specpl.methods.specpl.config import HOST_TAU, SpecPLConfig
+from specpl.methods.specpl.granule import BandEmbedding, GranuleModulator, SharedIndividualFusion
+from specpl.methods.specpl.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 
 SPECPL_REPO = "Mlrac1e/SpecPL-Prompt-Learning@eba735b"
-HOST_TAU = {"cocoop": 0.02}  # spec §2: 0.07 for every other host
-
-
-@dataclass
-class SpecPLConfig:
-    bank_size: int = 64
-    tau: float | None = None  # None: 0.07, or 0.02 for CoCoOp
-    bank_momentum: float = 0.05
-    bank_init_batches: int = 10
-    lambda_sem: float = 0.1
-    lambda_gf: float = 0.1
-    lambda_gcf: float = 0.1
-    train_band_mlps: bool = False
-    small_init_std: float = 1e-3
-    test_blend: float = 1.0  # share of the refined text at test (1: refined only; the paper preset's CoCoOp: 0.5)
-    refine_novel: bool = True  # False: classes marked novel keep their raw text at test (MMRL's routing, on any host)
-    band_stat_dim: int | None = None  # None: the run's decomposer says (recorded once built)
-    refiner: str = (
-        "gated"  # "gated": zero-init gate, identity at step 0; "layernorm": the spec's form (see the module docstring)
-    )
-
-    def __post_init__(self) -> None:
-        check_refiner(self.refiner)
-
-
-def _small_init(module: nn.Module, std: float) -> nn.Module:
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear):
-            nn.init.normal_(layer.weight, std=std)
-            nn.init.zeros_(layer.bias)
-    return module
-
-
-def _two_layer(d_in: int, d_hidden: int, d_out: int, act: type[nn.Module], std: float) -> nn.Sequential:
-    return _small_init(nn.Sequential(nn.Linear(d_in, d_hidden), act(), nn.Linear(d_hidden, d_out)), std)  # type: ignore[return-value]
-
-
-class BandEmbedding(nn.Module):
-    """LN(stat) -> Linear -> SiLU -> Linear, then L2-normalised (spec §1)."""
-
-    def __init__(self, stat_dim: int, dim: int, std: float) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(stat_dim), _two_layer(stat_dim, dim, dim, nn.SiLU, std))
-
-    def forward(self, stats: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.net(stats), dim=-1)
-
-
-class SharedIndividualFusion(nn.Module):
-    """cond = normalise(LN_out(LN_s(a) + MLP([LN_s(a); LN_g(g)]))) (spec §3.4)."""
-
-    def __init__(self, dim: int, std: float) -> None:
-        super().__init__()
-        self.norm_shared, self.norm_granule, self.norm_out = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.mlp = _two_layer(2 * dim, dim, dim, nn.SiLU, std)
-
-    def forward(self, shared: torch.Tensor, granule: torch.Tensor) -> torch.Tensor:
-        s = self.norm_shared(shared)
-        return F.normalize(self.norm_out(s + self.mlp(torch.cat([s, self.norm_granule(granule)], dim=-1))), dim=-1)
-
-
-class GranuleModulator(nn.Module):
-    """FiLM: [gamma, beta] = MLP(LN(cond)); v' = normalise((1 + tanh gamma) * v + beta) (spec §3.5)."""
-
-    def __init__(self, dim: int, std: float) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.mlp = _two_layer(dim, 2 * dim, 2 * dim, nn.SiLU, std)
-
-    def forward(self, image: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        gamma, beta = self.mlp(self.norm(cond)).chunk(2, dim=-1)
-        return F.normalize((1 + torch.tanh(gamma)) * image + beta, dim=-1)
 
 
 @BOOSTERS.register("specpl")
