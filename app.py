@@ -1,6 +1,6 @@
 """SpecPL Studio, the Gradio app (also the Hugging Face Space entry): ``python app.py``."""
 
-from app.settings import AppSettings
+from app.runtime.settings import AppSettings
 from app.ui import build_demo, launch_options
 
 settings = AppSettings.from_env()

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from app.classify import classify_files
-from app.settings import Limits
+from app.runtime.settings import Limits
+from app.views.classification import classify_files
 from specpl.backbone import load_backbone
 from specpl.config import BackboneConfig
 from specpl.defaults import world_backbone_config

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from app.settings import AppSettings
+from app.runtime.settings import AppSettings
 from app.ui import build_demo, launch_options
 
 CHROMIUM_ARGS = [

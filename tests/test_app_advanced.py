@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from app import advanced, decomposers
-from app.hub import HubError, checkpoint_bundle, push_bundle
-from app.progress import lr_frame, read_progress, val_frame
-from app.reports import RunSummary, confusion_html, misclassified_gallery, ranking, result_html
-from app.studio import shown_value
+from app.files.hub import HubError, checkpoint_bundle, push_bundle
+from app.runtime import decomposers
+from app.views import advanced
+from app.views.form import shown_value
+from app.views.progress import lr_frame, read_progress, val_frame
+from app.views.reports import RunSummary, confusion_html, misclassified_gallery, ranking, result_html
 from specpl.cli import build_parser, run_config_from_args
 from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
 from specpl.datasets import read_dataset
@@ -135,20 +136,22 @@ def test_an_empty_or_zero_epochs_box_is_auto_and_the_cli_line_then_has_no_epochs
 
 def test_the_training_plan_line_states_what_the_trainer_will_resolve(tmp_path, cifar_root):
     """CIFAR-10's shared few-shot folder: 10 classes of 16 training images (train/ and test/)."""
-    from app.settings import AppSettings
+    from app.files.uploads import summarize_dataset
+    from app.runtime.settings import AppSettings
     from app.studio import Studio
-    from app.uploads import summarize_dataset
+    from app.tabs.train import TrainTab
 
     studio = Studio(AppSettings(data_dir=tmp_path / "data"))
+    train = TrainTab(studio)
     try:
         root = str(cifar_root)
         assert (
-            studio.form_and_plan(None, "specpl-tiny/none", *[form().get(key) for key in advanced.form_keys()])[2] == ""
+            train.form_and_plan(None, "specpl-tiny/none", *[form().get(key) for key in advanced.form_keys()])[2] == ""
         )  # no dataset yet
-        studio._dataset_outputs(summarize_dataset(cifar_root), "loaded")  # what an upload leaves
+        train._dataset_outputs(summarize_dataset(cifar_root), "loaded")  # what an upload leaves
 
         def plan(**changes) -> str:
-            return studio.form_and_plan(
+            return train.form_and_plan(
                 root,
                 "specpl-tiny/none",
                 *[form(**{"train.epochs": None, **changes}).get(key) for key in advanced.form_keys()],
@@ -184,7 +187,7 @@ def test_the_training_plan_line_states_what_the_trainer_will_resolve(tmp_path, c
         )
         paper = form("coop", ("specpl",), "paper", **{"train.epochs": None, "data.shots": 8})
         epochs = 100  # with SpecPL, CoOp runs as SpecPL's paper trained it (CoOp's paper-specpl), not its own 200
-        assert studio.form_and_plan(root, "specpl-tiny/none", *[paper.get(key) for key in advanced.form_keys()])[2] == (
+        assert train.form_and_plan(root, "specpl-tiny/none", *[paper.get(key) for key in advanced.form_keys()])[2] == (
             f"Training plan (paper preset): {epochs} epochs of batch 32 ({epochs * 2} steps) from 80 training images; "
             "nothing held out for validation; last epoch kept."
         )
@@ -198,8 +201,8 @@ def test_the_training_plan_line_states_what_the_trainer_will_resolve(tmp_path, c
 def test_the_plan_matches_the_steps_and_validation_of_a_real_run(tmp_path, cifar_root, tiny_backbone):
     """The plan's numbers are the trainer's: one epoch of CoOp on 2 shots of CIFAR-10 (1 per class
     held out, batch min(32, 10 // 4) = 2, so 5 steps), with the epoch-0 validation and zero-shot."""
-    from app.plan import training_counts, training_plan
-    from app.uploads import summarize_dataset
+    from app.files.uploads import summarize_dataset
+    from app.views.plan import training_counts, training_plan
     from specpl.events import read_events
     from specpl.trainer import Trainer
 
@@ -319,7 +322,7 @@ def test_decomposers_that_cannot_load_are_marked_with_the_reason(monkeypatch, tm
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.setattr("specpl.bands.auto._hub_cache_dir", lambda: tmp_path / "empty-cache")
-    monkeypatch.setattr("app.decomposers.cached_model_folder", lambda repo: None)
+    monkeypatch.setattr("app.runtime.decomposers.cached_model_folder", lambda repo: None)
     assert decomposers.status("fft").usable
     taef2 = decomposers.status("taef2")
     assert (
@@ -597,34 +600,36 @@ def test_a_push_creates_a_private_repo_uploads_the_bundle_and_never_echoes_the_t
 def test_the_method_picker_describes_each_choice_and_refuses_a_combination_with_the_librarys_message(
     tmp_path, monkeypatch
 ):
-    from app.settings import AppSettings
+    from app.runtime.settings import AppSettings
     from app.studio import Studio
+    from app.tabs.train import TrainTab
 
     studio = Studio(AppSettings(data_dir=tmp_path / "data"))
+    train = TrainTab(studio)
     try:
         assert (
-            studio.method_note("coop", ["specpl"])
+            train.method_note("coop", ["specpl"])
             == f"**coop**: {HOSTS.get('coop').description}  \n**+ specpl**: {BOOSTERS.get('specpl').description}"
         )
         monkeypatch.setitem(BOOSTERS._factories, "picky", PickyBooster)
         assert (
-            studio.method_note("coop", ["picky"])
+            train.method_note("coop", ["picky"])
             == "⚠️ booster 'picky' cannot run on host 'coop': it supports the hosts ivlp. Hosts it can boost: ivlp"
         )
-        presets, note = studio.method_choice("ivlp", ["picky"], "reference")
+        presets, note = train.method_choice("ivlp", ["picky"], "reference")
         assert (
             presets["choices"] == ["default", "paper"] and presets["value"] == "paper" and note.startswith("**ivlp**")
         )  # a stored old name
-        assert studio.method_choice("coop", [], "paper-specpl")[0]["choices"] == [
+        assert train.method_choice("coop", [], "paper-specpl")[0]["choices"] == [
             "default",
             "paper",
             "paper-specpl",
         ]  # CoOp's two papers
-        assert studio.method_note("ivlp", ["specpl"]).endswith(
+        assert train.method_note("ivlp", ["specpl"]).endswith(
             "**IVLP + SpecPL (unpublished combination)**: no paper reports this stack; "
             "under the paper preset each part runs its own paper values"
         )
-        *settings, options, redraw = studio.method_defaults(
+        *settings, options, redraw = train.method_defaults(
             "ivlp", ["specpl"], "default", 4, {"coop.n_ctx": 4, "specpl.lambda_sem": 0.5}
         )
         assert (
@@ -635,14 +640,14 @@ def test_the_method_picker_describes_each_choice_and_refuses_a_combination_with_
             None,
             "default: 'auto'",
         )  # the default preset derives it from the data
-        *paper, options, redraw = studio.preset_defaults("ivlp", ["specpl"], "paper", 5)
+        *paper, options, redraw = train.preset_defaults("ivlp", ["specpl"], "paper", 5)
         assert [options, redraw] == [{}, 6]  # a preset shows its own values
         batch = paper[batch_index]
         assert (
             batch["value"] == HOSTS.get("ivlp").training_defaults["batch_size"]
             and batch["info"] == f"default: {batch['value']!r}"
         )
-        config, line = studio.form_config(
+        config, line = train.form_config(
             "specpl-tiny/none", *[form(boosters=("picky",)).get(key) for key in advanced.form_keys()]
         )
         assert config == {

@@ -8,7 +8,7 @@ import gzip
 
 import brotli
 
-from app.assets import BuildAssetCache
+from app.runtime.assets import BuildAssetCache
 
 
 def call(

@@ -27,8 +27,8 @@ from test_app_server import (  # noqa: F401  (cifar_zip and offline_world are fi
     poll_until,
 )
 
-from app.identity import COOKIE, owner_key
-from app.settings import AppSettings
+from app.runtime.identity import COOKIE, owner_key
+from app.runtime.settings import AppSettings
 from app.ui import build_demo, launch_options
 
 LONG_EPOCHS = 3000  # trains until stopped

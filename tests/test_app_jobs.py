@@ -1,4 +1,5 @@
-"""The job manager: worker processes, the on-disk queue, stop, resume, and crash causes."""
+"""The job manager: the on-disk queue, stop, resume, and crash causes, through the worker processes of
+`ProcessRunner`; and the runner seam alone, with an in-memory runner."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from app.jobs import JOB_FILE, JobError, JobManager, RunRecord
+from app.runtime.jobs import JOB_FILE, JobError, JobManager, RunRecord
+from app.runtime.runners import Ended, LaunchError, ProcessRunner
 from specpl.config import BackboneConfig, DataConfig, MethodConfig, RunConfig, TrainConfig
 from specpl.events import read_events
 
@@ -49,7 +52,7 @@ def events_of(manager: JobManager, run_id: str, kind: str) -> list[dict]:
 
 @pytest.fixture
 def manager(tmp_path):
-    jobs = JobManager(tmp_path / "runs", slots=1, stop_grace_s=30, poll_s=0.05)
+    jobs = JobManager(tmp_path / "runs", slots=1, poll_s=0.05, runner=ProcessRunner(stop_grace_s=30))
     yield jobs
     jobs.close(terminate_workers=True)
 
@@ -111,7 +114,9 @@ def test_an_error_inside_the_worker_is_failed_with_one_line(manager, cifar_root)
 
 def test_a_crash_without_a_report_names_out_of_memory_from_the_log(tmp_path, cifar_root):
     crash = "import sys; print('torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 9.00 GiB'); sys.exit(1)"
-    jobs = JobManager(tmp_path / "runs", poll_s=0.05, worker_command=[sys.executable, "-c", crash])
+    jobs = JobManager(
+        tmp_path / "runs", poll_s=0.05, runner=ProcessRunner(worker_command=[sys.executable, "-c", crash])
+    )
     try:
         run = jobs.submit(tiny_config(epochs=1), cifar_root, "oom").run_id
         failed = wait_status(jobs, run, TERMINAL)
@@ -122,7 +127,9 @@ def test_a_crash_without_a_report_names_out_of_memory_from_the_log(tmp_path, cif
 
 
 def test_a_run_left_running_by_a_dead_app_is_failed_on_restart(tmp_path, cifar_root):
-    jobs = JobManager(tmp_path / "runs", poll_s=0.05, worker_command=[sys.executable, "-c", "pass"])
+    jobs = JobManager(
+        tmp_path / "runs", poll_s=0.05, runner=ProcessRunner(worker_command=[sys.executable, "-c", "pass"])
+    )
     run = jobs.submit(tiny_config(epochs=1), cifar_root, "orphan").run_id
     exited = wait_status(jobs, run, TERMINAL)
     jobs.close()
@@ -162,22 +169,101 @@ def test_queued_runs_cancel_at_once_and_only_finished_runs_can_be_deleted(tmp_pa
 
 
 def test_the_status_timer_ticks_only_while_the_watched_run_is_active(tmp_path, cifar_root):
-    from app.settings import AppSettings
+    from app.runtime.settings import AppSettings
     from app.studio import Studio
+    from app.tabs.train import TrainTab
 
     studio = Studio(AppSettings(data_dir=tmp_path / "data"))
     studio.jobs.close()
     studio.jobs = JobManager(tmp_path / "runs", slots=1, poll_s=3600)  # the watcher never ticks: runs stay queued
+    train = TrainTab(studio)
     try:
         run = studio.jobs.submit(tiny_config(epochs=1), cifar_root, "waiting").run_id
-        *_, details, _, _, _, timer, _ = studio.poll_run(run, None)
+        *_, details, _, _, _, timer, _ = train.poll_run(run, None)
         assert details["status"] == "queued" and timer.active is True
         studio.jobs.stop(run)
-        *_, details, _, _, _, timer, _ = studio.poll_run(run, None)
+        *_, details, _, _, _, timer, _ = train.poll_run(run, None)
         assert details["status"] == "cancelled" and timer.active is False
         assert (
-            studio.poll_run("", None)[-2].active is False
-            and studio.poll_run("20260101-000000-abcdef", None)[-2].active is False
+            train.poll_run("", None)[-2].active is False
+            and train.poll_run("20260101-000000-abcdef", None)[-2].active is False
         )
     finally:
         studio.jobs.close()
+
+
+class MemoryRunner:
+    """A runner with no process at all: the test says when each run ends, and how."""
+
+    def __init__(self) -> None:
+        self.ends: dict[str, Ended | None] = {}  # run id -> how it ended (None: still training)
+        self.calls: list[tuple[str, str]] = []
+        self.refuse: set[str] = set()  # run ids it cannot launch
+
+    def launch(self, run_dir: Path) -> None:
+        self.calls.append(("launch", run_dir.name))
+        if run_dir.name in self.refuse:
+            raise LaunchError("no GPU time left today")
+        self.ends[run_dir.name] = None
+
+    def poll(self, run_dir: Path) -> Ended | None:
+        return self.ends[run_dir.name]
+
+    def stop(self, run_dir: Path) -> None:
+        self.calls.append(("stop", run_dir.name))
+
+    def force(self, run_dir: Path) -> Ended:
+        self.calls.append(("force", run_dir.name))
+        return Ended("cancelled", "the app shut down")
+
+    def adopt(self, run_dir: Path, pid: int | None, stop_requested_at: float | None) -> Ended | None:
+        self.calls.append(("adopt", run_dir.name))
+        return Ended("failed", f"the app restarted (pid {pid}, stop asked: {stop_requested_at is not None})")
+
+
+def test_the_manager_drives_any_runner_and_records_how_its_runs_end(tmp_path):
+    """The queue, the records and the stop request are the manager's; launching, ending and stopping
+    are the runner's, whatever it is: here one that trains nothing and starts no process."""
+    data = tmp_path / "data" / "cat"
+    data.mkdir(parents=True)
+    (data / "1.png").write_bytes(b"not read")
+    runner = MemoryRunner()
+    jobs = JobManager(tmp_path / "runs", slots=1, poll_s=3600, runner=runner)  # ticks only when the test says
+    try:
+        first, second, third = (jobs.submit(tiny_config(1), data.parent, name).run_id for name in "abc")
+        runner.refuse.add(third)
+        jobs.tick()
+        assert [jobs.get(r).status for r in (first, second, third)] == ["running", "queued", "queued"]
+        assert jobs.get(first).pid is None and jobs.queue_position(third) == 2 and runner.calls == [("launch", first)]
+
+        jobs.tick()  # still training: nothing changes
+        runner.ends[first] = Ended("finished")
+        jobs.tick()
+        assert (jobs.get(first).status, jobs.get(first).cause) == ("finished", None)
+        assert jobs.get(second).status == "running"
+
+        stopping = jobs.stop(second)
+        assert stopping.status == "running" and stopping.stop_requested_at is not None
+        jobs.stop(second)  # asked once: a second click asks the runner nothing more
+        assert runner.calls[-1] == ("stop", second) and runner.calls.count(("stop", second)) == 1
+        runner.ends[second] = Ended("cancelled", "stopped at the end of its slice")
+        jobs.tick()
+        assert (jobs.get(second).status, jobs.get(second).cause) == ("cancelled", "stopped at the end of its slice")
+        assert (jobs.get(third).status, jobs.get(third).cause) == ("failed", "no GPU time left today")
+
+        jobs.resume(second)
+        jobs.tick()
+        assert jobs.get(second).status == "running"
+    finally:
+        jobs.close(terminate_workers=True)
+    assert runner.calls[-1] == ("force", second) and jobs.get(second).status == "cancelled"
+
+    job_file = tmp_path / "runs" / first / JOB_FILE  # as a dead app would have left it
+    job_file.write_text(json.dumps({**json.loads(job_file.read_text()), "status": "running", "pid": 41}))
+    restarted = JobManager(tmp_path / "runs", poll_s=3600, runner=runner)
+    restarted.close()
+    assert runner.calls[-1] == ("adopt", first)
+    assert (restarted.get(first).status, restarted.get(first).cause) == (
+        "failed",
+        "the app restarted (pid 41, stop asked: False)",
+    )

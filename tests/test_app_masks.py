@@ -1,4 +1,4 @@
-"""The Bands tab's DAPT masks (`app.analysis.image_view`): the map and the mask a run's DAPT
+"""The Bands tab's DAPT masks (`app.views.analysis.image_view`): the map and the mask a run's DAPT
 would train with, under the run's own options, on a short tiny-backbone run; mask files; a run
 without DAPT; and on the pretrained world CLIP, how well the mask shown covers the object."""
 
@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from app.analysis import NO_VIEW_NOTE, image_view
-from app.models import ModelCache
-from app.studio import shown_pick
+from app.runtime.models import ModelCache
+from app.tabs.bands import shown_pick
+from app.views.analysis import NO_VIEW_NOTE, image_view
 from specpl.config import MethodConfig
 from specpl.factory import build_method
 from specpl.methods.dapt import NO_MASK_FILES_NOTE, saliency_masks

@@ -8,13 +8,13 @@ import socket
 import pytest
 import torch
 
-from app import backbones
-from app.gpu import gpu_task
-from app.jobs import RunRecord
-from app.progress import MAX_CURVE_POINTS, loss_frame, read_progress, status_line
-from app.settings import AppSettings
-from app.studio import markdown_text
-from app.worker import describe_failure
+from app.runtime import backbones
+from app.runtime.gpu import gpu_task
+from app.runtime.jobs import RunRecord
+from app.runtime.settings import AppSettings
+from app.runtime.worker import describe_failure
+from app.tabs.shared import markdown_text
+from app.views.progress import MAX_CURVE_POINTS, loss_frame, read_progress, status_line
 from specpl import defaults
 from specpl.backbone import EMBEDDED_WEIGHTS, BackboneUnavailable
 from specpl.config import BackboneConfig
@@ -145,11 +145,12 @@ def test_an_offline_backbone_is_explained_in_one_sentence_with_what_is_available
 
 def test_a_missing_demo_set_is_one_plain_sentence(monkeypatch, tmp_path):
     from app.studio import Studio
+    from app.tabs.train import TrainTab
 
     monkeypatch.setattr(defaults, "DEMO_ZIP", tmp_path / "world-demo.zip")
     studio = Studio(AppSettings(data_dir=tmp_path / "data"))
     try:
-        *_, message = studio.use_demo_set(0.5, None)
+        *_, message = TrainTab(studio).use_demo_set(0.5, None)
     finally:
         studio.jobs.close()
     assert (
@@ -254,7 +255,7 @@ def test_settings_read_the_environment_and_int8_can_be_turned_off(tmp_path):
 
 
 def test_resume_clears_the_old_eta_and_near_chance_accuracy_is_flagged_with_its_reason(tmp_path):
-    from app.progress import chance_note, series_colours
+    from app.views.progress import chance_note, series_colours
 
     write_events(
         tmp_path / "events.jsonl",
@@ -314,3 +315,15 @@ def test_resume_clears_the_old_eta_and_near_chance_accuracy_is_flagged_with_its_
         str(loss_frame(type(progress)())["loss"].dtype) == "float64"
     )  # typed even when empty: the plot keeps numeric axes
     assert list(series_colours(frame)) == ["total", "cls", "sem"]
+
+
+def test_classify_reads_the_model_choice_of_its_own_tab(tmp_path):
+    """/classify's first input is the Classify tab's "Model" radio: when one function laid out every
+    tab, a later variable of the same name handed it the Advanced form's decomposer.source box, so
+    choosing zero-shot CLIP in the page changed nothing."""
+    from app.ui import build_demo
+
+    demo = build_demo(AppSettings(data_dir=tmp_path / "data"))
+    demo.studio.jobs.close()
+    model = demo.get_api_info()["named_endpoints"]["/classify"]["parameters"][0]
+    assert (model["parameter_name"], model["component"], model["label"]) == ("source", "Radio", "Model")

@@ -19,11 +19,12 @@ import torch
 from gradio_client import Client, handle_file
 from safetensors.torch import save_file
 
-from app import backbones
-from app.analysis import NO_VIEW_NOTE
-from app.settings import AppSettings
-from app.studio import CHOOSE_RUN_NOTE
+from app.runtime import backbones
+from app.runtime.settings import AppSettings
+from app.tabs.bands import CHOOSE_RUN_NOTE
+from app.tabs.counterfactual import CounterfactualTab
 from app.ui import build_demo, launch_options
+from app.views.analysis import NO_VIEW_NOTE
 from specpl import defaults
 from specpl.backbone import EMBEDDED_WEIGHTS
 from specpl.config import DataConfig
@@ -542,15 +543,15 @@ def test_api_image_search_finds_every_match_in_the_dataset_and_in_a_run(server, 
     *_, found = client.predict(first, "truck", api_name="/search_run_images")
     assert found == "16 of 160 images match 'truck'."
     picker, _ = (
-        demo.studio.run_images(first, "truck 00", None)[0],
+        CounterfactualTab(demo.studio).run_images(first, "truck 00", None)[0],
         None,
     )  # the listed choices (not part of the API value)
     assert picker["choices"] and all("truck" in label and "00" in label for label, _ in picker["choices"])
 
 
 def test_api_a_preset_saved_from_the_form_loads_back_into_it(server, tmp_path):
-    from app import advanced
-    from app.studio import shown_value
+    from app.views import advanced
+    from app.views.form import shown_value
 
     demo, _ = server
     client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))

@@ -16,10 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
-from app.archives import UploadError
-from app.bundles import import_bundle_zip
-from app.settings import Limits
-from app.uploads import add_builder_class, extract_dataset_zip, summarize_dataset
+from app.files.archives import UploadError
+from app.files.bundles import import_bundle_zip
+from app.files.uploads import add_builder_class, extract_dataset_zip, summarize_dataset
+from app.runtime.settings import Limits
 from specpl.bundle import write_bundle
 
 LIMITS = Limits()

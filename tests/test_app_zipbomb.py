@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app import archives
-from app.archives import CHUNK_BYTES, UploadError
-from app.settings import MB, Limits
-from app.uploads import extract_dataset_zip
+from app.files import archives
+from app.files.archives import CHUNK_BYTES, UploadError
+from app.files.uploads import extract_dataset_zip
+from app.runtime.settings import MB, Limits
 
 LIMITS = Limits()
 BOMB_BYTES = 40 * MB  # zeros: deflate packs them about 1000x

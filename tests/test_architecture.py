@@ -1,11 +1,13 @@
 """The house's structure, read from the code (#22): no import circles, counting imports inside
 functions and under TYPE_CHECKING; none of the wrong-way reaches; no hidden contracts between
-methods (hasattr/getattr on a component's attribute names); and a new host and booster that plug
-in with no edit anywhere else."""
+methods (hasattr/getattr on a component's attribute names); methods that meet only through shared
+modules, and are used from outside only through what their package exports; and a new host and
+booster that plug in with no edit anywhere else."""
 
 from __future__ import annotations
 
 import ast
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +49,17 @@ def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     modules = module_files()
     return {name: imports_of(path, modules) - {name} for name, path in modules.items()}
+
+
+def home(module: str) -> str:
+    """The module a method is imported through: its package under `specpl.methods` (a booster's
+    ``specpl.methods.dapt`` for ``specpl.methods.dapt.saliency``), or its own module."""
+    return ".".join(module.split(".")[:3])
+
+
+def within(module: str, homes: set[str]) -> str | None:
+    """The one of `homes` that `module` is or lies inside, if any."""
+    return next((h for h in homes if module == h or module.startswith(h + ".")), None)
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -119,7 +132,7 @@ def test_no_wrong_way_reach(importer: str, forbidden: str, why: str):
 
 # where the composite, the factory and the methods talk to a component: no attribute is looked up by name
 CONTRACT_FILES = [
-    *sorted((ROOT / "specpl" / "methods").glob("*.py")),
+    *sorted((ROOT / "specpl" / "methods").rglob("*.py")),
     ROOT / "specpl" / "model.py",
     ROOT / "specpl" / "factory.py",
     ROOT / "specpl" / "features.py",
@@ -133,7 +146,7 @@ def root_name(node: ast.expr) -> str:
     return node.id if isinstance(node, ast.Name) else ""
 
 
-@pytest.mark.parametrize("path", CONTRACT_FILES, ids=[p.name for p in CONTRACT_FILES])
+@pytest.mark.parametrize("path", CONTRACT_FILES, ids=[p.relative_to(ROOT).as_posix() for p in CONTRACT_FILES])
 def test_no_hasattr_contracts(path: Path):
     """A seam is declared on the base classes; `hasattr`/`getattr` on a name would hide one. Only
     open_clip's own model, reached through the backbone, is probed for optional attributes."""
@@ -220,37 +233,100 @@ def test_the_app_names_no_booster():
     booster's module, so a new booster's view reaches the Bands tab with no edit there."""
     from specpl.methods import BOOSTERS
 
-    booster_modules = {BOOSTERS.get(name).__module__ for name in BOOSTERS.names()}
+    booster_homes = {home(BOOSTERS.get(name).__module__) for name in BOOSTERS.names()}
     graph = import_graph()
     reaches = [
         (name, target)
         for name, targets in graph.items()
         if name.startswith("app")
         for target in targets
-        if target in booster_modules
+        if within(target, booster_homes)
+    ]
+    assert reaches == []
+
+
+def test_hosts_and_boosters_meet_only_through_shared_modules():
+    """No module of one method imports another method's (a booster a host's, a host a booster's, a
+    booster another's): what two methods share lives in a shared module of `specpl.methods`
+    (`prompt`, `templates`, `sourcing`, ...), so adding or removing one needs no edit in another.
+    The one exception is the documented way to write a host: building on another host's base class
+    (`ContextHost`, `DeepPromptHost`), as CasPL's phase-1 host does from inside its package."""
+    from specpl.methods import BOOSTERS, HOSTS
+
+    host_modules = {HOSTS.get(name).__module__ for name in HOSTS.names()}
+    host_homes = {home(module) for module in host_modules}
+    booster_homes = {home(BOOSTERS.get(name).__module__) for name in BOOSTERS.names()}
+    reaches = [
+        f"{name} -> {target}"
+        for name, targets in import_graph().items()
+        if within(name, host_homes | booster_homes)
+        for target in targets
+        if (reached := within(target, host_homes | booster_homes)) not in (None, home(name))
+        and not (name in host_modules and reached not in booster_homes)
     ]
     assert reaches == []
 
 
 def test_outside_the_methods_a_booster_is_used_only_through_what_it_exports():
-    """A booster module says what it offers (`__all__`); the library, the app and the benchmarks
-    import nothing else from it, so its insides can change without an edit elsewhere."""
+    """A booster's package (or module) says what it offers (`__all__`); the library, the app and
+    the benchmarks import nothing else from it, and none of its inner modules, so its insides can
+    change without an edit elsewhere."""
     from specpl.methods import BOOSTERS
 
     exports = {}
     for name in BOOSTERS.names():
-        module = BOOSTERS.get(name).__module__
-        exported = __import__(module, fromlist=["__all__"]).__dict__.get("__all__")
+        module = home(BOOSTERS.get(name).__module__)
+        exported = importlib.import_module(module).__dict__.get("__all__")
         assert exported, f"{module} declares no __all__"
         exports[module] = set(exported)
     files = [*module_files().values(), *sorted((ROOT / "bench").glob("*.py"))]
-    reached = [
-        f"{path.relative_to(ROOT)}: {node.module}.{alias.name}"
-        for path in files
-        if "methods" not in path.relative_to(ROOT).parts
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-        if isinstance(node, ast.ImportFrom) and node.module in exports
-        for alias in node.names
-        if alias.name not in exports[node.module]
-    ]
+    reached = []
+    for path in files:
+        if "methods" in path.relative_to(ROOT).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported = [(alias.name, "") for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported = [(node.module, alias.name) for alias in node.names]
+            else:
+                continue
+            for module, name in imported:
+                package = within(module, set(exports))
+                if package is not None and (module != package or (name and name not in exports[package])):
+                    reached.append(f"{path.relative_to(ROOT)}: {module}{'.' + name if name else ''}")
     assert reached == []
+
+
+def test_the_job_manager_knows_no_processes():
+    """How a run trains is its runner's (`app.runtime.runners`): the job manager keeps the queue and
+    the records, and imports nothing that starts or signals a process."""
+    tree = ast.parse((ROOT / "app" / "runtime" / "jobs.py").read_text(encoding="utf-8"))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert {name.split(".")[0] for name in imported}.isdisjoint({"subprocess", "signal", "multiprocessing"})
+
+
+APP_LAYERS = ["app.messages", "app.runtime", "app.files", "app.views", "app.studio", "app.tabs", "app.ui"]
+
+
+def test_the_app_imports_point_down_its_layers_and_no_tab_imports_another():
+    """A part of the app imports only its own layer and the ones below (the runtime knows no user
+    files, views or tabs; the views know no tab), and a tab only what the tabs share, so that a tab
+    is added or removed with one file (and its line in `app.ui`)."""
+
+    def layer(module: str) -> int | None:
+        return next((i for i, name in enumerate(APP_LAYERS) if module == name or module.startswith(name + ".")), None)
+
+    reaches = [
+        f"{name} -> {target}"
+        for name, targets in import_graph().items()
+        if layer(name) is not None
+        for target in targets
+        if layer(target) is not None
+        and (
+            layer(target) > layer(name)
+            or (name.startswith("app.tabs.") and target.startswith("app.tabs.") and target != "app.tabs.shared")
+        )
+    ]
+    assert reaches == []

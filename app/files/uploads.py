@@ -15,8 +15,8 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from app.archives import ArchiveFile, Extractor, UploadError, checked_members, open_zip
-from app.settings import Limits
+from app.files.archives import ArchiveFile, Extractor, UploadError, checked_members, open_zip
+from app.runtime.settings import Limits
 from specpl.data import IMAGE_SUFFIXES, DataError, read_fewshot_folder
 
 SPLIT_FOLDERS = ("train", "test")

@@ -15,8 +15,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.backbones import hub_reachable
 from app.messages import first_sentence
+from app.runtime.backbones import hub_reachable
 from specpl.bands import AUTO, DECOMPOSERS, DecomposerUnavailable, resolve_decomposer
 from specpl.bands.auto import cached_model_folder
 from specpl.bands.diffusers_vae import QWEN_VAE_ID, SD_VAE_ID, TAESD_ID, hub_offline, looks_local

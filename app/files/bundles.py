@@ -13,8 +13,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from app.archives import Extractor, UploadError, checked_members, open_zip
-from app.settings import Limits
+from app.files.archives import Extractor, UploadError, checked_members, open_zip
+from app.runtime.settings import Limits
 from specpl.backbone import available_models
 from specpl.bundle import CONFIG_FILE, WEIGHTS_FILE, read_bundle
 from specpl.io import atomic_write

@@ -1,8 +1,10 @@
-"""What the UI shows about a run, computed from its job record and the trainer's ``events.jsonl``."""
+"""What the UI shows about a run, computed from its job record and the trainer's ``events.jsonl``,
+and the run's config and metrics as its folder holds them."""
 
 from __future__ import annotations
 
 import html
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from app.jobs import RunRecord
+from app.runtime.jobs import RunRecord
+from app.runtime.worker import REQUEST_FILE
 from specpl import defaults
 from specpl.events import read_events
 from specpl.selection import BASE_NEW_NOTE
@@ -92,6 +95,23 @@ def read_progress(run_dir: Path) -> RunProgress:
         elif kind == "eval":
             progress.metrics = {k: v for k, v in event.items() if k not in ("type", "time")}
     return progress
+
+
+def read_run_config(run_dir: Path) -> dict[str, Any]:
+    """A trained run's request, or an imported bundle's config."""
+    for path, key in ((run_dir / REQUEST_FILE, "config"), (run_dir / "model" / "config.json", None)):
+        if path.is_file():
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            return raw[key] if key else raw
+    return {}
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any]:
+    """metrics.json of a trained run; an imported bundle carries its metrics in its config."""
+    if (run_dir / "metrics.json").is_file():
+        return json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    bundle_config = run_dir / "model" / "config.json"
+    return json.loads(bundle_config.read_text(encoding="utf-8")).get("metrics", {}) if bundle_config.is_file() else {}
 
 
 def typed_frame(rows: list[dict[str, Any]], types: dict[str, str], thin_by: str | None = None) -> pd.DataFrame:

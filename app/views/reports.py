@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from app.progress import (
+from app.views.progress import (
     BASE_NEW_NOTE,
     RunProgress,
     is_base_new,

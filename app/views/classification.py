@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from app.archives import UploadError
-from app.settings import Limits
-from app.uploads import split_usable
+from app.files.archives import UploadError
+from app.files.uploads import split_usable
+from app.runtime.settings import Limits
 from specpl.inference import Predictor
 from specpl.io import atomic_write_text
 

@@ -8,7 +8,7 @@ The form shows *effective* values: the component's dataclass default, then the c
 host's published ones in the preset's order, as the trainer resolves them
 (`specpl.resolve.resolve_run`, as the trainer resolves them). Under ``default`` the epochs and batch size are
 ``auto``, derived from the number of training images when the run starts: their number boxes are
-left empty (the main form's Epochs box: 0 or empty), and `app.plan` states the values beside it. A
+left empty (the main form's Epochs box: 0 or empty), and `app.views.plan` states the values beside it. A
 run's config keeps only what the user changed from those, so presets keep working and the CLI line
 stays short.
 

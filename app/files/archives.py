@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from app.settings import MB, Limits
+from app.runtime.settings import MB, Limits
 
 JUNK_NAMES = {"__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini"}
 _DRIVE = re.compile(r"^[A-Za-z]:")

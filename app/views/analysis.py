@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from app.messages import first_sentence
-from app.models import ModelCache
+from app.runtime.models import ModelCache
 from specpl.bands import DECOMPOSERS, BandDecomposer, DecomposerUnavailable
 from specpl.config import DecomposerConfig, from_dict
 from specpl.counterfactual import A_WITH_B, B_WITH_A, A, B, counterfactual

@@ -1,8 +1,9 @@
-"""The training worker: ``python -m app.worker RUN_DIR`` trains one run in a fresh process.
+"""The training worker: ``python -m app.runtime.worker RUN_DIR`` trains one run in a fresh process.
 
-The job manager (`app.jobs`) starts it and is the only writer of the run's ``job.json``. The
-worker reports how it ended in ``outcome.json``, written atomically, so the manager can tell a
-clean end (finished, cancelled, or an error it could name) from a crash or a kill.
+`app.runtime.runners.ProcessRunner` starts it; the job manager (`app.runtime.jobs`) is the only
+writer of the run's ``job.json`` and writes what to train in ``request.json``. The worker reports
+how it ended in ``outcome.json``, written atomically, so the runner can tell a clean end (finished,
+cancelled, or an error it could name) from a crash or a kill (`read_outcome`).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from app.gpu import gpu_task
-from app.jobs import OUTCOME_FILE, REQUEST_FILE
 from app.messages import first_sentence
+from app.runtime.gpu import gpu_task
 
+REQUEST_FILE = "request.json"  # what to train: {"config": the run config, "resume": bool}
+OUTCOME_FILE = "outcome.json"  # how it ended: {"status": ..., "cause": ...}
 GPU_SECONDS = int(os.environ.get("SPECPL_GPU_SECONDS", 600))  # ZeroGPU's budget for one training call
 
 
@@ -44,6 +46,15 @@ def write_outcome(run_dir: Path, status: str, cause: str | None = None) -> None:
     atomic_write_text(run_dir / OUTCOME_FILE, json.dumps({"status": status, "cause": cause}) + "\n")
 
 
+def read_outcome(run_dir: Path) -> tuple[str, str | None] | None:
+    """The worker's own report (status, cause), if it lived to write one."""
+    try:
+        outcome = json.loads((run_dir / OUTCOME_FILE).read_text(encoding="utf-8"))
+        return str(outcome["status"]), outcome.get("cause")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 @gpu_task(duration=GPU_SECONDS)
 def train_run(run_dir: str) -> str:
     """Train the run described by ``RUN_DIR/request.json``; returns its final status.
@@ -69,7 +80,7 @@ def train_run(run_dir: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m app.worker RUN_DIR", file=sys.stderr)
+        print("usage: python -m app.runtime.worker RUN_DIR", file=sys.stderr)
         return 2
     return 1 if train_run(args[0]) == "failed" else 0
 

@@ -145,6 +145,11 @@ def unavailable_message(key: str, reason: str | None = None) -> str | None:
     )
 
 
+def note(key: str) -> str:
+    """The line under a backbone dropdown: why the choice can't be used, else its availability."""
+    return unavailable_message(key) or f"{option(key).title}: {availability(key).status}."
+
+
 def _hub_cached(config: BackboneConfig) -> bool:
     import open_clip
     from huggingface_hub import try_to_load_from_cache
