@@ -2,7 +2,7 @@
 
 Two views of "A's low band with B's high band":
 - the granule path, as trained: a booster that trains on band swaps (SpecPL) reports its own view
-  (`Booster.counterfactual_rows`). For SpecPL that is A's image feature FiLM-modulated by A's
+  (`Component.inspect` with a `SwapQuery`). For SpecPL that is A's image feature FiLM-modulated by A's
   semantic factor and B's high-band embedding, exactly as in its counterfactual loss, whose target
   is B's class; with how far the modulator moved the feature, cos(v, v');
 - the image path: the decomposer decodes low(A) + high(B) into a picture, which is classified.
@@ -17,6 +17,7 @@ from PIL import Image
 
 from specpl.bands import BandDecomposer
 from specpl.inference import Predictor
+from specpl.methods import SwapQuery, SwapRows
 from specpl.visualize import to_pil, to_unit_tensor
 
 Ranked = list[tuple[str, float]]
@@ -53,13 +54,15 @@ def _ranked(probs: torch.Tensor, classnames: list[str], top_k: int) -> Ranked:
 def granule_path(
     predictor: Predictor, images: torch.Tensor, decomposer: BandDecomposer, top_k: int
 ) -> GranulePath | None:
-    """The first booster's own counterfactual view of the pair (A, B) of preprocessed images."""
+    """The first component's own view of a band swap between A and B, preprocessed
+    (`Component.inspect` with a `SwapQuery`)."""
     model = predictor.model
     images = images.to(predictor.device)
-    for booster in model.boosters.values():
-        rows = booster.counterfactual_rows(model, images, decomposer)
-        if rows is None:
+    for component in model.components:
+        view = component.inspect(model, SwapQuery(images, decomposer))
+        if not isinstance(view, SwapRows):
             continue
+        rows = view.rows
         predicted = model.logits(model.encode_image(images)).argmax(dim=-1).tolist()
         names = predictor.classnames
         ranked, cosines, targets = {}, {}, {}
@@ -68,7 +71,7 @@ def granule_path(
             ranked[pair] = _ranked(logits.float().softmax(-1).cpu(), names, top_k)
             cosines[pair] = cosine
             targets[pair] = names[predicted[granule]]
-        return GranulePath(booster.name, ranked, cosines, targets)
+        return GranulePath(component.name, ranked, cosines, targets)
     return None
 
 

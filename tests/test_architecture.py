@@ -229,7 +229,7 @@ def test_a_new_host_and_booster_need_no_edit_elsewhere(monkeypatch, tiny_backbon
 
 
 def test_the_app_names_no_booster():
-    """The app draws whatever image view a component gives (`Component.image_view`) and imports no
+    """The app draws whatever image view a component gives (`Component.inspect`) and imports no
     booster's module, so a new booster's view reaches the Bands tab with no edit there."""
     from specpl.methods import BOOSTERS
 

@@ -1,5 +1,5 @@
 """Bands and Counterfactual tabs: thin calls into `specpl.visualize`, `specpl.counterfactual` and
-the components' image views (`Component.image_view`), drawn whatever component gives them."""
+the components' image views (`Component.inspect` with an `ImageQuery`), drawn whatever component gives them."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from specpl.bands import DECOMPOSERS, BandDecomposer, DecomposerUnavailable
 from specpl.config import DecomposerConfig, from_dict
 from specpl.counterfactual import A_WITH_B, B_WITH_A, A, B, counterfactual
 from specpl.data import load_image
-from specpl.methods.base import ImageView
+from specpl.methods import ImageQuery, ImageView
 from specpl.visualize import band_images, heatmap
 
 PAIRS = (A, B, A_WITH_B, B_WITH_A)
@@ -96,7 +96,7 @@ def counterfactual_view(
 
 @dataclass
 class MaskView:
-    """A run's image view (`Component.image_view`; DAPT's foreground mask), drawn for the Bands tab:
+    """A run's image view (`Component.inspect`; DAPT's foreground mask), drawn for the Bands tab:
     its heat map and region as arrays and pictures, and the note that says whose view it is."""
 
     saliency: np.ndarray | None  # the heat map in [0, 1] at the model's input size; None when the view has none
@@ -113,9 +113,10 @@ def image_view(
     bool map as the region kept. Without `read_mask_files` (a shared server) no component opens a
     file its options name. A run none of whose components has a view gets a note instead."""
     model = cache.bundle_predictor(model_dir).model
+    query = ImageQuery(image_path, class_name, read_mask_files)
     for component in model.components:
-        view = component.image_view(model, image_path, class_name, read_mask_files)
-        if view is not None:
+        view = component.inspect(model, query)
+        if isinstance(view, ImageView):
             return drawn(view)
     return no_masks(NO_VIEW_NOTE)
 

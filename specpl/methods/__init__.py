@@ -3,7 +3,35 @@ and the contracts they implement (`specpl.methods.base`). Composing them is `spe
 """
 
 from specpl.methods import caspl, cocoop, coop, dapt, deep, isp, kgcoop, mmrl, specpl, zeroshot  # noqa: F401
-from specpl.methods.base import UNPUBLISHED, Batch, Booster, BuildContext, Component, ForwardState, Host
+from specpl.methods.base import (
+    UNPUBLISHED,
+    Batch,
+    Booster,
+    BuildContext,
+    Component,
+    ForwardState,
+    Host,
+    ImageQuery,
+    ImageView,
+    Inspection,
+    SwapQuery,
+    SwapRows,
+)
 from specpl.methods.registry import BOOSTERS, HOSTS
 
-__all__ = ["BOOSTERS", "HOSTS", "UNPUBLISHED", "Batch", "Booster", "BuildContext", "Component", "ForwardState", "Host"]
+__all__ = [
+    "BOOSTERS",
+    "HOSTS",
+    "UNPUBLISHED",
+    "Batch",
+    "Booster",
+    "BuildContext",
+    "Component",
+    "ForwardState",
+    "Host",
+    "ImageQuery",
+    "ImageView",
+    "Inspection",
+    "SwapQuery",
+    "SwapRows",
+]

@@ -132,6 +132,25 @@ class BuildContext:
         return self._decomposer_module[0]
 
 
+@dataclass(frozen=True)
+class ImageQuery:
+    """An interface asks what a component shows of one image: its file, its class in the dataset
+    when known, and whether the component may open files its options name (not on a shared server)."""
+
+    image_path: Path
+    class_name: str | None = None
+    read_files: bool = True
+
+
+@dataclass(frozen=True)
+class SwapQuery:
+    """An interface asks what a component makes of swapping bands between preprocessed images
+    (N, 3, H, W), split by the run's `decomposer` (`specpl.counterfactual`)."""
+
+    images: torch.Tensor
+    decomposer: nn.Module
+
+
 @dataclass
 class ImageView:
     """What a component shows of one image, for any interface: the image as the model sees it
@@ -141,6 +160,17 @@ class ImageView:
     note: str
     image: np.ndarray | None = None
     maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class SwapRows:
+    """What a component makes of a band swap: for each (semantic image X, granule image Y), its
+    logits (C,) and the cosine between X's feature before and after Y's band modulates it."""
+
+    rows: dict[tuple[int, int], tuple[torch.Tensor, float]]
+
+
+Inspection = ImageView | SwapRows
 
 
 class Component(nn.Module):
@@ -217,12 +247,10 @@ class Component(nn.Module):
     def frozen_inputs(self) -> list["FrozenInput"]:
         return []
 
-    def image_view(
-        self, model: nn.Module, image_path: Path, class_name: str | None, read_files: bool
-    ) -> ImageView | None:
-        """This component's view of one image under the trained `model` (DAPT: the foreground mask
-        it trains with), or None when it has none. `class_name` is the image's class when known;
-        without `read_files` (a shared server) it opens no file its options name."""
+    def inspect(self, model: nn.Module, query: ImageQuery | SwapQuery) -> Inspection | None:
+        """This component's own view for an interface, as plain data the interface draws whatever
+        the component: of one image (`ImageQuery` -> `ImageView`; DAPT's foreground mask) or of a
+        band swap (`SwapQuery` -> `SwapRows`; SpecPL's granule path). None: nothing to show."""
         return None
 
     def prepare(self, batches: list[Batch]) -> None:
@@ -325,12 +353,6 @@ class Booster(Component):
 
     def losses(self, state: ForwardState) -> dict[str, torch.Tensor]:
         return {}
-
-    def counterfactual_rows(
-        self, model: nn.Module, images: torch.Tensor, decomposer: nn.Module
-    ) -> dict[str, Any] | None:
-        """This booster's own view of a band swap between two images (see `specpl.counterfactual`)."""
-        return None
 
 
 UNPUBLISHED = "unpublished combination"

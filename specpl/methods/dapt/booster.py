@@ -53,7 +53,16 @@ import numpy as np
 import torch
 
 from specpl.data import DataError, load_image
-from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState, ImageView
+from specpl.methods.base import (
+    FEATURES,
+    PROMPTS_IMAGE_TOWER,
+    Booster,
+    BuildContext,
+    ForwardState,
+    ImageQuery,
+    ImageView,
+    SwapQuery,
+)
 from specpl.methods.dapt.config import CAM_NAMES, DAPT_INPUT, MASK, REFERENCE_BACKGROUND_WORDS, DAPTConfig, switch_epoch
 from specpl.methods.dapt.losses import background_alignment, foreground_alignment, triplet_pull_push
 from specpl.methods.dapt.masks import DecoupledViews, MaskFolder
@@ -161,19 +170,19 @@ class DAPT(Booster):
     def frozen_inputs(self) -> list:
         return [DecoupledViews(self.config, lambda: self.model)]
 
-    def image_view(
-        self, model: PromptModel, image_path: Path, class_name: str | None, read_files: bool
-    ) -> ImageView | None:
-        """The foreground mask this run trains with on one image: its mask file (``masks="folder"``,
+    def inspect(self, model: PromptModel, query: ImageQuery | SwapQuery) -> ImageView | None:
+        """Of one image, the foreground mask this run trains with: its mask file (``masks="folder"``,
         over the whole image), else the DAPT-G map of the trained model thresholded as in training,
-        on the image as the model sees it (its evaluation crop). A gradient map targets `class_name`
-        when the run has that class, else the predicted one."""
+        on the image as the model sees it (its evaluation crop). A gradient map targets the query's
+        class when the run has that class, else the predicted one."""
+        if not isinstance(query, ImageQuery):
+            return None
         config = self.config
         if config.masks == "folder":
-            return self._mask_file_view(image_path) if read_files else ImageView(NO_MASK_FILES_NOTE)
+            return self._mask_file_view(query.image_path) if query.read_files else ImageView(NO_MASK_FILES_NOTE)
         device = model.logit_scale.device
-        pixels = model.backbone.preprocess_eval(load_image(image_path)).unsqueeze(0).to(device)
-        label, target = _target_class(model, pixels, class_name)
+        pixels = model.backbone.preprocess_eval(load_image(query.image_path)).unsqueeze(0).to(device)
+        label, target = _target_class(model, pixels, query.class_name)
         labels = torch.tensor([label], device=device)
         maps = saliency_maps(model, pixels, labels, config.gradcam_normalise, config.cam, config.gradcam_align_corners)
         saliency = maps[0, 0].float().cpu().numpy()

@@ -1,6 +1,6 @@
 """DAPT-G's saliency maps: where the *current* prompted model looks for an image's class, over
 the patch grid -> bilinear to the image size -> divided by the maximum; thresholded, the foreground
-mask DAPT trains with (`specpl.methods.dapt.masks`) and the view it shows (`DAPT.image_view`).
+mask DAPT trains with (`specpl.methods.dapt.masks`) and the view it shows (`DAPT.inspect`).
 Kept apart from the booster: computing a map needs only a prompted model, not DAPT's losses.
 
 `cam` picks the map; the gradient maps target the label's logit and read the patch tokens only

@@ -32,10 +32,9 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from specpl.frozen import BANDS, BandStatistics
-from specpl.methods.base import FEATURES, Batch, Booster, BuildContext, ForwardState
+from specpl.methods.base import FEATURES, Batch, Booster, BuildContext, ForwardState, ImageQuery, SwapQuery, SwapRows
 from specpl.methods.registry import BOOSTERS
 from specpl.methods.specpl.bank import VisualSemanticBank
 from specpl.methods.specpl.config import HOST_TAU, SpecPLConfig
@@ -173,13 +172,13 @@ class SpecPL(Booster):
         }
 
     @torch.no_grad()
-    def counterfactual_rows(
-        self, model, images: torch.Tensor, decomposer: nn.Module
-    ) -> dict[str, tuple[torch.Tensor, float]]:
-        """The granule path for a pair (A, B) of preprocessed images, as SpecPL trains it: image X's
-        feature FiLM-modulated by X's semantic factor (its predicted class text) and image Y's
-        high-band embedding, for every (X, Y). Returns {(X, Y): (logits (C,), cos(v, v'))}; with
-        Y != X the training target is Y's class."""
+    def inspect(self, model, query: ImageQuery | SwapQuery) -> SwapRows | None:
+        """Of a band swap between preprocessed images, the granule path as SpecPL trains it: image
+        X's feature FiLM-modulated by X's semantic factor (its predicted class text) and image Y's
+        high-band embedding, for every (X, Y); with Y != X the training target is Y's class."""
+        if not isinstance(query, SwapQuery):
+            return None
+        images, decomposer = query.images, query.decomposer
         image = model.encode_image(images)
         features = image[FEATURES]
         size = self.context[0].decomposer.image_size if self.context[0].decomposer else None
@@ -200,4 +199,4 @@ class SpecPL(Booster):
                     F.cosine_similarity(modulated, F.normalize(features[[semantic]], dim=-1)).clamp(-1.0, 1.0).item()
                 )  # rounding can pass 1
                 out[(semantic, granule)] = (granule_logits(modulated, text, model.logit_scale)[0], cosine)
-        return out
+        return SwapRows(out)
