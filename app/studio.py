@@ -18,19 +18,25 @@ import gradio as gr
 from app.runtime.identity import browser_token, folder_name, install_secret, owner_key
 from app.runtime.jobs import JobError, JobManager, RunRecord
 from app.runtime.models import ModelCache
-from app.runtime.runners import ProcessRunner
+from app.runtime.runners import ProcessRunner, Runner
 from app.runtime.settings import AppSettings
+from app.runtime.zerogpu import ZeroGPURunner
 
 USER_DIR_TTL_S = 7 * 24 * 3600  # a visitor's uploads are removed after a week without use
+
+
+def training_runner(settings: AppSettings) -> Runner:
+    """Who trains the runs: GPU calls from visitors' requests on a ZeroGPU Space, else a worker process."""
+    if settings.zero_gpu:
+        return ZeroGPURunner(settings.gpu_slice_s)
+    return ProcessRunner(stop_grace_s=settings.stop_grace_s)
 
 
 class Studio:
     def __init__(self, settings: AppSettings) -> None:
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.jobs = JobManager(
-            settings.runs_dir, settings.training_slots, runner=ProcessRunner(stop_grace_s=settings.stop_grace_s)
-        )
+        self.jobs = JobManager(settings.runs_dir, settings.training_slots, runner=training_runner(settings))
         self.models = ModelCache(int8=self.settings.cpu_int8)
         self._secret = install_secret(settings.data_dir)
 
@@ -83,6 +89,19 @@ class Studio:
 
     def visible_runs(self, owner: str) -> list[RunRecord]:
         return [r for r in self.jobs.list() if self._may_see(r, owner)]
+
+    def continue_training(
+        self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+    ) -> None:
+        """Lend this request to the visitor's own active run (`JobManager.drive`): on a ZeroGPU
+        Space the run trains in GPU calls made here, paid from this visitor's quota; with a worker
+        process it returns at once."""
+        try:
+            record = self.owned(run_id, self.visitor(request, profile))
+        except JobError:
+            return
+        if record.active:
+            self.jobs.drive(record.run_id)
 
     def model_dir(self, run_id: str, owner: str) -> Path:
         """The trained model of a run this visitor may see."""

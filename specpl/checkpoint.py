@@ -77,3 +77,12 @@ def load_resume_state(
         name: {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(f"{name}.")} for name in KEPT_STATES
     }
     return model_state, state["counters"], kept
+
+
+def checkpoint_step(directory: Path) -> int | None:
+    """The optimizer step the checkpoint in `directory` continues from; None when there is none."""
+    try:
+        state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
+        return int(state["counters"]["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

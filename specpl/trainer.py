@@ -49,7 +49,7 @@ STOP_FILE = "STOP"  # another process asks a run to stop by creating this file i
 
 @dataclass
 class TrainResult:
-    status: str  # "finished" or "cancelled"
+    status: str  # "finished", "cancelled", or "paused" (its deadline came first; resume continues it)
     run_dir: Path
     metrics: dict[str, Any]
     model: PromptModel
@@ -104,6 +104,7 @@ class Trainer:
         decomposer: torch.nn.Module | None = None,
         progress_bar: bool = True,
         log_every_steps: int | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
@@ -117,6 +118,9 @@ class Trainer:
         )  # None: every step on a CPU, every 10th on a GPU
         self.selection: Selection | None = None
         self._zero_shot_val: float | None = None
+        # a `time.time()` after which no step starts: the run saves a checkpoint and returns "paused"
+        # (a time-bounded GPU call, e.g. one ZeroGPU slice; the next call resumes it)
+        self.deadline = deadline
 
     def should_stop(self) -> bool:
         return self._should_stop() or (self.run_dir / STOP_FILE).exists()
@@ -233,6 +237,8 @@ class Trainer:
 
         lr_at = _lr_schedule(train, steps_per_epoch, total_steps)
         multi_process = accelerator.num_processes > 1
+        if multi_process and self.deadline is not None:  # processes' clocks would disagree on the last step
+            raise ValueError("a training deadline is for one process; a multi-GPU run stops through STOP")
         wrapped, optimizer = accelerator.prepare(model, optimizer) if optimizer else (model, None)
         compiled, compile_reason = resolve_compile(
             cfg.train.compile, accelerator.device, total_steps - counters["global_step"]
@@ -274,6 +280,8 @@ class Trainer:
                     (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # the request is consumed by the run it stopped
                     self.events.emit("status", status="cancelled", step=counters["global_step"])
                     return TrainResult("cancelled", self.run_dir, {}, model)
+                if self.deadline is not None and time.time() >= self.deadline:
+                    return self._pause(accelerator, model, optimizer, counters, epoch, bar)
                 batch = _to_batch(raw, accelerator.device)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(counters["global_step"], epoch)
@@ -356,6 +364,21 @@ class Trainer:
                 )
         accelerator.wait_for_everyone()  # every process returns once the bundle and metrics are on disk
         return TrainResult("finished", self.run_dir, metrics, model)
+
+    def _pause(
+        self,
+        accelerator: Accelerator,
+        model: PromptModel,
+        optimizer: Any,
+        counters: dict[str, int],
+        epoch: int,
+        bar: tqdm,
+    ) -> TrainResult:
+        """The deadline came first: save where to continue and return "paused"."""
+        self._checkpoint(accelerator, model, optimizer, counters, epoch, counters["step_in_epoch"])
+        bar.close()
+        self.events.emit("status", status="paused", step=counters["global_step"])
+        return TrainResult("paused", self.run_dir, {}, model)
 
     def _validate(self, predictor: Predictor, data: FewShotData, accelerator: Accelerator) -> tuple[float, float]:
         """(accuracy, cross-entropy) on the validation images."""

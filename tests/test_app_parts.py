@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from app.runtime import backbones
-from app.runtime.gpu import gpu_task
 from app.runtime.jobs import RunRecord
 from app.runtime.settings import AppSettings
 from app.runtime.worker import describe_failure
@@ -21,7 +20,7 @@ from specpl.config import BackboneConfig
 from specpl.data import DataError
 
 
-def test_building_the_app_touches_no_cuda_and_gpu_task_is_a_no_op_without_spaces(tmp_path, monkeypatch):
+def test_building_the_app_touches_no_cuda(tmp_path, monkeypatch):
     from app.ui import build_demo
 
     def no_cuda(*args, **kwargs):
@@ -32,11 +31,6 @@ def test_building_the_app_touches_no_cuda_and_gpu_task_is_a_no_op_without_spaces
     demo = build_demo(AppSettings(data_dir=tmp_path / "data"))
     demo.studio.jobs.close()
     assert {p.name for p in (tmp_path / "data").iterdir()} == {"runs", "gradio-cache", ".secret"}
-
-    def train(run_dir: str) -> str:
-        return run_dir
-
-    assert gpu_task(duration=60)(train) is train  # `spaces` is not installed here
 
 
 def test_the_first_page_load_asks_only_for_the_data_and_train_form(tmp_path):

@@ -5,8 +5,8 @@ A run is a folder ``runs/<run_id>/`` holding ``job.json`` (its status, written a
 by this manager), ``request.json`` (the run config to train), ``data/`` (a private copy of the
 dataset), what the runner keeps there (the worker's log and report) and whatever the library's
 trainer writes (``events.jsonl``, ``checkpoint/``, ``model/``, ``metrics.json``). Statuses: queued,
-running, finished, failed, cancelled. At most `slots` runs train at once (one per GPU); the rest
-wait in order.
+running, finished, failed, cancelled, and paused (a ZeroGPU run waiting for GPU time; Resume goes
+on). At most `slots` runs train at once (one per GPU); the rest wait in order.
 
 The manager knows nothing of how a run trains: it asks its `Runner` to launch, poll, stop or force
 a run and to adopt one still training after an app restart, and records the `Ended` status and
@@ -33,6 +33,7 @@ from specpl.io import atomic_write_text
 
 JOB_FILE = "job.json"
 ACTIVE = ("queued", "running")
+RESUMABLE = ("cancelled", "failed", "paused")  # paused: a ZeroGPU run whose visitor's quota ran out
 _RUN_ID = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class JobManager:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.slots = max(1, slots)
         self.runner = runner or ProcessRunner()
+        self.poll_s = poll_s
         self._training: set[str] = set()  # the runs in the runner's hands
         self._lock = threading.RLock()
         self._closed = threading.Event()
@@ -163,11 +165,13 @@ class JobManager:
             return record
 
     def resume(self, run_id: str) -> RunRecord:
-        """Queue a cancelled or failed run again; it continues from its last checkpoint."""
+        """Queue a cancelled, failed or paused run again; it continues from its last checkpoint."""
         with self._lock:
             record = self.get(run_id)
-            if record.status not in ("cancelled", "failed") or record.imported:
-                raise JobError(f"run {run_id} is {record.status}; only a cancelled or failed training can be resumed")
+            if record.status not in RESUMABLE or record.imported:
+                raise JobError(
+                    f"run {run_id} is {record.status}; only a cancelled, failed or paused training can be resumed"
+                )
             run_dir = self.run_dir(run_id)
             request = json.loads((run_dir / REQUEST_FILE).read_text(encoding="utf-8"))
             atomic_write_text(run_dir / REQUEST_FILE, json.dumps({**request, "resume": True}, indent=2) + "\n")
@@ -181,6 +185,20 @@ class JobManager:
                 pid=None,
                 stop_requested_at=None,
             )
+
+    def drive(self, run_id: str) -> None:
+        """Lend the calling request to the run's training (`Runner.drive`) once it has left the
+        queue; returns when the run no longer needs the request."""
+        while not self._closed.is_set():
+            with self._lock:
+                record = self.get(run_id)
+                if record.status == "running" and run_id in self._training:
+                    break
+            if record.status != "queued":
+                return
+            self._closed.wait(self.poll_s)
+        self.runner.drive(self.run_dir(run_id))
+        self.tick()  # record at once how it ended
 
     def delete(self, run_id: str) -> None:
         with self._lock:

@@ -5,7 +5,7 @@ whether it has ended and how (`Ended`: a status and its cause), asks it to stop 
 takes over a run that was still training when the app restarted. Nothing above the manager knows
 which runner is in use.
 
-`ProcessRunner` trains each run in its own worker process (``python -m app.runtime.worker RUN_DIR``,
+`ProcessRunner` (here) trains each run in its own worker process (``python -m app.runtime.worker RUN_DIR``,
 leading its own process group, its output in ``worker.log``). Stopping is cooperative first (the
 trainer's STOP file: it saves a checkpoint and exits), then SIGTERM after a grace period, then
 SIGKILL. A worker that dies on its own has failed, with its cause: its own report when it could
@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Protocol
 
 from app.runtime import worker
+from specpl.events import read_events
 from specpl.trainer import STOP_FILE
 
 LOG_FILE = "worker.log"
+STOPPED_BEFORE_TRAINING = "stopped by request while it was loading, before it trained"
 KILL_AFTER_TERMINATE_S = 5.0
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +68,11 @@ class Runner(Protocol):
         """After an app restart, a run recorded as training (with its recorded process id and stop
         request): take it over and return None while it still trains, else say how it ended."""
 
+    def drive(self, run_dir: Path) -> None:
+        """Lend the calling request to the run: a runner whose training must happen inside a
+        visitor's request (ZeroGPU, `app.runtime.zerogpu`) trains there until the run ends or
+        pauses; a runner that trains on its own returns at once."""
+
 
 @dataclass
 class _Worker:
@@ -75,6 +82,7 @@ class _Worker:
     process: subprocess.Popen | None
     stop_requested_at: float | None = None
     terminated_at: float | None = None
+    before_training: bool = False  # stopped before its training loop began
 
 
 class ProcessRunner:
@@ -122,9 +130,17 @@ class ProcessRunner:
         return None
 
     def stop(self, run_dir: Path) -> None:
+        """The STOP file; a worker still loading (the model, the data, the frozen features) has
+        nothing to save and may take long to look at it, so it is terminated at once."""
         (run_dir / STOP_FILE).touch()
-        if run_dir in self._workers:
-            self._workers[run_dir].stop_requested_at = time.time()
+        live = self._workers.get(run_dir)
+        if live is None:
+            return
+        live.stop_requested_at = time.time()
+        if not _training_loop_started(run_dir):
+            live.before_training = True
+            live.terminated_at = live.stop_requested_at
+            _signal_group(live.pid, signal.SIGTERM)
 
     def force(self, run_dir: Path) -> Ended:
         live = self._workers[run_dir]
@@ -136,6 +152,9 @@ class ProcessRunner:
     def adopt(self, run_dir: Path, pid: int | None, stop_requested_at: float | None) -> Ended | None:
         self._workers[run_dir] = _Worker(pid or -1, None, stop_requested_at)
         return None if pid and _is_worker_of(pid, run_dir) else self._ended(run_dir, None)
+
+    def drive(self, run_dir: Path) -> None:
+        """The worker process trains on its own: nothing to lend it."""
 
     def _escalate_stop(self, live: _Worker) -> None:
         if live.stop_requested_at is None:
@@ -152,6 +171,8 @@ class ProcessRunner:
         live = self._workers.pop(run_dir)
         reported = worker.read_outcome(run_dir)
         if reported is None:
+            if live.before_training:
+                return Ended("cancelled", STOPPED_BEFORE_TRAINING)
             if live.stop_requested_at is not None:
                 return Ended(
                     "cancelled",
@@ -162,6 +183,18 @@ class ProcessRunner:
         if status == "cancelled" and live.stop_requested_at is not None:
             cause = "stopped by request (a checkpoint was saved; resume continues from it)"
         return Ended(status, cause)
+
+
+def _training_loop_started(run_dir: Path) -> bool:
+    """Whether the worker's trainer has reached its training loop since it last started (the
+    "compile" event comes just before the first step)."""
+    started = False
+    for event in read_events(run_dir / "events.jsonl"):
+        if event["type"] == "status" and event.get("status") == "running":
+            started = False
+        elif event["type"] == "compile":
+            started = True
+    return started
 
 
 def _crash_cause(run_dir: Path, pid: int, returncode: int | None) -> str:

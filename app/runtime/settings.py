@@ -42,10 +42,13 @@ class AppSettings:
     multi_user: bool = False  # hosted: runs belong to the visitor who started them
     on_space: bool = False  # on a Hugging Face Space: cookies must work inside its iframe
     oauth: bool = False  # the Space has Hugging Face OAuth enabled: offer "Sign in" and key runs by user
+    zero_gpu: bool = False  # a ZeroGPU Space: train in GPU calls from visitors' requests (`app.runtime.zerogpu`)
+    gpu_slice_s: int = 120  # on ZeroGPU, the seconds each GPU call asks for (ZeroGPU allows at most 300)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "AppSettings":
         on_space = bool(environ.get("SPACE_ID"))
+        zero_gpu = environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "t", "true")  # set on ZeroGPU Spaces
         limits = Limits(
             max_upload_bytes=int(float(environ.get("SPECPL_MAX_UPLOAD_MB", Limits.max_upload_bytes / MB)) * MB),
             max_images=int(environ.get("SPECPL_MAX_IMAGES", Limits.max_images)),
@@ -54,12 +57,15 @@ class AppSettings:
         return cls(
             data_dir=Path(environ.get("SPECPL_DATA_DIR", ".specpl-data")).resolve(),
             limits=limits,
-            training_slots=max(1, int(environ.get("SPECPL_TRAINING_SLOTS", 1))),
+            # ZeroGPU lends each visitor's call its own GPU, so runs need not wait for each other there
+            training_slots=max(1, int(environ.get("SPECPL_TRAINING_SLOTS", 4 if zero_gpu else 1))),
             stop_grace_s=float(environ.get("SPECPL_STOP_GRACE_S", 20.0)),
             cpu_int8=environ.get("SPECPL_CPU_INT8", "1") != "0",
             multi_user=environ.get("SPECPL_MULTI_USER", "1" if on_space else "0") != "0",
             on_space=on_space,
             oauth=on_space and bool(environ.get("OAUTH_CLIENT_ID")),
+            zero_gpu=zero_gpu,
+            gpu_slice_s=min(300, max(30, int(environ.get("SPECPL_GPU_SLICE_S", 120)))),
         )
 
     @property

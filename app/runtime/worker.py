@@ -9,17 +9,14 @@ cancelled, or an error it could name) from a crash or a kill (`read_outcome`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
 
 from app.messages import first_sentence
-from app.runtime.gpu import gpu_task
 
 REQUEST_FILE = "request.json"  # what to train: {"config": the run config, "resume": bool}
 OUTCOME_FILE = "outcome.json"  # how it ended: {"status": ..., "cause": ...}
-GPU_SECONDS = int(os.environ.get("SPECPL_GPU_SECONDS", 600))  # ZeroGPU's budget for one training call
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -55,12 +52,11 @@ def read_outcome(run_dir: Path) -> tuple[str, str | None] | None:
         return None
 
 
-@gpu_task(duration=GPU_SECONDS)
-def train_run(run_dir: str) -> str:
-    """Train the run described by ``RUN_DIR/request.json``; returns its final status.
-
-    The entry is safe under ZeroGPU's ``@spaces.GPU``: CUDA is first touched inside this call.
-    """
+def train_run(run_dir: str, deadline: float | None = None, resume: bool | None = None) -> str:
+    """Train the run described by ``RUN_DIR/request.json``; returns its status. With a `deadline`
+    (a `time.time()`), training pauses there at a checkpoint and returns ``"paused"``, writing no
+    outcome: the run is not over (one ZeroGPU call, `app.runtime.zerogpu`). `resume` overrides the
+    request's own flag (a later slice continues the run it started)."""
     from specpl.config import RunConfig
     from specpl.trainer import Trainer
 
@@ -68,12 +64,14 @@ def train_run(run_dir: str) -> str:
     try:
         request = json.loads((directory / REQUEST_FILE).read_text(encoding="utf-8"))
         config = RunConfig.from_dict(request["config"])
-        result = Trainer(config, directory, progress_bar=False).fit(resume=bool(request.get("resume")))
+        continuing = bool(request.get("resume")) if resume is None else resume
+        result = Trainer(config, directory, progress_bar=False, deadline=deadline).fit(resume=continuing)
     except BaseException as exc:  # noqa: BLE001 - every failure is reported, then the process ends
         traceback.print_exc()
         write_outcome(directory, "failed", describe_failure(exc))
         return "failed"
-    write_outcome(directory, result.status)
+    if result.status != "paused":
+        write_outcome(directory, result.status)
     return result.status
 
 

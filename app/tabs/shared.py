@@ -60,6 +60,7 @@ class Shared:
     demo: gr.Blocks
     dataset_root: gr.State  # the active dataset's folder: Data & Train sets it, Bands lists its images
     watch_timer: gr.Timer  # polls the run Data & Train watches; a resume in the Runs tab starts it again
+    watched_run: gr.Textbox  # the run Data & Train watches (placed there); a resume in the Runs tab sets it
     run_pickers: list[RunPicker] = field(default_factory=list)
     list_runs_after: list[Callable] = field(default_factory=list)
 
@@ -70,6 +71,20 @@ class Shared:
             demo,
             dataset_root=gr.State(None),
             watch_timer=gr.Timer(POLL_SECONDS, active=False),  # started by watching a run, stopped when it is over
+            watched_run=gr.Textbox(label="Watching run", interactive=False, elem_id="run-id", render=False),
+        )
+
+    def continue_training(self, after: Callable) -> None:
+        """After the event `after` (a Start, a page load, a Resume), lend the visitor's request to the
+        watched run's training (`Studio.continue_training`; ZeroGPU trains inside it). It runs beside
+        every other event, so one visitor's GPU calls never hold up another's."""
+        after(
+            self.studio.continue_training,
+            self.watched_run,
+            None,
+            show_progress="hidden",
+            concurrency_limit=None,
+            api_visibility="private",
         )
 
 

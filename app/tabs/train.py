@@ -524,7 +524,7 @@ def build(shared: Shared) -> None:
                     start = gr.Button("Start training", variant="primary", elem_id="start")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop")
                 train_message = gr.Markdown(elem_id="train-message")
-                run_id = gr.Textbox(label="Watching run", interactive=False, elem_id="run-id")
+                run_id = shared.watched_run.render()
                 status = gr.HTML(elem_id="run-status", visible=False)
                 curve = gr.LinePlot(
                     x="step",
@@ -604,6 +604,14 @@ def build(shared: Shared) -> None:
         api_name="start_training",
     )
     shared.list_runs_after.append(started.then)
+    started.then(  # the named twin of `Shared.continue_training`, for API clients on a ZeroGPU Space
+        studio.continue_training,
+        run_id,
+        None,
+        show_progress="hidden",
+        concurrency_limit=None,
+        api_name="continue_training",
+    )
     stop.click(handlers.stop_training, run_id, train_message, api_name="stop_training")
     status_outputs = [status, curve, val_curve, lr_curve, details, confusion, per_class, misclassified]
     timer.tick(
@@ -616,7 +624,8 @@ def build(shared: Shared) -> None:
     )
     run_id.change(handlers.run_status, run_id, status_outputs, api_name="run_status", show_progress="hidden")
     show_when_set(run_id, [status, details_box, details, timer])  # the curves show themselves once they have points
-    demo.load(handlers.reattach, remembered_run, [run_id, remembered_run], api_visibility="private")
+    reattached = demo.load(handlers.reattach, remembered_run, [run_id, remembered_run], api_visibility="private")
+    shared.continue_training(reattached.then)  # after a reload, this page's requests carry a ZeroGPU run on
     demo.load(handlers.restore_dataset, saved_dataset, dataset_outputs, api_visibility="private")
     remember_form(
         demo,
