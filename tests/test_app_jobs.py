@@ -15,7 +15,7 @@ from typing import Callable
 import pytest
 
 from app.runtime.jobs import JOB_FILE, JobError, JobManager, RunRecord
-from app.runtime.runners import Ended, LaunchError, ProcessRunner
+from app.runtime.runners import STOPPED_BEFORE_TRAINING, Ended, LaunchError, ProcessRunner
 from specpl.config import BackboneConfig, DataConfig, MethodConfig, RunConfig, TrainConfig
 from specpl.events import read_events
 
@@ -99,7 +99,7 @@ def test_a_second_run_waits_in_the_queue_until_the_first_ends(manager, cifar_roo
     done = wait_status(manager, second, TERMINAL)
     assert done.status == "finished" and done.started >= manager.get(first).ended
     assert (manager.run_dir(second) / "model" / "model.safetensors").is_file()
-    with pytest.raises(JobError, match="only a cancelled or failed training can be resumed"):
+    with pytest.raises(JobError, match="only a cancelled, failed or paused training can be resumed"):
         manager.resume(second)
 
 
@@ -267,3 +267,20 @@ def test_the_manager_drives_any_runner_and_records_how_its_runs_end(tmp_path):
         "failed",
         "the app restarted (pid 41, stop asked: False)",
     )
+
+
+def test_stop_while_the_worker_is_still_loading_cancels_at_once_not_after_the_grace_period(tmp_path, cifar_root):
+    """What `/stop_training` asks of the manager: a worker that has not reached its training loop
+    has nothing to save, so it is terminated at once instead of after the 60 s grace period."""
+    jobs = JobManager(tmp_path / "runs", slots=1, poll_s=0.05, runner=ProcessRunner(stop_grace_s=60))
+    try:
+        run = jobs.submit(tiny_config(epochs=2), cifar_root, "stopped early").run_id
+        wait_status(jobs, run, {"running"})
+        asked = time.monotonic()
+        jobs.stop(run)
+        stopped = wait_status(jobs, run, TERMINAL)
+        assert time.monotonic() - asked < 10
+        assert stopped.status == "cancelled" and stopped.cause == STOPPED_BEFORE_TRAINING
+        assert not (jobs.run_dir(run) / "checkpoint").exists()
+    finally:
+        jobs.close(terminate_workers=True)

@@ -23,6 +23,7 @@ from app.runtime import backbones
 from app.runtime.settings import AppSettings
 from app.tabs.bands import CHOOSE_RUN_NOTE
 from app.tabs.counterfactual import CounterfactualTab
+from app.tabs.runs import RunsTab
 from app.ui import build_demo, launch_options
 from app.views.analysis import NO_VIEW_NOTE
 from specpl import defaults
@@ -448,6 +449,14 @@ def test_api_compare_overlays_the_runs_and_ranks_them_by_accuracy(server, two_ru
     for row in ranking["data"]:
         metrics = json.loads((settings.runs_dir / row[1] / "metrics.json").read_text())
         assert row[5:7] == [f"{metrics['zero_shot']['accuracy']:.1f}%", f"{metrics['gain_over_zero_shot']:+.1f}"]
+    table = RunsTab(demo.studio, []).runs_table(owner="local").set_index("run")  # the Runs table: the same baseline
+    for run_id in (first, second):
+        metrics = json.loads((settings.runs_dir / run_id / "metrics.json").read_text())
+        assert list(table.loc[run_id, ["accuracy", "zero-shot", "gain"]]) == [
+            f"{metrics['accuracy']:.1f}%",
+            f"{metrics['zero_shot']['accuracy']:.1f}%",
+            f"{metrics['gain_over_zero_shot']:+.1f}",
+        ]
     assert {row[1] for row in loss["value"]["data"]} == {f"two epochs ({first[-6:]})", f"one epoch ({second[-6:]})"}
     assert sorted(row[0] for row in val["value"]["data"]) == [
         0,

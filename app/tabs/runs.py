@@ -16,7 +16,7 @@ from app.files.archives import UploadError
 from app.files.bundles import export_bundle_zip, import_bundle_zip
 from app.files.hub import checkpoint_bundle, push_bundle
 from app.files.uploads import extract_dataset_zip
-from app.runtime.jobs import JobError
+from app.runtime.jobs import RESUMABLE, JobError
 from app.studio import Studio
 from app.tabs.shared import RunPicker, Shared, user_messages
 from app.views.progress import (
@@ -28,7 +28,7 @@ from app.views.progress import (
     read_run_config,
     status_line,
 )
-from app.views.reports import RunSummary, compare_frames, per_class_frame, ranking
+from app.views.reports import RunSummary, compare_frames, per_class_frame, percent, ranking
 from app.views.widgets import VAL_PLOT, load_when_opened, no_report, plot, report_components, run_curves, run_report
 from specpl.config import BackboneConfig, DataConfig, MethodConfig, from_dict
 from specpl.datasets import read_dataset
@@ -36,7 +36,8 @@ from specpl.factory import method_label
 from specpl.inference import Predictor
 from specpl.registry import UnknownNameError
 
-RUN_COLUMNS = ["run", "name", "status", "method", "backbone", "accuracy", "created"]
+# zero-shot: zero-shot CLIP on the same test images, the baseline every trained run must beat
+RUN_COLUMNS = ["run", "name", "status", "method", "backbone", "accuracy", "zero-shot", "gain", "created"]
 
 
 class RunsTab:
@@ -62,7 +63,9 @@ class RunsTab:
         for record in self.studio.visible_runs(owner):
             run_dir = self.studio.jobs.run_dir(record.run_id)
             config = read_run_config(run_dir)
-            accuracy = read_metrics(run_dir).get("accuracy")
+            metrics = read_metrics(run_dir)
+            zero_shot = metrics.get("zero_shot") if isinstance(metrics.get("zero_shot"), dict) else {}
+            gain = metrics.get("gain_over_zero_shot")
             rows.append(
                 [
                     record.run_id,
@@ -70,7 +73,9 @@ class RunsTab:
                     record.status + (" (imported)" if record.imported else ""),
                     self._method_text(config),
                     config.get("backbone", {}).get("name", "?"),
-                    f"{accuracy:.1f}%" if isinstance(accuracy, (int, float)) else "",
+                    percent(metrics.get("accuracy")),
+                    percent(zero_shot.get("accuracy")),
+                    f"{gain:+.1f}" if isinstance(gain, (int, float)) else "",
                     pd.Timestamp(record.created, unit="s").strftime("%Y-%m-%d %H:%M"),
                 ]
             )
@@ -162,12 +167,12 @@ class RunsTab:
 
     def _bundle_dir(self, run_id: str, owner: str) -> tuple[Path, str]:
         """A run's model bundle and a note on where it comes from: the finished model, else (a
-        cancelled or failed run) one built from its last checkpoint."""
+        cancelled, failed or paused run) one built from its last checkpoint."""
         record = self.studio.owned(run_id, owner)
         run_dir = self.studio.jobs.run_dir(record.run_id)
         if (run_dir / "model" / "config.json").is_file():
             return run_dir / "model", ""
-        if record.status not in ("cancelled", "failed"):
+        if record.status not in RESUMABLE:
             raise JobError(
                 f"run {run_id} is {record.status}; a bundle exists once it has finished, "
                 "or has been stopped after a checkpoint"
@@ -245,6 +250,16 @@ class RunsTab:
         self.studio.owned(run_id, self.studio.visitor(request, profile))
         record = self.studio.jobs.resume(run_id or "")
         return f"Run {record.run_id} is queued again; it continues from its last checkpoint."
+
+    def watch_resumed(
+        self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+    ) -> tuple[Any, gr.Timer]:
+        """After Resume, Data & Train watches the resumed run, with live progress."""
+        try:
+            record = self.studio.owned(run_id, self.studio.visitor(request, profile))
+        except JobError:
+            return gr.update(), gr.Timer()
+        return record.run_id, gr.Timer(active=record.active)
 
     @user_messages(outputs=2)
     def ask_delete(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
@@ -402,12 +417,13 @@ def build(shared: Shared) -> None:
     push.click(handlers.push_to_hub, [runs_pick, hub_repo, hub_token, hub_private], hub_message, api_name="push_to_hub")
     download.click(handlers.export_bundle, runs_pick, [bundle_file, runs_message], api_name="export_bundle")
     resumed = resume.click(handlers.resume_run, runs_pick, runs_message, api_name="resume_run")
-    list_runs(resumed.then).then(
-        lambda: gr.Timer(active=True),
-        None,
-        shared.watch_timer,
-        api_visibility="private",  # in case the watched run is the one resumed
+    watching = list_runs(resumed.then).then(
+        handlers.watch_resumed,
+        runs_pick,
+        [shared.watched_run, shared.watch_timer],
+        api_visibility="private",
     )
+    shared.continue_training(watching.then)
     delete.click(handlers.ask_delete, runs_pick, [confirm_row, confirm_text], api_visibility="private")
     cancel.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private")
     deleted = confirm.click(

@@ -135,13 +135,13 @@ def ranking(runs: list[RunSummary]) -> pd.DataFrame:
                     run.run_id,
                     run.name,
                     run.method,
-                    _percent(run.metrics.get("accuracy")),
-                    _percent(zero_shot.get(measure) if measure else None),
+                    percent(run.metrics.get("accuracy")),
+                    percent(zero_shot.get(measure) if measure else None),
                     f"{gain:+.1f}" if isinstance(gain, (int, float)) else "",
-                    _percent(best_val),
-                    _percent(run.metrics.get("base")),
-                    _percent(run.metrics.get("new")),
-                    _percent(run.metrics.get("hm")),
+                    percent(best_val),
+                    percent(run.metrics.get("base")),
+                    percent(run.metrics.get("new")),
+                    percent(run.metrics.get("hm")),
                 ],
             )
         )
@@ -149,5 +149,6 @@ def ranking(runs: list[RunSummary]) -> pd.DataFrame:
     return pd.DataFrame([[rank, *row] for rank, (_, row) in enumerate(rows, 1)], columns=RANK_COLUMNS)
 
 
-def _percent(value: Any) -> str:
+def percent(value: Any) -> str:
+    """A metric as the tables show it ("85.7%"), or empty when the run has none."""
     return f"{value:.1f}%" if isinstance(value, (int, float)) else ""
