@@ -25,7 +25,7 @@ from specpl.events import read_events
 from specpl.inference import Predictor
 
 STANDINS = Path(__file__).parent / "standins"
-CALL_S = 5.0  # the stand-in kills a GPU call after this many real seconds
+CALL_S = 3.0  # the stand-in kills a GPU call after this many real seconds (a call here takes under 1 s)
 TICK = 0.1  # virtual seconds between two readings of the test clock
 BUDGET = 1.0  # virtual seconds of training a call gets: 10 readings, 4 steps (two readings a step)
 
@@ -136,7 +136,7 @@ def test_quota_used_up_pauses_the_run_with_zerogpus_message_and_resume_finishes_
     jobs.drive(run.run_id)
     record = jobs.get(run.run_id)
     assert record.status == "paused" and "GPU quota" in record.cause and "Resume" in record.cause
-    assert "You have exceeded your GPU quota (0s left vs. 5s requested)" in record.cause
+    assert "You have exceeded your GPU quota (0s left vs. 3s requested)" in record.cause
 
     spaces.quota_s = None  # later, with quota again
     jobs.resume(run.run_id)
