@@ -15,6 +15,7 @@ from app.runtime.settings import AppSettings
 from app.studio import Studio
 from app.tabs import bands, classify, counterfactual, runs, train
 from app.tabs.shared import Shared
+from app.views.widgets import PAGE_CSS
 
 INTRO = (
     "# SpecPL Studio\n"
@@ -46,11 +47,12 @@ def build_demo(settings: AppSettings | None = None) -> gr.Blocks:
 
 
 def launch_options(settings: AppSettings) -> dict[str, Any]:
-    """`launch()` keywords: the app may return files from the data directory (Gradio serves its
-    cached copies; `PrivateFiles` refuses the originals), uploads are capped, every browser gets an
-    identity cookie (`app.runtime.identity`), and Gradio's hashed front-end files are served from
-    memory (see `app.runtime.assets`)."""
+    """`launch()` keywords: the page's style rules (`PAGE_CSS`), the app may return files from the
+    data directory (Gradio serves its cached copies; `PrivateFiles` refuses the originals), uploads
+    are capped, every browser gets an identity cookie (`app.runtime.identity`), and Gradio's hashed
+    front-end files are served from memory (see `app.runtime.assets`)."""
     return {
+        "css": PAGE_CSS,
         "allowed_paths": [str(settings.data_dir)],
         "max_file_size": settings.limits.max_upload_bytes,
         "app_kwargs": {

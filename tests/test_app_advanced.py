@@ -406,6 +406,10 @@ def test_validation_and_lr_curves_and_the_report_come_from_the_run(tmp_path):
     assert (
         table.count("rgba(99,102,241,1.00)") == 2 and table.count("rgba(99,102,241,0.00)") == 2
     )  # shaded by row share
+    long_name = "a very long class name number 10"  # above its column, cut in the middle; whole on hover
+    table = confusion_html({"per_class": {long_name: 50.0, "cat": 50.0}, "confusion": [[1, 1], [1, 1]]})
+    assert table.count(f"title='{long_name}'") == 2 and ">a very long …e number 10</th>" in table
+    assert "overflow-x:auto" in table  # many classes scroll inside the column instead of overflowing it
     assert misclassified_gallery(metrics, tmp_path) == [
         (str((data / "1.png").resolve()), "cat → <b>dog</b> (75%)")
     ]  # nothing outside data/

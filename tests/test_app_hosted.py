@@ -212,8 +212,7 @@ def test_browser_two_visitors_chart_reload_and_a_rejected_upload(hosted, cifar_z
         bob.wait_for_timeout(1000)
         assert run_id not in bob.locator("#runs-table").inner_text()
         bob.get_by_role("tab", name="Data & Train").click()
-        bob.locator("#stop").click()
-        expect(bob.locator("#train-message")).to_contain_text("there is no run ''", timeout=30_000)
+        expect(bob.locator("#stop")).to_be_disabled()  # bob watches no run (the API refuses his stop: above)
         assert demo.studio.jobs.get(run_id).status == "running"
 
         # Item 7: a reload keeps the dataset, the form and the run.

@@ -168,7 +168,7 @@ def test_queued_runs_cancel_at_once_and_only_finished_runs_can_be_deleted(tmp_pa
         jobs.close()
 
 
-def test_the_status_timer_ticks_only_while_the_watched_run_is_active(tmp_path, cifar_root):
+def test_the_status_timer_ticks_and_stop_is_enabled_only_while_the_watched_run_is_active(tmp_path, cifar_root):
     from app.runtime.settings import AppSettings
     from app.studio import Studio
     from app.tabs.train import TrainTab
@@ -179,14 +179,14 @@ def test_the_status_timer_ticks_only_while_the_watched_run_is_active(tmp_path, c
     train = TrainTab(studio)
     try:
         run = studio.jobs.submit(tiny_config(epochs=1), cifar_root, "waiting").run_id
-        *_, details, _, _, _, timer, _ = train.poll_run(run, None)
-        assert details["status"] == "queued" and timer.active is True
+        *_, details, _, _, _, timer, _, stop = train.poll_run(run, None)
+        assert details["status"] == "queued" and timer.active is True and stop["interactive"] is True
         studio.jobs.stop(run)
-        *_, details, _, _, _, timer, _ = train.poll_run(run, None)
-        assert details["status"] == "cancelled" and timer.active is False
+        *_, details, _, _, _, timer, _, stop = train.poll_run(run, None)
+        assert details["status"] == "cancelled" and timer.active is False and stop["interactive"] is False
         assert (
-            train.poll_run("", None)[-2].active is False
-            and train.poll_run("20260101-000000-abcdef", None)[-2].active is False
+            train.poll_run("", None)[-3].active is False
+            and train.poll_run("20260101-000000-abcdef", None)[-3].active is False
         )
     finally:
         studio.jobs.close()

@@ -11,6 +11,7 @@ import re
 import shutil
 import time
 import zipfile
+from itertools import pairwise
 from pathlib import Path
 
 import open_clip
@@ -28,6 +29,7 @@ from app.ui import build_demo, launch_options
 from app.views.analysis import NO_VIEW_NOTE
 from specpl import defaults
 from specpl.backbone import EMBEDDED_WEIGHTS
+from specpl.bands import DECOMPOSERS
 from specpl.config import DataConfig
 from specpl.methods.dapt import DAPTConfig
 from specpl.world.generator import world_classnames, write_fewshot_folder
@@ -162,6 +164,9 @@ def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(se
     with open(csv_file, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert message.startswith("Classified 3 image(s) with the int8 image tower.") and len(rows) == 9
+    assert [row[3] for row in table["metadata"]["display_value"]] == [
+        f"{float(r['probability']):.1%}" for r in rows
+    ]  # the tab shows 85.7%; the table's data and the CSV keep the probability
     near_chance = details["metrics"]["accuracy"] <= 10 + 5  # 10 classes: the message must say so, and why
     assert (
         "within 5 points of chance (10% for 10 classes)" in message and "randomly initialised" in message
@@ -232,6 +237,12 @@ def test_offline_the_world_clip_is_the_default_and_both_tabs_say_so(server):
         "only SpectralWorld images — type SpectralWorld class names, e.g. solid circle, striped circle, barred square."
     )
     assert component(demo, "use-demo").variant == "primary"
+    bands_decomposers = component(demo, "band-decomposer").choices
+    assert [name for _, name in bands_decomposers] == DECOMPOSERS.names()  # the values the API takes
+    unusable = "can't load here"  # offline with an empty cache, only the weight-free fft loads
+    assert dict(bands_decomposers) == {
+        f"{name} — {'ready' if name == 'fft' else unusable}": name for name in DECOMPOSERS.names()
+    }
     assert "(HF_HUB_OFFLINE)" in backbones.unavailable_message("ViT-B-32/openai")  # and the UI refuses it up front
 
 
@@ -307,7 +318,7 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
     expect = pytest.importorskip("playwright.sync_api").expect
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
-    demo, _ = server
+    demo, settings = server
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1400, "height": 1100})
@@ -334,10 +345,12 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
         expect(page.locator("#training-plan")).to_contain_text(
             "Training plan: 3000 epochs of batch 2 (15000 steps) from 10 training images"
         )  # typed wins
+        expect(page.locator("#stop")).to_be_disabled()  # nothing to stop yet
         page.locator("#start").click()
         expect(page.locator("#run-status")).to_contain_text("Running: step", timeout=120_000)
         run_id = page.locator("#run-id textarea").input_value()
         assert run_id
+        expect(page.locator("#stop")).to_be_enabled()
 
         second_tab = context.new_page()  # a new tab (or a reload) reattaches to the running job
         second_tab.goto(demo.local_url)
@@ -346,6 +359,37 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
 
         page.locator("#stop").click()
         expect(page.locator("#run-status")).to_contain_text("Cancelled: stopped by request", timeout=60_000)
+        expect(page.locator("#stop")).to_be_disabled()
+
+        # A double click on Start starts one run, and the stopped run's result goes at the click.
+        page.locator("#epochs input").fill("1")
+        page.locator("#epochs input").press("Tab")
+        expect(page.locator("#training-plan")).to_contain_text("Training plan: 1 epoch of batch 2 (5 steps)")
+        runs_before = len(demo.studio.jobs.list())
+        page.locator("#start").dblclick()
+        expect(page.locator("#run-status")).to_contain_text("Starting a new run")
+        expect(page.locator("#loss-curve")).to_be_hidden()
+        expect(page.locator("#run-status")).to_contain_text("Finished: test accuracy", timeout=120_000)
+        finished = page.locator("#run-id textarea").input_value()
+        assert finished != run_id and len(demo.studio.jobs.list()) == runs_before + 1
+
+        # Its report: the confusion table inside its half-width column with every class's full name on
+        # hover, per-class bars on a 0-100 axis, and whole steps and epochs under the curves.
+        classes = list(json.loads((settings.runs_dir / finished / "metrics.json").read_text())["per_class"])
+        table, column = page.locator("#train-confusion table"), page.locator("#train-confusion")
+        expect(table).to_be_visible()
+        assert right_edge(table) <= right_edge(column), "the confusion table overflows its column"
+        titles = table.locator("th[title]").evaluate_all("cells => cells.map(cell => cell.title)")
+        assert titles == classes * 2  # column heads, then row heads
+        for plot in ("#train-per-class", "#loss-curve", "#val-curve"):
+            page.wait_for_function("(plot) => document.querySelector(plot + ' g.role-axis')", arg=plot)
+        assert "values from 0 to 100" in axis_title(page, "#train-per-class", "Y")
+        assert component(demo, "train-per-class").y_lim == component(demo, "runs-per-class").y_lim == [0, 100]
+        for plot in ("#loss-curve", "#val-curve"):
+            labels = axis_labels(page, plot, "X")
+            assert labels and all(re.fullmatch(r"\d+", label["text"]) for label in labels), (plot, labels)
+            assert all(a["right"] < b["left"] for a, b in pairwise(labels)), (plot, labels)  # none overlap
+
         for tab, button in TABS.items():
             page.get_by_role("tab", name=tab).click()
             expect(
@@ -356,7 +400,45 @@ def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cif
             shot = tmp_path / f"tab-{tab.split()[0].lower()}.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
+
+        # Compare (the Runs tab is open): each run picked is drawn, the one added later too.
+        for count, picked in enumerate((run_id, finished), 1):
+            page.locator("#compare-pick input").fill(picked)
+            page.keyboard.press("Enter")
+            for plot in ("#compare-loss", "#compare-val"):
+                page.wait_for_function(
+                    "([plot, count]) => document.querySelectorAll(plot + ' g.role-legend-label text').length === count",
+                    arg=[plot, count],
+                    timeout=EXPECT_TIMEOUT_MS,
+                )  # one legend entry (and line) per run picked
         browser.close()
+
+
+def right_edge(locator) -> float:
+    box = locator.bounding_box()
+    return box["x"] + box["width"]
+
+
+def axis_title(page, plot: str, axis: str) -> str:
+    """Vega's description of a plot's axis ("X" or "Y"), e.g. "Y-axis titled 'accuracy' for a linear
+    scale with values from 0 to 100"."""
+    return page.locator(f"{plot} g.role-axis[aria-label^='{axis}-axis']").get_attribute("aria-label")
+
+
+def axis_labels(page, plot: str, axis: str) -> list[dict]:
+    """The tick labels Vega shows on a plot's axis, left to right: text and left and right edge (px);
+    labels it hides so as not to overlap (opacity 0) are left out."""
+    return page.evaluate(
+        """([plot, axis]) => [...document.querySelectorAll(
+                `${plot} g.role-axis[aria-label^="${axis}-axis"] g.role-axis-label text`)]
+            .filter(text => text.getAttribute('opacity') !== '0')
+            .map(text => {
+                const box = text.getBoundingClientRect();
+                return {text: text.textContent, left: box.left, right: box.right};
+            })
+            .sort((a, b) => a.left - b.left)""",
+        [plot, axis],
+    )
 
 
 class FakeHfApi:
@@ -624,6 +706,15 @@ def test_browser_the_advanced_form_follows_the_host_and_the_cli_line_follows_the
         assert not page.locator("#opt-coop-n-ctx").is_visible()  # nothing of the accordion is loaded before it opens
         page.locator("#advanced").get_by_text("Advanced").first.click()
         expect(page.locator("#opt-coop-n-ctx input")).to_have_value("16")  # CoOp's own default
+        for unset in ("#opt-specpl-tau textarea", "#opt-train-batch-size input"):  # an option, a setting
+            expect(page.locator(unset)).to_have_value("")  # no value (the library derives it), not Gradio's 0
+            expect(page.locator(unset)).to_have_attribute("placeholder", "auto")
+        page.locator("#shots input").fill("4")
+        page.locator("#shots input").press("Tab")
+        expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"--shots 4"))
+        expect(page.locator("#cli-command textarea")).not_to_have_value(
+            re.compile(r"--config|--batch-size")
+        )  # the unset settings are sent unset, not as 0
         expect(page.locator("#opt-specpl-lambda-sem input")).to_be_visible()
         expect(page.locator("#opt-ivlp-depth")).to_be_hidden()
         expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"^specpl train .*--booster specpl"))
@@ -704,14 +795,33 @@ def test_browser_bands_tab_shows_a_dapt_runs_mask_for_a_picked_image_and_its_cla
         page.locator("#use-demo").click()
         expect(page.locator("#dataset-summary")).to_contain_text("4 classes", timeout=60_000)
         page.get_by_role("tab", name="Bands").click()
-        for elem_id, choice in (("band-pick", f"test/{WORLD_CLASSES[1]}/0000.png"), ("band-run", world_dapt_run)):
-            page.locator(f"#{elem_id} input").fill(choice)  # filter the choices, take the match
-            page.keyboard.press("Enter")
+        pick(page, "band-pick", f"test/{WORLD_CLASSES[1]}/0000.png")
+        pick(page, "band-run", world_dapt_run)
         expect(page.locator("#band-image img")).to_be_visible(timeout=30_000)
+        assert page.locator("#band-image img").bounding_box()["height"] >= 200  # a 64 px image, not a thumbnail
         page.get_by_role("button", name="Compute bands", exact=True).click()
         expect(page.locator("#band-mask img")).to_be_visible(timeout=60_000)
         expect(page.locator("#band-saliency img")).to_be_visible()
         expect(page.locator("#band-mask-note")).to_contain_text(
             f"A gradient map targets '{WORLD_CLASSES[1]}' (the image's class in the dataset)."
         )
+
+        # Counterfactual: searching the run's images for B keeps the A already picked.
+        page.get_by_role("tab", name="Counterfactual").click()
+        pick(page, "cf-run", world_dapt_run)
+        expect(page.locator("#cf-found")).to_contain_text("16 images.")
+        pick(page, "cf-pick-a", f"test/{WORLD_CLASSES[0]}/0000.png")
+        expect(page.locator("#cf-a img")).to_be_visible()
+        page.locator("#cf-search textarea").fill(WORLD_CLASSES[2])
+        page.keyboard.press("Enter")
+        expect(page.locator("#cf-found")).to_contain_text(f"4 of 16 images match '{WORLD_CLASSES[2]}'.")
+        pick(page, "cf-pick-b", f"test/{WORLD_CLASSES[2]}/0001.png")
+        expect(page.locator("#cf-b img")).to_be_visible()
+        expect(page.locator("#cf-a img")).to_be_visible()
         browser.close()
+
+
+def pick(page, elem_id: str, choice: str) -> None:
+    """Choose `choice` in a dropdown as a person does: type to filter it, then Enter."""
+    page.locator(f"#{elem_id} input").fill(choice)
+    page.keyboard.press("Enter")

@@ -12,6 +12,7 @@ import time as real_time
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio as gr
 import pytest
 import torch
 
@@ -19,6 +20,7 @@ from app.runtime import zerogpu
 from app.runtime.jobs import JobManager
 from app.runtime.settings import AppSettings
 from app.runtime.zerogpu import ZeroGPURunner
+from app.tabs.runs import RunsTab
 from specpl import trainer
 from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodConfig, RunConfig, TrainConfig
 from specpl.events import read_events
@@ -197,12 +199,22 @@ def test_the_app_on_zerogpu_uses_no_cuda_in_its_own_process_and_lends_only_the_o
     monkeypatch.setattr(studio.jobs, "drive", driven.append)
     record = studio.jobs.add_imported(_empty_model(tmp_path), "theirs", owner="someone else")
     studio.jobs._update(record, status="running")  # an active run of another visitor
-    studio.continue_training(record.run_id, SimpleNamespace(session_hash="me", headers={}, cookies={}))
+    me = SimpleNamespace(session_hash="me", headers={}, cookies={})
+    studio.continue_training(record.run_id, me)
     assert driven == []  # a visitor's request never trains (or pays for) another visitor's run
+    mine = studio.jobs.add_imported(_empty_model(tmp_path / "mine"), "mine", owner=studio.visitor(me))
+    studio.jobs._update(mine, status="queued")  # as Resume leaves it
+    studio.continue_training(mine.run_id, me)
+    assert driven == [mine.run_id]
+    # after Resume (Runs tab), Data & Train watches the resumed run and polls it; never another's
+    runs = RunsTab(studio, [])
+    watched, timer = runs.watch_resumed(mine.run_id, me)
+    assert watched == mine.run_id and timer.active
+    assert runs.watch_resumed(record.run_id, me)[0] == gr.update()
     studio.jobs.close()
 
 
 def _empty_model(tmp_path: Path) -> Path:
     folder = tmp_path / "model"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     return folder

@@ -17,11 +17,11 @@ from app.views.analysis import (
     MASK_IMAGES,
     MaskView,
     band_view,
-    decomposer_names,
+    decomposer_choices,
     image_view,
     no_masks,
 )
-from app.views.widgets import dataset_images, load_when_opened
+from app.views.widgets import dataset_images, image_input, load_when_opened
 from specpl.data import class_display_name
 
 CHOOSE_RUN_NOTE = "Choose a trained run to see the foreground mask its DAPT booster trains with."
@@ -106,7 +106,7 @@ def build(shared: Shared) -> None:
         )
         with gr.Row():
             with gr.Column(scale=1):
-                band_input = gr.Image(type="filepath", label="Image", elem_id="band-image")
+                band_input = image_input("Image", elem_id="band-image")
                 band_search = gr.Textbox(
                     label="Search your dataset's images",
                     placeholder="class or file name",
@@ -115,7 +115,12 @@ def build(shared: Shared) -> None:
                 band_pick = gr.Dropdown([], label="…or pick from your dataset", elem_id="band-pick")
                 band_picked = gr.State(None)  # the picked image's place in its dataset (the image box holds a copy)
                 band_found = gr.Markdown(elem_id="band-found")
-                band_decomposer = gr.Dropdown(decomposer_names(), value=CPU_DECOMPOSER, label="Decomposer")
+                band_decomposer = gr.Dropdown(
+                    decomposer_choices(shared.studio.settings.multi_user),
+                    value=CPU_DECOMPOSER,
+                    label="Decomposer",
+                    elem_id="band-decomposer",
+                )
                 band_size = gr.Slider(64, 512, value=224, step=32, label="Resolution (px)")
                 band_run = gr.Dropdown(
                     [],
@@ -157,7 +162,9 @@ def build(shared: Shared) -> None:
     band_search.submit(
         dataset_images, [shared.dataset_root, band_search], [band_pick, band_found], api_name="search_dataset_images"
     )
-    band_pick.change(handlers.picked_band_image, band_pick, [band_input, band_picked], api_visibility="private")
+    band_pick.input(  # a pick by the user, not the reset of a new search: that keeps the image
+        handlers.picked_band_image, band_pick, [band_input, band_picked], api_visibility="private"
+    )
     band_go.click(
         handlers.bands,
         [band_input, band_decomposer, band_size, band_run, band_picked],

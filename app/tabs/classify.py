@@ -81,7 +81,7 @@ class ClassifyTab:
         message = (
             f"Classified {len(result.gallery)} image(s) with the {predictor.precision} image tower.{note}{caution}"
         )
-        return result.gallery, result.table, str(result.csv_path), result.first, message
+        return result.gallery, result.shown_table, str(result.csv_path), result.first, message
 
     def _run_caution(self, run_id: str) -> str:
         """The chance warning of a run's test accuracy, or the SpectralWorld note, for Classify."""

@@ -12,7 +12,7 @@ from app.runtime.jobs import JobError
 from app.studio import Studio
 from app.tabs.shared import RunPicker, Shared, user_messages
 from app.views.analysis import PAIRS, counterfactual_view
-from app.views.widgets import dataset_images, load_when_opened
+from app.views.widgets import dataset_images, image_input, load_when_opened
 
 
 def modulation_note(cosines: dict[str, float] | None) -> str:
@@ -92,16 +92,16 @@ def build(shared: Shared) -> None:
             "Swap bands between two images and watch the prediction: "
             "does the model follow the semantics (low band) or the grain (high band)?"
         )
-        cf_run = gr.Dropdown([], label="Trained run", allow_custom_value=True)
-        cf_search = gr.Textbox(label="Search the run's images", placeholder="class or file name")
-        cf_found = gr.Markdown()
+        cf_run = gr.Dropdown([], label="Trained run", allow_custom_value=True, elem_id="cf-run")
+        cf_search = gr.Textbox(label="Search the run's images", placeholder="class or file name", elem_id="cf-search")
+        cf_found = gr.Markdown(elem_id="cf-found")
         with gr.Row():
             with gr.Column():
-                cf_a = gr.Image(type="filepath", label="Image A")
-                cf_pick_a = gr.Dropdown([], label="…or pick A from the run's data")
+                cf_a = image_input("Image A", elem_id="cf-a")
+                cf_pick_a = gr.Dropdown([], label="…or pick A from the run's data", elem_id="cf-pick-a")
             with gr.Column():
-                cf_b = gr.Image(type="filepath", label="Image B")
-                cf_pick_b = gr.Dropdown([], label="…or pick B from the run's data")
+                cf_b = image_input("Image B", elem_id="cf-b")
+                cf_pick_b = gr.Dropdown([], label="…or pick B from the run's data", elem_id="cf-pick-b")
         cf_top_k = gr.Slider(1, 10, value=3, step=1, label="Top-k")
         cf_go = gr.Button("Run counterfactual", variant="primary")
         cf_summary = gr.Markdown(elem_id="cf-summary")
@@ -121,8 +121,10 @@ def build(shared: Shared) -> None:
     cf_search.submit(
         handlers.run_images, [cf_run, cf_search], [cf_pick_a, cf_pick_b, cf_found], api_name="search_run_images"
     )
-    cf_pick_a.change(shared.studio.picked_image, cf_pick_a, cf_a, api_visibility="private")
-    cf_pick_b.change(shared.studio.picked_image, cf_pick_b, cf_b, api_visibility="private")
+    # the images follow the user's picks only: a search (for B) lists new matches in both pickers
+    # and empties them, which cleared image A while they followed every change
+    cf_pick_a.input(shared.studio.picked_image, cf_pick_a, cf_a, api_visibility="private")
+    cf_pick_b.input(shared.studio.picked_image, cf_pick_b, cf_b, api_visibility="private")
     cf_go.click(
         handlers.counterfactual,
         [cf_run, cf_a, cf_b, cf_top_k],

@@ -29,7 +29,19 @@ from app.views.progress import (
     status_line,
 )
 from app.views.reports import RunSummary, compare_frames, per_class_frame, percent, ranking
-from app.views.widgets import VAL_PLOT, load_when_opened, no_report, plot, report_components, run_curves, run_report
+from app.views.widgets import (
+    LOSS_PLOT,
+    LR_PLOT,
+    VAL_PLOT,
+    WHOLE_NUMBERS,
+    hide_first,
+    load_when_opened,
+    no_report,
+    plot,
+    report_components,
+    run_curves,
+    run_report,
+)
 from specpl.config import BackboneConfig, DataConfig, MethodConfig, from_dict
 from specpl.datasets import read_dataset
 from specpl.factory import method_label
@@ -323,12 +335,10 @@ def build(shared: Shared) -> None:
         with gr.Row():
             runs_config = gr.JSON(label="Config")
             runs_metrics = gr.JSON(label="Metrics")
-        runs_curve = gr.LinePlot(
-            x="step", y="loss", color="term", title="Loss per term", height=260, elem_id="runs-curve"
-        )
+        runs_curve = gr.LinePlot(**LOSS_PLOT, height=260, elem_id="runs-curve")
         with gr.Row():
             runs_val = gr.LinePlot(**VAL_PLOT, height=220, elem_id="runs-val")
-            runs_lr = gr.LinePlot(x="step", y="lr", title="Learning rate", height=220, elem_id="runs-lr")
+            runs_lr = gr.LinePlot(**LR_PLOT, height=220, elem_id="runs-lr")
         runs_report = report_components("runs")
         gr.Markdown(
             "#### Evaluate on a new test set\n"
@@ -343,6 +353,7 @@ def build(shared: Shared) -> None:
             x="class",
             y="accuracy",
             title="Per-class accuracy on the new test set",
+            y_lim=[0, 100],  # from 0, so a low bar reads as low
             height=240,
             elem_id="eval-per-class",
         )
@@ -370,13 +381,20 @@ def build(shared: Shared) -> None:
         )
         with gr.Row():
             compare_loss = gr.LinePlot(
-                x="step", y="loss", color="run", title="Total loss", height=240, elem_id="compare-loss"
+                x="step",
+                y="loss",
+                color="run",
+                title="Total loss",
+                x_axis_format=WHOLE_NUMBERS,
+                height=240,
+                elem_id="compare-loss",
             )
             compare_val = gr.LinePlot(
                 x="epoch",
                 y="accuracy",
                 color="run",
                 title="Validation accuracy per epoch",
+                x_axis_format=WHOLE_NUMBERS,
                 height=240,
                 elem_id="compare-val",
             )
@@ -398,19 +416,13 @@ def build(shared: Shared) -> None:
     for trigger in (refresh.click, shared.demo.load, runs_tab.select, *shared.list_runs_after):
         list_runs(trigger)
     runs_plots = [runs_curve, runs_val, runs_lr]
-    runs_pick.change(
-        lambda: [gr.update(visible=False)] * len(runs_plots),
-        None,
-        runs_plots,
-        show_progress="hidden",
-        api_visibility="private",
-    ).then(  # redrawn from scratch: see `app.views.widgets.curve`
+    hide_first(runs_pick.change, runs_plots).then(  # redrawn from scratch: see `app.views.widgets.plot`
         handlers.run_details,
         runs_pick,
         [runs_config, runs_metrics, *runs_plots, *runs_report, runs_status, runs_message, bundle_file],
         api_visibility="private",
     )
-    compare_pick.change(
+    hide_first(compare_pick.change, [compare_loss, compare_val]).then(  # a run picked later is drawn too
         handlers.compare_runs, compare_pick, [compare_loss, compare_val, compare_rank], api_name="compare_runs"
     )
     eval_go.click(handlers.evaluate_run, [runs_pick, eval_zip], [eval_per_class, eval_message], api_name="evaluate_run")

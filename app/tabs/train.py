@@ -21,10 +21,12 @@ from app.studio import Studio
 from app.tabs.shared import USER_ERRORS, Shared, user_messages
 from app.views import advanced
 from app.views.analysis import CPU_DECOMPOSER
-from app.views.form import draw_method_options, remember_form, setting_controls, shown_value
+from app.views.form import draw_method_options, keep_unset_numbers, remember_form, setting_controls, shown_value
 from app.views.plan import training_counts, training_plan
 from app.views.progress import RunProgress, progress_html, read_progress, read_run_config
 from app.views.widgets import (
+    LOSS_PLOT,
+    LR_PLOT,
     VAL_PLOT,
     load_when_opened,
     no_report,
@@ -44,6 +46,8 @@ from specpl.resolve import resolve_run
 MAX_KNOWN_DATASETS = 256  # datasets whose per-class counts are kept for the training plan
 DOUBLE_START_S = 2.0  # the same visitor's identical Start this soon after the last is one click, not a second run
 DATASET_CLEARED = (None, "", None)  # dataset root, summary, thumbnails: what a failed upload leaves
+STARTING_HTML = "<div class='specpl-status' data-status='starting'>Starting a new run…</div>"
+HIDDEN = {"__type__": "update", "visible": False}  # a Gradio update, as a browser-side handler returns it
 
 
 class TrainTab:
@@ -150,16 +154,18 @@ class TrainTab:
         """On page load: the dataset this browser had, if it is still on disk and in its own folder
         (the stored path comes from the browser, so it is checked like any input)."""
         root = Path(str((saved or {}).get("root") or ""))
+        nothing = (gr.skip(),) * (len(DATASET_CLEARED) + 1)  # a fresh page is empty already; clearing
+        # it would undo a dataset chosen before this event ran ("Use the demo set" clicked at once)
         if not (
             saved
             and root.is_dir()
             and root.resolve().is_relative_to(self.studio.user_dir(self.studio.visitor(request, profile)).resolve())
         ):
-            return (*DATASET_CLEARED, "")
+            return nothing
         try:
             summary = summarize_dataset(root, float(saved.get("split_ratio") or 0.5), label="the dataset")
         except UploadError:
-            return (*DATASET_CLEARED, "")
+            return nothing
         return self._dataset_outputs(summary, "Dataset restored from your last visit.")
 
     def _form(self, values: tuple) -> dict[str, Any]:
@@ -374,10 +380,11 @@ class TrainTab:
     def poll_run(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
         """One tick of the status timer: `run_status`, and the timer itself, which stops once the
         watched run is over, so an idle page polls nothing. The Start/Stop message is cleared when
-        the run ends, so that "Stopping…" never sits above "Cancelled" or "Finished"."""
+        the run ends, so that "Stopping…" never sits above "Cancelled" or "Finished"; Stop can be
+        clicked only while the run is active."""
         outputs = self.run_status(run_id, request, profile)
         active = outputs[4].get("status") in ACTIVE
-        return *outputs, gr.Timer(active=active), gr.update() if active else ""
+        return *outputs, gr.Timer(active=active), gr.update() if active else "", gr.update(interactive=active)
 
     def reattach(
         self, remembered: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None
@@ -519,32 +526,25 @@ def build(shared: Shared) -> None:
                         buttons=["copy"],
                         elem_id="cli-command",
                     )
+                    keep_unset_numbers(  # the accordion's contents load when it first opens
+                        advanced_box.expand, lambda: load_when_opened(advanced_box, advanced_box.expand), setting_fields
+                    )
                 run_name = gr.Textbox(label="Run name (optional)")
                 with gr.Row():
                     start = gr.Button("Start training", variant="primary", elem_id="start")
-                    stop = gr.Button("Stop", variant="stop", elem_id="stop")
+                    stop = gr.Button(  # enabled by the status timer while the watched run is active
+                        "Stop", variant="stop", interactive=False, elem_id="stop"
+                    )
                 train_message = gr.Markdown(elem_id="train-message")
                 run_id = shared.watched_run.render()
                 status = gr.HTML(elem_id="run-status", visible=False)
-                curve = gr.LinePlot(
-                    x="step",
-                    y="loss",
-                    color="term",
-                    title="Loss per term",
-                    height=260,
-                    elem_id="loss-curve",
-                    visible=False,
-                )
+                curve = gr.LinePlot(**LOSS_PLOT, height=260, elem_id="loss-curve", visible=False)
                 with gr.Row():
                     val_curve = gr.LinePlot(**VAL_PLOT, height=220, elem_id="val-curve", visible=False)
-                    lr_curve = gr.LinePlot(
-                        x="step", y="lr", title="Learning rate", height=220, elem_id="lr-curve", visible=False
-                    )
+                    lr_curve = gr.LinePlot(**LR_PLOT, height=220, elem_id="lr-curve", visible=False)
                 confusion, per_class, misclassified = report_components("train")
                 with gr.Accordion("Run details", open=False, visible=False) as details_box:
                     details = gr.JSON(label="Status", visible=False)
-
-    load_when_opened(advanced_box, advanced_box.expand)
 
     dataset_outputs = [dataset_root, summary, thumbnails, data_message]
     dataset_zip.upload(handlers.upload_zip, [dataset_zip, split_ratio], dataset_outputs, api_name="upload_dataset")
@@ -595,6 +595,11 @@ def build(shared: Shared) -> None:
         [backbone, *form, redraw_options, preset_message],
         api_name="load_preset",
     )
+    run_views = [curve, val_curve, lr_curve, confusion, per_class, misclassified]
+    status_outputs = [status, curve, val_curve, lr_curve, details, confusion, per_class, misclassified]
+    start.click(  # in the browser, at once: the new run's status comes seconds later, the old result must not stay
+        None, None, [status, *run_views], js=f"() => {json.dumps([STARTING_HTML, *[HIDDEN] * len(run_views)])}"
+    )
     started = start.click(
         handlers.form_config, [backbone, *form], [run_config, cli_command], api_name="run_config"
     ).then(
@@ -613,16 +618,23 @@ def build(shared: Shared) -> None:
         api_name="continue_training",
     )
     stop.click(handlers.stop_training, run_id, train_message, api_name="stop_training")
-    status_outputs = [status, curve, val_curve, lr_curve, details, confusion, per_class, misclassified]
     timer.tick(
         handlers.poll_run,
         run_id,
-        [*status_outputs, timer, train_message],
+        [*status_outputs, timer, train_message, stop],
         show_progress="hidden",
         concurrency_limit=None,
         api_visibility="private",
     )
     run_id.change(handlers.run_status, run_id, status_outputs, api_name="run_status", show_progress="hidden")
+    started.then(  # the watched run drawn again after the click cleared it: the new run, or the one a refused
+        # Start leaves (wired after the named event above: Gradio names an unnamed event after its function)
+        handlers.run_status,
+        run_id,
+        status_outputs,
+        show_progress="hidden",
+        api_visibility="private",
+    )
     show_when_set(run_id, [status, details_box, details, timer])  # the curves show themselves once they have points
     reattached = demo.load(handlers.reattach, remembered_run, [run_id, remembered_run], api_visibility="private")
     shared.continue_training(reattached.then)  # after a reload, this page's requests carry a ZeroGPU run on

@@ -13,8 +13,9 @@ import torch
 from PIL import Image
 
 from app.messages import first_sentence
+from app.runtime import decomposers
 from app.runtime.models import ModelCache
-from specpl.bands import DECOMPOSERS, BandDecomposer, DecomposerUnavailable
+from specpl.bands import AUTO, BandDecomposer, DecomposerUnavailable
 from specpl.config import DecomposerConfig, from_dict
 from specpl.counterfactual import A_WITH_B, B_WITH_A, A, B, counterfactual
 from specpl.data import load_image
@@ -35,8 +36,10 @@ class FeatureUnavailable(RuntimeError):
     """A decomposer (or the model part a view needs) can't be had; one sentence for the UI."""
 
 
-def decomposer_names() -> list[str]:
-    return DECOMPOSERS.names()
+def decomposer_choices(hosted: bool) -> list[tuple[str, str]]:
+    """The Bands tab's decomposers as (label, name), each marked whether it can load here, as Data &
+    Train marks them; "auto" is left out, since the tab shows what one named decomposer does."""
+    return [choice for choice in decomposers.dropdown_choices(None, hosted) if choice[1] != AUTO]
 
 
 def _decomposer(cache: ModelCache, config: DecomposerConfig) -> BandDecomposer:

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from pandas.io.formats.style import Styler
 
 from app.files.archives import UploadError
 from app.files.uploads import split_usable
 from app.runtime.settings import Limits
+from app.views.reports import percent
 from specpl.inference import Predictor
 from specpl.io import atomic_write_text
 
@@ -24,6 +26,12 @@ class Classification:
     csv_path: Path
     first: dict[str, float]  # the first image's ranking, for the probability bars
     skipped: list[str] = field(default_factory=list)
+
+    @property
+    def shown_table(self) -> Styler:
+        """The table as the tab shows it, probabilities as percentages ("85.7%"); the data under it
+        (what an API client and the CSV get) keeps the probabilities as numbers."""
+        return self.table.style.format({"probability": lambda p: percent(100 * p)})
 
 
 def classify_files(

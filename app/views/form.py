@@ -5,7 +5,7 @@ form kept in the browser across reloads."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -25,7 +25,13 @@ def shown_value(field: advanced.OptionField, value: Any) -> Any:
 
 
 def option_control(field: advanced.OptionField, value: Any, default: Any) -> gr.components.Component:
-    """One control for a generated field, labelled with its key (as ``--option`` takes it) and its default."""
+    """One control for a generated field, labelled with its key (as ``--option`` takes it) and its
+    default. A number the library derives when it is unset reads "auto" while empty.
+
+    Gradio's number box turns no value into 0 as it is drawn; `keep_unset_numbers` sets it back for
+    the run settings, which the API takes as numbers. Method options are drawn anew with every
+    method choice (`draw_method_options`), beyond its reach, so an option that may have no value is
+    a text box (`advanced.coerce` reads the number)."""
     common = {
         "interactive": True,
         "label": field.key,
@@ -33,13 +39,28 @@ def option_control(field: advanced.OptionField, value: Any, default: Any) -> gr.
         "elem_id": "opt-" + field.key.replace(".", "-").replace("_", "-"),
     }
     shown = shown_value(field, value)
+    numeric = field.kind in ("int", "float")
+    placeholder = "auto" if numeric and shown_value(field, default) is None else None
     if field.kind == "bool":
         return gr.Checkbox(bool(shown), **common)
-    if field.kind in ("int", "float"):
-        return gr.Number(shown, precision=0 if field.kind == "int" else None, **common)
+    if numeric and not (field.is_option and field.nullable):
+        return gr.Number(shown, precision=0 if field.kind == "int" else None, placeholder=placeholder, **common)
     if field.kind == "choice":
         return gr.Dropdown(list(field.choices), value=shown or None, **common)
-    return gr.Textbox(shown, **common)
+    return gr.Textbox(shown, placeholder=placeholder, **common)
+
+
+def keep_unset_numbers(opened: Callable, show: Callable[[], Any], controls: list[gr.components.Component]) -> None:
+    """Keep the number boxes among `controls` that have no value empty ("auto") when they first
+    appear: Gradio's box sets a missing value to 0 as it is drawn, shown and sent with the form (so a
+    run got ``batch_size=0`` once the Advanced form was opened). When `opened` fires (the accordion's
+    expand) the browser notes their values; `show` wires the event that shows them, after that note
+    (Gradio runs a trigger's events in the order they were wired), and after it the values are set
+    again."""
+    numbers = [control for control in controls if isinstance(control, gr.Number)]
+    before = gr.JSON(visible=False)
+    opened(None, numbers, before, js="(...values) => [values]", show_progress="hidden", api_visibility="private")
+    show().then(None, before, numbers, js="(values) => values", show_progress="hidden", api_visibility="private")
 
 
 def setting_controls(host: str, boosters: list[str]) -> list[gr.components.Component]:

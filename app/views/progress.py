@@ -168,9 +168,9 @@ def lr_frame(progress: RunProgress) -> pd.DataFrame:
 
 
 def series_colours(frame: pd.DataFrame, column: str = "term") -> dict[str, str]:
-    """A fixed colour per series, "total" first. Gradio's plot builds its colour scale once, from
-    the first frame it draws, and rebuilds it only when `color_map` changes; so the map is sent
-    with every frame, and a new series (or the first real frame after an empty one) gets its colour."""
+    """A fixed colour per series, "total" first, sent with every frame as the plot's `color_map`, so
+    that a series keeps its colour from frame to frame (how the plot draws a new series:
+    `app.views.widgets.plot`)."""
     names = sorted(frame[column].unique(), key=lambda name: (name != "total", name)) if not frame.empty else []
     return {name: SERIES_COLOURS[index % len(SERIES_COLOURS)] for index, name in enumerate(names)}
 

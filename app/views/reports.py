@@ -41,26 +41,44 @@ def result_html(metrics: dict[str, Any]) -> str:
     return f"<div class='specpl-result'>{''.join(lines)}</div>"
 
 
+# The confusion table fits a half-width column: compact cells, predicted classes written upwards,
+# and a horizontal scroll bar where it still does not (many classes).
+CELL_STYLE = "padding:2px 6px;"
+COLUMN_HEAD_STYLE = CELL_STYLE + "writing-mode:vertical-rl;transform:rotate(180deg);text-align:left;"
+MAX_HEAD_CHARS = 24  # longer class names are cut in the middle above a column; the title holds the full name
+
+
 def confusion_html(metrics: dict[str, Any]) -> str:
     """The confusion matrix as a heat-map table (rows: true class, columns: predicted), each cell
-    shaded by its share of the row; "" when the run has none (an imported bundle)."""
+    shaded by its share of the row, kept inside its column (`CELL_STYLE`), every class's full name
+    on hover; "" when the run has none (an imported bundle)."""
     matrix, names = metrics.get("confusion"), list((metrics.get("per_class") or {}).keys())
     if not matrix or len(matrix) != len(names):
         return ""
-    head = "".join(f"<th title='{html.escape(name)}'>{html.escape(name[:12])}</th>" for name in names)
+    head = "".join(
+        f"<th title='{html.escape(name)}' style='{COLUMN_HEAD_STYLE}'>{html.escape(_column_head(name))}</th>"
+        for name in names
+    )
     rows = []
     for name, row in zip(names, matrix, strict=True):
         total = max(1, sum(row))
         cells = "".join(
-            f"<td style='background:rgba(99,102,241,{count / total:.2f});"
+            f"<td style='{CELL_STYLE}background:rgba(99,102,241,{count / total:.2f});"
             f"color:{'#fff' if count / total > 0.5 else 'inherit'}'>{count}</td>"
             for count in row
         )
-        rows.append(f"<tr><th>{html.escape(name)}</th>{cells}</tr>")
+        rows.append(f"<tr><th title='{html.escape(name)}' style='{CELL_STYLE}'>{html.escape(name)}</th>{cells}</tr>")
     return (
-        "<div class='specpl-confusion'><p><b>Confusion matrix</b> (rows: true class, columns: predicted)</p>"
-        f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table></div>"
+        "<div class='specpl-confusion' style='max-width:100%;overflow-x:auto'>"
+        "<p><b>Confusion matrix</b> (rows: true class, columns: predicted)</p>"
+        f"<table style='font-size:0.85em;margin:0'><tr><th></th>{head}</tr>{''.join(rows)}</table></div>"
     )
+
+
+def _column_head(name: str) -> str:
+    """A class name cut in the middle: names often differ only at the end ("... number 3")."""
+    half = MAX_HEAD_CHARS // 2
+    return name if len(name) <= MAX_HEAD_CHARS else f"{name[:half]}…{name[1 - half :]}"
 
 
 def per_class_frame(metrics: dict[str, Any]) -> pd.DataFrame:
