@@ -87,22 +87,6 @@ def test_kill_9_is_failed_with_its_cause_and_resume_continues_from_the_checkpoin
     )
 
 
-def test_a_second_run_waits_in_the_queue_until_the_first_ends(manager, cifar_root):
-    first = manager.submit(tiny_config(epochs=100_000), cifar_root, "first").run_id
-    second = manager.submit(tiny_config(epochs=1), cifar_root, "second").run_id
-    wait_for(lambda: events_of(manager, first, "step"), what="the first run to train")
-    assert manager.get(second).status == "queued" and manager.queue_position(second) == 1
-    assert manager.active_run_id() == first
-
-    manager.stop(first)
-    assert wait_status(manager, first, TERMINAL).status == "cancelled"
-    done = wait_status(manager, second, TERMINAL)
-    assert done.status == "finished" and done.started >= manager.get(first).ended
-    assert (manager.run_dir(second) / "model" / "model.safetensors").is_file()
-    with pytest.raises(JobError, match="only a cancelled, failed or paused training can be resumed"):
-        manager.resume(second)
-
-
 def test_an_error_inside_the_worker_is_failed_with_one_line(manager, cifar_root):
     offline = BackboneConfig(name="ViT-B-32", pretrained="openai", cache_dir=str(manager.runs_dir / "empty-cache"))
     run = manager.submit(tiny_config(epochs=1, backbone=offline), cifar_root, "offline").run_id
@@ -240,7 +224,9 @@ def test_the_manager_drives_any_runner_and_records_how_its_runs_end(tmp_path):
         runner.ends[first] = Ended("finished")
         jobs.tick()
         assert (jobs.get(first).status, jobs.get(first).cause) == ("finished", None)
-        assert jobs.get(second).status == "running"
+        assert jobs.get(second).status == "running"  # it waited in the queue until the first ended
+        with pytest.raises(JobError, match="only a cancelled, failed or paused training can be resumed"):
+            jobs.resume(first)
 
         stopping = jobs.stop(second)
         assert stopping.status == "running" and stopping.stop_requested_at is not None

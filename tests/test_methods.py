@@ -48,9 +48,16 @@ def _stacks(host: str) -> list[tuple[str, ...]]:
 
 METHODS = [(host, stack) for host in HOST_NAMES for stack in _stacks(host)]
 # the subset whose step is also traced by dynamo (`test_step_cost.py`), about 1.5-4 s a stack on
-# the CPU: every host alone and with each booster, and every booster at once on CoOp and MaPLe (the
-# text-only and the deep-prompt layouts)
-TRACED = [(h, s) for h, s in METHODS if len(s) <= 1 or (h in ("coop", "maple") and len(s) == len(_stacks(h)[-1]))]
+# the CPU: every host alone; each booster on one host of each prompt layout it can meet (a learned
+# text context, per-image text, coupled deep prompts, independent deep prompts with PromptSRC's
+# anchors, MMRL's representation space: KgCoOp's layout is CoOp's, IVLP's is PromptSRC's); and every
+# booster at once on CoOp and MaPLe
+LAYOUTS = ("coop", "cocoop", "maple", "promptsrc", "mmrl")
+TRACED = [
+    (h, s)
+    for h, s in METHODS
+    if not s or (len(s) == 1 and h in LAYOUTS) or (h in ("coop", "maple") and len(s) == len(_stacks(h)[-1]))
+]
 # a short context keeps the tiny runs fast; CasPL's phase 1 distils from a tiny random teacher offline
 TEST_OPTIONS = {"coop": {"n_ctx": 4}, "caspl-boost": {"teacher": "specpl-tiny", "teacher_pretrained": ""}}
 _PHASE_ONE: dict[str, str] = {}
