@@ -9,7 +9,6 @@ cancelled, or an error it could name) from a crash or a kill (`read_outcome`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from pathlib import Path
@@ -18,9 +17,6 @@ from app.messages import first_sentence
 
 REQUEST_FILE = "request.json"  # what to train: {"config": the run config, "resume": bool}
 OUTCOME_FILE = "outcome.json"  # how it ended: {"status": ..., "cause": ...}
-# a training on the app's own CPUs yields to the app, so pages and clicks answer while it trains
-# (on a GPU the work is on the device, and this changes nothing)
-WORKER_NICENESS = 10
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -84,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m app.runtime.worker RUN_DIR", file=sys.stderr)
         return 2
-    os.nice(WORKER_NICENESS)
     return 1 if train_run(args[0]) == "failed" else 0
 
 
