@@ -275,13 +275,11 @@ class Trainer:
                         accelerator.set_trigger()
                     stop = accelerator.check_trigger()
                 if stop:
-                    self._checkpoint(accelerator, model, optimizer, counters, epoch, counters["step_in_epoch"])
-                    bar.close()
+                    result = self._end_early("cancelled", accelerator, model, optimizer, counters, epoch, bar)
                     (self.run_dir / STOP_FILE).unlink(missing_ok=True)  # the request is consumed by the run it stopped
-                    self.events.emit("status", status="cancelled", step=counters["global_step"])
-                    return TrainResult("cancelled", self.run_dir, {}, model)
+                    return result
                 if self.deadline is not None and time.time() >= self.deadline:
-                    return self._pause(accelerator, model, optimizer, counters, epoch, bar)
+                    return self._end_early("paused", accelerator, model, optimizer, counters, epoch, bar)
                 batch = _to_batch(raw, accelerator.device)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(counters["global_step"], epoch)
@@ -365,8 +363,9 @@ class Trainer:
         accelerator.wait_for_everyone()  # every process returns once the bundle and metrics are on disk
         return TrainResult("finished", self.run_dir, metrics, model)
 
-    def _pause(
+    def _end_early(
         self,
+        status: str,
         accelerator: Accelerator,
         model: PromptModel,
         optimizer: Any,
@@ -374,11 +373,11 @@ class Trainer:
         epoch: int,
         bar: tqdm,
     ) -> TrainResult:
-        """The deadline came first: save where to continue and return "paused"."""
+        """A stop ("cancelled") or the deadline ("paused") came first: save where to continue."""
         self._checkpoint(accelerator, model, optimizer, counters, epoch, counters["step_in_epoch"])
         bar.close()
-        self.events.emit("status", status="paused", step=counters["global_step"])
-        return TrainResult("paused", self.run_dir, {}, model)
+        self.events.emit("status", status=status, step=counters["global_step"])
+        return TrainResult(status, self.run_dir, {}, model)
 
     def _validate(self, predictor: Predictor, data: FewShotData, accelerator: Accelerator) -> tuple[float, float]:
         """(accuracy, cross-entropy) on the validation images."""

@@ -29,6 +29,7 @@ from specpl.events import read_events
 from specpl.trainer import STOP_FILE
 
 LOG_FILE = "worker.log"
+STOPPED = "stopped by request (a checkpoint was saved; resume continues from it)"
 STOPPED_BEFORE_TRAINING = "stopped by request while it was loading, before it trained"
 KILL_AFTER_TERMINATE_S = 5.0
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -181,7 +182,7 @@ class ProcessRunner:
             return Ended("failed", _crash_cause(run_dir, live.pid, returncode))
         status, cause = reported
         if status == "cancelled" and live.stop_requested_at is not None:
-            cause = "stopped by request (a checkpoint was saved; resume continues from it)"
+            cause = STOPPED
         return Ended(status, cause)
 
 

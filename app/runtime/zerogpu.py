@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Callable
 
 from app.runtime import worker
-from app.runtime.runners import Ended
+from app.runtime.runners import STOPPED, Ended
 from specpl.checkpoint import checkpoint_step
 from specpl.io import atomic_write_text
 from specpl.trainer import STOP_FILE
@@ -45,7 +45,6 @@ QUOTA_PAUSE = (
     "your GPU quota on this Space is used up for now (ZeroGPU: {message}); Resume continues from the last checkpoint"
 )
 RESTART_PAUSE = "the Space restarted while the run trained; Resume continues from its last checkpoint"
-STOPPED = "stopped by request (a checkpoint was saved; resume continues from it)"
 STOPPED_UNTRAINED = "stopped by request before it trained"
 
 
@@ -103,7 +102,7 @@ class ZeroGPURunner:
         run = self._runs[run_dir]
         if run.driving.acquire(blocking=False):  # no call in flight: nothing to wait for
             try:
-                self._end(run_dir, run, Ended("cancelled", STOPPED))
+                self._end(run_dir, run, _stopped(run_dir))
             finally:
                 run.driving.release()
 
@@ -124,7 +123,7 @@ class ZeroGPURunner:
         try:
             while run.ended is None:
                 if (run_dir / STOP_FILE).exists():
-                    self._end(run_dir, run, Ended("cancelled", STOPPED))
+                    self._end(run_dir, run, _stopped(run_dir))
                     break
                 self._slice(run_dir, run)
         finally:
@@ -147,7 +146,7 @@ class ZeroGPURunner:
             status = "aborted"
         if status not in ("paused", "aborted"):
             reported = worker.read_outcome(run_dir) or (status, None)
-            self._end(run_dir, run, Ended("cancelled", STOPPED) if reported[0] == "cancelled" else Ended(*reported))
+            self._end(run_dir, run, _stopped(run_dir) if reported[0] == "cancelled" else Ended(*reported))
             return
         if checkpoint_step(run_dir / "checkpoint") != before:
             run.stalled = False
@@ -163,6 +162,9 @@ class ZeroGPURunner:
 
     def _end(self, run_dir: Path, run: _Slices, ended: Ended) -> None:
         (run_dir / STOP_FILE).unlink(missing_ok=True)
-        if ended.cause == STOPPED and checkpoint_step(run_dir / "checkpoint") is None:
-            ended = Ended("cancelled", STOPPED_UNTRAINED)
         run.ended = ended
+
+
+def _stopped(run_dir: Path) -> Ended:
+    """How a stopped run ended: at a checkpoint, or before any call trained it."""
+    return Ended("cancelled", STOPPED if checkpoint_step(run_dir / "checkpoint") is not None else STOPPED_UNTRAINED)

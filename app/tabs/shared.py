@@ -74,17 +74,18 @@ class Shared:
             watched_run=gr.Textbox(label="Watching run", interactive=False, elem_id="run-id", render=False),
         )
 
-    def continue_training(self, after: Callable) -> None:
+    def continue_training(self, after: Callable, api_name: str | None = None) -> None:
         """After the event `after` (a Start, a page load, a Resume), lend the visitor's request to the
         watched run's training (`Studio.continue_training`; ZeroGPU trains inside it). It runs beside
-        every other event, so one visitor's GPU calls never hold up another's."""
+        every other event, so one visitor's GPU calls never hold up another's. With `api_name` it is
+        also an endpoint (API clients on a ZeroGPU Space call it with their run id)."""
         after(
             self.studio.continue_training,
             self.watched_run,
             None,
             show_progress="hidden",
             concurrency_limit=None,
-            api_visibility="private",
+            **({"api_name": api_name} if api_name else {"api_visibility": "private"}),
         )
 
 

@@ -609,14 +609,7 @@ def build(shared: Shared) -> None:
         api_name="start_training",
     )
     shared.list_runs_after.append(started.then)
-    started.then(  # the named twin of `Shared.continue_training`, for API clients on a ZeroGPU Space
-        studio.continue_training,
-        run_id,
-        None,
-        show_progress="hidden",
-        concurrency_limit=None,
-        api_name="continue_training",
-    )
+    shared.continue_training(started.then, api_name="continue_training")
     stop.click(handlers.stop_training, run_id, train_message, api_name="stop_training")
     timer.tick(
         handlers.poll_run,
