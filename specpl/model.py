@@ -77,6 +77,16 @@ class PromptModel(nn.Module):
     def resolved_options(self) -> dict[str, dict[str, Any]]:
         return {c.name: c.resolved_options() for c in self.components}
 
+    def train(self, mode: bool = True) -> "PromptModel":
+        """Switch the method's own modules; the frozen CLIP stays in eval mode whatever is asked.
+        Its outputs must not depend on when they are computed: in eval mode PyTorch's attention
+        takes a fused path that rounds differently, so a cached feature computed at the start of
+        a run (eval) and one computed after a resume (train) differed by about 5e-7, and a
+        resumed run drifted from an uninterrupted one. CLIP has no dropout to switch anyway."""
+        super().train(mode)
+        self.frozen_clip.eval()
+        return self
+
     def _prompts_image_tower(self) -> bool:
         return any(c.image_prompts() or c.image_hook() is not None for c in self.components)
 

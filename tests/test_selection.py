@@ -216,7 +216,7 @@ def test_a_resumed_run_keeps_the_settings_it_started_with(tmp_path, cifar_root, 
     assert record["resolved_method_options"] == original["resolved_method_options"]
     assert resumed.metrics["selection"] == straight.metrics["selection"]
     for key, value in straight.model.learned_state_dict().items():
-        torch.testing.assert_close(resumed.model.learned_state_dict()[key], value, rtol=0, atol=1e-6)
+        torch.testing.assert_close(resumed.model.learned_state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_a_default_run_on_the_demo_set_does_not_end_below_zero_shot(tmp_path):
