@@ -11,8 +11,8 @@ import re
 import shutil
 import time
 import zipfile
-from itertools import pairwise
 from pathlib import Path
+from typing import NamedTuple
 
 import open_clip
 import pytest
@@ -48,13 +48,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-TABS = {
-    "Data & Train": "Start training",
-    "Bands": "Compute bands",
-    "Counterfactual": "Run counterfactual",
-    "Classify": "Classify",
-    "Runs": "Refresh",
-}  # tab: a button on it
 
 
 @pytest.fixture(scope="module")
@@ -135,25 +128,21 @@ def poll_until(client: Client, run_id: str, statuses: set[str], timeout_s: float
     raise AssertionError(f"run {run_id} did not reach {statuses}; last: {details}")
 
 
-def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(server, cifar_zip, cifar_root, tmp_path):
+def test_api_upload_train_classify_bands_counterfactual_and_bundle_round_trip(server, two_runs, cifar_root):
     demo, settings = server
-    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
+    client, run_id = two_runs.client, two_runs.first
 
-    summary, gallery, message = client.predict(handle_file(cifar_zip), 0.5, api_name="/upload_dataset")
+    summary, gallery, message = two_runs.upload
     assert "**10 classes**, 80 training and 80 test images" in summary and "Dataset ready" in message
     assert len(gallery) == 30  # 3 thumbnails per class
     assert any(settings.gradio_cache_dir.rglob("cifar-train.zip"))  # Gradio's upload landed in the data dir
 
-    run_id, _, message = client.predict(
-        api_config(TINY, boosters=["specpl"], shots=2, epochs=1), "api run", api_name="/start_training"
-    )
-    assert message.startswith(f"Started run {run_id}")
-    again, _, message = client.predict(  # a double click: the same request again within 2 s starts no second run
-        api_config(TINY, boosters=["specpl"], shots=2, epochs=1), "api run", api_name="/start_training"
-    )
-    assert again == run_id and message == f"Started run {run_id}."
-    assert sum(r.name == "api run" for r in demo.studio.jobs.list()) == 1
-    details = poll_until(client, run_id, {"finished", "failed", "cancelled"})
+    (started, _, message), (again, _, repeated) = two_runs.starts
+    assert started == run_id and message.startswith(f"Started run {run_id}")
+    # a double click: the same request again within 2 s starts no second run
+    assert again == run_id and repeated == f"Started run {run_id}."
+    assert sum(r.name == "two epochs" for r in demo.studio.jobs.list()) == 1
+    details = client.predict(run_id, api_name="/run_status")[4]
     assert details["status"] == "finished", details
     assert details["step"] == details["total_steps"] > 0 and 0 <= details["metrics"]["accuracy"] <= 100
 
@@ -312,135 +301,6 @@ def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, off
     assert all(Path(path).stat().st_size > 0 for path in outputs[8:10]) and summary.startswith("With B's high band, A")
 
 
-def test_browser_upload_train_progress_stop_reattach_and_screenshots(server, cifar_zip, tmp_path):
-    if not CHROMIUM.exists():
-        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (.ci/run installs it)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    expect = pytest.importorskip("playwright.sync_api").expect
-    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
-    demo, settings = server
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 1100})
-        page = context.new_page()
-        page.goto(demo.local_url)
-        page.locator("#dataset-zip input[type=file]").set_input_files(str(cifar_zip))
-        expect(page.locator("#dataset-summary")).to_contain_text("10 classes", timeout=60_000)
-        page.locator("#backbone input").fill("specpl-tiny")  # filter the dropdown, take the match
-        page.keyboard.press("Enter")
-        expect(page.locator("#backbone input")).to_have_value(re.compile("^specpl-tiny"))
-        expect(page.locator("#epochs input")).to_have_value(
-            "0"
-        )  # auto: the preset's budget, as the plan beside it says
-        page.locator("#shots input").fill("2")
-        page.locator("#shots input").press("Tab")
-        # 8 training images of each class (split 0.5), 2 shots, 1 held out: 10 images; batch min(32, 10 // 4) = 2,
-        # 5 steps an epoch
-        expect(page.locator("#training-plan")).to_contain_text(
-            "Training plan: 60 epochs of batch 2 (300 steps) from 10 training images; "
-            "1 per class held out for validation; epoch kept by validation."
-        )
-        page.locator("#epochs input").fill("3000")
-        page.locator("#epochs input").press("Tab")
-        expect(page.locator("#training-plan")).to_contain_text(
-            "Training plan: 3000 epochs of batch 2 (15000 steps) from 10 training images"
-        )  # typed wins
-        expect(page.locator("#stop")).to_be_disabled()  # nothing to stop yet
-        page.locator("#start").click()
-        expect(page.locator("#run-status")).to_contain_text("Running: step", timeout=120_000)
-        run_id = page.locator("#run-id textarea").input_value()
-        assert run_id
-        expect(page.locator("#stop")).to_be_enabled()
-
-        second_tab = context.new_page()  # a new tab (or a reload) reattaches to the running job
-        second_tab.goto(demo.local_url)
-        expect(second_tab.locator("#run-id textarea")).to_have_value(run_id, timeout=30_000)
-        second_tab.close()
-
-        page.locator("#stop").click()
-        expect(page.locator("#run-status")).to_contain_text("Cancelled: stopped by request", timeout=60_000)
-        expect(page.locator("#stop")).to_be_disabled()
-
-        # A double click on Start starts one run, and the stopped run's result goes at the click.
-        page.locator("#epochs input").fill("1")
-        page.locator("#epochs input").press("Tab")
-        expect(page.locator("#training-plan")).to_contain_text("Training plan: 1 epoch of batch 2 (5 steps)")
-        runs_before = len(demo.studio.jobs.list())
-        page.locator("#start").dblclick()
-        expect(page.locator("#run-status")).to_contain_text("Starting a new run")
-        expect(page.locator("#loss-curve")).to_be_hidden()
-        expect(page.locator("#run-status")).to_contain_text("Finished: test accuracy", timeout=120_000)
-        finished = page.locator("#run-id textarea").input_value()
-        assert finished != run_id and len(demo.studio.jobs.list()) == runs_before + 1
-
-        # Its report: the confusion table inside its half-width column with every class's full name on
-        # hover, per-class bars on a 0-100 axis, and whole steps and epochs under the curves.
-        classes = list(json.loads((settings.runs_dir / finished / "metrics.json").read_text())["per_class"])
-        table, column = page.locator("#train-confusion table"), page.locator("#train-confusion")
-        expect(table).to_be_visible()
-        assert right_edge(table) <= right_edge(column), "the confusion table overflows its column"
-        titles = table.locator("th[title]").evaluate_all("cells => cells.map(cell => cell.title)")
-        assert titles == classes * 2  # column heads, then row heads
-        for plot in ("#train-per-class", "#loss-curve", "#val-curve"):
-            page.wait_for_function("(plot) => document.querySelector(plot + ' g.role-axis')", arg=plot)
-        assert "values from 0 to 100" in axis_title(page, "#train-per-class", "Y")
-        assert component(demo, "train-per-class").y_lim == component(demo, "runs-per-class").y_lim == [0, 100]
-        for plot in ("#loss-curve", "#val-curve"):
-            labels = axis_labels(page, plot, "X")
-            assert labels and all(re.fullmatch(r"\d+", label["text"]) for label in labels), (plot, labels)
-            assert all(a["right"] < b["left"] for a, b in pairwise(labels)), (plot, labels)  # none overlap
-
-        for tab, button in TABS.items():
-            page.get_by_role("tab", name=tab).click()
-            expect(
-                page.get_by_role("button", name=button, exact=True)
-            ).to_be_visible()  # later tabs load when first opened
-            if tab == "Runs":  # the list filled while the tab's components were still hidden
-                expect(page.locator("#runs-table")).to_contain_text(run_id)
-            shot = tmp_path / f"tab-{tab.split()[0].lower()}.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-
-        # Compare (the Runs tab is open): each run picked is drawn, the one added later too.
-        for count, picked in enumerate((run_id, finished), 1):
-            page.locator("#compare-pick input").fill(picked)
-            page.keyboard.press("Enter")
-            for plot in ("#compare-loss", "#compare-val"):
-                page.wait_for_function(
-                    "([plot, count]) => document.querySelectorAll(plot + ' g.role-legend-label text').length === count",
-                    arg=[plot, count],
-                    timeout=EXPECT_TIMEOUT_MS,
-                )  # one legend entry (and line) per run picked
-        browser.close()
-
-
-def right_edge(locator) -> float:
-    box = locator.bounding_box()
-    return box["x"] + box["width"]
-
-
-def axis_title(page, plot: str, axis: str) -> str:
-    """Vega's description of a plot's axis ("X" or "Y"), e.g. "Y-axis titled 'accuracy' for a linear
-    scale with values from 0 to 100"."""
-    return page.locator(f"{plot} g.role-axis[aria-label^='{axis}-axis']").get_attribute("aria-label")
-
-
-def axis_labels(page, plot: str, axis: str) -> list[dict]:
-    """The tick labels Vega shows on a plot's axis, left to right: text and left and right edge (px);
-    labels it hides so as not to overlap (opacity 0) are left out."""
-    return page.evaluate(
-        """([plot, axis]) => [...document.querySelectorAll(
-                `${plot} g.role-axis[aria-label^="${axis}-axis"] g.role-axis-label text`)]
-            .filter(text => text.getAttribute('opacity') !== '0')
-            .map(text => {
-                const box = text.getBoundingClientRect();
-                return {text: text.textContent, left: box.left, right: box.right};
-            })
-            .sort((a, b) => a.left - b.left)""",
-        [plot, axis],
-    )
-
-
 class FakeHfApi:
     """Stands in for huggingface_hub.HfApi (no network): records the push."""
 
@@ -457,27 +317,36 @@ class FakeHfApi:
         FakeHfApi.calls.append(("upload_folder", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
 
 
+class TwoRuns(NamedTuple):
+    client: Client
+    first: str
+    second: str
+    upload: tuple  # what /upload_dataset answered: summary, gallery, message
+    starts: list[tuple]  # what each of the first run's two /start_training requests answered
+
+
 @pytest.fixture(scope="module")
-def two_runs(server, cifar_zip, tmp_path_factory):
+def two_runs(server, cifar_zip, tmp_path_factory) -> TwoRuns:
     """One client session with the CIFAR upload and two finished runs: CoOp+SpecPL for 2 epochs and
-    CoOp for 1 (both evaluated after every epoch, as every app run is)."""
+    CoOp for 1 (both evaluated after every epoch, as every app run is). The first is asked for twice
+    within 2 s, as a double click does."""
     demo, _ = server
     client = Client(demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
-    client.predict(handle_file(cifar_zip), 0.5, api_name="/upload_dataset")
-    first, *_ = client.predict(
-        api_config(TINY, boosters=["specpl"], epochs=2, batch_size=8), "two epochs", api_name="/start_training"
-    )
+    upload = client.predict(handle_file(cifar_zip), 0.5, api_name="/upload_dataset")
+    request = api_config(TINY, boosters=["specpl"], epochs=2, batch_size=8)
+    starts = [client.predict(request, "two epochs", api_name="/start_training") for _ in range(2)]
     second, *_ = client.predict(api_config(TINY, epochs=1, batch_size=8), "one epoch", api_name="/start_training")
+    first = starts[0][0]
     for run_id in (first, second):
         assert poll_until(client, run_id, {"finished", "failed", "cancelled"}, timeout_s=300)["status"] == "finished"
-    return client, first, second
+    return TwoRuns(client, first, second, upload, starts)
 
 
 def test_api_a_finished_run_has_validation_and_lr_curves_a_confusion_matrix_per_class_bars_and_its_mistakes(
     server, two_runs
 ):
     demo, settings = server
-    client, first, _ = two_runs
+    client, first = two_runs.client, two_runs.first
     status, loss, val, lr, details, confusion, per_class, mistakes = client.predict(first, api_name="/run_status")
     metrics = json.loads((settings.runs_dir / first / "metrics.json").read_text())
     assert val["value"]["columns"] == ["epoch", "step", "accuracy", "series"]
@@ -519,7 +388,7 @@ def test_api_a_finished_run_has_validation_and_lr_curves_a_confusion_matrix_per_
 
 def test_api_compare_overlays_the_runs_and_ranks_them_by_accuracy(server, two_runs):
     demo, settings = server
-    client, first, second = two_runs
+    client, first, second = two_runs.client, two_runs.first, two_runs.second
     loss, val, ranking = client.predict([first, second], api_name="/compare_runs")
     accuracy = {
         run_id: json.loads((settings.runs_dir / run_id / "metrics.json").read_text())["accuracy"]
@@ -554,7 +423,7 @@ def test_api_evaluate_a_run_on_a_new_test_set_as_the_library_scores_it(server, t
     from specpl.inference import Predictor
 
     demo, settings = server
-    client, first, _ = two_runs
+    client, first = two_runs.client, two_runs.first
     classes = tmp_path / "new-test"
     shutil.copytree(cifar_root / "test", classes)
     archive = Path(shutil.make_archive(str(tmp_path / "new-test"), "zip", classes))
@@ -582,7 +451,7 @@ def test_api_a_stopped_run_exports_and_pushes_its_checkpoint_and_delete_removes_
     import huggingface_hub
 
     demo, settings = server
-    client, *_ = two_runs
+    client = two_runs.client
     run_id, *_ = client.predict(api_config(TINY, epochs=3000, batch_size=8), "long", api_name="/start_training")
     poll_until(client, run_id, {"running"}, timeout_s=300)
     deadline = time.time() + 120
@@ -628,7 +497,7 @@ def test_api_a_stopped_run_exports_and_pushes_its_checkpoint_and_delete_removes_
 
 def test_api_image_search_finds_every_match_in_the_dataset_and_in_a_run(server, two_runs):
     demo, _ = server
-    client, first, _ = two_runs
+    client, first = two_runs.client, two_runs.first
     _, found = client.predict("cat", api_name="/search_dataset_images")
     assert found == "16 of 160 images match 'cat'."
     *_, found = client.predict(first, "truck", api_name="/search_run_images")

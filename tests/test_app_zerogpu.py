@@ -206,8 +206,8 @@ def test_the_app_on_zerogpu_uses_no_cuda_in_its_own_process_and_lends_only_the_o
     assert driven == [mine.run_id]
     # after Resume (Runs tab), Data & Train watches the resumed run and polls it; never another's
     runs = RunsTab(studio, [])
-    watched, timer = runs.watch_resumed(mine.run_id, me)
-    assert watched == mine.run_id and timer.active
+    watched, timer, status = runs.watch_resumed(mine.run_id, me)
+    assert watched == mine.run_id and timer.active and status.startswith("Queued")
     assert runs.watch_resumed(record.run_id, me)[0] == gr.update()
     studio.jobs.close()
 

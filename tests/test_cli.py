@@ -64,13 +64,12 @@ def test_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "unknown host method 'nope'" in capsys.readouterr().err
 
 
-def test_two_processes_agree_with_one_and_stop_together(tmp_path, cifar_root):
+def test_two_processes_agree_with_one(tmp_path, cifar_root):
     """The same command under `accelerate launch` on two processes, with gloo on the CPU. CoOp's loss
     is a per-sample mean, so two processes with batch 4 (gradients averaged by DDP) make the same
-    updates as one with batch 8: the same metrics. A stop request reaches both: they
-    agree on it through accelerate's trigger, save a checkpoint and exit cleanly."""
+    updates as one with batch 8: the same metrics. (A stop asked of one process stops both:
+    tests/test_data_parallel.py.)"""
     import subprocess
-    import time
 
     from specpl.events import read_events
 
@@ -94,23 +93,6 @@ def test_two_processes_agree_with_one_and_stop_together(tmp_path, cifar_root):
     steps = [e for e in read_events(two / "events.jsonl") if e["type"] == "step"]
     assert [e["step"] for e in steps] == [1, 2] and steps[0]["total_steps"] == 2
     assert (two / "model" / "model.safetensors").exists()
-
-    stopped = tmp_path / "stopped"
-    process = subprocess.Popen(
-        [*launch, "--out", str(stopped), *common, "--epochs", "200", "--batch-size", "4"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(e["type"] == "step" for e in read_events(stopped / "events.jsonl")):
-        time.sleep(0.5)
-    (stopped / "STOP").touch()
-    _, stderr = process.communicate(timeout=240)
-    assert process.returncode == 0, stderr[-2000:]
-    statuses = [e["status"] for e in read_events(stopped / "events.jsonl") if e["type"] == "status"]
-    assert statuses[-1] == "cancelled" and (stopped / "checkpoint" / "state.safetensors").exists()
 
 
 def test_bands_writes_pngs(tmp_path, cifar_root, capsys):

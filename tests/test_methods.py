@@ -47,16 +47,18 @@ def _stacks(host: str) -> list[tuple[str, ...]]:
 
 
 METHODS = [(host, stack) for host in HOST_NAMES for stack in _stacks(host)]
-# the subset whose step is also traced by dynamo (`test_step_cost.py`), about 1.5-4 s a stack on
-# the CPU: every host alone; each booster on one host of each prompt layout it can meet (a learned
-# text context, per-image text, coupled deep prompts, independent deep prompts with PromptSRC's
-# anchors, MMRL's representation space: KgCoOp's layout is CoOp's, IVLP's is PromptSRC's); and every
-# booster at once on CoOp and MaPLe
-LAYOUTS = ("coop", "cocoop", "maple", "promptsrc", "mmrl")
+# the subset whose step is also traced by dynamo (`test_step_cost.py`), about 1-5 s a stack on the
+# CPU: every host alone, and every booster on one host of each prompt layout it can meet. A learned
+# text context (CoOp; KgCoOp's is the same) and coupled deep prompts (MaPLe) meet every booster at
+# once, which traces each of them in the same graph; per-image text (CoCoOp), independent deep
+# prompts with PromptSRC's anchors (IVLP's layout too) and MMRL's representation space meet each
+# booster alone
+TOGETHER = ("coop", "maple")
+ALONE = ("cocoop", "promptsrc", "mmrl")
 TRACED = [
     (h, s)
     for h, s in METHODS
-    if not s or (len(s) == 1 and h in LAYOUTS) or (h in ("coop", "maple") and len(s) == len(_stacks(h)[-1]))
+    if not s or (len(s) == 1 and h in ALONE) or (h in TOGETHER and len(s) == len(_stacks(h)[-1]))
 ]
 # a short context keeps the tiny runs fast; CasPL's phase 1 distils from a tiny random teacher offline
 TEST_OPTIONS = {"coop": {"n_ctx": 4}, "caspl-boost": {"teacher": "specpl-tiny", "teacher_pretrained": ""}}

@@ -16,7 +16,7 @@ from app.files.archives import UploadError
 from app.files.bundles import export_bundle_zip, import_bundle_zip
 from app.files.hub import checkpoint_bundle, push_bundle
 from app.files.uploads import extract_dataset_zip
-from app.runtime.jobs import RESUMABLE, JobError
+from app.runtime.jobs import RESUMABLE, JobError, RunRecord
 from app.studio import Studio
 from app.tabs.shared import RunPicker, Shared, user_messages
 from app.views.progress import (
@@ -124,11 +124,15 @@ class RunsTab:
         run_dir = self.studio.jobs.run_dir(record.run_id)
         progress = read_progress(run_dir)
         config = read_run_config(run_dir)
-        line = status_line(record, progress, self.studio.jobs.queue_position(record.run_id), config.get("backbone"))
-        used = decomposer_line(progress) or self._recorded_decomposer(record.run_id)
-        line += f"  \n{used}" if used else ""
+        line = self._status(record, progress, config)
         metrics = {k: v for k, v in read_metrics(run_dir).items() if k not in ("confusion", "misclassified")}
         return config, metrics, *run_curves(progress), *run_report(record, run_dir), line, "", None
+
+    def _status(self, record: RunRecord, progress: RunProgress, config: dict[str, Any]) -> str:
+        """The run's status line, and the band decomposer it used."""
+        line = status_line(record, progress, self.studio.jobs.queue_position(record.run_id), config.get("backbone"))
+        used = decomposer_line(progress) or self._recorded_decomposer(record.run_id)
+        return line + (f"  \n{used}" if used else "")
 
     def _recorded_decomposer(self, run_id: str) -> str:
         """The decomposer line from the run's (or bundle's) config, for runs whose events are gone."""
@@ -265,13 +269,16 @@ class RunsTab:
 
     def watch_resumed(
         self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None
-    ) -> tuple[Any, gr.Timer]:
-        """After Resume, Data & Train watches the resumed run, with live progress."""
+    ) -> tuple[Any, gr.Timer, Any]:
+        """After Resume, Data & Train watches the resumed run, with live progress, and this tab's
+        status line says it is queued or running again instead of how it ended before."""
         try:
             record = self.studio.owned(run_id, self.studio.visitor(request, profile))
         except JobError:
-            return gr.update(), gr.Timer()
-        return record.run_id, gr.Timer(active=record.active)
+            return gr.update(), gr.Timer(), gr.update()
+        run_dir = self.studio.jobs.run_dir(record.run_id)
+        status = self._status(record, read_progress(run_dir), read_run_config(run_dir))
+        return record.run_id, gr.Timer(active=record.active), status
 
     @user_messages(outputs=2)
     def ask_delete(self, run_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None) -> tuple:
@@ -432,7 +439,7 @@ def build(shared: Shared) -> None:
     watching = list_runs(resumed.then).then(
         handlers.watch_resumed,
         runs_pick,
-        [shared.watched_run, shared.watch_timer],
+        [shared.watched_run, shared.watch_timer, runs_status],
         api_visibility="private",
     )
     shared.continue_training(watching.then)
