@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from conftest import accelerate_launch, make_image_folder
@@ -31,19 +32,19 @@ def checkout_path() -> str:
     return os.pathsep.join(filter(None, [str(TESTS.parent), os.environ.get("PYTHONPATH")]))
 
 
-def test_two_processes_share_the_cache_fill_and_score_each_image_once(tmp_path, monkeypatch):
-    monkeypatch.setenv(
-        "XDG_CACHE_HOME", str(tmp_path / "cache")
-    )  # the few-shot sample cache, also for the launched processes
-    data = tmp_path / "DATA"
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory, cifar_root) -> SimpleNamespace:
+    """One `accelerate launch` of both checks (`two_process_checks.py`): the processes start once."""
+    root = tmp_path_factory.mktemp("two-processes")
+    data = root / "DATA"
     write_dataset(data, "imagenet")  # 5 classes: 2 shots each to train on, 10 test images
     write_split_file_dataset(
         data, "dtd", per_split={"train": 2, "val": 1, "test": 7}
     )  # 35 test images: over one batch of 32
-    images = sorted((make_image_folder(tmp_path / "seven", {"x": 7}, size=8) / "x").iterdir())
+    make_image_folder(root / "seven", {"x": 7}, size=8)
     config = RunConfig()
     config.train.augment, config.method.options = "none", {"coop": {"n_ctx": 4}}
-    (tmp_path / "base.json").write_text(json.dumps(config.to_dict()))
+    (root / "base.json").write_text(json.dumps(config.to_dict()))
     sweep = [
         "sweep",
         "--protocol",
@@ -65,21 +66,30 @@ def test_two_processes_share_the_cache_fill_and_score_each_image_once(tmp_path, 
         "--pretrained",
         "none",
         "--config",
-        str(tmp_path / "base.json"),
+        str(root / "base.json"),
     ]
-
-    # two processes of batch 4 make the updates of one of batch 8 (CoOp's loss is a per-sample mean)
-    launch = accelerate_launch(str(TESTS / "two_process_cell.py"), str(tmp_path), str(tmp_path / "seven" / "x"))
+    # the cell: two processes of batch 4 make the updates of one of batch 8 (CoOp's loss is a per-sample mean)
+    images, stop_run = root / "seven" / "x", root / "stop-run"
+    launch = accelerate_launch(
+        str(TESTS / "two_process_checks.py"), str(root), str(images), str(cifar_root), str(stop_run)
+    )
+    cache = root / "cache"  # the few-shot sample cache, shared with the one-process sweep of the test
     done = subprocess.run(
-        [*launch, *sweep, "--out", str(tmp_path / "two"), "--batch-size", "4"],
+        [*launch, *sweep, "--out", str(root / "two"), "--batch-size", "4"],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": checkout_path()},
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": checkout_path(), "XDG_CACHE_HOME": str(cache)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert main([*sweep, "--out", str(tmp_path / "one"), "--batch-size", "8"]) == 0
+    return SimpleNamespace(root=root, sweep=sweep, images=sorted(images.iterdir()), cache=cache, stop_run=stop_run)
+
+
+def test_two_processes_share_the_cache_fill_and_score_each_image_once(launched, monkeypatch):
+    tmp_path, images = launched.root, launched.images
+    monkeypatch.setenv("XDG_CACHE_HOME", str(launched.cache))
+    assert main([*launched.sweep, "--out", str(tmp_path / "one"), "--batch-size", "8"]) == 0
 
     # the cache: 7 images split 4 + 3, the shorter share padded with its last image; all 7 held by both
     names = [path.name for path in images]
@@ -112,21 +122,10 @@ def test_two_processes_share_the_cache_fill_and_score_each_image_once(tmp_path, 
     )
 
 
-def test_a_stop_seen_by_one_process_stops_both_at_the_same_step_and_resumes(tmp_path, cifar_root):
+def test_a_stop_seen_by_one_process_stops_both_at_the_same_step_and_resumes(launched, cifar_root):
     """Only rank 1 is asked to stop (at its third check): through accelerate's trigger both stop
     before the same step, the checkpoint holds that step, and a resumed run finishes from it."""
-    run = tmp_path / "run"
-    launch = accelerate_launch(str(TESTS / "two_process_stop.py"), str(cifar_root), str(run), str(tmp_path))
-    done = subprocess.run(
-        launch,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": checkout_path()},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-
+    tmp_path, run = launched.root, launched.stop_run
     ranks = [json.loads((tmp_path / f"stop-rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["status"] for r in ranks] == ["cancelled", "cancelled"]
     assert ranks[0]["checks"] == ranks[1]["checks"] == ASKED_AT_CHECK  # rank 0 never asked, stopped at the same check

@@ -1,14 +1,11 @@
-"""Launched by tests/test_data_parallel.py in two processes (torch.distributed.run, gloo on the
-CPU): fill a feature cache whose input records the images it is given, then run a sweep.
-
-usage: python two_process_cell.py OUT IMAGE_FOLDER SWEEP_ARGS...
-Each process writes OUT/cache-rank<k>.json with the images it computed and the cache it holds.
+"""Run in each of two processes by tests/two_process_checks.py: fill a feature cache whose input
+records the images it is given, then run a sweep. Each process writes OUT/cache-rank<k>.json with
+the images it computed and the cache it holds.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +54,9 @@ def fill_cache(images: list[Path], processes: PartialState | None) -> dict[str, 
     }
 
 
-if __name__ == "__main__":
-    out, image_folder, *sweep = sys.argv[1:]
+def run(out: Path, image_folder: Path, sweep: list[str]) -> int:
+    """The cache check, then the sweep; returns the sweep's exit code."""
     state = PartialState(cpu=not torch.cuda.is_available())
-    result = fill_cache(sorted(Path(image_folder).iterdir()), state)
+    result = fill_cache(sorted(image_folder.iterdir()), state)
     Path(out, f"cache-rank{state.process_index}.json").write_text(json.dumps(result))
-    sys.exit(main(sweep))
+    return main(sweep)
