@@ -39,7 +39,7 @@ from torchvision import transforms
 
 from specpl.config import AUGMENT_ALIASES
 from specpl.data import ImageItem, load_image
-from specpl.frozen import FrozenInput, flatten
+from specpl.frozen import FrozenInput, flatten, seeded_cpu_rng
 
 AUGMENT_PRESETS = ("dassl", "clip", "none")
 
@@ -109,8 +109,7 @@ class AugmentedViews:
         image = load_image(path)
         if view is None:
             return self.preprocess_eval(image)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.draw_seed(path, view))
+        with seeded_cpu_rng(self.draw_seed(path, view)):
             return self.preprocess_train(image)
 
 

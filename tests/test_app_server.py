@@ -235,7 +235,7 @@ def test_offline_the_world_clip_is_the_default_and_both_tabs_say_so(server):
     assert "(HF_HUB_OFFLINE)" in backbones.unavailable_message("ViT-B-32/openai")  # and the UI refuses it up front
 
 
-def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, offline_world, tmp_path):
+def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, world_run, offline_world, tmp_path):
     demo, _ = server
     client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
 
@@ -246,11 +246,8 @@ def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, off
     assert message == "Demo set ready: 4 SpectralWorld classes, which the embedded SpectralWorld CLIP knows."
     assert sorted(item["caption"] for item in gallery) == sorted(WORLD_CLASSES * 2)
 
-    run_id, _, message = client.predict(
-        api_config(backbones.WORLD_KEY, boosters=["specpl"], shots=2, epochs=1), "world run", api_name="/start_training"
-    )
-    assert message.startswith(f"Started run {run_id}")
-    details = poll_until(client, run_id, {"finished", "failed", "cancelled"})
+    run_id = world_run
+    details = client.predict(run_id, api_name="/run_status")[4]
     assert details["status"] == "finished", details
     assert details["step"] == details["total_steps"] > 0 and 0 <= details["metrics"]["accuracy"] <= 100
 
@@ -259,7 +256,8 @@ def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, off
         Path(shutil.copy(offline_world / "test" / name / "0000.png", tmp_path / "images" / f"{name}.png"))
         for name in WORLD_CLASSES
     ]
-    for source, run in (("zero-shot", None), ("run", run_id)):
+    # zero-shot CLIP's image tower is quantised; IVLP's carries prompts, so it stays in float32
+    for source, run, tower in (("zero-shot", None, "int8"), ("run", run_id, "float32")):
         _, _, csv_file, top, message = client.predict(
             source,
             run,
@@ -272,7 +270,7 @@ def test_api_demo_set_trains_on_the_world_clip_and_every_tab_answers(server, off
         )
         with open(csv_file, newline="") as handle:
             rows = list(csv.DictReader(handle))
-        assert message.startswith("Classified 4 image(s) with the int8 image tower.") and len(rows) == 12, (
+        assert message.startswith(f"Classified 4 image(s) with the {tower} image tower.") and len(rows) == 12, (
             source,
             message,
         )
@@ -560,16 +558,81 @@ def test_api_a_preset_saved_from_the_form_loads_back_into_it(server, tmp_path):
     assert message.startswith("⚠️ bad.json is not a usable preset: unknown host method 'nosuch'; available: ")
 
 
-def test_browser_the_advanced_form_follows_the_host_and_the_cli_line_follows_the_form(server):
+@pytest.fixture(scope="module")
+def world_run(server, tmp_path_factory) -> str:
+    """A finished IVLP + DAPT + SpecPL run on the demo set (the world CLIP's random stand-in), trained
+    through the API: DAPT's mask for the Bands tab, SpecPL's granule path for the Counterfactual tab."""
+    demo, _ = server
+    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("world-client")))
+    client.predict(0.5, api_name="/use_demo_set")
+    run_id, _, message = client.predict(
+        api_config(backbones.WORLD_KEY, host="ivlp", boosters=["dapt", "specpl"], shots=2, epochs=1),
+        "world run",
+        api_name="/start_training",
+    )
+    assert message.startswith(f"Started run {run_id}")
+    assert poll_until(client, run_id, {"finished", "failed", "cancelled"})["status"] == "finished"
+    return run_id
+
+
+def test_api_bands_show_a_dapt_runs_mask(server, world_run, offline_world, tmp_path):
+    """An image the API sends has no dataset class: the map targets the predicted class."""
+    demo, _ = server
+    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
+    image = offline_world / "test" / WORLD_CLASSES[1] / "0000.png"
+    *band_maps, saliency, mask, mask_note, timing = client.predict(
+        handle_file(image), "fft", 64, world_run, api_name="/bands"
+    )
+    assert all(Path(path).stat().st_size > 0 for path in [*band_maps, saliency, mask]) and timing.startswith(
+        "fft at 64 px:"
+    )
+    assert mask_note.startswith(
+        f"**DAPT-G mask**: the `{DAPTConfig().cam}` map (`dapt.cam`) of this run's model, "
+        "divided by its maximum and thresholded at 0.5;"
+    )
+    assert re.search(r"A gradient map targets '[^']+' \(predicted\)\.$", mask_note), mask_note
+
+
+def test_browser_bands_mask_counterfactual_search_and_the_advanced_form(server, world_run):
     if not CHROMIUM.exists():
-        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    expect = playwright_api.expect
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (.ci/run installs it)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    expect = pytest.importorskip("playwright.sync_api").expect
     expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     demo, _ = server
-    with playwright_api.sync_playwright() as playwright:
+    with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1400}).new_page()
+        page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+        page.goto(demo.local_url)
+        page.locator("#use-demo").click()
+        expect(page.locator("#dataset-summary")).to_contain_text("4 classes", timeout=60_000)
+        page.get_by_role("tab", name="Bands").click()
+        pick(page, "band-pick", f"test/{WORLD_CLASSES[1]}/0000.png")
+        pick(page, "band-run", world_run)
+        expect(page.locator("#band-image img")).to_be_visible(timeout=30_000)
+        assert page.locator("#band-image img").bounding_box()["height"] >= 200  # a 64 px image, not a thumbnail
+        page.get_by_role("button", name="Compute bands", exact=True).click()
+        expect(page.locator("#band-mask img")).to_be_visible(timeout=60_000)
+        expect(page.locator("#band-saliency img")).to_be_visible()
+        expect(page.locator("#band-mask-note")).to_contain_text(
+            f"A gradient map targets '{WORLD_CLASSES[1]}' (the image's class in the dataset)."
+        )
+
+        # Counterfactual: searching the run's images for B keeps the A already picked.
+        page.get_by_role("tab", name="Counterfactual").click()
+        pick(page, "cf-run", world_run)
+        expect(page.locator("#cf-found")).to_contain_text("16 images.")
+        pick(page, "cf-pick-a", f"test/{WORLD_CLASSES[0]}/0000.png")
+        expect(page.locator("#cf-a img")).to_be_visible()
+        page.locator("#cf-search textarea").fill(WORLD_CLASSES[2])
+        page.keyboard.press("Enter")
+        expect(page.locator("#cf-found")).to_contain_text(f"4 of 16 images match '{WORLD_CLASSES[2]}'.")
+        pick(page, "cf-pick-b", f"test/{WORLD_CLASSES[2]}/0001.png")
+        expect(page.locator("#cf-b img")).to_be_visible()
+        expect(page.locator("#cf-a img")).to_be_visible()
+
+        # The Advanced form follows the host and the preset, and the CLI line follows the form.
+        page = browser.new_context(viewport={"width": 1400, "height": 1400}).new_page()  # a fresh visit
         page.goto(demo.local_url)
         expect(page.locator("#start")).to_be_visible()
         assert not page.locator("#opt-coop-n-ctx").is_visible()  # nothing of the accordion is loaded before it opens
@@ -614,79 +677,6 @@ def test_browser_the_advanced_form_follows_the_host_and_the_cli_line_follows_the
         page.get_by_role("tab", name="Counterfactual").click()
         expect(page.get_by_text("SpecPL's granule path (as trained)")).to_be_visible()
         expect(page.get_by_text("In the model's embedding path")).to_have_count(0)
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def world_dapt_run(server, tmp_path_factory) -> str:
-    """A finished IVLP + DAPT run on the demo set (the world CLIP's random stand-in), trained through the API."""
-    demo, _ = server
-    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path_factory.mktemp("dapt-client")))
-    client.predict(0.5, api_name="/use_demo_set")
-    run_id, _, _ = client.predict(
-        api_config(backbones.WORLD_KEY, host="ivlp", boosters=["dapt"], shots=2, epochs=1),
-        "dapt run",
-        api_name="/start_training",
-    )
-    assert poll_until(client, run_id, {"finished", "failed", "cancelled"})["status"] == "finished"
-    return run_id
-
-
-def test_api_bands_show_a_dapt_runs_mask(server, world_dapt_run, offline_world, tmp_path):
-    """An image the API sends has no dataset class: the map targets the predicted class."""
-    demo, _ = server
-    client = Client(demo.local_url, verbose=False, download_files=str(tmp_path))
-    image = offline_world / "test" / WORLD_CLASSES[1] / "0000.png"
-    *band_maps, saliency, mask, mask_note, timing = client.predict(
-        handle_file(image), "fft", 64, world_dapt_run, api_name="/bands"
-    )
-    assert all(Path(path).stat().st_size > 0 for path in [*band_maps, saliency, mask]) and timing.startswith(
-        "fft at 64 px:"
-    )
-    assert mask_note.startswith(
-        f"**DAPT-G mask**: the `{DAPTConfig().cam}` map (`dapt.cam`) of this run's model, "
-        "divided by its maximum and thresholded at 0.5;"
-    )
-    assert re.search(r"A gradient map targets '[^']+' \(predicted\)\.$", mask_note), mask_note
-
-
-def test_browser_bands_tab_shows_a_dapt_runs_mask_for_a_picked_image_and_its_class(server, world_dapt_run):
-    if not CHROMIUM.exists():
-        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM} (.ci/run installs it)")
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    expect = pytest.importorskip("playwright.sync_api").expect
-    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
-    demo, _ = server
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-        page.goto(demo.local_url)
-        page.locator("#use-demo").click()
-        expect(page.locator("#dataset-summary")).to_contain_text("4 classes", timeout=60_000)
-        page.get_by_role("tab", name="Bands").click()
-        pick(page, "band-pick", f"test/{WORLD_CLASSES[1]}/0000.png")
-        pick(page, "band-run", world_dapt_run)
-        expect(page.locator("#band-image img")).to_be_visible(timeout=30_000)
-        assert page.locator("#band-image img").bounding_box()["height"] >= 200  # a 64 px image, not a thumbnail
-        page.get_by_role("button", name="Compute bands", exact=True).click()
-        expect(page.locator("#band-mask img")).to_be_visible(timeout=60_000)
-        expect(page.locator("#band-saliency img")).to_be_visible()
-        expect(page.locator("#band-mask-note")).to_contain_text(
-            f"A gradient map targets '{WORLD_CLASSES[1]}' (the image's class in the dataset)."
-        )
-
-        # Counterfactual: searching the run's images for B keeps the A already picked.
-        page.get_by_role("tab", name="Counterfactual").click()
-        pick(page, "cf-run", world_dapt_run)
-        expect(page.locator("#cf-found")).to_contain_text("16 images.")
-        pick(page, "cf-pick-a", f"test/{WORLD_CLASSES[0]}/0000.png")
-        expect(page.locator("#cf-a img")).to_be_visible()
-        page.locator("#cf-search textarea").fill(WORLD_CLASSES[2])
-        page.keyboard.press("Enter")
-        expect(page.locator("#cf-found")).to_contain_text(f"4 of 16 images match '{WORLD_CLASSES[2]}'.")
-        pick(page, "cf-pick-b", f"test/{WORLD_CLASSES[2]}/0001.png")
-        expect(page.locator("#cf-b img")).to_be_visible()
-        expect(page.locator("#cf-a img")).to_be_visible()
         browser.close()
 
 

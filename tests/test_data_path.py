@@ -86,12 +86,17 @@ class Pixels:
         return images.clone()
 
 
-def test_reference_views_change_every_epoch_and_every_input_sees_the_same_view(cifar_root, tiny_backbone):
+def test_reference_views_change_every_epoch_and_every_input_sees_the_same_view(cifar_root, tiny_backbone, monkeypatch):
     data = read_fewshot_folder(cifar_root, shots=1)
     item = data.train[0]
     views = AugmentedViews(train_transform("dassl", tiny_backbone, 0.08), tiny_backbone.preprocess_eval, seed=1)
     assert not torch.equal(views.load(item.path, 0), views.load(item.path, 1))  # a fresh crop/flip per epoch
     assert torch.equal(views.load(item.path, 3), views.load(item.path, 3))  # each draw is seeded
+    before, reseeded = torch.random.get_rng_state(), []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", reseeded.append)
+    views.load(item.path, 4)
+    # the global generator is left as it was, and the device's generators are not reseeded per view
+    assert torch.equal(torch.random.get_rng_state(), before) and reseeded == []
     bands = BandStatistics(build_decomposer(DecomposerConfig(name="fft")), tiny_backbone.normalization, 32)
     cache = FeatureCache(views, [Pixels(), bands], torch.device("cpu"))
     for view in (0, 1):

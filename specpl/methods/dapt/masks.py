@@ -25,7 +25,7 @@ from PIL import Image
 from torchvision import transforms
 
 from specpl.data import IMAGE_SUFFIXES, DataError, ImageItem, load_image
-from specpl.frozen import ViewSource
+from specpl.frozen import ViewSource, seeded_cpu_rng
 from specpl.methods.dapt.config import DAPT_INPUT, MASK, DAPTConfig
 from specpl.methods.dapt.saliency import saliency_masks
 
@@ -129,8 +129,7 @@ class MaskFolder:
             if view is None:
                 placed = geometry(mask)
             else:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(views.draw_seed(item.path, view))
+                with seeded_cpu_rng(views.draw_seed(item.path, view)):
                     placed = geometry(mask)
             masks.append(torch.from_numpy(np.asarray(placed) >= 128).unsqueeze(0))
         return torch.stack(masks)
