@@ -153,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--seed",
+        type=int,
+        help="seeds the few-shot sample, the validation hold-out and training, as `specpl sweep` does (default 1)",
+    )
     train.add_argument("--grad-accum", type=int)
     train.add_argument("--no-cache", action="store_true", help="recompute frozen image features every epoch")
     train.add_argument(
@@ -388,11 +392,12 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         config.data.subsample = args.subsample
     if args.split_ratio is not None:
         config.data.split_ratio = args.split_ratio
+    if args.seed is not None:  # one number draws the shots, holds out validation and seeds training
+        config.data.seed = config.train.seed = args.seed
     for flag, field in (
         ("epochs", "epochs"),
         ("batch_size", "batch_size"),
         ("lr", "lr"),
-        ("seed", "seed"),
         ("grad_accum", "grad_accum_steps"),
     ):
         if getattr(args, flag) is not None:

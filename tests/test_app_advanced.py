@@ -261,6 +261,11 @@ def test_the_cli_line_trains_exactly_the_forms_config(tmp_path, monkeypatch):
     assert parsed == config
     plain = advanced.run_config(form(), TINY)
     assert "--config" not in advanced.cli_command(plain)  # everything has a flag: no preset file needed
+    seeded = advanced.run_config(form(**{"data.seed": 3, "train.seed": 3}), TINY)
+    line = advanced.cli_command(seeded)
+    assert "--seed 3" in line and "--config" not in line  # one seed for sampling and training: the CLI's --seed
+    parsed = run_config_from_args(build_parser().parse_args(shlex.split(line)[1:]))
+    assert (parsed.data.seed, parsed.train.seed) == (3, 3)
 
 
 @dataclasses.dataclass

@@ -167,6 +167,8 @@ def test_train_flags_map_onto_the_run_config(tmp_path):
         "on",
     )
     assert run_config_from_args(build_parser().parse_args(["train", "--out", "x", *TINY])).train.compile == "auto"
+    seeded = run_config_from_args(build_parser().parse_args(["train", "--out", "x", *TINY, "--seed", "3"]))
+    assert seeded.data.seed == seeded.train.seed == 3  # the few-shot draw and hold-out too, as the sweep seeds them
     flags = [
         "train",
         "--out",

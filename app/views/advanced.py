@@ -409,20 +409,23 @@ def cli_command(config: RunConfig, data: str = "DATASET_FOLDER", out: str = "run
         flag("--split-ratio", data_config.split_ratio)
     if data_config.subsample != default.data.subsample:
         flag("--subsample", data_config.subsample)
-    unflagged |= data_config.seed != default.data.seed
+    seeds = (data_config.seed, config.train.seed)
+    if seeds[0] == seeds[1] != default.data.seed:
+        flag("--seed", seeds[0])  # the CLI's --seed sets both
+    else:
+        unflagged |= seeds != (default.data.seed, default.train.seed)
     train, base = dataclasses.asdict(config.train), dataclasses.asdict(default.train)
     flagged = {
         "epochs": "--epochs",
         "batch_size": "--batch-size",
         "lr": "--lr",
-        "seed": "--seed",
         "grad_accum_steps": "--grad-accum",
         "augment": "--augment",
         "schedule": "--schedule",
         "eval_every_epochs": "--eval-every",
     }
     for key, value in train.items():
-        if value == base[key]:
+        if value == base[key] or key == "seed":
             continue
         if key in flagged and value == AUTO:
             unflagged = True  # the CLI's flags take numbers: an explicit "auto" comes from the preset file
