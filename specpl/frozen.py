@@ -110,7 +110,7 @@ def seeded_cpu_rng(seed: int) -> Iterator[None]:
     """Run a CPU-side random transform under `seed`, leaving the global generator as it was. Only
     the CPU generator is seeded: `torch.manual_seed` would also reseed the device's generators to
     the last image's seed on a GPU, and before CUDA is initialised it defers that call with a
-    captured stack, each time (4 s of a 37 s default run on the demo set)."""
+    captured stack, each time (4 s of a default demo run that took 37 s under cProfile)."""
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(seed)
         yield
