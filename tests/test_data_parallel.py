@@ -87,13 +87,13 @@ def launched(tmp_path_factory, cifar_root) -> SimpleNamespace:
 
 
 def test_two_processes_share_the_cache_fill_and_score_each_image_once(launched, monkeypatch):
-    tmp_path, images = launched.root, launched.images
+    root, images = launched.root, launched.images
     monkeypatch.setenv("XDG_CACHE_HOME", str(launched.cache))
-    assert main([*launched.sweep, "--out", str(tmp_path / "one"), "--batch-size", "8"]) == 0
+    assert main([*launched.sweep, "--out", str(root / "one"), "--batch-size", "8"]) == 0
 
     # the cache: 7 images split 4 + 3, the shorter share padded with its last image; all 7 held by both
     names = [path.name for path in images]
-    ranks = [json.loads((tmp_path / f"cache-rank{rank}.json").read_text()) for rank in (0, 1)]
+    ranks = [json.loads((root / f"cache-rank{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks[0]["computed"] == names[:4] and ranks[1]["computed"] == names[4:] + names[6:]
     alone = fill_cache(images, None)
     assert alone["computed"] == names
@@ -104,10 +104,8 @@ def test_two_processes_share_the_cache_fill_and_score_each_image_once(launched, 
 
     # the cell: the same source metrics and the same target metrics, each image scored once
     cell = Path("cells") / "imagenet" / "coop" / "seed1"
-    source = [json.loads((tmp_path / out / cell / "run" / "metrics.json").read_text()) for out in ("one", "two")]
-    target = [
-        json.loads((tmp_path / out / cell / "targets" / "dtd.json").read_text())["metrics"] for out in ("one", "two")
-    ]
+    source = [json.loads((root / out / cell / "run" / "metrics.json").read_text()) for out in ("one", "two")]
+    target = [json.loads((root / out / cell / "targets" / "dtd.json").read_text())["metrics"] for out in ("one", "two")]
     assert source[0]["test_images"] == source[1]["test_images"] == 10
     assert source[0]["accuracy"] == source[1]["accuracy"] and source[0]["confusion"] == source[1]["confusion"]
     assert target[0]["test_images"] == target[1]["test_images"] == 35 and sum(map(sum, target[1]["confusion"])) == 35
@@ -125,8 +123,8 @@ def test_two_processes_share_the_cache_fill_and_score_each_image_once(launched, 
 def test_a_stop_seen_by_one_process_stops_both_at_the_same_step_and_resumes(launched, cifar_root):
     """Only rank 1 is asked to stop (at its third check): through accelerate's trigger both stop
     before the same step, the checkpoint holds that step, and a resumed run finishes from it."""
-    tmp_path, run = launched.root, launched.stop_run
-    ranks = [json.loads((tmp_path / f"stop-rank{rank}.json").read_text()) for rank in (0, 1)]
+    root, run = launched.root, launched.stop_run
+    ranks = [json.loads((root / f"stop-rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["status"] for r in ranks] == ["cancelled", "cancelled"]
     assert ranks[0]["checks"] == ranks[1]["checks"] == ASKED_AT_CHECK  # rank 0 never asked, stopped at the same check
     assert ranks[0]["stopped_at"] == ranks[1]["stopped_at"] == [ASKED_AT_CHECK - 1]  # two steps done
