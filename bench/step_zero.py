@@ -4,7 +4,9 @@ Text-only hosts start from the template's words and boosters start as the identi
 is float rounding; deep hosts add tokens to the image tower, which no initialisation can make a
 no-op, so theirs is measured here. Images: the demo set's test split through the world CLIP.
 
-    python bench/step_zero.py [--preset default|paper] [--boosters specpl ...]
+    python bench/step_zero.py [--preset default|paper] [--boosters specpl ...] [--seeds 0 1 2]
+
+With several seeds (the draw of every random initial value), each column gives its range over them.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default")
     parser.add_argument("--boosters", nargs="*", default=["specpl"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
     backbone = load_backbone(world_backbone_config())
     data = read_dataset(DataConfig(root=str(demo_data_dir()), shots=None))
@@ -45,19 +48,27 @@ def main() -> None:
                 check_combination(host, boosters)
             except ValueError:
                 continue
-            torch.manual_seed(0)
-            method = MethodConfig(host=host, boosters=boosters, preset=args.preset)
-            model = build_method(
-                method, backbone, data.classnames, "a photo of a {}.", DecomposerConfig(name="fft", image_size=64)
-            )
-            logits = Predictor(model).logits(images).softmax(-1)
-            gap = float((logits - reference).abs().max())
-            agree = float((logits.argmax(-1) == reference.argmax(-1)).float().mean() * 100)
-            accuracy = float((logits.argmax(-1) == labels).float().mean() * 100)
+            gaps, agreements, accuracies = [], [], []
+            for seed in args.seeds:
+                torch.manual_seed(seed)
+                method = MethodConfig(host=host, boosters=boosters, preset=args.preset)
+                model = build_method(
+                    method, backbone, data.classnames, "a photo of a {}.", DecomposerConfig(name="fft", image_size=64)
+                )
+                logits = Predictor(model).logits(images).softmax(-1)
+                gaps.append(float((logits - reference).abs().max()))
+                agreements.append(float((logits.argmax(-1) == reference.argmax(-1)).float().mean() * 100))
+                accuracies.append(float((logits.argmax(-1) == labels).float().mean() * 100))
             print(
-                f"| {'+'.join([host, *boosters])} | {gap:.2e} | {agree:.1f}% | {accuracy:.1f}% | "
-                f"{float((reference.argmax(-1) == labels).float().mean() * 100):.1f}% |"
+                f"| {'+'.join([host, *boosters])} | {_span(gaps, '.2e')} | {_span(agreements, '.1f')}% | "
+                f"{_span(accuracies, '.1f')}% | {float((reference.argmax(-1) == labels).float().mean() * 100):.1f}% |"
             )
+
+
+def _span(values: list[float], spec: str) -> str:
+    """One value, or the range of several."""
+    low, high = min(values), max(values)
+    return format(low, spec) if low == high else f"{low:{spec}} to {high:{spec}}"
 
 
 if __name__ == "__main__":

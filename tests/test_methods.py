@@ -316,6 +316,32 @@ def test_a_deep_host_starts_with_zero_shot_text_and_the_paper_preset_with_random
     assert (paper.text_features(None)[0] - zero_shot).abs().max() > 1e-3
 
 
+def test_mmrl_starts_with_near_zero_tokens_and_clips_projection_and_the_paper_preset_as_released(tiny_backbone):
+    """Default: R at std 1e-4 and zero aligner biases put nearly-zero tokens into the towers (each
+    block's LayerNorm maps them to one fixed token, whatever the draw), and the representation
+    branch starts with CLIP's own projection. Paper: R ~ N(0, 0.02), nn.Linear's biases, a random
+    projection. (On the world CLIP this moves MMRL's step-0 gap from 0.78 to 0.13: bench/step_zero.py.)"""
+    torch.manual_seed(0)
+    host = build_method(MethodConfig(host="mmrl"), tiny_backbone, CLASSES).host
+    visual_proj = tiny_backbone.model.visual.proj
+    with torch.no_grad():
+        tokens = torch.stack([aligner(host.representation) for aligner in host.vision_aligners])
+    assert tokens.abs().max() < 1e-3
+    assert not any(aligner.bias.any() for aligner in [*host.vision_aligners, *host.text_aligners])
+    torch.testing.assert_close(host.proj_rep.detach(), visual_proj, rtol=0, atol=0)
+    assert host.proj_rep.data_ptr() != visual_proj.data_ptr()  # a trained copy, CLIP's own stays frozen
+    torch.manual_seed(0)
+    paper = build_method(MethodConfig(host="mmrl", preset="paper"), tiny_backbone, CLASSES).host
+    assert float(paper.representation.std()) == pytest.approx(0.02, rel=0.1)
+    assert all(aligner.bias.abs().sum() > 0 for aligner in paper.vision_aligners)
+    assert not torch.allclose(paper.proj_rep, visual_proj)
+
+
+def test_an_unknown_mmrl_init_names_the_option_and_the_allowed_values(tiny_backbone):
+    with pytest.raises(ValueError, match=r"mmrl\.proj_rep_init must be one of 'clip', 'normal'; got 'eye'"):
+        build_method(MethodConfig(host="mmrl", options={"mmrl": {"proj_rep_init": "eye"}}), tiny_backbone, CLASSES)
+
+
 def test_an_unknown_deep_text_init_names_the_host_and_the_allowed_values(tiny_backbone):
     with pytest.raises(ValueError, match=r"ivlp\.deep_text_init must be one of 'template', 'normal'; got 'zeros'"):
         build_method(MethodConfig(host="ivlp", options={"ivlp": {"deep_text_init": "zeros"}}), tiny_backbone, CLASSES)

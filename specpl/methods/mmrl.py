@@ -17,6 +17,13 @@ the class branch keep raw text, L_sem reads the class branch's logits, FiLM acts
 bank starts from 10 batches in both presets (the released code's ATTR_INIT_BATCHES for MMRL).
 Choice (an ambiguity of the released code): the frozen f0 and g0 come from a pass through the same frozen towers with no
 representation tokens, which replaces the reference's second model copy exactly.
+
+The default preset starts MMRL near zero-shot CLIP, where the released init starts it far away
+(on the demo set two of 64 test images flip before any step on some seeds): R is drawn at std 1e-4
+and the aligners' biases start at zero, so the inserted tokens are nearly zero and every block's
+LayerNorm turns them into the same fixed token, and `proj_rep` starts as CLIP's own projection, so
+the representation branch is not a random 30 % of the logits. The `paper` preset keeps the
+released init (std 0.02, PyTorch's Linear init, a random `proj_rep`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from specpl.config import check_choice
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
 from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER, BuildContext, ForwardState, Host, cosine_logits
 from specpl.methods.registry import HOSTS
@@ -68,8 +76,14 @@ class MMRLConfig:
     reg_weight_fallback: float = (
         0.5  # lambda for a dataset outside REG_WEIGHTS (the paper preset: the released yaml's 1.0)
     )
-    init_std: float = 0.02
+    init_std: float = 1e-4  # std of R; the paper preset: the released 0.02
+    aligner_bias_init: str = "zero"  # "zero": tokens start near zero; "pytorch": nn.Linear's uniform init (released)
+    proj_rep_init: str = "clip"  # "clip": a copy of CLIP's image projection; "normal": N(0, width^-1) (released)
     template: str | None = None  # None: the run's (the dataset's) hand-crafted template
+
+
+ALIGNER_BIAS_INITS = ("zero", "pytorch")
+PROJ_REP_INITS = ("clip", "normal")
 
 
 def mmrl_logits(
@@ -94,6 +108,13 @@ def mmrl_regulariser(
     return image_term + text_term
 
 
+def _clip_projection(vision: PromptImageEncoder, embed_dim: int, device: torch.device) -> torch.Tensor:
+    """A trainable copy of the image tower's own projection (the identity for a tower without one)."""
+    if vision.visual.proj is None:
+        return torch.eye(vision.width, embed_dim, device=device)
+    return vision.visual.proj.detach().clone()
+
+
 MMRL_CONFIG = "yunncheng/MMRL configs/trainers/MMRL/vit_b16.yaml"
 
 
@@ -114,7 +135,15 @@ class MMRL(Host):
     }
     # the released config (configs/trainers/MMRL/vit_b16.yaml) sets REG_WEIGHT 1.0; the per-dataset table overrides it
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
-        "paper": {"mmrl": {"reg_weight_fallback": 1.0}, "train@imagenet": {"batch_size": 32, "epochs": 5}},
+        "paper": {
+            "mmrl": {
+                "reg_weight_fallback": 1.0,
+                "init_std": 0.02,
+                "aligner_bias_init": "pytorch",
+                "proj_rep_init": "normal",
+            },
+            "train@imagenet": {"batch_size": 32, "epochs": 5},
+        },
     }
     sources: ClassVar[dict[str, str]] = {
         "n_rep_tokens": f"{MMRL_CONFIG} (N_REP_TOKENS 5)",
@@ -124,6 +153,8 @@ class MMRL(Host):
         "reg_weight": "yunncheng/MMRL trainers/config.py (the per-dataset REG_WEIGHT table)",
         "reg_weight_fallback": f"{MMRL_CONFIG} (REG_WEIGHT 1.0, for a dataset outside the table)",
         "init_std": "yunncheng/MMRL trainers/mmrl.py (nn.init.normal_(std=0.02) of the representation tokens)",
+        "aligner_bias_init": "yunncheng/MMRL trainers/mmrl.py (the aligners are plain nn.Linear)",
+        "proj_rep_init": "yunncheng/MMRL trainers/mmrl.py (proj_rep = scale * torch.randn(width, embed_dim))",
         "template": "yunncheng/MMRL trainers/mmrl.py (the dataset's hand-crafted template)",
         **schedule_sources(MMRL_CONFIG, training_defaults, crop=f"{MMRL_CONFIG} (RRCROP_SCALE (0.5, 1.0))"),
         "train@imagenet.batch_size": "yunncheng/MMRL configs/trainers/MMRL/vit_b16_imagenet.yaml (BATCH_SIZE 32)",
@@ -135,6 +166,8 @@ class MMRL(Host):
             config.rep_dim = WIDE_REP_DATASETS.get(context.dataset or "", 512)
         if config.reg_weight is None:
             config.reg_weight = REG_WEIGHTS.get(context.dataset or "", config.reg_weight_fallback)
+        check_choice("mmrl.aligner_bias_init", config.aligner_bias_init, ALIGNER_BIAS_INITS)
+        check_choice("mmrl.proj_rep_init", config.proj_rep_init, PROJ_REP_INITS)
         super().__init__(config, context)
         self.backbone = [context.backbone]
         self.template = config.template or context.template
@@ -147,11 +180,18 @@ class MMRL(Host):
         )
         vision_aligner = nn.Linear(config.rep_dim, vision.width, device=device)
         text_aligner = nn.Linear(config.rep_dim, self.text_encoder.width, device=device)
+        if config.aligner_bias_init == "zero":
+            nn.init.zeros_(vision_aligner.bias)
+            nn.init.zeros_(text_aligner.bias)
         self.vision_aligners = nn.ModuleList(
             [copy.deepcopy(vision_aligner) for _ in range(layers)]
         )  # identical at init, as released
         self.text_aligners = nn.ModuleList([copy.deepcopy(text_aligner) for _ in range(layers)])
-        self.proj_rep = nn.Parameter(torch.randn(vision.width, context.embed_dim, device=device) * vision.width**-0.5)
+        self.proj_rep = nn.Parameter(
+            _clip_projection(vision, context.embed_dim, device)
+            if config.proj_rep_init == "clip"
+            else torch.randn(vision.width, context.embed_dim, device=device) * vision.width**-0.5
+        )
         self.image_encoder = [vision]
 
     def image_prompts(self) -> list[PromptGroup]:
