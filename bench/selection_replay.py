@@ -1,20 +1,27 @@
 """Replay model selection: which epoch each rule would keep, and what that epoch scores on test.
 
 A default run scores every epoch on validation (a few images held out of the training images).
-This script trains SpectralWorld rows as `specpl bench defaults` does, and after every epoch also
-scores the test split (base and new classes, with the RNG state put back, so training runs as it
-would without the extra scoring). Then it replays three rules over the same runs:
+This script trains rows as `specpl bench defaults` does, on a SpectralWorld camera (base-to-new)
+or on the demo set (all classes), and after every epoch also scores the test split, with the RNG
+state put back, so training runs as it would without the extra scoring. Selection only chooses
+which scored state is exported, so replaying a rule over these traces gives exactly what a default
+run under that rule would report. The rules:
 - ``best accuracy``: the epoch with the highest validation accuracy (then lower cross-entropy);
 - ``last``: the last epoch;
 - ``shipped``: `specpl.selection.Selection.settle`, the default preset's rule.
-and prints the HM of the kept epoch per row (mean over seeds) and the sum over rows.
+It prints the headline of the kept epoch per row (HM, or accuracy on the demo set; mean over
+seeds) and the sum over rows. ``--save`` writes the traces as JSON and ``--load`` replays saved
+traces without training, so a changed rule can be compared on the same runs.
 
-    python bench/selection_replay.py --camera dusk --rows coop cocoop ivlp ivlp+specpl [--seeds 1 2 3]
+    python bench/selection_replay.py --domain dusk --rows coop cocoop ivlp ivlp+specpl [--seeds 1 2 3]
+    python bench/selection_replay.py --domain demo --rows coop ivlp --save /tmp/demo-traces.json
+    python bench/selection_replay.py --load /tmp/demo-traces.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -23,9 +30,10 @@ import torch
 
 from specpl.backbone import load_backbone
 from specpl.bands import build_decomposer
-from specpl.config import DecomposerConfig, MethodConfig
+from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig
 from specpl.data import read_fewshot_folder
-from specpl.defaults import world_backbone_config
+from specpl.datasets import read_dataset
+from specpl.defaults import demo_data_dir, world_backbone_config
 from specpl.evaluate import harmonic_mean
 from specpl.inference import Predictor
 from specpl.selection import Selection
@@ -34,31 +42,47 @@ from specpl.world.benchmark import BenchRow, WorldBenchConfig, row_run_config
 from specpl.world.defaults_bench import parse_ablation
 from specpl.world.generator import write_fewshot_folder
 
+DEMO = "demo"
+RULES = ("best accuracy", "last", "shipped")
+
 
 class TracingTrainer(Trainer):
-    """A trainer that also scores the test split (base, new) whenever it scores validation."""
+    """A trainer that also scores the test splits of every state a rule can keep: a trace entry is
+    [validation accuracy, validation cross-entropy, test accuracy per split]. Test is scored for
+    the initial state, each epoch that becomes the best on validation, and the last epoch; other
+    entries hold None there (a rule keeps the initial, the best or the last state, never another)."""
 
     def __init__(self, *args, splits: dict[str, tuple], **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.splits, self.trace = splits, []
 
-    def _test(self, model) -> tuple[float, float]:
+    def _test(self, model) -> None:
         with torch.random.fork_rng():
             predictor, scores = Predictor(model), {}
-            for split in ("new", "base"):  # base last: the model trains on the base classes
-                data, novel = self.splits[split]
+            for split, (data, novel) in reversed(self.splits.items()):  # the training classes last
                 predictor.set_classnames(data.classnames, novel=novel)
                 scores[split] = predictor.evaluate(data.test).accuracy
         model.train()
-        return scores["base"], scores["new"]
+        self.trace[-1][2:] = [scores[split] for split in self.splits]
 
     def _validate(self, predictor, data, accelerator):
         accuracy, loss = super()._validate(predictor, data, accelerator)
-        self.trace.append((accuracy, loss, *self._test(predictor.model)))
+        self.trace.append([accuracy, loss, *[None] * len(self.splits)])
         return accuracy, loss
 
+    def _start_selection(self, model, *args, **kwargs):
+        selection = super()._start_selection(model, *args, **kwargs)
+        self._test(model)
+        return selection
 
-def replay(trace: list[tuple[float, float, float, float]], val_images: int) -> dict[str, int]:
+    def _score_epoch(self, model, data, epoch, epochs, step, accelerator):
+        accuracy = super()._score_epoch(model, data, epoch, epochs, step, accelerator)
+        if epoch == epochs or self.selection.best_epoch == epoch:
+            self._test(model)
+        return accuracy
+
+
+def replay(trace: list[list[float]], val_images: int) -> dict[str, int]:
     """The epoch each rule keeps. trace[0] is zero-shot CLIP's validation score, trace[1] the
     initial state's (epoch 0), then one entry per epoch."""
     epochs = trace[1:]
@@ -70,40 +94,55 @@ def replay(trace: list[tuple[float, float, float, float]], val_images: int) -> d
     return {"best accuracy": best, "last": len(epochs) - 1, "shipped": selection.kept_epoch}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--camera", default="dusk")
-    parser.add_argument("--rows", nargs="+", required=True, help="HOST[+BOOSTER...][:COMPONENT.KEY=VALUE,...]")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--test-per-class", type=int, default=50)
-    args = parser.parse_args()
+def headline(test: list[float | None]) -> float:
+    """HM of (base, new), or the accuracy of a demo-set trace."""
+    if None in test:
+        raise ValueError("a rule kept a state whose test split was not scored")
+    return harmonic_mean(*test) if len(test) == 2 else test[0]
+
+
+def trace_runs(args: argparse.Namespace) -> dict:
+    """Train every row on every seed and return {"domain", "rows": {row: {seed: {val_images, trace}}}}."""
     torch.set_num_threads(1)
     backbone = load_backbone(world_backbone_config())
     decomposer_config = DecomposerConfig(name="fft", image_size=64)
     decomposer = build_decomposer(decomposer_config)
-    config = WorldBenchConfig(
+    world = WorldBenchConfig(
         shots=4,
         test_per_class=args.test_per_class,
         epochs=None,
         batch_size=None,
         n_ctx=None,
         decomposer=decomposer_config,
-        camera=args.camera,
+        camera=args.domain,
     )
-    kept: dict[str, dict[str, list[float]]] = {}
+    traces: dict = {"domain": args.domain, "test_per_class": args.test_per_class, "rows": {}}
     with tempfile.TemporaryDirectory() as workdir:
+        demo_root = demo_data_dir(Path(workdir) / "demo") if args.domain == DEMO else None
         for seed in args.seeds:
-            root = write_fewshot_folder(
-                Path(workdir) / f"data-{seed}", config.shots, config.test_per_class, seed, camera=args.camera
-            )
-            splits = {
-                s: (read_fewshot_folder(root, shots=config.shots, seed=seed, subsample=s), s == "new")
-                for s in ("base", "new")
-            }
+            if demo_root is None:
+                root = write_fewshot_folder(
+                    Path(workdir) / f"data-{seed}", world.shots, world.test_per_class, seed, camera=args.domain
+                )
+                splits = {
+                    s: (read_fewshot_folder(root, shots=world.shots, seed=seed, subsample=s), s == "new")
+                    for s in ("base", "new")
+                }
+            else:
+                splits = {"all": (read_dataset(DataConfig(root=str(demo_root), seed=seed)), False)}
             for index, text in enumerate(args.rows):
                 host, boosters, options = parse_ablation(text)
                 row = BenchRow(text, MethodConfig(host=host, boosters=boosters, options=options))
-                run = row_run_config(row, config, backbone, root, seed)
+                if demo_root is None:
+                    run = row_run_config(row, world, backbone, root, seed)
+                else:  # as `specpl bench defaults` trains the demo set: no flag but the seed
+                    run = RunConfig(
+                        backbone=backbone.config,
+                        decomposer=decomposer_config,
+                        method=row.method,
+                        data=DataConfig(root=str(demo_root), seed=seed),
+                    )
+                    run.train.seed = seed
                 trainer = TracingTrainer(
                     run,
                     Path(workdir) / f"row{index}-{seed}",
@@ -113,31 +152,55 @@ def main() -> None:
                     splits=splits,
                 )
                 result = trainer.fit()
-                val_images = result.metrics["selection"]["val_images"]
-                trace = trainer.trace
-                if (
-                    len(trace) != len(result.metrics["selection"]["per_epoch_val"]) + 2
-                ):  # zero-shot, initial, every epoch
-                    raise RuntimeError(
-                        f"{text}: {len(trace)} validation scores for "
-                        f"{len(result.metrics['selection']['per_epoch_val'])} epochs"
-                    )
-                for rule, epoch in replay(trace, val_images).items():
-                    base, new = trace[1 + epoch][2:]
-                    kept.setdefault(text, {}).setdefault(rule, []).append(harmonic_mean(base, new))
-                print(
-                    f"seed {seed} {text}: "
-                    + ", ".join(f"{rule} {values[-1]:.1f}" for rule, values in kept[text].items()),
-                    flush=True,
-                )
-    totals = {rule: 0.0 for rule in ("best accuracy", "last", "shipped")}
-    print(f"\n| row ({args.camera}, seeds {' '.join(map(str, args.seeds))}) | " + " | ".join(totals) + " |")
-    print("|---" * (len(totals) + 1) + "|")
-    for text, rules in kept.items():
-        print(f"| {text} | " + " | ".join(f"{statistics.fmean(rules[rule]):.1f}" for rule in totals) + " |")
-        for rule in totals:
-            totals[rule] += statistics.fmean(rules[rule])
+                epochs = len(result.metrics["selection"]["per_epoch_val"])
+                if len(trainer.trace) != epochs + 2:  # zero-shot, initial, every epoch
+                    raise RuntimeError(f"{text}: {len(trainer.trace)} validation scores for {epochs} epochs")
+                traces["rows"].setdefault(text, {})[str(seed)] = {
+                    "val_images": result.metrics["selection"]["val_images"],
+                    "reported": headline([result.metrics[k] for k in ("base", "new") if k in result.metrics])
+                    if demo_root is None
+                    else result.metrics["accuracy"],
+                    "trace": trainer.trace,
+                }
+                print(f"seed {seed} {text}: traced {epochs} epochs", flush=True)
+    return traces
+
+
+def report(traces: dict) -> None:
+    """The kept epoch's headline per rule, per row (mean over seeds), and the sum over rows."""
+    totals = dict.fromkeys(RULES, 0.0)
+    seeds = sorted({seed for runs in traces["rows"].values() for seed in runs}, key=int)
+    print(f"\n| row ({traces['domain']}, seeds {' '.join(seeds)}) | " + " | ".join(RULES) + " |")
+    print("|---" * (len(RULES) + 1) + "|")
+    for text, runs in traces["rows"].items():
+        kept = {rule: [] for rule in RULES}
+        for run in runs.values():
+            for rule, epoch in replay(run["trace"], run["val_images"]).items():
+                kept[rule].append(headline(run["trace"][1 + epoch][2:]))
+        print(f"| {text} | " + " | ".join(f"{statistics.fmean(kept[rule]):.2f}" for rule in RULES) + " |")
+        for rule in RULES:
+            totals[rule] += statistics.fmean(kept[rule])
     print("| sum | " + " | ".join(f"{value:.1f}" for value in totals.values()) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domain", "--camera", default="dusk", help="a SpectralWorld camera, or 'demo'")
+    parser.add_argument("--rows", nargs="+", help="HOST[+BOOSTER...][:COMPONENT.KEY=VALUE,...]")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--test-per-class", type=int, default=50)
+    parser.add_argument("--save", type=Path, help="write the traces here as JSON")
+    parser.add_argument("--load", type=Path, help="replay traces saved by --save instead of training")
+    args = parser.parse_args()
+    if args.load:
+        traces = json.loads(args.load.read_text())
+    elif args.rows:
+        traces = trace_runs(args)
+        if args.save:
+            args.save.write_text(json.dumps(traces))
+    else:
+        parser.error("give --rows to train, or --load saved traces")
+    report(traces)
 
 
 if __name__ == "__main__":
