@@ -90,6 +90,11 @@ def test_the_initial_state_is_kept_unless_training_is_seen_to_help():
     assert surer.settle(2) is None and surer.kept_epoch == 2
     perfect = scored({0: 100, 1: 100, 2: 100}, losses={0: 0.05, 1: 0.02, 2: 0.01})  # nothing left to be seen improving
     assert float(perfect.settle(2)["w"]) == 0.0 and perfect.kept_epoch == 0
+    # the demo set's case: the initial state misses one of 16, training fixes it; one image is no evidence
+    near = scored({0: 15 / 16 * 100, 1: 100.0, 2: 100.0}, images=16)
+    assert float(near.settle(2)["w"]) == 0.0 and near.kept_epoch == 0
+    two = scored({0: 14 / 16 * 100, 1: 100.0, 2: 100.0}, images=16)  # two fixed: kept
+    assert two.settle(2) is None and two.kept_epoch == 2
 
 
 def test_the_verdict_says_plainly_how_the_kept_model_compares_with_zero_shot():
