@@ -8,6 +8,8 @@ which scored state is exported, so replaying a rule over these traces gives exac
 run under that rule would report. The rules:
 - ``best accuracy``: the epoch with the highest validation accuracy (then lower cross-entropy);
 - ``last``: the last epoch;
+- ``round 2``: the rule before round 3 of choosing the defaults (bench/DEFAULTS.md): the initial
+  state was kept only when it got every validation image right, not when it missed one;
 - ``shipped``: `specpl.selection.Selection.settle`, the default preset's rule.
 It prints the headline of the kept epoch per row (HM, or accuracy on the demo set; mean over
 seeds) and the sum over rows. ``--save`` writes the traces as JSON and ``--load`` replays saved
@@ -15,7 +17,7 @@ traces without training, so a changed rule can be compared on the same runs.
 
     python bench/selection_replay.py --domain dusk --rows coop cocoop ivlp ivlp+specpl [--seeds 1 2 3]
     python bench/selection_replay.py --domain demo --rows coop ivlp --save /tmp/demo-traces.json
-    python bench/selection_replay.py --load /tmp/demo-traces.json
+    python bench/selection_replay.py --load /tmp/demo-traces.json [more.json ...]
 """
 
 from __future__ import annotations
@@ -36,14 +38,14 @@ from specpl.datasets import read_dataset
 from specpl.defaults import demo_data_dir, world_backbone_config
 from specpl.evaluate import harmonic_mean
 from specpl.inference import Predictor
-from specpl.selection import Selection
+from specpl.selection import Selection, noise_margin
 from specpl.trainer import Trainer
 from specpl.world.benchmark import BenchRow, WorldBenchConfig, row_run_config
 from specpl.world.defaults_bench import parse_ablation
 from specpl.world.generator import write_fewshot_folder
 
 DEMO = "demo"
-RULES = ("best accuracy", "last", "shipped")
+RULES = ("best accuracy", "last", "round 2", "shipped")
 
 
 class TracingTrainer(Trainer):
@@ -91,7 +93,21 @@ def replay(trace: list[list[float]], val_images: int) -> dict[str, int]:
     for epoch, (accuracy, loss, *_) in enumerate(epochs):
         selection.offer(epoch, accuracy, {"epoch": torch.tensor([epoch])}, loss)
     selection.settle(len(epochs) - 1)
-    return {"best accuracy": best, "last": len(epochs) - 1, "shipped": selection.kept_epoch}
+    return {
+        "best accuracy": best,
+        "last": len(epochs) - 1,
+        "round 2": round_two(selection, len(epochs) - 1),
+        "shipped": selection.kept_epoch,
+    }
+
+
+def round_two(selection: Selection, last: int) -> int:
+    """The epoch round 2's rule kept: the last or the best as now, then the initial state only when
+    the choice did not beat it (accuracy, then cross-entropy) or it got every validation image right."""
+    scores, best = selection.scores, selection.best_epoch
+    kept = last if scores[last] >= scores[best] - noise_margin(scores[best], selection.val_images) else best
+    rank = lambda epoch: (scores[epoch], -selection.losses[epoch])  # noqa: E731
+    return 0 if scores[0] >= 100.0 or rank(kept) <= rank(0) else kept
 
 
 def headline(test: list[float | None]) -> float:
@@ -190,17 +206,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--test-per-class", type=int, default=50)
     parser.add_argument("--save", type=Path, help="write the traces here as JSON")
-    parser.add_argument("--load", type=Path, help="replay traces saved by --save instead of training")
+    parser.add_argument("--load", type=Path, nargs="+", help="replay traces saved by --save instead of training")
     args = parser.parse_args()
     if args.load:
-        traces = json.loads(args.load.read_text())
+        for path in args.load:
+            report(json.loads(path.read_text()))
     elif args.rows:
         traces = trace_runs(args)
         if args.save:
             args.save.write_text(json.dumps(traces))
+        report(traces)
     else:
         parser.error("give --rows to train, or --load saved traces")
-    report(traces)
 
 
 if __name__ == "__main__":
