@@ -78,7 +78,7 @@ class MMRLConfig:
     )
     init_std: float = 1e-4  # std of R; the paper preset: the released 0.02
     aligner_bias_init: str = "zero"  # "zero": tokens start near zero; "pytorch": nn.Linear's uniform init (released)
-    proj_rep_init: str = "clip"  # "clip": a copy of CLIP's image projection; "normal": N(0, width^-1) (released)
+    proj_rep_init: str = "clip"  # "clip": a copy of CLIP's image projection; "normal": std width^-0.5 (released)
     template: str | None = None  # None: the run's (the dataset's) hand-crafted template
 
 
@@ -153,8 +153,8 @@ class MMRL(Host):
         "reg_weight": "yunncheng/MMRL trainers/config.py (the per-dataset REG_WEIGHT table)",
         "reg_weight_fallback": f"{MMRL_CONFIG} (REG_WEIGHT 1.0, for a dataset outside the table)",
         "init_std": "yunncheng/MMRL trainers/mmrl.py (nn.init.normal_(std=0.02) of the representation tokens)",
-        "aligner_bias_init": "yunncheng/MMRL trainers/mmrl.py (the aligners are plain nn.Linear)",
-        "proj_rep_init": "yunncheng/MMRL trainers/mmrl.py (proj_rep = scale * torch.randn(width, embed_dim))",
+        "aligner_bias_init": "yunncheng/MMRL trainers/mmrl.py (the aligners are nn.Linear with PyTorch's init)",
+        "proj_rep_init": "yunncheng/MMRL clip/model_mmrl.py (proj_rep drawn at random, std width^-0.5)",
         "template": "yunncheng/MMRL trainers/mmrl.py (the dataset's hand-crafted template)",
         **schedule_sources(MMRL_CONFIG, training_defaults, crop=f"{MMRL_CONFIG} (RRCROP_SCALE (0.5, 1.0))"),
         "train@imagenet.batch_size": "yunncheng/MMRL configs/trainers/MMRL/vit_b16_imagenet.yaml (BATCH_SIZE 32)",
