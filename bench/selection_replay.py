@@ -2,8 +2,10 @@
 
 A default run scores every epoch on validation (a few images held out of the training images).
 This script trains rows as `specpl bench defaults` does, on a SpectralWorld camera (base-to-new)
-or on the demo set (all classes), and after every epoch also scores the test split, with the RNG
-state put back, so training runs as it would without the extra scoring. Selection only chooses
+or on the demo set (all classes), and also scores the test split of every state a rule can keep
+(the initial state, each new best on validation, the last epoch), with the RNG state put back, so
+training runs as it would without the extra scoring. Each run's reported result is kept beside
+its trace. Selection only chooses
 which scored state is exported, so replaying a rule over these traces gives exactly what a default
 run under that rule would report. The rules:
 - ``best accuracy``: the epoch with the highest validation accuracy (then lower cross-entropy);
