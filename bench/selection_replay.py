@@ -40,7 +40,7 @@ from specpl.datasets import read_dataset
 from specpl.defaults import demo_data_dir, world_backbone_config
 from specpl.evaluate import harmonic_mean
 from specpl.inference import Predictor
-from specpl.selection import Selection, noise_margin
+from specpl.selection import Selection
 from specpl.trainer import Trainer
 from specpl.world.benchmark import BenchRow, WorldBenchConfig, row_run_config
 from specpl.world.defaults_bench import parse_ablation
@@ -90,13 +90,12 @@ def replay(trace: list[list[float]], val_images: int) -> dict[str, int]:
     """The epoch each rule keeps. trace[0] is zero-shot CLIP's validation score, trace[1] the
     initial state's (epoch 0), then one entry per epoch."""
     epochs = trace[1:]
-    best = max(range(len(epochs)), key=lambda e: (epochs[e][0], -epochs[e][1], e))
     selection = Selection(val_images, trace[0][0])
     for epoch, (accuracy, loss, *_) in enumerate(epochs):
         selection.offer(epoch, accuracy, {"epoch": torch.tensor([epoch])}, loss)
     selection.settle(len(epochs) - 1)
     return {
-        "best accuracy": best,
+        "best accuracy": selection.best_epoch,
         "last": len(epochs) - 1,
         "round 2": round_two(selection, len(epochs) - 1),
         "shipped": selection.kept_epoch,
@@ -106,8 +105,7 @@ def replay(trace: list[list[float]], val_images: int) -> dict[str, int]:
 def round_two(selection: Selection, last: int) -> int:
     """The epoch round 2's rule kept: the last or the best as now, then the initial state only when
     the choice did not beat it (accuracy, then cross-entropy) or it got every validation image right."""
-    scores, best = selection.scores, selection.best_epoch
-    kept = last if scores[last] >= scores[best] - noise_margin(scores[best], selection.val_images) else best
+    scores, kept = selection.scores, selection.candidate(last)
     rank = lambda epoch: (scores[epoch], -selection.losses[epoch])  # noqa: E731
     return 0 if scores[0] >= 100.0 or rank(kept) <= rank(0) else kept
 

@@ -88,15 +88,17 @@ class Selection:
         """How many validation images `epoch` got wrong."""
         return round((100 - self.scores[epoch]) * self.val_images / 100)
 
+    def candidate(self, last_epoch: int) -> int:
+        """Rule 2: the last epoch, or the best when the last is below it by more than its noise."""
+        best = self.best_epoch
+        if self.scores[last_epoch] >= self.scores[best] - noise_margin(self.scores[best], self.val_images):
+            return last_epoch
+        return best
+
     def settle(self, last_epoch: int) -> dict[str, torch.Tensor] | None:
         """Decide the kept epoch once `last_epoch` is scored (see the module docstring); returns
         the state to restore, or None when the model as it ends training is kept."""
-        best = self.best_epoch
-        kept = (
-            last_epoch
-            if self.scores[last_epoch] >= self.scores[best] - noise_margin(self.scores[best], self.val_images)
-            else best
-        )
+        kept = self.candidate(last_epoch)
         if (
             0 in self.scores
             and self.initial_state
