@@ -151,12 +151,19 @@ def test_layernorm_refiner_is_the_spec_formula_and_has_no_gate():
         torch.testing.assert_close(bank(text), _normalise(spec), rtol=0, atol=1e-6)
 
 
-def test_gated_refiner_is_the_raw_direction_at_zero_and_the_spec_formula_at_one():
+@pytest.mark.parametrize(
+    "refiner, blend",
+    [
+        ("nlerp", lambda q, spec, g: q + g * (_normalise(spec) - q)),  # between unit directions
+        ("gated", lambda q, spec, g: q + g * (spec - q)),  # the earlier default: towards LN's unnormalised output
+    ],
+)
+def test_gated_refiners_are_the_raw_direction_at_zero_and_the_spec_formula_at_one(refiner, blend):
     generator = torch.Generator().manual_seed(1)
-    gated = _random_bank("gated", generator)
+    gated = _random_bank(refiner, generator)
     layernorm = VisualSemanticBank(8, size=5, tau=0.5, refiner="layernorm")
     missing, unexpected = layernorm.load_state_dict(gated.state_dict(), strict=False)
-    assert (missing, unexpected) == ([], ["gate"])  # the gate is the one tensor the gated form adds
+    assert (missing, unexpected) == ([], ["gate"])  # the gate is the one tensor the gated forms add
     text = torch.randn(6, 8, generator=generator) * 3
     q, spec = _spec_by_hand(gated, text)
     with torch.no_grad():
@@ -166,7 +173,27 @@ def test_gated_refiner_is_the_raw_direction_at_zero_and_the_spec_formula_at_one(
         torch.testing.assert_close(gated(text), _normalise(spec), rtol=0, atol=1e-6)
         torch.testing.assert_close(gated(text), layernorm(text), rtol=0, atol=1e-6)
         gated.gate.fill_(0.3)
-        torch.testing.assert_close(gated(text), _normalise(q + 0.3 * (spec - q)), rtol=0, atol=1e-6)
+        torch.testing.assert_close(gated(text), _normalise(blend(_normalise(q), spec, 0.3)), rtol=0, atol=1e-6)
+
+
+def test_nlerp_gate_turns_the_text_by_its_share_where_the_gated_form_hands_it_over():
+    """Why "nlerp" is the default: LN's output has a norm near sqrt(D) (8 here, at the world CLIP's
+    D = 64), so in the "gated" blend a gate of 0.1 already turns the text a large part of the way to
+    the refinement; between unit directions it turns it by about its share."""
+
+    def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.arccos((_normalise(a) * _normalise(b)).sum(-1).clamp(-1, 1))
+
+    share = {}
+    for refiner in ("nlerp", "gated"):
+        torch.manual_seed(4)
+        bank = VisualSemanticBank(64, size=16, tau=0.5, refiner=refiner)  # PyTorch's init, as built
+        text = torch.randn(6, 64, generator=torch.Generator().manual_seed(5))
+        q, spec = _spec_by_hand(bank, text)
+        with torch.no_grad():
+            bank.gate.fill_(0.1)
+            share[refiner] = (angle(q, bank(text)) / angle(q, spec)).mean().item()
+    assert share["nlerp"] < 0.15 < 0.3 < share["gated"], share
 
 
 def test_cocoop_test_blend_with_a_closed_gate_is_the_raw_direction(tiny_backbone):
@@ -194,14 +221,14 @@ def test_a_layernorm_specpl_has_the_tensors_and_draws_of_the_gated_one_but_the_g
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: SpecPLConfig(refiner="paper"), r"specpl\.refiner must be one of 'gated', 'layernorm'; got 'paper'"),
-        (lambda: VisualSemanticBank(4, refiner="LN"), r"specpl\.refiner must be one of 'gated', 'layernorm'; got 'LN'"),
+        (lambda: SpecPLConfig(refiner="paper"), r"specpl\.refiner must be one of 'nlerp', 'gated', 'layernorm'; got 'paper'"),
+        (lambda: VisualSemanticBank(4, refiner="LN"), r"specpl\.refiner must be one of 'nlerp', 'gated', 'layernorm'; got 'LN'"),
         (lambda: CoCoOpConfig(meta_init="xavier"), r"cocoop\.meta_init must be one of 'zero', 'pytorch'; got 'xavier'"),
         (
             lambda: resolve_method_options(
                 MethodConfig(host="coop", boosters=["specpl"], options={"specpl": {"refiner": "none"}})
             ),
-            r"specpl\.refiner must be one of 'gated', 'layernorm'; got 'none'",
+            r"specpl\.refiner must be one of 'nlerp', 'gated', 'layernorm'; got 'none'",
         ),
         (
             lambda: resolve_method_options(MethodConfig(host="cocoop", options={"cocoop": {"meta_init": "random"}})),

@@ -4,19 +4,26 @@ The bank is a frozen buffer of M unit vectors. Each class text feature retrieves
 bank rows and is refined by a small MLP + LayerNorm. The refiner runs at train and test time; its
 output depends only on the class set, so it is computed once per class set at inference.
 
-Two forms of the refiner (``refiner``), with q = normalise(text) and r the retrieved bank mixture:
-- ``"layernorm"``, the spec's: t~ = normalise(LN(q + MLP([q; r]))). LN sits on the residual path,
-  so no init of the MLP gives back q (a zero MLP still gives normalise(LN(q)), q centred and so
-  turned): a booster built this way starts from other text than its host's, often below it;
-- ``"gated"``: t~ = normalise(q + g * (LN(q + MLP([q; r])) - q)) with g a learned scalar that starts
-  at 0. At step 0 this is exactly normalise(q), the host's own text direction (and CoCoOp's test
-  blend of raw and refined text is the raw direction), so a booster never starts below its host.
-  g gets a gradient at the first step and the MLP and LN from the second, once g != 0; at g = 1 it
-  is the spec's form (normalise(q + (x - q)) = normalise(x)). The MLP keeps PyTorch's default init
-  in both forms, so both draw the same random numbers.
-The gate is a parameter only in the gated form: a bank of the spec's form has the same tensors as
-before the option existed. This module defaults to the spec's form; SpecPL's option picks one
-(`specpl.methods.specpl.SpecPLConfig.refiner`, "gated" by default).
+Three forms of the refiner (``refiner``), with q = normalise(text), r the retrieved bank mixture
+and x = LN(q + MLP([q; r])), the spec's refinement:
+- ``"layernorm"``, the spec's: t~ = normalise(x). LN sits on the residual path, so no init of the
+  MLP gives back q (a zero MLP still gives normalise(LN(q)), q centred and so turned): a booster
+  built this way starts from other text than its host's, often below it;
+- ``"nlerp"`` (the default): t~ = normalise(q + g * (normalise(x) - q)), a normalised linear
+  interpolation between two unit directions with g a learned scalar that starts at 0. At step 0
+  this is exactly q, the host's own text direction (and CoCoOp's test blend of raw and refined
+  text is the raw direction), so a booster never starts below its host; at g = 1 it is the spec's
+  form. g gets a gradient at the first step and the MLP and LN from the second, once g != 0;
+- ``"gated"``: t~ = normalise(q + g * (x - q)), the default of models saved before ``"nlerp"``,
+  kept so they rebuild as trained. x has a norm near sqrt(D) (8 on the world CLIP, 23 on ViT-B/16)
+  against q's 1, so a gate of a tenth already hands the direction to x: the gate acts as a switch, and
+  on a domain where zero-shot is near chance one seed in three collapsed to a uniform guess in its
+  first full-rate epoch (bench/DEFAULTS.md, round 3). Interpolating between unit vectors makes g
+  the share of the turn it reads as.
+The MLP keeps PyTorch's default init in every form, so all draw the same random numbers. The gate
+is a parameter only in the gated forms: a bank of the spec's form has the same tensors as before
+the option existed. This module defaults to the spec's form; SpecPL's option picks one
+(`specpl.methods.specpl.SpecPLConfig.refiner`, "nlerp" by default).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from torch import nn
 
 from specpl.config import check_choice
 
-REFINERS = ("gated", "layernorm")
+REFINERS = ("nlerp", "gated", "layernorm")
 
 
 def check_refiner(refiner: str) -> str:
@@ -46,7 +53,7 @@ class VisualSemanticBank(nn.Module):
         self.register_buffer("bank", F.normalize(torch.randn(size, dim), dim=-1))
         self.mlp = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.norm = nn.LayerNorm(dim)
-        if refiner == "gated":
+        if refiner != "layernorm":
             self.gate = nn.Parameter(torch.zeros(()))  # after the MLP and LN: the same random draws as "layernorm"
 
     @torch.no_grad()
@@ -62,12 +69,15 @@ class VisualSemanticBank(nn.Module):
             self.bank[nearest] = F.normalize((1 - self.momentum) * self.bank[nearest] + self.momentum * feature, dim=-1)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
-        """Refine text features (..., D), r = softmax(qB^T/tau) B: t~ = normalise(LN(q + MLP([q; r])))
-        ("layernorm"), or normalise(q + g * (LN(q + MLP([q; r])) - q)) ("gated")."""
+        """Refine text features (..., D) with r = softmax(qB^T/tau) B and x = LN(q + MLP([q; r])):
+        t~ = normalise(x) ("layernorm"), normalise(q + g * (normalise(x) - q)) ("nlerp") or
+        normalise(q + g * (x - q)) ("gated")."""
         query = F.normalize(text, dim=-1)
         weights = torch.softmax(query @ self.bank.t().to(query) / self.tau, dim=-1)
         retrieved = weights @ self.bank.to(query)
         refined = self.norm(query + self.mlp(torch.cat([query, retrieved], dim=-1)))
-        if self.refiner == "gated":
+        if self.refiner == "nlerp":
+            refined = query + self.gate * (F.normalize(refined, dim=-1) - query)
+        elif self.refiner == "gated":
             refined = query + self.gate * (refined - query)
         return F.normalize(refined, dim=-1)

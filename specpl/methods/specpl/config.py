@@ -24,9 +24,7 @@ class SpecPLConfig:
     test_blend: float = 1.0  # share of the refined text at test (1: refined only; the paper preset's CoCoOp: 0.5)
     refine_novel: bool = True  # False: classes marked novel keep their raw text at test (MMRL's routing, on any host)
     band_stat_dim: int | None = None  # None: the run's decomposer says (recorded once built)
-    refiner: str = (
-        "gated"  # "gated": zero-init gate, identity at step 0; "layernorm": the spec's form (see the module docstring)
-    )
+    refiner: str = "nlerp"  # zero-init gate between unit directions, identity at step 0 (bank module docstring)
 
     def __post_init__(self) -> None:
         check_refiner(self.refiner)
