@@ -221,8 +221,14 @@ def test_a_layernorm_specpl_has_the_tensors_and_draws_of_the_gated_one_but_the_g
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: SpecPLConfig(refiner="paper"), r"specpl\.refiner must be one of 'nlerp', 'gated', 'layernorm'; got 'paper'"),
-        (lambda: VisualSemanticBank(4, refiner="LN"), r"specpl\.refiner must be one of 'nlerp', 'gated', 'layernorm'; got 'LN'"),
+        (
+            lambda: SpecPLConfig(refiner="paper"),
+            r"specpl\.refiner must be one of 'nlerp', 'gated', 'layernorm'; got 'paper'",
+        ),
+        (
+            lambda: VisualSemanticBank(4, refiner="LN"),
+            r"specpl\.refiner must be one of 'nlerp', 'gated', 'layernorm'; got 'LN'",
+        ),
         (lambda: CoCoOpConfig(meta_init="xavier"), r"cocoop\.meta_init must be one of 'zero', 'pytorch'; got 'xavier'"),
         (
             lambda: resolve_method_options(
