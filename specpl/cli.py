@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults.add_argument(
         "--held-out",
         nargs="*",
-        default=["haze", "neon"],
+        default=["haze", "underwater"],
         choices=list(CAMERAS),
         help="cameras the defaults were not chosen on (they confirm them)",
     )

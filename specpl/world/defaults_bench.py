@@ -42,7 +42,7 @@ class DefaultsBenchConfig:
     shots: int = 4
     test_per_class: int = 50
     chosen_on: tuple[str, ...] = ("sepia", "dusk")  # cameras the defaults were chosen on
-    held_out: tuple[str, ...] = ("haze", "neon")  # cameras that confirm them
+    held_out: tuple[str, ...] = ("haze", "underwater")  # cameras that confirm them
     demo: bool = True
     ablations: tuple[str, ...] = ()  # "host+booster:component.key=value" rows, on every world camera
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))

@@ -95,6 +95,7 @@ CAMERAS: dict[str, tuple[float, tuple[int, int, int]]] = {
     ),  # a cold, dark cast: held out in the first round of choosing the defaults (bench/DEFAULTS.md)
     "haze": (0.4, (175, 195, 175)),  # a pale, washed-out cast: held out in the second round
     "neon": (0.45, (200, 60, 170)),  # a magenta cast, like a cheap LED light: added unseen for the third round
+    "underwater": (0.45, (30, 140, 150)),  # a teal cast, as under water: added unseen for the fourth round
 }
 
 
