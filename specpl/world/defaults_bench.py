@@ -41,7 +41,7 @@ class DefaultsBenchConfig:
     seeds: tuple[int, ...] = (1, 2, 3)
     shots: int = 4
     test_per_class: int = 50
-    chosen_on: tuple[str, ...] = ("sepia", "dusk")  # cameras the defaults were chosen on
+    chosen_on: tuple[str, ...] = ("sepia", "dusk", "neon")  # cameras the defaults were chosen on
     held_out: tuple[str, ...] = ("haze", "underwater")  # cameras that confirm them
     demo: bool = True
     ablations: tuple[str, ...] = ()  # "host+booster:component.key=value" rows, on every world camera
