@@ -61,6 +61,12 @@ def _backbone_config(args: argparse.Namespace, base: BackboneConfig) -> Backbone
     return base
 
 
+THREADS_HELP = (
+    "torch CPU threads for the run (default 1: on a small shared machine, spare OpenMP threads spin "
+    "and two benches side by side each run several times slower)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="specpl", description="Prompt learning for frozen CLIP models (CoOp + SpecPL and friends)."
@@ -242,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     world.add_argument("--shots", type=int, default=4)
     world.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    world.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     world.add_argument("--epochs", type=int, default=20)
     world.add_argument("--test-per-class", type=int, default=10)
     world.add_argument("--hosts", nargs="+", help="hosts to run (default: every registered host)")
@@ -319,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="boosters to run on each host that accepts them (none: the hosts alone)",
     )
     defaults.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    defaults.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     defaults.add_argument("--test-per-class", type=int, default=50)
     defaults.add_argument(
         "--domains",
@@ -597,6 +605,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     import dataclasses
     import time
 
+    import torch
+
     from specpl.backbone import load_backbone
     from specpl.bands import build_decomposer
     from specpl.defaults import world_backbone_config
@@ -613,6 +623,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         temporary_workdir,
     )
 
+    if args.threads < 1:
+        raise SystemExit(f"--threads must be at least 1; got {args.threads}")
+    torch.set_num_threads(args.threads)  # the report's provenance line records it
     # every host that can be boosted: not the zero-shot baseline, not a phase of a booster (CasPL's)
     hosts = tuple(
         args.hosts or [name for name in HOSTS.names() if name != "zeroshot" and HOSTS.get(name).accepts_boosters]

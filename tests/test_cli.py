@@ -3,9 +3,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from conftest import accelerate_launch
 
-from specpl.cli import main
+from specpl.cli import build_parser, main
 
 TINY = ["--backbone", "specpl-tiny", "--pretrained", "none"]
 
@@ -240,3 +241,13 @@ def test_methods_names_each_component_as_the_tables_do(capsys):
     out = capsys.readouterr().out
     assert "name in tables: default: DAPT-G (per-head GradCAM, ours); paper: DAPT-G\n" in out
     assert "name in tables: ISP (reconstructed)\n" in out and "name in tables: CoOp\n" in out
+
+
+def test_benches_run_on_one_thread_unless_told_and_refuse_fewer():
+    """Two benches side by side on a small machine each ran about 5x slower with torch's default
+    threads; one is the default and is recorded in the report's provenance line."""
+    parser = build_parser()
+    assert parser.parse_args(["bench", "defaults"]).threads == 1
+    assert parser.parse_args(["bench", "world", "--threads", "4"]).threads == 4
+    with pytest.raises(SystemExit, match="--threads must be at least 1; got 0"):
+        main(["bench", "defaults", "--threads", "0"])
