@@ -266,7 +266,7 @@ def test_paper_and_default_presets_differ_only_where_documented():
         )  # SpecPL's per-host rule: its own, not the host's
         assert options["default"]["specpl"]["bank_init_batches"] == 10
         assert (options["default"]["specpl"]["refiner"], options["paper"]["specpl"]["refiner"]) == (
-            "nlerp",
+            "interpolate",
             "layernorm",
         )
         changed = {k for k in options["default"][host] if options["default"][host][k] != options["paper"][host][k]}

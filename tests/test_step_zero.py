@@ -151,14 +151,8 @@ def test_layernorm_refiner_is_the_spec_formula_and_has_no_gate():
         torch.testing.assert_close(bank(text), _normalise(spec), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "refiner, blend",
-    [
-        ("nlerp", lambda q, spec, g: q + g * (_normalise(spec) - q)),  # between unit directions
-        ("gated", lambda q, spec, g: q + g * (spec - q)),  # the earlier default: towards LN's unnormalised output
-    ],
-)
-def test_gated_refiners_are_the_raw_direction_at_zero_and_the_spec_formula_at_one(refiner, blend):
+@pytest.mark.parametrize("refiner", ["interpolate", "gated"])
+def test_gated_refiners_are_the_raw_direction_at_zero_and_the_spec_formula_at_one(refiner):
     generator = torch.Generator().manual_seed(1)
     gated = _random_bank(refiner, generator)
     layernorm = VisualSemanticBank(8, size=5, tau=0.5, refiner="layernorm")
@@ -173,27 +167,31 @@ def test_gated_refiners_are_the_raw_direction_at_zero_and_the_spec_formula_at_on
         torch.testing.assert_close(gated(text), _normalise(spec), rtol=0, atol=1e-6)
         torch.testing.assert_close(gated(text), layernorm(text), rtol=0, atol=1e-6)
         gated.gate.fill_(0.3)
-        torch.testing.assert_close(gated(text), _normalise(blend(_normalise(q), spec, 0.3)), rtol=0, atol=1e-6)
+        torch.testing.assert_close(gated(text), _normalise(q + 0.3 * (spec - q)), rtol=0, atol=1e-6)
 
 
-def test_nlerp_gate_turns_the_text_by_its_share_where_the_gated_form_hands_it_over():
-    """Why "nlerp" is the default: LN's output has a norm near sqrt(D) (8 here, at the world CLIP's
-    D = 64), so in the "gated" blend a gate of 0.1 already turns the text a large part of the way to
-    the refinement; between unit directions it turns it by about its share."""
-
-    def angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.arccos((_normalise(a) * _normalise(b)).sum(-1).clamp(-1, 1))
-
-    share = {}
-    for refiner in ("nlerp", "gated"):
-        torch.manual_seed(4)
-        bank = VisualSemanticBank(64, size=16, tau=0.5, refiner=refiner)  # PyTorch's init, as built
-        text = torch.randn(6, 64, generator=torch.Generator().manual_seed(5))
-        q, spec = _spec_by_hand(bank, text)
+def test_the_default_gate_stays_between_the_host_text_and_the_refinement_and_can_reopen():
+    """A gate below 0 turned the unbounded form's text towards -LN(...) (whose norm is near
+    sqrt(D)); "interpolate" reads it as 0 (the host's text) and above 1 as 1 (the spec's form),
+    while the gradient still reaches the raw gate, so a gate pushed shut can open again."""
+    generator = torch.Generator().manual_seed(2)
+    bounded = _random_bank("interpolate", generator)
+    unbounded = _random_bank("gated", torch.Generator().manual_seed(2))
+    text = torch.randn(6, 8, generator=generator) * 3
+    q, spec = _spec_by_hand(bounded, text)
+    for value, expected in ((-0.7, _normalise(q)), (1.4, _normalise(spec))):
         with torch.no_grad():
-            bank.gate.fill_(0.1)
-            share[refiner] = (angle(q, bank(text)) / angle(q, spec)).mean().item()
-    assert share["nlerp"] < 0.15 < 0.3 < share["gated"], share
+            bounded.gate.fill_(value)
+            unbounded.gate.fill_(value)
+            torch.testing.assert_close(bounded(text), expected, rtol=0, atol=1e-6)
+            turned = _normalise(q + value * (spec - q))
+            torch.testing.assert_close(unbounded(text), turned, rtol=0, atol=1e-6)
+        bounded.gate.grad = None
+        (bounded(text) * spec).sum().backward()
+        assert bounded.gate.grad.abs() > 0
+    with torch.no_grad():
+        unbounded.gate.fill_(-0.7)
+        assert ((unbounded(text) * _normalise(q)).sum(-1) < 0).all()  # every class text turned past its own
 
 
 def test_cocoop_test_blend_with_a_closed_gate_is_the_raw_direction(tiny_backbone):
@@ -223,18 +221,18 @@ def test_a_layernorm_specpl_has_the_tensors_and_draws_of_the_gated_one_but_the_g
     [
         (
             lambda: SpecPLConfig(refiner="paper"),
-            r"specpl\.refiner must be one of 'nlerp', 'gated', 'layernorm'; got 'paper'",
+            r"specpl\.refiner must be one of 'interpolate', 'gated', 'layernorm'; got 'paper'",
         ),
         (
             lambda: VisualSemanticBank(4, refiner="LN"),
-            r"specpl\.refiner must be one of 'nlerp', 'gated', 'layernorm'; got 'LN'",
+            r"specpl\.refiner must be one of 'interpolate', 'gated', 'layernorm'; got 'LN'",
         ),
         (lambda: CoCoOpConfig(meta_init="xavier"), r"cocoop\.meta_init must be one of 'zero', 'pytorch'; got 'xavier'"),
         (
             lambda: resolve_method_options(
                 MethodConfig(host="coop", boosters=["specpl"], options={"specpl": {"refiner": "none"}})
             ),
-            r"specpl\.refiner must be one of 'nlerp', 'gated', 'layernorm'; got 'none'",
+            r"specpl\.refiner must be one of 'interpolate', 'gated', 'layernorm'; got 'none'",
         ),
         (
             lambda: resolve_method_options(MethodConfig(host="cocoop", options={"cocoop": {"meta_init": "random"}})),

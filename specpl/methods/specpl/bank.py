@@ -9,21 +9,22 @@ and x = LN(q + MLP([q; r])), the spec's refinement:
 - ``"layernorm"``, the spec's: t~ = normalise(x). LN sits on the residual path, so no init of the
   MLP gives back q (a zero MLP still gives normalise(LN(q)), q centred and so turned): a booster
   built this way starts from other text than its host's, often below it;
-- ``"nlerp"`` (the default): t~ = normalise(q + g * (normalise(x) - q)), a normalised linear
-  interpolation between two unit directions with g a learned scalar that starts at 0. At step 0
-  this is exactly q, the host's own text direction (and CoCoOp's test blend of raw and refined
-  text is the raw direction), so a booster never starts below its host; at g = 1 it is the spec's
-  form. g gets a gradient at the first step and the MLP and LN from the second, once g != 0;
-- ``"gated"``: t~ = normalise(q + g * (x - q)), the default of models saved before ``"nlerp"``,
-  kept so they rebuild as trained. x has a norm near sqrt(D) (8 on the world CLIP, 23 on ViT-B/16)
-  against q's 1, so a gate of a tenth already hands the direction to x: the gate acts as a switch, and
-  on a domain where zero-shot is near chance one seed in three collapsed to a uniform guess in its
-  first full-rate epoch (bench/DEFAULTS.md, round 3). Interpolating between unit vectors makes g
-  the share of the turn it reads as.
+- ``"interpolate"`` (the default): t~ = normalise(q + g * (x - q)) with g a learned gate that starts
+  at 0 and is bounded to [0, 1], so the text lies between the host's own and the spec's
+  refinement, never beyond either. At step 0 this is exactly q, the host's text direction (and
+  CoCoOp's test blend of raw and refined text is the raw direction), so a booster never starts
+  below its host; at g = 1 it is the spec's form. g gets a gradient at the first step and the MLP
+  and LN from the second once the gate has opened; its gradient passes the bounds unchanged
+  (straight through), so a gate that a step pushed shut can open again;
+- ``"gated"``: the same blend with g unbounded, the default of models saved before
+  ``"interpolate"``, kept so they rebuild as trained. x has a norm near sqrt(D) (8 on the world
+  CLIP, 23 on ViT-B/16) against q's 1, so a negative gate turns the text towards -x: on a domain
+  where zero-shot is near chance, deep hosts pushed g below 0 within the first full-rate epoch on
+  one seed in three, and validation fell to 0-6 % (bench/DEFAULTS.md, round 4).
 The MLP keeps PyTorch's default init in every form, so all draw the same random numbers. The gate
 is a parameter only in the gated forms: a bank of the spec's form has the same tensors as before
 the option existed. This module defaults to the spec's form; SpecPL's option picks one
-(`specpl.methods.specpl.SpecPLConfig.refiner`, "nlerp" by default).
+(`specpl.methods.specpl.SpecPLConfig.refiner`, "interpolate" by default).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import nn
 
 from specpl.config import check_choice
 
-REFINERS = ("nlerp", "gated", "layernorm")
+REFINERS = ("interpolate", "gated", "layernorm")
 
 
 def check_refiner(refiner: str) -> str:
@@ -70,14 +71,15 @@ class VisualSemanticBank(nn.Module):
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         """Refine text features (..., D) with r = softmax(qB^T/tau) B and x = LN(q + MLP([q; r])):
-        t~ = normalise(x) ("layernorm"), normalise(q + g * (normalise(x) - q)) ("nlerp") or
-        normalise(q + g * (x - q)) ("gated")."""
+        t~ = normalise(x) ("layernorm"), or normalise(q + g * (x - q)) with g bounded to [0, 1]
+        ("interpolate") or unbounded ("gated")."""
         query = F.normalize(text, dim=-1)
         weights = torch.softmax(query @ self.bank.t().to(query) / self.tau, dim=-1)
         retrieved = weights @ self.bank.to(query)
         refined = self.norm(query + self.mlp(torch.cat([query, retrieved], dim=-1)))
-        if self.refiner == "nlerp":
-            refined = query + self.gate * (F.normalize(refined, dim=-1) - query)
-        elif self.refiner == "gated":
-            refined = query + self.gate * (refined - query)
+        if self.refiner != "layernorm":
+            gate = self.gate
+            if self.refiner == "interpolate":  # the bounded value forward, the raw gradient back
+                gate = gate + (gate.clamp(0.0, 1.0) - gate).detach()
+            refined = query + gate * (refined - query)
         return F.normalize(refined, dim=-1)

@@ -6,14 +6,14 @@ Documented in docs/methods/specpl.md. Where the spec lists an ambiguity we take 
   preset 10 on every host (spec §9);
 - the band projection MLPs stay frozen random projections (``train_band_mlps`` makes them trainable);
 - the refiner's MLP keeps PyTorch's default init (no zero-init last layer). By default
-  (``refiner="nlerp"``) a learned scalar gate g, starting at 0, turns the raw text direction
-  towards the spec's refinement x = LN(q + MLP([q; r])): t~ = normalise(q + g * (normalise(x) - q)).
+  (``refiner="interpolate"``) a learned gate g, starting at 0 and bounded to [0, 1], blends the
+  spec's refinement into the raw text direction: t~ = normalise(q + g * (LN(q + MLP([q; r])) - q)).
   So at step 0 the refined text is the host's own direction and SpecPL starts as the identity on
   its host, never below it (with the spec's form LN acts on the residual path and turns the text
-  however the MLP starts); g learns from the first step, the MLP and LN from the second.
-  ``refiner="layernorm"`` is the spec's form, normalise(x), with no gate parameter, for the paper
-  preset; ``"gated"`` blends the unnormalised x, the default before ``"nlerp"`` (it collapsed on
-  one seed in three where zero-shot is near chance; `specpl.methods.specpl.bank`);
+  however the MLP starts); g learns from the first step, the MLP and LN from the second once g > 0.
+  ``refiner="layernorm"`` is the spec's form, normalise(LN(q + MLP([q; r]))), with no gate
+  parameter, for the paper preset; ``"gated"`` is the unbounded gate, the default before (a
+  negative gate turns every class text towards -LN(...); `specpl.methods.specpl.bank`);
 - with batch size 1 the counterfactual loss reduces to the factual one, as in the reference code.
 Per host (spec §2, §4; the released MMRL + SpecPL code): tau 0.02 on CoCoOp. At test the ``paper`` preset's CoCoOp
 takes text = normalise(0.5 raw + 0.5 refined) with the raw feature unnormalised, as the released

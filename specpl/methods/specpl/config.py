@@ -24,7 +24,7 @@ class SpecPLConfig:
     test_blend: float = 1.0  # share of the refined text at test (1: refined only; the paper preset's CoCoOp: 0.5)
     refine_novel: bool = True  # False: classes marked novel keep their raw text at test (MMRL's routing, on any host)
     band_stat_dim: int | None = None  # None: the run's decomposer says (recorded once built)
-    refiner: str = "nlerp"  # zero-init gate between unit directions, identity at step 0 (bank module docstring)
+    refiner: str = "interpolate"  # a gate in [0, 1] from 0: identity at step 0 (the bank module's docstring)
 
     def __post_init__(self) -> None:
         check_refiner(self.refiner)
