@@ -13,14 +13,14 @@ and x = LN(q + MLP([q; r])), the spec's refinement:
   at 0 and is bounded to [0, 1], so the text lies between the host's own and the spec's
   refinement, never beyond either. At step 0 this is exactly q, the host's text direction (and
   CoCoOp's test blend of raw and refined text is the raw direction), so a booster never starts
-  below its host; at g = 1 it is the spec's form. g gets a gradient at the first step and the MLP
-  and LN from the second once the gate has opened; its gradient passes the bounds unchanged
-  (straight through), so a gate that a step pushed shut can open again;
+  below its host; at g = 1 it is the spec's form. g gets a gradient from the first step, the MLP
+  and LN from the step after it opens; its gradient passes the bounds unchanged (straight
+  through), so a gate that a step pushed shut can open again;
 - ``"gated"``: the same blend with g unbounded, the default of models saved before
   ``"interpolate"``, kept so they rebuild as trained. x has a norm near sqrt(D) (8 on the world
   CLIP, 23 on ViT-B/16) against q's 1, so a negative gate turns the text towards -x: on a domain
-  where zero-shot is near chance, deep hosts pushed g below 0 within the first full-rate epoch on
-  one seed in three, and validation fell to 0-6 % (bench/DEFAULTS.md, round 4).
+  where zero-shot is near chance, deep hosts pushed g below 0 early in training on one seed in
+  three, and validation fell to 0-6 % (bench/DEFAULTS.md, round 4).
 The MLP keeps PyTorch's default init in every form, so all draw the same random numbers. The gate
 is a parameter only in the gated forms: a bank of the spec's form has the same tensors as before
 the option existed. This module defaults to the spec's form; SpecPL's option picks one

@@ -10,7 +10,7 @@ Documented in docs/methods/specpl.md. Where the spec lists an ambiguity we take 
   spec's refinement into the raw text direction: t~ = normalise(q + g * (LN(q + MLP([q; r])) - q)).
   So at step 0 the refined text is the host's own direction and SpecPL starts as the identity on
   its host, never below it (with the spec's form LN acts on the residual path and turns the text
-  however the MLP starts); g learns from the first step, the MLP and LN from the second once g > 0.
+  however the MLP starts); g learns from the first step, the MLP and LN from the step after it opens.
   ``refiner="layernorm"`` is the spec's form, normalise(LN(q + MLP([q; r]))), with no gate
   parameter, for the paper preset; ``"gated"`` is the unbounded gate, the default before (a
   negative gate turns every class text towards -LN(...); `specpl.methods.specpl.bank`);
