@@ -69,6 +69,14 @@ def test_every_option_of_every_registered_method_and_run_setting_has_a_field():
     # a method option typed as a Literal is offered as a choice of its values
     structural = next(field for field in advanced.form_fields() if field.key == "isp.structural")
     assert structural.kind == "choice" and structural.choices == ("auto", "on", "off") and structural.default == "auto"
+    fields = {field.key: field for field in advanced.form_fields()}
+    for key, choices in {
+        "specpl.refiner": ("interpolate", "gated", "layernorm"),
+        "cocoop.meta_init": ("zero", "pytorch"),
+        "mmrl.aligner_bias_init": ("zero", "pytorch"),
+        "mmrl.proj_rep_init": ("clip", "normal"),
+    }.items():
+        assert (fields[key].kind, fields[key].choices, fields[key].default) == ("choice", choices, choices[0]), key
 
 
 def test_every_host_offers_the_two_presets_and_reference_reads_as_paper():

@@ -18,7 +18,7 @@ code does. Both draw the same random numbers, so the context is the same for a g
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,8 @@ from specpl.methods.sourcing import context_sources, schedule_sources
 from specpl.slots import PromptGroup
 from specpl.text import TextHook
 
-META_INITS = ("zero", "pytorch")
+MetaInit = Literal["zero", "pytorch"]  # a Literal, so forms offer the choices
+META_INITS: tuple[str, ...] = get_args(MetaInit)
 
 COCOOP_CONFIG = "KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"
 
@@ -46,7 +47,7 @@ class CoCoOpConfig:
     tail: str = "{}."  # the frozen text after the context, {} = the class name
     meta_reduction: int = 16  # meta-net hidden width = feature dim / this
     eval_pairs_per_chunk: int = 4096  # images x classes encoded at once at evaluation
-    meta_init: str = (
+    meta_init: MetaInit = (
         "zero"  # "zero": the meta-net's last layer starts at 0 (CoCoOp starts as CoOp); "pytorch": the released code's
     )
 

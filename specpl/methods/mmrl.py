@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,10 @@ REG_WEIGHTS = {
     "eurosat": 0.01,
 }
 WIDE_REP_DATASETS = {"eurosat": 2048}
+AlignerBiasInit = Literal["zero", "pytorch"]  # Literals, so forms offer the choices
+ProjRepInit = Literal["clip", "normal"]
+ALIGNER_BIAS_INITS: tuple[str, ...] = get_args(AlignerBiasInit)
+PROJ_REP_INITS: tuple[str, ...] = get_args(ProjRepInit)
 
 
 @dataclass
@@ -77,13 +81,9 @@ class MMRLConfig:
         0.5  # lambda for a dataset outside REG_WEIGHTS (the paper preset: the released yaml's 1.0)
     )
     init_std: float = 1e-4  # std of R; the paper preset: the released 0.02
-    aligner_bias_init: str = "zero"  # "zero": tokens start near zero; "pytorch": nn.Linear's uniform init (released)
-    proj_rep_init: str = "clip"  # "clip": a copy of CLIP's image projection; "normal": std width^-0.5 (released)
+    aligner_bias_init: AlignerBiasInit = "zero"  # "zero": tokens start near zero; "pytorch": Linear's init (released)
+    proj_rep_init: ProjRepInit = "clip"  # "clip": a copy of CLIP's projection; "normal": std width^-0.5 (released)
     template: str | None = None  # None: the run's (the dataset's) hand-crafted template
-
-
-ALIGNER_BIAS_INITS = ("zero", "pytorch")
-PROJ_REP_INITS = ("clip", "normal")
 
 
 def mmrl_logits(

@@ -29,13 +29,16 @@ the option existed. This module defaults to the spec's form; SpecPL's option pic
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from specpl.config import check_choice
 
-REFINERS = ("interpolate", "gated", "layernorm")
+Refiner = Literal["interpolate", "gated", "layernorm"]  # a Literal, so forms offer the choices
+REFINERS: tuple[str, ...] = get_args(Refiner)
 
 
 def check_refiner(refiner: str) -> str:

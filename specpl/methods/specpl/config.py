@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from specpl.methods.specpl.bank import check_refiner
+from specpl.methods.specpl.bank import Refiner, check_refiner
 
 HOST_TAU = {"cocoop": 0.02}  # spec §2: 0.07 for every other host
 
@@ -24,7 +24,7 @@ class SpecPLConfig:
     test_blend: float = 1.0  # share of the refined text at test (1: refined only; the paper preset's CoCoOp: 0.5)
     refine_novel: bool = True  # False: classes marked novel keep their raw text at test (MMRL's routing, on any host)
     band_stat_dim: int | None = None  # None: the run's decomposer says (recorded once built)
-    refiner: str = "interpolate"  # a gate in [0, 1] from 0: identity at step 0 (the bank module's docstring)
+    refiner: Refiner = "interpolate"  # a gate in [0, 1] from 0: identity at step 0 (the bank module's docstring)
 
     def __post_init__(self) -> None:
         check_refiner(self.refiner)
