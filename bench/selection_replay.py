@@ -105,9 +105,8 @@ def replay(trace: list[list[float]], val_images: int) -> dict[str, int]:
 def round_two(selection: Selection, last: int) -> int:
     """The epoch round 2's rule kept: the last or the best as now, then the initial state only when
     the choice did not beat it (accuracy, then cross-entropy) or it got every validation image right."""
-    scores, kept = selection.scores, selection.candidate(last)
-    rank = lambda epoch: (scores[epoch], -selection.losses[epoch])  # noqa: E731
-    return 0 if scores[0] >= 100.0 or rank(kept) <= rank(0) else kept
+    kept = selection.candidate(last)
+    return 0 if selection.scores[0] >= 100.0 or selection.rank(kept) <= selection.rank(0) else kept
 
 
 def headline(test: list[float | None]) -> float:

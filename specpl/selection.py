@@ -75,13 +75,14 @@ class Selection:
         self.scores[epoch], self.losses[epoch] = accuracy, loss
         if epoch == 0:
             self.initial_state = {k: v.detach().clone() for k, v in state.items()}
-        if self.best_epoch >= 0 and (accuracy, -loss) < (self.best_accuracy, -self.losses[self.best_epoch]):
+        if self.best_epoch >= 0 and self.rank(epoch) < self.rank(self.best_epoch):
             return False
         self.best_epoch = epoch
         self.best_state = {k: v.detach().clone() for k, v in state.items()}
         return True
 
-    def _rank(self, epoch: int) -> tuple[float, float]:
+    def rank(self, epoch: int) -> tuple[float, float]:
+        """How epochs compare: validation accuracy, then the lower cross-entropy."""
         return self.scores[epoch], -self.losses[epoch]
 
     def _misses(self, epoch: int) -> int:
@@ -103,7 +104,7 @@ class Selection:
             0 in self.scores
             and self.initial_state
             and kept != 0
-            and (self._misses(0) <= 1 or self._rank(kept) <= self._rank(0))
+            and (self._misses(0) <= 1 or self.rank(kept) <= self.rank(0))
         ):
             kept = 0
         self.kept_epoch = kept
