@@ -20,11 +20,13 @@ traces without training, so a changed rule can be compared on the same runs.
     python bench/selection_replay.py --domain dusk --rows coop cocoop ivlp ivlp+specpl [--seeds 1 2 3]
     python bench/selection_replay.py --domain demo --rows coop ivlp --save /tmp/demo-traces.json
     python bench/selection_replay.py --load /tmp/demo-traces.json [more.json ...]
+    python bench/selection_replay.py --domain neon --rows "cocoop:train.batch_size=13"
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -147,7 +149,8 @@ def trace_runs(args: argparse.Namespace) -> dict:
                 splits = {"all": (read_dataset(DataConfig(root=str(demo_root), seed=seed)), False)}
             for index, text in enumerate(args.rows):
                 host, boosters, options = parse_ablation(text)
-                row = BenchRow(text, MethodConfig(host=host, boosters=boosters, options=options))
+                train = options.pop("train", {})  # train.KEY=VALUE: a training setting, not a method option
+                row = BenchRow(text, MethodConfig(host=host, boosters=boosters, options=options), train=train)
                 if demo_root is None:
                     run = row_run_config(row, world, backbone, root, seed)
                 else:  # as `specpl bench defaults` trains the demo set: no flag but the seed
@@ -157,7 +160,7 @@ def trace_runs(args: argparse.Namespace) -> dict:
                         method=row.method,
                         data=DataConfig(root=str(demo_root), seed=seed),
                     )
-                    run.train.seed = seed
+                    run.train = dataclasses.replace(run.train, seed=seed, **row.train)
                 trainer = TracingTrainer(
                     run,
                     Path(workdir) / f"row{index}-{seed}",
@@ -201,7 +204,9 @@ def report(traces: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domain", "--camera", default="dusk", help="a SpectralWorld camera, or 'demo'")
-    parser.add_argument("--rows", nargs="+", help="HOST[+BOOSTER...][:COMPONENT.KEY=VALUE,...]")
+    parser.add_argument(
+        "--rows", nargs="+", help="HOST[+BOOSTER...][:COMPONENT.KEY=VALUE,...]; component train sets a training value"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--test-per-class", type=int, default=50)
     parser.add_argument("--save", type=Path, help="write the traces here as JSON")

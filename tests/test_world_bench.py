@@ -340,6 +340,41 @@ def test_phase_one_trains_once_per_seed_and_every_caspl_row_gets_that_seeds_bund
     )
 
 
+class FakeDemoTrainer(FakeTrainer):
+    """Stands in for `Trainer` on the demo set: records each run and reports as its test accuracy
+    the number of runs so far, so each row's score names the run it came from."""
+
+    def fit(self):
+        from specpl.trainer import TrainResult
+
+        FakeTrainer.runs.append((self.config.train.seed, self.config.method, self.run_dir))
+        return TrainResult("finished", self.run_dir, {"accuracy": float(len(FakeTrainer.runs))}, None)
+
+
+def test_demo_set_trains_caspl_phase_one_once_a_seed_and_scores_the_teacher_row_with_the_teacher(
+    monkeypatch, tmp_path, world_clip, fft
+):
+    from specpl.world import defaults_bench
+    from specpl.world.benchmark import PHASE_ONE_ROW
+    from specpl.world.defaults_bench import DefaultsBenchConfig, default_rows, run_demo_domain
+
+    monkeypatch.setattr(defaults_bench, "Trainer", FakeDemoTrainer)
+    monkeypatch.setattr(FakeTrainer, "runs", [])
+    teachers = []
+    monkeypatch.setattr(defaults_bench, "load_teacher", lambda *args: teachers.append(args) or world_clip)
+    config = DefaultsBenchConfig(hosts=("coop",), boosters=("caspl",), seeds=(1, 2))
+    rows = default_rows(config)
+    results = {row.name: row for row in run_demo_domain(config, rows, world_clip, fft, tmp_path, lambda line: None)}
+    assert len(teachers) == 1  # loaded once, for the teacher's zero-shot row
+    for seed in (1, 2):
+        runs = [(method, run_dir) for run_seed, method, run_dir in FakeTrainer.runs if run_seed == seed]
+        assert [method.host for method, _ in runs] == ["caspl-boost", "coop", "coop"]  # phase 1 once, first
+        assert runs[2][0].options["caspl"]["boost_bundle"] == str(runs[0][1] / "model")
+    phase_one_scores = [run[0] for run in results[PHASE_ONE_ROW].per_seed]
+    assert phase_one_scores == [1.0, 2.0]  # the phase-1 row reports the run the caspl rows read (rows run seed by seed)
+    assert [run[0] for run in results["coop + caspl"].per_seed] == [5.0, 6.0]
+
+
 def test_report_gives_each_booster_row_its_hm_against_its_host_and_the_phase_one_section(tiny_backbone):
     from specpl.world.benchmark import MethodResult, WorldBenchConfig, markdown_report
 

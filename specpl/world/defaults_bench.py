@@ -14,6 +14,7 @@ it loses to its host alone by more than one seed standard deviation (the pooled 
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -28,8 +29,19 @@ from specpl.defaults import demo_data_dir
 from specpl.evaluate import harmonic_mean
 from specpl.factory import check_combination
 from specpl.inference import Predictor
-from specpl.trainer import Trainer
-from specpl.world.benchmark import ZERO_SHOT, BenchRow, WorldBenchConfig, _provenance, bench_methods, run_world_bench
+from specpl.methods.caspl import PHASE_ONE, load_teacher, resolve_teacher
+from specpl.trainer import Trainer, TrainResult
+from specpl.world.benchmark import (
+    CASPL,
+    ZERO_SHOT,
+    BenchRow,
+    WorldBenchConfig,
+    _provenance,
+    bench_methods,
+    phase_one_row,
+    run_world_bench,
+    with_boost_bundle,
+)
 
 DEMO = "demo set"
 
@@ -148,31 +160,45 @@ def run_demo_domain(
     workdir: Path,
     log: Callable[[str], None],
 ) -> list[DomainRow]:
-    """Each row on the demo set (all classes, test accuracy), as the CLI trains it with no flag."""
+    """Each row on the demo set (all classes, test accuracy), as the CLI trains it with no flag.
+    CasPL phase 1 trains once a seed, on the demo set's training images with labels unused (as
+    `specpl train --host caspl-boost` does), and is the boost bundle of every caspl row of the seed."""
     root = demo_data_dir(workdir / "demo")
+    teacher = None
+    if any(row.teacher for row in rows):
+        teacher = load_teacher(*resolve_teacher(backbone.config, None, None), next(backbone.model.parameters()).device)
+    phase_one: dict[int, TrainResult] = {}
+
+    def fit(row: BenchRow, seed: int, run_dir: Path) -> TrainResult:
+        method = row.method
+        if CASPL in method.boosters:
+            if seed not in phase_one:
+                phase_one[seed] = fit(phase_one_row(), seed, workdir / f"demo-{PHASE_ONE}-seed{seed}")
+            method = with_boost_bundle(method, phase_one[seed].run_dir / "model")
+        elif method.host == PHASE_ONE and seed in phase_one:
+            return phase_one[seed]
+        run = RunConfig(
+            backbone=backbone.config,
+            decomposer=config.decomposer,
+            method=method,
+            data=DataConfig(root=str(root), seed=seed),
+        )
+        run.train = dataclasses.replace(run.train, seed=seed, **row.train)
+        result = Trainer(run, run_dir, backbone=backbone, decomposer=decomposer, progress_bar=False).fit()
+        if method.host == PHASE_ONE:
+            phase_one[seed] = result
+        return result
+
     results = []
     for index, row in enumerate(rows):
         result = DomainRow(row.name, row.baseline)
         for seed in config.seeds:
-            data = DataConfig(root=str(root), seed=seed)
             if row.method is None:
-                test = read_dataset(data)
-                predictor = Predictor.zero_shot(backbone, test.classnames, DEFAULT_TEMPLATE)
+                test = read_dataset(DataConfig(root=str(root), seed=seed))
+                predictor = Predictor.zero_shot(teacher if row.teacher else backbone, test.classnames, DEFAULT_TEMPLATE)
                 accuracy = predictor.evaluate(test.test).accuracy
             else:
-                run = RunConfig(backbone=backbone.config, decomposer=config.decomposer, method=row.method, data=data)
-                run.train.seed = seed
-                accuracy = (
-                    Trainer(
-                        run,
-                        workdir / f"demo-row{index}-seed{seed}",
-                        backbone=backbone,
-                        decomposer=decomposer,
-                        progress_bar=False,
-                    )
-                    .fit()
-                    .metrics["accuracy"]
-                )
+                accuracy = fit(row, seed, workdir / f"demo-row{index}-seed{seed}").metrics["accuracy"]
             result.per_seed.append((accuracy,))
             log(f"[{DEMO}] seed {seed} {row.name:16s} accuracy {accuracy:6.2f}")
         results.append(result)
