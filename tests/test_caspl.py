@@ -25,7 +25,7 @@ from specpl.model import PromptModel
 
 CLASSES = method_checks.CLASSES
 CASPL_HOSTS = [host for host in HOSTS.names() if method_checks._valid(host, ("caspl",))]  # every host it boosts
-TINY_TEACHER = {"teacher": "specpl-tiny", "teacher_pretrained": ""}  # a random tiny teacher: offline
+TINY_TEACHER = method_checks.TINY_TEACHER  # a random tiny teacher, offline (why its template differs: there)
 
 
 def build(
@@ -345,7 +345,11 @@ def test_every_paper_value_has_a_source():
 
     boost_keys = {f.name for f in dataclasses.fields(CasPLBoost.config_class)}
     boost_keys |= {f"train.{key}" for key in CasPLBoost.training_defaults}
-    boost_keys |= {f"{target}.{key}" for target, values in CasPLBoost.presets["paper"].items() for key in values}
+    boost_keys |= {  # its own options by name, as in `boost_keys` already; a training value by its target
+        key if target == CasPLBoost.name else f"{target}.{key}"
+        for target, values in CasPLBoost.presets["paper"].items()
+        for key in values
+    }
     assert set(CasPLBoost.sources) == boost_keys
     assert set(CasPL.sources) == {f.name for f in dataclasses.fields(CasPL.config_class)}
     for host, values in CasPL.host_presets["paper"].items():

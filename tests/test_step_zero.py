@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_methods import CLASSES, METHODS, batch_for, build, method_id
+from test_methods import CLASSES, METHODS, batch_for, build, method_id, refiner_names
 
 from specpl.config import DecomposerConfig, MethodConfig
 from specpl.factory import build_method, resolve_method_options
@@ -75,16 +75,12 @@ def _two_steps(model, images: torch.Tensor) -> list[set[str]]:
     return reached
 
 
-def _refiner_names(model) -> set[str]:
-    return {n for n, p in model.named_parameters() if n.startswith("boosters.specpl.bank.") and not n.endswith(".gate")}
-
-
 @pytest.mark.parametrize("host", ["coop", "cocoop"])
 def test_specpl_gate_learns_at_step_one_and_the_refiner_once_it_opens(tiny_backbone, images, host):
     """g = 0 keeps the MLP and LN out of step 1; a gate above 0 lets them learn (here opened by
     hand, as a step that lowers the loss towards the refinement does)."""
     model = _build(copy.deepcopy(tiny_backbone), host, ("specpl",))
-    refiner = _refiner_names(model)
+    refiner = refiner_names(model)
     assert "boosters.specpl.bank.gate" in {n for n, p in model.named_parameters() if p.requires_grad} and refiner
     first, _ = _two_steps(model, images)
     assert "boosters.specpl.bank.gate" in first and not refiner & first
@@ -104,7 +100,7 @@ def test_a_gate_the_first_steps_push_shut_keeps_the_host_text(tiny_backbone, ima
     bank = model.boosters["specpl"].bank
     assert bank.gate.item() < 0
     assert all("boosters.specpl.bank.gate" in step for step in reached)
-    assert not _refiner_names(model) & (reached[0] | reached[1])
+    assert not refiner_names(model) & (reached[0] | reached[1])
     text = torch.randn(len(CLASSES), tiny_backbone.embed_dim) * 3
     with torch.no_grad():
         torch.testing.assert_close(bank(text), F.normalize(text, dim=-1), rtol=0, atol=1e-6)
@@ -120,7 +116,7 @@ def test_cocoop_meta_net_last_layer_learns_at_step_one_and_the_first_at_step_two
     assert {"host.meta_net.2.weight", "host.meta_net.2.bias"} <= first
     assert not {"host.meta_net.0.weight", "host.meta_net.0.bias"} & first  # a zero last layer passes no gradient back
     assert {"host.meta_net.0.weight", "host.meta_net.0.bias"} <= second
-    untouched = trainable - (first | second) - (_refiner_names(model) if boosters else set())  # a shut gate's
+    untouched = trainable - (first | second) - (refiner_names(model) if boosters else set())  # a shut gate's
     assert not untouched, f"no gradient in two steps: {sorted(untouched)}"
 
 

@@ -19,11 +19,13 @@ class CasPLBoostConfig:
     n_ctx: int = 8  # L text tokens per layer
     n_ctx_vision: int = 8
     depth: int = 12  # cut to the towers' depth
-    ctx_init: str = ""  # "": N(0, init_std), as the released code
+    ctx_init: str = ""  # "": N(0, init_std), as the released code (used when ctx_from_template is off)
     init_std: float = 0.02
-    ctx_from_template: bool = False  # phase 1 learns boosting prompts from random, as the released code
+    # default: start as close to zero-shot as IVLP's layout allows (the template's words, deep text
+    # prompts from the frozen tower's own states); the paper preset starts them random, as released
+    ctx_from_template: bool = True
     tail: str = "{}."
-    deep_text_init: str = "normal"  # random deep prompts too (specpl.methods.deep.DeepPromptConfig)
+    deep_text_init: str = "template"  # see specpl.methods.deep.DeepPromptConfig
     teacher: str | None = None  # None: ViT-L-14 (openai), or world-clip-large for the world CLIP student
     teacher_pretrained: str | None = None  # a tag, a local file, "embedded"; None: the teacher's default
     teacher_template: str | None = None  # None: the run's (the dataset's) template
