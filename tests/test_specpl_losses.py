@@ -109,12 +109,27 @@ def test_counterfactual_uses_permuted_high_bands_and_labels(tiny_backbone):
 
 def test_specpl_total_loss_weights(tiny_backbone):
     model = _specpl_model(tiny_backbone)
-    losses = model(
-        _batch(torch.tensor([0, 1]), torch.randn(2, tiny_backbone.embed_dim), torch.rand(2, 6), torch.rand(2, 6))
-    )
-    assert set(losses) == {"cls", "sem", "granule", "counterfactual"}
+    labels, features = torch.tensor([0, 1]), torch.randn(2, tiny_backbone.embed_dim)
+    losses = model(_batch(labels, features, torch.rand(2, 6), torch.rand(2, 6)))
+    assert set(losses) == {"cls", "sem", "granule", "counterfactual", "raw"}
     config = model.boosters["specpl"].config
-    assert (config.lambda_sem, config.lambda_gf, config.lambda_gcf) == (0.1, 0.1, 0.1)
+    assert (config.lambda_sem, config.lambda_gf, config.lambda_gcf, config.lambda_raw) == (0.1, 0.1, 0.1, 1.0)
+    # the raw term: cross-entropy of s * cos(image, raw text), the text before SpecPL refines it
+    raw, refined = model.text_features()
+    cosine = F.normalize(features, dim=-1) @ F.normalize(raw, dim=-1).t()
+    torch.testing.assert_close(losses["raw"], F.cross_entropy(model.logit_scale * cosine, labels))
+    refined_cosine = F.normalize(features, dim=-1) @ F.normalize(refined, dim=-1).t()
+    torch.testing.assert_close(losses["cls"], F.cross_entropy(model.logit_scale * refined_cosine, labels))
+
+
+@pytest.mark.parametrize("host, preset", [("coop", "paper"), ("mmrl", "default"), ("mmrl", "paper")])
+def test_the_raw_text_term_is_ours_and_off_where_the_host_trains_raw_text_already(host, preset):
+    """The released code has no raw-text term (paper preset); MMRL's class branch is a raw-text
+    cross-entropy of its own, so the default leaves MMRL + SpecPL as it was."""
+    from specpl.factory import resolve_method_options
+
+    options = resolve_method_options(MethodConfig(host=host, boosters=["specpl"], preset=preset))
+    assert options["specpl"]["lambda_raw"] == 0.0
 
 
 def test_band_projections_are_frozen_and_refiner_trains(tiny_backbone):

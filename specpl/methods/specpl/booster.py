@@ -14,7 +14,15 @@ Documented in docs/methods/specpl.md. Where the spec lists an ambiguity we take 
   ``refiner="layernorm"`` is the spec's form, normalise(LN(q + MLP([q; r]))), with no gate
   parameter, for the paper preset; ``"gated"`` is the unbounded gate, the default before (a
   negative gate turns every class text towards -LN(...); `specpl.methods.specpl.bank`);
-- with batch size 1 the counterfactual loss reduces to the factual one, as in the reference code.
+- with batch size 1 the counterfactual loss reduces to the factual one, as in the reference code;
+- ``lambda_raw`` (ours; 1 in the default preset, 0 in the paper preset and on MMRL): a class
+  cross-entropy on the host's *raw* text as well as the host's own on the refined text. Without
+  it the host's prompts learn only through the refiner, the raw text stops being a classifier of
+  its own, and the refiner, fitted to the training classes, carries new classes off: under an
+  unseen camera (canopy, seed 1) PromptSRC + SpecPL kept HM 45.5 against PromptSRC's 60.6 (new
+  classes 33.3 against 57.4); with SpecPL's three terms off and new classes unrefined it kept
+  50.7, and with this term 62.5 (bench/DEFAULTS.md, round 5). MMRL's class branch already trains
+  its raw text with its own cross-entropy.
 Per host (spec §2, §4; the released MMRL + SpecPL code): tau 0.02 on CoCoOp. At test the ``paper`` preset's CoCoOp
 takes text = normalise(0.5 raw + 0.5 refined) with the raw feature unnormalised, as the released
 code does; CLIP's raw text norms are far above 1, so that blend is close to the raw direction, and
@@ -35,7 +43,18 @@ import torch
 import torch.nn.functional as F
 
 from specpl.frozen import BANDS, BandStatistics
-from specpl.methods.base import FEATURES, Batch, Booster, BuildContext, ForwardState, ImageQuery, SwapQuery, SwapRows
+from specpl.methods.base import (
+    FEATURES,
+    Batch,
+    Booster,
+    BuildContext,
+    ForwardState,
+    ImageQuery,
+    SwapQuery,
+    SwapRows,
+    cosine_logits,
+    weighted_cross_entropy,
+)
 from specpl.methods.registry import BOOSTERS
 from specpl.methods.specpl.bank import VisualSemanticBank
 from specpl.methods.specpl.config import HOST_TAU, SpecPLConfig
@@ -56,9 +75,10 @@ class SpecPL(Booster):
     # the released code: a random bank (no init batches) with the LayerNorm refiner, except on MMRL,
     # whose code initialises the bank from 10 low-band batches (ATTR_INIT_BATCHES)
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
-        "paper": {"specpl": {"bank_init_batches": 0, "refiner": "layernorm"}}
+        "paper": {"specpl": {"bank_init_batches": 0, "refiner": "layernorm", "lambda_raw": 0.0}}
     }
     host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {
+        "default": {"mmrl": {"specpl": {"lambda_raw": 0.0}}},  # its class branch trains the raw text already
         "paper": {"mmrl": {"specpl": {"bank_init_batches": 10}}, "cocoop": {"specpl": {"test_blend": 0.5}}},
     }
     # SpecPL trains CoOp in its own configuration (16 random tokens, 100 epochs): CoOp's paper-specpl
@@ -78,6 +98,7 @@ class SpecPL(Booster):
         "lambda_sem": f"{SPECPL_REPO} trainers (ATTR_LAMBDA_SEM 0.1)",
         "lambda_gf": f"{SPECPL_REPO} trainers (ATTR_LAMBDA_GF 0.1)",
         "lambda_gcf": f"{SPECPL_REPO} trainers (ATTR_LAMBDA_GCF 0.1)",
+        "lambda_raw": f"{SPECPL_REPO} trainers (no cross-entropy on the raw text: 0)",
         "train_band_mlps": f"{SPECPL_REPO} clip/vae.py (the band projections are frozen)",
         "small_init_std": f"{SPECPL_REPO} clip/vae.py (nn.init.normal_(std=1e-3))",
         "test_blend": f"{SPECPL_REPO} trainers/coop_specpl.py (test text is the refined text alone)",
@@ -166,11 +187,15 @@ class SpecPL(Booster):
         )
         state.extras["counterfactual_permutation"] = perm
         c = self.config
-        return {
+        terms = {
             "sem": c.lambda_sem * semantic_anchor_loss(state.anchor_logits, state.raw_text, low),
             "granule": c.lambda_gf * F.cross_entropy(factual, labels),
             "counterfactual": c.lambda_gcf * F.cross_entropy(counterfactual, labels[perm]),
         }
+        if c.lambda_raw:
+            raw = cosine_logits(state.image_features, state.raw_text, state.logit_scale)
+            terms["raw"] = c.lambda_raw * weighted_cross_entropy(raw, labels, state.sample_weights)
+        return terms
 
     @torch.no_grad()
     def inspect(self, model, query: ImageQuery | SwapQuery) -> SwapRows | None:
