@@ -96,6 +96,8 @@ CAMERAS: dict[str, tuple[float, tuple[int, int, int]]] = {
     "haze": (0.4, (175, 195, 175)),  # a pale, washed-out cast: held out in the second round
     "neon": (0.45, (200, 60, 170)),  # a magenta cast, like a cheap LED light: added unseen for the third round
     "underwater": (0.45, (30, 140, 150)),  # a teal cast, as under water: added unseen for the fourth round
+    "canopy": (0.45, (70, 160, 60)),  # a green cast, as under leaves: added unseen for the fifth round
+    "safelight": (0.5, (190, 30, 20)),  # a red cast, as under a darkroom lamp: added unseen to confirm round 5
 }
 
 
