@@ -540,7 +540,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
             for preset, values in row["presets"].items():
                 per_host = row.get("host_presets", {}).get(preset, {})
                 changes = "; ".join(
-                    [_preset_text(values), *(f"on {host}: {_preset_text(v)}" for host, v in per_host.items())]
+                    [
+                        *([_preset_text(values)] if values else []),
+                        *(f"on {host}: {_preset_text(v)}" for host, v in per_host.items()),
+                    ]
                 )
                 note = f" ({row['preset_notes'][preset]})" if preset in row["preset_notes"] else ""
                 if values or per_host:

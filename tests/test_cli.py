@@ -221,9 +221,10 @@ def test_methods_lists_every_host_and_booster_with_its_line_and_defaults(capsys)
         in out
     )
     assert (
-        "paper preset: specpl.bank_init_batches=0, specpl.refiner=layernorm; on mmrl: specpl.bank_init_batches=10"
-        in out
+        "paper preset: specpl.bank_init_batches=0, specpl.refiner=layernorm, specpl.lambda_raw=0.0; "
+        "on mmrl: specpl.bank_init_batches=10" in out
     )
+    assert "default preset: on mmrl: specpl.lambda_raw=0.0" in out  # a per-host rule alone, no empty part
     assert "training: default preset train.augment=clip" in out and "paper preset train.augment=dassl" in out
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -53,14 +53,9 @@ class DefaultsBenchConfig:
     seeds: tuple[int, ...] = (1, 2, 3)
     shots: int = 4
     test_per_class: int = 50
-    chosen_on: tuple[str, ...] = (
-        "sepia",
-        "dusk",
-        "neon",
-        "underwater",
-        "canopy",
-    )  # cameras the defaults were chosen on
-    held_out: tuple[str, ...] = ("haze", "safelight")  # cameras that confirm them
+    # cameras the defaults were chosen on, and those held out to confirm them
+    chosen_on: tuple[str, ...] = ("sepia", "dusk", "neon", "underwater", "canopy")
+    held_out: tuple[str, ...] = ("haze", "safelight")
     demo: bool = True
     ablations: tuple[str, ...] = ()  # "host+booster:component.key=value" rows, on every world camera
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))
