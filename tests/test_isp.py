@@ -136,6 +136,7 @@ def test_next_to_caspl_the_modules_rewrite_only_the_hosts_prompts(tiny_backbone,
     with torch.no_grad():
         model.logits(model.encode_image(images))
     length, n = caspl.get_buffer("boost_vision_0").shape[0], learner.n_ctx
+    text_length = caspl.get_buffer("boost_text_0").shape[0]  # phase 1's text context: the template's words
     positions = tiny_backbone.model.positional_embedding
     for layer, before, after in seen["vision"]:
         torch.testing.assert_close(after[:, -length:], before[:, -length:], rtol=0, atol=0)
@@ -146,7 +147,7 @@ def test_next_to_caspl_the_modules_rewrite_only_the_hosts_prompts(tiny_backbone,
     for layer, before, after in seen["text"]:
         boost = caspl.get_buffer(f"boost_text_{layer}")
         if layer == 0:  # in the sequence after the host's context (CasPL's released layout)
-            boost = boost + positions[1 + n : 1 + n + length]
+            boost = boost + positions[1 + n : 1 + n + text_length]
         torch.testing.assert_close(after[..., 1 + n :, :], boost.expand_as(after[..., 1 + n :, :]), rtol=0, atol=0)
         host_before = before[:, 1 : 1 + n] if after.dim() == 3 else before[:, None, 1 : 1 + n]  # per class at layer 0
         assert not torch.allclose(after[..., 1 : 1 + n, :], host_before.expand_as(after[..., 1 : 1 + n, :]))
