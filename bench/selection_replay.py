@@ -26,7 +26,6 @@ traces without training, so a changed rule can be compared on the same runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import tempfile
@@ -36,7 +35,7 @@ import torch
 
 from specpl.backbone import load_backbone
 from specpl.bands import build_decomposer
-from specpl.config import DataConfig, DecomposerConfig, MethodConfig, RunConfig
+from specpl.config import DataConfig, DecomposerConfig, MethodConfig
 from specpl.data import read_fewshot_folder
 from specpl.datasets import read_dataset
 from specpl.defaults import demo_data_dir, world_backbone_config
@@ -45,7 +44,7 @@ from specpl.inference import Predictor
 from specpl.selection import Selection
 from specpl.trainer import Trainer
 from specpl.world.benchmark import BenchRow, WorldBenchConfig, row_run_config
-from specpl.world.defaults_bench import parse_ablation
+from specpl.world.defaults_bench import demo_run_config, parse_ablation
 from specpl.world.generator import write_fewshot_folder
 
 DEMO = "demo"
@@ -154,13 +153,7 @@ def trace_runs(args: argparse.Namespace) -> dict:
                 if demo_root is None:
                     run = row_run_config(row, world, backbone, root, seed)
                 else:  # as `specpl bench defaults` trains the demo set: no flag but the seed
-                    run = RunConfig(
-                        backbone=backbone.config,
-                        decomposer=decomposer_config,
-                        method=row.method,
-                        data=DataConfig(root=str(demo_root), seed=seed),
-                    )
-                    run.train = dataclasses.replace(run.train, seed=seed, **row.train)
+                    run = demo_run_config(row, decomposer_config, backbone, demo_root, seed)
                 trainer = TracingTrainer(
                     run,
                     Path(workdir) / f"row{index}-{seed}",

@@ -354,11 +354,11 @@ class FakeDemoTrainer(FakeTrainer):
 def test_demo_set_trains_caspl_phase_one_once_a_seed_and_scores_the_teacher_row_with_the_teacher(
     monkeypatch, tmp_path, world_clip, fft
 ):
-    from specpl.world import defaults_bench
+    from specpl.world import benchmark, defaults_bench
     from specpl.world.benchmark import PHASE_ONE_ROW
     from specpl.world.defaults_bench import DefaultsBenchConfig, default_rows, run_demo_domain
 
-    monkeypatch.setattr(defaults_bench, "Trainer", FakeDemoTrainer)
+    monkeypatch.setattr(benchmark, "Trainer", FakeDemoTrainer)  # the demo set's runs go through `SeedRuns`
     monkeypatch.setattr(FakeTrainer, "runs", [])
     teachers = []
     monkeypatch.setattr(defaults_bench, "load_teacher", lambda *args: teachers.append(args) or world_clip)

@@ -326,16 +326,24 @@ class SeedRuns:
             self._phase_one = self._fit(phase_one_row(), self.workdir / f"{PHASE_ONE}-seed{self.seed}")
         return self._phase_one
 
-    def model(self, row: BenchRow, run_dir: Path) -> PromptModel:
+    def fit(self, row: BenchRow, run_dir: Path) -> TrainResult:
+        """The row's trained run: phase 1's own for the phase-1 row, each caspl row reading its bundle."""
         if row.method.host == PHASE_ONE:
-            return self.phase_one().model
+            return self.phase_one()
         if CASPL in row.method.boosters:
             row = dataclasses.replace(row, method=with_boost_bundle(row.method, self.phase_one().run_dir / "model"))
-        return self._fit(row, run_dir).model
+        return self._fit(row, run_dir)
+
+    def model(self, row: BenchRow, run_dir: Path) -> PromptModel:
+        return self.fit(row, run_dir).model
+
+    def run_config(self, row: BenchRow) -> RunConfig:
+        """The training run of `row` on this seed's data."""
+        return row_run_config(row, self.config, self.backbone, self.root, self.seed)
 
     def _fit(self, row: BenchRow, run_dir: Path) -> TrainResult:
         built = self.decomposer if row.decomposer is None else self.decomposers[row.decomposer]
-        run = row_run_config(row, self.config, self.backbone, self.root, self.seed)
+        run = self.run_config(row)
         return Trainer(run, run_dir, backbone=self.backbone, decomposer=built, progress_bar=False).fit()
 
 

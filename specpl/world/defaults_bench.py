@@ -29,18 +29,15 @@ from specpl.defaults import demo_data_dir
 from specpl.evaluate import harmonic_mean
 from specpl.factory import check_combination
 from specpl.inference import Predictor
-from specpl.methods.caspl import PHASE_ONE, load_teacher, resolve_teacher
-from specpl.trainer import Trainer, TrainResult
+from specpl.methods.caspl import load_teacher, resolve_teacher
 from specpl.world.benchmark import (
-    CASPL,
     ZERO_SHOT,
     BenchRow,
+    SeedRuns,
     WorldBenchConfig,
     _provenance,
     bench_methods,
-    phase_one_row,
     run_world_bench,
-    with_boost_bundle,
 )
 
 DEMO = "demo set"
@@ -153,6 +150,28 @@ def run_world_domain(
     return [DomainRow(r.name, by_name[r.name].baseline, [tuple(pair) for pair in r.per_seed]) for r in results]
 
 
+def demo_run_config(
+    row: BenchRow, decomposer: DecomposerConfig, backbone: Backbone, root: Path, seed: int
+) -> RunConfig:
+    """The training run of `row` on the demo set, as `specpl train` runs it with no flag but the seed."""
+    run = RunConfig(
+        backbone=backbone.config,
+        decomposer=decomposer,
+        method=row.method,
+        data=DataConfig(root=str(root), seed=seed),
+    )
+    run.train = dataclasses.replace(run.train, seed=seed, **row.train)
+    return run
+
+
+class DemoSeedRuns(SeedRuns):
+    """One seed's runs on the demo set: every class, CasPL's phase 1 on its training images with
+    labels unused (as `specpl train --host caspl-boost` does)."""
+
+    def run_config(self, row: BenchRow) -> RunConfig:
+        return demo_run_config(row, self.config.decomposer, self.backbone, self.root, self.seed)
+
+
 def run_demo_domain(
     config: DefaultsBenchConfig,
     rows: list[BenchRow],
@@ -161,35 +180,13 @@ def run_demo_domain(
     workdir: Path,
     log: Callable[[str], None],
 ) -> list[DomainRow]:
-    """Each row on the demo set (all classes, test accuracy), as the CLI trains it with no flag.
-    CasPL phase 1 trains once a seed, on the demo set's training images with labels unused (as
-    `specpl train --host caspl-boost` does), and is the boost bundle of every caspl row of the seed."""
+    """Each row on the demo set (all classes, test accuracy), as the CLI trains it with no flag;
+    CasPL's phase 1 trains once a seed and is the boost bundle of every caspl row of the seed."""
     root = demo_data_dir(workdir / "demo")
     teacher = None
     if any(row.teacher for row in rows):
         teacher = load_teacher(*resolve_teacher(backbone.config, None, None), next(backbone.model.parameters()).device)
-    phase_one: dict[int, TrainResult] = {}
-
-    def fit(row: BenchRow, seed: int, run_dir: Path) -> TrainResult:
-        method = row.method
-        if CASPL in method.boosters:
-            if seed not in phase_one:
-                phase_one[seed] = fit(phase_one_row(), seed, workdir / f"demo-{PHASE_ONE}-seed{seed}")
-            method = with_boost_bundle(method, phase_one[seed].run_dir / "model")
-        elif method.host == PHASE_ONE and seed in phase_one:
-            return phase_one[seed]
-        run = RunConfig(
-            backbone=backbone.config,
-            decomposer=config.decomposer,
-            method=method,
-            data=DataConfig(root=str(root), seed=seed),
-        )
-        run.train = dataclasses.replace(run.train, seed=seed, **row.train)
-        result = Trainer(run, run_dir, backbone=backbone, decomposer=decomposer, progress_bar=False).fit()
-        if method.host == PHASE_ONE:
-            phase_one[seed] = result
-        return result
-
+    runs = {seed: DemoSeedRuns(config, backbone, decomposer, {}, root, seed, workdir) for seed in config.seeds}
     results = []
     for index, row in enumerate(rows):
         result = DomainRow(row.name, row.baseline)
@@ -199,7 +196,7 @@ def run_demo_domain(
                 predictor = Predictor.zero_shot(teacher if row.teacher else backbone, test.classnames, DEFAULT_TEMPLATE)
                 accuracy = predictor.evaluate(test.test).accuracy
             else:
-                accuracy = fit(row, seed, workdir / f"demo-row{index}-seed{seed}").metrics["accuracy"]
+                accuracy = runs[seed].fit(row, workdir / f"demo-row{index}-seed{seed}").metrics["accuracy"]
             result.per_seed.append((accuracy,))
             log(f"[{DEMO}] seed {seed} {row.name:16s} accuracy {accuracy:6.2f}")
         results.append(result)
