@@ -76,11 +76,14 @@ def scored(scores: dict[int, float], losses: dict[int, float] | None = None, ima
     return selection
 
 
-def test_the_last_epoch_is_kept_unless_validation_shows_it_worse_by_more_than_its_noise():
-    within = scored({0: 50, 1: 70, 2: 60})  # 10 images: 70 % has a margin of 14.9 points
+def test_the_last_epoch_is_kept_unless_validation_shows_it_worse_by_more_than_two_standard_errors():
+    # 10 images: 70 % has a standard error of 14.9 points (rate 8 / 12), so the last may be 29.8 below
+    within = scored({0: 40, 1: 70, 2: 50})  # 20 points below: more than one standard error, less than two
+    assert within.last_epoch_margin == pytest.approx(2 * noise_margin(70.0, 10)) == pytest.approx(29.81, abs=0.01)
     assert within.settle(2) is None and within.kept_epoch == 2 and within.best_epoch == 1
-    below = scored({0: 50, 1: 70, 2: 50})
+    below = scored({0: 50, 1: 70, 2: 40})  # 30 points below
     assert float(below.settle(2)["w"]) == 1.0 and below.kept_epoch == 1
+    assert below.summary(2)["last_epoch_margin"] == pytest.approx(29.81, abs=0.01)
 
 
 def test_the_initial_state_is_kept_unless_training_is_seen_to_help():
@@ -125,9 +128,9 @@ def test_the_verdict_says_plainly_how_the_kept_model_compares_with_zero_shot():
 
 def test_the_best_epoch_is_restored_with_its_exact_logits(tmp_path, cifar_root, tiny_backbone, monkeypatch):
     """Validation scores are scripted (zero-shot, initial, epochs 1-3): epoch 1 is the best and the
-    last is below it by more than the noise margin, so the exported model is epoch 1's state, and
+    last is below it by more than the margin rule 2 allows, so the exported model is epoch 1's state, and
     the bundle's logits are that state's."""
-    scripted = iter([30.0, 20.0, 70.0, 60.0, 40.0])
+    scripted = iter([30.0, 20.0, 70.0, 60.0, 30.0])
     monkeypatch.setattr(Trainer, "_validate", lambda self, predictor, data, accelerator: (next(scripted), 1.0))
     states: dict[int, dict[str, torch.Tensor]] = {}
     offer = Selection.offer
@@ -151,7 +154,7 @@ def test_the_best_epoch_is_restored_with_its_exact_logits(tmp_path, cifar_root, 
     )
 
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["selection"]["best_epoch"] == 1 and metrics["selection"]["per_epoch_val"] == [70.0, 60.0, 40.0]
+    assert metrics["selection"]["best_epoch"] == 1 and metrics["selection"]["per_epoch_val"] == [70.0, 60.0, 30.0]
     assert metrics["selection"]["kept_epoch"] == 1
     assert metrics["selection"]["zero_shot_val"] == 30.0 and metrics["selection"]["initial_val"] == 20.0
     assert (
