@@ -14,9 +14,10 @@ runs). So the rule is a noise-aware one:
    schedule for a reason, and only clear evidence overrules it. Two, not one: the best is the
    highest of many noisy scores, so it reads high by chance, and the last has noise of its own.
    With one standard error, an early epoch that validation read three images above the last
-   was kept on some seeds and was worse on the new classes, which validation cannot see; with
-   two, replayed over the same runs, every host alone on nine domains and SpecPL on four
-   scored more in sum (bench/DEFAULTS.md, round 6).
+   was kept on some seeds and was worse on the new classes, which validation cannot see. Two,
+   replayed over the same runs (every host alone on the demo set and seven cameras, SpecPL on
+   five), scored more in sum, though not on every row: once, the early epoch was the better one
+   (bench/DEFAULTS.md, round 6).
 3. The initial state is kept unless the candidate beats it on validation (accuracy, then
    cross-entropy): a run whose training is not seen to help exports what it started from
    (zero-shot CLIP's text for text-only hosts and boosters). When the initial state misses at
