@@ -33,21 +33,23 @@ import json
 import statistics
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from specpl.backbone import load_backbone
 from specpl.bands import build_decomposer
-from specpl.config import DataConfig, DecomposerConfig, MethodConfig
+from specpl.config import DataConfig, MethodConfig
 from specpl.data import read_fewshot_folder
 from specpl.datasets import read_dataset
 from specpl.defaults import demo_data_dir, world_backbone_config
 from specpl.evaluate import harmonic_mean
 from specpl.inference import Predictor
+from specpl.methods.caspl import PHASE_ONE
 from specpl.selection import Selection, noise_margin
 from specpl.trainer import Trainer
-from specpl.world.benchmark import BenchRow, WorldBenchConfig, row_run_config
-from specpl.world.defaults_bench import demo_run_config, parse_ablation
+from specpl.world.benchmark import BenchRow, SeedRuns
+from specpl.world.defaults_bench import DefaultsBenchConfig, DemoSeedRuns, parse_ablation, world_config
 from specpl.world.generator import write_fewshot_folder
 
 DEMO = "demo"
@@ -131,21 +133,41 @@ def headline(test: list[float | None]) -> float:
     return harmonic_mean(*test) if len(test) == 2 else test[0]
 
 
+class Tracing(SeedRuns):
+    """A seed's runs whose trainers trace (`TracingTrainer`); CasPL's phase 1, which has no test
+    classes to score, trains as it does in the bench."""
+
+    def __init__(self, *args: Any, splits: dict[str, tuple], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.splits = splits
+        self.trainers: dict[Path, TracingTrainer] = {}
+
+    def trainer(self, row: BenchRow, run_dir: Path) -> Trainer:
+        if row.method.host == PHASE_ONE:
+            return super().trainer(row, run_dir)
+        built = self.decomposer if row.decomposer is None else self.decomposers[row.decomposer]
+        trainer = TracingTrainer(
+            self.run_config(row),
+            run_dir,
+            backbone=self.backbone,
+            decomposer=built,
+            progress_bar=False,
+            splits=self.splits,
+        )
+        self.trainers[run_dir] = trainer
+        return trainer
+
+
+class DemoTracing(Tracing, DemoSeedRuns):
+    """The demo set's runs, traced."""
+
+
 def trace_runs(args: argparse.Namespace) -> dict:
     """Train every row on every seed and return {"domain", "rows": {row: {seed: {val_images, trace}}}}."""
     torch.set_num_threads(1)
     backbone = load_backbone(world_backbone_config())
-    decomposer_config = DecomposerConfig(name="fft", image_size=64)
-    decomposer = build_decomposer(decomposer_config)
-    world = WorldBenchConfig(
-        shots=4,
-        test_per_class=args.test_per_class,
-        epochs=None,
-        batch_size=None,
-        n_ctx=None,
-        decomposer=decomposer_config,
-        camera=args.domain,
-    )
+    world = world_config(DefaultsBenchConfig(hosts=(), test_per_class=args.test_per_class), args.domain)
+    decomposer = build_decomposer(world.decomposer)
     traces: dict = {"domain": args.domain, "test_per_class": args.test_per_class, "rows": {}}
     with tempfile.TemporaryDirectory() as workdir:
         demo_root = demo_data_dir(Path(workdir) / "demo") if args.domain == DEMO else None
@@ -158,34 +180,26 @@ def trace_runs(args: argparse.Namespace) -> dict:
                     s: (read_fewshot_folder(root, shots=world.shots, seed=seed, subsample=s), s == "new")
                     for s in ("base", "new")
                 }
-            else:
+                runs: Tracing = Tracing(world, backbone, decomposer, {}, root, seed, Path(workdir), splits=splits)
+            else:  # as `specpl bench defaults` trains the demo set: no flag but the seed
                 splits = {"all": (read_dataset(DataConfig(root=str(demo_root), seed=seed)), False)}
+                runs = DemoTracing(world, backbone, decomposer, {}, demo_root, seed, Path(workdir), splits=splits)
             for index, text in enumerate(args.rows):
                 host, boosters, options = parse_ablation(text)
                 train = options.pop("train", {})  # train.KEY=VALUE: a training setting, not a method option
                 row = BenchRow(text, MethodConfig(host=host, boosters=boosters, options=options), train=train)
-                if demo_root is None:
-                    run = row_run_config(row, world, backbone, root, seed)
-                else:  # as `specpl bench defaults` trains the demo set: no flag but the seed
-                    run = demo_run_config(row, decomposer_config, backbone, demo_root, seed)
-                trainer = TracingTrainer(
-                    run,
-                    Path(workdir) / f"row{index}-{seed}",
-                    backbone=backbone,
-                    decomposer=decomposer,
-                    progress_bar=False,
-                    splits=splits,
-                )
-                result = trainer.fit()
+                run_dir = Path(workdir) / f"row{index}-{seed}"
+                result = runs.fit(row, run_dir)
+                trace = runs.trainers[run_dir].trace
                 epochs = len(result.metrics["selection"]["per_epoch_val"])
-                if len(trainer.trace) != epochs + 2:  # zero-shot, initial, every epoch
-                    raise RuntimeError(f"{text}: {len(trainer.trace)} validation scores for {epochs} epochs")
+                if len(trace) != epochs + 2:  # zero-shot, initial, every epoch
+                    raise RuntimeError(f"{text}: {len(trace)} validation scores for {epochs} epochs")
                 traces["rows"].setdefault(text, {})[str(seed)] = {
                     "val_images": result.metrics["selection"]["val_images"],
                     "reported": headline([result.metrics[k] for k in ("base", "new") if k in result.metrics])
                     if demo_root is None
                     else result.metrics["accuracy"],
-                    "trace": trainer.trace,
+                    "trace": trace,
                 }
                 print(f"seed {seed} {text}: traced {epochs} epochs", flush=True)
     return traces

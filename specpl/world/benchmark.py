@@ -341,10 +341,13 @@ class SeedRuns:
         """The training run of `row` on this seed's data."""
         return row_run_config(row, self.config, self.backbone, self.root, self.seed)
 
-    def _fit(self, row: BenchRow, run_dir: Path) -> TrainResult:
+    def trainer(self, row: BenchRow, run_dir: Path) -> Trainer:
+        """The trainer of `row`'s run (a bench that also traces training overrides it)."""
         built = self.decomposer if row.decomposer is None else self.decomposers[row.decomposer]
-        run = self.run_config(row)
-        return Trainer(run, run_dir, backbone=self.backbone, decomposer=built, progress_bar=False).fit()
+        return Trainer(self.run_config(row), run_dir, backbone=self.backbone, decomposer=built, progress_bar=False)
+
+    def _fit(self, row: BenchRow, run_dir: Path) -> TrainResult:
+        return self.trainer(row, run_dir).fit()
 
 
 def teacher_fit(student: torch.Tensor, teacher: torch.Tensor) -> dict[str, float]:

@@ -121,16 +121,10 @@ def default_rows(config: DefaultsBenchConfig) -> list[BenchRow]:
     return rows
 
 
-def run_world_domain(
-    config: DefaultsBenchConfig,
-    rows: list[BenchRow],
-    camera: str,
-    backbone: Backbone,
-    decomposer: BandDecomposer,
-    workdir: Path,
-    log: Callable[[str], None],
-) -> list[DomainRow]:
-    world = WorldBenchConfig(
+def world_config(config: DefaultsBenchConfig, camera: str = "default") -> WorldBenchConfig:
+    """The world bench's settings for `config` under `camera`: no epochs, batch size or context
+    length of its own, so every run trains as the CLI does with no flag."""
+    return WorldBenchConfig(
         shots=config.shots,
         seeds=config.seeds,
         test_per_class=config.test_per_class,
@@ -143,8 +137,24 @@ def run_world_domain(
         camera=camera,
         boosters=config.boosters,
     )
+
+
+def run_world_domain(
+    config: DefaultsBenchConfig,
+    rows: list[BenchRow],
+    camera: str,
+    backbone: Backbone,
+    decomposer: BandDecomposer,
+    workdir: Path,
+    log: Callable[[str], None],
+) -> list[DomainRow]:
     results = run_world_bench(
-        world, backbone, decomposer, workdir, log=lambda line: log(f"[{camera}] {line}"), rows=rows
+        world_config(config, camera),
+        backbone,
+        decomposer,
+        workdir,
+        log=lambda line: log(f"[{camera}] {line}"),
+        rows=rows,
     )
     by_name = {row.name: row for row in rows}
     return [DomainRow(r.name, by_name[r.name].baseline, [tuple(pair) for pair in r.per_seed]) for r in results]
@@ -186,7 +196,9 @@ def run_demo_domain(
     teacher = None
     if any(row.teacher for row in rows):
         teacher = load_teacher(*resolve_teacher(backbone.config, None, None), next(backbone.model.parameters()).device)
-    runs = {seed: DemoSeedRuns(config, backbone, decomposer, {}, root, seed, workdir) for seed in config.seeds}
+    runs = {
+        seed: DemoSeedRuns(world_config(config), backbone, decomposer, {}, root, seed, workdir) for seed in config.seeds
+    }
     results = []
     for index, row in enumerate(rows):
         result = DomainRow(row.name, row.baseline)
