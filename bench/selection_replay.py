@@ -145,12 +145,11 @@ class Tracing(SeedRuns):
     def trainer(self, row: BenchRow, run_dir: Path) -> Trainer:
         if row.method.host == PHASE_ONE:
             return super().trainer(row, run_dir)
-        built = self.decomposer if row.decomposer is None else self.decomposers[row.decomposer]
         trainer = TracingTrainer(
             self.run_config(row),
             run_dir,
             backbone=self.backbone,
-            decomposer=built,
+            decomposer=self.row_decomposer(row),
             progress_bar=False,
             splits=self.splits,
         )

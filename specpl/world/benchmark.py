@@ -341,10 +341,19 @@ class SeedRuns:
         """The training run of `row` on this seed's data."""
         return row_run_config(row, self.config, self.backbone, self.root, self.seed)
 
+    def row_decomposer(self, row: BenchRow) -> BandDecomposer:
+        """The band decomposer `row` trains with: the bench's, or the one the row names."""
+        return self.decomposer if row.decomposer is None else self.decomposers[row.decomposer]
+
     def trainer(self, row: BenchRow, run_dir: Path) -> Trainer:
         """The trainer of `row`'s run (a bench that also traces training overrides it)."""
-        built = self.decomposer if row.decomposer is None else self.decomposers[row.decomposer]
-        return Trainer(self.run_config(row), run_dir, backbone=self.backbone, decomposer=built, progress_bar=False)
+        return Trainer(
+            self.run_config(row),
+            run_dir,
+            backbone=self.backbone,
+            decomposer=self.row_decomposer(row),
+            progress_bar=False,
+        )
 
     def _fit(self, row: BenchRow, run_dir: Path) -> TrainResult:
         return self.trainer(row, run_dir).fit()
