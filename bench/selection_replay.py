@@ -189,7 +189,7 @@ def trace_runs(args: argparse.Namespace) -> dict:
                 row = BenchRow(text, MethodConfig(host=host, boosters=boosters, options=options), train=train)
                 run_dir = Path(workdir) / f"row{index}-{seed}"
                 result = runs.fit(row, run_dir)
-                trace = runs.trainers[run_dir].trace
+                trace = runs.trainers.pop(run_dir).trace  # let the finished trainer, and its model, go
                 epochs = len(result.metrics["selection"]["per_epoch_val"])
                 if len(trace) != epochs + 2:  # zero-shot, initial, every epoch
                     raise RuntimeError(f"{text}: {len(trace)} validation scores for {epochs} epochs")
