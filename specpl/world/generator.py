@@ -99,6 +99,7 @@ CAMERAS: dict[str, tuple[float, tuple[int, int, int]]] = {
     "canopy": (0.45, (70, 160, 60)),  # a green cast, as under leaves: added unseen for the fifth round
     "safelight": (0.5, (190, 30, 20)),  # a red cast, as under a darkroom lamp: added unseen to confirm round 5
     "sodium": (0.5, (225, 195, 30)),  # a yellow cast, as under a sodium street lamp: added unseen in round 7
+    "overcast": (0.3, (140, 145, 155)),  # a mild grey cast, as on a dull day: added unseen in round 8
 }
 
 
