@@ -471,7 +471,7 @@ def test_a_host_whose_image_path_does_not_learn_is_refused_with_the_reason_and_t
 
     expected = (
         rf"booster 'dapt' cannot run on host '{host}': it needs a host with image-tower prompts \(without "
-        r"them nothing in the image path learns, so DAPT's pull-push and background terms, which train the "
+        r"them nothing in the image tower learns, so DAPT's pull-push and background terms, which train the "
         r"image side, carry no gradient; .*\)\. Hosts it can boost: ivlp, maple, mmrl, promptsrc$"
     )
     with pytest.raises(ValueError, match=expected):

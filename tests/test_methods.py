@@ -289,7 +289,7 @@ def test_paper_and_default_presets_differ_only_where_documented():
         )
         changed = {k for k in options["default"][host] if options["default"][host][k] != options["paper"][host][k]}
         expected = {
-            "coop": {"ctx_from_template"},
+            "coop": {"ctx_from_template", "linear_adapter"},
             "maple": {"ctx_from_template", "tail", "deep_text_init", "coupling_init"},
             "mmrl": {"reg_weight_fallback", "init_std", "aligner_bias_init", "proj_rep_init"},
         }[host]

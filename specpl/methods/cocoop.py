@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specpl.config import check_choice
+from specpl.methods.adapter import ADAPTER_SOURCES, AdapterOptions
 from specpl.methods.base import BuildContext
 from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
@@ -39,7 +40,7 @@ COCOOP_CONFIG = "KaiyangZhou/CoOp configs/trainers/CoCoOp/vit_b16_c4_ep10_batch1
 
 
 @dataclass
-class CoCoOpConfig:
+class CoCoOpConfig(AdapterOptions):
     n_ctx: int = 4
     ctx_init: str = "a photo of a"
     init_std: float = 0.02
@@ -70,10 +71,11 @@ class CoCoOp(ContextHost):
         "crop_scale": 0.08,
     }
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
-        "paper": {"cocoop": {"ctx_from_template": False, "meta_init": "pytorch"}}
+        "paper": {"cocoop": {"ctx_from_template": False, "meta_init": "pytorch", "linear_adapter": False}}
     }
     sources: ClassVar[dict[str, str]] = {
         **context_sources("KaiyangZhou/CoOp trainers/cocoop.py"),
+        **ADAPTER_SOURCES,
         **schedule_sources(COCOOP_CONFIG, training_defaults),
         "n_ctx": f"{COCOOP_CONFIG} (N_CTX 4)",
         "ctx_init": f"{COCOOP_CONFIG} (CTX_INIT 'a photo of a')",

@@ -26,7 +26,8 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from specpl.methods.base import CONTEXT_TOKENS, BuildContext, Host
+from specpl.methods.adapter import ADAPTER_SOURCES, AdapterOptions, LinearAdapter
+from specpl.methods.base import CONTEXT_TOKENS, FEATURES, BuildContext, Host, cosine_logits
 from specpl.methods.prompt import PromptLearner
 from specpl.methods.registry import HOSTS
 from specpl.methods.sourcing import context_sources, schedule_sources
@@ -49,7 +50,7 @@ def template_context(template: str, fallback: str = "") -> tuple[str, str]:
 # The CoOp repository's vit_b16_ctxv1 (the published CoOp row) and SpecPL's CoOp; see the module doc.
 CTXV1_CONFIG = "KaiyangZhou/CoOp configs/trainers/CoOp/vit_b16_ctxv1.yaml"
 SPECPL_COOP: dict[str, dict[str, Any]] = {
-    "coop": {"n_ctx": 16, "ctx_init": "", "ctx_from_template": False},
+    "coop": {"n_ctx": 16, "ctx_init": "", "ctx_from_template": False, "linear_adapter": False},
     "train": {"epochs": 100},
     "train@imagenet": {"epochs": 10},
 }
@@ -57,6 +58,7 @@ SPECPL_COOP_SOURCES = {
     "coop.n_ctx": "Mlrac1e/SpecPL-Prompt-Learning@eba735b scripts/coop (NCTX=16, random init)",
     "coop.ctx_init": "Mlrac1e/SpecPL-Prompt-Learning@eba735b configs/trainers/CoOp (no CTX_INIT)",
     "coop.ctx_from_template": "ours: off, the released context is random",
+    "coop.linear_adapter": ADAPTER_SOURCES["linear_adapter"],
     "train.epochs": "Mlrac1e/SpecPL-Prompt-Learning@eba735b scripts/coop (100 epochs)",
     "train.batch_size": "Mlrac1e/SpecPL-Prompt-Learning@eba735b configs/trainers/CoOp (BATCH_SIZE 32)",
     "train.lr": "Mlrac1e/SpecPL-Prompt-Learning@eba735b configs/trainers/CoOp (LR 0.002)",
@@ -65,7 +67,7 @@ SPECPL_COOP_SOURCES = {
 
 
 @dataclass
-class CoOpConfig:
+class CoOpConfig(AdapterOptions):
     n_ctx: int = 16
     ctx_init: str = ""  # e.g. "a photo of a"; sets n_ctx to its token count
     class_specific: bool = False  # CSC: one context per class (cannot transfer to new classes)
@@ -99,6 +101,9 @@ class ContextHost(Host):
             tail=tail,
             **self.context_layout(config),
         )
+        # the text-only hosts' shared image-feature map (specpl.methods.adapter); None elsewhere
+        use_adapter = isinstance(config, AdapterOptions) and config.linear_adapter
+        self.adapter = LinearAdapter(context.embed_dim) if use_adapter else None
 
     def resolved_options(self) -> dict[str, Any]:
         """The context as built: a template-derived context is written out (words, token count and
@@ -119,6 +124,13 @@ class ContextHost(Host):
     def context_layout(self, config: Any) -> dict[str, bool]:
         """`PromptLearner` layout switches this host's options set (CoOp's CSC and shared prefix)."""
         return {}
+
+    def logits(
+        self, image: dict[str, torch.Tensor], raw_text: torch.Tensor, refined_text: torch.Tensor, scale: float
+    ) -> torch.Tensor:
+        """s*cos(image, refined text), the image feature through the linear adapter when there is one."""
+        features = image[FEATURES] if self.adapter is None else self.adapter(image[FEATURES])
+        return cosine_logits(features, refined_text, scale)
 
     def set_classnames(self, classnames: list[str], novel: bool = False) -> None:
         self.prompt_learner.set_classnames(classnames)
@@ -148,13 +160,14 @@ class CoOp(ContextHost):
     }
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {
-            "coop": {"n_ctx": 4, "ctx_init": "a photo of a", "ctx_from_template": False},
+            "coop": {"n_ctx": 4, "ctx_init": "a photo of a", "ctx_from_template": False, "linear_adapter": False},
             "train@imagenet": {"epochs": 50},
         },
         "paper-specpl": SPECPL_COOP,  # what SpecPL's paper trains as CoOp
     }
     sources: ClassVar[dict[str, str]] = {
         **context_sources("KaiyangZhou/CoOp trainers/coop.py"),
+        **ADAPTER_SOURCES,
         **schedule_sources(CTXV1_CONFIG, training_defaults),
         "n_ctx": f"{CTXV1_CONFIG} (4 tokens, from CTX_INIT)",
         "ctx_init": f"{CTXV1_CONFIG} (CTX_INIT 'a photo of a')",

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from specpl.config import check_choice
+from specpl.methods.adapter import ADAPTER_SOURCES, AdapterOptions
 from specpl.methods.base import BuildContext, ForwardState
 from specpl.methods.coop import ContextHost
 from specpl.methods.registry import HOSTS
@@ -35,7 +36,7 @@ KGCOOP_CONFIG = "htyao89/KgCoOp configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml
 
 
 @dataclass
-class KgCoOpConfig:
+class KgCoOpConfig(AdapterOptions):
     n_ctx: int = 4
     ctx_init: str = "a photo of a"
     init_std: float = 0.02
@@ -71,10 +72,11 @@ class KgCoOp(ContextHost):
         "crop_scale": 0.08,
     }
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
-        "paper": {"kgcoop": {"ctx_from_template": False, "guidance_templates": "released"}}
+        "paper": {"kgcoop": {"ctx_from_template": False, "guidance_templates": "released", "linear_adapter": False}}
     }
     sources: ClassVar[dict[str, str]] = {
         **context_sources("htyao89/KgCoOp trainers/kgcoop.py"),
+        **ADAPTER_SOURCES,
         **schedule_sources(KGCOOP_CONFIG, training_defaults),
         "n_ctx": f"{KGCOOP_SCRIPT} (NCTX=4)",
         "ctx_init": f"{KGCOOP_CONFIG} (CTX_INIT 'a photo of a')",

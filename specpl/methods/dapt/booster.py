@@ -90,7 +90,7 @@ class DAPT(Booster):
     config_class: ClassVar[type] = DAPTConfig
     requires: ClassVar[frozenset[str]] = frozenset({PROMPTS_IMAGE_TOWER})
     requires_reason: ClassVar[str] = (
-        "without them nothing in the image path learns, so DAPT's pull-push and background terms, which train "
+        "without them nothing in the image tower learns, so DAPT's pull-push and background terms, which train "
         "the image side, carry no gradient; measured effect on such hosts: 0.0-0.2 points"
     )
     # the released trainer is MaPLe's (trainers/maple.py); the README's table adds DAPT + PromptSRC
