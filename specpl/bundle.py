@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from specpl.config import PRESET_ALIASES
 from specpl.io import atomic_write, atomic_write_text
 
-BUNDLE_FORMAT = "specpl-bundle/3"
+BUNDLE_FORMAT = "specpl-bundle/4"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -141,7 +141,35 @@ def _upgrade_v2(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-UPGRADES = {"specpl-bundle/1": _upgrade_v1, "specpl-bundle/2": _upgrade_v2}  # format -> step to the next format
+# options added with format 4 (the text-only hosts' linear adapter), and the value every earlier build had
+OPTIONS_BEFORE_V4 = {host: {"linear_adapter": False} for host in ("coop", "cocoop", "kgcoop")}
+
+
+def with_options_before_v4(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`options` (component -> values) with each option added in format 4 that they lack set to the
+    value a model had before it existed; a run record written before then resumes with them too."""
+    options = {name: dict(values) for name, values in options.items()}
+    for name, values in options.items():
+        for key, value in OPTIONS_BEFORE_V4.get(name, {}).items():
+            values.setdefault(key, value)
+    return options
+
+
+def _upgrade_v3(config: dict[str, Any]) -> dict[str, Any]:
+    """specpl-bundle/3 (before the linear adapter) built CoOp, CoCoOp and KgCoOp without it."""
+    config = dict(config)
+    method = dict(config["method"])
+    method["options"] = with_options_before_v4(method.get("options") or {})
+    config["method"] = method
+    config["format"] = "specpl-bundle/4"
+    return config
+
+
+UPGRADES = {
+    "specpl-bundle/1": _upgrade_v1,
+    "specpl-bundle/2": _upgrade_v2,
+    "specpl-bundle/3": _upgrade_v3,
+}  # format -> step to the next format
 
 
 def swap_in(staging: Path, directory: Path) -> None:

@@ -259,3 +259,25 @@ def test_cocoop_evaluates_1000_classes_in_blocks_of_bounded_size(tiny_backbone):
         text = model.host.encode_text(torch.randn(10, tiny_backbone.embed_dim))
     assert text.shape == (10, 1000, tiny_backbone.embed_dim) and torch.isfinite(text).all()
     assert sum(pairs) == 10_000 and max(pairs) <= model.host.config.eval_pairs_per_chunk == 4096
+
+
+def test_a_format_3_coop_bundle_loads_without_the_linear_adapter_it_predates(tiny_backbone, tmp_path):
+    """Format 3 had no `linear_adapter` option and no adapter tensor: the upgrade builds CoOp
+    without it, with identical logits (the default since format 4 would build one and refuse the
+    bundle for the missing tensor)."""
+    torch.manual_seed(0)
+    model = build_method(
+        MethodConfig(host="coop", options={"coop": {"linear_adapter": False}}), tiny_backbone, CLASSES
+    ).eval()
+    model.save_bundle(tmp_path / "model")
+    config_path = tmp_path / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["method"]["options"]["coop"]["linear_adapter"]
+    config["format"] = "specpl-bundle/3"
+    config_path.write_text(json.dumps(config))
+    reloaded = load_bundle(tmp_path / "model", backbone=tiny_backbone)[0].eval()
+    assert reloaded.host.adapter is None and reloaded.resolved_options()["coop"]["linear_adapter"] is False
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(
+        reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)), rtol=0, atol=0
+    )

@@ -272,3 +272,15 @@ def test_what_a_run_recorded_is_what_the_one_resolver_says(trained_run):
     assert resolved.training == record["resolved_train"] and resolved.template == record["template"]
     assert resolved.sources == record["sources"] == {}  # the default preset is ours: no paper sources
     assert len(resolved.data.train) + len(resolved.data.val) == len(read_dataset(config.data).train)
+
+
+def test_a_run_recorded_before_the_linear_adapter_resumes_without_it(trained_run):
+    """A run record from before `linear_adapter` existed (no such key in its coop options) resumes
+    as it was built, without the adapter; a record that has the key keeps its value."""
+    from specpl.trainer import with_recorded_settings
+
+    record = json.loads((trained_run.run_dir / "config.json").read_text(encoding="utf-8"))
+    config = RunConfig.from_dict({k: record[k] for k in ("method", "data", "train")})
+    assert with_recorded_settings(config, record).method.options["coop"]["linear_adapter"] is True
+    del record["resolved_method_options"]["coop"]["linear_adapter"]
+    assert with_recorded_settings(config, record).method.options["coop"]["linear_adapter"] is False
