@@ -209,12 +209,13 @@ def test_methods_lists_every_host_and_booster_with_its_line_and_defaults(capsys)
             assert f"  {name:10s} {registry.get(name).description}\n" in out, name
     assert "paper training: epochs 5, batch_size 4, lr 0.0035" in out  # MaPLe's published schedule
     assert (
-        "options (default preset): n_ctx=16" in out
+        "options (default preset): linear_adapter=True, n_ctx=16" in out
         and "hosts: cocoop, coop, ivlp, kgcoop, maple, promptsrc; published on: coop, cocoop, maple, promptsrc" in out
     )
     assert (
         "paper preset (CoOp's vit_b16_ctxv1: 4 tokens from 'a photo of a', 200 epochs (the CoCoOp paper's CoOp row)): "
-        "coop.n_ctx=4, coop.ctx_init=a photo of a, coop.ctx_from_template=False, train@imagenet.epochs=50" in out
+        "coop.n_ctx=4, coop.ctx_init=a photo of a, coop.ctx_from_template=False, coop.linear_adapter=False, "
+        "train@imagenet.epochs=50" in out
     )
     assert (
         "paper-specpl preset (SpecPL's CoOp: 16 random tokens, 100 epochs (no published plain-CoOp row)): coop.n_ctx=16"
