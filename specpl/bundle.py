@@ -110,6 +110,18 @@ def _upgrade_v1(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def with_options_added(
+    options: dict[str, dict[str, Any]], values_before: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """A copy of `options` (component -> values) in which each option a later format added and they
+    lack takes the value a model had before it existed (`values_before`, component -> values)."""
+    options = {name: dict(values) for name, values in options.items()}
+    for name, values in options.items():
+        for key, value in values_before.get(name, {}).items():
+            values.setdefault(key, value)
+    return options
+
+
 # options added with the step-0 identity defaults, and the value every earlier bundle was built with
 _V2_OPTION_VALUES = {
     "specpl": {"refiner": "layernorm"},
@@ -127,10 +139,7 @@ def _upgrade_v2(config: dict[str, Any]) -> dict[str, Any]:
     "."; options it lacks take those values, so it rebuilds the model it was trained as."""
     config = dict(config)
     method = dict(config["method"])
-    options = {name: dict(values) for name, values in (method.get("options") or {}).items()}
-    for name, values in options.items():
-        for key, value in _V2_OPTION_VALUES.get(name, {}).items():
-            values.setdefault(key, value)
+    options = with_options_added(method.get("options") or {}, _V2_OPTION_VALUES)
     if "specpl" in options and options["specpl"].get("test_blend") is None:  # None was 0.5 on CoCoOp, 1 elsewhere
         options["specpl"]["test_blend"] = 0.5 if method.get("host") == "cocoop" else 1.0
     method["options"] = options
@@ -146,13 +155,9 @@ OPTIONS_BEFORE_V4 = {host: {"linear_adapter": False} for host in ("coop", "cocoo
 
 
 def with_options_before_v4(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """`options` (component -> values) with each option added in format 4 that they lack set to the
-    value a model had before it existed; a run record written before then resumes with them too."""
-    options = {name: dict(values) for name, values in options.items()}
-    for name, values in options.items():
-        for key, value in OPTIONS_BEFORE_V4.get(name, {}).items():
-            values.setdefault(key, value)
-    return options
+    """`options` with the options added in format 4 that they lack set as before them; a run record
+    written before then resumes with them too."""
+    return with_options_added(options, OPTIONS_BEFORE_V4)
 
 
 def _upgrade_v3(config: dict[str, Any]) -> dict[str, Any]:

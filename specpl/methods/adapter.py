@@ -3,8 +3,8 @@
 CoOp, CoCoOp and KgCoOp learn only text. When the camera shifts every image the same way (a colour
 cast), their context words fit the training classes' names and little of the shift carries to
 classes they never saw: under the strong casts of ``specpl bench defaults`` (safelight, neon) they
-ended within 2 HM of zero-shot. One shared linear map of the image features, learned beside the context, does
-carry: it reads no class name, so it applies to new classes unchanged.
+ended within 2 HM of zero-shot. One shared linear map of the image features, learned beside the
+context, does carry: it reads no class name, so it applies to new classes unchanged.
 
 The map is ``x -> x + x W`` on the L2-normalised image feature, with W (D x D) starting at zero, so
 a run starts exactly at the host without it (zero-shot CLIP for a context started from the template)
