@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from specpl.config import PRESET_ALIASES
 from specpl.io import atomic_write, atomic_write_text
 
-BUNDLE_FORMAT = "specpl-bundle/4"
+BUNDLE_FORMAT = "specpl-bundle/5"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -150,31 +150,37 @@ def _upgrade_v2(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-# options added with format 4 (the text-only hosts' linear adapter), and the value every earlier build had
-OPTIONS_BEFORE_V4 = {host: {"linear_adapter": False} for host in ("coop", "cocoop", "kgcoop")}
+# options added since format 3, and the value every build before them had: format 4 gave the
+# text-only hosts the linear adapter, format 5 gave IVLP PromptSRC's agreement terms
+OPTIONS_BEFORE_V5 = {
+    **{host: {"linear_adapter": False} for host in ("coop", "cocoop", "kgcoop")},
+    "ivlp": {"text_l1_weight": 0.0, "image_l1_weight": 0.0, "kl_weight": 0.0},
+}
 
 
-def with_options_before_v4(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """`options` with the options added in format 4 that they lack set as before them; a run record
-    written before then resumes with them too."""
-    return with_options_added(options, OPTIONS_BEFORE_V4)
+def with_options_before_v5(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`options` with the options added in formats 4 and 5 that they lack set as before them; a run
+    record written before then resumes with them too."""
+    return with_options_added(options, OPTIONS_BEFORE_V5)
 
 
-def _upgrade_v3(config: dict[str, Any]) -> dict[str, Any]:
-    """specpl-bundle/3 (before the linear adapter) built CoOp, CoCoOp and KgCoOp without it."""
+def _upgrade_v3_or_v4(config: dict[str, Any]) -> dict[str, Any]:
+    """specpl-bundle/3 built CoOp, CoCoOp and KgCoOp without the linear adapter, and formats 3 and 4
+    trained IVLP without PromptSRC's agreement terms (options a format-4 bundle has are kept)."""
     config = dict(config)
     method = dict(config["method"])
-    method["options"] = with_options_before_v4(method.get("options") or {})
+    method["options"] = with_options_before_v5(method.get("options") or {})
     config["method"] = method
-    config["format"] = "specpl-bundle/4"
+    config["format"] = "specpl-bundle/5"
     return config
 
 
 UPGRADES = {
     "specpl-bundle/1": _upgrade_v1,
     "specpl-bundle/2": _upgrade_v2,
-    "specpl-bundle/3": _upgrade_v3,
-}  # format -> step to the next format
+    "specpl-bundle/3": _upgrade_v3_or_v4,
+    "specpl-bundle/4": _upgrade_v3_or_v4,
+}  # format -> step to a newer one
 
 
 def swap_in(staging: Path, directory: Path) -> None:

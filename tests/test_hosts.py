@@ -93,6 +93,35 @@ def test_promptsrc_frozen_text_averages_the_released_60_templates(tiny_backbone)
         )
 
 
+def test_ivlp_learns_with_promptsrcs_two_l1_terms_by_default_and_plain_under_paper(tiny_backbone):
+    """Default IVLP adds 25 L1(prompted text, g0) + 10 L1(prompted image, frozen image) to its
+    cross-entropy, and no KL; ``paper`` IVLP has the cross-entropy alone and reads no frozen feature."""
+    import torch.nn.functional as F
+    from test_methods import batch_for
+
+    from specpl.frozen import CLIP_IMAGE
+
+    images, labels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1, 2, 3])
+    model = build_method(MethodConfig(host="ivlp"), tiny_backbone, CLASSES)
+    batch = batch_for(model, images, labels)
+    model.train()
+    losses = model(batch)
+    assert set(losses) == {"cls", "text_l1", "image_l1"}
+    with torch.no_grad():
+        raw_text = model.text_features(None)[0]
+        image = model.image_from_batch(batch)[FEATURES]
+    text_l1 = F.l1_loss(F.normalize(raw_text, dim=-1), model.host.frozen_text)
+    image_l1 = F.l1_loss(F.normalize(image, dim=-1), F.normalize(batch.frozen[CLIP_IMAGE], dim=-1))
+    torch.testing.assert_close(losses["text_l1"].detach(), 25 * text_l1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(losses["image_l1"].detach(), 10 * image_l1, rtol=1e-5, atol=1e-6)
+    assert float(losses["image_l1"].detach()) > 0  # the vision prompts move the image feature off the frozen one
+
+    paper = build_method(MethodConfig(host="ivlp", preset="paper"), tiny_backbone, CLASSES)
+    assert paper.frozen_inputs() == [] and not hasattr(paper.host, "frozen_text")
+    paper.train()
+    assert set(paper(batch_for(paper, images, labels))) == {"cls"}
+
+
 def test_gpa_weights_and_aggregate(tiny_backbone):
     weights = gpa_weights(20, mean=15, std=1)
     assert sum(weights) == pytest.approx(1.0) and max(range(20), key=weights.__getitem__) == 14
@@ -277,6 +306,27 @@ def test_a_format_3_coop_bundle_loads_without_the_linear_adapter_it_predates(tin
     config_path.write_text(json.dumps(config))
     reloaded = load_bundle(tmp_path / "model", backbone=tiny_backbone)[0].eval()
     assert reloaded.host.adapter is None and reloaded.resolved_options()["coop"]["linear_adapter"] is False
+    images = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(
+        reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)), rtol=0, atol=0
+    )
+
+
+def test_a_format_4_ivlp_bundle_records_that_it_trained_without_the_l1_terms(tiny_backbone, tmp_path):
+    """Format 4 trained IVLP without PromptSRC's terms and wrote no weights for them: the upgrade
+    records them as 0 (the default since format 5 would claim 25 and 10), with identical logits."""
+    torch.manual_seed(0)
+    model = build_method(MethodConfig(host="ivlp"), tiny_backbone, CLASSES).eval()
+    model.save_bundle(tmp_path / "model")
+    config_path = tmp_path / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    for option in ("text_l1_weight", "image_l1_weight", "kl_weight", "frozen_templates", "frozen_text_average"):
+        del config["method"]["options"]["ivlp"][option]
+    config["format"] = "specpl-bundle/4"
+    config_path.write_text(json.dumps(config))
+    reloaded = load_bundle(tmp_path / "model", backbone=tiny_backbone)[0].eval()
+    options = reloaded.resolved_options()["ivlp"]
+    assert (options["text_l1_weight"], options["image_l1_weight"], options["kl_weight"]) == (0.0, 0.0, 0.0)
     images = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(
         reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)), rtol=0, atol=0
