@@ -51,8 +51,19 @@ class DefaultsBenchConfig:
     shots: int = 4
     test_per_class: int = 50
     # cameras the defaults were chosen on, and those held out to confirm them
-    chosen_on: tuple[str, ...] = ("sepia", "dusk", "neon", "underwater", "canopy", "haze", "safelight", "sodium")
-    held_out: tuple[str, ...] = ("overcast", "dim")
+    chosen_on: tuple[str, ...] = (
+        "sepia",
+        "dusk",
+        "neon",
+        "underwater",
+        "canopy",
+        "haze",
+        "safelight",
+        "sodium",
+        "overcast",
+        "dim",
+    )
+    held_out: tuple[str, ...] = ("glare",)
     demo: bool = True
     ablations: tuple[str, ...] = ()  # "host+booster:component.key=value" rows, on every world camera
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))
