@@ -135,13 +135,6 @@ class IndependentPromptHost(DeepPromptHost):
         return list(self.vision)
 
 
-def gpa_weights(epochs: int, mean: float, std: float) -> list[float]:
-    """Gaussian prompt aggregation weights w_e ∝ N(e; mean, std) for epochs 1..E, summing to 1."""
-    raw = [math.exp(-0.5 * ((e - mean) / std) ** 2) for e in range(1, epochs + 1)]
-    total = sum(raw)
-    return [w / total for w in raw] if total > 0 else [1.0 / epochs] * epochs
-
-
 def self_regulating_losses(
     text: torch.Tensor,
     frozen_text: torch.Tensor,
@@ -395,6 +388,13 @@ class MaPLe(DeepPromptHost):
     def vision_tokens(self) -> list[torch.Tensor]:
         text = [self.prompt_learner.ctx, *self.deep_text]
         return [coupling(prompt) for coupling, prompt in zip(self.couplings, text, strict=True)]
+
+
+def gpa_weights(epochs: int, mean: float, std: float) -> list[float]:
+    """Gaussian prompt aggregation weights w_e ∝ N(e; mean, std) for epochs 1..E, summing to 1."""
+    raw = [math.exp(-0.5 * ((e - mean) / std) ** 2) for e in range(1, epochs + 1)]
+    total = sum(raw)
+    return [w / total for w in raw] if total > 0 else [1.0 / epochs] * epochs
 
 
 @HOSTS.register("promptsrc")
