@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from specpl.config import PRESET_ALIASES
 from specpl.io import atomic_write, atomic_write_text
 
-BUNDLE_FORMAT = "specpl-bundle/5"
+BUNDLE_FORMAT = "specpl-bundle/6"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
@@ -151,35 +151,37 @@ def _upgrade_v2(config: dict[str, Any]) -> dict[str, Any]:
 
 
 # options added since format 3, and the value every build before them had: format 4 gave the
-# text-only hosts the linear adapter, format 5 gave IVLP PromptSRC's agreement terms
-OPTIONS_BEFORE_V5 = {
+# text-only hosts the linear adapter, format 5 gave IVLP PromptSRC's agreement terms, format 6 made
+# MMRL's representation branch a residual on its class branch
+OPTIONS_BEFORE_V6 = {
     **{host: {"linear_adapter": False} for host in ("coop", "cocoop", "kgcoop")},
     "ivlp": {"text_l1_weight": 0.0, "image_l1_weight": 0.0, "kl_weight": 0.0},
+    "mmrl": {"rep_branch": "separate"},
 }
 
 
-def with_options_before_v5(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """`options` with the options added in formats 4 and 5 that they lack set as before them; a run
+def with_options_before_v6(options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`options` with the options added in formats 4 to 6 that they lack set as before them; a run
     record written before then resumes with them too."""
-    return with_options_added(options, OPTIONS_BEFORE_V5)
+    return with_options_added(options, OPTIONS_BEFORE_V6)
 
 
-def _upgrade_v3_or_v4(config: dict[str, Any]) -> dict[str, Any]:
-    """specpl-bundle/3 built CoOp, CoCoOp and KgCoOp without the linear adapter, and formats 3 and 4
-    trained IVLP without PromptSRC's agreement terms (options a format-4 bundle has are kept)."""
+def _upgrade_v3_to_v5(config: dict[str, Any]) -> dict[str, Any]:
+    """specpl-bundle/3 built CoOp, CoCoOp and KgCoOp without the linear adapter, formats 3 and 4
+    trained IVLP without PromptSRC's agreement terms, and formats 3 to 5 built MMRL's
+    representation branch apart from its class branch (options a bundle has are kept)."""
     config = dict(config)
     method = dict(config["method"])
-    method["options"] = with_options_before_v5(method.get("options") or {})
+    method["options"] = with_options_before_v6(method.get("options") or {})
     config["method"] = method
-    config["format"] = "specpl-bundle/5"
+    config["format"] = BUNDLE_FORMAT
     return config
 
 
 UPGRADES = {
     "specpl-bundle/1": _upgrade_v1,
     "specpl-bundle/2": _upgrade_v2,
-    "specpl-bundle/3": _upgrade_v3_or_v4,
-    "specpl-bundle/4": _upgrade_v3_or_v4,
+    **{f"specpl-bundle/{n}": _upgrade_v3_to_v5 for n in (3, 4, 5)},
 }  # format -> step to a newer one
 
 

@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults.add_argument(
         "--held-out",
         nargs="*",
-        default=["glare"],
+        default=["violet"],
         choices=list(CAMERAS),
         help="cameras the defaults were not chosen on (they confirm them)",
     )

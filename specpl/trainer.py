@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from specpl.backbone import Backbone, load_backbone
-from specpl.bundle import with_options_before_v5
+from specpl.bundle import with_options_before_v6
 from specpl.checkpoint import load_resume_state, save_resume_state
 from specpl.config import MethodConfig, RunConfig, TrainConfig, from_dict, write_json_atomic
 from specpl.data import FewShotData, ImageItem, read_unlabeled_folder
@@ -592,7 +592,7 @@ def with_recorded_settings(config: RunConfig, record: dict[str, Any]) -> RunConf
     method = MethodConfig(
         host=record["method"]["host"],
         boosters=list(record["method"]["boosters"]),
-        options=with_options_before_v5(record["resolved_method_options"]),
+        options=with_options_before_v6(record["resolved_method_options"]),
         preset=record.get("preset", record["method"].get("preset", "default")),
     )
     known = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -74,7 +74,8 @@ def test_every_option_of_every_registered_method_and_run_setting_has_a_field():
         "specpl.refiner": ("interpolate", "gated", "layernorm"),
         "cocoop.meta_init": ("zero", "pytorch"),
         "mmrl.aligner_bias_init": ("zero", "pytorch"),
-        "mmrl.proj_rep_init": ("clip", "normal"),
+        "mmrl.proj_rep_init": ("zero", "clip", "normal"),
+        "mmrl.rep_branch": ("residual", "separate"),
     }.items():
         assert (fields[key].kind, fields[key].choices, fields[key].default) == ("choice", choices, choices[0]), key
 

@@ -189,6 +189,8 @@ def test_mmrl_specpl_modulates_the_class_token_feature(tiny_backbone):
         CLASSES,
         decomposer=DecomposerConfig(name="fft", image_size=32),
     ).train()
+    with torch.no_grad():  # as after some training: the residual representation branch starts equal to f_c
+        model.host.proj_rep.normal_(0, 0.1)
     images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     frozen = {}
     for frozen_input in model.frozen_inputs():
@@ -310,6 +312,31 @@ def test_a_format_3_coop_bundle_loads_without_the_linear_adapter_it_predates(tin
     torch.testing.assert_close(
         reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)), rtol=0, atol=0
     )
+
+
+def test_a_format_5_mmrl_bundle_keeps_its_separate_representation_branch(tiny_backbone, tmp_path):
+    """Format 5 built MMRL's representation branch apart from its class branch and recorded no
+    `rep_branch`: the upgrade reads it as "separate" (the default since format 6 would add the
+    class feature to it), with identical logits."""
+    torch.manual_seed(0)
+    options = {"mmrl": {"rep_branch": "separate", "proj_rep_init": "clip"}}
+    model = build_method(MethodConfig(host="mmrl", options=options), tiny_backbone, CLASSES).eval()
+    model.save_bundle(tmp_path / "model")
+    config_path = tmp_path / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["method"]["options"]["mmrl"]["rep_branch"]
+    config["format"] = "specpl-bundle/5"
+    config_path.write_text(json.dumps(config))
+    reloaded = load_bundle(tmp_path / "model", backbone=tiny_backbone)[0].eval()
+    assert reloaded.resolved_options()["mmrl"]["rep_branch"] == "separate"
+    images = torch.randn(2, 3, 32, 32)
+    logits = model.logits(model.encode_image(images))
+    torch.testing.assert_close(reloaded.logits(reloaded.encode_image(images)), logits, rtol=0, atol=0)
+    residual = build_method(
+        MethodConfig(host="mmrl", options={"mmrl": {"proj_rep_init": "clip"}}), tiny_backbone, CLASSES
+    )
+    residual.load_learned_state_dict(model.learned_state_dict())
+    assert (residual.eval().logits(residual.encode_image(images)) - logits).abs().max() > 1e-3
 
 
 def test_a_format_4_ivlp_bundle_records_that_it_trained_without_the_l1_terms(tiny_backbone, tmp_path):

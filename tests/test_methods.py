@@ -19,8 +19,9 @@ from specpl.factory import build_method, check_combination, load_bundle, resolve
 from specpl.frozen import flatten
 from specpl.inference import Predictor
 from specpl.methods import BOOSTERS, HOSTS, Batch
-from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER
+from specpl.methods.base import FEATURES, PROMPTS_IMAGE_TOWER, cosine_logits
 from specpl.methods.deep import DeepPromptHost
+from specpl.methods.mmrl import REP
 from specpl.model import PromptModel
 
 CLASSES = ["cat", "dog", "ship", "frog"]
@@ -291,7 +292,7 @@ def test_paper_and_default_presets_differ_only_where_documented():
         expected = {
             "coop": {"ctx_from_template", "linear_adapter"},
             "maple": {"ctx_from_template", "tail", "deep_text_init", "coupling_init"},
-            "mmrl": {"reg_weight_fallback", "init_std", "aligner_bias_init", "proj_rep_init"},
+            "mmrl": {"reg_weight_fallback", "init_std", "aligner_bias_init", "rep_branch", "proj_rep_init"},
         }[host]
         assert changed == expected, (host, changed)
 
@@ -332,30 +333,48 @@ def test_a_deep_host_starts_with_zero_shot_text_and_the_paper_preset_with_random
     assert (paper.text_features(None)[0] - zero_shot).abs().max() > 1e-3
 
 
-def test_mmrl_starts_with_near_zero_tokens_and_clips_projection_and_the_paper_preset_as_released(tiny_backbone):
+def test_mmrl_starts_with_near_zero_tokens_and_its_class_branch_and_the_paper_preset_as_released(tiny_backbone):
     """Default: R at std 1e-4 and zero aligner biases put nearly-zero tokens into the towers (each
     block's LayerNorm maps them to one fixed token, whatever the draw), and the representation
-    branch starts with CLIP's own projection. Paper: R ~ N(0, 0.02), nn.Linear's biases, a random
-    projection. (On the world CLIP this moves MMRL's step-0 gap from 0.78 to 0.13: bench/step_zero.py.)"""
+    branch is a residual on the class branch whose projection starts at zero, so at step 0 the
+    fused logits are the class branch's exactly. Paper: R ~ N(0, 0.02), nn.Linear's biases, a
+    separate branch with a random projection."""
     torch.manual_seed(0)
-    host = build_method(MethodConfig(host="mmrl"), tiny_backbone, CLASSES).host
-    visual_proj = tiny_backbone.model.visual.proj
+    model = build_method(MethodConfig(host="mmrl"), tiny_backbone, CLASSES).eval()
+    host = model.host
     with torch.no_grad():
         tokens = torch.stack([aligner(host.representation) for aligner in host.vision_aligners])
+        image = model.encode_image(torch.randn(3, 3, 32, 32))
+        text = model.text_features(None)[0]
     assert tokens.abs().max() < 1e-3
     assert not any(aligner.bias.any() for aligner in [*host.vision_aligners, *host.text_aligners])
+    assert not host.proj_rep.any() and host.proj_rep.requires_grad
+    torch.testing.assert_close(image[REP], image[FEATURES], rtol=0, atol=0)
+    torch.testing.assert_close(model.logits(image), cosine_logits(image[FEATURES], text, 100.0), rtol=0, atol=1e-4)
+    torch.manual_seed(0)
+    paper = build_method(MethodConfig(host="mmrl", preset="paper"), tiny_backbone, CLASSES).eval()
+    assert float(paper.host.representation.detach().std()) == pytest.approx(0.02, rel=0.1)
+    assert all(aligner.bias.abs().sum() > 0 for aligner in paper.host.vision_aligners)
+    with torch.no_grad():
+        paper_image = paper.encode_image(torch.randn(3, 3, 32, 32))
+    assert (paper_image[REP] - paper_image[FEATURES]).abs().max() > 1e-2
+
+
+def test_mmrl_copies_clips_projection_into_a_trained_branch_when_asked(tiny_backbone):
+    options = {"mmrl": {"rep_branch": "separate", "proj_rep_init": "clip"}}
+    host = build_method(MethodConfig(host="mmrl", options=options), tiny_backbone, CLASSES).host
+    visual_proj = tiny_backbone.model.visual.proj
     torch.testing.assert_close(host.proj_rep.detach(), visual_proj, rtol=0, atol=0)
     assert host.proj_rep.data_ptr() != visual_proj.data_ptr()  # a trained copy, CLIP's own stays frozen
-    torch.manual_seed(0)
-    paper = build_method(MethodConfig(host="mmrl", preset="paper"), tiny_backbone, CLASSES).host
-    assert float(paper.representation.detach().std()) == pytest.approx(0.02, rel=0.1)
-    assert all(aligner.bias.abs().sum() > 0 for aligner in paper.vision_aligners)
-    assert not torch.allclose(paper.proj_rep, visual_proj)
 
 
 def test_an_unknown_mmrl_init_names_the_option_and_the_allowed_values(tiny_backbone):
-    with pytest.raises(ValueError, match=r"mmrl\.proj_rep_init must be one of 'clip', 'normal'; got 'eye'"):
+    with pytest.raises(ValueError, match=r"mmrl\.proj_rep_init must be one of 'zero', 'clip', 'normal'; got 'eye'"):
         build_method(MethodConfig(host="mmrl", options={"mmrl": {"proj_rep_init": "eye"}}), tiny_backbone, CLASSES)
+    with pytest.raises(ValueError, match=r"mmrl\.rep_branch must be one of 'residual', 'separate'; got 'both'"):
+        build_method(MethodConfig(host="mmrl", options={"mmrl": {"rep_branch": "both"}}), tiny_backbone, CLASSES)
+    with pytest.raises(ValueError, match=r"mmrl\.proj_rep_init 'zero' needs mmrl\.rep_branch 'residual'"):
+        build_method(MethodConfig(host="mmrl", options={"mmrl": {"rep_branch": "separate"}}), tiny_backbone, CLASSES)
 
 
 def test_an_unknown_deep_text_init_names_the_host_and_the_allowed_values(tiny_backbone):

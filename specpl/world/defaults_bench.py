@@ -62,8 +62,9 @@ class DefaultsBenchConfig:
         "sodium",
         "overcast",
         "dim",
+        "glare",
     )
-    held_out: tuple[str, ...] = ("glare",)
+    held_out: tuple[str, ...] = ("violet",)
     demo: bool = True
     ablations: tuple[str, ...] = ()  # "host+booster:component.key=value" rows, on every world camera
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))

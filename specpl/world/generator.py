@@ -102,6 +102,7 @@ CAMERAS: dict[str, tuple[float, tuple[int, int, int]]] = {
     "overcast": (0.3, (140, 145, 155)),  # a mild grey cast, as on a dull day: added unseen in round 8
     "dim": (0.6, (15, 15, 20)),  # underexposed: dark and flat with no hue, added unseen in round 8
     "glare": (0.5, (240, 240, 235)),  # overexposed: bright and flat with no hue, added unseen in round 9
+    "violet": (0.5, (80, 30, 190)),  # a deep violet cast, as under a blacklight: added unseen in round 10
 }
 
 
