@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from specpl.config import MethodConfig
 from specpl.factory import build_method
-from specpl.methods import Batch
+from specpl.methods import HOSTS, Batch
 from specpl.methods.specpl import GranuleModulator
 from specpl.methods.specpl.bank import VisualSemanticBank
 from specpl.methods.specpl.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
@@ -75,9 +75,9 @@ def test_bank_initialisation_fills_then_pulls_nearest_row():
     torch.testing.assert_close(bank.bank[1], expected_row1)
 
 
-def _specpl_model(backbone, stat_dim=6):
+def _specpl_model(backbone, stat_dim=6, **specpl_options):
     torch.manual_seed(0)
-    options = {"coop": {"n_ctx": 4}, "specpl": {"band_stat_dim": stat_dim}}
+    options = {"coop": {"n_ctx": 4}, "specpl": {"band_stat_dim": stat_dim, **specpl_options}}
     return build_method(
         MethodConfig(host="coop", boosters=["specpl"], options=options), backbone, ["cat", "dog", "ship", "frog"]
     )
@@ -108,7 +108,7 @@ def test_counterfactual_uses_permuted_high_bands_and_labels(tiny_backbone):
 
 
 def test_specpl_total_loss_weights(tiny_backbone):
-    model = _specpl_model(tiny_backbone)
+    model = _specpl_model(tiny_backbone, lambda_raw=1.0)  # the deep hosts' default; off on CoOp by default
     labels, features = torch.tensor([0, 1]), torch.randn(2, tiny_backbone.embed_dim)
     losses = model(_batch(labels, features, torch.rand(2, 6), torch.rand(2, 6)))
     assert set(losses) == {"cls", "sem", "granule", "counterfactual", "raw"}
@@ -122,14 +122,17 @@ def test_specpl_total_loss_weights(tiny_backbone):
     torch.testing.assert_close(losses["cls"], F.cross_entropy(model.logit_scale * refined_cosine, labels))
 
 
-@pytest.mark.parametrize("host, preset", [("coop", "paper"), ("mmrl", "default"), ("mmrl", "paper")])
-def test_the_raw_text_term_is_ours_and_off_where_the_host_trains_raw_text_already(host, preset):
+@pytest.mark.parametrize("host", sorted(h for h in HOSTS.names() if HOSTS.get(h).accepts_boosters and h != "zeroshot"))
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_the_raw_text_term_is_ours_and_on_only_for_the_deep_hosts_by_default(host, preset):
     """The released code has no raw-text term (paper preset); MMRL's class branch is a raw-text
-    cross-entropy of its own, so the default leaves MMRL + SpecPL as it was."""
+    cross-entropy of its own, and on the text-only hosts the term cost HM, so the default has it
+    on IVLP, MaPLe and PromptSRC alone."""
     from specpl.factory import resolve_method_options
 
     options = resolve_method_options(MethodConfig(host=host, boosters=["specpl"], preset=preset))
-    assert options["specpl"]["lambda_raw"] == 0.0
+    on = preset == "default" and host in ("ivlp", "maple", "promptsrc")
+    assert options["specpl"]["lambda_raw"] == (1.0 if on else 0.0)
 
 
 def test_band_projections_are_frozen_and_refiner_trains(tiny_backbone):

@@ -15,14 +15,18 @@ Documented in docs/methods/specpl.md. Where the spec lists an ambiguity we take 
   parameter, for the paper preset; ``"gated"`` is the unbounded gate, the default before (a
   negative gate turns every class text towards -LN(...); `specpl.methods.specpl.bank`);
 - with batch size 1 the counterfactual loss reduces to the factual one, as in the reference code;
-- ``lambda_raw`` (ours; 1 in the default preset, 0 in the paper preset and on MMRL): a class
-  cross-entropy on the host's *raw* text as well as the host's own on the refined text. Without
-  it the host's prompts learn only through the refiner, the raw text stops being a classifier of
-  its own, and the refiner, fitted to the training classes, carries new classes off: under an
-  unseen camera (canopy, seed 1) PromptSRC + SpecPL kept HM 45.5 against PromptSRC's 60.6 (new
-  classes 33.3 against 57.4); with SpecPL's three terms off and new classes unrefined it kept
-  50.7, and with this term 62.5 (bench/DEFAULTS.md, round 5). MMRL's class branch already trains
-  its raw text with its own cross-entropy.
+- ``lambda_raw`` (ours; 1 in the default preset on the deep hosts, 0 in the paper preset, on MMRL
+  and on the text-only hosts): a class cross-entropy on the host's *raw* text as well as the
+  host's own on the refined text. Without it a deep host's prompts learn only through the
+  refiner, the raw text stops being a classifier of its own, and the refiner, fitted to the
+  training classes, carries new classes off: under an unseen camera (canopy, seed 1) PromptSRC +
+  SpecPL kept HM 45.5 against PromptSRC's 60.6 (new classes 33.3 against 57.4); with SpecPL's three
+  terms off and new classes unrefined it kept 50.7, and with this term 62.5 (bench/DEFAULTS.md,
+  round 5). MMRL's class branch already trains its raw text with its own cross-entropy. On CoOp,
+  CoCoOp and KgCoOp, whose refined text starts as the raw text (the gate starts shut), the term
+  repeats the class cross-entropy on the context and the linear map, and under the glare camera it cost
+  CoOp + SpecPL 7.5 HM, KgCoOp + SpecPL 3.3 and CoCoOp + SpecPL 16.1; without it each ends level
+  with its host or above under glare, overcast and dim (bench/DEFAULTS.md, round 10).
 Per host (spec §2, §4; the released MMRL + SpecPL code): tau 0.02 on CoCoOp. At test the ``paper`` preset's CoCoOp
 takes text = normalise(0.5 raw + 0.5 refined) with the raw feature unnormalised, as the released
 code does; CLIP's raw text norms are far above 1, so that blend is close to the raw direction, and
@@ -78,7 +82,8 @@ class SpecPL(Booster):
         "paper": {"specpl": {"bank_init_batches": 0, "refiner": "layernorm", "lambda_raw": 0.0}}
     }
     host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {
-        "default": {"mmrl": {"specpl": {"lambda_raw": 0.0}}},  # its class branch trains the raw text already
+        # MMRL's class branch trains the raw text already; on the text-only hosts the term cost HM (the docstring)
+        "default": {host: {"specpl": {"lambda_raw": 0.0}} for host in ("mmrl", "coop", "cocoop", "kgcoop")},
         "paper": {"mmrl": {"specpl": {"bank_init_batches": 10}}, "cocoop": {"specpl": {"test_blend": 0.5}}},
     }
     # SpecPL trains CoOp in its own configuration (16 random tokens, 100 epochs): CoOp's paper-specpl

@@ -19,8 +19,9 @@ class SpecPLConfig:
     lambda_sem: float = 0.1
     lambda_gf: float = 0.1
     lambda_gcf: float = 0.1
-    # weight of a class cross-entropy on the host's raw (unrefined) text; ours, 0 in the paper preset
-    # and on MMRL, whose class branch already trains its raw text (`specpl.methods.specpl.booster`)
+    # weight of a class cross-entropy on the host's raw (unrefined) text; ours, 0 in the paper preset,
+    # on MMRL, whose class branch already trains its raw text, and on the text-only hosts
+    # (`specpl.methods.specpl.booster`)
     lambda_raw: float = 1.0
     train_band_mlps: bool = False
     small_init_std: float = 1e-3
