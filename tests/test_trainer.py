@@ -61,7 +61,8 @@ def test_events_log_progress(tmp_path, cifar_root, tiny_backbone):
     assert [e["type"] for e in events] == [e["type"] for e in seen]
     steps = [e for e in events if e["type"] == "step"]
     assert len(steps) == 2  # 20 images / batch 8, the last partial batch dropped (the reference data path)
-    assert set(steps[0]["losses"]) == {"cls", "sem", "granule", "counterfactual", "raw"}
+    # CoOp + SpecPL: the host's cross-entropy and SpecPL's three terms (no raw-text term on CoOp by default)
+    assert set(steps[0]["losses"]) == {"cls", "sem", "granule", "counterfactual"}
     assert {"lr", "images_per_s", "eta_s", "epoch", "total_steps"} <= set(steps[0])
     assert events[-1] == {**events[-1], "type": "status", "status": "finished"}
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test_images"] == 200
