@@ -15,6 +15,7 @@ from specpl.methods.base import FEATURES
 from specpl.methods.deep import gpa_weights, self_regulating_losses
 from specpl.methods.kgcoop import knowledge_guidance_loss
 from specpl.methods.mmrl import REP, mmrl_logits, mmrl_regulariser
+from specpl.model import PromptModel
 from specpl.slots import END, PromptGroup, SlotState
 from specpl.text import PromptTextEncoder
 from specpl.vision import PromptImageEncoder
@@ -292,6 +293,24 @@ def test_cocoop_evaluates_1000_classes_in_blocks_of_bounded_size(tiny_backbone):
     assert sum(pairs) == 10_000 and max(pairs) <= model.host.config.eval_pairs_per_chunk == 4096
 
 
+def _reloaded_as_written_by(fmt: str, model: PromptModel, removed: dict[str, tuple[str, ...]], tmp_path) -> PromptModel:
+    """`model` saved, then read back as bundle format `fmt` wrote it: without the `removed`
+    options (component -> names), which that format did not have."""
+    model.save_bundle(tmp_path / "model")
+    config_path = tmp_path / "model" / "config.json"
+    config = json.loads(config_path.read_text())
+    for component, names in removed.items():
+        for name in names:
+            del config["method"]["options"][component][name]
+    config["format"] = fmt
+    config_path.write_text(json.dumps(config))
+    return load_bundle(tmp_path / "model", backbone=model.backbone)[0].eval()
+
+
+def _logits(model: PromptModel, images: torch.Tensor) -> torch.Tensor:
+    return model.logits(model.encode_image(images))
+
+
 def test_a_format_3_coop_bundle_loads_without_the_linear_adapter_it_predates(tiny_backbone, tmp_path):
     """Format 3 had no `linear_adapter` option and no adapter tensor: the upgrade builds CoOp
     without it, with identical logits (the default since format 4 would build one and refuse the
@@ -300,18 +319,10 @@ def test_a_format_3_coop_bundle_loads_without_the_linear_adapter_it_predates(tin
     model = build_method(
         MethodConfig(host="coop", options={"coop": {"linear_adapter": False}}), tiny_backbone, CLASSES
     ).eval()
-    model.save_bundle(tmp_path / "model")
-    config_path = tmp_path / "model" / "config.json"
-    config = json.loads(config_path.read_text())
-    del config["method"]["options"]["coop"]["linear_adapter"]
-    config["format"] = "specpl-bundle/3"
-    config_path.write_text(json.dumps(config))
-    reloaded = load_bundle(tmp_path / "model", backbone=tiny_backbone)[0].eval()
+    reloaded = _reloaded_as_written_by("specpl-bundle/3", model, {"coop": ("linear_adapter",)}, tmp_path)
     assert reloaded.host.adapter is None and reloaded.resolved_options()["coop"]["linear_adapter"] is False
     images = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(
-        reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)), rtol=0, atol=0
-    )
+    torch.testing.assert_close(_logits(reloaded, images), _logits(model, images), rtol=0, atol=0)
 
 
 def test_a_format_5_mmrl_bundle_keeps_its_separate_representation_branch(tiny_backbone, tmp_path):
@@ -321,22 +332,15 @@ def test_a_format_5_mmrl_bundle_keeps_its_separate_representation_branch(tiny_ba
     torch.manual_seed(0)
     options = {"mmrl": {"rep_branch": "separate", "proj_rep_init": "clip"}}
     model = build_method(MethodConfig(host="mmrl", options=options), tiny_backbone, CLASSES).eval()
-    model.save_bundle(tmp_path / "model")
-    config_path = tmp_path / "model" / "config.json"
-    config = json.loads(config_path.read_text())
-    del config["method"]["options"]["mmrl"]["rep_branch"]
-    config["format"] = "specpl-bundle/5"
-    config_path.write_text(json.dumps(config))
-    reloaded = load_bundle(tmp_path / "model", backbone=tiny_backbone)[0].eval()
+    reloaded = _reloaded_as_written_by("specpl-bundle/5", model, {"mmrl": ("rep_branch",)}, tmp_path)
     assert reloaded.resolved_options()["mmrl"]["rep_branch"] == "separate"
     images = torch.randn(2, 3, 32, 32)
-    logits = model.logits(model.encode_image(images))
-    torch.testing.assert_close(reloaded.logits(reloaded.encode_image(images)), logits, rtol=0, atol=0)
+    torch.testing.assert_close(_logits(reloaded, images), _logits(model, images), rtol=0, atol=0)
     residual = build_method(
         MethodConfig(host="mmrl", options={"mmrl": {"proj_rep_init": "clip"}}), tiny_backbone, CLASSES
-    )
+    ).eval()
     residual.load_learned_state_dict(model.learned_state_dict())
-    assert (residual.eval().logits(residual.encode_image(images)) - logits).abs().max() > 1e-3
+    assert (_logits(residual, images) - _logits(model, images)).abs().max() > 1e-3
 
 
 def test_a_format_4_ivlp_bundle_records_that_it_trained_without_the_l1_terms(tiny_backbone, tmp_path):
@@ -344,17 +348,9 @@ def test_a_format_4_ivlp_bundle_records_that_it_trained_without_the_l1_terms(tin
     records them as 0 (the default since format 5 would claim 25 and 10), with identical logits."""
     torch.manual_seed(0)
     model = build_method(MethodConfig(host="ivlp"), tiny_backbone, CLASSES).eval()
-    model.save_bundle(tmp_path / "model")
-    config_path = tmp_path / "model" / "config.json"
-    config = json.loads(config_path.read_text())
-    for option in ("text_l1_weight", "image_l1_weight", "kl_weight", "frozen_templates", "frozen_text_average"):
-        del config["method"]["options"]["ivlp"][option]
-    config["format"] = "specpl-bundle/4"
-    config_path.write_text(json.dumps(config))
-    reloaded = load_bundle(tmp_path / "model", backbone=tiny_backbone)[0].eval()
+    added = ("text_l1_weight", "image_l1_weight", "kl_weight", "frozen_templates", "frozen_text_average")
+    reloaded = _reloaded_as_written_by("specpl-bundle/4", model, {"ivlp": added}, tmp_path)
     options = reloaded.resolved_options()["ivlp"]
     assert (options["text_l1_weight"], options["image_l1_weight"], options["kl_weight"]) == (0.0, 0.0, 0.0)
     images = torch.randn(2, 3, 32, 32)
-    torch.testing.assert_close(
-        reloaded.logits(reloaded.encode_image(images)), model.logits(model.encode_image(images)), rtol=0, atol=0
-    )
+    torch.testing.assert_close(_logits(reloaded, images), _logits(model, images), rtol=0, atol=0)
