@@ -174,7 +174,7 @@ def _upgrade_v3_to_v5(config: dict[str, Any]) -> dict[str, Any]:
     method = dict(config["method"])
     method["options"] = with_options_before_v6(method.get("options") or {})
     config["method"] = method
-    config["format"] = BUNDLE_FORMAT
+    config["format"] = "specpl-bundle/6"  # the format it upgrades to; a later format adds its own step
     return config
 
 
