@@ -16,11 +16,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from specpl.backbone import Backbone
-from specpl.config import MethodConfig
 from specpl.data import ImageItem, load_image
 from specpl.evaluate import EvalResult, accuracy_from_predictions, evaluate_logits
 from specpl.factory import build_method, load_bundle
 from specpl.methods.base import FEATURES
+from specpl.methods.zeroshot import zero_shot_method
 from specpl.model import PromptModel
 from specpl.quantize import int8_image_tower
 
@@ -86,7 +86,7 @@ class Predictor:
     def zero_shot(
         cls, backbone: Backbone, classnames: Sequence[str], template: str, device: str | torch.device = "cpu"
     ) -> "Predictor":
-        method = MethodConfig(host="zeroshot", options={"zeroshot": {"template": template}})
+        method = zero_shot_method(template)
         config = {
             "backbone": dataclasses.asdict(backbone.config),
             "method": dataclasses.asdict(method),

@@ -40,6 +40,7 @@ from specpl.factory import build_method, resolve_method_options
 from specpl.features import AugmentedViews, FeatureCache, train_transform
 from specpl.inference import Predictor, score_split
 from specpl.methods import Batch
+from specpl.methods.zeroshot import ZeroShot, zero_shot_method
 from specpl.model import PromptModel
 from specpl.resolve import resolve_run, run_decomposer
 from specpl.selection import BASE_NEW_NOTE, Selection, verdict
@@ -334,11 +335,27 @@ class Trainer:
         restore = self.selection.settle(epochs) if self.selection is not None and epochs else None
         if restore is not None:
             model.load_learned_state_dict(restore)
-            self.events.emit("selected", epoch=self.selection.kept_epoch, accuracy=self.selection.kept_accuracy)
+        kept_zero_shot = restore is None and self.selection is not None and self.selection.kept_zero_shot
+        if kept_zero_shot:  # exported in place of every state of the run (`specpl.selection`, rule 4)
+            model = build_method(
+                zero_shot_method(template),
+                backbone,
+                data.classnames,
+                template,
+                decomposer_config if uses_decomposer else None,
+                model.context.built_decomposer,
+            )
+        if restore is not None or kept_zero_shot:
+            self.events.emit(
+                "selected",
+                epoch=self.selection.kept_epoch,
+                accuracy=self.selection.kept_accuracy,
+                zero_shot=kept_zero_shot,
+            )
         accelerator.wait_for_everyone()
         with self._autocast():
             metrics = self._evaluate(
-                model, data, cfg, accelerator, template, backbone, train
+                model, data, cfg, accelerator, template, backbone, train, kept_zero_shot
             )  # every process: the same metrics
         if epochs:
             metrics["selection"] = self.selection.summary(epochs) if self.selection is not None else None
@@ -401,7 +418,7 @@ class Trainer:
             self._zero_shot_val = None
             return None
         zero_shot = Predictor.zero_shot(backbone, data.classnames, template, device=accelerator.device)
-        self._zero_shot_val = self._validate(zero_shot, data, accelerator)[0]
+        self._zero_shot_val, zero_shot_loss = self._validate(zero_shot, data, accelerator)
         initial, loss = self._validate(Predictor(model, device=accelerator.device), data, accelerator)
         model.train()
         self.events.emit(
@@ -416,7 +433,11 @@ class Trainer:
         )
         if train["select"] != "val":
             return None
-        selection = Selection(len(data.val), self._zero_shot_val)
+        selection = Selection(
+            len(data.val),
+            self._zero_shot_val,
+            zero_shot_loss=zero_shot_loss if model.host.replaceable_by_zero_shot else None,
+        )
         selection.offer(0, initial, model.learned_state_dict(), loss)
         return selection
 
@@ -540,18 +561,24 @@ class Trainer:
         template: str,
         backbone: Backbone,
         train: dict[str, Any],
+        kept_zero_shot: bool = False,
     ) -> dict[str, Any]:
         """The test split's metrics (and, for a base run, the new classes' and the HM), scored by
         every process together; a run that selects on validation also scores zero-shot CLIP with
-        the run's template on the same images, and the gain over it."""
+        the run's template on the same images, and the gain over it (none when `kept_zero_shot`:
+        the exported model is zero-shot CLIP)."""
         predictor = Predictor(model, device=accelerator.device)
         metrics = self._test_metrics(predictor, data, cfg, accelerator)
-        if train["select"] == "val" and model.host.name != "zeroshot":
-            zero_shot = self._test_metrics(
-                Predictor.zero_shot(backbone, data.classnames, template, device=accelerator.device),
-                data,
-                cfg,
-                accelerator,
+        if train["select"] == "val" and (model.host.name != ZeroShot.name or kept_zero_shot):
+            zero_shot = (
+                metrics
+                if kept_zero_shot
+                else self._test_metrics(
+                    Predictor.zero_shot(backbone, data.classnames, template, device=accelerator.device),
+                    data,
+                    cfg,
+                    accelerator,
+                )
             )
             headline = "hm" if "hm" in metrics else "accuracy"
             metrics["zero_shot"] = {k: zero_shot[k] for k in ("accuracy", "base", "new", "hm") if k in zero_shot}

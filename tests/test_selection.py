@@ -13,7 +13,7 @@ from specpl.config import BackboneConfig, DataConfig, DecomposerConfig, MethodCo
 from specpl.data import ImageItem
 from specpl.events import read_events
 from specpl.inference import Predictor
-from specpl.selection import Selection, noise_margin, verdict
+from specpl.selection import SAME_AS_ZERO_SHOT, ZERO_SHOT, Selection, noise_margin, verdict
 from specpl.trainer import Trainer
 from specpl.training_plan import hold_out_validation, validation_size
 
@@ -100,6 +100,54 @@ def test_the_initial_state_is_kept_unless_training_is_seen_to_help():
     assert two.settle(2) is None and two.kept_epoch == 2
 
 
+def against_zero_shot(
+    scores: dict[int, float], losses: dict[int, float], zero_shot: float, zero_shot_loss: float | None
+) -> Selection:
+    """A settled selection of 10 validation images that weighs zero-shot CLIP too (rule 4)."""
+    selection = Selection(10, zero_shot, zero_shot_loss=zero_shot_loss)
+    for epoch, accuracy in scores.items():
+        selection.offer(epoch, accuracy, {"w": torch.tensor([float(epoch)])}, losses[epoch])
+    selection.settle(max(scores))
+    return selection
+
+
+def test_zero_shot_clip_is_exported_when_the_run_cannot_be_seen_to_beat_it():
+    # a deep host with no cast: zero-shot misses nothing; the initial state (not zero-shot: another
+    # cross-entropy) and the epochs score as well, which is no evidence that training helped
+    deep = against_zero_shot({0: 100, 1: 100, 2: 100}, {0: 0.12, 1: 0.05, 2: 0.04}, 100.0, 0.10)
+    assert deep.kept_zero_shot and deep.kept_epoch == ZERO_SHOT and deep.kept_accuracy == 100.0
+    assert deep.run_epoch == 0  # rule 3 kept the initial state, which rule 4 then weighed
+    assert deep.summary(2)["kept_zero_shot"] and deep.summary(2)["kept_val"] == 100.0
+    assert verdict(deep, 2, "val") == (
+        "The exported model is zero-shot CLIP: it misses at most one validation image (100.0%), "
+        "so training (100.0% at its initial state) cannot be seen to improve on it."
+    )
+    # zero-shot misses 4 of 10 (a noise margin of 14.4 points): one image below it is noise, three are not
+    close = against_zero_shot({0: 40, 1: 40, 2: 50}, {0: 1.2, 1: 1.0, 2: 1.0}, 60.0, 1.1)
+    assert close.settle(2) is None and close.kept_epoch == 2 and not close.kept_zero_shot
+    worse = against_zero_shot({0: 20, 1: 30, 2: 30}, {0: 1.2, 1: 1.0, 2: 0.9}, 60.0, 1.1)
+    assert worse.kept_zero_shot and worse.run_epoch == 2
+    assert verdict(worse, 2, "val") == (
+        "The exported model is zero-shot CLIP: training ends below it on validation by more than chance "
+        "(30.0% at epoch 2 of 2, against 60.0%)."
+    )
+
+
+def test_a_run_that_starts_as_zero_shot_clip_exports_itself():
+    # the text-only hosts and the boosters: the initial state scores as zero-shot does (its
+    # cross-entropy within SAME_AS_ZERO_SHOT), so keeping it keeps zero-shot's predictions
+    same = against_zero_shot({0: 100, 1: 100}, {0: 0.1 + SAME_AS_ZERO_SHOT / 2, 1: 0.3}, 100.0, 0.1)
+    assert float(same.settle(1)["w"]) == 0.0 and same.kept_epoch == 0 and not same.kept_zero_shot
+    # zero-shot CLIP is no candidate without its cross-entropy (CasPL's phase 1, or an older checkpoint)
+    phase_one = against_zero_shot({0: 100, 1: 100}, {0: 0.12, 1: 0.05}, 100.0, None)
+    assert phase_one.kept_epoch == 0 and not phase_one.kept_zero_shot
+    record = json.loads(json.dumps(phase_one.to_record()))
+    assert Selection.from_record(record, {}).zero_shot_loss is None
+    assert Selection.from_record({**record, "zero_shot_loss": 0.1}, {}).zero_shot_loss == 0.1
+    del record["zero_shot_loss"]  # a checkpoint written before zero-shot CLIP was a candidate
+    assert Selection.from_record(record, {}).zero_shot_loss is None
+
+
 def test_the_verdict_says_plainly_how_the_kept_model_compares_with_zero_shot():
     def selection(scores: dict[int, float], zero_shot: float) -> Selection:
         chosen = Selection(10, zero_shot)
@@ -167,6 +215,43 @@ def test_the_best_epoch_is_restored_with_its_exact_logits(tmp_path, cifar_root, 
     assert all(e["split"] == "val" for e in events if e["type"] == "val")  # never the test split
     bundle = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert bundle["method"]["preset"] == "default" and bundle["metrics"]["verdict"] == metrics["verdict"]
+
+
+@pytest.mark.parametrize(
+    ("host", "boosters", "exported"),
+    [("ivlp", ["specpl"], "zeroshot"), ("caspl-boost", [], "caspl-boost")],
+)
+def test_a_run_that_cannot_beat_zero_shot_exports_zero_shot_clip(
+    tmp_path, cifar_root, tiny_backbone, monkeypatch, host, boosters, exported
+):
+    """Scripted validation (zero-shot, initial, epochs): zero-shot misses nothing and the run's
+    states score as well. IVLP + SpecPL exports zero-shot CLIP, with the run's band decomposer and
+    zero-shot's exact logits; CasPL's phase 1, whose bundle phase 2 reads, exports itself."""
+    scripted = iter([(100.0, 0.1), (100.0, 0.2), (100.0, 0.05)])
+    monkeypatch.setattr(Trainer, "_validate", lambda self, predictor, data, accelerator: next(scripted))
+    config = tiny_default(cifar_root, epochs=1)
+    config.method = MethodConfig(host=host, boosters=boosters)
+    if host == "caspl-boost":
+        config.method.options = {host: {"teacher": "specpl-tiny", "teacher_pretrained": ""}}
+    result = Trainer(config, tmp_path / "run", backbone=tiny_backbone, progress_bar=False).fit()
+    bundle = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert bundle["method"]["host"] == exported and result.model.host.name == exported
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["selection"]["kept_zero_shot"] == (exported == "zeroshot")
+    if exported != "zeroshot":
+        assert metrics["selection"]["kept_epoch"] == 0
+        return
+    assert bundle["method"]["boosters"] == [] and bundle["decomposer"]["name"] == "fft"  # the run's decomposer
+    assert metrics["gain_over_zero_shot"] == 0.0 and metrics["zero_shot"]["accuracy"] == metrics["accuracy"]
+    assert metrics["verdict"].startswith("The exported model is zero-shot CLIP: it misses at most one")
+    selected = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "selected"]
+    assert [(e["epoch"], e["zero_shot"]) for e in selected] == [(ZERO_SHOT, True)]
+    images = sorted((cifar_root / "test" / "cat").iterdir())[:4]
+    reference = Predictor.zero_shot(tiny_backbone, result.model.classnames, bundle["template"])
+    reloaded = Predictor.from_bundle(tmp_path / "run" / "model", backbone=tiny_backbone)
+    torch.testing.assert_close(
+        reloaded.logits(reference.preprocess(images)), reference.logits(reference.preprocess(images)), rtol=0, atol=0
+    )
 
 
 def test_validation_never_touches_the_test_split_and_the_held_out_images_are_not_trained_on(

@@ -271,6 +271,9 @@ class Host(Component):
     conditions_text_on_image: ClassVar[bool] = False  # True when text depends on each image (CoCoOp)
     accepts_boosters: ClassVar[bool] = True  # False for a host that is a phase of a booster (CasPL's distillation)
     learns_from_labels: ClassVar[bool] = True  # False: it can train on an unlabeled image folder
+    # False: its bundle is another method's input (CasPL's phase 1), so model selection never
+    # exports zero-shot CLIP in its place (`specpl.selection`, rule 4)
+    replaceable_by_zero_shot: ClassVar[bool] = True
     fixed_logit_scale: ClassVar[float | None] = None  # None: the backbone's exp(logit_scale)
     training_defaults: ClassVar[dict[str, Any]] = {}  # the published schedule (epochs, batch, lr, optimizer)
 

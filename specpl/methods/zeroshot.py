@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
+from specpl.config import MethodConfig
 from specpl.methods.base import BuildContext, Host
 from specpl.methods.registry import HOSTS
 from specpl.methods.templates import template_text_features
@@ -21,6 +22,11 @@ from specpl.text import TextHook
 @dataclass
 class ZeroShotConfig:
     template: str | None = None  # None: the run's template
+
+
+def zero_shot_method(template: str) -> MethodConfig:
+    """Zero-shot CLIP with `template`, as a method to build (`specpl.factory.build_method`)."""
+    return MethodConfig(host=ZeroShot.name, options={ZeroShot.name: {"template": template}})
 
 
 @HOSTS.register("zeroshot")

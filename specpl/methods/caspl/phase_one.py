@@ -55,6 +55,7 @@ class CasPLBoost(IndependentPromptHost):
     config_class: ClassVar[type] = CasPLBoostConfig
     accepts_boosters = False
     learns_from_labels = False
+    replaceable_by_zero_shot = False  # phase 2 reads this host's prompts from its bundle
     training_defaults: ClassVar[dict[str, Any]] = IVLP_SCHEDULE
     presets: ClassVar[dict[str, dict[str, dict[str, Any]]]] = {
         "paper": {
