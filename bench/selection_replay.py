@@ -15,6 +15,7 @@ run under that rule would report. The rules:
   last epoch within one standard error of the best;
 - ``round 5``: the shipped rule before round 6, the last epoch kept within one standard error of
   the best (`noise_margin`) instead of two;
+- ``round 10``: the shipped rule before round 11, which never exported zero-shot CLIP (rule 4);
 - ``shipped``: `specpl.selection.Selection.settle`, the default preset's rule.
 It prints the headline of the kept epoch per row (HM, or accuracy on the demo set; mean over
 seeds) and the sum over rows. ``--save`` writes the traces as JSON and ``--load`` replays saved
@@ -46,21 +47,21 @@ from specpl.defaults import demo_data_dir, world_backbone_config
 from specpl.evaluate import harmonic_mean
 from specpl.inference import Predictor
 from specpl.methods.caspl import PHASE_ONE
-from specpl.selection import Selection, noise_margin
+from specpl.selection import ZERO_SHOT, Selection, noise_margin
 from specpl.trainer import Trainer
 from specpl.world.benchmark import BenchRow, SeedRuns
 from specpl.world.defaults_bench import DefaultsBenchConfig, DemoSeedRuns, parse_ablation, world_config
 from specpl.world.generator import write_fewshot_folder
 
 DEMO = "demo"
-RULES = ("best accuracy", "last", "round 2", "round 5", "shipped")
+RULES = ("best accuracy", "last", "round 2", "round 5", "round 10", "shipped")
 
 
 class TracingTrainer(Trainer):
     """A trainer that also scores the test splits of every state a rule can keep: a trace entry is
     [validation accuracy, validation cross-entropy, test accuracy per split]. Test is scored for
-    the initial state, each epoch that becomes the best on validation, and the last epoch; other
-    entries hold None there (a rule keeps the initial, the best or the last state, never another)."""
+    zero-shot CLIP, the initial state, each epoch that becomes the best on validation, and the last
+    epoch; other entries hold None there (a rule keeps one of these, never another)."""
 
     def __init__(self, *args, splits: dict[str, tuple], **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -69,6 +70,12 @@ class TracingTrainer(Trainer):
     def _test(self, model) -> None:
         with torch.random.fork_rng():
             predictor, scores = Predictor(model), {}
+            if None in self.trace[0][2:]:  # zero-shot CLIP's entry: scored with the initial state's
+                zero_shot = Predictor.zero_shot(model.backbone, model.classnames, model.context.template)
+                for split, (data, novel) in self.splits.items():
+                    zero_shot.set_classnames(data.classnames, novel=novel)
+                    scores[split] = zero_shot.evaluate(data.test).accuracy
+                self.trace[0][2:] = [scores[split] for split in self.splits]
             for split, (data, novel) in reversed(self.splits.items()):  # the training classes last
                 predictor.set_classnames(data.classnames, novel=novel)
                 scores[split] = predictor.evaluate(data.test).accuracy
@@ -82,7 +89,7 @@ class TracingTrainer(Trainer):
 
     def _start_selection(self, model, *args, **kwargs):
         selection = super()._start_selection(model, *args, **kwargs)
-        self._test(model)
+        self._test(model)  # zero-shot CLIP's and the initial state's
         return selection
 
     def _score_epoch(self, model, data, epoch, epochs, step, accelerator):
@@ -101,11 +108,13 @@ class OneErrorSelection(Selection):
 
 
 def replay(trace: list[list[float]], val_images: int) -> dict[str, int]:
-    """The epoch each rule keeps. trace[0] is zero-shot CLIP's validation score, trace[1] the
-    initial state's (epoch 0), then one entry per epoch."""
+    """The epoch each rule keeps (`ZERO_SHOT` for zero-shot CLIP). trace[0] is zero-shot CLIP's
+    validation score, trace[1] the initial state's (epoch 0), then one entry per epoch."""
     epochs, last = trace[1:], len(trace) - 2
-    shipped, one_error = Selection(val_images, trace[0][0]), OneErrorSelection(val_images, trace[0][0])
-    for selection in (shipped, one_error):
+    zero_shot, zero_shot_loss = trace[0][:2]
+    shipped = Selection(val_images, zero_shot, zero_shot_loss=zero_shot_loss)
+    round_ten, one_error = Selection(val_images, zero_shot), OneErrorSelection(val_images, zero_shot)
+    for selection in (shipped, round_ten, one_error):
         for epoch, (accuracy, loss, *_) in enumerate(epochs):
             selection.offer(epoch, accuracy, {"epoch": torch.tensor([epoch])}, loss)
         selection.settle(last)
@@ -114,6 +123,7 @@ def replay(trace: list[list[float]], val_images: int) -> dict[str, int]:
         "last": last,
         "round 2": round_two(one_error, last),
         "round 5": one_error.kept_epoch,
+        "round 10": round_ten.kept_epoch,
         "shipped": shipped.kept_epoch,
     }
 
@@ -214,7 +224,7 @@ def report(traces: dict) -> None:
         kept = {rule: [] for rule in RULES}
         for run in runs.values():
             for rule, epoch in replay(run["trace"], run["val_images"]).items():
-                kept[rule].append(headline(run["trace"][1 + epoch][2:]))
+                kept[rule].append(headline(run["trace"][0 if epoch == ZERO_SHOT else 1 + epoch][2:]))
         print(f"| {text} | " + " | ".join(f"{statistics.fmean(kept[rule]):.2f}" for rule in RULES) + " |")
         for rule in RULES:
             totals[rule] += statistics.fmean(kept[rule])

@@ -56,6 +56,28 @@ def test_embedding_path_needs_specpl(tiny_backbone, decomposer, pair):
     assert result.granule_path is None and result.image_path[A][0][0] in ("cat", "ship")
 
 
+def test_a_run_that_exported_zero_shot_clip_keeps_its_decomposer_and_names_its_model(
+    tmp_path, tiny_backbone, cifar_root
+):
+    """A default run that selection replaced by zero-shot CLIP (`specpl.selection`, rule 4) exports
+    the zeroshot host with the run's decomposer: the app's counterfactual view decodes the swaps
+    with it and names the exported model, since there is no granule path to show."""
+    from app.runtime.models import ModelCache
+    from app.views.analysis import counterfactual_view
+    from specpl.methods.zeroshot import zero_shot_method
+
+    template = "a photo of a {}."
+    decomposer = DecomposerConfig(name="fft", image_size=32)
+    model_dir = build_method(
+        zero_shot_method(template), tiny_backbone, ["cat", "ship"], template, decomposer
+    ).save_bundle(tmp_path / "model")
+    images = [cifar_root / "test" / name / "0000.jpg" for name in ("cat", "ship")]
+    view = counterfactual_view(ModelCache(int8=False), model_dir, *images, top_k=2)
+    assert view.model_label == "Zero-shot CLIP" and view.embedding is None and view.modulation_cosine is None
+    assert set(view.swaps) == {A_WITH_B, B_WITH_A} and view.swaps[A_WITH_B].size == (32, 32)  # the run's 32 px fft
+    assert set(view.image_space[A]) == {"cat", "ship"}
+
+
 def test_band_images(decomposer, pair):
     images = band_images(decomposer, pair[0], 64)
     assert images["original"].size == images["low"].size == images["high"].size == (64, 64)

@@ -73,7 +73,8 @@ class CounterfactualTab:
         summary = (
             view.summary
             if view.embedding
-            else f"{view.summary} (This run has no SpecPL booster, so only the image-space swap is shown.)"
+            else f"{view.summary} (The exported model, {view.model_label}, has no SpecPL booster, "
+            "so only the image-space swap is shown.)"
         )
         return (
             *embedding,

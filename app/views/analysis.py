@@ -72,6 +72,7 @@ class CounterfactualView:
     image_space: dict[str, dict[str, float]]
     swaps: dict[str, Image.Image]  # decoded image-space swaps, by pair name
     summary: str
+    model_label: str  # the exported model in words ("CoOp + SpecPL"; "Zero-shot CLIP" when selection exported it)
 
 
 def counterfactual_view(
@@ -94,6 +95,7 @@ def counterfactual_view(
         {pair: dict(result.image_path[pair]) for pair in PAIRS},
         result.swapped_images,
         result.summary,
+        predictor.model.label(),
     )
 
 
