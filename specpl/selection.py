@@ -26,17 +26,17 @@ runs). So the rule is a noise-aware one:
    answers. On the demo set, where zero-shot CLIP gets all test images right and misses one
    validation image on some draws, runs that fixed that image flipped a test image the other way,
    and surer answers came with test images lost (bench/DEFAULTS.md replays both).
-4. Zero-shot CLIP is exported instead of the run's kept state when that state is not zero-shot
-   CLIP itself and either zero-shot misses at most one validation image (rule 3's reason: the
+4. Zero-shot CLIP is exported instead of the run's kept state when the run does not start as
+   zero-shot CLIP and either zero-shot misses at most one validation image (rule 3's reason: the
    most training can be seen to fix there is one image) or the kept state scores below it by more
-   than rule 2's margin (two standard errors, at least two images): with one standard error, two
-   images of 18 below zero-shot replaced a state 15 HM better on test (PromptSRC with an image
-   adapter under dim, a candidate in round 11). The deep hosts add tokens to the image tower, so their initial state is
-   near zero-shot but not it; with no colour cast, where zero-shot CLIP gets nearly every
-   validation image right, they kept that state and ended 1 to 4.5 HM under zero-shot on test,
-   and validation could not have told (bench/DEFAULTS.md, round 11, replays this rule over every
-   saved run: it changes those rows only). A state counts as zero-shot CLIP when it scores as
-   zero-shot does on validation: the same accuracy, and a cross-entropy within
+   than rule 2's margin (two standard errors, at least two images). The deep hosts add tokens to
+   the image tower, so their initial state is near zero-shot but not it; with no colour cast,
+   where zero-shot CLIP gets nearly every validation image right, they kept that state and ended
+   1 to 4.5 HM under zero-shot on test, and validation could not have told (bench/DEFAULTS.md,
+   round 11, replays this rule over every saved run: it changes those rows only). Two standard
+   errors, not one: with one, two images of 18 under zero-shot replaced a state 15 HM better on
+   test (a round-11 candidate under dim). A run starts as zero-shot CLIP when its initial state
+   scores as zero-shot does on validation: the same accuracy, and a cross-entropy within
    `SAME_AS_ZERO_SHOT` (the text-only hosts and every booster start as zero-shot CLIP to within
    1e-5 in the logits, so a run of theirs that keeps its initial state exports itself).
 `verdict` says in one sentence what was kept and how it compares with zero-shot.
