@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--select",
         choices=["val", "last"],
         help=(
-            "let validation choose the epoch kept: the last unless another is clearly better "
-            "(the default preset's), or keep the last (the paper preset's)"
+            "let validation choose the epoch kept: the last unless another is clearly better, "
+            "or zero-shot CLIP itself when the run cannot be seen to beat it (the default preset's); "
+            "or keep the last (the paper preset's)"
         ),
     )
     train.add_argument("--decomposer-source", help="hub id or local folder with the decomposer's weights")

@@ -139,7 +139,8 @@ class TrainConfig:
     max_cached_views: int | None = None  # distinct views kept per image; None = a fresh view every epoch
     eval_every_epochs: int = 0  # >0: accuracy on the validation split every N epochs (never the test split)
     # "val": the epoch kept is chosen on validation: the last, unless an earlier one or the initial state
-    # is clearly better (`specpl.selection`); "last": the last epoch, as the papers report
+    # is clearly better, or zero-shot CLIP when the run cannot be seen to beat it (`specpl.selection`);
+    # "last": the last epoch, as the papers report
     select: str | None = None
     checkpoint_every_epochs: int = 1
     num_workers: int = 0
