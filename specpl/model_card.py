@@ -16,7 +16,8 @@ PRESET_TEXT = {
         "the product's settings, chosen by measurement: "
         "the training budget derived from the number of training images, "
         "and the epoch kept chosen on held-out validation images: "
-        "the last, unless validation shows an earlier one (the initial prompts included) clearly better"
+        "the last, unless validation shows an earlier one (the initial prompts included) clearly better, "
+        "or zero-shot CLIP itself when validation cannot see the run beat it"
     ),
     "paper": "the published papers' settings: each host's published epochs and batch size, and the last epoch kept",
 }
@@ -34,7 +35,7 @@ def render_model_card(config: dict[str, Any]) -> str:
         "",
         *([f"Method: {config['label']}.", ""] if config.get("label") else []),
         (
-            f"Prompts learned for a frozen CLIP **{backbone['name']}** "
+            f"{learned_text(config)} a frozen CLIP **{backbone['name']}** "
             f"(pretrained: `{backbone['pretrained']}`, QuickGELU: {backbone['quick_gelu']})."
         ),
         "",
@@ -76,6 +77,19 @@ def render_model_card(config: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def learned_text(config: dict[str, Any]) -> str:
+    """What the bundle holds: learned prompts, or zero-shot CLIP (asked for, or exported by model
+    selection in place of the method a run trained, `trained_method` in the run record)."""
+    if config["method"]["host"] != "zeroshot":
+        return "Prompts learned for"
+    if config.get("trained_method"):
+        return (
+            f"Zero-shot CLIP, nothing learned: model selection exported it in place of the "
+            f"{config['trained_method']} run, which validation could not see beat it (the verdict below), on"
+        )
+    return "Zero-shot CLIP, nothing learned, on"
 
 
 def zero_shot_section(metrics: dict[str, Any]) -> list[str]:

@@ -336,6 +336,7 @@ class Trainer:
         if restore is not None:
             model.load_learned_state_dict(restore)
         kept_zero_shot = restore is None and self.selection is not None and self.selection.kept_zero_shot
+        trained_method = model.label() if kept_zero_shot else None  # what the bundle stands in for
         if kept_zero_shot:  # exported in place of every state of the run (`specpl.selection`, rule 4)
             model = build_method(
                 zero_shot_method(template),
@@ -369,6 +370,7 @@ class Trainer:
                 "data": dataclasses.asdict(cfg.data),
                 "metrics": summary,
                 "decomposer_reason": record["decomposer_reason"],
+                **({"trained_method": trained_method} if trained_method else {}),
             }
             model.save_bundle(self.run_dir / "model", run)
             write_json_atomic(self.run_dir / "metrics.json", metrics)

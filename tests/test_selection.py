@@ -245,9 +245,12 @@ def test_a_run_that_cannot_beat_zero_shot_exports_zero_shot_clip(
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["selection"]["kept_zero_shot"] == (exported == "zeroshot")
     if exported != "zeroshot":
-        assert metrics["selection"]["kept_epoch"] == 0
+        assert metrics["selection"]["kept_epoch"] == 0 and "trained_method" not in bundle
         return
     assert bundle["method"]["boosters"] == [] and bundle["decomposer"]["name"] == "fft"  # the run's decomposer
+    assert bundle["trained_method"] == "IVLP + SpecPL (unpublished combination)"
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert f"model selection exported it in place of the {bundle['trained_method']} run, which validation" in card
     assert metrics["gain_over_zero_shot"] == 0.0 and metrics["zero_shot"]["accuracy"] == metrics["accuracy"]
     assert metrics["verdict"].startswith("The exported model is zero-shot CLIP: it misses at most one")
     selected = [e for e in read_events(tmp_path / "run" / "events.jsonl") if e["type"] == "selected"]
