@@ -63,8 +63,9 @@ class DefaultsBenchConfig:
         "overcast",
         "dim",
         "glare",
+        "violet",
     )
-    held_out: tuple[str, ...] = ("violet",)
+    held_out: tuple[str, ...] = ("olive",)
     demo: bool = True
     ablations: tuple[str, ...] = ()  # "host+booster:component.key=value" rows, on every world camera
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))
