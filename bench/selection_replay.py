@@ -16,7 +16,7 @@ run under that rule would report. The rules:
 - ``round 5``: the shipped rule before round 6, the last epoch kept within one standard error of
   the best (`noise_margin`) instead of two, and round 10's treatment of the initial state;
 - ``round 10``: the shipped rule before round 11, which kept the initial state whenever the
-  chosen epoch did not beat it and never exported zero-shot CLIP (`before_round_eleven`);
+  chosen epoch did not beat it and never exported zero-shot CLIP (`unless_beaten`);
 - ``shipped``: `specpl.selection.Selection.settle`, the default preset's rule.
 It prints the headline of the kept epoch per row (HM, or accuracy on the demo set; mean over
 seeds) and the sum over rows. ``--save`` writes the traces as JSON and ``--load`` replays saved
@@ -122,28 +122,20 @@ def replay(trace: list[list[float]], val_images: int) -> dict[str, int]:
     return {
         "best accuracy": shipped.best_epoch,
         "last": last,
-        "round 2": round_two(one_error, last),
-        "round 5": before_round_eleven(one_error, last),
-        "round 10": before_round_eleven(two_errors, last),
+        "round 2": unless_beaten(one_error, last, misses_allowed=0),
+        "round 5": unless_beaten(one_error, last, misses_allowed=1),
+        "round 10": unless_beaten(two_errors, last, misses_allowed=1),
         "shipped": shipped.kept_epoch,
     }
 
 
-def before_round_eleven(selection: Selection, last: int) -> int:
-    """The epoch rounds 3-10 kept: the last or the best as `selection` chooses them, then the
+def unless_beaten(selection: Selection, last: int, misses_allowed: int) -> int:
+    """The epoch rounds 2-10 kept: the last or the best as `selection` chooses them, then the
     initial state when the choice did not beat it (accuracy, then cross-entropy) or it missed at
-    most one validation image."""
+    most `misses_allowed` validation images (round 2: none; rounds 3-10: one)."""
     kept = selection.candidate(last)
-    misses_at_start = misses(selection.scores[0], selection.val_images)
-    return 0 if misses_at_start <= 1 or selection.rank(kept) <= selection.rank(0) else kept
-
-
-def round_two(selection: Selection, last: int) -> int:
-    """The epoch round 2's rule kept: the last or the best as `selection` chooses them, then the
-    initial state only when the choice did not beat it (accuracy, then cross-entropy) or it got
-    every validation image right."""
-    kept = selection.candidate(last)
-    return 0 if selection.scores[0] >= 100.0 or selection.rank(kept) <= selection.rank(0) else kept
+    start_misses = misses(selection.scores[0], selection.val_images)
+    return 0 if start_misses <= misses_allowed or selection.rank(kept) <= selection.rank(0) else kept
 
 
 def headline(test: list[float | None]) -> float:

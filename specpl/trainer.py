@@ -335,7 +335,7 @@ class Trainer:
         restore = self.selection.settle(epochs) if self.selection is not None and epochs else None
         if restore is not None:
             model.load_learned_state_dict(restore)
-        kept_zero_shot = restore is None and self.selection is not None and self.selection.kept_zero_shot
+        kept_zero_shot = self.selection is not None and self.selection.kept_zero_shot
         trained_method = model.label() if kept_zero_shot else None  # what the bundle stands in for
         if kept_zero_shot:  # exported in place of every state of the run (`specpl.selection`, rule 4)
             model = build_method(

@@ -69,8 +69,14 @@ def test_the_noise_margin_is_one_standard_error_of_the_validation_accuracy():
     assert noise_margin(80.0, 1000) == pytest.approx(100 * ((801 / 1002) * (201 / 1002) / 1000) ** 0.5)
 
 
-def scored(scores: dict[int, float], losses: dict[int, float] | None = None, images: int = 10) -> Selection:
-    selection = Selection(images, zero_shot=50.0)
+def scored(
+    scores: dict[int, float],
+    losses: dict[int, float] | None = None,
+    images: int = 10,
+    zero_shot: float = 50.0,
+    zero_shot_loss: float | None = None,
+) -> Selection:
+    selection = Selection(images, zero_shot=zero_shot, zero_shot_loss=zero_shot_loss)
     for epoch, accuracy in scores.items():
         selection.offer(epoch, accuracy, {"w": torch.tensor([float(epoch)])}, (losses or {}).get(epoch, 1.0))
     return selection
@@ -108,9 +114,7 @@ def against_zero_shot(
     scores: dict[int, float], losses: dict[int, float], zero_shot: float, zero_shot_loss: float | None
 ) -> Selection:
     """A settled selection of 10 validation images that weighs zero-shot CLIP too (rule 4)."""
-    selection = Selection(10, zero_shot, zero_shot_loss=zero_shot_loss)
-    for epoch, accuracy in scores.items():
-        selection.offer(epoch, accuracy, {"w": torch.tensor([float(epoch)])}, losses[epoch])
+    selection = scored(scores, losses, zero_shot=zero_shot, zero_shot_loss=zero_shot_loss)
     selection.settle(max(scores))
     return selection
 
