@@ -27,6 +27,7 @@ from test_app_server import (  # noqa: F401  (cifar_zip and offline_world are fi
     cifar_zip,
     component,
     offline_world,
+    pick,
     poll_until,
 )
 
@@ -195,9 +196,7 @@ def test_browser_a_visitors_journey_and_a_second_visitor_who_sees_none_of_it(hos
         page.goto(demo.local_url)
         page.locator("#dataset-zip input[type=file]").set_input_files(str(cifar_zip))
         expect(page.locator("#dataset-summary")).to_contain_text("10 classes", timeout=60_000)
-        page.locator("#backbone input").fill("specpl-tiny")  # filter the dropdown, take the match
-        page.keyboard.press("Enter")
-        expect(page.locator("#backbone input")).to_have_value(re.compile("^specpl-tiny"))
+        pick(page, "backbone", "specpl-tiny")
         expect(page.locator("#epochs input")).to_have_value("0")  # auto: the preset's budget, as the plan says
         page.locator("#shots input").fill("2")
         page.locator("#shots input").press("Tab")
@@ -262,8 +261,7 @@ def test_browser_a_visitors_journey_and_a_second_visitor_who_sees_none_of_it(hos
         page.get_by_role("tab", name="Runs").click()
         page.get_by_role("button", name="Download bundle").click()
         expect(page.locator("#runs-message")).to_contain_text("choose a run to download")
-        page.locator("#runs-pick input").fill(run_id)
-        page.keyboard.press("Enter")
+        pick(page, "runs-pick", run_id)
         expect(page.locator("#runs-status")).to_contain_text("Cancelled", timeout=30_000)
         expect(page.locator("#runs-message")).not_to_contain_text("choose a run")
         page.wait_for_function(

@@ -607,6 +607,7 @@ def test_browser_bands_mask_counterfactual_search_and_the_advanced_form(server, 
         page.locator("#use-demo").click()
         expect(page.locator("#dataset-summary")).to_contain_text("4 classes", timeout=60_000)
         page.get_by_role("tab", name="Bands").click()
+        expect(page.locator("#band-found")).to_contain_text("16 images.")  # the pick list follows the dataset
         pick(page, "band-pick", f"test/{WORLD_CLASSES[1]}/0000.png")
         pick(page, "band-run", world_run)
         expect(page.locator("#band-image img")).to_be_visible(timeout=30_000)
@@ -651,8 +652,7 @@ def test_browser_bands_mask_counterfactual_search_and_the_advanced_form(server, 
         expect(page.locator("#opt-ivlp-depth")).to_be_hidden()
         expect(page.locator("#cli-command textarea")).to_have_value(re.compile(r"^specpl train .*--booster specpl"))
 
-        page.locator("#host input").fill("IVLP")
-        page.keyboard.press("Enter")
+        pick(page, "host", "IVLP")
         expect(page.locator("#opt-ivlp-depth input")).to_be_visible()
         expect(page.locator("#opt-coop-n-ctx")).to_be_hidden()
         expect(page.locator("#opt-train-batch-size input")).to_have_value(
@@ -663,8 +663,7 @@ def test_browser_bands_mask_counterfactual_search_and_the_advanced_form(server, 
         expect(page.locator("#cli-command textarea")).not_to_have_value(
             re.compile(r"--epochs|--batch-size")
         )  # auto: no flag
-        page.locator("#preset input").fill("paper")
-        page.keyboard.press("Enter")
+        pick(page, "preset", "paper")
         expect(page.locator("#opt-train-batch-size input")).to_have_value(
             "4"
         )  # IVLP's published batch size under the paper preset
@@ -681,6 +680,13 @@ def test_browser_bands_mask_counterfactual_search_and_the_advanced_form(server, 
 
 
 def pick(page, elem_id: str, choice: str) -> None:
-    """Choose `choice` in a dropdown as a person does: type to filter it, then Enter."""
-    page.locator(f"#{elem_id} input").fill(choice)
+    """Choose `choice` in a dropdown as a person does: type to filter it, wait for it to be listed, then Enter.
+
+    Waiting for the option matters: Enter on a filter that lists nothing yet (the choices still loading)
+    picks nothing, and the test would fail later on a missing image instead of here."""
+    expect = pytest.importorskip("playwright.sync_api").expect
+    field = page.locator(f"#{elem_id} input")
+    field.fill(choice)
+    expect(page.get_by_role("option").filter(has_text=choice).first).to_be_visible()
     page.keyboard.press("Enter")
+    expect(field).to_have_value(re.compile(re.escape(choice)))
