@@ -226,8 +226,9 @@ def test_methods_lists_every_host_and_booster_with_its_line_and_defaults(capsys)
         "on mmrl: specpl.bank_init_batches=10" in out
     )
     assert (  # per-host rules alone, no empty part
-        "default preset: on mmrl: specpl.lambda_raw=0.0; on coop: specpl.lambda_raw=0.0; "
-        "on cocoop: specpl.lambda_raw=0.0; on kgcoop: specpl.lambda_raw=0.0" in out
+        "default preset: on mmrl: specpl.lambda_raw=0.0; on coop: specpl.lambda_raw=0.0, specpl.refine_novel=False; "
+        "on cocoop: specpl.lambda_raw=0.0, specpl.refine_novel=False; "
+        "on kgcoop: specpl.lambda_raw=0.0, specpl.refine_novel=False" in out
     )
     assert "training: default preset train.augment=clip" in out and "paper preset train.augment=dassl" in out
     assert main(["methods", "--json"]) == 0

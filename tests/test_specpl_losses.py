@@ -124,15 +124,18 @@ def test_specpl_total_loss_weights(tiny_backbone):
 
 @pytest.mark.parametrize("host", sorted(h for h in HOSTS.names() if HOSTS.get(h).accepts_boosters and h != "zeroshot"))
 @pytest.mark.parametrize("preset", ["default", "paper"])
-def test_the_raw_text_term_is_ours_and_on_only_for_the_deep_hosts_by_default(host, preset):
-    """The released code has no raw-text term (paper preset); MMRL's class branch is a raw-text
-    cross-entropy of its own, and on the text-only hosts the term cost HM, so the default has it
-    on IVLP, MaPLe and PromptSRC alone."""
+def test_the_per_host_defaults_of_specpl(host, preset):
+    """The released code has no raw-text term and refines every class (paper preset). MMRL's class
+    branch is a raw-text cross-entropy of its own, and on the text-only hosts the term cost HM, so
+    the default has it on IVLP, MaPLe and PromptSRC alone; on the text-only hosts the default
+    leaves new classes unrefined."""
     from specpl.factory import resolve_method_options
 
     options = resolve_method_options(MethodConfig(host=host, boosters=["specpl"], preset=preset))
     on = preset == "default" and host in ("ivlp", "maple", "promptsrc")
     assert options["specpl"]["lambda_raw"] == (1.0 if on else 0.0)
+    text_only = preset == "default" and host in ("coop", "cocoop", "kgcoop")
+    assert options["specpl"]["refine_novel"] is not text_only
 
 
 def test_band_projections_are_frozen_and_refiner_trains(tiny_backbone):

@@ -27,6 +27,13 @@ Documented in docs/methods/specpl.md. Where the spec lists an ambiguity we take 
   repeats the class cross-entropy on the context and the linear map, and under the glare camera it cost
   CoOp + SpecPL 7.5 HM, KgCoOp + SpecPL 3.3 and CoCoOp + SpecPL 16.1; without it each ends level
   with its host or above under glare, overcast and dim (bench/DEFAULTS.md, round 10).
+- ``refine_novel`` (false in the default preset on CoOp, CoCoOp and KgCoOp; true on the other hosts
+  and in the paper preset, as the released code refines every class): classes marked new keep the
+  host's own text at test. The refiner and its gate are fitted to the training classes only; on
+  these hosts refining the new classes cost them accuracy under most colour casts (under olive
+  CoOp + SpecPL's new classes scored 39.4 % against CoOp's 42.5 %, under sodium 20.4 % against
+  23.9 %), and without it each host + SpecPL gained over the shipped rows on every camera measured
+  (bench/DEFAULTS.md, round 12). The training classes keep the refined text.
 Per host (spec §2, §4; the released MMRL + SpecPL code): tau 0.02 on CoCoOp. At test the ``paper`` preset's CoCoOp
 takes text = normalise(0.5 raw + 0.5 refined) with the raw feature unnormalised, as the released
 code does; CLIP's raw text norms are far above 1, so that blend is close to the raw direction, and
@@ -66,6 +73,7 @@ from specpl.methods.specpl.granule import BandEmbedding, GranuleModulator, Share
 from specpl.methods.specpl.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 
 SPECPL_REPO = "Mlrac1e/SpecPL-Prompt-Learning@eba735b"
+TEXT_ONLY_HOSTS = ("coop", "cocoop", "kgcoop")  # hosts whose image tower has nothing to learn
 
 
 @BOOSTERS.register("specpl")
@@ -82,8 +90,12 @@ class SpecPL(Booster):
         "paper": {"specpl": {"bank_init_batches": 0, "refiner": "layernorm", "lambda_raw": 0.0}}
     }
     host_presets: ClassVar[dict[str, dict[str, dict[str, dict[str, Any]]]]] = {
-        # MMRL's class branch trains the raw text already; on the text-only hosts the term cost HM (the docstring)
-        "default": {host: {"specpl": {"lambda_raw": 0.0}} for host in ("mmrl", "coop", "cocoop", "kgcoop")},
+        # MMRL's class branch trains the raw text already; on the text-only hosts the term cost HM, and
+        # refining new classes cost them new-class accuracy (the docstring)
+        "default": {
+            "mmrl": {"specpl": {"lambda_raw": 0.0}},
+            **{host: {"specpl": {"lambda_raw": 0.0, "refine_novel": False}} for host in TEXT_ONLY_HOSTS},
+        },
         "paper": {"mmrl": {"specpl": {"bank_init_batches": 10}}, "cocoop": {"specpl": {"test_blend": 0.5}}},
     }
     # SpecPL trains CoOp in its own configuration (16 random tokens, 100 epochs): CoOp's paper-specpl

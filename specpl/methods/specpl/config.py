@@ -26,7 +26,9 @@ class SpecPLConfig:
     train_band_mlps: bool = False
     small_init_std: float = 1e-3
     test_blend: float = 1.0  # share of the refined text at test (1: refined only; the paper preset's CoCoOp: 0.5)
-    refine_novel: bool = True  # False: classes marked novel keep their raw text at test (MMRL's routing, on any host)
+    # False: classes marked novel keep their raw text at test (MMRL's routing, on any host); the
+    # default preset's value on CoOp, CoCoOp and KgCoOp
+    refine_novel: bool = True
     band_stat_dim: int | None = None  # None: the run's decomposer says (recorded once built)
     refiner: Refiner = "interpolate"  # a gate in [0, 1] from 0: identity at step 0 (the bank module's docstring)
 
