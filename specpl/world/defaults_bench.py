@@ -64,8 +64,9 @@ class DefaultsBenchConfig:
         "dim",
         "glare",
         "violet",
+        "olive",
     )
-    held_out: tuple[str, ...] = ("olive",)
+    held_out: tuple[str, ...] = ("frost",)
     demo: bool = True
     ablations: tuple[str, ...] = ()  # "host+booster:component.key=value" rows, on every world camera
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))
