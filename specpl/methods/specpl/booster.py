@@ -32,8 +32,11 @@ Documented in docs/methods/specpl.md. Where the spec lists an ambiguity we take 
   host's own text at test. The refiner and its gate are fitted to the training classes only; on
   these hosts refining the new classes cost them accuracy under most colour casts (under olive
   CoOp + SpecPL's new classes scored 39.4 % against CoOp's 42.5 %, under sodium 20.4 % against
-  23.9 %), and without it each host + SpecPL gained over the shipped rows on every camera measured
-  (bench/DEFAULTS.md, round 12). The training classes keep the refined text.
+  23.9 %); with new classes unrefined the three hosts + SpecPL gained in 20 of 21 camera rows, by
+  30 HM in sum, and on the held-out camera (frost) they were 0.3 to 0.8 HM under refining, inside
+  a seed sd (bench/DEFAULTS.md, round 12). The training classes keep the refined text. On the deep
+  hosts, whose raw text is trained as a classifier of its own, leaving new classes unrefined was
+  no gain (overcast: MaPLe -1.5, PromptSRC -4.4 HM), so they refine every class.
 Per host (spec §2, §4; the released MMRL + SpecPL code): tau 0.02 on CoCoOp. At test the ``paper`` preset's CoCoOp
 takes text = normalise(0.5 raw + 0.5 refined) with the raw feature unnormalised, as the released
 code does; CLIP's raw text norms are far above 1, so that blend is close to the raw direction, and
