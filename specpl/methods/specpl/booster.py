@@ -76,7 +76,7 @@ from specpl.methods.specpl.granule import BandEmbedding, GranuleModulator, Share
 from specpl.methods.specpl.losses import counterfactual_permutation, granule_logits, semantic_anchor_loss
 
 SPECPL_REPO = "Mlrac1e/SpecPL-Prompt-Learning@eba735b"
-TEXT_ONLY_HOSTS = ("coop", "cocoop", "kgcoop")  # hosts whose image tower has nothing to learn
+TEXT_ONLY_HOSTS = ("coop", "cocoop", "kgcoop")  # hosts with no prompts in the image tower
 
 
 @BOOSTERS.register("specpl")
