@@ -609,8 +609,9 @@ def test_browser_bands_mask_counterfactual_search_and_the_advanced_form(server, 
         page.get_by_role("tab", name="Bands").click()
         expect(page.locator("#band-found")).to_contain_text("16 images.")  # the pick list follows the dataset
         pick(page, "band-pick", f"test/{WORLD_CLASSES[1]}/0000.png")
+        expect(page.locator("#band-image img")).to_be_visible(timeout=30_000)  # the pick's image, before the next pick
         pick(page, "band-run", world_run)
-        expect(page.locator("#band-image img")).to_be_visible(timeout=30_000)
+        expect(page.locator("#band-image img")).to_be_visible()
         assert page.locator("#band-image img").bounding_box()["height"] >= 200  # a 64 px image, not a thumbnail
         page.get_by_role("button", name="Compute bands", exact=True).click()
         expect(page.locator("#band-mask img")).to_be_visible(timeout=60_000)
