@@ -684,10 +684,13 @@ def pick(page, elem_id: str, choice: str) -> None:
     """Choose `choice` in a dropdown as a person does: type to filter it, wait for it to be listed, then Enter.
 
     Waiting for the option matters: Enter on a filter that lists nothing yet (the choices still loading)
-    picks nothing, and the test would fail later on a missing image instead of here."""
+    picks nothing, and the test would fail later on a missing image instead of here. The field holds the
+    typed text whether or not Enter picked anything; a pick closes the list and leaves the field, which
+    then shows the picked choice's label, so the check comes after the field has lost focus."""
     expect = pytest.importorskip("playwright.sync_api").expect
     field = page.locator(f"#{elem_id} input")
     field.fill(choice)
     expect(page.get_by_role("option").filter(has_text=choice).first).to_be_visible()
     page.keyboard.press("Enter")
-    expect(field).to_have_value(re.compile(re.escape(choice)))
+    expect(field, f"{elem_id}: Enter picked nothing from the list").not_to_be_focused()
+    expect(field, f"{elem_id}: the pick did not hold").to_have_value(re.compile(re.escape(choice)))
