@@ -246,7 +246,8 @@ def test_methods_names_each_component_as_the_tables_do(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert "name in tables: default: DAPT-G (per-head GradCAM, ours); paper: DAPT-G\n" in out
-    assert "name in tables: ISP (reconstructed)\n" in out and "name in tables: CoOp\n" in out
+    assert "name in tables: default: ISP (sample probing, reconstructed); paper: ISP (reconstructed)\n" in out
+    assert "name in tables: CoOp\n" in out
 
 
 def test_benches_run_on_one_thread_unless_told_and_refuse_fewer():

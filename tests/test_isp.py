@@ -20,9 +20,14 @@ from specpl.methods.isp import ISP, ISPConfig, probing_weights
 
 
 def build(backbone, host: str, boosters: list[str], options: dict | None = None, seed: int = 0):
+    """The method with ISP's structural modules where the host fits (`structural="auto"`): most tests
+    here check them, and the default preset builds none (`test_the_default_preset_is_sample_probing_alone`)."""
     torch.manual_seed(seed)
     host_options = {"coop": {"n_ctx": 4}}.get(host, {})
-    config = MethodConfig(host=host, boosters=boosters, options={host: host_options, **(options or {})})
+    options = {host: host_options, **(options or {})}
+    if "isp" in boosters:
+        options["isp"] = {"structural": "auto", **options.get("isp", {})}
+    config = MethodConfig(host=host, boosters=boosters, options=options)
     return build_method(config, backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32))
 
 
@@ -256,6 +261,24 @@ def test_options_round_trip_and_the_label(tiny_backbone):
     model = build(tiny_backbone, "maple", ["isp"], {"isp": {"weighting": "focal", "depth": 1}})
     assert model.resolved_options()["isp"] == {**ISPConfig().__dict__, "weighting": "focal", "depth": 1}
     assert model.boosters["isp"].layers == 1
+
+
+@pytest.mark.parametrize("host", ["ivlp", "maple", "promptsrc"])
+def test_the_default_preset_is_sample_probing_alone(tiny_backbone, host):
+    """The default preset builds no structural module, even where the host fits them: ISP learns
+    nothing of its own and reweights the host's loss; the paper preset builds them in both towers."""
+
+    def built(preset: str):
+        torch.manual_seed(0)
+        config = MethodConfig(host=host, boosters=["isp"], preset=preset)
+        return build_method(config, tiny_backbone, CLASSES, decomposer=DecomposerConfig(name="fft", image_size=32))
+
+    isp = built("default").boosters["isp"]
+    assert isp.config.structural == "off" and isp.config.sample_probing
+    assert isp.layers == 0 and isp.image_hook() is None and isp.text_hook() is None
+    assert not list(isp.parameters()) and not isp.trains_image_path
+    paper = built("paper").boosters["isp"]
+    assert paper.layers > 0 and len(paper.vision_self) == len(paper.text_self) == paper.layers
 
 
 @pytest.mark.parametrize("method", [("coop", ("isp",)), ("maple", ("isp",))], ids=["coop+isp", "maple+isp"])

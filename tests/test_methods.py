@@ -66,7 +66,9 @@ TRACED = [
 # reads another template: with the run's, a student whose text starts at zero-shot (the default
 # init) would start at the teacher's logits, with nothing to distil.
 TINY_TEACHER = {"teacher": "specpl-tiny", "teacher_pretrained": "", "teacher_template": "itap of the {} I took."}
-TEST_OPTIONS = {"coop": {"n_ctx": 4}, "caspl-boost": TINY_TEACHER}
+# ISP's structural modules, which the default preset leaves out, are built wherever the host fits,
+# so every property below is checked on them too (without them ISP is its sample probing, as on CoOp).
+TEST_OPTIONS = {"coop": {"n_ctx": 4}, "caspl-boost": TINY_TEACHER, "isp": {"structural": "auto"}}
 _PHASE_ONE: dict[str, str] = {}
 
 
@@ -83,7 +85,7 @@ def phase_one_bundle(backbone: Backbone) -> str:
 
 
 def build(backbone: Backbone, host: str, boosters: tuple[str, ...], seed: int = 0) -> PromptModel:
-    options = {k: v for k, v in TEST_OPTIONS.items() if k == host}
+    options = {k: v for k, v in TEST_OPTIONS.items() if k == host or k in boosters}
     if "caspl" in boosters:
         options["caspl"] = {"boost_bundle": phase_one_bundle(backbone)}
     torch.manual_seed(seed)
@@ -232,8 +234,11 @@ def test_isp_structural_modules_asked_for_on_a_text_prompt_host_are_refused_with
         ),
     ):
         resolve_method_options(asked)
-    # the default builds them where they fit and is sample probing alone elsewhere; "on" fits maple
-    assert resolve_method_options(MethodConfig(host=host, boosters=["isp"]))["isp"]["structural"] == "auto"
+    # the default preset builds none (sample probing alone), the paper preset builds them where they fit;
+    # "on" fits maple
+    assert resolve_method_options(MethodConfig(host=host, boosters=["isp"]))["isp"]["structural"] == "off"
+    paper = MethodConfig(host=host, boosters=["isp"], preset="paper")
+    assert resolve_method_options(paper)["isp"]["structural"] == "auto"
     assert (
         resolve_method_options(MethodConfig(host="maple", boosters=["isp"], options={"isp": {"structural": "on"}}))[
             "isp"

@@ -111,4 +111,5 @@ def test_names_say_what_a_row_is() -> None:
     )
     assert label("ivlp", ["specpl"]) == "IVLP + SpecPL (unpublished combination)"
     assert label("maple", ["caspl", "specpl"]).endswith("(unpublished combination)")  # no paper stacks two boosters
-    assert label("maple", ["isp"]).startswith("MaPLe + ISP (reconstructed)")
+    assert label("maple", ["isp"]).startswith("MaPLe + ISP (sample probing, reconstructed)")
+    assert label("maple", ["isp"], "paper").startswith("MaPLe + ISP (reconstructed)")

@@ -31,10 +31,13 @@ hooks (`image_hook()`, `text_hook()`):
   independent of the image (cacheable for a fixed class set); the full, image-conditioned form is
   not built (spec §2, "optional"). `text_structural=False` keeps the modules to the image tower.
 - Presets: ``paper`` builds the modules in both towers, as the reconstruction reads the paper. The
-  ``default`` preset builds them in the image tower alone: on MaPLe the text modules made training
-  collapse (dusk camera: seeds 1 and 3 ended 16 and 23 HM below MaPLe; on seed 1 validation fell
-  from 50 % to 22 % in the second epoch at lr 0.0035), and without them ISP + MaPLe trains as
-  MaPLe does (bench/DEFAULTS.md).
+  ``default`` preset builds none (``structural="off"``): ISP there is sample probing alone, on every
+  host. The modules cost IVLP new-class accuracy under every camera they were measured on (round
+  13 of bench/DEFAULTS.md: under overcast, safelight, sodium and frost IVLP + ISP summed 54.2 HM
+  over zero-shot against IVLP's 72.2, new classes 66.0 % against 77.1 % under overcast; with either
+  module alone 59-60; with none 73.2), and on MaPLe the text modules made training collapse (dusk
+  camera: seeds 1 and 3 ended 16 and 23 HM below MaPLe). `--option isp.structural=auto` builds the
+  image-tower modules, `isp.text_structural=true` the text ones too.
 - The modules themselves, and their zero start: `specpl.methods.isp.structural`.
 
 Sample probing (spec §3, `specpl.methods.isp.probing`) reweights the host's loss per sample by its
@@ -92,12 +95,15 @@ class ISP(Booster):
     name = "isp"
     title = "ISP (reconstructed)"  # no released code: the design follows the abstract (module docstring)
     description = (
-        "ISP (reconstructed from the abstract): self- and cross-structural modules on the deep prompts of the image "
-        "tower (both towers in the paper preset; IVLP-layout hosts), "
-        "and sample probing that reweights the host's loss by frozen zero-shot CLIP difficulty (arXiv 2507.05677)"
+        "ISP (reconstructed from the abstract): sample probing that reweights the host's loss by frozen zero-shot "
+        "CLIP difficulty, and self- and cross-structural modules on the deep prompts of IVLP-layout hosts (both "
+        "towers in the paper preset; none in the default preset) (arXiv 2507.05677)"
     )
     config_class: ClassVar[type] = ISPConfig
-    presets: ClassVar[dict[str, dict[str, dict[str, object]]]] = {"paper": {"isp": {"text_structural": True}}}
+    presets: ClassVar[dict[str, dict[str, dict[str, object]]]] = {
+        "default": {"isp": {"structural": OFF}},  # the modules cost new classes (module docstring)
+        "paper": {"isp": {"text_structural": True}},
+    }
     sources: ClassVar[dict[str, str]] = {
         "structural": f"{RECONSTRUCTED}; the abstract's structural prompt, on the IVLP layout it extends",
         "text_structural": f"{RECONSTRUCTED}; the abstract relates prompts and tokens in both branches",
@@ -116,6 +122,11 @@ class ISP(Booster):
         "probe_templates": f"{RECONSTRUCTED}; the dataset's hand-crafted template",
         "probe_logit_scale": f"{RECONSTRUCTED}; frozen CLIP's own logit scale",
     }
+
+    @classmethod
+    def label(cls, options: dict[str, object]) -> str:
+        """With the structural modules off (the default preset), ISP is its sample probing alone."""
+        return "ISP (sample probing, reconstructed)" if options.get("structural") in (OFF, False) else cls.title
 
     @classmethod
     def option_requires(cls, config: ISPConfig) -> dict[str, frozenset[str]]:
