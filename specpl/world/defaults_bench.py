@@ -65,8 +65,9 @@ class DefaultsBenchConfig:
         "glare",
         "violet",
         "olive",
+        "frost",
     )
-    held_out: tuple[str, ...] = ("frost",)
+    held_out: tuple[str, ...] = ("ember",)
     demo: bool = True
     ablations: tuple[str, ...] = ()  # "host+booster:component.key=value" rows, on every world camera
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))
