@@ -35,8 +35,9 @@ hooks (`image_hook()`, `text_hook()`):
   host. The modules cost IVLP new-class accuracy under every camera they were measured on (round
   13 of bench/DEFAULTS.md: under overcast, safelight, sodium and frost IVLP + ISP summed 54.2 HM
   over zero-shot against IVLP's 72.2, new classes 66.0 % against 77.1 % under overcast; with either
-  module alone 59-60; with none 73.2), and on MaPLe the text modules made training collapse (dusk
-  camera: seeds 1 and 3 ended 16 and 23 HM below MaPLe). `--option isp.structural=auto` builds the
+  module alone 59-60; with none 73.2), and PromptSRC's alike (overcast: +5.3 HM with them, +13.3
+  without, PromptSRC +13.3); on MaPLe they were level, and its text modules made training collapse
+  (dusk camera: seeds 1 and 3 ended 16 and 23 HM below MaPLe). `--option isp.structural=auto` builds the
   image-tower modules, `isp.text_structural=true` the text ones too.
 - The modules themselves, and their zero start: `specpl.methods.isp.structural`.
 
