@@ -37,7 +37,7 @@ def per_class_prefix(layer: int, prefix: torch.Tensor, suffix: torch.Tensor, eot
 
 
 @pytest.mark.parametrize("zero_start", ["initial-difference", "output-projection"])
-@pytest.mark.parametrize("host", ["coop", "maple"])
+@pytest.mark.parametrize("host", ["mmrl", "maple"])
 def test_step_zero_is_the_bare_host(tiny_backbone, inputs, host, zero_start):  # noqa: F811
     images, labels = inputs
     bare = build(tiny_backbone, host, []).eval()
@@ -194,7 +194,7 @@ def test_probing_weights_match_a_hand_computation():
 
 
 def test_the_booster_probes_with_frozen_zero_shot_clip(tiny_backbone):
-    model = build(tiny_backbone, "coop", ["isp"], {"isp": {"probe_logit_scale": math.log(3)}})
+    model = build(tiny_backbone, "mmrl", ["isp"], {"isp": {"probe_logit_scale": math.log(3)}})
     isp: ISP = model.boosters["isp"]
     dim = isp.probe_text.shape[1]
     # the frozen text g0 is the run's template through the frozen CLIP, unit norm
@@ -220,8 +220,9 @@ def test_the_booster_probes_with_frozen_zero_shot_clip(tiny_backbone):
 
 def test_isp_reweights_the_host_loss_and_leaves_specpl_terms_alone(tiny_backbone, inputs):  # noqa: F811
     images, labels = inputs
-    plain = build(tiny_backbone, "coop", ["specpl"])
-    stacked = build(tiny_backbone, "coop", ["isp", "specpl"])  # ISP builds nothing on CoOp: same SpecPL init
+    plain = build(tiny_backbone, "ivlp", ["specpl"])
+    # without structural modules ISP builds nothing: the same SpecPL init
+    stacked = build(tiny_backbone, "ivlp", ["isp", "specpl"], {"isp": {"structural": "off"}})
     batch = batch_for(stacked, images, labels)
     torch.manual_seed(3)
     expected = plain(batch)
@@ -263,6 +264,19 @@ def test_options_round_trip_and_the_label(tiny_backbone):
     assert model.boosters["isp"].layers == 1
 
 
+@pytest.mark.parametrize("host", ["coop", "cocoop", "kgcoop"])
+def test_a_host_with_nothing_to_learn_in_the_image_tower_is_refused_with_the_hosts_that_fit(tiny_backbone, host):
+    """There ISP could only be its sample probing, which lost to the host alone wherever measured."""
+    with pytest.raises(
+        ValueError,
+        match=(
+            rf"booster 'isp' cannot run on host '{host}': it needs a host with image-tower prompts \(without them "
+            r"no structural module fits.*\)\. Hosts it can boost: ivlp, maple, mmrl, promptsrc$"
+        ),
+    ):
+        build(tiny_backbone, host, ["isp"])
+
+
 @pytest.mark.parametrize("host", ["ivlp", "maple", "promptsrc"])
 def test_the_default_preset_is_sample_probing_alone(tiny_backbone, host):
     """The default preset builds no structural module, even where the host fits them: ISP learns
@@ -281,7 +295,7 @@ def test_the_default_preset_is_sample_probing_alone(tiny_backbone, host):
     assert paper.layers > 0 and len(paper.vision_self) == len(paper.text_self) == paper.layers
 
 
-@pytest.mark.parametrize("method", [("coop", ("isp",)), ("maple", ("isp",))], ids=["coop+isp", "maple+isp"])
+@pytest.mark.parametrize("method", [("mmrl", ("isp",)), ("maple", ("isp",))], ids=["mmrl+isp", "maple+isp"])
 def test_every_method_property_holds_for_isp(method, tiny_backbone, inputs, tmp_path):  # noqa: F811
     check_every_method_properties(method, tiny_backbone, inputs, tmp_path)  # it copies the backbone itself
 

@@ -223,7 +223,7 @@ def test_a_combination_that_cannot_work_lists_the_valid_ones(monkeypatch):
         check_combination("coop", ["specpl"])
 
 
-@pytest.mark.parametrize("host", ["coop", "cocoop", "kgcoop", "mmrl"])
+@pytest.mark.parametrize("host", ["mmrl"])
 def test_isp_structural_modules_asked_for_on_a_text_prompt_host_are_refused_with_the_hosts_that_fit(host):
     asked = MethodConfig(host=host, boosters=["isp"], options={"isp": {"structural": "on"}})
     with pytest.raises(

@@ -19,9 +19,9 @@ hooks (`image_hook()`, `text_hook()`):
   [SOS] (IVLP's layout, which ISP builds on). Other boosters' slot tokens follow them at the end
   of each sequence (CasPL's frozen boosting prompts) and pass every module unchanged: they belong
   to a frozen model the host adapts from, not to the prompts ISP structures. The modules are built
-  only on hosts with deep prompts in both towers (IVLP, MaPLe, PromptSRC); on the other hosts
-  (CoOp, CoCoOp, KgCoOp, MMRL) ISP is sample probing alone with `structural="auto"` (the
-  default), and `structural="on"` is refused there with the hosts that fit. The modules act on
+  only on hosts with deep prompts in both towers (IVLP, MaPLe, PromptSRC); on MMRL ISP is sample
+  probing alone with `structural="auto"`, and `structural="on"` is refused there with the hosts
+  that fit. The modules act on
   layers 0..depth-1 (spec §7: every prompted layer), one module per layer and kind, 1 head of
   width 64. The frozen tokens are read without gradient
   (`detach_sources`, spec §7). E_t^l comes from a frozen pass of the run's template prompts,
@@ -44,6 +44,13 @@ hooks (`image_hook()`, `text_hook()`):
 Sample probing (spec §3, `specpl.methods.isp.probing`) reweights the host's loss per sample by its
 difficulty under frozen zero-shot CLIP.
 
+Hosts: only those with image-tower prompts (`requires`: IVLP, MaPLe, MMRL, PromptSRC). On CoOp,
+CoCoOp and KgCoOp no structural module fits, so ISP could only be its sample probing, and there it
+lost to the host alone on every camera it was measured on (CoOp and KgCoOp: 20 of 20 rows, 0.2 to
+1.8 HM under, bench/DEFAULTS.md rounds 12-13; CoCoOp trains one image a step, where the weights
+divided by their batch mean are all 1 and ISP changes nothing), so the combination is refused. On
+the hosts that take it, sample probing alone stayed within a seed sd of the host or above it (round 13).
+
 How ISP composes with SpecPL (or any booster that adds terms): `PromptModel.forward` fixes the
 order. Every booster's `sample_weights` is collected first (several multiply); the host then
 computes its own loss with them (for MMRL both its cross-entropies); then every booster's
@@ -61,7 +68,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specpl.frozen import CLIP_IMAGE, ClipImageFeatures
-from specpl.methods.base import Booster, BuildContext, ForwardState
+from specpl.methods.base import PROMPTS_IMAGE_TOWER, Booster, BuildContext, ForwardState
 from specpl.methods.isp.config import (
     FOCAL,
     IMAGENET_TEMPLATES,
@@ -101,6 +108,12 @@ class ISP(Booster):
         "towers in the paper preset; none in the default preset) (arXiv 2507.05677)"
     )
     config_class: ClassVar[type] = ISPConfig
+    requires: ClassVar[frozenset[str]] = frozenset({PROMPTS_IMAGE_TOWER})
+    requires_reason: ClassVar[str] = (
+        "without them no structural module fits and ISP is its sample probing alone, which lost to CoOp and "
+        "KgCoOp on every camera measured (20 of 20 rows, 0.2-1.8 HM) and changes nothing on CoCoOp's one-image "
+        "batches"
+    )
     presets: ClassVar[dict[str, dict[str, dict[str, object]]]] = {
         "default": {"isp": {"structural": OFF}},  # the modules cost new classes (module docstring)
         "paper": {"isp": {"text_structural": True}},
