@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults.add_argument(
         "--held-out",
         nargs="*",
-        default=["ember"],
+        default=["rose"],
         choices=list(CAMERAS),
         help="cameras the defaults were not chosen on (they confirm them)",
     )

@@ -66,8 +66,9 @@ class DefaultsBenchConfig:
         "violet",
         "olive",
         "frost",
+        "ember",
     )
-    held_out: tuple[str, ...] = ("ember",)
+    held_out: tuple[str, ...] = ("rose",)
     demo: bool = True
     ablations: tuple[str, ...] = ()  # "host+booster:component.key=value" rows, on every world camera
     decomposer: DecomposerConfig = field(default_factory=lambda: DecomposerConfig(name="fft", image_size=64))

@@ -106,6 +106,7 @@ CAMERAS: dict[str, tuple[float, tuple[int, int, int]]] = {
     "olive": (0.5, (110, 120, 20)),  # a dark yellow-green cast, as through old tinted glass: added unseen in round 11
     "frost": (0.45, (150, 195, 235)),  # a pale cold-blue cast, as in snow light: added unseen in round 12
     "ember": (0.5, (235, 105, 25)),  # a strong orange cast, as by firelight: added unseen in round 13
+    "rose": (0.45, (235, 150, 175)),  # a pale pink cast, as through a rose-tinted filter: added unseen in round 13
 }
 
 
