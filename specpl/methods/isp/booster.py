@@ -32,7 +32,7 @@ hooks (`image_hook()`, `text_hook()`):
   not built (spec §2, "optional"). `text_structural=False` keeps the modules to the image tower.
 - Presets: ``paper`` builds the modules in both towers, as the reconstruction reads the paper. The
   ``default`` preset builds none (``structural="off"``): ISP there is sample probing alone, on every
-  host. The modules cost IVLP new-class accuracy under every camera they were measured on (round
+  host it takes. The modules cost IVLP new-class accuracy under every camera they were measured on (round
   13 of bench/DEFAULTS.md: under overcast, safelight, sodium and frost IVLP + ISP summed 54.2 HM
   over zero-shot against IVLP's 72.2, new classes 66.0 % against 77.1 % under overcast; with either
   module alone 59-60; with none 73.2), and PromptSRC's alike (overcast: +5.3 HM with them, +13.3
