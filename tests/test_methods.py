@@ -67,7 +67,7 @@ TRACED = [
 # init) would start at the teacher's logits, with nothing to distil.
 TINY_TEACHER = {"teacher": "specpl-tiny", "teacher_pretrained": "", "teacher_template": "itap of the {} I took."}
 # ISP's structural modules, which the default preset leaves out, are built wherever the host fits,
-# so every property below is checked on them too (without them ISP is its sample probing, as on CoOp).
+# so every property below is checked on them too (without them ISP is its sample probing, as on MMRL).
 TEST_OPTIONS = {"coop": {"n_ctx": 4}, "caspl-boost": TINY_TEACHER, "isp": {"structural": "auto"}}
 _PHASE_ONE: dict[str, str] = {}
 
