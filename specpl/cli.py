@@ -447,9 +447,11 @@ def _default_backbone(config: BackboneConfig, explicit: bool):
 def cmd_train(args: argparse.Namespace) -> int:
     from specpl.defaults import demo_data_dir
     from specpl.evaluate import metrics_summary
+    from specpl.factory import resolve_method_options
     from specpl.trainer import Trainer
 
     config = run_config_from_args(args)
+    resolve_method_options(config.method)  # a refused host/booster pair or a bad option fails before any download
     if not config.data.root:
         config.data.root = str(demo_data_dir())
         print(

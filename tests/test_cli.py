@@ -141,6 +141,17 @@ def test_offline_default_falls_back_to_the_world_model_and_demo_data(tmp_path, m
     assert config["classnames"] == world_classnames()[:3]
 
 
+def test_train_refuses_a_host_a_booster_cannot_run_on_before_loading_a_backbone(tmp_path, monkeypatch, capsys):
+    import specpl.cli
+
+    monkeypatch.setattr(specpl.cli, "_default_backbone", lambda *a: pytest.fail("loaded a backbone first"))
+    assert main(["train", "--out", str(tmp_path / "run"), "--host", "coop", "--booster", "isp"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("specpl train: error: booster 'isp' cannot run on host 'coop': it needs a host with image")
+    assert err.rstrip().endswith("Hosts it can boost: ivlp, maple, mmrl, promptsrc")
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_flags_map_onto_the_run_config(tmp_path):
     from specpl.cli import build_parser, run_config_from_args
 
