@@ -339,9 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     defaults.add_argument(
         "--held-out",
         nargs="*",
-        default=["rose"],
         choices=list(CAMERAS),
-        help="cameras the defaults were not chosen on (they confirm them)",
+        help="cameras the defaults were not chosen on (they confirm them); default: the bench's own held-out cameras",
     )
     defaults.add_argument(
         "--ablation",
@@ -691,13 +690,14 @@ def _bench_defaults(args: argparse.Namespace, hosts: tuple[str, ...]) -> int:
     from specpl.world.defaults_bench import DefaultsBenchConfig, run_defaults_bench
 
     cameras = [d for d in args.domains if d != "demo"]
+    held_out = DefaultsBenchConfig.held_out if args.held_out is None else args.held_out
     config = DefaultsBenchConfig(
         hosts=hosts,
         boosters=tuple(args.boosters),
         seeds=tuple(args.seeds),
         test_per_class=args.test_per_class,
-        chosen_on=tuple(c for c in cameras if c not in args.held_out),
-        held_out=tuple(c for c in cameras if c in args.held_out),
+        chosen_on=tuple(c for c in cameras if c not in held_out),
+        held_out=tuple(c for c in cameras if c in held_out),
         demo="demo" in args.domains,
         ablations=tuple(args.ablation),
     )
